@@ -1,0 +1,90 @@
+// Express building blocks every process uses, in the fixed order of DESIGN.md:
+// trace id -> body limits -> (rate limit) -> routes -> 404 -> error handler.
+import express, { type Express, type RequestHandler } from 'express';
+import responseTime from 'response-time';
+import type { Logger } from 'pino';
+import { HttpError } from './errors.js';
+import { bindToTrace, runWithTrace, traceFromHeaders, type TraceContext } from './trace.js';
+
+export const BODY_LIMIT_BYTES = 100 * 1024;
+/** Deeper JSON parses, but later makes JSON.stringify and zod recurse too far: refuse it up front. */
+export const MAX_JSON_DEPTH = 32;
+
+declare module 'express-serve-static-core' {
+  interface Locals {
+    trace: TraceContext;
+  }
+}
+
+/** An Express app with the settings every process shares. */
+export function createBaseApp(): Express {
+  const app = express();
+  app.disable('x-powered-by');
+  app.disable('etag');
+  // Query strings stay flat strings (no nested objects from `a[b]=c`).
+  app.set('query parser', 'simple');
+  return app;
+}
+
+/**
+ * Accepts or makes the trace id, echoes it (`X-Trace-Id`, `X-Span-Id`), times the request
+ * (`X-Response-Time`) and logs one line when it ends. Everything after it runs inside the trace.
+ */
+export function requestContext(logger: Logger): RequestHandler {
+  const stamp = responseTime({ digits: 1, suffix: true });
+  return (req, res, next) => {
+    const trace = traceFromHeaders(req.headers);
+    res.locals.trace = trace;
+    res.setHeader('X-Trace-Id', trace.traceId);
+    res.setHeader('X-Span-Id', trace.spanId);
+    const started = process.hrtime.bigint();
+    res.once('finish', () => {
+      const durationMs = Number(process.hrtime.bigint() - started) / 1e6;
+      runWithTrace(trace, () =>
+        logger.info({ method: req.method, url: req.originalUrl.slice(0, 300), status: res.statusCode, durationMs: Math.round(durationMs * 10) / 10 }, 'request'),
+      );
+    });
+    runWithTrace(trace, () => stamp(req, res, next as (err?: unknown) => void));
+  };
+}
+
+const BODY_METHODS = new Set(['POST', 'PUT', 'PATCH']);
+
+function jsonDepthExceeds(value: unknown, max: number): boolean {
+  const stack: Array<[unknown, number]> = [[value, 1]];
+  while (stack.length) {
+    const [v, depth] = stack.pop()!;
+    if (v === null || typeof v !== 'object') continue;
+    if (depth > max) return true;
+    for (const child of Object.values(v)) if (child !== null && typeof child === 'object') stack.push([child, depth + 1]);
+  }
+  return false;
+}
+
+/**
+ * JSON bodies only, at most 100 kB, at most MAX_JSON_DEPTH deep. A body of another type on
+ * POST/PUT/PATCH is 415; a missing body leaves `req.body` undefined for the route's schema to refuse.
+ */
+export function jsonBody(limitBytes = BODY_LIMIT_BYTES): RequestHandler {
+  const parse = express.json({ limit: limitBytes, strict: true, type: ['application/json', 'application/*+json'] });
+  return (req, res, next) => {
+    if (!BODY_METHODS.has(req.method) || !hasBody(req.headers)) return next();
+    if (!req.is(['application/json', 'application/*+json'])) {
+      throw new HttpError(415, 'UNSUPPORTED_MEDIA_TYPE', 'Request body must be application/json');
+    }
+    // body-parser calls back from stream events, outside the request's trace: re-enter it.
+    parse(req, res, bindToTrace((err?: unknown) => {
+      if (err) return next(err);
+      if (jsonDepthExceeds(req.body, MAX_JSON_DEPTH)) {
+        return next(new HttpError(400, 'INVALID_JSON', `JSON nested deeper than ${MAX_JSON_DEPTH} levels`));
+      }
+      next();
+    }));
+  };
+}
+
+function hasBody(headers: Record<string, string | string[] | undefined>): boolean {
+  if (headers['transfer-encoding'] !== undefined) return true;
+  const length = headers['content-length'];
+  return typeof length === 'string' && length !== '0';
+}

@@ -1,0 +1,36 @@
+import { pino, type Logger } from 'pino';
+import { currentTrace } from './trace.js';
+
+export type { Logger };
+
+export interface LoggerOptions {
+  service: string;
+  level?: string;
+  /** Human-readable output; defaults to whether stdout is a terminal. */
+  pretty?: boolean;
+  /** Where JSON lines go; tests pass a stream to read them. */
+  destination?: pino.DestinationStream;
+}
+
+/**
+ * One root logger per process. Every line carries the service name and, inside a request, the
+ * trace and span ids, so one trace id finds its lines in all four processes.
+ */
+export function createLogger({ service, level = 'info', pretty, destination }: LoggerOptions): Logger {
+  const options: pino.LoggerOptions = {
+    level,
+    base: { service },
+    timestamp: pino.stdTimeFunctions.isoTime,
+    redact: { paths: ['req.headers.authorization', 'headers.authorization', 'authorization'], censor: '[redacted]' },
+    mixin() {
+      const trace = currentTrace();
+      return trace ? { traceId: trace.traceId, spanId: trace.spanId } : {};
+    },
+  };
+  if (destination) return pino(options, destination);
+  if (pretty ?? process.stdout.isTTY) {
+    return pino({ ...options, transport: { target: 'pino-pretty', options: { translateTime: 'SYS:HH:MM:ss.l', ignore: 'pid,hostname' } } });
+  }
+  // Asynchronous writes keep logging off the request path; mains flush on exit.
+  return pino(options, pino.destination({ dest: 1, sync: false }));
+}

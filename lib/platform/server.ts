@@ -1,0 +1,119 @@
+// Listening and stopping, the same way for all four processes.
+import type { Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import type { Express } from 'express';
+import type { Logger } from 'pino';
+
+export interface Listening {
+  server: Server;
+  port: number;
+  url: string;
+}
+
+/** Resolves once bound, with the port actually bound (tests pass 0). */
+export function listen(app: Express, port: number, host = '127.0.0.1'): Promise<Listening> {
+  return new Promise((resolve, reject) => {
+    const server = app.listen(port, host);
+    // Longer than any client's idle keep-alive (the gateway's agent uses 30 s), so a client
+    // never reuses a socket we are about to close (that shows up as ECONNRESET).
+    server.keepAliveTimeout = 65_000;
+    server.headersTimeout = 66_000;
+    server.requestTimeout = 30_000;
+    server.once('error', reject);
+    server.once('listening', () => {
+      server.off('error', reject);
+      const { port: bound } = server.address() as AddressInfo;
+      resolve({ server, port: bound, url: `http://${host.includes(':') ? `[${host}]` : host}:${bound}` });
+    });
+  });
+}
+
+/**
+ * Stops accepting, lets in-flight requests finish, closes idle keep-alive sockets; after
+ * `timeoutMs` cuts whatever is left.
+ */
+export function closeServer(server: Server, timeoutMs = 10_000): Promise<void> {
+  return new Promise((resolve) => {
+    if (!server.listening) return resolve();
+    const timer = setTimeout(() => server.closeAllConnections(), timeoutMs);
+    timer.unref();
+    server.close(() => {
+      clearTimeout(timer);
+      resolve();
+    });
+    server.closeIdleConnections();
+  });
+}
+
+export interface StopOptions {
+  logger: Logger;
+  server: Server;
+  /** Runs after the server has drained: close breakers, timers, the database. */
+  cleanup?: () => void | Promise<void>;
+  timeoutMs?: number;
+}
+
+/**
+ * SIGINT/SIGTERM: drain and exit 0. A second signal exits at once (1). An uncaught error logs and
+ * exits 1.
+ */
+export function stopOnSignals({ logger, server, cleanup, timeoutMs = 10_000 }: StopOptions): void {
+  let stopping = false;
+  const stop = async (signal: string) => {
+    if (stopping) {
+      logger.warn({ signal }, 'second signal, exiting now');
+      logger.flush();
+      process.exit(1);
+    }
+    stopping = true;
+    logger.info({ signal }, 'stopping');
+    try {
+      await closeServer(server, timeoutMs);
+      await cleanup?.();
+      logger.info('stopped');
+      logger.flush();
+      process.exitCode = 0;
+      // Give the async log destination a tick to flush, then leave even if a stray handle remains.
+      setTimeout(() => process.exit(0), 50).unref();
+    } catch (err) {
+      logger.error({ err }, 'error while stopping');
+      logger.flush();
+      process.exit(1);
+    }
+  };
+  process.on('SIGINT', () => void stop('SIGINT'));
+  process.on('SIGTERM', () => void stop('SIGTERM'));
+  process.on('uncaughtException', (err) => {
+    logger.fatal({ err }, 'uncaught exception');
+    logger.flush();
+    process.exit(1);
+  });
+  process.on('unhandledRejection', (err) => {
+    logger.fatal({ err }, 'unhandled rejection');
+    logger.flush();
+    process.exit(1);
+  });
+}
+
+export interface ServeOptions extends Omit<StopOptions, 'server'> {
+  app: Express;
+  port: number;
+  host: string;
+}
+
+/** For mains: listen (a taken port is one line and exit 1), log the address, wire the stop. */
+export async function serve({ app, port, host, logger, cleanup, timeoutMs }: ServeOptions): Promise<Listening> {
+  let listening: Listening;
+  try {
+    listening = await listen(app, port, host);
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    logger.fatal({ err }, code === 'EADDRINUSE' ? `port ${port} is already in use` : 'cannot listen');
+    logger.flush();
+    await cleanup?.();
+    process.exit(1);
+  }
+  logger.info({ url: listening.url }, 'listening');
+  stopOnSignals({ logger, server: listening.server, cleanup, timeoutMs });
+  return listening;
+}

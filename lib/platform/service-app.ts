@@ -1,0 +1,32 @@
+// The frame every data-owning service shares: middleware order, /health, /metrics, 404, errors.
+import type { Express, Router } from 'express';
+import type { Logger } from 'pino';
+import { databaseIsHealthy, type Db } from './db.js';
+import { errorHandler, notFoundHandler } from './errors.js';
+import { createBaseApp, jsonBody, requestContext } from './http.js';
+import type { Metrics } from './metrics.js';
+
+export interface ServiceAppOptions {
+  /** `user-service`, `product-service`, `order-service`: the name /health reports. */
+  service: string;
+  logger: Logger;
+  metrics: Metrics;
+  db: Db;
+  routes: Router;
+}
+
+export function createServiceApp({ service, logger, metrics, db, routes }: ServiceAppOptions): Express {
+  const app = createBaseApp();
+  app.use(requestContext(logger));
+  app.use(metrics.middleware);
+  app.get('/health', (_req, res) => {
+    const healthy = databaseIsHealthy(db);
+    res.status(healthy ? 200 : 503).json({ status: healthy ? 'healthy' : 'unhealthy', service });
+  });
+  app.get('/metrics', metrics.handler);
+  app.use(jsonBody());
+  app.use(routes);
+  app.use(notFoundHandler);
+  app.use(errorHandler(logger));
+  return app;
+}

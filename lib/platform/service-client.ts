@@ -1,0 +1,131 @@
+// The one HTTP client our processes use to call each other: timeout, trace headers, bounded
+// bodies, and errors that keep the upstream's status and code.
+import { HttpError } from './errors.js';
+import { outgoingTraceHeaders } from './trace.js';
+
+export type UpstreamFailure = 'refused' | 'reset' | 'timeout' | 'bad_response' | 'server_error';
+
+/** The callee could not give an answer we can use. Always a 503 to our own clients. */
+export class UpstreamUnavailableError extends HttpError {
+  constructor(
+    readonly service: string,
+    readonly failure: UpstreamFailure,
+    readonly upstreamStatus?: number,
+  ) {
+    super(503, 'SERVICE_UNAVAILABLE', `Service ${service} is unavailable`);
+    this.name = 'UpstreamUnavailableError';
+  }
+}
+
+export interface ServiceClientOptions {
+  /** Short name used in messages and logs: `users`, `products`. */
+  name: string;
+  baseUrl: string;
+  timeoutMs: number;
+  /** Largest response body read; a larger one is a bad response. */
+  maxResponseBytes?: number;
+}
+
+export interface ServiceResponse<T> {
+  status: number;
+  body: T;
+  headers: Headers;
+}
+
+export interface RequestOptions {
+  body?: unknown;
+  headers?: Record<string, string>;
+  signal?: AbortSignal;
+  /** Statuses that are answers rather than errors (e.g. 404 when asking whether a row exists). */
+  accept?: readonly number[];
+}
+
+export class ServiceClient {
+  readonly name: string;
+  readonly baseUrl: string;
+  private readonly timeoutMs: number;
+  private readonly maxResponseBytes: number;
+
+  constructor({ name, baseUrl, timeoutMs, maxResponseBytes = 4 * 1024 * 1024 }: ServiceClientOptions) {
+    this.name = name;
+    this.baseUrl = baseUrl.replace(/\/+$/, '');
+    this.timeoutMs = timeoutMs;
+    this.maxResponseBytes = maxResponseBytes;
+  }
+
+  /**
+   * Sends one request. 2xx (and `accept`ed statuses) resolve; any other status throws an
+   * HttpError with the upstream's status, code and message (5xx become UpstreamUnavailableError);
+   * no answer in time, a refused or reset connection, or a body that is not JSON throw
+   * UpstreamUnavailableError.
+   */
+  async request<T>(method: string, path: string, options: RequestOptions = {}): Promise<ServiceResponse<T>> {
+    const timeout = AbortSignal.timeout(this.timeoutMs);
+    const signal = options.signal ? AbortSignal.any([timeout, options.signal]) : timeout;
+    const headers: Record<string, string> = { accept: 'application/json', ...outgoingTraceHeaders(), ...options.headers };
+    let payload: string | undefined;
+    if (options.body !== undefined) {
+      payload = JSON.stringify(options.body);
+      headers['content-type'] = 'application/json';
+    }
+    let res: Response;
+    let text: string;
+    try {
+      res = await fetch(this.baseUrl + path, { method, headers, body: payload, signal });
+      text = await readBounded(res, this.maxResponseBytes);
+    } catch (err) {
+      if (options.signal?.aborted) throw err;
+      throw new UpstreamUnavailableError(this.name, classify(err, timeout));
+    }
+    let body: unknown;
+    try {
+      body = text === '' ? undefined : JSON.parse(text);
+    } catch {
+      throw new UpstreamUnavailableError(this.name, 'bad_response', res.status);
+    }
+    if ((res.status >= 200 && res.status < 300) || options.accept?.includes(res.status)) {
+      return { status: res.status, body: body as T, headers: res.headers };
+    }
+    if (res.status >= 500) throw new UpstreamUnavailableError(this.name, 'server_error', res.status);
+    const b = (body ?? {}) as { error?: unknown; code?: unknown; details?: unknown };
+    throw new HttpError(
+      res.status,
+      typeof b.code === 'string' ? b.code : 'UPSTREAM_ERROR',
+      typeof b.error === 'string' ? b.error : `Service ${this.name} answered ${res.status}`,
+      Array.isArray(b.details) ? (b.details as HttpError['details']) : undefined,
+    );
+  }
+
+  get<T>(path: string, options?: RequestOptions) {
+    return this.request<T>('GET', path, options);
+  }
+
+  post<T>(path: string, body: unknown, options?: RequestOptions) {
+    return this.request<T>('POST', path, { ...options, body });
+  }
+}
+
+async function readBounded(res: Response, max: number): Promise<string> {
+  const declared = Number(res.headers.get('content-length'));
+  if (declared > max) {
+    await res.body?.cancel();
+    throw new Error('response too large');
+  }
+  if (!res.body) return '';
+  const chunks: Uint8Array[] = [];
+  let size = 0;
+  for await (const chunk of res.body) {
+    size += chunk.byteLength;
+    if (size > max) throw new Error('response too large');
+    chunks.push(chunk);
+  }
+  return Buffer.concat(chunks).toString('utf8');
+}
+
+function classify(err: unknown, timeout: AbortSignal): UpstreamFailure {
+  if (timeout.aborted) return 'timeout';
+  const code = (err as { cause?: { code?: string } })?.cause?.code;
+  if (code === 'ECONNREFUSED' || code === 'ENOTFOUND' || code === 'EAI_AGAIN') return 'refused';
+  if (code === 'ECONNRESET' || code === 'UND_ERR_SOCKET' || code === 'EPIPE') return 'reset';
+  return (err as Error)?.message === 'response too large' ? 'bad_response' : 'reset';
+}

@@ -1,0 +1,54 @@
+// Shapes shared by every route: ids, paging, and the helpers that turn zod failures into 400s.
+import { z } from 'zod';
+import { validationError } from './errors.js';
+
+/** A positive integer that fits a JS number exactly: `1abc`, `1.5`, `-1`, `99999999999999999999` are refused. */
+export const IdSchema = z
+  .string()
+  .regex(/^[1-9][0-9]{0,15}$/, 'must be a positive integer')
+  .transform(Number)
+  .refine(Number.isSafeInteger, 'must be a positive integer');
+
+export const IdParamsSchema = z.object({ id: IdSchema });
+
+/** An integer query parameter within bounds; absent means `fallback`. */
+export const boundedIntQuery = (min: number, max: number, fallback: number) =>
+  z.string().optional().transform((s, ctx) => {
+    if (s === undefined) return fallback;
+    const n = /^[0-9]{1,9}$/.test(s) ? Number(s) : NaN;
+    if (!(n >= min && n <= max)) {
+      ctx.addIssue({ code: 'custom', message: `must be an integer from ${min} to ${max}` });
+      return z.NEVER;
+    }
+    return n;
+  });
+
+export const PagingShape = {
+  page: boundedIntQuery(1, 1_000_000, 1),
+  limit: boundedIntQuery(1, 100, 10),
+};
+
+export interface Page<T> {
+  data: T[];
+  meta: { page: number; limit: number; total: number };
+}
+
+export function parseParams<S extends z.ZodType>(schema: S, value: unknown): z.output<S> {
+  const r = schema.safeParse(value);
+  if (!r.success) throw validationError(r.error, 'params');
+  return r.data;
+}
+
+export function parseQuery<S extends z.ZodType>(schema: S, value: unknown): z.output<S> {
+  const r = schema.safeParse(value);
+  if (!r.success) throw validationError(r.error, 'query');
+  return r.data;
+}
+
+export function parseBody<S extends z.ZodType>(schema: S, value: unknown): z.output<S> {
+  const r = schema.safeParse(value);
+  if (!r.success) throw validationError(r.error, 'body');
+  return r.data;
+}
+
+export const parseId = (params: unknown): number => parseParams(IdParamsSchema, params).id;

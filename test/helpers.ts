@@ -1,0 +1,75 @@
+// Test helpers: temp dirs, apps on port 0, a small HTTP client. Everything started is cleaned up.
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Writable } from 'node:stream';
+import type { Express } from 'express';
+import { createLogger, type Logger } from '../lib/platform/logger.js';
+import { closeServer, listen, type Listening } from '../lib/platform/server.js';
+
+export function tempDir(prefix = 'msvc-test-'): { dir: string; remove: () => void } {
+  const dir = mkdtempSync(join(tmpdir(), prefix));
+  return { dir, remove: () => rmSync(dir, { recursive: true, force: true }) };
+}
+
+/** A logger that keeps its JSON lines in memory, so tests stay quiet and can read them. */
+export function memoryLogger(service = 'test', level = 'debug'): { logger: Logger; lines: () => Record<string, unknown>[] } {
+  const out: string[] = [];
+  const destination = new Writable({
+    write(chunk, _enc, cb) {
+      if (out.length < 10_000) out.push(String(chunk));
+      cb();
+    },
+  });
+  const logger = createLogger({ service, level, destination });
+  return { logger, lines: () => out.join('').split('\n').filter(Boolean).map((l) => JSON.parse(l) as Record<string, unknown>) };
+}
+
+export interface Started extends Listening {
+  close: () => Promise<void>;
+}
+
+export async function startApp(app: Express): Promise<Started> {
+  const listening = await listen(app, 0, '127.0.0.1');
+  return { ...listening, close: () => closeServer(listening.server, 2_000) };
+}
+
+export interface TestResponse<T = any> {
+  status: number;
+  headers: Headers;
+  text: string;
+  body: T;
+}
+
+export interface TestRequest {
+  body?: unknown;
+  /** Sent as is (no JSON encoding). */
+  raw?: string | Uint8Array;
+  headers?: Record<string, string>;
+}
+
+/** One HTTP request; `body` is parsed JSON when the answer is JSON. */
+export async function http<T = any>(base: string, method: string, path: string, req: TestRequest = {}): Promise<TestResponse<T>> {
+  const headers: Record<string, string> = { ...req.headers };
+  let body: string | Uint8Array | undefined = req.raw;
+  if (req.body !== undefined) {
+    body = JSON.stringify(req.body);
+    headers['content-type'] ??= 'application/json';
+  }
+  const res = await fetch(base + path, { method, headers, body: body as BodyInit | undefined, signal: AbortSignal.timeout(15_000) });
+  const text = await res.text();
+  let parsed: unknown;
+  try {
+    parsed = text ? JSON.parse(text) : undefined;
+  } catch {
+    parsed = undefined;
+  }
+  return { status: res.status, headers: res.headers, text, body: parsed as T };
+}
+
+/** No response may carry a stack trace or a file path. */
+export function assertNoLeak(text: string): void {
+  if (/\bat [\w.<>]+ \(|node_modules|\/work\/|\.ts:\d+|\bSQLITE_|SELECT |INSERT /.test(text)) {
+    throw new Error(`response leaks internals: ${text.slice(0, 300)}`);
+  }
+}

@@ -1,0 +1,171 @@
+import { after, describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { Router } from 'express';
+import { z } from 'zod';
+import { parseConfig, portVar, intVar, boolVar, commonShape } from '../lib/platform/config.js';
+import { createServiceApp } from '../lib/platform/service-app.js';
+import { createMetrics } from '../lib/platform/metrics.js';
+import { openDatabase } from '../lib/platform/db.js';
+import { HttpError } from '../lib/platform/errors.js';
+import { parseBody, parseId } from '../lib/platform/validation.js';
+import { currentTrace, traceFromHeaders } from '../lib/platform/trace.js';
+import { assertNoLeak, http, memoryLogger, startApp } from './helpers.js';
+
+describe('config', () => {
+  const schema = z.object({ ...commonShape, PORT: portVar(3011), RATE_LIMIT: intVar(100, 1), SEED_DATA: boolVar(true) });
+
+  test('when unset, then defaults apply', () => {
+    const c = parseConfig(schema, {});
+    assert.equal(c.PORT, 3011);
+    assert.equal(c.RATE_LIMIT, 100);
+    assert.equal(c.SEED_DATA, true);
+    assert.equal(c.HOST, '127.0.0.1');
+  });
+
+  test('when PORT=abc, then one line names the variable', () => {
+    assert.throws(() => parseConfig(schema, { PORT: 'abc' }), (err: Error) => {
+      assert.match(err.message, /^PORT: .*\(got "abc"\)$/);
+      assert.ok(!err.message.includes('\n'));
+      return true;
+    });
+  });
+
+  test('when RATE_LIMIT=-1 or SEED_DATA=maybe, then they are refused by name', () => {
+    assert.throws(() => parseConfig(schema, { RATE_LIMIT: '-1' }), /^Error: RATE_LIMIT: /);
+    assert.throws(() => parseConfig(schema, { SEED_DATA: 'maybe' }), /SEED_DATA: /);
+    assert.equal(parseConfig(schema, { SEED_DATA: 'false' }).SEED_DATA, false);
+  });
+});
+
+describe('trace ids', () => {
+  test('a valid X-Trace-Id is kept; an invalid one is replaced, never reflected', () => {
+    assert.equal(traceFromHeaders({ 'x-trace-id': 'my-trace-123' }).traceId, 'my-trace-123');
+    const bad = traceFromHeaders({ 'x-trace-id': '<script>' }).traceId;
+    assert.match(bad, /^[0-9a-f]{32}$/);
+    assert.match(traceFromHeaders({ 'x-trace-id': 'a'.repeat(129) }).traceId, /^[0-9a-f]{32}$/);
+  });
+
+  test('a valid traceparent joins its trace', () => {
+    const t = traceFromHeaders({ traceparent: '00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01' });
+    assert.equal(t.traceId, '4bf92f3577b34da6a3ce929d0e0e4736');
+    assert.equal(t.parentSpanId, '00f067aa0ba902b7');
+    assert.notEqual(traceFromHeaders({ traceparent: '00-00000000000000000000000000000000-00f067aa0ba902b7-01' }).traceId, '0'.repeat(32));
+  });
+});
+
+describe('service frame', () => {
+  const { logger, lines } = memoryLogger('platform-test');
+  const db = openDatabase({ dataDir: ':memory:', name: 't', migrations: ['CREATE TABLE t (x INTEGER)'] });
+  const routes = Router();
+  routes.post('/echo', (req, res) => {
+    const body = parseBody(z.strictObject({ name: z.string().max(10) }), req.body);
+    logger.info('echo handled');
+    res.status(201).json({ ...body, traceId: currentTrace()?.traceId });
+  });
+  routes.get('/things/:id', (req, res) => {
+    res.json({ id: parseId(req.params) });
+  });
+  routes.get('/boom', () => {
+    throw new Error('secret at /work/main/lib/x.ts:12');
+  });
+  routes.get('/teapot', () => {
+    throw new HttpError(409, 'EMAIL_TAKEN', 'Email is taken');
+  });
+  const app = createServiceApp({ service: 'platform-test', logger, metrics: createMetrics('platform-test'), db, routes });
+  const started = startApp(app);
+  after(async () => (await started).close());
+
+  test('health answers with the service name and the trace headers', async () => {
+    const { url } = await started;
+    const r = await http(url, 'GET', '/health', { headers: { 'x-trace-id': 'my-trace-123' } });
+    assert.equal(r.status, 200);
+    assert.deepEqual(r.body, { status: 'healthy', service: 'platform-test' });
+    assert.equal(r.headers.get('x-trace-id'), 'my-trace-123');
+    assert.match(r.headers.get('x-span-id') ?? '', /^[0-9a-f]{16}$/);
+    assert.match(r.headers.get('x-response-time') ?? '', /^\d+(\.\d)?ms$/);
+    assert.match(r.headers.get('content-type') ?? '', /^application\/json; charset=utf-8/);
+  });
+
+  test('the trace id reaches handlers and log lines, through the body parser', async () => {
+    const { url } = await started;
+    const r = await http(url, 'POST', '/echo', { body: { name: 'x' }, headers: { 'x-trace-id': 'body-trace-1' } });
+    assert.equal(r.status, 201);
+    assert.equal(r.body.traceId, 'body-trace-1');
+    const line = lines().find((l) => l.msg === 'echo handled' && l.traceId === 'body-trace-1');
+    assert.ok(line, 'log line carries the trace id');
+    assert.equal(line.service, 'platform-test');
+  });
+
+  test('malformed JSON is 400 INVALID_JSON', async () => {
+    const { url } = await started;
+    const r = await http(url, 'POST', '/echo', { raw: '{"name":', headers: { 'content-type': 'application/json' } });
+    assert.equal(r.status, 400);
+    assert.equal(r.body.code, 'INVALID_JSON');
+    assert.ok(r.body.traceId);
+  });
+
+  test('a 200 kB body is 413 PAYLOAD_TOO_LARGE', async () => {
+    const { url } = await started;
+    const r = await http(url, 'POST', '/echo', { raw: JSON.stringify({ name: 'x'.repeat(200_000) }), headers: { 'content-type': 'application/json' } });
+    assert.equal(r.status, 413);
+    assert.equal(r.body.code, 'PAYLOAD_TOO_LARGE');
+  });
+
+  test('a form-encoded body is 415 UNSUPPORTED_MEDIA_TYPE', async () => {
+    const { url } = await started;
+    const r = await http(url, 'POST', '/echo', { raw: 'name=x', headers: { 'content-type': 'application/x-www-form-urlencoded' } });
+    assert.equal(r.status, 415);
+    assert.equal(r.body.code, 'UNSUPPORTED_MEDIA_TYPE');
+  });
+
+  test('deeply nested JSON is 400, not a 500', async () => {
+    const { url } = await started;
+    const raw = '['.repeat(20_000) + ']'.repeat(20_000);
+    const r = await http(url, 'POST', '/echo', { raw, headers: { 'content-type': 'application/json' } });
+    assert.equal(r.status, 400);
+    assert.equal(r.body.code, 'INVALID_JSON');
+  });
+
+  test('__proto__ and unknown keys are a 400 naming them', async () => {
+    const { url } = await started;
+    const r = await http(url, 'POST', '/echo', { raw: '{"name":"x","__proto__":{"admin":true}}', headers: { 'content-type': 'application/json' } });
+    assert.equal(r.status, 400);
+    assert.equal(r.body.code, 'VALIDATION_ERROR');
+    assert.match(JSON.stringify(r.body.details), /__proto__/);
+  });
+
+  test('ids like 1abc, 1.5, -1 and 99999999999999999999 are 400', async () => {
+    const { url } = await started;
+    for (const id of ['1abc', '1.5', '-1', '0', '99999999999999999999', 'abc']) {
+      const r = await http(url, 'GET', `/things/${id}`);
+      assert.equal(r.status, 400, id);
+      assert.equal(r.body.code, 'VALIDATION_ERROR');
+    }
+    assert.deepEqual((await http(url, 'GET', '/things/42')).body, { id: 42 });
+  });
+
+  test('a thrown bug is a generic 500 without stack or path', async () => {
+    const { url } = await started;
+    const r = await http(url, 'GET', '/boom');
+    assert.equal(r.status, 500);
+    assert.equal(r.body.code, 'INTERNAL_ERROR');
+    assertNoLeak(r.text);
+  });
+
+  test('an HttpError keeps its status and code; unknown routes are JSON 404', async () => {
+    const { url } = await started;
+    assert.equal((await http(url, 'GET', '/teapot')).body.code, 'EMAIL_TAKEN');
+    const r = await http(url, 'GET', '/nope');
+    assert.equal(r.status, 404);
+    assert.equal(r.body.code, 'NOT_FOUND');
+  });
+
+  test('/metrics serves Prometheus text', async () => {
+    const { url } = await started;
+    const r = await fetch(url + '/metrics');
+    const text = await r.text();
+    assert.match(r.headers.get('content-type') ?? '', /text\/plain/);
+    assert.match(text, /http_requests_total\{[^}]*route="\/health"/);
+    assert.match(text, /process_cpu_seconds_total/);
+  });
+});
