@@ -1,10 +1,12 @@
 // Express building blocks every process uses, in the fixed order of DESIGN.md:
 // trace id -> body limits -> (rate limit) -> routes -> 404 -> error handler.
-import express, { type Express, type RequestHandler } from 'express';
+import express, { type Express, type Request, type RequestHandler, type Response } from 'express';
+import { SpanStatusCode, type Attributes, type Span } from '@opentelemetry/api';
 import responseTime from 'response-time';
 import type { Logger } from 'pino';
 import { HttpError } from './errors.js';
 import { bindToTrace, runWithTrace, traceFromHeaders, type TraceContext } from './trace.js';
+import { ALIAS_ATTRIBUTE, type Tracing } from './tracing.js';
 
 export const BODY_LIMIT_BYTES = 100 * 1024;
 /** Deeper JSON parses, but later makes JSON.stringify and zod recurse too far: refuse it up front. */
@@ -13,6 +15,8 @@ export const MAX_JSON_DEPTH = 32;
 declare module 'express-serve-static-core' {
   interface Locals {
     trace: TraceContext;
+    /** The route pattern, for handlers that are not Express routes (the gateway's proxy). */
+    route?: string;
   }
 }
 
@@ -26,26 +30,53 @@ export function createBaseApp(): Express {
   return app;
 }
 
+// Requests that only read our own telemetry get ids but no span: they would crowd out real traces.
+const UNTRACED = /^\/(health|metrics|spans|traces)(\/|$)/;
+
 /**
- * Accepts or makes the trace id, echoes it (`X-Trace-Id`, `X-Span-Id`), times the request
- * (`X-Response-Time`) and logs one line when it ends. Everything after it runs inside the trace.
+ * Accepts or makes the trace id, echoes it (`X-Trace-Id`, `X-Span-Id`), records the server span,
+ * times the request (`X-Response-Time`) and logs one line when it ends. Everything after it runs
+ * inside the trace. Handlers that are not Express routes may name their route in
+ * `res.locals.route` (span names and metrics must not carry raw URLs).
  */
-export function requestContext(logger: Logger): RequestHandler {
+export function requestContext(logger: Logger, tracing?: Tracing): RequestHandler {
   const stamp = responseTime({ digits: 1, suffix: true });
   return (req, res, next) => {
     const trace = traceFromHeaders(req.headers);
     res.locals.trace = trace;
-    res.setHeader('X-Trace-Id', trace.traceId);
-    res.setHeader('X-Span-Id', trace.spanId);
     const started = process.hrtime.bigint();
-    res.once('finish', () => {
-      const durationMs = Number(process.hrtime.bigint() - started) / 1e6;
-      runWithTrace(trace, () =>
-        logger.info({ method: req.method, url: req.originalUrl.slice(0, 300), status: res.statusCode, durationMs: Math.round(durationMs * 10) / 10 }, 'request'),
-      );
-    });
-    runWithTrace(trace, () => stamp(req, res, next as (err?: unknown) => void));
+    const run = (span?: Span) => {
+      res.setHeader('X-Trace-Id', trace.traceId);
+      res.setHeader('X-Span-Id', trace.spanId);
+      res.once('close', () => {
+        const durationMs = Math.round(Number(process.hrtime.bigint() - started) / 1e5) / 10;
+        const status = res.statusCode;
+        const aborted = !res.writableFinished;
+        if (span) {
+          const route = routeOf(req, res);
+          span.updateName(route ? `${req.method} ${route}` : req.method);
+          if (route) span.setAttribute('http.route', route);
+          span.setAttribute('http.response.status_code', status);
+          if (status >= 500 || aborted) span.setStatus({ code: SpanStatusCode.ERROR, message: aborted ? 'aborted' : `HTTP ${status}` });
+          span.end();
+        }
+        logger.info(
+          { traceId: trace.traceId, spanId: trace.spanId, method: req.method, url: req.originalUrl.slice(0, 300), status, durationMs, ...(aborted ? { aborted } : {}) },
+          'request',
+        );
+      });
+      stamp(req, res, next as (err?: unknown) => void);
+    };
+    if (!tracing || UNTRACED.test(req.path)) return runWithTrace(trace, run);
+    const attributes: Attributes = { 'http.request.method': req.method, 'url.path': req.path.slice(0, 256) };
+    if (trace.traceId !== trace.w3cTraceId) attributes[ALIAS_ATTRIBUTE] = trace.traceId;
+    tracing.runServerSpan(trace, req.method, attributes, run);
   };
+}
+
+export function routeOf(req: Request, res: Response): string | undefined {
+  if (typeof res.locals.route === 'string') return res.locals.route;
+  return req.route ? `${req.baseUrl}${String(req.route.path)}` : undefined;
 }
 
 const BODY_METHODS = new Set(['POST', 'PUT', 'PATCH']);

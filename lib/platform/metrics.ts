@@ -1,6 +1,7 @@
 // Prometheus metrics: each app gets its own Registry, so several apps fit in one test process.
 import type { RequestHandler } from 'express';
 import { collectDefaultMetrics, Counter, Histogram, Registry } from 'prom-client';
+import { routeOf } from './http.js';
 
 export interface Metrics {
   registry: Registry;
@@ -32,7 +33,7 @@ export function createMetrics(service: string): Metrics {
   const middleware: RequestHandler = (req, res, next) => {
     const end = duration.startTimer();
     res.once('finish', () => {
-      const route = req.route ? `${req.baseUrl}${String(req.route.path)}` : 'unmatched';
+      const route = routeOf(req, res) ?? 'unmatched';
       const method = KNOWN_METHODS.has(req.method) ? req.method : 'OTHER';
       requests.inc({ method, route, status: String(res.statusCode) });
       end({ method, route });

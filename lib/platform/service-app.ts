@@ -5,6 +5,8 @@ import { databaseIsHealthy, type Db } from './db.js';
 import { errorHandler, notFoundHandler } from './errors.js';
 import { createBaseApp, jsonBody, requestContext } from './http.js';
 import type { Metrics } from './metrics.js';
+import { createTraceRoutes } from './trace-routes.js';
+import { createTracing, type Tracing } from './tracing.js';
 
 export interface ServiceAppOptions {
   /** `user-service`, `product-service`, `order-service`: the name /health reports. */
@@ -13,17 +15,20 @@ export interface ServiceAppOptions {
   metrics: Metrics;
   db: Db;
   routes: Router;
+  /** Spans of this app; one without export is made when absent (tests). */
+  tracing?: Tracing;
 }
 
-export function createServiceApp({ service, logger, metrics, db, routes }: ServiceAppOptions): Express {
+export function createServiceApp({ service, logger, metrics, db, routes, tracing = createTracing({ service }) }: ServiceAppOptions): Express {
   const app = createBaseApp();
-  app.use(requestContext(logger));
+  app.use(requestContext(logger, tracing));
   app.use(metrics.middleware);
   app.get('/health', (_req, res) => {
     const healthy = databaseIsHealthy(db);
     res.status(healthy ? 200 : 503).json({ status: healthy ? 'healthy' : 'unhealthy', service });
   });
   app.get('/metrics', metrics.handler);
+  app.use(createTraceRoutes({ tracing }));
   app.use(jsonBody());
   app.use(routes);
   app.use(notFoundHandler);

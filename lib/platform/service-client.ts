@@ -1,7 +1,7 @@
 // The one HTTP client our processes use to call each other: timeout, trace headers, bounded
 // bodies, and errors that keep the upstream's status and code.
 import { HttpError } from './errors.js';
-import { outgoingTraceHeaders } from './trace.js';
+import { startClientSpan } from './tracing.js';
 
 export type UpstreamFailure = 'refused' | 'reset' | 'timeout' | 'bad_response' | 'server_error';
 
@@ -62,7 +62,8 @@ export class ServiceClient {
   async request<T>(method: string, path: string, options: RequestOptions = {}): Promise<ServiceResponse<T>> {
     const timeout = AbortSignal.timeout(this.timeoutMs);
     const signal = options.signal ? AbortSignal.any([timeout, options.signal]) : timeout;
-    const headers: Record<string, string> = { accept: 'application/json', ...outgoingTraceHeaders(), ...options.headers };
+    const span = startClientSpan(`${method} ${this.name}`, { 'peer.service': this.name, 'http.request.method': method, 'url.path': path.split('?')[0]!.slice(0, 256) });
+    const headers: Record<string, string> = { accept: 'application/json', ...span.headers, ...options.headers };
     let payload: string | undefined;
     if (options.body !== undefined) {
       payload = JSON.stringify(options.body);
@@ -74,9 +75,12 @@ export class ServiceClient {
       res = await fetch(this.baseUrl + path, { method, headers, body: payload, signal });
       text = await readBounded(res, this.maxResponseBytes);
     } catch (err) {
+      const failure = options.signal?.aborted ? 'aborted' : classify(err, timeout);
+      span.end({ error: failure });
       if (options.signal?.aborted) throw err;
-      throw new UpstreamUnavailableError(this.name, classify(err, timeout));
+      throw new UpstreamUnavailableError(this.name, failure as UpstreamFailure);
     }
+    span.end({ status: res.status });
     let body: unknown;
     try {
       body = text === '' ? undefined : JSON.parse(text);

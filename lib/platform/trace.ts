@@ -1,20 +1,26 @@
-// The one place that owns trace ids: what we accept from clients, what we make, what we pass on.
-import { AsyncLocalStorage } from 'node:async_hooks';
-import { randomBytes } from 'node:crypto';
+// The one place that owns trace ids: what we accept from clients, what we make, what we pass on,
+// and the request's trace context (kept in OpenTelemetry's context, so spans and logs agree).
+import { createHash, randomBytes } from 'node:crypto';
+import { context, createContextKey, trace, type Span } from '@opentelemetry/api';
+import { AsyncLocalStorageContextManager } from '@opentelemetry/context-async-hooks';
 
 export interface TraceContext {
-  /** The id users see in X-Trace-Id and look traces up by. */
+  /** The id users see in X-Trace-Id and look traces up by: the client's own form when it sent one. */
   traceId: string;
+  /** The W3C trace id that spans and `traceparent` carry; equal to traceId unless the client chose another form. */
+  w3cTraceId: string;
   /** This process's span for the current request. */
   spanId: string;
-  /** The span of the caller, when a traceparent told us. */
+  /** The caller's span, when a traceparent named it. */
   parentSpanId?: string;
 }
 
-const storage = new AsyncLocalStorage<TraceContext>();
+const TRACE_KEY = createContextKey('msvc.trace');
 
 const CLIENT_TRACE_ID = /^[A-Za-z0-9._:-]{1,128}$/;
-// W3C trace-context: version-traceid-parentid-flags; all-zero ids are invalid.
+const W3C_TRACE_ID = /^[0-9a-f]{32}$/;
+const UUID = /^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$/;
+// W3C trace-context: version-traceid-parentid-flags; all-zero ids and version ff are invalid.
 const TRACEPARENT = /^([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$/;
 const ZERO_TRACE = '0'.repeat(32);
 const ZERO_SPAN = '0'.repeat(16);
@@ -26,6 +32,21 @@ export function isValidClientTraceId(value: unknown): value is string {
   return typeof value === 'string' && CLIENT_TRACE_ID.test(value);
 }
 
+/**
+ * The W3C trace id for a user-facing one: 32 hex digits and UUIDs map straight (lower-cased,
+ * dashes dropped); any other valid id maps through SHA-256, so every process and /traces/:id
+ * agree on it without sharing a table.
+ */
+export function toW3cTraceId(id: string): string {
+  const lower = id.toLowerCase();
+  if (W3C_TRACE_ID.test(lower) && lower !== ZERO_TRACE) return lower;
+  if (UUID.test(id)) {
+    const hex = lower.replaceAll('-', '');
+    if (hex !== ZERO_TRACE) return hex;
+  }
+  return createHash('sha256').update(id).digest('hex').slice(0, 32);
+}
+
 export function parseTraceparent(value: unknown): { traceId: string; parentSpanId: string } | undefined {
   if (typeof value !== 'string') return undefined;
   const m = TRACEPARENT.exec(value.trim());
@@ -35,48 +56,54 @@ export function parseTraceparent(value: unknown): { traceId: string; parentSpanI
 
 /**
  * The trace context for an incoming request: a valid `X-Trace-Id` wins (users pick it to find
- * their request later), then a valid `traceparent`, else a fresh id. Invalid values are dropped,
- * never reflected.
+ * their request later), then a valid `traceparent`, else a fresh id. A traceparent of the same
+ * trace names the parent span. Invalid values are dropped, never reflected.
  */
 export function traceFromHeaders(headers: Record<string, string | string[] | undefined>): TraceContext {
   const fromParent = parseTraceparent(headers['traceparent']);
   const clientId = headers['x-trace-id'];
   if (isValidClientTraceId(clientId)) {
-    const parentSpanId = fromParent && fromParent.traceId === clientId.toLowerCase() ? fromParent.parentSpanId : undefined;
-    return { traceId: clientId, spanId: newSpanId(), parentSpanId: parentSpanId ?? spanIdHeader(headers) };
+    const w3cTraceId = toW3cTraceId(clientId);
+    const parentSpanId = fromParent?.traceId === w3cTraceId ? fromParent.parentSpanId : undefined;
+    return { traceId: clientId, w3cTraceId, spanId: newSpanId(), parentSpanId };
   }
-  if (fromParent) return { traceId: fromParent.traceId, spanId: newSpanId(), parentSpanId: fromParent.parentSpanId };
-  return { traceId: newTraceId(), spanId: newSpanId() };
+  if (fromParent) return { traceId: fromParent.traceId, w3cTraceId: fromParent.traceId, spanId: newSpanId(), parentSpanId: fromParent.parentSpanId };
+  const id = newTraceId();
+  return { traceId: id, w3cTraceId: id, spanId: newSpanId() };
 }
 
-// Our own processes send X-Parent-Span-Id beside X-Trace-Id when the trace id is not W3C-shaped.
-function spanIdHeader(headers: Record<string, string | string[] | undefined>): string | undefined {
-  const v = headers['x-parent-span-id'];
-  return typeof v === 'string' && /^[0-9a-f]{16}$/.test(v) ? v : undefined;
+let contextManagerReady = false;
+
+/** OpenTelemetry's context needs a manager registered once per process; the API's default drops context. */
+export function ensureContextManager(): void {
+  if (contextManagerReady) return;
+  contextManagerReady = context.setGlobalContextManager(new AsyncLocalStorageContextManager().enable());
 }
 
-export function runWithTrace<T>(ctx: TraceContext, fn: () => T): T {
-  return storage.run(ctx, fn);
+/** Runs `fn` inside the trace (and span, when there is one): currentTrace() and logs see it. */
+export function runWithTrace<T>(ctx: TraceContext, fn: () => T, span?: Span): T {
+  ensureContextManager();
+  let c = context.active().setValue(TRACE_KEY, ctx);
+  if (span) c = trace.setSpan(c, span);
+  return context.with(c, fn);
 }
 
 export function currentTrace(): TraceContext | undefined {
-  return storage.getStore();
+  return context.active().getValue(TRACE_KEY) as TraceContext | undefined;
 }
 
 /**
- * Headers that carry the current trace to another of our processes. The traceparent is only
- * valid when the trace id is 32 hex digits; our own X-Trace-Id carries any other form.
+ * Headers that carry the current trace to another of our processes: our X-Trace-Id (the user's
+ * form of the id) and the W3C traceparent naming `parentSpanId` (the caller's client span, or
+ * else the request's span).
  */
-export function outgoingTraceHeaders(ctx: TraceContext | undefined = storage.getStore()): Record<string, string> {
+export function outgoingTraceHeaders(ctx: TraceContext | undefined = currentTrace(), parentSpanId?: string): Record<string, string> {
   if (!ctx) return {};
-  const headers: Record<string, string> = { 'x-trace-id': ctx.traceId, 'x-parent-span-id': ctx.spanId };
-  if (/^[0-9a-f]{32}$/.test(ctx.traceId)) headers['traceparent'] = `00-${ctx.traceId}-${ctx.spanId}-01`;
-  return headers;
+  return { 'x-trace-id': ctx.traceId, traceparent: `00-${ctx.w3cTraceId}-${parentSpanId ?? ctx.spanId}-01` };
 }
 
-/** Re-enters the current trace context in a callback that a library may call from another one. */
+/** Re-enters the current context in a callback that a library may call from another one. */
 export function bindToTrace<F extends (...args: never[]) => unknown>(fn: F): F {
-  const ctx = storage.getStore();
-  if (!ctx) return fn;
-  return ((...args: Parameters<F>) => storage.run(ctx, () => fn(...args))) as F;
+  ensureContextManager();
+  return context.bind(context.active(), fn);
 }

@@ -1,0 +1,100 @@
+// GET /spans (this process's finished spans), GET /traces and GET /traces/:traceId (this
+// process's spans merged with those of `remotes`, fetched in parallel; partial when one is down).
+import { Router } from 'express';
+import { z } from 'zod';
+import { HttpError } from './errors.js';
+import type { ServiceClient } from './service-client.js';
+import { isValidClientTraceId, toW3cTraceId } from './trace.js';
+import type { SpanRecord, Tracing } from './tracing.js';
+import { boundedIntQuery, parseQuery } from './validation.js';
+
+export interface TraceSummary {
+  traceId: string;
+  name: string;
+  startTime: string;
+  durationMs: number;
+  spanCount: number;
+  services: string[];
+  status: 'ok' | 'error';
+}
+
+const TraceIdSchema = z.string().refine(isValidClientTraceId, 'must be 1..128 characters of A-Za-z0-9._:-');
+const SpansQuery = z.strictObject({ traceId: TraceIdSchema.optional(), limit: boundedIntQuery(1, 10_000, 1000) });
+const TracesQuery = z.strictObject({ limit: boundedIntQuery(1, 100, 20) });
+/** How many recent spans each process contributes to the trace list. */
+const LIST_SPANS = 2000;
+
+interface Gathered {
+  spans: SpanRecord[];
+  unavailable: string[];
+}
+
+export function createTraceRoutes({ tracing, remotes = [] }: { tracing: Tracing; remotes?: ServiceClient[] }): Router {
+  const router = Router();
+
+  async function gather(query: { traceId?: string; limit: number }): Promise<Gathered> {
+    const qs = new URLSearchParams({ limit: String(query.limit) });
+    if (query.traceId) qs.set('traceId', query.traceId);
+    const results = await Promise.allSettled(remotes.map((r) => r.get<{ spans: SpanRecord[] }>(`/spans?${qs}`)));
+    const spans = tracing.buffer.query(query);
+    const unavailable: string[] = [];
+    results.forEach((r, i) => {
+      if (r.status === 'fulfilled' && Array.isArray(r.value.body?.spans)) spans.push(...r.value.body.spans.slice(0, query.limit));
+      else unavailable.push(remotes[i]!.name);
+    });
+    return { spans, unavailable };
+  }
+
+  router.get('/spans', (req, res) => {
+    const { traceId, limit } = parseQuery(SpansQuery, req.query);
+    res.json({ service: tracing.service, spans: tracing.buffer.query({ traceId: traceId && toW3cTraceId(traceId), limit }) });
+  });
+
+  router.get('/traces', async (req, res) => {
+    const { limit } = parseQuery(TracesQuery, req.query);
+    const { spans, unavailable } = await gather({ limit: LIST_SPANS });
+    const byTrace = new Map<string, SpanRecord[]>();
+    for (const s of spans) {
+      const list = byTrace.get(s.traceId);
+      if (list) list.push(s);
+      else byTrace.set(s.traceId, [s]);
+    }
+    const traces = [...byTrace.values()].map(summarize).sort((a, b) => b.startTime.localeCompare(a.startTime)).slice(0, limit);
+    res.json({ traces, meta: { complete: unavailable.length === 0, unavailable } });
+  });
+
+  router.get('/traces/:traceId', async (req, res) => {
+    const parsed = TraceIdSchema.safeParse(req.params.traceId);
+    if (!parsed.success) throw new HttpError(400, 'VALIDATION_ERROR', 'Invalid trace id', [{ field: 'traceId', message: 'must be 1..128 characters of A-Za-z0-9._:-' }]);
+    const w3cTraceId = toW3cTraceId(parsed.data);
+    const { spans, unavailable } = await gather({ traceId: w3cTraceId, limit: 10_000 });
+    const own = spans.filter((s) => s.traceId === w3cTraceId);
+    if (own.length === 0) throw new HttpError(404, 'NOT_FOUND', 'Trace not found');
+    own.sort((a, b) => a.startMs - b.startMs);
+    res.json({
+      traceId: parsed.data,
+      w3cTraceId,
+      spans: own.map(({ startMs: _s, alias: _a, ...span }) => span),
+      meta: { complete: unavailable.length === 0, unavailable },
+    });
+  });
+
+  return router;
+}
+
+export function summarize(spans: SpanRecord[]): TraceSummary {
+  const ids = new Set(spans.map((s) => s.spanId));
+  const roots = spans.filter((s) => !s.parentSpanId || !ids.has(s.parentSpanId));
+  const root = (roots.length ? roots : spans).reduce((a, b) => (b.startMs < a.startMs ? b : a));
+  const start = Math.min(...spans.map((s) => s.startMs));
+  const end = Math.max(...spans.map((s) => s.startMs + s.durationMs));
+  return {
+    traceId: spans.find((s) => s.alias)?.alias ?? root.traceId,
+    name: root.name,
+    startTime: new Date(start).toISOString(),
+    durationMs: Math.round((end - start) * 1000) / 1000,
+    spanCount: spans.length,
+    services: [...new Set(spans.map((s) => s.service))],
+    status: spans.some((s) => s.status === 'error') ? 'error' : 'ok',
+  };
+}

@@ -1,0 +1,223 @@
+// Spans: one OpenTelemetry tracer provider per app, a bounded buffer of finished spans that
+// /spans and /traces read, and OTLP/HTTP export when an endpoint is configured.
+import { context, createContextKey, SpanKind, SpanStatusCode, trace, TraceFlags, type Attributes, type Span, type SpanContext, type Tracer } from '@opentelemetry/api';
+import { hrTimeToMilliseconds } from '@opentelemetry/core';
+import { resourceFromAttributes } from '@opentelemetry/resources';
+import {
+  BasicTracerProvider,
+  BatchSpanProcessor,
+  RandomIdGenerator,
+  type IdGenerator,
+  type ReadableSpan,
+  type SpanProcessor,
+} from '@opentelemetry/sdk-trace-base';
+import { OTLPTraceExporter } from '@opentelemetry/exporter-trace-otlp-http';
+import { currentTrace, ensureContextManager, newSpanId, outgoingTraceHeaders, runWithTrace, type TraceContext } from './trace.js';
+
+/** A finished span as /spans and /traces serve it. */
+export interface SpanRecord {
+  traceId: string;
+  spanId: string;
+  parentSpanId: string | null;
+  name: string;
+  service: string;
+  kind: 'server' | 'client' | 'internal';
+  startTime: string;
+  /** Milliseconds since the epoch, for sorting and merging. */
+  startMs: number;
+  durationMs: number;
+  status: 'ok' | 'error';
+  attributes: Record<string, string | number | boolean>;
+  /** The client's own form of the trace id, when it chose one. */
+  alias?: string;
+}
+
+export const ALIAS_ATTRIBUTE = 'trace.alias';
+
+/** Finished spans, newest last, bounded by count and by age. */
+export class SpanBuffer {
+  private readonly spans: SpanRecord[] = [];
+  private head = 0;
+
+  constructor(
+    readonly maxSpans: number,
+    readonly maxAgeMs: number,
+  ) {}
+
+  get size(): number {
+    return this.spans.length - this.head;
+  }
+
+  push(span: SpanRecord): void {
+    this.spans.push(span);
+    this.prune(Date.now());
+  }
+
+  /** Spans of one trace, or the newest `limit` spans. */
+  query({ traceId, limit = this.maxSpans }: { traceId?: string; limit?: number }): SpanRecord[] {
+    this.prune(Date.now());
+    const out: SpanRecord[] = [];
+    for (let i = this.spans.length - 1; i >= this.head && out.length < limit; i--) {
+      const s = this.spans[i]!;
+      if (traceId === undefined || s.traceId === traceId) out.push(s);
+    }
+    return out.reverse();
+  }
+
+  private prune(now: number): void {
+    const oldest = now - this.maxAgeMs;
+    while (this.size > this.maxSpans || (this.size > 0 && this.spans[this.head]!.startMs < oldest)) this.head++;
+    // Compact now and then, so dropping the head stays O(1) on average.
+    if (this.head > 1024 && this.head * 2 > this.spans.length) {
+      this.spans.splice(0, this.head);
+      this.head = 0;
+    }
+  }
+}
+
+const KINDS: Record<number, SpanRecord['kind']> = { [SpanKind.SERVER]: 'server', [SpanKind.CLIENT]: 'client' };
+
+class BufferProcessor implements SpanProcessor {
+  constructor(
+    private readonly buffer: SpanBuffer,
+    private readonly service: string,
+  ) {}
+  onStart(): void {}
+  onEnd(span: ReadableSpan): void {
+    const ctx = span.spanContext();
+    const attributes: SpanRecord['attributes'] = {};
+    for (const [k, v] of Object.entries(span.attributes)) {
+      if (typeof v === 'string' || typeof v === 'number' || typeof v === 'boolean') attributes[k] = v;
+    }
+    const startMs = hrTimeToMilliseconds(span.startTime);
+    const alias = attributes[ALIAS_ATTRIBUTE];
+    this.buffer.push({
+      traceId: ctx.traceId,
+      spanId: ctx.spanId,
+      parentSpanId: span.parentSpanContext?.spanId ?? null,
+      name: span.name,
+      service: this.service,
+      kind: KINDS[span.kind] ?? 'internal',
+      startTime: new Date(startMs).toISOString(),
+      startMs,
+      durationMs: Math.round(hrTimeToMilliseconds(span.duration) * 1000) / 1000,
+      status: span.status.code === SpanStatusCode.ERROR ? 'error' : 'ok',
+      attributes,
+      ...(typeof alias === 'string' ? { alias } : {}),
+    });
+  }
+  forceFlush(): Promise<void> {
+    return Promise.resolve();
+  }
+  shutdown(): Promise<void> {
+    return Promise.resolve();
+  }
+}
+
+// The SDK makes a root span's trace id with its IdGenerator. Our root spans must carry the id we
+// chose from X-Trace-Id, so the server-span code hands it over here just before the synchronous
+// startSpan call that consumes it.
+let nextTraceId: string | undefined;
+class ChosenTraceIdGenerator implements IdGenerator {
+  private readonly random = new RandomIdGenerator();
+  generateTraceId(): string {
+    const id = nextTraceId ?? this.random.generateTraceId();
+    nextTraceId = undefined;
+    return id;
+  }
+  generateSpanId(): string {
+    return this.random.generateSpanId();
+  }
+}
+
+export interface TracingOptions {
+  service: string;
+  /** Base URL of an OTLP/HTTP collector; spans go to `<endpoint>/v1/traces` in batches. */
+  otlpEndpoint?: string;
+  maxSpans?: number;
+  maxAgeMs?: number;
+}
+
+export interface Tracing {
+  service: string;
+  buffer: SpanBuffer;
+  /** Starts the server span of a request and runs `fn` inside it. */
+  runServerSpan<T>(ctx: TraceContext, name: string, attributes: Attributes, fn: (span: Span) => T): T;
+  /** Flushes and stops the exporter, if any. */
+  shutdown(): Promise<void>;
+}
+
+const TRACING_KEY = createContextKey('msvc.tracing');
+
+interface TracingWithTracer extends Tracing {
+  tracer: Tracer;
+}
+
+export function createTracing({ service, otlpEndpoint, maxSpans = 10_000, maxAgeMs = 15 * 60_000 }: TracingOptions): Tracing {
+  ensureContextManager();
+  const buffer = new SpanBuffer(maxSpans, maxAgeMs);
+  const spanProcessors: SpanProcessor[] = [new BufferProcessor(buffer, service)];
+  if (otlpEndpoint) {
+    const exporter = new OTLPTraceExporter({ url: `${otlpEndpoint.replace(/\/+$/, '')}/v1/traces` });
+    spanProcessors.push(new BatchSpanProcessor(exporter, { maxQueueSize: 4096, scheduledDelayMillis: 1000 }));
+  }
+  const provider = new BasicTracerProvider({
+    resource: resourceFromAttributes({ 'service.name': service }),
+    idGenerator: new ChosenTraceIdGenerator(),
+    spanProcessors,
+  });
+  const tracer = provider.getTracer('msvc');
+  const tracing: TracingWithTracer = {
+    service,
+    buffer,
+    tracer,
+    runServerSpan(ctx, name, attributes, fn) {
+      let parent = context.active().setValue(TRACING_KEY, tracing);
+      if (ctx.parentSpanId) {
+        const remote: SpanContext = { traceId: ctx.w3cTraceId, spanId: ctx.parentSpanId, traceFlags: TraceFlags.SAMPLED, isRemote: true };
+        parent = trace.setSpanContext(parent, remote);
+      } else {
+        nextTraceId = ctx.w3cTraceId;
+      }
+      const span = tracer.startSpan(name, { kind: SpanKind.SERVER, attributes }, parent);
+      nextTraceId = undefined;
+      ctx.spanId = span.spanContext().spanId;
+      return context.with(parent, () => runWithTrace(ctx, () => fn(span), span));
+    },
+    shutdown: () => provider.shutdown(),
+  };
+  return tracing;
+}
+
+export interface ClientSpan {
+  /** Headers for the outgoing call: trace id and a traceparent naming this span. */
+  headers: Record<string, string>;
+  /** Ends the span: a status >= 500 or an error marks it failed. */
+  end(result: { status?: number; error?: string }): void;
+}
+
+/**
+ * A client span for an outgoing call from inside a traced request. Outside one (start-up, health
+ * probes) there is nothing to attach it to, and the call only carries the trace headers.
+ */
+export function startClientSpan(name: string, attributes: Attributes): ClientSpan {
+  const tracing = context.active().getValue(TRACING_KEY) as TracingWithTracer | undefined;
+  const ctx = currentTrace();
+  if (!tracing || !ctx) return { headers: outgoingTraceHeaders(ctx, ctx ? newSpanId() : undefined), end: () => {} };
+  const span = tracing.tracer.startSpan(name, { kind: SpanKind.CLIENT, attributes }, context.active());
+  const headers = outgoingTraceHeaders(ctx, span.spanContext().spanId);
+  let ended = false;
+  return {
+    headers,
+    end({ status, error }) {
+      if (ended) return;
+      ended = true;
+      if (status !== undefined) span.setAttribute('http.response.status_code', status);
+      if (error !== undefined || (status !== undefined && status >= 500)) {
+        span.setStatus({ code: SpanStatusCode.ERROR, message: error ?? `HTTP ${status}` });
+        if (error) span.setAttribute('error.type', error);
+      }
+      span.end();
+    },
+  };
+}

@@ -1,0 +1,193 @@
+import { after, describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { createServer, type IncomingMessage } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { Router } from 'express';
+import { createServiceApp } from '../lib/platform/service-app.js';
+import { createMetrics } from '../lib/platform/metrics.js';
+import { openDatabase } from '../lib/platform/db.js';
+import { ServiceClient } from '../lib/platform/service-client.js';
+import { createTracing, SpanBuffer, type SpanRecord } from '../lib/platform/tracing.js';
+import { createTraceRoutes } from '../lib/platform/trace-routes.js';
+import { toW3cTraceId } from '../lib/platform/trace.js';
+import { createBaseApp, requestContext } from '../lib/platform/http.js';
+import { errorHandler, notFoundHandler } from '../lib/platform/errors.js';
+import { http, memoryLogger, startApp, type Started } from './helpers.js';
+
+/** Every span but one has its parent among the spans: one tree. */
+export function assertOneTree(spans: { spanId: string; parentSpanId: string | null }[]): void {
+  const ids = new Set(spans.map((s) => s.spanId));
+  const roots = spans.filter((s) => !s.parentSpanId || !ids.has(s.parentSpanId));
+  assert.equal(roots.length, 1, `one root expected, got ${roots.length}: ${JSON.stringify(spans.map((s) => [s.spanId, s.parentSpanId]))}`);
+}
+
+const db = () => openDatabase({ dataDir: ':memory:', name: 't', migrations: [] });
+
+/** A back service with GET /thing, and a front service whose GET /proxy calls it. */
+async function twoServices(otlpEndpoint?: string) {
+  const back = memoryLogger('back');
+  const backTracing = createTracing({ service: 'back-service', otlpEndpoint });
+  const backRoutes = Router().get('/thing', (_req, res) => {
+    res.json({ ok: true });
+  });
+  const backApp = await startApp(createServiceApp({ service: 'back-service', logger: back.logger, metrics: createMetrics('back'), db: db(), routes: backRoutes, tracing: backTracing }));
+  const client = new ServiceClient({ name: 'back', baseUrl: backApp.url, timeoutMs: 2000 });
+  const front = memoryLogger('front');
+  const frontTracing = createTracing({ service: 'front-service', otlpEndpoint });
+  const frontRoutes = Router().get('/proxy', async (_req, res) => {
+    const r = await client.get<{ ok: boolean }>('/thing');
+    res.json({ fromBack: r.body });
+  });
+  // Built like the gateway: its /traces merges its own spans with the back service's.
+  const app = createBaseApp();
+  app.use(requestContext(front.logger, frontTracing));
+  app.use(frontRoutes);
+  app.use(createTraceRoutes({ tracing: frontTracing, remotes: [client] }));
+  app.use(notFoundHandler);
+  app.use(errorHandler(front.logger));
+  const frontApp = await startApp(app);
+  return {
+    backApp,
+    frontApp,
+    backLines: back.lines,
+    tracings: [backTracing, frontTracing],
+    close: async () => {
+      await frontApp.close();
+      await backApp.close();
+    },
+  };
+}
+
+describe('traces across processes', async () => {
+  const sys = await twoServices();
+  after(() => sys.close());
+
+  test('a client X-Trace-Id names one tree of spans from both services', async () => {
+    const r = await http(sys.frontApp.url, 'GET', '/proxy', { headers: { 'x-trace-id': 'my-trace-123' } });
+    assert.equal(r.status, 200);
+    assert.equal(r.headers.get('x-trace-id'), 'my-trace-123');
+    const t = await http(sys.frontApp.url, 'GET', '/traces/my-trace-123');
+    assert.equal(t.status, 200);
+    assert.equal(t.body.traceId, 'my-trace-123');
+    assert.equal(t.body.w3cTraceId, toW3cTraceId('my-trace-123'));
+    const spans = t.body.spans as SpanRecord[];
+    assert.deepEqual(new Set(spans.map((s) => s.service)), new Set(['front-service', 'back-service']));
+    assert.deepEqual(spans.map((s) => s.kind).sort(), ['client', 'server', 'server']);
+    assertOneTree(spans);
+    for (const s of spans) {
+      assert.equal(s.traceId, toW3cTraceId('my-trace-123'));
+      assert.ok(s.durationMs >= 0);
+    }
+    const backServer = spans.find((s) => s.service === 'back-service')!;
+    assert.equal(backServer.name, 'GET /thing');
+    assert.equal(backServer.attributes['http.response.status_code'], 200);
+  });
+
+  test('the back service logs under the trace id the client chose', async () => {
+    await http(sys.frontApp.url, 'GET', '/proxy', { headers: { 'x-trace-id': 'log-trace-7' } });
+    const line = sys.backLines().find((l) => l.msg === 'request' && l.traceId === 'log-trace-7');
+    assert.ok(line, 'request log line in the back service carries the trace id');
+  });
+
+  test('a client traceparent is the trace that X-Trace-Id names', async () => {
+    const id = '4bf92f3577b34da6a3ce929d0e0e4736';
+    const r = await http(sys.frontApp.url, 'GET', '/proxy', { headers: { traceparent: `00-${id}-00f067aa0ba902b7-01` } });
+    assert.equal(r.headers.get('x-trace-id'), id);
+    const t = await http(sys.frontApp.url, 'GET', `/traces/${id}`);
+    const root = (t.body.spans as SpanRecord[]).find((s) => s.service === 'front-service' && s.kind === 'server')!;
+    assert.equal(root.parentSpanId, '00f067aa0ba902b7');
+  });
+
+  test('the list is newest first, with span counts and services', async () => {
+    await http(sys.frontApp.url, 'GET', '/proxy', { headers: { 'x-trace-id': 'older-1' } });
+    await http(sys.frontApp.url, 'GET', '/proxy', { headers: { 'x-trace-id': 'newer-2' } });
+    const r = await http(sys.frontApp.url, 'GET', '/traces?limit=5');
+    assert.equal(r.status, 200);
+    const ids = r.body.traces.map((t: { traceId: string }) => t.traceId);
+    assert.ok(ids.indexOf('newer-2') < ids.indexOf('older-1'));
+    const newest = r.body.traces[0];
+    assert.equal(newest.traceId, 'newer-2');
+    assert.equal(newest.spanCount, 3);
+    assert.deepEqual(newest.services.sort(), ['back-service', 'front-service']);
+    assert.equal(newest.status, 'ok');
+  });
+
+  test('unknown traces are 404, invalid ids 400, and a down service makes the answer partial', async () => {
+    assert.equal((await http(sys.frontApp.url, 'GET', '/traces/nope-nope')).status, 404);
+    assert.equal((await http(sys.frontApp.url, 'GET', '/traces/bad%20id')).status, 400);
+    await http(sys.frontApp.url, 'GET', '/proxy', { headers: { 'x-trace-id': 'partial-1' } });
+    await sys.backApp.close();
+    const t = await http(sys.frontApp.url, 'GET', '/traces/partial-1');
+    assert.equal(t.status, 200);
+    assert.deepEqual(t.body.meta, { complete: false, unavailable: ['back'] });
+  });
+});
+
+describe('span buffer', () => {
+  test('stays within its count cap however many spans arrive', () => {
+    const buffer = new SpanBuffer(1000, 60_000);
+    const now = Date.now();
+    for (let i = 0; i < 100_000; i++) {
+      buffer.push({ traceId: String(i), spanId: String(i), parentSpanId: null, name: 'x', service: 's', kind: 'server', startTime: '', startMs: now, durationMs: 1, status: 'ok', attributes: {} });
+      assert.ok(buffer.size <= 1000);
+    }
+    assert.equal(buffer.size, 1000);
+    assert.equal(buffer.query({ limit: 1 })[0]!.traceId, '99999');
+  });
+
+  test('drops spans older than its age cap', () => {
+    const buffer = new SpanBuffer(1000, 1000);
+    buffer.push({ traceId: 'old', spanId: '1', parentSpanId: null, name: 'x', service: 's', kind: 'server', startTime: '', startMs: Date.now() - 5000, durationMs: 1, status: 'ok', attributes: {} });
+    assert.equal(buffer.size, 0);
+  });
+
+  test('a real app keeps its buffer within the cap under many requests', async () => {
+    const tracing = createTracing({ service: 'capped', maxSpans: 50 });
+    const app = await startApp(createServiceApp({ service: 'capped', logger: memoryLogger('capped', 'warn').logger, metrics: createMetrics('capped'), db: db(), routes: Router(), tracing }));
+    try {
+      for (let i = 0; i < 200; i++) await fetch(`${app.url}/nothing-${i}`).then((r) => r.text());
+      assert.equal(tracing.buffer.size, 50);
+    } finally {
+      await app.close();
+    }
+  });
+});
+
+describe('OTLP export', () => {
+  test('with an endpoint set, spans of both services reach an OTLP/HTTP receiver', async () => {
+    const received: { path: string; body: any }[] = [];
+    const receiver = createServer((req: IncomingMessage, res) => {
+      const chunks: Buffer[] = [];
+      req.on('data', (c: Buffer) => chunks.push(c));
+      req.on('end', () => {
+        received.push({ path: req.url ?? '', body: JSON.parse(Buffer.concat(chunks).toString()) });
+        res.writeHead(200, { 'content-type': 'application/json' }).end('{}');
+      });
+    });
+    await new Promise<void>((r) => receiver.listen(0, '127.0.0.1', r));
+    const endpoint = `http://127.0.0.1:${(receiver.address() as AddressInfo).port}`;
+    const sys = await twoServices(endpoint);
+    try {
+      await http(sys.frontApp.url, 'GET', '/proxy', { headers: { 'x-trace-id': 'otlp-1' } });
+      await Promise.all(sys.tracings.map((t) => t.shutdown()));
+      assert.ok(received.length >= 1);
+      assert.ok(received.every((r) => r.path === '/v1/traces'));
+      const services = new Set<string>();
+      const traceIds = new Set<string>();
+      for (const { body } of received) {
+        for (const rs of body.resourceSpans) {
+          const name = rs.resource.attributes.find((a: any) => a.key === 'service.name')?.value.stringValue;
+          for (const ss of rs.scopeSpans) for (const s of ss.spans) {
+            services.add(name);
+            traceIds.add(s.traceId);
+          }
+        }
+      }
+      assert.deepEqual(services, new Set(['front-service', 'back-service']));
+      assert.ok(traceIds.has(toW3cTraceId('otlp-1')));
+    } finally {
+      await sys.close();
+      receiver.close();
+    }
+  });
+});
