@@ -35,6 +35,11 @@ export const commonShape = {
   LOG_PRETTY: z.enum(['true', 'false', '1', '0']).optional().transform((v) => (v === undefined ? undefined : v === 'true' || v === '1')),
   NODE_ENV: z.string().default('development'),
   OTEL_EXPORTER_OTLP_ENDPOINT: z.url({ protocol: /^https?$/, message: 'must be an http(s) URL' }).optional(),
+  // OpenTelemetry's own switch: true records no spans (trace ids and headers still work).
+  OTEL_SDK_DISABLED: boolVar(false),
+  // Finished spans each process keeps for /traces: at most this many, none older than the age.
+  TRACE_BUFFER_SPANS: intVar(10_000, 100, 1_000_000),
+  TRACE_BUFFER_MAX_AGE_MS: intVar(15 * 60_000, 1000),
 };
 
 /** Settings every data-owning service has. */

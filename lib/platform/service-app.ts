@@ -15,20 +15,20 @@ export interface ServiceAppOptions {
   metrics: Metrics;
   db: Db;
   routes: Router;
-  /** Spans of this app; one without export is made when absent (tests). */
-  tracing?: Tracing;
+  /** Spans of this app; one without export is made when absent (tests); null records none. */
+  tracing?: Tracing | null;
 }
 
 export function createServiceApp({ service, logger, metrics, db, routes, tracing = createTracing({ service }) }: ServiceAppOptions): Express {
   const app = createBaseApp();
-  app.use(requestContext(logger, tracing));
+  app.use(requestContext(logger, tracing ?? undefined));
   app.use(metrics.middleware);
   app.get('/health', (_req, res) => {
     const healthy = databaseIsHealthy(db);
     res.status(healthy ? 200 : 503).json({ status: healthy ? 'healthy' : 'unhealthy', service });
   });
   app.get('/metrics', metrics.handler);
-  app.use(createTraceRoutes({ tracing }));
+  if (tracing) app.use(createTraceRoutes({ tracing }));
   app.use(jsonBody());
   app.use(routes);
   app.use(notFoundHandler);

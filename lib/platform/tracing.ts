@@ -189,6 +189,15 @@ export function createTracing({ service, otlpEndpoint, maxSpans = 10_000, maxAge
   return tracing;
 }
 
+/** The process's tracing as its config says: none when OTEL_SDK_DISABLED is true. */
+export function createTracingFromConfig(
+  service: string,
+  config: { OTEL_SDK_DISABLED: boolean; OTEL_EXPORTER_OTLP_ENDPOINT?: string; TRACE_BUFFER_SPANS: number; TRACE_BUFFER_MAX_AGE_MS: number },
+): Tracing | null {
+  if (config.OTEL_SDK_DISABLED) return null;
+  return createTracing({ service, otlpEndpoint: config.OTEL_EXPORTER_OTLP_ENDPOINT, maxSpans: config.TRACE_BUFFER_SPANS, maxAgeMs: config.TRACE_BUFFER_MAX_AGE_MS });
+}
+
 export interface ClientSpan {
   /** Headers for the outgoing call: trace id and a traceparent naming this span. */
   headers: Record<string, string>;
