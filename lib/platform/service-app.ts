@@ -8,15 +8,19 @@ import type { Metrics } from './metrics.js';
 import { createTraceRoutes } from './trace-routes.js';
 import { createTracing, type Tracing } from './tracing.js';
 
-export interface ServiceAppOptions {
-  /** `user-service`, `product-service`, `order-service`: the name /health reports. */
-  service: string;
+/** What every service's app factory takes. */
+export interface ServiceDeps {
   logger: Logger;
-  metrics: Metrics;
   db: Db;
-  routes: Router;
+  metrics: Metrics;
   /** Spans of this app; one without export is made when absent (tests); null records none. */
   tracing?: Tracing | null;
+}
+
+export interface ServiceAppOptions extends ServiceDeps {
+  /** `user-service`, `product-service`, `order-service`: the name /health reports. */
+  service: string;
+  routes: Router;
 }
 
 export function createServiceApp({ service, logger, metrics, db, routes, tracing = createTracing({ service }) }: ServiceAppOptions): Express {

@@ -1,0 +1,67 @@
+import { Router } from 'express';
+import { notFound } from '../platform/errors.js';
+import { parseBody, parseId, parseParams, parseQuery } from '../platform/validation.js';
+import {
+  CreateProductSchema, ListProductsQuerySchema, ReservationParamsSchema, ReserveSchema, StockChangeSchema, UpdateProductSchema,
+} from './schema.js';
+import type { ProductStore } from './store.js';
+
+export function createProductRoutes(store: ProductStore): Router {
+  const router = Router();
+
+  router.get('/products', (req, res) => {
+    res.json(store.list(parseQuery(ListProductsQuerySchema, req.query)));
+  });
+
+  router.get('/products/:id', (req, res) => {
+    const product = store.get(parseId(req.params));
+    if (!product) throw notFound('Product');
+    res.json(product);
+  });
+
+  router.post('/products', (req, res) => {
+    const product = store.create(parseBody(CreateProductSchema, req.body));
+    res.status(201).location(`/products/${product.id}`).json(product);
+  });
+
+  router.put('/products/:id', (req, res) => {
+    const id = parseId(req.params);
+    const product = store.update(id, parseBody(UpdateProductSchema, req.body));
+    if (!product) throw notFound('Product');
+    res.json(product);
+  });
+
+  router.patch('/products/:id/stock', (req, res) => {
+    const id = parseId(req.params);
+    res.json(store.adjustStock(id, parseBody(StockChangeSchema, req.body)));
+  });
+
+  router.delete('/products/:id', (req, res) => {
+    if (!store.remove(parseId(req.params))) throw notFound('Product');
+    res.status(204).end();
+  });
+
+  router.get('/stats', (_req, res) => {
+    res.json(store.stats());
+  });
+
+  // Internal: the order service takes and gives back stock here (see lib/products/client.ts).
+  router.post('/internal/reservations', (req, res) => {
+    const { reservation, created } = store.reserve(parseBody(ReserveSchema, req.body));
+    if (created) res.status(201).location(`/internal/reservations/${reservation.id}`);
+    res.json(reservation);
+  });
+
+  router.get('/internal/reservations/:id', (req, res) => {
+    const reservation = store.getReservation(parseParams(ReservationParamsSchema, req.params).id);
+    if (!reservation) throw notFound('Reservation');
+    res.json(reservation);
+  });
+
+  router.delete('/internal/reservations/:id', (req, res) => {
+    const { id } = parseParams(ReservationParamsSchema, req.params);
+    res.json({ id, released: store.release(id) });
+  });
+
+  return router;
+}

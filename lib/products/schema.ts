@@ -1,0 +1,130 @@
+// The product service's shapes: what clients may send and what it answers. Money is a number of
+// dollars with at most 2 decimals on the wire and integer cents everywhere else.
+import { z } from 'zod';
+import { PagingShape } from '../platform/validation.js';
+
+export const MAX_PRICE = 10_000_000;
+export const MAX_STOCK = 1_000_000_000;
+
+/** Exact for any number with at most 2 decimals: n / 100 is the double nearest to the decimal. */
+export const toCents = (price: number): number => Math.round(price * 100);
+export const fromCents = (cents: number): number => cents / 100;
+const hasWholeCents = (price: number) => toCents(price) / 100 === price;
+
+// Names and categories end up in lists, logs and terminals: control characters and lone
+// surrogates are refused. Descriptions may hold line breaks and tabs.
+const PRINTABLE = /^[^\p{Cc}\p{Cs}]*$/u;
+const PRINTABLE_TEXT = /^[^\p{Cs}\x00-\x08\x0B\x0C\x0E-\x1F\x7F-\x9F]*$/u;
+const CONTROL_MESSAGE = 'must not contain control characters';
+
+const NameSchema = z.string().trim().min(2, 'must be 2 to 200 characters').max(200, 'must be 2 to 200 characters')
+  .regex(PRINTABLE, CONTROL_MESSAGE);
+const DescriptionSchema = z.string().trim().max(2000, 'must be at most 2000 characters').regex(PRINTABLE_TEXT, CONTROL_MESSAGE);
+// Lower-cased so that "Kitchen" and "kitchen" are one category in filters and stats.
+const CategorySchema = z.string().trim().toLowerCase().min(1, 'must be 1 to 50 characters').max(50, 'must be 1 to 50 characters')
+  .regex(PRINTABLE, CONTROL_MESSAGE);
+const PriceSchema = z.number('must be a number').min(0, 'must not be negative').max(MAX_PRICE, `must be at most ${MAX_PRICE}`)
+  .refine(hasWholeCents, 'must have at most 2 decimals');
+const StockSchema = z.int('must be a whole number').min(0, 'must not be negative').max(MAX_STOCK, `must be at most ${MAX_STOCK}`);
+
+export const CreateProductSchema = z.strictObject({
+  name: NameSchema,
+  description: DescriptionSchema.default(''),
+  price: PriceSchema,
+  stock: StockSchema.default(0),
+  category: CategorySchema.default('general'),
+});
+export type CreateProduct = z.infer<typeof CreateProductSchema>;
+
+export const UpdateProductSchema = z
+  .strictObject({
+    name: NameSchema.optional(),
+    description: DescriptionSchema.optional(),
+    price: PriceSchema.optional(),
+    category: CategorySchema.optional(),
+  })
+  .refine((v) => Object.keys(v).length > 0, 'must contain at least one of name, description, price, category');
+export type UpdateProduct = z.infer<typeof UpdateProductSchema>;
+
+export const StockChangeSchema = z.strictObject({
+  operation: z.enum(['add', 'subtract', 'set'], { message: 'must be "add", "subtract" or "set"' }),
+  quantity: StockSchema,
+});
+export type StockChange = z.infer<typeof StockChangeSchema>;
+
+/** `12`, `12.5`, `12.50` -> cents, parsed from the digits so no floating point is involved. */
+const PriceQuery = z.string()
+  .regex(/^\d{1,8}(\.\d{1,2})?$/, 'must be a non-negative number with at most 2 decimals')
+  .transform((s) => {
+    const [whole, frac = ''] = s.split('.');
+    return Number(whole) * 100 + Number(frac.padEnd(2, '0'));
+  });
+
+export const ListProductsQuerySchema = z
+  .strictObject({
+    ...PagingShape,
+    category: CategorySchema.optional(),
+    minPrice: PriceQuery.optional(),
+    maxPrice: PriceQuery.optional(),
+    search: z.string().trim().min(1, 'must be 1 to 200 characters').max(200, 'must be 1 to 200 characters').optional(),
+  })
+  .refine((q) => q.minPrice === undefined || q.maxPrice === undefined || q.minPrice <= q.maxPrice, {
+    message: 'must not be greater than maxPrice',
+    path: ['minPrice'],
+  });
+/** minPrice and maxPrice are in cents here. */
+export type ListProductsQuery = z.infer<typeof ListProductsQuerySchema>;
+
+/** A product as the API answers it. Not strict: clients must tolerate fields added later. */
+export const ProductSchema = z.object({
+  id: z.number().int().positive(),
+  name: z.string(),
+  description: z.string(),
+  price: z.number(),
+  stock: z.number().int(),
+  category: z.string(),
+  createdAt: z.string(),
+  updatedAt: z.string(),
+});
+export type Product = z.infer<typeof ProductSchema>;
+
+export interface ProductStats {
+  service: 'product-service';
+  totalProducts: number;
+  categories: number;
+  categoryList: string[];
+  totalInventoryValue: number;
+  lowStockProducts: number;
+}
+
+export const LOW_STOCK_BELOW = 10;
+
+// Reservations: the internal step the order service uses to take the stock of all of an order's
+// items at once (or none), and to give it back.
+
+export const ReservationIdSchema = z.string().regex(/^[A-Za-z0-9_:.-]{1,100}$/, 'must be 1 to 100 characters of A-Z a-z 0-9 _ : . -');
+export const ReservationParamsSchema = z.object({ id: ReservationIdSchema });
+
+export const ReserveSchema = z.strictObject({
+  id: ReservationIdSchema,
+  items: z
+    .array(z.strictObject({
+      productId: z.int('must be a positive integer').min(1, 'must be a positive integer'),
+      quantity: z.int('must be a whole number from 1 to 1000').min(1, 'must be a whole number from 1 to 1000').max(1000, 'must be a whole number from 1 to 1000'),
+    }))
+    .min(1, 'must hold 1 to 50 items')
+    .max(50, 'must hold 1 to 50 items'),
+});
+export type ReserveRequest = z.infer<typeof ReserveSchema>;
+
+export const ReservationItemSchema = z.object({ productId: z.number().int(), quantity: z.number().int(), unitPrice: z.number() });
+export type ReservationItem = z.infer<typeof ReservationItemSchema>;
+
+export const ReservationSchema = z.object({
+  id: z.string(),
+  status: z.enum(['held', 'released']),
+  items: z.array(ReservationItemSchema),
+  createdAt: z.string(),
+  updatedAt: z.string(),
+});
+export type ReservationRecord = z.infer<typeof ReservationSchema>;

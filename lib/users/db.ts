@@ -1,0 +1,31 @@
+// The user service's SQLite file: schema steps and the demo rows of a first start.
+import { demoUsers } from '../demo/data.js';
+import { openDatabase, seedOnce, type Db, type Migrations } from '../platform/db.js';
+import { createUserStore } from './store.js';
+
+export const USER_MIGRATIONS: Migrations = [
+  // AUTOINCREMENT: a deleted user's id is never handed out again, since orders keep pointing at it.
+  `CREATE TABLE users (
+     id INTEGER PRIMARY KEY AUTOINCREMENT,
+     name TEXT NOT NULL,
+     email TEXT NOT NULL COLLATE NOCASE UNIQUE,
+     role TEXT NOT NULL CHECK (role IN ('admin', 'user')),
+     created_at TEXT NOT NULL,
+     updated_at TEXT NOT NULL
+   ) STRICT;
+   CREATE INDEX users_role ON users (role, id);`,
+];
+
+export function openUserDatabase(dataDir: string, seed: boolean): Db {
+  const db = openDatabase({ dataDir, name: 'users', migrations: USER_MIGRATIONS });
+  if (seed) {
+    seedOnce(db, () => {
+      const store = createUserStore(db);
+      // A file that already holds users (started once with SEED_DATA=false) gets no demo rows:
+      // they could clash with real emails.
+      if (store.count() > 0) return;
+      for (const user of demoUsers) store.create({ ...user });
+    });
+  }
+  return db;
+}

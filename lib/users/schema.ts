@@ -1,0 +1,51 @@
+// The user service's shapes: what clients may send and what it answers.
+import { z } from 'zod';
+import { PagingShape } from '../platform/validation.js';
+
+export const ROLES = ['admin', 'user'] as const;
+export const RoleSchema = z.enum(ROLES, { message: 'must be "admin" or "user"' });
+export type Role = z.infer<typeof RoleSchema>;
+
+// Names end up in lists, logs and terminals: control characters and lone surrogates are refused
+// rather than stored and echoed.
+const PRINTABLE = /^[^\p{Cc}\p{Cs}]*$/u;
+
+const NameSchema = z.string().trim().min(2, 'must be 2 to 100 characters').max(100, 'must be 2 to 100 characters')
+  .regex(PRINTABLE, 'must not contain control characters');
+
+// Kept as the client wrote it (trimmed); uniqueness ignores case (the column is COLLATE NOCASE,
+// enough because the format below is ASCII only).
+const EmailSchema = z.string().trim().max(254, 'must be at most 254 characters').pipe(z.email('must be a valid email'));
+
+export const CreateUserSchema = z.strictObject({
+  name: NameSchema,
+  email: EmailSchema,
+  role: RoleSchema.default('user'),
+});
+export type CreateUser = z.infer<typeof CreateUserSchema>;
+
+export const UpdateUserSchema = z
+  .strictObject({ name: NameSchema.optional(), email: EmailSchema.optional(), role: RoleSchema.optional() })
+  .refine((v) => Object.keys(v).length > 0, 'must contain at least one of name, email, role');
+export type UpdateUser = z.infer<typeof UpdateUserSchema>;
+
+export const ListUsersQuerySchema = z.strictObject({ ...PagingShape, role: RoleSchema.optional() });
+export type ListUsersQuery = z.infer<typeof ListUsersQuerySchema>;
+
+/** A user as the API answers it. Not strict: clients must tolerate fields added later. */
+export const UserSchema = z.object({
+  id: z.number().int().positive(),
+  name: z.string(),
+  email: z.string(),
+  role: RoleSchema,
+  createdAt: z.string(),
+  updatedAt: z.string(),
+});
+export type User = z.infer<typeof UserSchema>;
+
+export interface UserStats {
+  service: 'user-service';
+  totalUsers: number;
+  adminUsers: number;
+  regularUsers: number;
+}
