@@ -1,6 +1,6 @@
 // Shapes shared by every route: ids, paging, and the helpers that turn zod failures into 400s.
 import { z } from 'zod';
-import { validationError } from './errors.js';
+import { HttpError, validationError } from './errors.js';
 
 /** A positive integer that fits a JS number exactly: `1abc`, `1.5`, `-1`, `99999999999999999999` are refused. */
 export const IdSchema = z
@@ -40,6 +40,11 @@ export function parseParams<S extends z.ZodType>(schema: S, value: unknown): z.o
 }
 
 export function parseQuery<S extends z.ZodType>(schema: S, value: unknown): z.output<S> {
+  // `?a=1&a=2` arrives as an array; say so plainly rather than "expected string, received array".
+  const repeated = Object.entries(value as Record<string, unknown>).filter(([, v]) => Array.isArray(v)).map(([k]) => k);
+  if (repeated.length) {
+    throw new HttpError(400, 'VALIDATION_ERROR', 'Invalid request query', repeated.slice(0, 20).map((field) => ({ field, message: 'must be given once' })));
+  }
   const r = schema.safeParse(value);
   if (!r.success) throw validationError(r.error, 'query');
   return r.data;
