@@ -1,0 +1,37 @@
+import type { Express } from 'express';
+import { Gauge } from 'prom-client';
+import { createServiceApp, type ServiceDeps } from '../platform/service-app.js';
+import type { ProductsClient } from '../products/client.js';
+import type { UsersClient } from '../users/client.js';
+import { createKeyGate } from './idempotency.js';
+import { createOrderRoutes } from './routes.js';
+import { createOrderStore } from './store.js';
+
+export interface OrderAppDeps extends ServiceDeps {
+  users: UsersClient;
+  products: ProductsClient;
+}
+
+// Creates with an Idempotency-Key that may be in progress at once; more is a 503 with Retry-After.
+const MAX_KEYS_IN_FLIGHT = 1000;
+
+export function createOrderApp({ users, products, ...deps }: OrderAppDeps): Express {
+  const { logger, db, metrics } = deps;
+  const store = createOrderStore(db);
+  new Gauge({
+    name: 'orders_pending_releases',
+    help: 'Stock reservations waiting to be given back to the product service.',
+    registers: [metrics.registry],
+    collect() {
+      this.set(store.countPendingReleases());
+    },
+  });
+  const routes = createOrderRoutes({
+    store,
+    users,
+    products,
+    logger: logger.child({ component: 'orders' }),
+    keys: createKeyGate(MAX_KEYS_IN_FLIGHT),
+  });
+  return createServiceApp({ ...deps, service: 'order-service', routes });
+}

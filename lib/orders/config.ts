@@ -1,0 +1,17 @@
+import { z } from 'zod';
+import { intVar, portVar, serviceShape, urlVar } from '../platform/config.js';
+
+export const OrderConfigSchema = z.object({
+  ...serviceShape,
+  PORT: portVar(3013),
+  USERS_URL: urlVar('http://127.0.0.1:3011'),
+  PRODUCTS_URL: urlVar('http://127.0.0.1:3012'),
+  // Each call to the user or product service gives up after this long (503 to our client).
+  UPSTREAM_TIMEOUT_MS: intVar(5000, 1, 600_000),
+  // How often stock reservations left behind (products down during a cancel, a timed-out
+  // reserve, a crash mid-create) are released again. A row is first retried once it is older
+  // than 2 x UPSTREAM_TIMEOUT_MS, so a create still waiting for its reserve is never raced.
+  RELEASE_RETRY_MS: intVar(5000, 10, 3_600_000),
+});
+
+export type OrderConfig = z.output<typeof OrderConfigSchema>;

@@ -1,0 +1,70 @@
+// The order service's shapes: what clients may send, and what they get back.
+import { z } from 'zod';
+import { IdSchema, PagingShape } from '../platform/validation.js';
+
+export const ORDER_STATUSES = ['pending', 'confirmed', 'shipped', 'delivered', 'cancelled'] as const;
+export const OrderStatusSchema = z.enum(ORDER_STATUSES);
+export type OrderStatus = z.infer<typeof OrderStatusSchema>;
+
+/** The workflow of the contract: anything not listed here is 409 INVALID_TRANSITION. */
+export const NEXT_STATUSES: Readonly<Record<OrderStatus, readonly OrderStatus[]>> = {
+  pending: ['confirmed', 'cancelled'],
+  confirmed: ['shipped', 'cancelled'],
+  shipped: ['delivered'],
+  delivered: [],
+  cancelled: [],
+};
+
+const PositiveId = z.number().int('must be a positive integer').positive('must be a positive integer').max(Number.MAX_SAFE_INTEGER);
+
+export const OrderItemInputSchema = z
+  .strictObject({
+    productId: PositiveId,
+    quantity: z.number().int('must be an integer from 1 to 1000').min(1, 'must be an integer from 1 to 1000').max(1000, 'must be an integer from 1 to 1000'),
+    // Older clients send the price they saw; the catalog price at reservation time wins.
+    unitPrice: z.unknown().optional(),
+  })
+  .transform(({ productId, quantity }) => ({ productId, quantity }));
+
+export const CreateOrderSchema = z.strictObject({
+  userId: PositiveId,
+  items: z.array(OrderItemInputSchema).min(1, 'must have 1 to 50 items').max(50, 'must have 1 to 50 items'),
+});
+export type CreateOrderInput = z.output<typeof CreateOrderSchema>;
+export type OrderItemInput = CreateOrderInput['items'][number];
+
+/** 1..255 printable ASCII characters. */
+export const IdempotencyKeySchema = z.string().regex(/^[\x20-\x7E]{1,255}$/, 'must be 1 to 255 printable ASCII characters');
+
+export const UpdateStatusSchema = z.strictObject({ status: OrderStatusSchema });
+
+export const ListOrdersQuerySchema = z.strictObject({
+  ...PagingShape,
+  userId: IdSchema.optional(),
+  status: OrderStatusSchema.optional(),
+});
+export type ListOrdersQuery = z.output<typeof ListOrdersQuerySchema>;
+
+export interface OrderItem {
+  productId: number;
+  quantity: number;
+  unitPrice: number;
+}
+
+export interface Order {
+  id: number;
+  userId: number;
+  items: OrderItem[];
+  status: OrderStatus;
+  total: number;
+  createdAt: string;
+  updatedAt: string;
+}
+
+export interface OrderStats {
+  service: 'order-service';
+  totalOrders: number;
+  statusBreakdown: Record<OrderStatus, number>;
+  totalRevenue: number;
+  averageOrderValue: number;
+}

@@ -1,0 +1,205 @@
+// The order workflow across services. Invariant, crashes included: no order without its stock,
+// no stock held without an order. The outbox table pending_releases carries it: a reservation id
+// is written there before stock is reserved, and leaves only with the order that owns the stock
+// or once the product service confirmed the release.
+import { randomUUID } from 'node:crypto';
+import type { Logger } from 'pino';
+import { HttpError, notFound } from '../platform/errors.js';
+import { UpstreamUnavailableError } from '../platform/service-client.js';
+import type { Page } from '../platform/validation.js';
+import type { ProductsClient, Reservation } from '../products/client.js';
+import type { UsersClient } from '../users/client.js';
+import { hashOrderRequest, type KeyGate } from './idempotency.js';
+import { NEXT_STATUSES, type CreateOrderInput, type ListOrdersQuery, type Order, type OrderStats, type OrderStatus } from './schema.js';
+import { toCents, type FinishCreateResult, type IdempotencyRecord, type NewOrder, type OrderStore } from './store.js';
+
+export interface OrderDeps {
+  store: OrderStore;
+  users: UsersClient;
+  products: ProductsClient;
+  logger: Logger;
+  keys: KeyGate;
+}
+
+export interface Created {
+  order: Order;
+  /** True when this answers a repeat of an earlier request with the same Idempotency-Key. */
+  replayed: boolean;
+}
+
+// The product service's refusals that our client should hear as they are.
+const PASSED_ON = new Set(['INSUFFICIENT_STOCK', 'UNKNOWN_PRODUCT']);
+
+export function getOrder({ store }: OrderDeps, id: number): Order {
+  const order = store.getOrder(id);
+  if (!order) throw notFound('Order');
+  return order;
+}
+
+export const listOrders = ({ store }: OrderDeps, query: ListOrdersQuery): Page<Order> => store.listOrders(query);
+
+export const orderStats = ({ store }: OrderDeps): OrderStats => store.stats();
+
+export async function createOrder(deps: OrderDeps, input: CreateOrderInput, idempotencyKey?: string): Promise<Created> {
+  if (idempotencyKey === undefined) return placeOrder(deps, input);
+  const bodyHash = hashOrderRequest(input);
+  return deps.keys.run(idempotencyKey, async () => {
+    const earlier = deps.store.findIdempotencyKey(idempotencyKey);
+    if (earlier) return replay(earlier, bodyHash);
+    return placeOrder(deps, input, { key: idempotencyKey, bodyHash });
+  });
+}
+
+function replay(record: IdempotencyRecord, bodyHash: string): Created {
+  if (record.bodyHash !== bodyHash) {
+    throw new HttpError(422, 'IDEMPOTENCY_KEY_REUSED', 'This Idempotency-Key was already used with a different request body', [
+      { field: 'Idempotency-Key', message: 'already used with a different body' },
+    ]);
+  }
+  return { order: record.response, replayed: true };
+}
+
+async function placeOrder(deps: OrderDeps, input: CreateOrderInput, idempotency?: { key: string; bodyHash: string }): Promise<Created> {
+  const { store, users, products, logger } = deps;
+  const user = await users.getUser(input.userId);
+  if (!user) {
+    throw new HttpError(422, 'UNKNOWN_USER', `User ${input.userId} does not exist`, [{ field: 'userId', message: 'no such user' }]);
+  }
+
+  const reservationId = randomUUID();
+  // Durable before the stock is taken: if we die from here on, the release worker gives it back.
+  store.addPendingRelease(reservationId);
+  let reservation: Reservation;
+  try {
+    reservation = await products.reserve(reservationId, input.items);
+  } catch (err) {
+    // No answer: the reservation may still land after our timeout. The outbox row stays, and
+    // the worker releases it once no create can be waiting for it any more.
+    if (err instanceof UpstreamUnavailableError) throw err;
+    await releaseNow(deps, reservationId);
+    if (err instanceof HttpError && PASSED_ON.has(err.code)) throw err;
+    logger.error({ err, reservationId }, 'product service refused a reservation unexpectedly');
+    throw new HttpError(502, 'BAD_GATEWAY', 'Service products gave an unexpected answer');
+  }
+
+  const priced = priceItems(input, reservation);
+  if (!priced) {
+    await releaseNow(deps, reservationId);
+    logger.error({ reservationId }, 'reservation does not match the order items');
+    throw new HttpError(502, 'BAD_GATEWAY', 'Service products gave an unexpected answer');
+  }
+
+  const newOrder: NewOrder = {
+    userId: input.userId,
+    status: 'pending',
+    reservationId,
+    items: priced,
+    totalCents: priced.reduce((sum, i) => sum + i.unitPriceCents * i.quantity, 0),
+  };
+  let result: FinishCreateResult;
+  try {
+    result = store.finishCreate(newOrder, idempotency);
+  } catch (err) {
+    // Nothing was committed, so no order owns this stock.
+    await releaseNow(deps, reservationId);
+    throw err;
+  }
+  switch (result.kind) {
+    case 'created':
+      logger.info({ orderId: result.order.id, reservationId }, 'order created');
+      return { order: result.order, replayed: false };
+    case 'key_taken':
+      await releaseNow(deps, reservationId);
+      return replay(result.record, idempotency!.bodyHash);
+    case 'release_claimed':
+      await releaseNow(deps, reservationId);
+      throw new HttpError(503, 'SERVICE_UNAVAILABLE', 'The order could not be completed in time, retry', undefined, { retryAfter: 1 });
+  }
+}
+
+/** The catalog prices the reservation returned, per item, or undefined if it does not cover every item. */
+function priceItems(input: CreateOrderInput, reservation: Reservation): NewOrder['items'] | undefined {
+  const prices = new Map<number, number>();
+  for (const item of reservation.items ?? []) prices.set(item.productId, item.unitPrice);
+  const items: NewOrder['items'] = [];
+  for (const { productId, quantity } of input.items) {
+    const price = prices.get(productId);
+    if (typeof price !== 'number' || !Number.isFinite(price) || price < 0) return undefined;
+    items.push({ productId, quantity, unitPriceCents: toCents(price) });
+  }
+  return items;
+}
+
+export async function changeOrderStatus(deps: OrderDeps, id: number, to: OrderStatus): Promise<Order> {
+  const releaseStock = to === 'cancelled';
+  const result = deps.store.changeStatus(id, to, (from) => NEXT_STATUSES[from].includes(to), releaseStock);
+  if (result.kind === 'not_found') throw notFound('Order');
+  if (result.kind === 'rejected') {
+    throw new HttpError(409, 'INVALID_TRANSITION', `An order cannot go from ${result.from} to ${to}`);
+  }
+  deps.logger.info({ orderId: id, status: to }, 'order status changed');
+  if (releaseStock) await releaseNow(deps, result.reservationId);
+  return result.order;
+}
+
+export async function deleteOrder(deps: OrderDeps, id: number): Promise<void> {
+  const result = deps.store.deletePendingOrder(id);
+  if (result.kind === 'not_found') throw notFound('Order');
+  if (result.kind === 'not_pending') {
+    throw new HttpError(409, 'ORDER_NOT_PENDING', `Only pending orders can be deleted; this one is ${result.status}`);
+  }
+  deps.logger.info({ orderId: id }, 'order deleted');
+  await releaseNow(deps, result.reservationId);
+}
+
+/**
+ * Gives a reservation's stock back now, for a caller that knows no live order owns it (its own
+ * failed create, or an order it just cancelled or deleted). On any failure the outbox row stays
+ * and the release worker retries: the client's answer does not depend on it.
+ */
+async function releaseNow({ store, products, logger }: OrderDeps, reservationId: string): Promise<void> {
+  try {
+    await products.release(reservationId);
+    store.deletePendingRelease(reservationId);
+  } catch (err) {
+    logger.warn({ err, reservationId }, 'release failed; the release worker will retry');
+  }
+}
+
+export interface ReleaseRound {
+  released: number;
+  failed: number;
+}
+
+/**
+ * One pass of the release worker over outbox rows at least `minAgeMs` old. A row is first
+ * claimed (after which no create can commit an order for it), then released, then deleted.
+ * A row whose reservation a live order owns is just deleted.
+ */
+export async function releasePending(
+  { store, products, logger }: Pick<OrderDeps, 'store' | 'products' | 'logger'>,
+  minAgeMs: number,
+  batchSize: number,
+  shouldStop: () => boolean = () => false,
+): Promise<ReleaseRound> {
+  const round: ReleaseRound = { released: 0, failed: 0 };
+  for (const reservationId of store.dueReleases(Date.now() - minAgeMs, batchSize)) {
+    if (shouldStop()) break;
+    if (!store.claimPendingRelease(reservationId)) {
+      store.deletePendingRelease(reservationId);
+      continue;
+    }
+    try {
+      await products.release(reservationId);
+      store.deletePendingRelease(reservationId);
+      round.released++;
+    } catch (err) {
+      round.failed++;
+      store.notePendingReleaseFailure(reservationId, err instanceof Error ? err.message : String(err));
+      logger.warn({ err, reservationId }, 'release failed; will retry');
+      // The product service is down: the rest of the batch would fail the same way.
+      if (err instanceof UpstreamUnavailableError) break;
+    }
+  }
+  return round;
+}

@@ -1,0 +1,72 @@
+// The three services as child processes, as users run them: what the order service acknowledged
+// survives kill -9, and restarts never duplicate the demo orders.
+import { after, before, describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { http, tempDir } from './helpers.js';
+import { spawnService, type ChildService } from './process.js';
+
+describe('order service restarts', () => {
+  const data = tempDir('msvc-order-restart-');
+  const children: ChildService[] = [];
+  let users: ChildService;
+  let products: ChildService;
+  let orders: ChildService;
+  let ordersEnv: Record<string, string>;
+
+  const startOrders = async () => {
+    orders = await spawnService('order-service.ts', ordersEnv);
+    children.push(orders);
+  };
+
+  before(async () => {
+    const env = { DATA_DIR: data.dir };
+    // allSettled: whatever did start is in `children`, so after() stops it even if the other failed.
+    const started = await Promise.allSettled([spawnService('user-service.ts', env), spawnService('product-service.ts', env)]);
+    for (const s of started) if (s.status === 'fulfilled') children.push(s.value);
+    for (const s of started) if (s.status === 'rejected') throw s.reason;
+    [users, products] = children as [ChildService, ChildService];
+    ordersEnv = { ...env, USERS_URL: users.url, PRODUCTS_URL: products.url, UPSTREAM_TIMEOUT_MS: '2000' };
+    await startOrders();
+  });
+
+  after(async () => {
+    await Promise.all(children.map((c) => c.stop('SIGKILL')));
+    data.remove();
+  });
+
+  test('when the order service is killed with SIGKILL right after a 201, then the order is there after the restart', async () => {
+    const r = await http(orders.url, 'POST', '/orders', {
+      body: { userId: 2, items: [{ productId: 2, quantity: 1 }] },
+      headers: { 'idempotency-key': 'kill-9' },
+    });
+    assert.equal(r.status, 201, r.text);
+    assert.equal(await orders.stop('SIGKILL'), 'SIGKILL');
+    await startOrders();
+    const after = await http(orders.url, 'GET', `/orders/${r.body.id}`);
+    assert.equal(after.status, 200);
+    assert.deepEqual(after.body, r.body);
+    // The key survived too: a client retrying after the crash gets the same order, no new stock taken.
+    const stock = (await http(products.url, 'GET', '/products/2')).body.stock;
+    const retry = await http(orders.url, 'POST', '/orders', {
+      body: { userId: 2, items: [{ productId: 2, quantity: 1 }] },
+      headers: { 'idempotency-key': 'kill-9' },
+    });
+    assert.equal(retry.status, 201);
+    assert.equal(retry.headers.get('idempotent-replayed'), 'true');
+    assert.equal(retry.body.id, r.body.id);
+    assert.equal((await http(products.url, 'GET', '/products/2')).body.stock, stock);
+  });
+
+  test('when restarted (SIGTERM and SIGKILL), then the demo orders are not duplicated', async () => {
+    const list = async () => (await http(orders.url, 'GET', '/orders?limit=100')).body.data as { id: number }[];
+    const before = await list();
+    assert.equal(before.filter((o) => o.id <= 3).length, 3, 'the three demo orders');
+    assert.equal(await orders.stop('SIGTERM'), 0);
+    await startOrders();
+    assert.equal(await orders.stop('SIGKILL'), 'SIGKILL');
+    await startOrders();
+    assert.deepEqual(await list(), before);
+    const stats = (await http(orders.url, 'GET', '/stats')).body;
+    assert.equal(stats.totalOrders, before.length);
+  });
+});

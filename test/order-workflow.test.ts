@@ -1,0 +1,329 @@
+// The order workflow's failure paths and races: each leaves no order without its stock and no
+// stock held without an order, checked on the product side afterwards.
+import { after, before, describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { createServer, request, type IncomingMessage, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { openDatabase } from '../lib/platform/db.js';
+import { ServiceClient } from '../lib/platform/service-client.js';
+import { createProductsClient, type ProductsClient } from '../lib/products/client.js';
+import { ORDER_MIGRATIONS } from '../lib/orders/db.js';
+import { createOrderStore } from '../lib/orders/store.js';
+import { assertNoLeak, http, type TestResponse } from './helpers.js';
+import { createProduct, createUser, startServices, stockOf, type System } from './system.js';
+
+// Short, so a timed-out reserve is old enough for the release worker after 2 x 300 ms.
+const FAST_ENV = { UPSTREAM_TIMEOUT_MS: '300', RELEASE_RETRY_MS: '50' };
+
+async function waitFor(what: string, check: () => Promise<boolean> | boolean, timeoutMs = 5_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await check())) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 25));
+  }
+}
+
+function post(sys: System, body: unknown, headers?: Record<string, string>): Promise<TestResponse> {
+  return http(sys.orders.url, 'POST', '/orders', { body, headers }).then((r) => {
+    assertNoLeak(r.text);
+    return r;
+  });
+}
+
+/** Reservations the order service still has to give back, read from its own /metrics. */
+async function pendingReleases(sys: System): Promise<number> {
+  const r = await http(sys.orders.url, 'GET', '/metrics');
+  const m = /^orders_pending_releases(?:\{[^}]*\})? (\d+)$/m.exec(r.text);
+  assert.ok(m, 'orders_pending_releases is exported');
+  return Number(m[1]);
+}
+
+async function ordersOf(sys: System, userId: number): Promise<{ id: number; status: string; items: { productId: number; quantity: number }[] }[]> {
+  const r = await http(sys.orders.url, 'GET', `/orders?userId=${userId}&limit=100`);
+  assert.equal(r.status, 200);
+  return r.body.data;
+}
+
+const productsClient = (sys: System): ProductsClient =>
+  createProductsClient(new ServiceClient({ name: 'products', baseUrl: sys.products.url, timeoutMs: 2_000 }));
+
+describe('order workflow against live services', () => {
+  let sys: System;
+  before(async () => {
+    sys = await startServices({ env: FAST_ENV });
+  });
+  after(async () => sys.stop());
+
+  test('when the user service is down, then 503 SERVICE_UNAVAILABLE and neither an order nor held stock', async () => {
+    const userId = await createUser(sys);
+    const productId = await createProduct(sys, { stock: 5 });
+    await sys.users.close();
+    try {
+      const r = await post(sys, { userId, items: [{ productId, quantity: 2 }] });
+      assert.equal(r.status, 503);
+      assert.equal(r.body.code, 'SERVICE_UNAVAILABLE');
+    } finally {
+      await sys.users.start();
+    }
+    assert.deepEqual(await ordersOf(sys, userId), []);
+    assert.equal(await stockOf(sys, productId), 5);
+    assert.equal(await pendingReleases(sys), 0);
+    assert.equal((await post(sys, { userId, items: [{ productId, quantity: 2 }] })).status, 201, 'works again once it is back');
+  });
+
+  test('when the product service is down, then 503, and once it is back no stock is held', async () => {
+    const userId = await createUser(sys);
+    const productId = await createProduct(sys, { stock: 5 });
+    await sys.products.close();
+    try {
+      const r = await post(sys, { userId, items: [{ productId, quantity: 2 }] });
+      assert.equal(r.status, 503);
+      assert.equal(r.body.code, 'SERVICE_UNAVAILABLE');
+      // The reserve may have landed before the connection broke: the outbox keeps it to release.
+      assert.equal(await pendingReleases(sys), 1);
+    } finally {
+      await sys.products.start();
+    }
+    await waitFor('the release worker', async () => (await pendingReleases(sys)) === 0);
+    assert.deepEqual(await ordersOf(sys, userId), []);
+    assert.equal(await stockOf(sys, productId), 5);
+  });
+
+  test('when the second of three items is short, then 409 INSUFFICIENT_STOCK and every stock is untouched', async () => {
+    const userId = await createUser(sys);
+    const first = await createProduct(sys, { stock: 10 });
+    const second = await createProduct(sys, { stock: 1 });
+    const third = await createProduct(sys, { stock: 10 });
+    const r = await post(sys, { userId, items: [{ productId: first, quantity: 3 }, { productId: second, quantity: 2 }, { productId: third, quantity: 3 }] });
+    assert.equal(r.status, 409);
+    assert.equal(r.body.code, 'INSUFFICIENT_STOCK');
+    assert.deepEqual([await stockOf(sys, first), await stockOf(sys, second), await stockOf(sys, third)], [10, 1, 10]);
+    assert.deepEqual(await ordersOf(sys, userId), []);
+    assert.equal(await pendingReleases(sys), 0);
+  });
+
+  test('when the user or a product is unknown, then 422 and nothing is held', async () => {
+    const userId = await createUser(sys);
+    const productId = await createProduct(sys, { stock: 10 });
+    const noUser = await post(sys, { userId: 987_654, items: [{ productId, quantity: 1 }] });
+    assert.equal(noUser.body.code, 'UNKNOWN_USER');
+    const noProduct = await post(sys, { userId, items: [{ productId, quantity: 1 }, { productId: 987_654, quantity: 1 }] });
+    assert.equal(noProduct.status, 422);
+    assert.equal(noProduct.body.code, 'UNKNOWN_PRODUCT');
+    assert.equal(await stockOf(sys, productId), 10);
+    assert.deepEqual(await ordersOf(sys, userId), []);
+    assert.equal(await pendingReleases(sys), 0);
+  });
+
+  test('when 40 orders race for the last 10 units, then exactly 10 x 201 and 30 x 409, stock 0', async () => {
+    const userId = await createUser(sys);
+    const productId = await createProduct(sys, { stock: 10 });
+    let lowest = 10;
+    let racing = true;
+    // Watch the stock while the orders race: it must never be seen below zero.
+    const watcher = (async () => {
+      while (racing) lowest = Math.min(lowest, await stockOf(sys, productId));
+    })();
+    const results = await Promise.all(Array.from({ length: 40 }, () => post(sys, { userId, items: [{ productId, quantity: 1 }] })));
+    racing = false;
+    await watcher;
+    const statuses = results.map((r) => r.status);
+    assert.equal(statuses.filter((s) => s === 201).length, 10, String(statuses));
+    assert.equal(statuses.filter((s) => s === 409).length, 30, String(statuses));
+    assert.ok(results.filter((r) => r.status === 409).every((r) => r.body.code === 'INSUFFICIENT_STOCK'));
+    assert.equal(await stockOf(sys, productId), 0);
+    assert.ok(lowest >= 0);
+    assert.equal((await ordersOf(sys, userId)).length, 10);
+    assert.equal(await pendingReleases(sys), 0);
+  });
+
+  test('when one Idempotency-Key is sent 10 times at once, then one order, stock taken once, 9 replays', async () => {
+    const userId = await createUser(sys);
+    const productId = await createProduct(sys, { stock: 10 });
+    const headers = { 'idempotency-key': `concurrent-${Date.now()}` };
+    const results = await Promise.all(Array.from({ length: 10 }, () => post(sys, { userId, items: [{ productId, quantity: 3 }] }, headers)));
+    assert.deepEqual(results.map((r) => r.status), Array(10).fill(201));
+    assert.equal(new Set(results.map((r) => r.body.id)).size, 1);
+    assert.equal(results.filter((r) => r.headers.get('idempotent-replayed') === 'true').length, 9);
+    assert.equal(await stockOf(sys, productId), 7);
+    assert.equal((await ordersOf(sys, userId)).length, 1);
+  });
+
+  test('when a keyed create failed, then a retry with the same key may still succeed', async () => {
+    const userId = await createUser(sys);
+    const productId = await createProduct(sys, { stock: 1 });
+    const headers = { 'idempotency-key': `retry-${Date.now()}` };
+    const body = { userId, items: [{ productId, quantity: 2 }] };
+    assert.equal((await post(sys, body, headers)).status, 409);
+    const patched = await http(sys.products.url, 'PATCH', `/products/${productId}/stock`, { body: { operation: 'add', quantity: 5 } });
+    assert.equal(patched.status, 200);
+    const retry = await post(sys, body, headers);
+    assert.equal(retry.status, 201);
+    assert.equal(retry.headers.get('idempotent-replayed'), null);
+    assert.equal(await stockOf(sys, productId), 4);
+  });
+
+  test('when two cancels of one order race, then one 200 and one 409, and the stock comes back once', async () => {
+    const userId = await createUser(sys);
+    const productId = await createProduct(sys, { stock: 10 });
+    const { body: order } = await post(sys, { userId, items: [{ productId, quantity: 4 }] });
+    const cancel = () => http(sys.orders.url, 'PUT', `/orders/${order.id}/status`, { body: { status: 'cancelled' } });
+    const results = await Promise.all([cancel(), cancel()]);
+    assert.deepEqual(results.map((r) => r.status).sort(), [200, 409]);
+    assert.equal(results.find((r) => r.status === 409)!.body.code, 'INVALID_TRANSITION');
+    assert.equal(await stockOf(sys, productId), 10);
+    assert.equal(await pendingReleases(sys), 0);
+  });
+
+  test('when a cancel and a delete of one pending order race, then one wins and the stock comes back once', async () => {
+    const userId = await createUser(sys);
+    const productId = await createProduct(sys, { stock: 10 });
+    const { body: order } = await post(sys, { userId, items: [{ productId, quantity: 4 }] });
+    const [cancel, remove] = await Promise.all([
+      http(sys.orders.url, 'PUT', `/orders/${order.id}/status`, { body: { status: 'cancelled' } }),
+      http(sys.orders.url, 'DELETE', `/orders/${order.id}`),
+    ]);
+    const winners = [cancel.status === 200, remove.status === 204].filter(Boolean).length;
+    assert.equal(winners, 1, `${cancel.status} ${remove.status}`);
+    assert.ok([404, 409].includes(cancel.status === 200 ? remove.status : cancel.status));
+    assert.equal(await stockOf(sys, productId), 10);
+  });
+
+  test('when the product service is down during a cancel, then 200 and the stock comes back once it is up', async () => {
+    const userId = await createUser(sys);
+    const productId = await createProduct(sys, { stock: 10 });
+    const { body: order } = await post(sys, { userId, items: [{ productId, quantity: 4 }] });
+    await sys.products.close();
+    try {
+      const r = await http(sys.orders.url, 'PUT', `/orders/${order.id}/status`, { body: { status: 'cancelled' } });
+      assert.equal(r.status, 200);
+      assert.equal(r.body.status, 'cancelled');
+      assert.equal(await pendingReleases(sys), 1);
+    } finally {
+      await sys.products.start();
+    }
+    await waitFor('the release worker', async () => (await pendingReleases(sys)) === 0);
+    assert.equal(await stockOf(sys, productId), 10);
+  });
+
+  test('when the order service died between reserve and commit, then after a restart the worker gives the stock back', async () => {
+    const productId = await createProduct(sys, { stock: 10 });
+    const products = productsClient(sys);
+    // What a create leaves behind when the process dies after the reserve: an outbox row and held stock.
+    const reservationId = `crashed-${Date.now()}`;
+    sys.orders.db.prepare('INSERT INTO pending_releases (reservation_id, created_at_ms) VALUES (?, ?)').run(reservationId, Date.now() - 60_000);
+    await sys.orders.close();
+    await products.reserve(reservationId, [{ productId, quantity: 6 }]);
+    assert.equal(await stockOf(sys, productId), 4);
+    await sys.orders.start();
+    await waitFor('the release worker', async () => (await pendingReleases(sys)) === 0);
+    assert.equal(await stockOf(sys, productId), 10);
+    assert.equal((await products.getReservation(reservationId))?.status, 'released');
+  });
+});
+
+describe('slow product service', () => {
+  let sys: System;
+  let proxy: DelayProxy;
+  before(async () => {
+    proxy = await startDelayProxy();
+    sys = await startServices({ env: { ...FAST_ENV, PRODUCTS_URL: proxy.url } });
+    proxy.target = sys.products.url;
+  });
+  after(async () => {
+    await sys.stop();
+    await proxy.close();
+  });
+
+  test('when a reserve outlasts UPSTREAM_TIMEOUT_MS, then 503, and the reservation that lands late is released', async () => {
+    const userId = await createUser(sys);
+    const productId = await createProduct(sys, { stock: 10 });
+    // Longer than the 300 ms timeout, shorter than the worker's 600 ms wait: the reserve lands
+    // after we answered 503 and before the release, the worst order of events.
+    proxy.delayMs = 450;
+    const started = Date.now();
+    const r = await post(sys, { userId, items: [{ productId, quantity: 3 }] });
+    assert.equal(r.status, 503);
+    assert.equal(r.body.code, 'SERVICE_UNAVAILABLE');
+    assert.ok(Date.now() - started < 2_000);
+    const [row] = sys.orders.db.prepare('SELECT reservation_id FROM pending_releases').all() as { reservation_id: string }[];
+    assert.ok(row, 'the outbox keeps the reservation id');
+    proxy.delayMs = 0;
+    await proxy.idle();
+    const products = productsClient(sys);
+    // A release that came first would have left a tombstone without items.
+    assert.equal((await products.getReservation(row.reservation_id))?.items.length, 1, 'the late reserve took the stock');
+    await waitFor('the release worker', async () => (await pendingReleases(sys)) === 0);
+    assert.equal((await products.getReservation(row.reservation_id))?.status, 'released');
+    assert.equal(await stockOf(sys, productId), 10);
+    assert.deepEqual(await ordersOf(sys, userId), []);
+  });
+});
+
+describe('release claims', () => {
+  test('when the worker claimed a reservation first, then the create commits no order for it', () => {
+    const db = openDatabase({ dataDir: ':memory:', name: 'orders', migrations: ORDER_MIGRATIONS });
+    const store = createOrderStore(db);
+    const order = { userId: 1, status: 'pending' as const, items: [{ productId: 1, quantity: 1, unitPriceCents: 100 }], totalCents: 100 };
+    store.addPendingRelease('claimed');
+    assert.equal(store.claimPendingRelease('claimed'), true);
+    assert.deepEqual(store.finishCreate({ ...order, reservationId: 'claimed' }), { kind: 'release_claimed' });
+    assert.equal(store.stats().totalOrders, 0);
+
+    store.addPendingRelease('owned');
+    assert.equal(store.finishCreate({ ...order, reservationId: 'owned' }).kind, 'created');
+    store.addPendingRelease('owned');
+    assert.equal(store.claimPendingRelease('owned'), false, 'a live order owns it: never released');
+    db.close();
+  });
+});
+
+interface DelayProxy {
+  url: string;
+  target: string;
+  delayMs: number;
+  /** Resolves once every request received so far was forwarded and answered. */
+  idle(): Promise<void>;
+  close(): Promise<void>;
+}
+
+/** Forwards every request to `target` after `delayMs`, even when the caller gave up meanwhile. */
+async function startDelayProxy(): Promise<DelayProxy> {
+  let pending = 0;
+  const server: Server = createServer((req, res) => {
+    pending++;
+    const chunks: Buffer[] = [];
+    req.on('data', (c: Buffer) => chunks.push(c));
+    req.on('end', () => {
+      setTimeout(() => {
+        const target = new URL(req.url ?? '/', proxy.target);
+        const upstream = request(target, { method: req.method, headers: { ...req.headers, host: target.host } }, (up: IncomingMessage) => {
+          if (!res.destroyed) res.writeHead(up.statusCode ?? 502, up.headers);
+          up.on('data', (c: Buffer) => res.destroyed || res.write(c));
+          up.on('end', () => {
+            res.end();
+            pending--;
+          });
+        });
+        upstream.on('error', () => {
+          res.destroy();
+          pending--;
+        });
+        upstream.end(Buffer.concat(chunks));
+      }, proxy.delayMs);
+    });
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const proxy: DelayProxy = {
+    url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`,
+    target: '',
+    delayMs: 0,
+    idle: () => waitFor('the proxy to drain', () => pending === 0),
+    close: () =>
+      new Promise((resolve) => {
+        server.close(() => resolve());
+        server.closeAllConnections();
+      }),
+  };
+  return proxy;
+}
