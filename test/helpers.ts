@@ -3,6 +3,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
+import assert from 'node:assert/strict';
 import type { Express } from 'express';
 import { createLogger, type Logger } from '../lib/platform/logger.js';
 import { closeServer, listen, type Listening } from '../lib/platform/server.js';
@@ -72,4 +73,11 @@ export function assertNoLeak(text: string): void {
   if (/\bat [\w.<>]+ \(|node_modules|\/work\/|\.ts:\d+|\bSQLITE_|SELECT |INSERT /.test(text)) {
     throw new Error(`response leaks internals: ${text.slice(0, 300)}`);
   }
+}
+
+/** Every span but one has its parent among the spans: one tree. */
+export function assertOneTree(spans: { spanId: string; parentSpanId: string | null }[]): void {
+  const ids = new Set(spans.map((s) => s.spanId));
+  const roots = spans.filter((s) => !s.parentSpanId || !ids.has(s.parentSpanId));
+  assert.equal(roots.length, 1, `one root expected, got ${roots.length}: ${JSON.stringify(spans.map((s) => [s.spanId, s.parentSpanId]))}`);
 }

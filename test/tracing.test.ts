@@ -12,14 +12,7 @@ import { createTraceRoutes } from '../lib/platform/trace-routes.js';
 import { toW3cTraceId } from '../lib/platform/trace.js';
 import { createBaseApp, requestContext } from '../lib/platform/http.js';
 import { errorHandler, notFoundHandler } from '../lib/platform/errors.js';
-import { http, memoryLogger, startApp, type Started } from './helpers.js';
-
-/** Every span but one has its parent among the spans: one tree. */
-export function assertOneTree(spans: { spanId: string; parentSpanId: string | null }[]): void {
-  const ids = new Set(spans.map((s) => s.spanId));
-  const roots = spans.filter((s) => !s.parentSpanId || !ids.has(s.parentSpanId));
-  assert.equal(roots.length, 1, `one root expected, got ${roots.length}: ${JSON.stringify(spans.map((s) => [s.spanId, s.parentSpanId]))}`);
-}
+import { assertOneTree, http, memoryLogger, startApp } from './helpers.js';
 
 const db = () => openDatabase({ dataDir: ':memory:', name: 't', migrations: [] });
 

@@ -17,6 +17,9 @@ export function createMetrics(service: string): Metrics {
   const registry = new Registry();
   registry.setDefaultLabels({ service });
   collectDefaultMetrics({ register: registry });
+  // prom-client names these three gauges `_total`, a counter suffix that `promtool check metrics`
+  // refuses; nodejs_active_handles/requests/resources (by type) carry the same numbers.
+  for (const name of ['nodejs_active_handles_total', 'nodejs_active_requests_total', 'nodejs_active_resources_total']) registry.removeSingleMetric(name);
   const requests = new Counter({
     name: 'http_requests_total',
     help: 'HTTP requests answered, by route pattern, method and status.',

@@ -37,8 +37,12 @@ export function closeServer(server: Server, timeoutMs = 10_000): Promise<void> {
     if (!server.listening) return resolve();
     const timer = setTimeout(() => server.closeAllConnections(), timeoutMs);
     timer.unref();
+    // A keep-alive connection busy now turns idle when its request ends; close those as they do.
+    const sweep = setInterval(() => server.closeIdleConnections(), 100);
+    sweep.unref();
     server.close(() => {
       clearTimeout(timer);
+      clearInterval(sweep);
       resolve();
     });
     server.closeIdleConnections();

@@ -212,7 +212,7 @@ export interface ClientSpan {
 export function startClientSpan(name: string, attributes: Attributes): ClientSpan {
   const tracing = context.active().getValue(TRACING_KEY) as TracingWithTracer | undefined;
   const ctx = currentTrace();
-  if (!tracing || !ctx) return { headers: outgoingTraceHeaders(ctx, ctx ? newSpanId() : undefined), end: () => {} };
+  if (!tracing || !ctx) return { headers: outgoingTraceHeaders(ctx), end: () => {} };
   const span = tracing.tracer.startSpan(name, { kind: SpanKind.CLIENT, attributes }, context.active());
   const headers = outgoingTraceHeaders(ctx, span.spanContext().spanId);
   let ended = false;

@@ -1,0 +1,70 @@
+// Routes that combine services: a user with their orders, and a dashboard of every service's stats.
+// Calls run in parallel, each through its service's breaker; a part that fails is reported, not fatal.
+import { Router, type Response } from 'express';
+import { parseId, type Page } from '../platform/validation.js';
+import { CircuitOpenError } from './breakers.js';
+import type { GatewayMetrics } from './metrics.js';
+import type { ServiceName, Upstream } from './upstreams.js';
+
+/** Orders shown with a user; a user with more sees the newest ones. */
+export const USER_ORDERS_LIMIT = 100;
+
+export interface AggregateRoutesOptions {
+  upstreams: Record<ServiceName, Upstream>;
+  metrics: GatewayMetrics;
+}
+
+export function createAggregateRoutes({ upstreams, metrics }: AggregateRoutesOptions): Router {
+  const router = Router();
+  const { users, orders } = upstreams;
+
+  const timed = (res: Response, method: string) => {
+    const started = performance.now();
+    res.once('finish', () => metrics.observeRequest('aggregate', method, res.statusCode, (performance.now() - started) / 1000));
+  };
+
+  router.get('/api/users/:id/full', async (req, res) => {
+    timed(res, req.method);
+    const id = parseId(req.params);
+    const [user, userOrders] = await Promise.allSettled([
+      users.breaker.run((signal) => users.client.get<Record<string, unknown>>(`/users/${id}`, { signal })),
+      orders.breaker.run((signal) => orders.client.get<Page<unknown>>(`/orders?userId=${id}&limit=${USER_ORDERS_LIMIT}`, { signal })),
+    ]);
+    // Without the user there is nothing to show: its 404 stays a 404, its outage is our 503.
+    if (user.status === 'rejected') {
+      if (user.reason instanceof CircuitOpenError) res.setHeader('Retry-After', String(user.reason.retryAfterSeconds));
+      throw user.reason;
+    }
+    const ordersOk = userOrders.status === 'fulfilled' && Array.isArray(userOrders.value.body?.data);
+    res.json({
+      user: user.value.body,
+      orders: ordersOk ? userOrders.value.body.data : null,
+      meta: { complete: ordersOk, unavailable: ordersOk ? [] : ['orders'] },
+    });
+  });
+
+  router.get('/api/dashboard', async (req, res) => {
+    timed(res, req.method);
+    const list = Object.values(upstreams);
+    const results = await Promise.allSettled(list.map((u) => u.breaker.run((signal) => u.client.get<unknown>('/stats', { signal }))));
+    const services: Record<string, unknown> = {};
+    const unavailable: string[] = [];
+    results.forEach((result, i) => {
+      const u = list[i]!;
+      if (result.status === 'fulfilled') {
+        services[u.name] = result.value.body;
+      } else {
+        services[u.name] = { status: 'unavailable', circuitState: u.breaker.state };
+        unavailable.push(u.name);
+      }
+    });
+    res.json({
+      timestamp: new Date().toISOString(),
+      gateway: { uptime: process.uptime(), memoryUsage: process.memoryUsage() },
+      services,
+      meta: { complete: unavailable.length === 0, unavailable },
+    });
+  });
+
+  return router;
+}

@@ -1,0 +1,86 @@
+// The gateway app: built once from config, with its breakers, agents, proxies, limiter and cache.
+import { readFileSync } from 'node:fs';
+import type { Express } from 'express';
+import { errorHandler, notFoundHandler } from '../platform/errors.js';
+import { createBaseApp, requestContext } from '../platform/http.js';
+import type { Logger } from '../platform/logger.js';
+import { createMetrics, type Metrics } from '../platform/metrics.js';
+import { ServiceClient } from '../platform/service-client.js';
+import { createTraceRoutes } from '../platform/trace-routes.js';
+import { createTracing, type Tracing } from '../platform/tracing.js';
+import { createAggregateRoutes } from './aggregate.js';
+import type { GatewayConfig } from './config.js';
+import { createDebugRoutes } from './debug.js';
+import { createGatewayMetrics } from './metrics.js';
+import { rejectUnsafePaths } from './path-guard.js';
+import { createServiceProxy, proxyRoute } from './proxy.js';
+import { createRateLimiter } from './rate-limit.js';
+import { createStaleCache } from './stale-cache.js';
+import { createStatusRoutes } from './status.js';
+import { createUpstreams, type ServiceName, type Upstream } from './upstreams.js';
+
+export const GATEWAY_NAME = 'api-gateway';
+
+export interface GatewayOptions {
+  config: GatewayConfig;
+  logger: Logger;
+  /** The process's metrics; the gateway adds its own to this registry. */
+  metrics?: Metrics;
+  /** The gateway's spans; one without export is made when absent (tests); null records none. */
+  tracing?: Tracing | null;
+}
+
+export interface Gateway {
+  app: Express;
+  /** Stops breakers, keep-alive agents and timers. Call after the server has drained. */
+  close(): Promise<void>;
+}
+
+export function createGateway({ config, logger, metrics = createMetrics('gateway'), tracing = createTracing({ service: 'gateway' }) }: GatewayOptions): Gateway {
+  const gatewayMetrics = createGatewayMetrics(metrics.registry);
+  const upstreamList = createUpstreams(config, logger, gatewayMetrics);
+  const upstreams = Object.fromEntries(upstreamList.map((u) => [u.name, u])) as Record<ServiceName, Upstream>;
+  const cache = createStaleCache({ maxEntries: config.CACHE_MAX_ENTRIES, maxAgeMs: config.CACHE_MAX_AGE_MS, maxBytes: config.CACHE_MAX_BYTES });
+  const limiter = createRateLimiter({ limit: config.RATE_LIMIT, windowMs: config.RATE_WINDOW_MS, logger, metrics: gatewayMetrics });
+  const version = (JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string }).version;
+
+  const app = createBaseApp();
+  app.set('trust proxy', config.TRUST_PROXY);
+
+  // Order: trace id and timing -> metrics -> unlimited routes (/, /health, /metrics, debug) ->
+  // rate limit and path guard on /api -> aggregates (before the proxies they would match) ->
+  // proxies (no body parser anywhere: bodies stream through) -> 404 -> errors.
+  app.use(requestContext(logger, tracing ?? undefined));
+  app.use(metrics.middleware);
+  app.use(createStatusRoutes({ upstreams: upstreamList, name: GATEWAY_NAME, version }));
+  app.get('/metrics', metrics.handler);
+  if (tracing) {
+    // /traces merges the gateway's spans with every service's, each asked with a short timeout.
+    const remotes = upstreamList.map((u) => new ServiceClient({ name: u.name, baseUrl: u.target, timeoutMs: config.HEALTH_PROBE_TIMEOUT_MS }));
+    app.use(createTraceRoutes({ tracing, remotes }));
+  }
+  // In production the route exists only behind a token.
+  if (config.ADMIN_TOKEN !== undefined || config.NODE_ENV !== 'production') {
+    app.use(createDebugRoutes({ upstreams, logger, adminToken: config.ADMIN_TOKEN }));
+  }
+  app.use('/api', limiter.middleware, rejectUnsafePaths);
+  app.use(createAggregateRoutes({ upstreams, metrics: gatewayMetrics }));
+  for (const upstream of upstreamList) {
+    app.all(proxyRoute(upstream), createServiceProxy({ upstream, cache, metrics: gatewayMetrics, logger, trustsProxies: config.TRUST_PROXY !== false }));
+  }
+  app.use(notFoundHandler);
+  app.use(errorHandler(logger));
+
+  return {
+    app,
+    close: async () => {
+      await tracing?.shutdown();
+      limiter.close();
+      cache.clear();
+      for (const u of upstreamList) {
+        u.breaker.shutdown();
+        u.agent.destroy();
+      }
+    },
+  };
+}

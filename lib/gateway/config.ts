@@ -1,0 +1,63 @@
+// The gateway's configuration: one zod schema over the environment, parsed once at start.
+import express from 'express';
+import { z } from 'zod';
+import { commonShape, intVar, portVar, urlVar } from '../platform/config.js';
+
+/** Largest value setTimeout/setInterval accept; timers and windows above it fire at once. */
+const MAX_TIMER_MS = 2 ** 31 - 1;
+
+const TRUST_PROXY_MESSAGE = 'must be false, a hop count, or a comma-separated list of proxy addresses/subnets';
+
+/**
+ * Express `trust proxy` syntax, minus `true`: trusting every hop lets any client pick its own
+ * address with X-Forwarded-For and walk past the rate limit.
+ */
+const trustProxyVar = z
+  .string()
+  .optional()
+  .transform((value, ctx): false | number | string => {
+    if (value === undefined || value === 'false') return false;
+    if (/^\d{1,3}$/.test(value)) return Number(value) === 0 ? false : Number(value);
+    if (value === 'true') {
+      ctx.addIssue({ code: 'custom', message: `${TRUST_PROXY_MESSAGE}; true would believe any client's X-Forwarded-For` });
+      return z.NEVER;
+    }
+    try {
+      // Express compiles the setting with proxy-addr, which throws on an address it cannot read.
+      express().set('trust proxy', value);
+    } catch {
+      ctx.addIssue({ code: 'custom', message: TRUST_PROXY_MESSAGE });
+      return z.NEVER;
+    }
+    return value;
+  });
+
+export const GatewayConfigSchema = z.object({
+  ...commonShape,
+  PORT: portVar(3010),
+  USERS_URL: urlVar('http://127.0.0.1:3011'),
+  PRODUCTS_URL: urlVar('http://127.0.0.1:3012'),
+  ORDERS_URL: urlVar('http://127.0.0.1:3013'),
+  // Requests per client per window on /api/*.
+  RATE_LIMIT: intVar(100, 1, 1_000_000),
+  RATE_WINDOW_MS: intVar(60_000, 100, MAX_TIMER_MS),
+  TRUST_PROXY: trustProxyVar,
+  // Consecutive failures (refused, reset, timeout, 5xx) that open a service's circuit.
+  CB_FAILURE_THRESHOLD: intVar(3, 1, 1000),
+  // How long an open circuit waits before letting trial requests through.
+  CB_RESET_TIMEOUT_MS: intVar(30_000, 10, MAX_TIMER_MS),
+  // Trial requests a half-open circuit lets through; all must succeed to close it.
+  CB_HALF_OPEN_REQUESTS: intVar(2, 1, 100),
+  // Time to the upstream's response headers (and whole answer for aggregation calls).
+  UPSTREAM_TIMEOUT_MS: intVar(5000, 10, 600_000),
+  // Bearer token for POST /debug/circuit; without it the route is open in development and absent in production.
+  ADMIN_TOKEN: z.string().min(16, 'must be at least 16 characters').optional(),
+  // The stale cache: last good GET answers, served with X-Cache: STALE when the service fails. 0 entries turns it off.
+  CACHE_MAX_ENTRIES: intVar(1000, 0, 1_000_000),
+  CACHE_MAX_AGE_MS: intVar(5 * 60_000, 1000, MAX_TIMER_MS),
+  CACHE_MAX_BYTES: intVar(32 * 1024 * 1024, 1024, 2 ** 32),
+  // /health asks each service's /health; a probe slower than this counts as failed.
+  HEALTH_PROBE_TIMEOUT_MS: intVar(1000, 10, 60_000),
+});
+
+export type GatewayConfig = z.output<typeof GatewayConfigSchema>;

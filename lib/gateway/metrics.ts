@@ -1,0 +1,80 @@
+// The gateway's own Prometheus metrics, registered beside the platform's process and HTTP metrics.
+import { Counter, Gauge, Histogram, type Registry } from 'prom-client';
+import { DURATION_BUCKETS } from '../platform/metrics.js';
+import type { UpstreamFailure } from '../platform/service-client.js';
+import type { CircuitState } from './breakers.js';
+
+/** `aggregate` is the routes that combine several services. */
+export type RouteGroup = 'users' | 'products' | 'orders' | 'aggregate';
+
+export interface GatewayMetrics {
+  /** One client request answered by a proxy or aggregation route. */
+  observeRequest(service: RouteGroup, method: string, status: number, seconds: number): void;
+  upstreamFailure(service: string, kind: UpstreamFailure): void;
+  circuitRejected(service: string): void;
+  circuitState(service: string, state: CircuitState): void;
+  rateLimited(): void;
+  staleResponse(service: string): void;
+}
+
+const STATE_VALUE: Record<CircuitState, number> = { CLOSED: 0, HALF_OPEN: 1, OPEN: 2 };
+const KNOWN_METHODS = new Set(['GET', 'HEAD', 'POST', 'PUT', 'PATCH', 'DELETE', 'OPTIONS']);
+
+export function createGatewayMetrics(registry: Registry): GatewayMetrics {
+  const registers = [registry];
+  const requests = new Counter({
+    name: 'gateway_requests_total',
+    help: 'Client requests answered by the proxy and aggregation routes, by service, method and status.',
+    labelNames: ['service', 'method', 'status'] as const,
+    registers,
+  });
+  const duration = new Histogram({
+    name: 'gateway_request_duration_seconds',
+    help: 'Time from a proxied or aggregated request to its response end, by service and method.',
+    labelNames: ['service', 'method'] as const,
+    buckets: DURATION_BUCKETS,
+    registers,
+  });
+  const failures = new Counter({
+    name: 'gateway_upstream_failures_total',
+    help: 'Calls to a service that failed, by kind: refused, reset, timeout, bad_response, server_error.',
+    labelNames: ['service', 'kind'] as const,
+    registers,
+  });
+  const rejections = new Counter({
+    name: 'gateway_circuit_rejections_total',
+    help: 'Requests refused without calling the service because its circuit was open.',
+    labelNames: ['service'] as const,
+    registers,
+  });
+  const state = new Gauge({
+    name: 'gateway_circuit_state',
+    help: 'Circuit breaker state per service: 0 closed, 1 half-open, 2 open.',
+    labelNames: ['service'] as const,
+    registers,
+  });
+  const limited = new Counter({
+    name: 'gateway_rate_limited_total',
+    help: 'Requests refused with 429 by the rate limiter.',
+    registers,
+  });
+  const stale = new Counter({
+    name: 'gateway_stale_responses_total',
+    help: 'GET requests answered from the stale cache because the service failed.',
+    labelNames: ['service'] as const,
+    registers,
+  });
+
+  return {
+    observeRequest(service, method, status, seconds) {
+      const m = KNOWN_METHODS.has(method) ? method : 'OTHER';
+      requests.inc({ service, method: m, status: String(status) });
+      duration.observe({ service, method: m }, seconds);
+    },
+    upstreamFailure: (service, kind) => failures.inc({ service, kind }),
+    circuitRejected: (service) => rejections.inc({ service }),
+    circuitState: (service, s) => state.set({ service }, STATE_VALUE[s]),
+    rateLimited: () => limited.inc(),
+    staleResponse: (service) => stale.inc({ service }),
+  };
+}

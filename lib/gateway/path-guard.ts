@@ -1,0 +1,43 @@
+// Refuses request paths that could climb out of a service's prefix once something decodes them.
+import type { RequestHandler } from 'express';
+import { HttpError } from '../platform/errors.js';
+
+const DOT_SEGMENT = /(?:^|\/)\.{1,2}(?:\/|$)/;
+const CONTROL_OR_BACKSLASH = /[\\\x00-\x1f\x7f]/;
+/** `%252e` needs two rounds to show its dot; nobody needs more than a few. */
+const MAX_DECODE_ROUNDS = 4;
+
+/**
+ * True when the path holds a `.`/`..` segment, a backslash or a control character, as sent or
+ * after any number of rounds of percent-decoding (`%2e%2e/`, `..%2F`, `%252e`, `%5c`), or when
+ * it cannot be decoded at all.
+ */
+export function isUnsafePath(path: string): boolean {
+  let current = path;
+  for (let round = 0; round <= MAX_DECODE_ROUNDS; round++) {
+    if (CONTROL_OR_BACKSLASH.test(current) || DOT_SEGMENT.test(current)) return true;
+    if (!current.includes('%')) return false;
+    let decoded: string;
+    try {
+      decoded = decodeURIComponent(current);
+    } catch {
+      return true;
+    }
+    if (decoded === current) return false;
+    current = decoded;
+  }
+  return true;
+}
+
+/** 400 before anything is proxied; the query string is the service's business. */
+export const rejectUnsafePaths: RequestHandler = (req, _res, next) => {
+  const url = req.originalUrl;
+  const query = url.indexOf('?');
+  const path = query === -1 ? url : url.slice(0, query);
+  if (!path.startsWith('/') || isUnsafePath(path)) {
+    throw new HttpError(400, 'VALIDATION_ERROR', 'Invalid request path', [
+      { field: 'path', message: 'must not contain dot segments, backslashes or control characters, plain or percent-encoded' },
+    ]);
+  }
+  next();
+};

@@ -1,0 +1,94 @@
+// The last good answer to each GET, kept only to stand in when the service fails (X-Cache: STALE).
+import type { IncomingMessage } from 'node:http';
+import { LRUCache } from 'lru-cache';
+
+export interface StaleEntry {
+  status: 200;
+  body: Buffer;
+  contentType: string;
+  contentEncoding?: string;
+  storedAt: number;
+}
+
+export interface StaleCacheOptions {
+  maxEntries: number;
+  maxAgeMs: number;
+  maxBytes: number;
+  /** Larger answers are not kept. */
+  maxEntryBytes?: number;
+  /** A key stored more recently than this is not copied again (saves a body copy per request under load). */
+  refreshAfterMs?: number;
+}
+
+export interface StaleCache {
+  /** Whether this answer should be copied while it streams to the client. */
+  wants(key: string, proxyRes: IncomingMessage): boolean;
+  /** Copies the body as it streams (never pausing it) and stores it when complete. */
+  capture(key: string, proxyRes: IncomingMessage): void;
+  get(key: string): StaleEntry | undefined;
+  clear(): void;
+  readonly size: number;
+}
+
+const JSON_TYPE = /^application\/(?:[\w.+-]+\+)?json\b/i;
+const PRIVATE = /\b(?:no-store|private)\b/i;
+
+export function createStaleCache({ maxEntries, maxAgeMs, maxBytes, maxEntryBytes = 256 * 1024, refreshAfterMs = 1000 }: StaleCacheOptions): StaleCache {
+  if (maxEntries === 0) {
+    return { wants: () => false, capture: () => {}, get: () => undefined, clear: () => {}, size: 0 };
+  }
+  const lru = new LRUCache<string, StaleEntry>({
+    max: maxEntries,
+    maxSize: maxBytes,
+    // Keys are URLs up to the server's header limit: count them with the body.
+    sizeCalculation: (entry, key) => entry.body.length + key.length + 64,
+    maxEntrySize: maxEntryBytes + 8 * 1024,
+    ttl: maxAgeMs,
+    // Expired entries are dropped when looked at or pushed out; no timer per entry.
+    ttlAutopurge: false,
+    allowStale: false,
+  });
+
+  return {
+    wants(key, proxyRes) {
+      if (proxyRes.statusCode !== 200) return false;
+      const headers = proxyRes.headers;
+      if (!JSON_TYPE.test(headers['content-type'] ?? '')) return false;
+      if (headers['set-cookie'] || PRIVATE.test(headers['cache-control'] ?? '')) return false;
+      const declared = Number(headers['content-length']);
+      if (declared > maxEntryBytes) return false;
+      const held = lru.peek(key);
+      return !held || Date.now() - held.storedAt >= refreshAfterMs;
+    },
+    capture(key, proxyRes) {
+      const chunks: Buffer[] = [];
+      let size = 0;
+      const onData = (chunk: Buffer) => {
+        size += chunk.length;
+        if (size <= maxEntryBytes) {
+          chunks.push(chunk);
+        } else {
+          chunks.length = 0;
+          proxyRes.off('data', onData);
+        }
+      };
+      proxyRes.on('data', onData);
+      proxyRes.once('end', () => {
+        if (size > maxEntryBytes) return;
+        const encoding = proxyRes.headers['content-encoding'];
+        lru.set(key, {
+          status: 200,
+          body: Buffer.concat(chunks, size),
+          contentType: proxyRes.headers['content-type']!,
+          ...(encoding ? { contentEncoding: encoding } : {}),
+          storedAt: Date.now(),
+        });
+      });
+    },
+    get: (key) => lru.get(key),
+    clear: () => lru.clear(),
+    get size() {
+      return lru.size;
+    },
+  };
+}

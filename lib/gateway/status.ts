@@ -1,0 +1,55 @@
+// GET / (what this gateway is and routes to) and GET /health (each service's circuit and a probe).
+import { Router } from 'express';
+import type { CircuitState } from './breakers.js';
+import type { ProbeResult, Upstream } from './upstreams.js';
+
+export type ServiceStatus = 'healthy' | 'recovering' | 'unhealthy';
+
+export const GATEWAY_FEATURES = [
+  'routing',
+  'circuit-breaker',
+  'rate-limiting',
+  'stale-cache',
+  'aggregation',
+  'trace-propagation',
+  'metrics',
+] as const;
+
+/**
+ * Closed and answering: healthy. Half-open, or open while the service answers again: recovering
+ * (trial requests will close it). Otherwise unhealthy. Without a probe, the circuit alone decides.
+ */
+export function serviceStatus(state: CircuitState, probe?: ProbeResult): ServiceStatus {
+  if (state === 'HALF_OPEN') return 'recovering';
+  if (state === 'OPEN') return probe?.ok ? 'recovering' : 'unhealthy';
+  return probe === undefined || probe.ok ? 'healthy' : 'unhealthy';
+}
+
+export function createStatusRoutes({ upstreams, name, version }: { upstreams: Upstream[]; name: string; version: string }): Router {
+  const router = Router();
+
+  router.get('/', (_req, res) => {
+    res.json({
+      name,
+      version,
+      services: upstreams.map((u) => ({ name: u.name, url: u.url, status: serviceStatus(u.breaker.state) })),
+      features: GATEWAY_FEATURES,
+    });
+  });
+
+  // Always 200: the gateway itself is up; the body says how its services are.
+  router.get('/health', async (_req, res) => {
+    const probes = await Promise.all(upstreams.map((u) => u.probe()));
+    let degraded = false;
+    const services: Record<string, unknown> = {};
+    upstreams.forEach((u, i) => {
+      const probe = probes[i]!;
+      const circuitState = u.breaker.state;
+      if (circuitState !== 'CLOSED' || !probe.ok) degraded = true;
+      services[u.name] = { status: serviceStatus(circuitState, probe), circuitState, stats: u.breaker.stats, probe };
+    });
+    res.json({ status: degraded ? 'degraded' : 'healthy', timestamp: new Date().toISOString(), services });
+  });
+
+  return router;
+}

@@ -1,0 +1,49 @@
+import { after, before, describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawnService, type ChildService } from './process.js';
+import { rawRequest, startFakeUpstream, type FakeUpstream } from './gateway-helpers.js';
+
+describe('gateway.ts as a process', () => {
+  let up: FakeUpstream;
+  const children: ChildService[] = [];
+  before(async () => {
+    up = await startFakeUpstream();
+  });
+  after(async () => {
+    for (const c of children) await c.stop('SIGKILL');
+    await up?.stop();
+  });
+
+  test('when RATE_LIMIT=-1, then it exits 1 with one line naming the variable', async () => {
+    await assert.rejects(spawnService('gateway.ts', { RATE_LIMIT: '-1' }), (err: Error) => {
+      assert.match(err.message, /exited \(1\) before listening/);
+      const output = err.message.split('\n').slice(1).join('\n').trim();
+      assert.equal(output, 'gateway: invalid configuration: RATE_LIMIT: must be a whole number from 1 to 1000000 (got "-1")');
+      return true;
+    });
+  });
+
+  test('when SIGTERM arrives with a request in flight, then the request finishes, new connections are refused and it exits 0', async () => {
+    const gw = await spawnService('gateway.ts', { USERS_URL: up.url, PRODUCTS_URL: up.url, ORDERS_URL: up.url });
+    children.push(gw);
+    up.behaviour = { kind: 'echo', delayMs: 400 };
+    up.seen.length = 0;
+    // A client that closes its connection after the answer: a keep-alive one would hold the
+    // server open until its own idle timeout (closeServer closes only the connections idle when it starts).
+    const inFlight = rawRequest(gw.url, 'GET', '/api/users/1');
+    const deadline = Date.now() + 5_000;
+    while (up.seen.length === 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
+    assert.equal(up.seen.length, 1, 'the request reached the service');
+    gw.child.kill('SIGTERM');
+    await new Promise((r) => setTimeout(r, 100));
+    await assert.rejects(fetch(gw.url + '/api/users/2', { signal: AbortSignal.timeout(2_000) }), 'new connections are refused');
+    const res = await inFlight;
+    assert.equal(res.status, 200);
+    assert.equal(JSON.parse(res.text).url, '/users/1');
+    // stop() would send a second signal (exit at once); wait for the first one to finish its work.
+    const exitBy = Date.now() + 10_000;
+    while (gw.child.exitCode === null && gw.child.signalCode === null && Date.now() < exitBy) await new Promise((r) => setTimeout(r, 20));
+    assert.equal(await gw.stop(), 0, gw.output());
+    assert.match(gw.output(), /"msg":"stopped"/);
+  });
+});

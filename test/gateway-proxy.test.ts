@@ -1,0 +1,216 @@
+import { after, before, describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { assertNoLeak, http } from './helpers.js';
+import { startServices, type System } from './system.js';
+import { deadUrl, rawRequest, startFakeUpstream, startGateway, type FakeUpstream, type StartedGateway } from './gateway-helpers.js';
+
+describe('proxy to the real services', () => {
+  let sys: System;
+  let gw: StartedGateway;
+  before(async () => {
+    sys = await startServices();
+    gw = await startGateway({ USERS_URL: sys.users.url, PRODUCTS_URL: sys.products.url, ORDERS_URL: sys.orders.url });
+  });
+  after(async () => {
+    await gw?.close();
+    await sys?.stop();
+  });
+
+  test('when a user is created, read, updated and deleted through /api/users, then each status and body passes through', async () => {
+    const email = `proxy-${Date.now()}@example.com`;
+    const created = await http(gw.url, 'POST', '/api/users', { body: { name: 'Proxy Person', email } });
+    assert.equal(created.status, 201);
+    assert.equal(created.body.email, email);
+    assert.equal(created.headers.get('location'), `/users/${created.body.id}`);
+    const id = created.body.id as number;
+
+    const read = await http(gw.url, 'GET', `/api/users/${id}`);
+    assert.equal(read.status, 200);
+    assert.deepEqual(read.body, created.body);
+
+    const updated = await http(gw.url, 'PUT', `/api/users/${id}`, { body: { name: 'Proxy Renamed' } });
+    assert.equal(updated.status, 200);
+    assert.equal(updated.body.name, 'Proxy Renamed');
+
+    const listed = await http(gw.url, 'GET', '/api/users?role=admin&limit=5');
+    assert.equal(listed.status, 200);
+    assert.equal(listed.body.meta.limit, 5, 'query string kept');
+    assert.ok(listed.body.data.every((u: { role: string }) => u.role === 'admin'));
+
+    const removed = await http(gw.url, 'DELETE', `/api/users/${id}`);
+    assert.equal(removed.status, 204);
+    assert.equal(removed.text, '');
+
+    const gone = await http(gw.url, 'GET', `/api/users/${id}`);
+    assert.equal(gone.status, 404);
+    assert.equal(gone.body.code, 'NOT_FOUND');
+    assert.ok(gone.body.traceId);
+  });
+
+  test('when PATCH /api/products/:id/stock is sent, then the service answers it', async () => {
+    const product = await http(gw.url, 'POST', '/api/products', { body: { name: 'Patch Widget', price: 3.5, stock: 4 } });
+    assert.equal(product.status, 201);
+    const patched = await http(gw.url, 'PATCH', `/api/products/${product.body.id}/stock`, { body: { operation: 'add', quantity: 6 } });
+    assert.equal(patched.status, 200);
+    assert.deepEqual(patched.body, { id: product.body.id, stock: 10 });
+  });
+
+  test('when a 2 kB JSON body is posted, then it arrives intact', async () => {
+    const description = 'ü-0123456789abcdef'.repeat(105).slice(0, 1900);
+    const r = await http(gw.url, 'POST', '/api/products', { body: { name: 'Big Description', description, price: 1, stock: 1 } });
+    assert.equal(r.status, 201);
+    assert.equal(r.body.description, description);
+  });
+
+  test('when a 200 kB body is posted, then the service answers 413 with the contract body, without hanging', async () => {
+    const started = Date.now();
+    const raw = JSON.stringify({ name: 'Huge', description: 'x'.repeat(200_000), price: 1 });
+    const r = await http(gw.url, 'POST', '/api/products', { raw, headers: { 'content-type': 'application/json' } });
+    assert.equal(r.status, 413);
+    assert.equal(r.body.code, 'PAYLOAD_TOO_LARGE');
+    assert.ok(r.body.traceId);
+    assert.ok(Date.now() - started < 5_000, 'answered promptly');
+    // The connection and the pool still work afterwards.
+    assert.equal((await http(gw.url, 'GET', '/api/products?limit=1')).status, 200);
+  });
+
+  test('when a form body is posted, then the service answers 415', async () => {
+    const r = await http(gw.url, 'POST', '/api/users', { raw: 'name=x&email=y', headers: { 'content-type': 'application/x-www-form-urlencoded' } });
+    assert.equal(r.status, 415);
+    assert.equal(r.body.code, 'UNSUPPORTED_MEDIA_TYPE');
+  });
+
+  test('when the JSON is malformed, then the service answers 400 INVALID_JSON', async () => {
+    const r = await http(gw.url, 'POST', '/api/orders', { raw: '{"userId":', headers: { 'content-type': 'application/json' } });
+    assert.equal(r.status, 400);
+    assert.equal(r.body.code, 'INVALID_JSON');
+  });
+
+  test('when a client sends X-Trace-Id, then the response echoes it with the gateway span id and timing', async () => {
+    const r = await http(gw.url, 'GET', '/api/orders?limit=1', { headers: { 'x-trace-id': 'gateway-trace-1' } });
+    assert.equal(r.status, 200);
+    assert.equal(r.headers.get('x-trace-id'), 'gateway-trace-1');
+    assert.match(r.headers.get('x-span-id') ?? '', /^[0-9a-f]{16}$/);
+    assert.match(r.headers.get('x-response-time') ?? '', /^\d+(\.\d)?ms$/);
+  });
+});
+
+describe('proxy behaviour (controllable upstream)', () => {
+  let up: FakeUpstream;
+  let gw: StartedGateway;
+  before(async () => {
+    up = await startFakeUpstream();
+    gw = await startGateway({ USERS_URL: up.url, PRODUCTS_URL: up.url, ORDERS_URL: up.url, UPSTREAM_TIMEOUT_MS: '300', CB_FAILURE_THRESHOLD: '1000' });
+  });
+  after(async () => {
+    await gw?.close();
+    await up?.stop();
+  });
+
+  test('when proxied, then the service sees its own path and query, our X-Forwarded-* and the trace, not the client\'s claims', async () => {
+    up.behaviour = { kind: 'echo' };
+    up.seen.length = 0;
+    const r = await http(gw.url, 'GET', '/api/orders/7/items?a=1&b=%20x', {
+      headers: { 'x-forwarded-for': '6.6.6.6', 'x-forwarded-host': 'evil.example', forwarded: 'for=6.6.6.6', 'x-trace-id': 'fwd-trace-1', traceparent: 'garbage' },
+    });
+    assert.equal(r.status, 200);
+    assert.equal(r.body.url, '/orders/7/items?a=1&b=%20x');
+    const seen = up.seen[0]!;
+    assert.equal(seen.headers['x-forwarded-for'], '127.0.0.1');
+    assert.equal(seen.headers['x-forwarded-proto'], 'http');
+    assert.match(String(seen.headers['x-forwarded-host']), /^127\.0\.0\.1:\d+$/);
+    assert.equal(seen.headers.forwarded, undefined);
+    assert.equal(seen.headers['x-trace-id'], 'fwd-trace-1');
+    assert.match(String(seen.headers.traceparent), /^00-[0-9a-f]{32}-[0-9a-f]{16}-01$/);
+    assert.equal(seen.headers.host, `127.0.0.1:${up.port}`);
+  });
+
+  test('when /api/users has no sub-path, then the service gets /users with the query', async () => {
+    up.behaviour = { kind: 'echo' };
+    assert.equal((await http(gw.url, 'GET', '/api/users?role=admin')).body.url, '/users?role=admin');
+    assert.equal((await http(gw.url, 'GET', '/api/users')).body.url, '/users');
+  });
+
+  test('when HEAD and OPTIONS are sent, then they are proxied too', async () => {
+    up.behaviour = { kind: 'echo' };
+    up.seen.length = 0;
+    assert.equal((await http(gw.url, 'HEAD', '/api/products/1')).status, 200);
+    assert.equal((await http(gw.url, 'OPTIONS', '/api/products/1')).status, 200);
+    assert.deepEqual(up.seen.map((s) => s.method), ['HEAD', 'OPTIONS']);
+  });
+
+  test('when the path climbs out of the service prefix in any encoding, then it is 400 and never proxied', async () => {
+    up.seen.length = 0;
+    const paths = [
+      '/api/users/../stats',
+      '/api/users/..%2f..%2fstats',
+      '/api/users/%2e%2e/stats',
+      '/api/users/%2E%2E%2Fstats',
+      '/api/users/..%2Fstats',
+      '/api/users/%252e%252e%252fstats',
+      '/api/users/..%5cstats',
+      '/api/users/..\\stats',
+      '/api/users/1/%2e',
+      '/api/users/%zz',
+      '/api/products/1%00',
+    ];
+    for (const path of paths) {
+      const r = await rawRequest(gw.url, 'GET', path);
+      assert.equal(r.status, 400, path);
+      const body = JSON.parse(r.text);
+      assert.equal(body.code, 'VALIDATION_ERROR', path);
+    }
+    assert.equal(up.seen.length, 0);
+    assert.equal((await rawRequest(gw.url, 'GET', '/api/users/1?next=../x')).status, 200, 'dots in the query are the service\'s business');
+  });
+
+  test('when the service refuses connections, then the answer is a JSON 502 that does not name the host', async () => {
+    const dead = await startGateway({ USERS_URL: await deadUrl(), PRODUCTS_URL: up.url, ORDERS_URL: up.url });
+    try {
+      const r = await http(dead.url, 'GET', '/api/users/1');
+      assert.equal(r.status, 502);
+      assert.equal(r.body.code, 'BAD_GATEWAY');
+      assert.ok(r.body.traceId);
+      assert.match(r.headers.get('content-type') ?? '', /application\/json/);
+      assert.ok(!r.text.includes('127.0.0.1'), r.text);
+      assertNoLeak(r.text);
+    } finally {
+      await dead.close();
+    }
+  });
+
+  test('when the service does not answer in time, then the answer is 504 and the upstream request is closed', async () => {
+    up.behaviour = { kind: 'hang' };
+    up.seen.length = 0;
+    const r = await http(gw.url, 'GET', '/api/products/slow');
+    assert.equal(r.status, 504);
+    assert.equal(r.body.code, 'GATEWAY_TIMEOUT');
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    assert.equal(up.seen[0]?.closedEarly, true, 'the gateway closed the request it gave up on');
+  });
+
+  test('when the service dies in the middle of a body, then the client connection is cut rather than left hanging', async () => {
+    up.behaviour = { kind: 'break' };
+    const started = Date.now();
+    await assert.rejects(async () => {
+      const res = await fetch(gw.url + '/api/products/broken', { signal: AbortSignal.timeout(5_000) });
+      await res.text();
+    }, (err: Error) => err.name !== 'TimeoutError');
+    assert.ok(Date.now() - started < 3_000);
+    up.behaviour = { kind: 'echo' };
+  });
+
+  test('when the service answers 500, then status and body pass through unchanged', async () => {
+    up.behaviour = { kind: 'status', status: 500 };
+    const r = await http(gw.url, 'GET', '/api/orders/1');
+    assert.equal(r.status, 500);
+    assert.deepEqual(r.body, { error: 'fake 500', code: 'INTERNAL_ERROR' });
+    up.behaviour = { kind: 'echo' };
+  });
+
+  test('when an unknown /api route is asked, then it is a JSON 404', async () => {
+    const r = await http(gw.url, 'GET', '/api/nothing-here');
+    assert.equal(r.status, 404);
+    assert.equal(r.body.code, 'NOT_FOUND');
+  });
+});
