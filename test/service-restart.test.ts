@@ -63,6 +63,14 @@ describe('user service process', () => {
     }
   });
 
+  test('Ctrl+C delivered twice at once (terminal and relay) still stops cleanly with exit 0', async () => {
+    const svc = await start('user-service.ts', newDataDir());
+    svc.child.kill('SIGINT');
+    svc.child.kill('SIGINT');
+    assert.equal(await stop(svc, 'SIGINT'), 0);
+    assert.match(svc.output(), /"msg":"stopped"/);
+  });
+
   test('a user acknowledged with 201 just before kill -9 is there after the restart', async () => {
     const dataDir = newDataDir();
     const first = await start('user-service.ts', dataDir);

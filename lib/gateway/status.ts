@@ -11,7 +11,7 @@ export const GATEWAY_FEATURES = [
   'rate-limiting',
   'stale-cache',
   'aggregation',
-  'trace-propagation',
+  'distributed-tracing',
   'metrics',
 ] as const;
 

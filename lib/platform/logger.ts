@@ -29,7 +29,7 @@ export function createLogger({ service, level = 'info', pretty, destination }: L
   };
   if (destination) return pino(options, destination);
   if (pretty ?? process.stdout.isTTY) {
-    return pino({ ...options, transport: { target: 'pino-pretty', options: { translateTime: 'SYS:HH:MM:ss.l', ignore: 'pid,hostname' } } });
+    return pino({ ...options, transport: { target: 'pino-pretty', options: { translateTime: 'SYS:HH:MM:ss.l', ignore: 'pid,hostname,service', singleLine: true } } });
   }
   // Asynchronous writes keep logging off the request path; mains flush on exit.
   return pino(options, pino.destination({ dest: 1, sync: false }));

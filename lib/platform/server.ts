@@ -49,6 +49,8 @@ export function closeServer(server: Server, timeoutMs = 10_000): Promise<void> {
   });
 }
 
+const DUPLICATE_SIGNAL_MS = 1000;
+
 export interface StopOptions {
   logger: Logger;
   server: Server;
@@ -62,14 +64,17 @@ export interface StopOptions {
  * exits 1.
  */
 export function stopOnSignals({ logger, server, cleanup, timeoutMs = 10_000 }: StopOptions): void {
-  let stopping = false;
+  let stoppingSince = 0;
   const stop = async (signal: string) => {
-    if (stopping) {
+    if (stoppingSince) {
+      // Ctrl+C reaches us more than once: from the terminal's process group and again relayed by
+      // tsx and by concurrently. Only a signal sent well after the first means "hurry up".
+      if (Date.now() - stoppingSince < DUPLICATE_SIGNAL_MS) return;
       logger.warn({ signal }, 'second signal, exiting now');
       logger.flush();
       process.exit(1);
     }
-    stopping = true;
+    stoppingSince = Date.now();
     logger.info({ signal }, 'stopping');
     try {
       await closeServer(server, timeoutMs);

@@ -1,0 +1,74 @@
+// The benchmark is not part of `npm test`, but its smoke run is: one short round of everything,
+// so that `npm run bench` cannot rot between the times someone runs it in full.
+import { after, describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { once } from 'node:events';
+import { existsSync, readFileSync, statSync } from 'node:fs';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { LatencyHistogram } from '../bench/histogram.js';
+import { buildRows, type Results } from '../bench/report.js';
+import { tempDir } from './helpers.js';
+
+const ROOT = fileURLToPath(new URL('..', import.meta.url));
+
+describe('latency histogram', () => {
+  test('when values are below 2 ms, then percentiles are exact to the microsecond', () => {
+    const h = new LatencyHistogram();
+    for (let i = 1; i <= 100; i++) h.recordMs(i / 100);
+    assert.equal(h.percentileMs(50), 0.5);
+    assert.equal(h.percentileMs(99), 0.99);
+    assert.equal(h.summary().maxMs, 1);
+  });
+
+  test('when values are large, then percentiles stay within 0.1 %', () => {
+    const h = new LatencyHistogram();
+    for (let i = 1; i <= 1000; i++) h.recordMs(i * 7.3);
+    const p50 = h.percentileMs(50);
+    assert.ok(Math.abs(p50 - 3650) / 3650 < 0.001, `p50 ${p50}`);
+    assert.ok(Math.abs(h.summary().meanMs - 3653.65) < 0.01);
+  });
+});
+
+describe('npm run bench -- --smoke', () => {
+  const out = tempDir('msvc-bench-smoke-test-');
+  after(() => out.remove());
+
+  test('when run, then it prints the table and goals and writes results.json with every row', { timeout: 90_000 }, async () => {
+    const published = join(ROOT, 'bench', 'results.json');
+    const publishedAt = existsSync(published) ? statSync(published).mtimeMs : undefined;
+    const child = spawn(process.execPath, ['--import', 'tsx', 'bench/run.ts', '--smoke'], {
+      cwd: ROOT,
+      env: { ...process.env, BENCH_OUT_DIR: out.dir },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (c: Buffer) => (stdout += c.toString()));
+    child.stderr.on('data', (c: Buffer) => (stderr += c.toString()));
+    const [code] = await once(child, 'exit');
+    assert.equal(code, 0, `exit ${code}\n${stdout.slice(-3000)}\n${stderr.slice(-3000)}`);
+
+    assert.match(stdout, /^scenario\s+via\s+mode\s+conns\s+ok\/rounds\s+req\/s\s+p50 ms\s+p99 ms/m);
+    assert.match(stdout, /Goals \(issue 5\):/);
+    assert.match(stdout, /(PASS|MISS)\s+gateway CPU per proxied GET/);
+
+    const results = JSON.parse(readFileSync(join(out.dir, 'results.json'), 'utf8')) as Results;
+    assert.equal(results.smoke, true);
+    assert.equal(results.machine.cores > 0, true);
+    const has = (scenario: string, target: string) => results.rows.some((r) => r.scenario === scenario && r.target === target && r.rps.median > 0);
+    for (const target of ['direct', 'gateway', 'bare']) assert.ok(has('get', target), `get via ${target}`);
+    assert.ok(has('get-rate', 'direct') && has('get-rate', 'gateway'), 'fixed-rate rows');
+    assert.ok(has('orders', 'gateway'), 'orders row');
+    assert.ok(has('dashboard', 'gateway'), 'dashboard row');
+    assert.deepEqual(results.invalidRounds, [], 'every round answered with the expected status');
+    assert.equal(results.goals.length, 5);
+    for (const row of results.rows.filter((r) => r.target !== 'direct')) assert.ok(row.cpuUs.front!.median > 0, `${row.scenario} ${row.target} front CPU`);
+    // The rows written are the rows the rounds give: nothing is computed only at print time.
+    assert.deepEqual(JSON.parse(JSON.stringify(buildRows(results.rounds))), results.rows);
+    assert.match(readFileSync(join(out.dir, 'RESULTS.md'), 'utf8'), /^# Benchmark results\n/);
+    // A smoke run never overwrites the published figures.
+    assert.equal(existsSync(published) ? statSync(published).mtimeMs : undefined, publishedAt);
+  });
+});
