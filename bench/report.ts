@@ -1,0 +1,389 @@
+// Turns rounds into the published figures: rows of medians (min-max), the goal lines of issue 5,
+// the text table for the terminal and RESULTS.md.
+import type { LoadResult } from './load.js';
+import type { Machine } from './proc.js';
+
+export type Target = 'direct' | 'gateway' | 'bare' | 'nginx';
+export type Mode = 'pinned' | 'unpinned';
+export type Scenario = 'get' | 'get-rate' | 'orders' | 'dashboard' | 'sweep';
+
+export const SCENARIO_LABEL: Record<Scenario, string> = {
+  get: 'GET product',
+  'get-rate': 'GET product, fixed rate',
+  orders: 'POST /api/orders',
+  dashboard: 'GET /api/dashboard',
+  sweep: 'GET product, conns sweep',
+};
+
+/** CPU time per answered request, by process, in µs. */
+export interface CpuPerRequest {
+  /** The proxy the round went through (gateway, bare or nginx); absent for direct rounds. */
+  front?: number;
+  products: number;
+  users: number;
+  orders: number;
+}
+
+export interface RoundRecord {
+  index: number;
+  scenario: Scenario;
+  target: Target;
+  mode: Mode;
+  round: number;
+  connections: number;
+  /** The fixed rate asked for, in paced rounds. */
+  rate?: number;
+  path: string;
+  load: LoadResult;
+  cpuUs: CpuPerRequest;
+  /** Share of this process's CPU the load generator used (100 = one full core). */
+  loadGeneratorCpuPct: number;
+  stealPct: number;
+  stolen: boolean;
+  /** CPU used by processes other than ours, in percent of the whole machine. */
+  foreignCpuPct: number;
+  disturbed: boolean;
+  gatewayRssMb: { before: number; after: number };
+  valid: boolean;
+  invalidReason?: string;
+}
+
+export interface Spread {
+  median: number;
+  min: number;
+  max: number;
+}
+
+export interface Row {
+  scenario: Scenario;
+  target: Target;
+  mode: Mode;
+  connections: number;
+  rate?: number;
+  rounds: number;
+  validRounds: number;
+  rps: Spread;
+  p50Ms: Spread;
+  p99Ms: Spread;
+  errors: number;
+  non2xx: number;
+  cpuUs: { front?: Spread; products: Spread; users: Spread; orders: Spread };
+  /** The proxy's CPU per request over the product service's, in the same rounds. */
+  frontPerProductCpu?: Spread;
+  /** Throughput over the direct / bare / nginx round of the same pass. */
+  vsDirect?: Spread;
+  vsBare?: Spread;
+  vsNginx?: Spread;
+  invalidReasons: string[];
+}
+
+export interface Goal {
+  name: string;
+  value: string;
+  goal: string;
+  pass: boolean | undefined;
+}
+
+/**
+ * The gateway's RSS, sampled a few times a second from the end of the warm-up to the end of the
+ * run. The garbage collector makes it saw up and down by tens of MB, so "flat" compares the
+ * floors (the lowest sample) of the first and the last quarter of the run: a leak raises the floor.
+ */
+export interface GatewayMemory {
+  samples: number;
+  afterWarmupMb: number;
+  atEndMb: number;
+  firstQuarterFloorMb: number;
+  lastQuarterFloorMb: number;
+  peakMb: number;
+  /** Requests the gateway answered in the measured rounds. */
+  gatewayRequests: number;
+}
+
+export interface Results {
+  version: 1;
+  startedAt: string;
+  finishedAt: string;
+  elapsedS: number;
+  smoke: boolean;
+  machine: Machine;
+  settings: { durationS: number; rounds: number; warmupS: number; clockTicksPerSecond: number; pinning: string; nginx: string };
+  fixedRate?: { gatewaySaturationRps: number; rate: number; mode: Mode };
+  memory: GatewayMemory;
+  keepAlive: { reused: boolean; connectionHeader: string | null };
+  rows: Row[];
+  goals: Goal[];
+  invalidRounds: Array<{ index: number; scenario: Scenario; target: Target; mode: Mode; round: number; reason: string }>;
+  stolenRounds: number[];
+  disturbedRounds: number[];
+  rounds: RoundRecord[];
+}
+
+export function median(values: number[]): number {
+  if (values.length === 0) return NaN;
+  const sorted = [...values].sort((a, b) => a - b);
+  const mid = sorted.length >> 1;
+  return sorted.length % 2 ? sorted[mid]! : (sorted[mid - 1]! + sorted[mid]!) / 2;
+}
+
+export function spread(values: number[]): Spread {
+  const finite = values.filter(Number.isFinite);
+  if (finite.length === 0) return { median: NaN, min: NaN, max: NaN };
+  return { median: median(finite), min: Math.min(...finite), max: Math.max(...finite) };
+}
+
+const rowKey = (r: Pick<RoundRecord, 'scenario' | 'target' | 'mode' | 'connections'>) => `${r.scenario}|${r.target}|${r.mode}|${r.connections}`;
+
+/**
+ * One row per scenario, target, mode and connection count. Medians use the valid rounds only;
+ * a row without any valid round shows all of its rounds so the failure stays visible.
+ */
+export function buildRows(rounds: RoundRecord[]): Row[] {
+  const groups = new Map<string, RoundRecord[]>();
+  for (const r of rounds) {
+    const key = rowKey(r);
+    const list = groups.get(key) ?? [];
+    list.push(r);
+    groups.set(key, list);
+  }
+  const rows: Row[] = [];
+  for (const list of groups.values()) {
+    const valid = list.filter((r) => r.valid);
+    const use = valid.length ? valid : list;
+    const first = list[0]!;
+    const pair = (other: Target): Spread | undefined => {
+      if (first.target === other) return undefined;
+      const ratios = use.flatMap((r) => {
+        const peer = rounds.find((p) => p.valid && p.target === other && p.scenario === r.scenario && p.mode === r.mode
+          && p.connections === r.connections && p.round === r.round);
+        return peer ? [r.load.rps / peer.load.rps] : [];
+      });
+      return ratios.length ? spread(ratios) : undefined;
+    };
+    const hasFront = first.target !== 'direct';
+    rows.push({
+      scenario: first.scenario,
+      target: first.target,
+      mode: first.mode,
+      connections: first.connections,
+      rate: first.rate,
+      rounds: list.length,
+      validRounds: valid.length,
+      rps: spread(use.map((r) => r.load.rps)),
+      p50Ms: spread(use.map((r) => r.load.latency.p50Ms)),
+      p99Ms: spread(use.map((r) => r.load.latency.p99Ms)),
+      errors: list.reduce((a, r) => a + r.load.errors, 0),
+      non2xx: list.reduce((a, r) => a + r.load.non2xx, 0),
+      cpuUs: {
+        ...(hasFront ? { front: spread(use.map((r) => r.cpuUs.front ?? NaN)) } : {}),
+        products: spread(use.map((r) => r.cpuUs.products)),
+        users: spread(use.map((r) => r.cpuUs.users)),
+        orders: spread(use.map((r) => r.cpuUs.orders)),
+      },
+      frontPerProductCpu: hasFront && (first.scenario === 'get' || first.scenario === 'get-rate' || first.scenario === 'sweep')
+        ? spread(use.map((r) => (r.cpuUs.front ?? NaN) / r.cpuUs.products))
+        : undefined,
+      ...(first.scenario === 'get' || first.scenario === 'get-rate' ? { vsDirect: pair('direct'), vsBare: pair('bare'), vsNginx: pair('nginx') } : {}),
+      invalidReasons: list.filter((r) => !r.valid).map((r) => `round ${r.round}: ${r.invalidReason}`),
+    });
+  }
+  return rows;
+}
+
+export interface GoalInputs {
+  rows: Row[];
+  rounds: RoundRecord[];
+  cpuMode: Mode;
+  memory: Results['memory'];
+  keepAlive: Results['keepAlive'];
+  fixedRate?: Results['fixedRate'];
+}
+
+const fmt = (n: number, digits = 2) => (Number.isFinite(n) ? n.toFixed(digits) : 'n/a');
+const signed = (n: number, digits = 2) => (n >= 0 ? `+${fmt(n, digits)}` : fmt(n, digits));
+
+/** The goal lines of issue 5, each with its figure and pass or miss. */
+export function buildGoals({ rows, rounds, cpuMode, memory, keepAlive, fixedRate }: GoalInputs): Goal[] {
+  const row = (scenario: Scenario, target: Target, mode: Mode) =>
+    rows.find((r) => r.scenario === scenario && r.target === target && r.mode === mode && r.validRounds > 0);
+  const goals: Goal[] = [];
+
+  const cpu = row('get', 'gateway', cpuMode)?.frontPerProductCpu;
+  const other = row('get', 'gateway', cpuMode === 'pinned' ? 'unpinned' : 'pinned')?.frontPerProductCpu;
+  goals.push({
+    name: 'gateway CPU per proxied GET / product service CPU per request',
+    value: cpu ? `${fmt(cpu.median)} (${cpuMode}, ${fmt(cpu.min)}-${fmt(cpu.max)})${other ? `; ${fmt(other.median)} ${cpuMode === 'pinned' ? 'unpinned' : 'pinned'}` : ''}` : 'no valid rounds',
+    goal: '<= 1.2, stretch 0.9',
+    pass: cpu ? cpu.median <= 1.2 : undefined,
+  });
+
+  const thr = row('get', 'gateway', 'unpinned')?.vsDirect;
+  goals.push({
+    name: 'throughput through the gateway / direct (unpinned)',
+    value: thr ? `${fmt(thr.median)} (${fmt(thr.min)}-${fmt(thr.max)})` : 'no valid rounds',
+    goal: '>= 0.5',
+    pass: thr ? thr.median >= 0.5 : undefined,
+  });
+
+  const paced = rounds.filter((r) => r.scenario === 'get-rate' && r.valid);
+  const added = (pick: (r: RoundRecord) => number) => spread(paced.filter((r) => r.target === 'gateway').flatMap((g) => {
+    const d = paced.find((r) => r.target === 'direct' && r.round === g.round && r.mode === g.mode);
+    return d ? [pick(g) - pick(d)] : [];
+  }));
+  const p50 = added((r) => r.load.latency.p50Ms);
+  const p99 = added((r) => r.load.latency.p99Ms);
+  const haveLatency = Number.isFinite(p50.median);
+  goals.push({
+    name: `added latency at a fixed ${fixedRate ? `${Math.round(fixedRate.rate)} req/s` : 'rate'} (half the gateway's saturation)`,
+    value: haveLatency ? `p50 ${signed(p50.median)} ms (${signed(p50.min)} to ${signed(p50.max)}), p99 ${signed(p99.median)} ms (${signed(p99.min)} to ${signed(p99.max)})` : 'no valid rounds',
+    goal: 'p50 <= 2 ms, p99 <= 5 ms',
+    pass: haveLatency ? p50.median <= 2 && p99.median <= 5 : undefined,
+  });
+
+  const growth = (memory.lastQuarterFloorMb - memory.firstQuarterFloorMb) / memory.firstQuarterFloorMb;
+  goals.push({
+    name: 'gateway memory stays flat',
+    value: `RSS floor ${fmt(memory.firstQuarterFloorMb, 0)} MB in the first quarter of the run -> ${fmt(memory.lastQuarterFloorMb, 0)} MB in the last (${signed(growth * 100, 1)} %), peak ${fmt(memory.peakMb, 0)} MB, over ${memory.gatewayRequests.toLocaleString('en-US')} requests`,
+    goal: 'floor <= +10 %',
+    pass: Number.isFinite(growth) ? growth <= 0.1 : undefined,
+  });
+
+  goals.push({
+    name: 'client connections stay keep-alive',
+    value: keepAlive.reused ? 'second request reused the socket' : `socket not reused (Connection: ${keepAlive.connectionHeader ?? 'absent'})`,
+    goal: 'reused',
+    pass: keepAlive.reused,
+  });
+  return goals;
+}
+
+const num = (n: number) => {
+  if (!Number.isFinite(n)) return '-';
+  const abs = Math.abs(n);
+  if (abs >= 100) return String(Math.round(n));
+  if (abs >= 10) return n.toFixed(1);
+  return n.toFixed(2);
+};
+
+function cell(s: Spread | undefined, rounds: number): string {
+  if (!s || !Number.isFinite(s.median)) return '-';
+  return rounds > 1 && s.min !== s.max ? `${num(s.median)} (${num(s.min)}-${num(s.max)})` : num(s.median);
+}
+
+export const TABLE_HEADER = [
+  'scenario', 'via', 'mode', 'conns', 'ok/rounds', 'req/s', 'p50 ms', 'p99 ms', 'errors/non-2xx',
+  'CPU µs/req: front', 'products', 'users', 'orders', 'front/products CPU', 'x direct', 'x bare', 'x nginx',
+];
+
+export function tableCells(rows: Row[]): string[][] {
+  return rows.map((r) => {
+    const n = r.validRounds || r.rounds;
+    return [
+      SCENARIO_LABEL[r.scenario] + (r.rate ? ` @${Math.round(r.rate)}/s` : ''),
+      r.target,
+      r.mode,
+      String(r.connections),
+      `${r.validRounds}/${r.rounds}${r.validRounds < r.rounds ? ' INVALID' : ''}`,
+      cell(r.rps, n),
+      cell(r.p50Ms, n),
+      cell(r.p99Ms, n),
+      `${r.errors}/${r.non2xx}`,
+      cell(r.cpuUs.front, n),
+      cell(r.cpuUs.products, n),
+      cell(r.cpuUs.users, n),
+      cell(r.cpuUs.orders, n),
+      cell(r.frontPerProductCpu, n),
+      cell(r.vsDirect, n),
+      cell(r.vsBare, n),
+      cell(r.vsNginx, n),
+    ];
+  });
+}
+
+/** A plain-text table that lines up in a terminal. */
+export function textTable(header: string[], body: string[][]): string {
+  const widths = header.map((h, i) => Math.max(h.length, ...body.map((row) => row[i]!.length)));
+  const line = (cells: string[]) => cells.map((c, i) => (i < 2 ? c.padEnd(widths[i]!) : c.padStart(widths[i]!))).join('  ').trimEnd();
+  return [line(header), widths.map((w) => '-'.repeat(w)).join('  '), ...body.map(line)].join('\n');
+}
+
+export function markdownTable(header: string[], body: string[][]): string {
+  const esc = (c: string) => c.replace(/\|/g, '\\|');
+  return [
+    `| ${header.map(esc).join(' | ')} |`,
+    `|${header.map((_, i) => (i < 3 ? '---' : '---:')).join('|')}|`,
+    ...body.map((row) => `| ${row.map(esc).join(' | ')} |`),
+  ].join('\n');
+}
+
+export function goalLines(goals: Goal[]): string[] {
+  return goals.map((g) => `${g.pass === undefined ? 'n/a ' : g.pass ? 'PASS' : 'MISS'}  ${g.name}: ${g.value} (goal ${g.goal})`);
+}
+
+export function machineLine(r: Results): string {
+  const m = r.machine;
+  return `${m.cores} cores, ${m.cpuModel}, ${m.memoryGb} GB, Node ${m.node}, ${m.platform}, kernel ${m.kernel}`;
+}
+
+/** What every reader needs besides the table: how it was measured, what failed. */
+export function notes(r: Results): string[] {
+  const lines = [
+    `Machine: ${machineLine(r)}`,
+    `Rounds: ${r.settings.rounds} x ${r.settings.durationS} s each, interleaved (direct, gateway, bare, nginx, direct, ...) after ${r.settings.warmupS} s of warm-up per target; medians (min-max) of valid rounds.`,
+    `Pinning: ${r.settings.pinning}. nginx: ${r.settings.nginx}.`,
+    'CPU: utime+stime from /proc/<pid>/stat before and after each round, divided by the responses of the round; "front" is the process the round went through (gateway, bare proxy or nginx).',
+  ];
+  if (r.fixedRate) {
+    lines.push(`Fixed-rate rounds: ${Math.round(r.fixedRate.rate)} req/s, half the gateway's median saturation of ${Math.round(r.fixedRate.gatewaySaturationRps)} req/s (${r.fixedRate.mode}), open loop on keep-alive connections; latency per request, µs resolution.`);
+  }
+  if (r.invalidRounds.length) {
+    lines.push(`INVALID rounds (left out of the medians): ${r.invalidRounds.length}`);
+    for (const i of r.invalidRounds) lines.push(`  #${i.index} ${SCENARIO_LABEL[i.scenario]} via ${i.target} (${i.mode}, round ${i.round}): ${i.reason}`);
+  } else {
+    lines.push('Every round was valid: no errors, every answer had the expected status.');
+  }
+  if (r.stolenRounds.length) lines.push(`The hypervisor stole CPU (> 1 %) during rounds ${r.stolenRounds.map((i) => `#${i}`).join(', ')}: their figures are less steady.`);
+  if (r.disturbedRounds.length) {
+    lines.push(`Other processes used over 5 % of the machine during ${r.disturbedRounds.length} of ${r.rounds.length} rounds (${r.disturbedRounds.map((i) => `#${i}`).join(', ')}): their figures are less steady.`);
+  }
+  lines.push(`Elapsed: ${r.elapsedS.toFixed(0)} s.`);
+  return lines;
+}
+
+export function roundLine(r: RoundRecord, total: number): string {
+  const cpu = [
+    r.cpuUs.front !== undefined ? `${r.target} ${num(r.cpuUs.front)}` : undefined,
+    `products ${num(r.cpuUs.products)}`,
+    r.scenario === 'orders' || r.scenario === 'dashboard' ? `users ${num(r.cpuUs.users)}, orders ${num(r.cpuUs.orders)}` : undefined,
+  ].filter(Boolean).join(', ');
+  return `[${String(r.index).padStart(String(total).length)}/${total}] ${SCENARIO_LABEL[r.scenario]} via ${r.target}, ${r.mode}, c=${r.connections}${r.rate ? ` @${Math.round(r.rate)}/s` : ''}, round ${r.round}: `
+    + `${num(r.load.rps)} req/s, p50 ${num(r.load.latency.p50Ms)} ms, p99 ${num(r.load.latency.p99Ms)} ms, CPU µs/req ${cpu}`
+    + `${r.stolen ? `, steal ${r.stealPct.toFixed(1)} %` : ''}${r.disturbed ? `, others used ${r.foreignCpuPct.toFixed(0)} % of the machine` : ''}${r.valid ? '' : `  INVALID: ${r.invalidReason}`}`;
+}
+
+export function markdownReport(r: Results, body: string[][]): string {
+  const goals = goalLines(r.goals).map((l) => `- ${l.replace(/^(PASS|MISS|n\/a )\s+/, '**$1** ')}`);
+  const rounds = r.rounds.map((x) => `| ${x.index} | ${SCENARIO_LABEL[x.scenario]} | ${x.target} | ${x.mode} | ${x.connections} | ${x.round} | ${num(x.load.rps)} | ${num(x.load.latency.p50Ms)} | ${num(x.load.latency.p99Ms)} | ${x.load.errors}/${x.load.non2xx} | ${x.cpuUs.front === undefined ? '-' : num(x.cpuUs.front)} | ${num(x.cpuUs.products)} | ${num(x.loadGeneratorCpuPct)} | ${x.stealPct.toFixed(1)} | ${x.foreignCpuPct.toFixed(1)} | ${num(x.gatewayRssMb.after)} | ${x.valid ? 'ok' : `INVALID: ${x.invalidReason}`} |`);
+  return [
+    '# Benchmark results',
+    '',
+    `Run of \`npm run bench\` finished ${r.finishedAt}${r.smoke ? ' (smoke run: figures are not meaningful)' : ''}.`,
+    '',
+    markdownTable(TABLE_HEADER, body),
+    '',
+    '## Goals (issue 5)',
+    '',
+    ...goals,
+    '',
+    '## How it was measured',
+    '',
+    ...notes(r).map((l) => (l.startsWith('  ') ? `  - ${l.trim()}` : `- ${l}`)),
+    '',
+    '## Every round',
+    '',
+    '| # | scenario | via | mode | conns | round | req/s | p50 ms | p99 ms | errors/non-2xx | front CPU µs/req | products CPU µs/req | load generator CPU % | steal % | others\' CPU % | gateway RSS MB | |',
+    '|---:|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|',
+    ...rounds,
+    '',
+  ].join('\n');
+}

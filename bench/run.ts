@@ -1,0 +1,516 @@
+// `npm run bench`: what the gateway costs per request, measured beside the service alone, a bare
+// Express proxy and nginx, in interleaved rounds. Prints the table and the goals of issue 5 and
+// writes bench/results.json and bench/RESULTS.md. `--smoke` (or BENCH_SMOKE=1) is the quick
+// version the test suite runs so this cannot rot; `--profile` records the gateway's hot path.
+import { copyFileSync, mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { Agent, request } from 'node:http';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { performance } from 'node:perf_hooks';
+import { z } from 'zod';
+import { parseConfig, ConfigError } from '../lib/platform/config.js';
+import { closedLoop, pacedLoop, type LoadResult, type LoadSpec } from './load.js';
+import { clockTicksPerSecond, cpuTicks, describeMachine, foreignPercent, hasTaskset, hostCpu, rssBytes, setAffinity, stealPercent } from './proc.js';
+import { hotFunctions } from './profile.js';
+import {
+  buildGoals, buildRows, goalLines, markdownReport, median, notes, roundLine, tableCells, textTable, TABLE_HEADER,
+  type GatewayMemory, type Mode, type Results, type RoundRecord, type Scenario, type Target,
+} from './report.js';
+import { ROOT, startSystem, Supervisor, type BenchSystem, type ProcessName } from './system.js';
+
+const seconds = z.string().regex(/^\d+(\.\d+)?$/, 'must be a number of seconds')
+  .transform(Number).refine((n) => n >= 0.5 && n <= 600, 'must be from 0.5 to 600 seconds').optional();
+
+const OptionsSchema = z.object({
+  BENCH_SMOKE: z.enum(['0', '1', 'true', 'false']).optional().transform((v) => v === '1' || v === 'true'),
+  BENCH_PROFILE: z.enum(['0', '1', 'true', 'false']).optional().transform((v) => v === '1' || v === 'true'),
+  BENCH_DURATION_S: seconds,
+  BENCH_WARMUP_S: seconds,
+  BENCH_ROUNDS: z.string().regex(/^\d+$/, 'must be a whole number from 1 to 20').transform(Number)
+    .refine((n) => n >= 1 && n <= 20, 'must be a whole number from 1 to 20').optional(),
+  BENCH_OUT_DIR: z.string().min(1).optional(),
+  // Another gateway implementation behind the same routes, to compare before choosing one.
+  BENCH_GATEWAY_ENTRY: z.string().regex(/\.ts$/, 'must be a .ts entry file relative to the repository root').default('gateway.ts'),
+});
+
+interface Options {
+  smoke: boolean;
+  profile: boolean;
+  durationS: number;
+  warmupS: number;
+  rounds: number;
+  outDir?: string;
+  gatewayEntry: string;
+}
+
+function readOptions(argv: string[], env: NodeJS.ProcessEnv): Options {
+  const known = new Set(['--smoke', '--profile']);
+  const unknown = argv.filter((a) => !known.has(a));
+  if (unknown.length) throw new ConfigError(`unknown argument ${unknown[0]} (known: --smoke, --profile)`);
+  const raw = parseConfig(OptionsSchema, env);
+  const smoke = raw.BENCH_SMOKE || argv.includes('--smoke');
+  return {
+    smoke,
+    profile: raw.BENCH_PROFILE || argv.includes('--profile'),
+    durationS: raw.BENCH_DURATION_S ?? (smoke ? 1 : 5),
+    warmupS: raw.BENCH_WARMUP_S ?? (smoke ? 0.5 : 2),
+    rounds: raw.BENCH_ROUNDS ?? (smoke ? 1 : 3),
+    outDir: raw.BENCH_OUT_DIR,
+    gatewayEntry: raw.BENCH_GATEWAY_ENTRY,
+  };
+}
+
+const GET_CONNECTIONS = 50;
+const WRITE_CONNECTIONS = 10;
+const SWEEP_CONNECTIONS = [1, 10, 200];
+const STEAL_FLAG_PCT = 1;
+/** Other processes using more than this share of the machine during a round disturb it. */
+const FOREIGN_FLAG_PCT = 5;
+/** Between rounds, so that one round's closing connections are not the next one's load. */
+const PAUSE_MS = 300;
+const SMOKE_PAUSE_MS = 50;
+/** Stock of the product the write rounds order: never the reason a round fails. */
+const BENCH_STOCK = 1_000_000_000;
+
+const log = (line = '') => process.stdout.write(`${line}\n`);
+const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+
+interface Pinning {
+  available: boolean;
+  note: string;
+  apply: (mode: Mode) => void;
+}
+
+/** Load generator on CPU 0, the system on the others; unpinned: everyone anywhere. */
+function pinning(system: BenchSystem, cores: number): Pinning {
+  const all = `0-${cores - 1}`;
+  const rest = cores === 2 ? '1' : `1-${cores - 1}`;
+  const apply = (mode: Mode) => {
+    setAffinity(process.pid, mode === 'pinned' ? '0' : all);
+    for (const p of system.processes) for (const pid of p.pids) setAffinity(pid, mode === 'pinned' ? rest : all);
+  };
+  if (cores < 2) return { available: false, note: 'not possible on one core', apply: () => {} };
+  if (!hasTaskset()) return { available: false, note: 'taskset not installed: unpinned rounds only', apply: () => {} };
+  try {
+    apply('unpinned');
+  } catch (err) {
+    return { available: false, note: `taskset refused (${(err as Error).message.split('\n')[0]}): unpinned rounds only`, apply: () => {} };
+  }
+  return { available: true, note: `saturation GET rounds both pinned with taskset (load generator on CPU 0, system on CPU ${rest}) and unpinned; all other rounds unpinned`, apply };
+}
+
+async function json(method: string, url: string, body?: unknown): Promise<{ status: number; body: unknown }> {
+  const res = await fetch(url, {
+    method,
+    headers: body === undefined ? {} : { 'content-type': 'application/json' },
+    body: body === undefined ? undefined : JSON.stringify(body),
+    signal: AbortSignal.timeout(10_000),
+  });
+  const text = await res.text();
+  let parsed: unknown = text;
+  try {
+    parsed = JSON.parse(text);
+  } catch {
+    // Not JSON: keep the text for the message.
+  }
+  return { status: res.status, body: parsed };
+}
+
+/**
+ * One proxied read and one order through the gateway before any load: a gateway that cannot
+ * answer them fails here with its answer, rather than as rounds of errors.
+ */
+async function preflight(getUrl: string, ordersUrl: string, orderBody: string): Promise<void> {
+  const deadline = Date.now() + 10_000;
+  let read = await json('GET', getUrl);
+  // Breakers may have seen a service still starting: give them a moment, not a failed run.
+  while (read.status !== 200 && Date.now() < deadline) {
+    await sleep(250);
+    read = await json('GET', getUrl);
+  }
+  if (read.status !== 200) throw new Error(`GET ${new URL(getUrl).pathname} through the gateway answered ${read.status}: ${JSON.stringify(read.body).slice(0, 300)}`);
+  const order = await json('POST', ordersUrl, JSON.parse(orderBody));
+  if (order.status !== 201) throw new Error(`POST /api/orders through the gateway answered ${order.status}: ${JSON.stringify(order.body).slice(0, 300)}`);
+}
+
+/** Two requests on one keep-alive socket: the second must reuse it. */
+function checkKeepAlive(url: string): Promise<Results['keepAlive']> {
+  const agent = new Agent({ keepAlive: true, maxSockets: 1 });
+  const once = () => new Promise<{ reused: boolean; connection: string | null }>((resolve, reject) => {
+    const req = request(url, { agent }, (res) => {
+      res.resume();
+      res.on('end', () => resolve({ reused: req.reusedSocket, connection: res.headers.connection ?? null }));
+    });
+    req.setTimeout(10_000, () => req.destroy(new Error('timeout')));
+    req.on('error', reject);
+    req.end();
+  });
+  return once().then(async (first) => {
+    await sleep(10);
+    const second = await once();
+    agent.destroy();
+    return { reused: second.reused, connectionHeader: second.connection ?? first.connection };
+  });
+}
+
+const RSS_SAMPLE_MS = 250;
+/** A full run takes about 4 minutes: this holds 40 minutes of samples. */
+const MAX_RSS_SAMPLES = 10_000;
+
+/** Samples a process's RSS (MB) until stopped. */
+function sampleRss(pid: number): { stop: () => number[] } {
+  const samples: number[] = [];
+  const take = () => {
+    const bytes = rssBytes(pid);
+    if (bytes !== undefined && samples.length < MAX_RSS_SAMPLES) samples.push(bytes / 2 ** 20);
+  };
+  take();
+  const timer = setInterval(take, RSS_SAMPLE_MS);
+  return {
+    stop: () => {
+      clearInterval(timer);
+      take();
+      return samples;
+    },
+  };
+}
+
+/** CPU other processes use over one second: a busy machine gives unsteady figures. */
+async function othersLoad(system: BenchSystem, tickUs: number): Promise<number> {
+  const ownTicks = () => system.processes.flatMap((p) => p.pids).reduce((sum, pid) => sum + (cpuTicks(pid) ?? 0), 0)
+    + (process.cpuUsage().user + process.cpuUsage().system) / tickUs;
+  const host0 = hostCpu();
+  const own0 = ownTicks();
+  await sleep(1_000);
+  return foreignPercent(host0, hostCpu(), ownTicks() - own0);
+}
+
+interface RoundSpec {
+  scenario: Scenario;
+  target: Target;
+  mode: Mode;
+  round: number;
+  spec: LoadSpec;
+  rate?: number;
+  expectStatus: string;
+}
+
+const FRONT: Record<Target, ProcessName | undefined> = { direct: undefined, gateway: 'gateway', bare: 'bare', nginx: 'nginx' };
+
+function invalidReason(load: LoadResult, expect: string): string | undefined {
+  const problems: string[] = [];
+  if (load.requests === 0) problems.push('no responses');
+  if (load.errors > 0) problems.push(`${load.errors} errors${load.timeouts ? ` (${load.timeouts} timeouts)` : ''}`);
+  const unexpected = Object.entries(load.statuses).filter(([code]) => code !== expect);
+  if (unexpected.length) problems.push(`expected only ${expect}, got ${Object.entries(load.statuses).map(([c, n]) => `${c}: ${n}`).join(', ')}`);
+  return problems.length ? problems.join('; ') : undefined;
+}
+
+class Runner {
+  readonly rounds: RoundRecord[] = [];
+  private readonly tickUs: number;
+
+  constructor(
+    private readonly system: BenchSystem,
+    private readonly plannedRounds: number,
+    private readonly signal: AbortSignal,
+    clockTicks: number,
+    private readonly pauseMs: number,
+  ) {
+    this.tickUs = 1e6 / clockTicks;
+  }
+
+  private ticks(): Map<number, number> {
+    const m = new Map<number, number>();
+    for (const p of this.system.processes) for (const pid of p.pids) m.set(pid, cpuTicks(pid) ?? NaN);
+    return m;
+  }
+
+  private cpuUsPerRequest(name: ProcessName, before: Map<number, number>, after: Map<number, number>, requests: number): number {
+    const p = this.system.get(name);
+    if (!p || requests === 0) return NaN;
+    const ticks = p.pids.reduce((sum, pid) => sum + (after.get(pid)! - before.get(pid)!), 0);
+    return (ticks * this.tickUs) / requests;
+  }
+
+  private gatewayRssMb(): number {
+    return (rssBytes(this.system.get('gateway')!.mainPid) ?? NaN) / 2 ** 20;
+  }
+
+  async run(r: RoundSpec): Promise<RoundRecord> {
+    await sleep(this.pauseMs);
+    const rssBefore = this.gatewayRssMb();
+    const host0 = hostCpu();
+    const self0 = process.cpuUsage();
+    const t0 = performance.now();
+    const ticks0 = this.ticks();
+    const load = r.rate ? await pacedLoop({ ...r.spec, rate: r.rate }, this.signal) : await closedLoop(r.spec, this.signal);
+    const ticks1 = this.ticks();
+    const elapsedUs = (performance.now() - t0) * 1000;
+    const self1 = process.cpuUsage(self0);
+    const host1 = hostCpu();
+    const steal = stealPercent(host0, host1);
+    let ownTicks = (self1.user + self1.system) / this.tickUs;
+    for (const [pid, t] of ticks1) ownTicks += t - ticks0.get(pid)!;
+    const foreign = foreignPercent(host0, host1, ownTicks);
+    if (this.signal.aborted) throw new Error('interrupted');
+    for (const p of this.system.processes) {
+      if (!p.alive()) throw new Error(`${p.name} exited during a round; its last output:\n${p.output().slice(-3000)}`);
+    }
+    const front = FRONT[r.target];
+    const reason = invalidReason(load, r.expectStatus);
+    const record: RoundRecord = {
+      index: this.rounds.length + 1,
+      scenario: r.scenario,
+      target: r.target,
+      mode: r.mode,
+      round: r.round,
+      connections: r.spec.connections,
+      ...(r.rate ? { rate: r.rate } : {}),
+      path: new URL(r.spec.url).pathname,
+      load,
+      cpuUs: {
+        ...(front ? { front: this.cpuUsPerRequest(front, ticks0, ticks1, load.requests) } : {}),
+        products: this.cpuUsPerRequest('products', ticks0, ticks1, load.requests),
+        users: this.cpuUsPerRequest('users', ticks0, ticks1, load.requests),
+        orders: this.cpuUsPerRequest('orders', ticks0, ticks1, load.requests),
+      },
+      loadGeneratorCpuPct: ((self1.user + self1.system) / elapsedUs) * 100,
+      stealPct: steal,
+      stolen: steal > STEAL_FLAG_PCT,
+      foreignCpuPct: foreign,
+      disturbed: foreign > FOREIGN_FLAG_PCT,
+      gatewayRssMb: { before: rssBefore, after: this.gatewayRssMb() },
+      valid: reason === undefined,
+      ...(reason ? { invalidReason: reason } : {}),
+    };
+    this.rounds.push(record);
+    log(roundLine(record, this.plannedRounds));
+    return record;
+  }
+}
+
+function plannedRoundCount(o: Options, targets: number, modes: number): number {
+  const get = o.rounds * targets * modes;
+  const rate = o.rounds * 2;
+  const writes = o.rounds * 2;
+  const sweep = o.smoke ? 0 : SWEEP_CONNECTIONS.length;
+  return get + rate + writes + sweep;
+}
+
+async function bench(o: Options, supervisor: Supervisor, workDir: string, signal: AbortSignal): Promise<void> {
+  const startedAt = new Date();
+  const machine = describeMachine();
+  const clockTicks = clockTicksPerSecond();
+  log(`Benchmark${o.smoke ? ' (smoke)' : ''}: ${machine.cores} cores, ${machine.cpuModel}, Node ${machine.node}`);
+  log('Starting the gateway, the three services, the bare proxy' + (o.smoke ? '' : ' and nginx') + '...');
+  const system = await startSystem(supervisor, { workDir, withNginx: !o.smoke, gatewayEntry: o.gatewayEntry });
+  const gateway = system.get('gateway')!;
+  const products = system.get('products')!;
+  const pin = pinning(system, machine.cores);
+  const modes: Mode[] = pin.available ? ['pinned', 'unpinned'] : ['unpinned'];
+  const targets: Target[] = ['direct', 'gateway', 'bare', ...(system.get('nginx') ? (['nginx'] as const) : [])];
+  const planned = plannedRoundCount(o, targets.length, modes.length);
+  const estimateS = planned * (o.durationS + (o.smoke ? SMOKE_PAUSE_MS : PAUSE_MS) / 1000 + 0.2) + (targets.length + 3) * o.warmupS + 5;
+  log(`Pinning: ${pin.note}. nginx: ${system.nginxNote}.`);
+  log(`${planned} rounds of ${o.durationS} s (BENCH_DURATION_S), ${o.rounds} of each (BENCH_ROUNDS): about ${Math.ceil(estimateS / 10) * 10} s.`);
+  log();
+
+  const created = await json('POST', `${products.url}/products`, {
+    name: 'Benchmark stock', description: 'Ordered by the write rounds of npm run bench', price: 1, stock: BENCH_STOCK, category: 'bench',
+  });
+  const productId = (created.body as { id?: unknown })?.id;
+  if (created.status !== 201 || typeof productId !== 'number') {
+    throw new Error(`could not create the benchmark's product: ${created.status} ${JSON.stringify(created.body).slice(0, 300)}`);
+  }
+  const orderBody = JSON.stringify({ userId: 1, items: [{ productId, quantity: 1 }] });
+  const urls: Record<Target, string> = {
+    direct: `${products.url}/products/1`,
+    gateway: `${gateway.url}/api/products/1`,
+    bare: `${system.get('bare')!.url}/api/products/1`,
+    nginx: system.get('nginx') ? `${system.get('nginx')!.url}/api/products/1` : '',
+  };
+  const getSpec = (t: Target, connections = GET_CONNECTIONS): LoadSpec => ({ url: urls[t], connections, durationS: o.durationS });
+  const ordersSpec: LoadSpec = {
+    url: `${gateway.url}/api/orders`, method: 'POST', body: orderBody, headers: { 'content-type': 'application/json' },
+    connections: WRITE_CONNECTIONS, durationS: o.durationS,
+  };
+  const dashboardSpec: LoadSpec = { url: `${gateway.url}/api/dashboard`, connections: WRITE_CONNECTIONS, durationS: o.durationS };
+
+  await preflight(urls.gateway, `${gateway.url}/api/orders`, orderBody);
+  const keepAlive = await checkKeepAlive(urls.gateway);
+  const busy = o.smoke ? 0 : await othersLoad(system, 1e6 / clockTicks);
+  if (busy > FOREIGN_FLAG_PCT) {
+    log(`Other processes are using ${busy.toFixed(0)} % of this machine: the figures will be unsteady (rounds where it happens are flagged).`);
+  }
+
+  // Warm-up: JIT, connection pools and SQLite caches settle before anything is measured.
+  log('Warming up...');
+  for (const t of targets) await closedLoop({ ...getSpec(t), durationS: o.warmupS }, signal);
+  await closedLoop({ ...ordersSpec, durationS: o.warmupS }, signal);
+  await closedLoop({ ...dashboardSpec, durationS: o.warmupS }, signal);
+  await pacedLoop({ ...getSpec('gateway'), durationS: Math.min(1, o.warmupS), rate: 500 }, signal);
+  if (signal.aborted) throw new Error('interrupted');
+
+  const runner = new Runner(system, planned, signal, clockTicks, o.smoke ? SMOKE_PAUSE_MS : PAUSE_MS);
+  const rss = sampleRss(system.get('gateway')!.mainPid);
+
+  for (const mode of modes) {
+    pin.apply(mode);
+    for (let round = 1; round <= o.rounds; round++) {
+      for (const target of targets) {
+        await runner.run({ scenario: 'get', target, mode, round, spec: getSpec(target), expectStatus: '200' });
+      }
+    }
+  }
+
+  // The rest runs unpinned, as a user runs it: pinned, six processes share one core and every
+  // garbage collection of one delays the others, which makes latency tails measure the sharing.
+  pin.apply('unpinned');
+  const saturation = median(runner.rounds.filter((r) => r.scenario === 'get' && r.target === 'gateway' && r.mode === 'unpinned' && r.valid).map((r) => r.load.rps));
+  let fixedRate: Results['fixedRate'];
+  if (Number.isFinite(saturation) && saturation > 0) {
+    fixedRate = { gatewaySaturationRps: saturation, rate: Math.max(1, Math.round(saturation / 2)), mode: 'unpinned' };
+    for (let round = 1; round <= o.rounds; round++) {
+      for (const target of ['direct', 'gateway'] as const) {
+        await runner.run({ scenario: 'get-rate', target, mode: 'unpinned', round, spec: getSpec(target), rate: fixedRate.rate, expectStatus: '200' });
+      }
+    }
+  } else {
+    log('No valid saturation round through the gateway: the fixed-rate rounds are skipped.');
+  }
+
+  if (!o.smoke) {
+    for (const connections of SWEEP_CONNECTIONS) {
+      await runner.run({ scenario: 'sweep', target: 'gateway', mode: 'unpinned', round: 1, spec: getSpec('gateway', connections), expectStatus: '200' });
+    }
+  }
+
+  for (let round = 1; round <= o.rounds; round++) {
+    await runner.run({ scenario: 'orders', target: 'gateway', mode: 'unpinned', round, spec: ordersSpec, expectStatus: '201' });
+    await runner.run({ scenario: 'dashboard', target: 'gateway', mode: 'unpinned', round, spec: dashboardSpec, expectStatus: '200' });
+  }
+  const rssSamples = rss.stop();
+
+  const rounds = runner.rounds;
+  const rows = buildRows(rounds);
+  const quarter = Math.max(1, Math.floor(rssSamples.length / 4));
+  const memory: GatewayMemory = {
+    samples: rssSamples.length,
+    afterWarmupMb: rssSamples[0] ?? NaN,
+    atEndMb: rssSamples[rssSamples.length - 1] ?? NaN,
+    firstQuarterFloorMb: Math.min(...rssSamples.slice(0, quarter)),
+    lastQuarterFloorMb: Math.min(...rssSamples.slice(-quarter)),
+    peakMb: Math.max(...rssSamples),
+    gatewayRequests: rounds.filter((r) => r.target === 'gateway').reduce((a, r) => a + r.load.requests, 0),
+  };
+  const finishedAt = new Date();
+  const results: Results = {
+    version: 1,
+    startedAt: startedAt.toISOString(),
+    finishedAt: finishedAt.toISOString(),
+    elapsedS: (finishedAt.getTime() - startedAt.getTime()) / 1000,
+    smoke: o.smoke,
+    machine,
+    settings: { durationS: o.durationS, rounds: o.rounds, warmupS: o.warmupS, clockTicksPerSecond: clockTicks, pinning: pin.note, nginx: system.nginxNote },
+    ...(fixedRate ? { fixedRate } : {}),
+    memory,
+    keepAlive,
+    rows,
+    goals: buildGoals({ rows, rounds, cpuMode: modes[0]!, memory, keepAlive, fixedRate }),
+    invalidRounds: rounds.filter((r) => !r.valid).map((r) => ({ index: r.index, scenario: r.scenario, target: r.target, mode: r.mode, round: r.round, reason: r.invalidReason ?? '' })),
+    stolenRounds: rounds.filter((r) => r.stolen).map((r) => r.index),
+    disturbedRounds: rounds.filter((r) => r.disturbed).map((r) => r.index),
+    rounds,
+  };
+
+  const body = tableCells(rows);
+  if (!o.smoke && !system.get('nginx')) {
+    body.push(['GET product', 'nginx', '-', String(GET_CONNECTIONS), system.nginxNote, ...Array<string>(TABLE_HEADER.length - 5).fill('-')]);
+  }
+  log();
+  log(textTable(TABLE_HEADER, body));
+  log();
+  log('Goals (issue 5):');
+  for (const line of goalLines(results.goals)) log(`  ${line}`);
+  log();
+  for (const line of notes(results)) log(line);
+
+  const outDir = o.outDir ?? (o.smoke ? mkdtempSync(join(tmpdir(), 'msvc-bench-smoke-')) : join(ROOT, 'bench'));
+  mkdirSync(outDir, { recursive: true });
+  writeFileSync(join(outDir, 'results.json'), `${JSON.stringify(results, null, 2)}\n`);
+  writeFileSync(join(outDir, 'RESULTS.md'), markdownReport(results, body));
+  log(`Wrote ${join(outDir, 'results.json')} and ${join(outDir, 'RESULTS.md')}.`);
+}
+
+/** `--profile`: the gateway under `node --cpu-prof` while it proxies GET /api/products/1. */
+async function profile(o: Options, supervisor: Supervisor, workDir: string, signal: AbortSignal): Promise<void> {
+  const profileDir = join(workDir, 'profile');
+  const system = await startSystem(supervisor, {
+    workDir, withNginx: false, gatewayEntry: o.gatewayEntry, gatewayNodeFlags: ['--cpu-prof', '--cpu-prof-dir', profileDir],
+  });
+  const url = `${system.get('gateway')!.url}/api/products/1`;
+  log(`Profiling the gateway: ${o.warmupS} s warm-up, then ${o.durationS * 3} s of GET /api/products/1 at c=${GET_CONNECTIONS}...`);
+  await closedLoop({ url, connections: GET_CONNECTIONS, durationS: o.warmupS }, signal);
+  const fromUs = Number(process.hrtime.bigint() / 1000n);
+  const load = await closedLoop({ url, connections: GET_CONNECTIONS, durationS: o.durationS * 3 }, signal);
+  const toUs = Number(process.hrtime.bigint() / 1000n);
+  log(`${Math.round(load.rps)} req/s, p50 ${load.latency.p50Ms.toFixed(2)} ms, p99 ${load.latency.p99Ms.toFixed(2)} ms, errors ${load.errors}, non-2xx ${load.non2xx}`);
+  // The profile is written when the gateway exits normally, which a graceful stop is.
+  await system.get('gateway')!.stop();
+  const file = readdirSync(profileDir).find((f) => f.endsWith('.cpuprofile'));
+  if (!file) throw new Error('the gateway wrote no profile (did it exit on its own?)');
+  const keep = join(ROOT, 'bench', 'tmp');
+  mkdirSync(keep, { recursive: true });
+  copyFileSync(join(profileDir, file), join(keep, 'gateway.cpuprofile'));
+  const { totalMs, functions, modules } = hotFunctions(join(profileDir, file), ROOT, 15, { fromUs, toUs });
+  log(`\nTop ${functions.length} functions by self time while under load (${(totalMs / 1000).toFixed(1)} s of CPU on the main thread, idle left out):`);
+  log(textTable(['self %', 'self ms', 'function', 'where'], functions.map((f) => [f.selfPct.toFixed(1), f.selfMs.toFixed(0), f.name, f.where])));
+  log('\nSelf time by module:');
+  log(textTable(['self %', 'self ms', 'module'], modules.map((m) => [m.selfPct.toFixed(1), m.selfMs.toFixed(0), m.module])));
+  log(`\nFull profile: ${join(keep, 'gateway.cpuprofile')} (open it in Chrome DevTools or speedscope).`);
+}
+
+async function main(): Promise<void> {
+  let options: Options;
+  try {
+    options = readOptions(process.argv.slice(2), process.env);
+  } catch (err) {
+    if (!(err instanceof ConfigError)) throw err;
+    process.stderr.write(`bench: ${err.message}\n`);
+    process.exit(2);
+  }
+  const supervisor = new Supervisor();
+  const workDir = mkdtempSync(join(tmpdir(), 'msvc-bench-'));
+  const abort = new AbortController();
+  let cleaning: Promise<void> | undefined;
+  const cleanup = () => (cleaning ??= (async () => {
+    abort.abort();
+    await supervisor.stopAll();
+    rmSync(workDir, { recursive: true, force: true });
+  })());
+  // Last resort when something exits the process early: nothing may outlive the benchmark.
+  process.on('exit', () => {
+    supervisor.killAllNow();
+    rmSync(workDir, { recursive: true, force: true });
+  });
+  const interrupt = (signal: NodeJS.Signals) => {
+    // The terminal sends Ctrl+C to every process in the group, tsx relays it once more: stop once.
+    if (abort.signal.aborted) return;
+    process.stderr.write(`\n${signal}: stopping everything the benchmark started...\n`);
+    void cleanup().finally(() => process.exit(130));
+  };
+  process.on('SIGINT', interrupt);
+  process.on('SIGTERM', interrupt);
+  try {
+    await (options.profile ? profile : bench)(options, supervisor, workDir, abort.signal);
+  } catch (err) {
+    if (abort.signal.aborted) return;
+    process.stderr.write(`bench failed: ${(err as Error).message}\n`);
+    process.exitCode = 1;
+  } finally {
+    if (!abort.signal.aborted) await cleanup();
+  }
+}
+
+await main();

@@ -1,0 +1,303 @@
+// Starts what the benchmark measures as a user would run it: the four processes from their entry
+// files, the bare proxy, and nginx when it is installed, each on a free port, all stopped at the end.
+import { execFileSync, spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { once } from 'node:events';
+import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
+import { createServer } from 'node:net';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { childPids } from './proc.js';
+
+export const ROOT = fileURLToPath(new URL('..', import.meta.url));
+
+/** The ports a user's own running system listens on: never touched by the benchmark. */
+const USER_PORTS = new Set([3010, 3011, 3012, 3013]);
+const TAIL_BYTES = 16 * 1024;
+const READY_TIMEOUT_MS = 40_000;
+const STOP_TIMEOUT_MS = 5_000;
+
+// The contract's settings: a user's shell may export some of them; the benchmark runs defaults.
+const CONFIG_KEYS = [
+  'PORT', 'HOST', 'USERS_URL', 'PRODUCTS_URL', 'ORDERS_URL', 'DATA_DIR', 'SEED_DATA', 'RATE_LIMIT',
+  'RATE_WINDOW_MS', 'TRUST_PROXY', 'CB_FAILURE_THRESHOLD', 'CB_RESET_TIMEOUT_MS', 'CB_HALF_OPEN_REQUESTS',
+  'UPSTREAM_TIMEOUT_MS', 'ADMIN_TOKEN', 'LOG_LEVEL', 'LOG_PRETTY', 'OTEL_EXPORTER_OTLP_ENDPOINT', 'NODE_ENV',
+];
+
+export type ProcessName = 'gateway' | 'users' | 'products' | 'orders' | 'bare' | 'nginx';
+
+export interface BenchProcess {
+  name: ProcessName;
+  /** Base URL, e.g. http://127.0.0.1:41234 */
+  url: string;
+  /** Every pid whose CPU time is this process's (nginx: master and worker). */
+  pids: number[];
+  /** The pid whose memory is reported. */
+  mainPid: number;
+  /** Last lines it printed, for error messages. */
+  output: () => string;
+  alive: () => boolean;
+  stop: () => Promise<void>;
+}
+
+/** Free loopback ports, held open together while chosen so that they are distinct. */
+export async function freePorts(count: number): Promise<number[]> {
+  const servers = [];
+  const ports: number[] = [];
+  while (ports.length < count) {
+    const server = createServer();
+    server.listen(0, '127.0.0.1');
+    await once(server, 'listening');
+    servers.push(server);
+    const { port } = server.address() as { port: number };
+    if (!USER_PORTS.has(port)) ports.push(port);
+  }
+  await Promise.all(servers.map((s) => new Promise((resolve) => s.close(resolve))));
+  return ports;
+}
+
+interface Spawned {
+  child: ChildProcess;
+  output: () => string;
+  exited: Promise<number | string>;
+}
+
+function isAlive(child: ChildProcess): boolean {
+  return child.exitCode === null && child.signalCode === null && child.pid !== undefined;
+}
+
+async function stopChild(spawned: Spawned, signal: NodeJS.Signals): Promise<void> {
+  const { child, exited } = spawned;
+  if (!isAlive(child)) return;
+  child.kill(signal);
+  const timer = new Promise<'timeout'>((resolve) => setTimeout(resolve, STOP_TIMEOUT_MS, 'timeout').unref());
+  if ((await Promise.race([exited, timer])) === 'timeout' && isAlive(child)) {
+    child.kill('SIGKILL');
+    await exited;
+  }
+}
+
+/**
+ * Owns every child process the benchmark starts, from the moment it is spawned, so that an
+ * interrupt during start-up stops the half-started ones too.
+ */
+export class Supervisor {
+  private readonly children = new Set<Spawned>();
+
+  /**
+   * Runs a command with stdout and stderr drained into a short tail: request logs at info go
+   * through a pipe we read and drop, so they cost the process what they cost in production
+   * without filling a disk.
+   */
+  spawn(command: string, args: string[], env: NodeJS.ProcessEnv): Spawned {
+    const child = spawn(command, args, { cwd: ROOT, env, stdio: ['ignore', 'pipe', 'pipe'] });
+    let tail = '';
+    const keep = (chunk: Buffer) => {
+      tail = (tail + chunk.toString('utf8')).slice(-TAIL_BYTES);
+    };
+    child.stdout!.on('data', keep);
+    child.stderr!.on('data', keep);
+    const exited = new Promise<number | string>((resolve) => {
+      child.once('exit', (code, signal) => resolve(code ?? signal ?? 'unknown'));
+      child.once('error', (err) => {
+        keep(Buffer.from(`\n${err.message}\n`));
+        resolve('spawn error');
+      });
+    });
+    const spawned = { child, output: () => tail, exited };
+    this.children.add(spawned);
+    void exited.then(() => this.children.delete(spawned));
+    return spawned;
+  }
+
+  /** SIGTERM to all (a graceful stop), SIGKILL to any still there after a few seconds. */
+  async stopAll(): Promise<void> {
+    await Promise.all([...this.children].map((c) => stopChild(c, 'SIGTERM')));
+  }
+
+  /** For `process.on('exit')`, where nothing can be awaited. */
+  killAllNow(): void {
+    for (const { child } of this.children) if (isAlive(child)) child.kill('SIGKILL');
+  }
+}
+
+/** Polls `url` until it answers 200; fails early if the process exits. */
+async function waitUntilReady(name: string, url: string, spawned: Spawned): Promise<void> {
+  const deadline = Date.now() + READY_TIMEOUT_MS;
+  let last = 'no answer';
+  while (Date.now() < deadline) {
+    if (!isAlive(spawned.child)) {
+      const code = await spawned.exited;
+      throw new Error(`${name} exited (${code}) before it was ready:\n${spawned.output().slice(-4000)}`);
+    }
+    try {
+      const res = await fetch(url, { signal: AbortSignal.timeout(2_000) });
+      await res.arrayBuffer();
+      if (res.status === 200) return;
+      last = `status ${res.status}`;
+    } catch (err) {
+      last = (err as Error).message;
+    }
+    await new Promise((resolve) => setTimeout(resolve, 100));
+  }
+  throw new Error(`${name} was not ready within ${READY_TIMEOUT_MS / 1000} s (${url}: ${last}):\n${spawned.output().slice(-4000)}`);
+}
+
+function benchProcess(name: ProcessName, url: string, spawned: Spawned, pids: number[]): BenchProcess {
+  return {
+    name,
+    url,
+    pids,
+    mainPid: pids[pids.length - 1]!,
+    output: spawned.output,
+    alive: () => isAlive(spawned.child),
+    stop: () => stopChild(spawned, 'SIGTERM'),
+  };
+}
+
+/** `node --import tsx <entry>`, as `npm start` would run it. */
+async function startNodeEntry(
+  supervisor: Supervisor, name: ProcessName, entry: string, env: Record<string, string>, readyPath: string, nodeFlags: string[] = [],
+): Promise<BenchProcess> {
+  const childEnv: NodeJS.ProcessEnv = { ...process.env };
+  for (const key of CONFIG_KEYS) delete childEnv[key];
+  Object.assign(childEnv, { LOG_LEVEL: 'info', LOG_PRETTY: 'false' }, env);
+  const spawned = supervisor.spawn(process.execPath, [...nodeFlags, '--import', 'tsx', entry], childEnv);
+  const url = `http://127.0.0.1:${env.PORT}`;
+  try {
+    await waitUntilReady(name, url + readyPath, spawned);
+  } catch (err) {
+    await stopChild(spawned, 'SIGKILL');
+    throw err;
+  }
+  return benchProcess(name, url, spawned, [spawned.child.pid!]);
+}
+
+export interface SystemOptions {
+  /** Folder for the services' databases and nginx's files; the caller removes it. */
+  workDir: string;
+  withNginx: boolean;
+  /** Extra node flags for the gateway, e.g. `--cpu-prof`. */
+  gatewayNodeFlags?: string[];
+  /** The gateway's entry file; another one measures an alternative behind the same routes. */
+  gatewayEntry?: string;
+}
+
+export interface BenchSystem {
+  processes: BenchProcess[];
+  get: (name: ProcessName) => BenchProcess | undefined;
+  /** nginx's version, or why it is not in the run. */
+  nginxNote: string;
+}
+
+/**
+ * Starts the three services, the gateway, the bare proxy and (when asked and installed) nginx.
+ * The supervisor owns them all from the moment each is spawned.
+ */
+export async function startSystem(supervisor: Supervisor, { workDir, withNginx, gatewayNodeFlags = [], gatewayEntry = 'gateway.ts' }: SystemOptions): Promise<BenchSystem> {
+  const [gatewayPort, usersPort, productsPort, ordersPort, barePort, nginxPort] = await freePorts(6);
+  const dataDir = join(workDir, 'data');
+  const usersUrl = `http://127.0.0.1:${usersPort}`;
+  const productsUrl = `http://127.0.0.1:${productsPort}`;
+  const processes = await Promise.all([
+    startNodeEntry(supervisor, 'users', 'user-service.ts', { PORT: String(usersPort), DATA_DIR: dataDir }, '/health'),
+    startNodeEntry(supervisor, 'products', 'product-service.ts', { PORT: String(productsPort), DATA_DIR: dataDir }, '/health'),
+    startNodeEntry(supervisor, 'orders', 'order-service.ts', {
+      PORT: String(ordersPort), DATA_DIR: dataDir, USERS_URL: usersUrl, PRODUCTS_URL: productsUrl,
+    }, '/health'),
+    startNodeEntry(supervisor, 'gateway', gatewayEntry, {
+      PORT: String(gatewayPort),
+      USERS_URL: usersUrl,
+      PRODUCTS_URL: productsUrl,
+      ORDERS_URL: `http://127.0.0.1:${ordersPort}`,
+      // Counted on every request like in production; a million per minute never refuses the load
+      // generator (the gateway's saturation is a few thousand per second).
+      RATE_LIMIT: '1000000',
+    }, '/health', gatewayNodeFlags),
+  ]);
+  // The bare proxy's readiness check goes through to the product service: start it after that.
+  processes.push(await startNodeEntry(supervisor, 'bare', 'bench/bare-proxy.ts', { PORT: String(barePort), PRODUCTS_URL: productsUrl }, '/api/products/1'));
+  let nginxNote = 'not requested';
+  if (withNginx) {
+    const binary = findNginx();
+    if (binary) {
+      processes.push(await startNginx(supervisor, binary, join(workDir, 'nginx'), nginxPort!, productsPort!));
+      nginxNote = nginxVersion(binary);
+    } else {
+      nginxNote = 'not installed';
+    }
+  }
+  return { processes, get: (name) => processes.find((p) => p.name === name), nginxNote };
+}
+
+const NGINX_PATHS = ['/usr/sbin/nginx', '/usr/local/sbin/nginx', '/usr/local/nginx/sbin/nginx', '/opt/homebrew/bin/nginx', '/usr/local/bin/nginx'];
+
+/** The nginx binary, from PATH or where packages put it (often not on a non-root PATH). */
+export function findNginx(): string | undefined {
+  try {
+    execFileSync('nginx', ['-v'], { stdio: 'ignore' });
+    return 'nginx';
+  } catch {
+    return NGINX_PATHS.find((p) => existsSync(p));
+  }
+}
+
+function nginxVersion(binary: string): string {
+  // nginx prints its version on stderr.
+  const { stderr } = spawnSync(binary, ['-v'], { encoding: 'utf8' });
+  return String(stderr ?? '').trim().replace(/^nginx version:\s*/, '') || 'nginx';
+}
+
+/**
+ * nginx as a user would put it in front of the product service: one worker (one Node process is
+ * what it is compared with), upstream keep-alive, no access log. Every path it writes is under
+ * `dir`, so it needs no root and leaves nothing behind.
+ */
+export function nginxConfig(dir: string, listenPort: number, productsPort: number): string {
+  return `daemon off;
+worker_processes 1;
+pid ${dir}/nginx.pid;
+error_log ${dir}/error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  client_body_temp_path ${dir}/client_body;
+  proxy_temp_path ${dir}/proxy;
+  fastcgi_temp_path ${dir}/fastcgi;
+  uwsgi_temp_path ${dir}/uwsgi;
+  scgi_temp_path ${dir}/scgi;
+  keepalive_requests 1000000;
+  keepalive_timeout 65s;
+  upstream products {
+    server 127.0.0.1:${productsPort};
+    keepalive 256;
+    keepalive_requests 1000000;
+  }
+  server {
+    listen 127.0.0.1:${listenPort};
+    location /api/products/ {
+      proxy_pass http://products/products/;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+    }
+  }
+}
+`;
+}
+
+async function startNginx(supervisor: Supervisor, binary: string, dir: string, port: number, productsPort: number): Promise<BenchProcess> {
+  mkdirSync(dir, { recursive: true });
+  const conf = join(dir, 'nginx.conf');
+  writeFileSync(conf, nginxConfig(dir, port, productsPort));
+  // -e: the error log before the config is read, else nginx tries /var/log/nginx first.
+  const spawned = supervisor.spawn(binary, ['-p', dir, '-e', join(dir, 'error.log'), '-c', conf], process.env);
+  const url = `http://127.0.0.1:${port}`;
+  try {
+    await waitUntilReady('nginx', `${url}/api/products/1`, spawned);
+  } catch (err) {
+    await stopChild(spawned, 'SIGKILL');
+    throw err;
+  }
+  const master = spawned.child.pid!;
+  // The worker does the work; the master is listed first so that mainPid is the worker.
+  return benchProcess('nginx', url, spawned, [master, ...childPids(master)]);
+}
