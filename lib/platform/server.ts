@@ -122,7 +122,8 @@ export async function serve({ app, port, host, logger, cleanup, timeoutMs }: Ser
     await cleanup?.();
     process.exit(1);
   }
-  logger.info({ url: listening.url }, 'listening');
+  // Signals first: whoever reads "listening" may stop us at once.
   stopOnSignals({ logger, server: listening.server, cleanup, timeoutMs });
+  logger.info({ url: listening.url }, 'listening');
   return listening;
 }

@@ -1,0 +1,48 @@
+// The start-up every data-owning service shares: config, logger, database, metrics, tracing,
+// listen, and a stop that drains requests before closing what the service opened.
+import type { Express } from 'express';
+import type { z } from 'zod';
+import { loadConfig, type serviceShape } from './config.js';
+import type { Db } from './db.js';
+import { createLogger } from './logger.js';
+import { createMetrics } from './metrics.js';
+import { serve } from './server.js';
+import type { ServiceDeps } from './service-app.js';
+import { createTracingFromConfig } from './tracing.js';
+
+type ServiceConfig = z.output<z.ZodObject<typeof serviceShape>> & { PORT: number };
+
+export interface ServiceMain<C extends ServiceConfig> {
+  /** `user-service`, ...: the name in logs, metrics, spans and /health. */
+  service: string;
+  schema: z.ZodType<C>;
+  openDatabase: (dataDir: string, seed: boolean) => Db;
+  /** Builds the app; `close` stops whatever else it started (workers), before the database closes. */
+  build: (deps: ServiceDeps, config: C) => { app: Express; close?: () => Promise<void> };
+}
+
+export async function runService<C extends ServiceConfig>({ service, schema, openDatabase, build }: ServiceMain<C>): Promise<void> {
+  const config = loadConfig(schema, service);
+  const logger = createLogger({ service, level: config.LOG_LEVEL, pretty: config.LOG_PRETTY });
+  let db: Db;
+  try {
+    db = openDatabase(config.DATA_DIR, config.SEED_DATA);
+  } catch (err) {
+    logger.fatal({ err, dataDir: config.DATA_DIR }, 'cannot open the database');
+    logger.flush();
+    process.exit(1);
+  }
+  const tracing = createTracingFromConfig(service, config);
+  const { app, close } = build({ logger, db, metrics: createMetrics(service), tracing }, config);
+  await serve({
+    app,
+    port: config.PORT,
+    host: config.HOST,
+    logger,
+    cleanup: async () => {
+      await close?.();
+      await tracing?.shutdown();
+      db.close();
+    },
+  });
+}
