@@ -3,7 +3,8 @@
 import type { LoadResult } from './load.js';
 import type { Machine } from './proc.js';
 
-export type Target = 'direct' | 'gateway' | 'bare' | 'nginx';
+/** `untraced`: the gateway with OTEL_SDK_DISABLED=true. */
+export type Target = 'direct' | 'gateway' | 'untraced' | 'bare' | 'nginx';
 export type Mode = 'pinned' | 'unpinned';
 export type Scenario = 'get' | 'get-rate' | 'orders' | 'dashboard' | 'sweep';
 
@@ -217,6 +218,8 @@ export function buildGoals({ rows, rounds, cpuMode, memory, keepAlive, fixedRate
     pass: cpu ? cpu.median <= 1.2 : undefined,
   });
 
+  goals.push(tracingCost(rounds, cpuMode));
+
   const thr = row('get', 'gateway', 'unpinned')?.vsDirect;
   goals.push({
     name: 'throughput through the gateway / direct (unpinned)',
@@ -255,6 +258,38 @@ export function buildGoals({ rows, rounds, cpuMode, memory, keepAlive, fixedRate
     pass: keepAlive.reused,
   });
   return goals;
+}
+
+/**
+ * What tracing costs: the gateway's p50 with tracing on over the same gateway's with tracing off
+ * (OTEL_SDK_DISABLED), paired round by round in the saturation GET rounds of `mode`; CPU per
+ * request and the fixed-rate rounds' p50 are reported beside it.
+ */
+function tracingCost(rounds: RoundRecord[], mode: Mode): Goal {
+  const pairs = (scenario: Scenario, m: Mode) => rounds.filter((r) => r.valid && r.scenario === scenario && r.mode === m && r.target === 'gateway').flatMap((on) => {
+    const off = rounds.find((r) => r.valid && r.scenario === scenario && r.mode === m && r.target === 'untraced' && r.round === on.round);
+    return off ? [{ on, off }] : [];
+  });
+  const sat = pairs('get', mode);
+  const name = "tracing's cost: the gateway's p50 on a proxied GET with tracing on / off";
+  const goal = '<= +10 %';
+  if (!sat.length) return { name, value: 'no valid pair of rounds', goal, pass: undefined };
+  const p50On = median(sat.map((p) => p.on.load.latency.p50Ms));
+  const p50Off = median(sat.map((p) => p.off.load.latency.p50Ms));
+  const cost = spread(sat.map((p) => (p.on.load.latency.p50Ms / p.off.load.latency.p50Ms - 1) * 100));
+  const cpuOn = median(sat.map((p) => p.on.cpuUs.front ?? NaN));
+  const cpuOff = median(sat.map((p) => p.off.cpuUs.front ?? NaN));
+  const cpuCost = median(sat.map((p) => ((p.on.cpuUs.front ?? NaN) / (p.off.cpuUs.front ?? NaN) - 1) * 100));
+  const paced = pairs('get-rate', 'unpinned');
+  const pacedText = paced.length
+    ? `; at the fixed rate p50 ${fmt(median(paced.map((p) => p.on.load.latency.p50Ms)))} ms on vs ${fmt(median(paced.map((p) => p.off.load.latency.p50Ms)))} ms off (${signed(median(paced.map((p) => (p.on.load.latency.p50Ms / p.off.load.latency.p50Ms - 1) * 100)), 1)} %)`
+    : '';
+  return {
+    name,
+    value: `p50 ${fmt(p50On)} ms on vs ${fmt(p50Off)} ms off at c=50 (${mode}): ${signed(cost.median, 1)} % (${signed(cost.min, 1)} to ${signed(cost.max, 1)}); CPU ${fmt(cpuOn, 0)} vs ${fmt(cpuOff, 0)} µs/req (${signed(cpuCost, 1)} %)${pacedText}`,
+    goal,
+    pass: cost.median <= 10,
+  };
 }
 
 const num = (n: number) => {
@@ -329,9 +364,9 @@ export function machineLine(r: Results): string {
 export function notes(r: Results): string[] {
   const lines = [
     `Machine: ${machineLine(r)}`,
-    `Rounds: ${r.settings.rounds} x ${r.settings.durationS} s each, interleaved (direct, gateway, bare, nginx, direct, ...) after ${r.settings.warmupS} s of warm-up per target; medians (min-max) of valid rounds.`,
+    `Rounds: ${r.settings.rounds} x ${r.settings.durationS} s each, interleaved (direct, gateway, untraced, bare, nginx, direct, ...) after ${r.settings.warmupS} s of warm-up per target; medians (min-max) of valid rounds.`,
     `Pinning: ${r.settings.pinning}. nginx: ${r.settings.nginx}.`,
-    'CPU: utime+stime from /proc/<pid>/stat before and after each round, divided by the responses of the round; "front" is the process the round went through (gateway, bare proxy or nginx).',
+    'CPU: utime+stime from /proc/<pid>/stat before and after each round, divided by the responses of the round; "front" is the process the round went through (gateway, bare proxy or nginx); "untraced" is a second gateway process with OTEL_SDK_DISABLED=true and the same upstreams.',
   ];
   if (r.fixedRate) {
     lines.push(`Fixed-rate rounds: ${Math.round(r.fixedRate.rate)} req/s, half the gateway's median saturation of ${Math.round(r.fixedRate.gatewaySaturationRps)} req/s (${r.fixedRate.mode}), open loop on keep-alive connections; latency per request, µs resolution.`);

@@ -195,7 +195,7 @@ interface RoundSpec {
   expectStatus: string;
 }
 
-const FRONT: Record<Target, ProcessName | undefined> = { direct: undefined, gateway: 'gateway', bare: 'bare', nginx: 'nginx' };
+const FRONT: Record<Target, ProcessName | undefined> = { direct: undefined, gateway: 'gateway', untraced: 'untraced', bare: 'bare', nginx: 'nginx' };
 
 function invalidReason(load: LoadResult, expect: string): string | undefined {
   const problems: string[] = [];
@@ -292,7 +292,7 @@ class Runner {
 
 function plannedRoundCount(o: Options, targets: number, modes: number): number {
   const get = o.rounds * targets * modes;
-  const rate = o.rounds * 2;
+  const rate = o.rounds * 3;
   const writes = o.rounds * 2;
   const sweep = o.smoke ? 0 : SWEEP_CONNECTIONS.length;
   return get + rate + writes + sweep;
@@ -303,13 +303,13 @@ async function bench(o: Options, supervisor: Supervisor, workDir: string, signal
   const machine = describeMachine();
   const clockTicks = clockTicksPerSecond();
   log(`Benchmark${o.smoke ? ' (smoke)' : ''}: ${machine.cores} cores, ${machine.cpuModel}, Node ${machine.node}`);
-  log('Starting the gateway, the three services, the bare proxy' + (o.smoke ? '' : ' and nginx') + '...');
-  const system = await startSystem(supervisor, { workDir, withNginx: !o.smoke, gatewayEntry: o.gatewayEntry });
+  log('Starting the gateway (with tracing and without), the three services, the bare proxy' + (o.smoke ? '' : ' and nginx') + '...');
+  const system = await startSystem(supervisor, { workDir, withNginx: !o.smoke, gatewayEntry: o.gatewayEntry, withUntraced: true });
   const gateway = system.get('gateway')!;
   const products = system.get('products')!;
   const pin = pinning(system, machine.cores);
   const modes: Mode[] = pin.available ? ['pinned', 'unpinned'] : ['unpinned'];
-  const targets: Target[] = ['direct', 'gateway', 'bare', ...(system.get('nginx') ? (['nginx'] as const) : [])];
+  const targets: Target[] = ['direct', 'gateway', 'untraced', 'bare', ...(system.get('nginx') ? (['nginx'] as const) : [])];
   const planned = plannedRoundCount(o, targets.length, modes.length);
   const estimateS = planned * (o.durationS + (o.smoke ? SMOKE_PAUSE_MS : PAUSE_MS) / 1000 + 0.2) + (targets.length + 3) * o.warmupS + 5;
   log(`Pinning: ${pin.note}. nginx: ${system.nginxNote}.`);
@@ -327,6 +327,7 @@ async function bench(o: Options, supervisor: Supervisor, workDir: string, signal
   const urls: Record<Target, string> = {
     direct: `${products.url}/products/1`,
     gateway: `${gateway.url}/api/products/1`,
+    untraced: `${system.get('untraced')!.url}/api/products/1`,
     bare: `${system.get('bare')!.url}/api/products/1`,
     nginx: system.get('nginx') ? `${system.get('nginx')!.url}/api/products/1` : '',
   };
@@ -338,6 +339,7 @@ async function bench(o: Options, supervisor: Supervisor, workDir: string, signal
   const dashboardSpec: LoadSpec = { url: `${gateway.url}/api/dashboard`, connections: WRITE_CONNECTIONS, durationS: o.durationS };
 
   await preflight(urls.gateway, `${gateway.url}/api/orders`, orderBody);
+  await preflight(urls.untraced, `${system.get('untraced')!.url}/api/orders`, orderBody);
   const keepAlive = await checkKeepAlive(urls.gateway);
   const busy = o.smoke ? 0 : await othersLoad(system, 1e6 / clockTicks);
   if (busy > FOREIGN_FLAG_PCT) {
@@ -372,7 +374,7 @@ async function bench(o: Options, supervisor: Supervisor, workDir: string, signal
   if (Number.isFinite(saturation) && saturation > 0) {
     fixedRate = { gatewaySaturationRps: saturation, rate: Math.max(1, Math.round(saturation / 2)), mode: 'unpinned' };
     for (let round = 1; round <= o.rounds; round++) {
-      for (const target of ['direct', 'gateway'] as const) {
+      for (const target of ['direct', 'gateway', 'untraced'] as const) {
         await runner.run({ scenario: 'get-rate', target, mode: 'unpinned', round, spec: getSpec(target), rate: fixedRate.rate, expectStatus: '200' });
       }
     }

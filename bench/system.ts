@@ -20,10 +20,11 @@ const STOP_TIMEOUT_MS = 5_000;
 const CONFIG_KEYS = [
   'PORT', 'HOST', 'USERS_URL', 'PRODUCTS_URL', 'ORDERS_URL', 'DATA_DIR', 'SEED_DATA', 'RATE_LIMIT',
   'RATE_WINDOW_MS', 'TRUST_PROXY', 'CB_FAILURE_THRESHOLD', 'CB_RESET_TIMEOUT_MS', 'CB_HALF_OPEN_REQUESTS',
-  'UPSTREAM_TIMEOUT_MS', 'ADMIN_TOKEN', 'LOG_LEVEL', 'LOG_PRETTY', 'OTEL_EXPORTER_OTLP_ENDPOINT', 'NODE_ENV',
+  'UPSTREAM_TIMEOUT_MS', 'ADMIN_TOKEN', 'LOG_LEVEL', 'LOG_PRETTY', 'OTEL_EXPORTER_OTLP_ENDPOINT', 'OTEL_SDK_DISABLED', 'NODE_ENV',
 ];
 
-export type ProcessName = 'gateway' | 'users' | 'products' | 'orders' | 'bare' | 'nginx';
+/** `untraced` is a second gateway with OTEL_SDK_DISABLED=true, for the cost of tracing. */
+export type ProcessName = 'gateway' | 'untraced' | 'users' | 'products' | 'orders' | 'bare' | 'nginx';
 
 export interface BenchProcess {
   name: ProcessName;
@@ -180,6 +181,8 @@ export interface SystemOptions {
   gatewayNodeFlags?: string[];
   /** The gateway's entry file; another one measures an alternative behind the same routes. */
   gatewayEntry?: string;
+  /** Also start the gateway with tracing off (`untraced`). */
+  withUntraced?: boolean;
 }
 
 export interface BenchSystem {
@@ -193,26 +196,29 @@ export interface BenchSystem {
  * Starts the three services, the gateway, the bare proxy and (when asked and installed) nginx.
  * The supervisor owns them all from the moment each is spawned.
  */
-export async function startSystem(supervisor: Supervisor, { workDir, withNginx, gatewayNodeFlags = [], gatewayEntry = 'gateway.ts' }: SystemOptions): Promise<BenchSystem> {
-  const [gatewayPort, usersPort, productsPort, ordersPort, barePort, nginxPort] = await freePorts(6);
+export async function startSystem(supervisor: Supervisor, { workDir, withNginx, gatewayNodeFlags = [], gatewayEntry = 'gateway.ts', withUntraced = false }: SystemOptions): Promise<BenchSystem> {
+  const [gatewayPort, usersPort, productsPort, ordersPort, barePort, nginxPort, untracedPort] = await freePorts(7);
   const dataDir = join(workDir, 'data');
   const usersUrl = `http://127.0.0.1:${usersPort}`;
   const productsUrl = `http://127.0.0.1:${productsPort}`;
+  const gatewayEnv = (port: number) => ({
+    PORT: String(port),
+    USERS_URL: usersUrl,
+    PRODUCTS_URL: productsUrl,
+    ORDERS_URL: `http://127.0.0.1:${ordersPort}`,
+    // Counted on every request like in production; a million per minute never refuses the load
+    // generator (the gateway's saturation is a few thousand per second).
+    RATE_LIMIT: '1000000',
+  });
   const processes = await Promise.all([
     startNodeEntry(supervisor, 'users', 'user-service.ts', { PORT: String(usersPort), DATA_DIR: dataDir }, '/health'),
     startNodeEntry(supervisor, 'products', 'product-service.ts', { PORT: String(productsPort), DATA_DIR: dataDir }, '/health'),
     startNodeEntry(supervisor, 'orders', 'order-service.ts', {
       PORT: String(ordersPort), DATA_DIR: dataDir, USERS_URL: usersUrl, PRODUCTS_URL: productsUrl,
     }, '/health'),
-    startNodeEntry(supervisor, 'gateway', gatewayEntry, {
-      PORT: String(gatewayPort),
-      USERS_URL: usersUrl,
-      PRODUCTS_URL: productsUrl,
-      ORDERS_URL: `http://127.0.0.1:${ordersPort}`,
-      // Counted on every request like in production; a million per minute never refuses the load
-      // generator (the gateway's saturation is a few thousand per second).
-      RATE_LIMIT: '1000000',
-    }, '/health', gatewayNodeFlags),
+    startNodeEntry(supervisor, 'gateway', gatewayEntry, gatewayEnv(gatewayPort!), '/health', gatewayNodeFlags),
+    // The same gateway with tracing off, so one run measures what tracing costs.
+    ...(withUntraced ? [startNodeEntry(supervisor, 'untraced', gatewayEntry, { ...gatewayEnv(untracedPort!), OTEL_SDK_DISABLED: 'true' }, '/health')] : []),
   ]);
   // The bare proxy's readiness check goes through to the product service: start it after that.
   processes.push(await startNodeEntry(supervisor, 'bare', 'bench/bare-proxy.ts', { PORT: String(barePort), PRODUCTS_URL: productsUrl }, '/api/products/1'));

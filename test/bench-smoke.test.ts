@@ -58,12 +58,13 @@ describe('npm run bench -- --smoke', () => {
     assert.equal(results.smoke, true);
     assert.equal(results.machine.cores > 0, true);
     const has = (scenario: string, target: string) => results.rows.some((r) => r.scenario === scenario && r.target === target && r.rps.median > 0);
-    for (const target of ['direct', 'gateway', 'bare']) assert.ok(has('get', target), `get via ${target}`);
-    assert.ok(has('get-rate', 'direct') && has('get-rate', 'gateway'), 'fixed-rate rows');
+    for (const target of ['direct', 'gateway', 'untraced', 'bare']) assert.ok(has('get', target), `get via ${target}`);
+    assert.ok(has('get-rate', 'direct') && has('get-rate', 'gateway') && has('get-rate', 'untraced'), 'fixed-rate rows');
     assert.ok(has('orders', 'gateway'), 'orders row');
     assert.ok(has('dashboard', 'gateway'), 'dashboard row');
     assert.deepEqual(results.invalidRounds, [], 'every round answered with the expected status');
-    assert.equal(results.goals.length, 5);
+    assert.equal(results.goals.length, 6);
+    assert.match(stdout, /(PASS|MISS)\s+tracing's cost/);
     for (const row of results.rows.filter((r) => r.target !== 'direct')) assert.ok(row.cpuUs.front!.median > 0, `${row.scenario} ${row.target} front CPU`);
     // The rows written are the rows the rounds give: nothing is computed only at print time.
     assert.deepEqual(JSON.parse(JSON.stringify(buildRows(results.rounds))), results.rows);

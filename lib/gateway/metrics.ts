@@ -1,5 +1,6 @@
 // The gateway's own Prometheus metrics, registered beside the platform's process and HTTP metrics.
 import { Counter, Gauge, Histogram, type Registry } from 'prom-client';
+import type { RequestObserver } from '../platform/http.js';
 import { DURATION_BUCKETS } from '../platform/metrics.js';
 import type { UpstreamFailure } from '../platform/service-client.js';
 import type { CircuitState } from './breakers.js';
@@ -7,9 +8,18 @@ import type { CircuitState } from './breakers.js';
 /** `aggregate` is the routes that combine several services. */
 export type RouteGroup = 'users' | 'products' | 'orders' | 'aggregate';
 
+declare module 'express-serve-static-core' {
+  interface Locals {
+    /** Set by a proxy route: requestContext's observer counts the request under this service. */
+    proxiedTo?: RouteGroup;
+  }
+}
+
 export interface GatewayMetrics {
   /** One client request answered by a proxy or aggregation route. */
   observeRequest(service: RouteGroup, method: string, status: number, seconds: number): void;
+  /** observeRequest for the proxy routes, from requestContext's one timing of the request. */
+  observeProxied: RequestObserver;
   upstreamFailure(service: string, kind: UpstreamFailure): void;
   circuitRejected(service: string): void;
   circuitState(service: string, state: CircuitState): void;
@@ -18,6 +28,7 @@ export interface GatewayMetrics {
 }
 
 const STATE_VALUE: Record<CircuitState, number> = { CLOSED: 0, HALF_OPEN: 1, OPEN: 2 };
+const MAX_LABEL_CHILDREN = 1_000;
 const KNOWN_METHODS = new Set(['GET', 'HEAD', 'POST', 'PUT', 'PATCH', 'DELETE', 'OPTIONS']);
 
 export function createGatewayMetrics(registry: Registry): GatewayMetrics {
@@ -65,11 +76,27 @@ export function createGatewayMetrics(registry: Registry): GatewayMetrics {
     registers,
   });
 
+  // Label children made once per (service, method, status): no label-object hashing per request.
+  const children = new Map<string, { inc: () => void; observe: (seconds: number) => void }>();
+  const observeRequest = (service: RouteGroup, method: string, status: number, seconds: number) => {
+    const m = KNOWN_METHODS.has(method) ? method : 'OTHER';
+    const key = `${service} ${m} ${status}`;
+    let child = children.get(key);
+    if (!child) {
+      const counter = requests.labels(service, m, String(status));
+      const timer = duration.labels(service, m);
+      child = { inc: () => counter.inc(), observe: (s) => timer.observe(s) };
+      if (children.size < MAX_LABEL_CHILDREN) children.set(key, child);
+    }
+    child.inc();
+    child.observe(seconds);
+  };
+
   return {
-    observeRequest(service, method, status, seconds) {
-      const m = KNOWN_METHODS.has(method) ? method : 'OTHER';
-      requests.inc({ service, method: m, status: String(status) });
-      duration.observe({ service, method: m }, seconds);
+    observeRequest,
+    observeProxied(req, res, durationMs) {
+      const service = res.locals.proxiedTo;
+      if (service) observeRequest(service, req.method, res.statusCode, durationMs / 1000);
     },
     upstreamFailure: (service, kind) => failures.inc({ service, kind }),
     circuitRejected: (service) => rejections.inc({ service }),

@@ -1,8 +1,7 @@
 // Forwards /api/<service>[/...] to the service as /<service>[/...]: bodies streamed both ways,
 // every call through the service's breaker, failed GETs answered from the stale cache.
-import type { ClientRequest, IncomingMessage } from 'node:http';
+import { request as httpRequest, type ClientRequest, type IncomingMessage, type OutgoingHttpHeaders } from 'node:http';
 import type { Request, RequestHandler, Response } from 'express';
-import { createProxyMiddleware, proxyEventsPlugin, type RequestHandler as ProxyHandler } from 'http-proxy-middleware';
 import { errorBody, HttpError } from '../platform/errors.js';
 import type { Logger } from '../platform/logger.js';
 import { UpstreamUnavailableError, type UpstreamFailure } from '../platform/service-client.js';
@@ -24,10 +23,48 @@ export interface ServiceProxyOptions {
 /** The path the proxy route is registered under; Express 5 needs a named wildcard. */
 export const proxyRoute = (upstream: Pick<Upstream, 'name'>): string => `/api/${upstream.name}{/*splat}`;
 
+// The aggregate route that lives under a service's prefix; it must reach its own handler.
+const AGGREGATE_UNDER_PREFIX = /^\/api\/users\/[^/?]+\/full\/?(\?|$)/i;
+// `/api/<service>` alone or followed by a path or query, as the proxy route matches it.
+const PROXIED = /^\/api\/([a-z]+)(?=[/?]|$)/;
+
+/**
+ * A first middleware for `/api/<service>/...`: runs `guards` (limiter, path guard) and the
+ * service's proxy handler directly, skipping the matching of every other route. Anything it does
+ * not recognise goes on through the router unchanged.
+ */
+export function proxyFastPath(handlers: Map<string, RequestHandler>, guards: RequestHandler[]): RequestHandler {
+  return (req, res, next) => {
+    const url = req.url;
+    const m = url.charCodeAt(1) === 97 /* a */ ? PROXIED.exec(url) : null;
+    const handler = m ? handlers.get(m[1]!) : undefined;
+    if (!handler || ((req.method === 'GET' || req.method === 'HEAD') && AGGREGATE_UNDER_PREFIX.test(url))) return next();
+    let i = 0;
+    const step = (err?: unknown): void => {
+      if (err !== undefined && err !== null) return next(err);
+      try {
+        if (i < guards.length) {
+          const result = guards[i++]!(req, res, step) as unknown;
+          if (result instanceof Promise) result.catch(next);
+          return;
+        }
+        const result = handler(req, res, next) as unknown;
+        if (result instanceof Promise) result.catch(next);
+      } catch (e) {
+        next(e);
+      }
+    };
+    step();
+  };
+}
+
 /** Upstream statuses a cached answer may stand in for, as for our own 502/503/504. */
 const STALE_STATUSES = new Set([502, 503, 504]);
 // The service's own trace headers would replace the gateway's; hop-by-hop ones are not the client's.
-const UPSTREAM_ONLY_HEADERS = ['x-trace-id', 'x-span-id', 'x-response-time', 'keep-alive'] as const;
+const UPSTREAM_ONLY_HEADERS = new Set(['x-trace-id', 'x-span-id', 'x-response-time', 'keep-alive', 'connection', 'transfer-encoding', 'proxy-connection', 'trailer', 'upgrade']);
+// Hop-by-hop request headers (RFC 9110 7.6.1) and the ones we set ourselves; transfer-encoding and
+// content-length stay, they frame the body we stream on.
+const CLIENT_ONLY_HEADERS = new Set(['connection', 'keep-alive', 'proxy-connection', 'te', 'trailer', 'upgrade', 'host', 'expect', 'forwarded', 'x-forwarded-for', 'x-forwarded-proto', 'x-forwarded-host']);
 
 /** One client request on its way through the proxy. */
 class Exchange {
@@ -51,7 +88,7 @@ class Exchange {
   ) {}
 
   /** Settles when the service's response headers arrive (or the call fails). */
-  start(signal: AbortSignal, proxy: ProxyHandler, service: string): Promise<void> {
+  start(signal: AbortSignal, forward: (ex: Exchange) => void, service: string): Promise<void> {
     return new Promise<void>((resolve, reject) => {
       this.resolve = resolve;
       this.reject = reject;
@@ -64,10 +101,9 @@ class Exchange {
       signal.addEventListener('abort', () => this.abortUpstream(), { once: true });
       this.res.once('close', () => this.onClientClose());
       // One client span per call that really goes out (not for circuit-open answers): the
-      // service's server span hangs under it through the traceparent set here.
+      // service's server span hangs under it through the traceparent it carries.
       this.span = startClientSpan(`${this.req.method} ${service}`, { 'peer.service': service, 'http.request.method': this.req.method });
-      Object.assign(this.req.headers, this.span.headers);
-      void proxy(this.req, this.res, (err?: unknown) => reject(err instanceof Error ? err : new Error('proxy failed')));
+      forward(this);
     });
   }
 
@@ -101,7 +137,7 @@ export function createServiceProxy({ upstream, cache, metrics, logger, trustsPro
   const log = logger.child({ component: 'proxy', service: upstream.name });
   const mount = `/api/${upstream.name}`;
   const servicePrefix = `/${upstream.name}`;
-  const exchanges = new WeakMap<IncomingMessage, Exchange>();
+  const route = `${mount}/*`;
 
   const serveStale = (ex: Exchange): boolean => {
     const entry = ex.cacheKey === undefined ? undefined : cache.get(ex.cacheKey);
@@ -120,78 +156,88 @@ export function createServiceProxy({ upstream, cache, metrics, logger, trustsPro
     return true;
   };
 
-  const proxy = createProxyMiddleware({
-    target: upstream.target,
-    agent: upstream.agent,
-    changeOrigin: true,
-    // http-proxy-middleware 3 no longer rewrites req.url under mounts; the route keeps the full
-    // path, and the service's path is set here explicitly: /api/users/1?x -> /users/1?x.
-    pathRewrite: (path) => servicePrefix + path.slice(mount.length),
-    // The default plugins answer errors with plain text that echoes host and URL, and log (building
-    // a URL) on every response: keep only the one that wires `on`.
-    ejectPlugins: true,
-    plugins: [proxyEventsPlugin],
-    on: {
-      proxyReq(proxyReq, req) {
-        const ex = exchanges.get(req);
-        if (!ex) return;
-        ex.proxyReq = proxyReq;
-        // Timed out or abandoned while waiting for a pooled socket.
-        if (ex.aborted || ex.clientGone) proxyReq.destroy();
-      },
-      proxyRes(proxyRes, req) {
-        const ex = exchanges.get(req);
-        if (!ex || ex.clientGone) {
-          proxyRes.destroy();
-          return;
-        }
-        ex.proxyRes = proxyRes;
-        for (const name of UPSTREAM_ONLY_HEADERS) delete proxyRes.headers[name];
-        const status = proxyRes.statusCode ?? 502;
-        proxyRes.once('close', () => {
-          ex.span?.end({ status, error: proxyRes.complete ? undefined : 'reset' });
-          if (proxyRes.complete || ex.clientGone || ex.servedStale) return;
-          // The service died after its headers: cut the client off rather than let it wait for
-          // the rest of a body that will never come.
-          log.warn({ status }, 'service broke off its response');
-          ex.res.destroy();
-          if (status < 500) upstream.breaker.recordLateFailure('reset');
-        });
-        if (status >= 500) {
-          // Passed through unchanged, but a failure for the breaker (http-proxy treats it as an answer).
-          if (req.method === 'GET' && STALE_STATUSES.has(status) && serveStale(ex)) proxyRes.resume();
-          ex.responded = true;
-          ex.fail(new UpstreamUnavailableError(upstream.name, 'server_error', status));
-          return;
-        }
-        ex.responded = true;
-        if (ex.cacheKey !== undefined && cache.wants(ex.cacheKey, proxyRes)) cache.capture(ex.cacheKey, proxyRes);
-        ex.succeed();
-      },
-      error(err, req) {
-        const ex = exchanges.get(req);
-        if (!ex) return;
-        // http-proxy reports a client that hung up as ECONNRESET too: that is no upstream failure.
-        if (ex.clientGone || req.socket.destroyed) return ex.fail(new ClientGoneError());
-        ex.fail(new UpstreamUnavailableError(upstream.name, classifyProxyError(err)));
-      },
-    },
-  });
+  const target = new URL(upstream.target);
+  const targetHost = target.host;
+  const targetHostname = target.hostname;
+  const targetPort = target.port || '80';
+
+  const onResponse = (ex: Exchange, proxyRes: IncomingMessage) => {
+    const { req, res } = ex;
+    // An upstream body that breaks off is handled on 'close' below; without a listener its
+    // 'error' would be thrown.
+    proxyRes.on('error', noop);
+    if (ex.clientGone) {
+      proxyRes.destroy();
+      return;
+    }
+    ex.proxyRes = proxyRes;
+    const status = proxyRes.statusCode ?? 502;
+    proxyRes.once('close', () => {
+      ex.span?.end({ status, error: proxyRes.complete ? undefined : 'reset' });
+      if (proxyRes.complete || ex.clientGone || ex.servedStale) return;
+      // The service died after its headers: cut the client off rather than let it wait for
+      // the rest of a body that will never come.
+      log.warn({ status }, 'service broke off its response');
+      ex.res.destroy();
+      if (status < 500) upstream.breaker.recordLateFailure('reset');
+    });
+    if (status >= 500) {
+      // Passed through unchanged, but a failure for the breaker.
+      if (req.method === 'GET' && STALE_STATUSES.has(status) && serveStale(ex)) proxyRes.resume();
+      ex.responded = true;
+      ex.fail(new UpstreamUnavailableError(upstream.name, 'server_error', status));
+    } else {
+      ex.responded = true;
+      if (ex.cacheKey !== undefined && cache.wants(ex.cacheKey, proxyRes)) cache.capture(ex.cacheKey, proxyRes);
+      ex.succeed();
+    }
+    if (ex.servedStale || res.headersSent) return;
+    res.statusCode = status;
+    if (proxyRes.statusMessage) res.statusMessage = proxyRes.statusMessage;
+    const headers = proxyRes.headers;
+    for (const name in headers) {
+      const value = headers[name];
+      if (value !== undefined && !UPSTREAM_ONLY_HEADERS.has(name)) res.setHeader(name, value);
+    }
+    proxyRes.pipe(res);
+  };
+
+  const onError = (ex: Exchange, err: Error) => {
+    // A client that hung up makes the upstream call fail too: that is no upstream failure.
+    if (ex.clientGone || ex.req.socket.destroyed) return ex.fail(new ClientGoneError());
+    ex.fail(new UpstreamUnavailableError(upstream.name, classifyProxyError(err)));
+  };
+
+  const forward = (ex: Exchange) => {
+    const { req } = ex;
+    const headers = upstreamHeaders(req, trustsProxies, targetHost, ex.span!.headers);
+    const proxyReq = httpRequest({
+      hostname: targetHostname,
+      port: targetPort,
+      method: req.method,
+      // The route keeps the full path; the service's is /api/users/1?x -> /users/1?x.
+      path: servicePrefix + req.url.slice(mount.length),
+      headers,
+      agent: upstream.agent,
+    });
+    ex.proxyReq = proxyReq;
+    proxyReq.once('response', (proxyRes: IncomingMessage) => onResponse(ex, proxyRes));
+    proxyReq.on('error', (err: Error) => onError(ex, err));
+    if (hasBody(req)) req.pipe(proxyReq);
+    else proxyReq.end();
+  };
 
   return async (req, res) => {
-    const started = performance.now();
-    res.locals.route = `${mount}/*`;
-    res.once('finish', () => metrics.observeRequest(upstream.name, req.method, res.statusCode, (performance.now() - started) / 1000));
+    res.locals.route = route;
+    res.locals.proxiedTo = upstream.name;
     // Never cache (or serve from cache) what a credentialed request saw: it may be that user's alone.
     const cacheKey = req.method === 'GET' && req.headers.authorization === undefined ? req.originalUrl : undefined;
     const ex = new Exchange(req, res, cacheKey);
-    exchanges.set(req, ex);
-    setUpstreamHeaders(req, trustsProxies);
     try {
       // A timeout while the client is still sending its body is the client's doing, unless the
       // body is stuck because the service stopped reading it.
       const clientStalled = () => !req.complete && !ex.proxyReq?.writableNeedDrain;
-      await upstream.breaker.run((signal) => ex.start(signal, proxy, upstream.name), { clientStalled });
+      await upstream.breaker.run((signal) => ex.start(signal, forward, upstream.name), { clientStalled });
     } catch (err) {
       if (ex.responded || ex.clientGone) return;
       const failure = toProxyError(upstream.name, err);
@@ -206,24 +252,37 @@ export function createServiceProxy({ upstream, cache, metrics, logger, trustsPro
 }
 
 /**
- * The headers the service gets beside the client's, written into req.headers (http-proxy copies
- * them when it builds the upstream request; setting them on the upstream request itself can come
- * after its headers are sent when it waits for a pooled socket). X-Forwarded-For is ours: the
- * client's claim survives only as far as `trust proxy` believes it. The trace headers are set
- * with the client span, in Exchange.start.
+ * The service's request headers: the client's, less hop-by-hop ones, plus ours. X-Forwarded-For
+ * is ours: the client's claim survives only as far as `trust proxy` believes it. Node already
+ * answered `100 Continue` to the client; the service need not be asked again.
  */
-function setUpstreamHeaders(req: Request, trustsProxies: boolean): void {
-  const headers = req.headers;
+function upstreamHeaders(req: Request, trustsProxies: boolean, host: string, trace: Record<string, string>): OutgoingHttpHeaders {
+  const headers: OutgoingHttpHeaders = {};
+  const incoming = req.headers;
+  for (const name in incoming) {
+    if (!CLIENT_ONLY_HEADERS.has(name)) headers[name] = incoming[name];
+  }
+  headers.host = host;
   const peer = req.socket.remoteAddress ?? '';
   const trusted = trustsProxies ? req.ips : [];
   headers['x-forwarded-for'] = trusted.length ? `${trusted.join(', ')}, ${peer}` : peer;
   headers['x-forwarded-proto'] = req.protocol;
-  const host = req.host;
-  if (host) headers['x-forwarded-host'] = host;
-  else delete headers['x-forwarded-host'];
-  delete headers.forwarded;
-  // Node already answered `100 Continue` to the client; the service need not be asked again.
-  delete headers.expect;
+  const forwardedHost = req.host;
+  if (forwardedHost) headers['x-forwarded-host'] = forwardedHost;
+  for (const name in trace) headers[name] = trace[name];
+  // As http-proxy did: a DELETE or OPTIONS without a length says so, rather than leave the
+  // service waiting for a body.
+  if ((req.method === 'DELETE' || req.method === 'OPTIONS') && incoming['content-length'] === undefined) {
+    headers['content-length'] = '0';
+    delete headers['transfer-encoding'];
+  }
+  return headers;
+}
+
+function hasBody(req: Request): boolean {
+  if (req.headers['transfer-encoding'] !== undefined) return true;
+  const length = req.headers['content-length'];
+  return length !== undefined && length !== '0';
 }
 
 function classifyProxyError(err: Error): UpstreamFailure {

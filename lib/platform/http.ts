@@ -34,40 +34,74 @@ export function createBaseApp(): Express {
 const UNTRACED = /^\/(health|metrics|spans|traces)(\/|$)/;
 
 /**
+ * Called once when a request that was answered in full ends (not for one the client gave up on),
+ * with the time since it arrived: metrics hang here rather than timing the request again.
+ */
+export type RequestObserver = (req: Request, res: Response, durationMs: number) => void;
+
+/** What requestContext keeps per request for its one 'close' listener. */
+interface RequestState {
+  logger: Logger;
+  started: bigint;
+  span: Span | undefined;
+  observers: readonly RequestObserver[];
+}
+
+const STATE = Symbol('msvc.requestState');
+type WithState = Response & { [STATE]?: RequestState };
+
+// One shared listener (no closure per request): it finds the request's state on the response.
+function onClose(this: Response): void {
+  const res = this as WithState;
+  const state = res[STATE];
+  if (!state) return;
+  res[STATE] = undefined;
+  const req = res.req;
+  const trace = res.locals.trace;
+  const durationMs = Math.round(Number(process.hrtime.bigint() - state.started) / 1e5) / 10;
+  const status = res.statusCode;
+  const aborted = !res.writableFinished;
+  const { span } = state;
+  if (span) {
+    const route = routeOf(req, res);
+    span.updateName(route ? `${req.method} ${route}` : req.method);
+    if (route) span.setAttribute('http.route', route);
+    span.setAttribute('http.response.status_code', status);
+    if (status >= 500 || aborted) span.setStatus({ code: SpanStatusCode.ERROR, message: aborted ? 'aborted' : `HTTP ${status}` });
+    span.end();
+  }
+  if (!aborted) for (const observe of state.observers) observe(req, res, durationMs);
+  state.logger.info(
+    aborted
+      ? { traceId: trace.traceId, spanId: trace.spanId, method: req.method, url: req.originalUrl.slice(0, 300), status, durationMs, aborted }
+      : { traceId: trace.traceId, spanId: trace.spanId, method: req.method, url: req.originalUrl.slice(0, 300), status, durationMs },
+    'request',
+  );
+}
+
+/**
  * Accepts or makes the trace id, echoes it (`X-Trace-Id`, `X-Span-Id`), records the server span,
  * times the request (`X-Response-Time`) and logs one line when it ends. Everything after it runs
  * inside the trace. Handlers that are not Express routes may name their route in
- * `res.locals.route` (span names and metrics must not carry raw URLs).
+ * `res.locals.route` (span names and metrics must not carry raw URLs). `observers` see every
+ * request answered in full, timed by the same clock.
  */
-export function requestContext(logger: Logger, tracing?: Tracing): RequestHandler {
+export function requestContext(logger: Logger, tracing?: Tracing, observers: readonly RequestObserver[] = []): RequestHandler {
   const stamp = responseTime({ digits: 1, suffix: true });
   return (req, res, next) => {
-    const trace = traceFromHeaders(req.headers);
+    const traced = tracing !== undefined && !UNTRACED.test(req.path);
+    const trace = traceFromHeaders(req.headers, !traced);
     res.locals.trace = trace;
-    const started = process.hrtime.bigint();
+    const state: RequestState = { logger, started: process.hrtime.bigint(), span: undefined, observers };
+    (res as WithState)[STATE] = state;
     const run = (span?: Span) => {
+      state.span = span;
       res.setHeader('X-Trace-Id', trace.traceId);
       res.setHeader('X-Span-Id', trace.spanId);
-      res.once('close', () => {
-        const durationMs = Math.round(Number(process.hrtime.bigint() - started) / 1e5) / 10;
-        const status = res.statusCode;
-        const aborted = !res.writableFinished;
-        if (span) {
-          const route = routeOf(req, res);
-          span.updateName(route ? `${req.method} ${route}` : req.method);
-          if (route) span.setAttribute('http.route', route);
-          span.setAttribute('http.response.status_code', status);
-          if (status >= 500 || aborted) span.setStatus({ code: SpanStatusCode.ERROR, message: aborted ? 'aborted' : `HTTP ${status}` });
-          span.end();
-        }
-        logger.info(
-          { traceId: trace.traceId, spanId: trace.spanId, method: req.method, url: req.originalUrl.slice(0, 300), status, durationMs, ...(aborted ? { aborted } : {}) },
-          'request',
-        );
-      });
+      res.once('close', onClose);
       stamp(req, res, next as (err?: unknown) => void);
     };
-    if (!tracing || UNTRACED.test(req.path)) return runWithTrace(trace, run);
+    if (!traced) return runWithTrace(trace, run);
     const attributes: Attributes = { 'http.request.method': req.method, 'url.path': req.path.slice(0, 256) };
     if (trace.traceId !== trace.w3cTraceId) attributes[ALIAS_ATTRIBUTE] = trace.traceId;
     tracing.runServerSpan(trace, req.method, attributes, run);

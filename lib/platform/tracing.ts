@@ -6,13 +6,12 @@ import { resourceFromAttributes } from '@opentelemetry/resources';
 import {
   BasicTracerProvider,
   BatchSpanProcessor,
-  RandomIdGenerator,
   type IdGenerator,
   type ReadableSpan,
   type SpanProcessor,
 } from '@opentelemetry/sdk-trace-base';
 import { OTLPTraceExporter } from '@opentelemetry/exporter-trace-otlp-http';
-import { currentTrace, ensureContextManager, newSpanId, outgoingTraceHeaders, runWithTrace, type TraceContext } from './trace.js';
+import { currentTrace, ensureContextManager, newSpanId, newTraceId, outgoingTraceHeaders, runWithTrace, type TraceContext } from './trace.js';
 
 /** A finished span as /spans and /traces serve it. */
 export interface SpanRecord {
@@ -34,9 +33,51 @@ export interface SpanRecord {
 
 export const ALIAS_ATTRIBUTE = 'trace.alias';
 
+// What a dropped slot holds until the next compaction, so the span itself can be collected now.
+const DROPPED: SpanRecord = {
+  traceId: '', spanId: '', parentSpanId: null, name: '', service: '', kind: 'internal', startTime: '', startMs: 0, durationMs: 0, status: 'ok', attributes: {},
+};
+
+/**
+ * A finished span not yet turned into a SpanRecord: the conversion (attribute copy, ISO date) is
+ * paid when /spans or /traces read it, not on every request.
+ */
+class PendingSpan {
+  constructor(
+    readonly traceId: string,
+    readonly startMs: number,
+    readonly span: ReadableSpan,
+    readonly service: string,
+  ) {}
+
+  toRecord(): SpanRecord {
+    const { span } = this;
+    const ctx = span.spanContext();
+    const attributes: SpanRecord['attributes'] = {};
+    for (const [k, v] of Object.entries(span.attributes)) {
+      if (typeof v === 'string' || typeof v === 'number' || typeof v === 'boolean') attributes[k] = v;
+    }
+    const alias = attributes[ALIAS_ATTRIBUTE];
+    return {
+      traceId: ctx.traceId,
+      spanId: ctx.spanId,
+      parentSpanId: span.parentSpanContext?.spanId ?? null,
+      name: span.name,
+      service: this.service,
+      kind: KINDS[span.kind] ?? 'internal',
+      startTime: new Date(this.startMs).toISOString(),
+      startMs: this.startMs,
+      durationMs: Math.round(hrTimeToMilliseconds(span.duration) * 1000) / 1000,
+      status: span.status.code === SpanStatusCode.ERROR ? 'error' : 'ok',
+      attributes,
+      ...(typeof alias === 'string' ? { alias } : {}),
+    };
+  }
+}
+
 /** Finished spans, newest last, bounded by count and by age. */
 export class SpanBuffer {
-  private readonly spans: SpanRecord[] = [];
+  private readonly spans: Array<SpanRecord | PendingSpan> = [];
   private head = 0;
 
   constructor(
@@ -49,8 +90,12 @@ export class SpanBuffer {
   }
 
   push(span: SpanRecord): void {
-    this.spans.push(span);
-    this.prune(Date.now());
+    this.add(span);
+  }
+
+  /** A span from the SDK, converted to a SpanRecord only if it is read. */
+  pushSpan(span: ReadableSpan, service: string): void {
+    this.add(new PendingSpan(span.spanContext().traceId, hrTimeToMilliseconds(span.startTime), span, service));
   }
 
   /** Spans of one trace, or the newest `limit` spans. */
@@ -58,15 +103,22 @@ export class SpanBuffer {
     this.prune(Date.now());
     const out: SpanRecord[] = [];
     for (let i = this.spans.length - 1; i >= this.head && out.length < limit; i--) {
-      const s = this.spans[i]!;
-      if (traceId === undefined || s.traceId === traceId) out.push(s);
+      let s = this.spans[i]!;
+      if (traceId !== undefined && s.traceId !== traceId) continue;
+      if (s instanceof PendingSpan) this.spans[i] = s = s.toRecord();
+      out.push(s);
     }
     return out.reverse();
   }
 
+  private add(entry: SpanRecord | PendingSpan): void {
+    this.spans.push(entry);
+    this.prune(Date.now());
+  }
+
   private prune(now: number): void {
     const oldest = now - this.maxAgeMs;
-    while (this.size > this.maxSpans || (this.size > 0 && this.spans[this.head]!.startMs < oldest)) this.head++;
+    while (this.size > this.maxSpans || (this.size > 0 && this.spans[this.head]!.startMs < oldest)) this.spans[this.head++] = DROPPED;
     // Compact now and then, so dropping the head stays O(1) on average.
     if (this.head > 1024 && this.head * 2 > this.spans.length) {
       this.spans.splice(0, this.head);
@@ -84,27 +136,7 @@ class BufferProcessor implements SpanProcessor {
   ) {}
   onStart(): void {}
   onEnd(span: ReadableSpan): void {
-    const ctx = span.spanContext();
-    const attributes: SpanRecord['attributes'] = {};
-    for (const [k, v] of Object.entries(span.attributes)) {
-      if (typeof v === 'string' || typeof v === 'number' || typeof v === 'boolean') attributes[k] = v;
-    }
-    const startMs = hrTimeToMilliseconds(span.startTime);
-    const alias = attributes[ALIAS_ATTRIBUTE];
-    this.buffer.push({
-      traceId: ctx.traceId,
-      spanId: ctx.spanId,
-      parentSpanId: span.parentSpanContext?.spanId ?? null,
-      name: span.name,
-      service: this.service,
-      kind: KINDS[span.kind] ?? 'internal',
-      startTime: new Date(startMs).toISOString(),
-      startMs,
-      durationMs: Math.round(hrTimeToMilliseconds(span.duration) * 1000) / 1000,
-      status: span.status.code === SpanStatusCode.ERROR ? 'error' : 'ok',
-      attributes,
-      ...(typeof alias === 'string' ? { alias } : {}),
-    });
+    this.buffer.pushSpan(span, this.service);
   }
   forceFlush(): Promise<void> {
     return Promise.resolve();
@@ -118,15 +150,15 @@ class BufferProcessor implements SpanProcessor {
 // chose from X-Trace-Id, so the server-span code hands it over here just before the synchronous
 // startSpan call that consumes it.
 let nextTraceId: string | undefined;
+// Fresh ids come from trace.ts's pooled CSPRNG bytes, like the ids made without a span.
 class ChosenTraceIdGenerator implements IdGenerator {
-  private readonly random = new RandomIdGenerator();
   generateTraceId(): string {
-    const id = nextTraceId ?? this.random.generateTraceId();
+    const id = nextTraceId ?? newTraceId();
     nextTraceId = undefined;
     return id;
   }
   generateSpanId(): string {
-    return this.random.generateSpanId();
+    return newSpanId();
   }
 }
 
@@ -182,7 +214,8 @@ export function createTracing({ service, otlpEndpoint, maxSpans = 10_000, maxAge
       const span = tracer.startSpan(name, { kind: SpanKind.SERVER, attributes }, parent);
       nextTraceId = undefined;
       ctx.spanId = span.spanContext().spanId;
-      return context.with(parent, () => runWithTrace(ctx, () => fn(span), span));
+      // One context switch for the trace, the span and this tracing, not one each.
+      return runWithTrace(ctx, () => fn(span), span, parent);
     },
     shutdown: () => provider.shutdown(),
   };
