@@ -5,6 +5,9 @@ import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import assert from 'node:assert/strict';
 import type { Express } from 'express';
+import type { Db } from '../lib/platform/db.js';
+import { createMetrics } from '../lib/platform/metrics.js';
+import type { ServiceDeps } from '../lib/platform/service-app.js';
 import { createLogger, type Logger } from '../lib/platform/logger.js';
 import { closeServer, listen, type Listening } from '../lib/platform/server.js';
 
@@ -80,4 +83,40 @@ export function assertOneTree(spans: { spanId: string; parentSpanId: string | nu
   const ids = new Set(spans.map((s) => s.spanId));
   const roots = spans.filter((s) => !s.parentSpanId || !ids.has(s.parentSpanId));
   assert.equal(roots.length, 1, `one root expected, got ${roots.length}: ${JSON.stringify(spans.map((s) => [s.spanId, s.parentSpanId]))}`);
+}
+
+export interface CheckedService {
+  url: string;
+  db: Db;
+  /** One request; every answer is checked for leaks, the trace header and the error body shape. */
+  call: (method: string, path: string, req?: TestRequest) => Promise<TestResponse>;
+  close: () => Promise<void>;
+}
+
+/** A service app from its factory, on port 0 over its own temp-dir database. */
+export async function startCheckedService(
+  service: string,
+  openDatabase: (dataDir: string, seed: boolean) => Db,
+  createApp: (deps: ServiceDeps) => Express,
+  seed = false,
+  dir = tempDir(),
+): Promise<CheckedService> {
+  const db = openDatabase(dir.dir, seed);
+  const started = await startApp(createApp({ logger: memoryLogger(service).logger, db, metrics: createMetrics(service) }));
+  return {
+    url: started.url,
+    db,
+    call: async (method, path, req) => {
+      const res = await http(started.url, method, path, req);
+      assertNoLeak(res.text);
+      assert.ok(res.headers.get('x-trace-id'), 'every response carries X-Trace-Id');
+      if (res.status >= 400) assert.equal(typeof res.body?.error, 'string', `error body for ${method} ${path}`);
+      return res;
+    },
+    close: async () => {
+      await started.close();
+      db.close();
+      dir.remove();
+    },
+  };
 }

@@ -1,44 +1,17 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { createMetrics } from '../lib/platform/metrics.js';
-import type { Db } from '../lib/platform/db.js';
 import { HttpError } from '../lib/platform/errors.js';
 import { ServiceClient, UpstreamUnavailableError } from '../lib/platform/service-client.js';
 import { createProductApp } from '../lib/products/app.js';
 import { createProductsClient } from '../lib/products/client.js';
 import { openProductDatabase } from '../lib/products/db.js';
 import { demoOrders, demoProducts } from '../lib/demo/data.js';
-import { assertNoLeak, http, memoryLogger, startApp, tempDir, type Started, type TestRequest, type TestResponse } from './helpers.js';
+import { startCheckedService, tempDir, type CheckedService, type TestResponse } from './helpers.js';
 
-interface Service {
-  url: string;
-  db: Db;
-  call: (method: string, path: string, req?: TestRequest) => Promise<TestResponse>;
-  close: () => Promise<void>;
-}
+type Service = CheckedService;
 
 /** A product service on port 0 over its own temp-dir database. Every answer is checked for leaks. */
-async function startProductService(seed = false, dir = tempDir()): Promise<Service> {
-  const db = openProductDatabase(dir.dir, seed);
-  const app = createProductApp({ logger: memoryLogger('product-service').logger, db, metrics: createMetrics('product-service') });
-  const started: Started = await startApp(app);
-  return {
-    url: started.url,
-    db,
-    call: async (method, path, req) => {
-      const res = await http(started.url, method, path, req);
-      assertNoLeak(res.text);
-      assert.ok(res.headers.get('x-trace-id'), 'every response carries X-Trace-Id');
-      if (res.status >= 400) assert.equal(typeof res.body?.error, 'string', `error body for ${method} ${path}`);
-      return res;
-    },
-    close: async () => {
-      await started.close();
-      db.close();
-      dir.remove();
-    },
-  };
-}
+const startProductService = (seed = false, dir = tempDir()): Promise<Service> => startCheckedService('product-service', openProductDatabase, createProductApp, seed, dir);
 
 interface Product {
   id: number;

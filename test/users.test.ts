@@ -1,43 +1,16 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { createMetrics } from '../lib/platform/metrics.js';
-import type { Db } from '../lib/platform/db.js';
 import { HttpError } from '../lib/platform/errors.js';
 import { ServiceClient, UpstreamUnavailableError } from '../lib/platform/service-client.js';
 import { createUserApp } from '../lib/users/app.js';
 import { createUsersClient } from '../lib/users/client.js';
 import { openUserDatabase } from '../lib/users/db.js';
-import { assertNoLeak, http, memoryLogger, startApp, tempDir, type Started, type TestRequest, type TestResponse } from './helpers.js';
+import { startCheckedService, tempDir, type CheckedService } from './helpers.js';
 
-interface Service {
-  url: string;
-  db: Db;
-  call: (method: string, path: string, req?: TestRequest) => Promise<TestResponse>;
-  close: () => Promise<void>;
-}
+type Service = CheckedService;
 
 /** A user service on port 0 over its own temp-dir database. Every answer is checked for leaks. */
-async function startUserService(seed = false, dir = tempDir()): Promise<Service> {
-  const db = openUserDatabase(dir.dir, seed);
-  const app = createUserApp({ logger: memoryLogger('user-service').logger, db, metrics: createMetrics('user-service') });
-  const started: Started = await startApp(app);
-  return {
-    url: started.url,
-    db,
-    call: async (method, path, req) => {
-      const res = await http(started.url, method, path, req);
-      assertNoLeak(res.text);
-      assert.ok(res.headers.get('x-trace-id'), 'every response carries X-Trace-Id');
-      if (res.status >= 400) assert.equal(typeof res.body?.error, 'string', `error body for ${method} ${path}`);
-      return res;
-    },
-    close: async () => {
-      await started.close();
-      db.close();
-      dir.remove();
-    },
-  };
-}
+const startUserService = (seed = false, dir = tempDir()): Promise<Service> => startCheckedService('user-service', openUserDatabase, createUserApp, seed, dir);
 
 const isIso = (s: unknown) => typeof s === 'string' && new Date(s).toISOString() === s;
 let seq = 0;
