@@ -2,7 +2,7 @@ import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { http } from './helpers.js';
 import { createProduct, createUser, startServices, type System } from './system.js';
-import { circuit, startGateway, type StartedGateway } from './gateway-helpers.js';
+import { circuit, startGatewayFor, type StartedGateway } from './gateway-helpers.js';
 
 describe('aggregation against the real services', () => {
   let sys: System;
@@ -11,7 +11,7 @@ describe('aggregation against the real services', () => {
   let orderId: number;
   before(async () => {
     sys = await startServices();
-    gw = await startGateway({ USERS_URL: sys.users.url, PRODUCTS_URL: sys.products.url, ORDERS_URL: sys.orders.url, UPSTREAM_TIMEOUT_MS: '1000' });
+    gw = await startGatewayFor(sys, { UPSTREAM_TIMEOUT_MS: '1000' });
     userId = await createUser(sys);
     const productId = await createProduct(sys, { stock: 10, price: 2.5 });
     const order = await http(sys.orders.url, 'POST', '/orders', { body: { userId, items: [{ productId, quantity: 2 }] } });

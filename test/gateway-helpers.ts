@@ -9,6 +9,7 @@ import { parseConfig } from '../lib/platform/config.js';
 import { createMetrics, type Metrics } from '../lib/platform/metrics.js';
 import { closeServer, listen } from '../lib/platform/server.js';
 import { http, memoryLogger, type TestResponse } from './helpers.js';
+import type { System } from './system.js';
 
 export interface StartedGateway {
   url: string;
@@ -36,6 +37,10 @@ export async function startGateway(env: Record<string, string>): Promise<Started
     },
   };
 }
+
+/** The gateway in front of the three in-process services of `sys`. */
+export const startGatewayFor = (sys: System, env: Record<string, string> = {}): Promise<StartedGateway> =>
+  startGateway({ USERS_URL: sys.users.url, PRODUCTS_URL: sys.products.url, ORDERS_URL: sys.orders.url, ...env });
 
 /** What the upstream does with the next requests. */
 export type Behaviour =

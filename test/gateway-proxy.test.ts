@@ -2,14 +2,14 @@ import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { assertNoLeak, http } from './helpers.js';
 import { startServices, type System } from './system.js';
-import { deadUrl, rawRequest, startFakeUpstream, startGateway, type FakeUpstream, type StartedGateway } from './gateway-helpers.js';
+import { deadUrl, rawRequest, startFakeUpstream, startGateway, startGatewayFor, type FakeUpstream, type StartedGateway } from './gateway-helpers.js';
 
 describe('proxy to the real services', () => {
   let sys: System;
   let gw: StartedGateway;
   before(async () => {
     sys = await startServices();
-    gw = await startGateway({ USERS_URL: sys.users.url, PRODUCTS_URL: sys.products.url, ORDERS_URL: sys.orders.url });
+    gw = await startGatewayFor(sys);
   });
   after(async () => {
     await gw?.close();

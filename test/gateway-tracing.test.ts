@@ -3,7 +3,7 @@ import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { toW3cTraceId } from '../lib/platform/trace.js';
 import { assertOneTree, http } from './helpers.js';
-import { startGateway, type StartedGateway } from './gateway-helpers.js';
+import { startGatewayFor, type StartedGateway } from './gateway-helpers.js';
 import { createProduct, createUser, startServices, type System } from './system.js';
 
 interface Span {
@@ -22,7 +22,7 @@ describe('traces through the gateway', () => {
   let gw: StartedGateway;
   before(async () => {
     sys = await startServices();
-    gw = await startGateway({ USERS_URL: sys.users.url, PRODUCTS_URL: sys.products.url, ORDERS_URL: sys.orders.url });
+    gw = await startGatewayFor(sys);
   });
   after(async () => {
     await gw.close();

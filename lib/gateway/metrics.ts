@@ -1,7 +1,7 @@
 // The gateway's own Prometheus metrics, registered beside the platform's process and HTTP metrics.
 import { Counter, Gauge, Histogram, type Registry } from 'prom-client';
 import type { RequestObserver } from '../platform/http.js';
-import { DURATION_BUCKETS } from '../platform/metrics.js';
+import { DURATION_BUCKETS, metricMethod, requestRecorder } from '../platform/metrics.js';
 import type { UpstreamFailure } from '../platform/service-client.js';
 import type { CircuitState } from './breakers.js';
 
@@ -28,8 +28,6 @@ export interface GatewayMetrics {
 }
 
 const STATE_VALUE: Record<CircuitState, number> = { CLOSED: 0, HALF_OPEN: 1, OPEN: 2 };
-const MAX_LABEL_CHILDREN = 1_000;
-const KNOWN_METHODS = new Set(['GET', 'HEAD', 'POST', 'PUT', 'PATCH', 'DELETE', 'OPTIONS']);
 
 export function createGatewayMetrics(registry: Registry): GatewayMetrics {
   const registers = [registry];
@@ -76,21 +74,8 @@ export function createGatewayMetrics(registry: Registry): GatewayMetrics {
     registers,
   });
 
-  // Label children made once per (service, method, status): no label-object hashing per request.
-  const children = new Map<string, { inc: () => void; observe: (seconds: number) => void }>();
-  const observeRequest = (service: RouteGroup, method: string, status: number, seconds: number) => {
-    const m = KNOWN_METHODS.has(method) ? method : 'OTHER';
-    const key = `${service} ${m} ${status}`;
-    let child = children.get(key);
-    if (!child) {
-      const counter = requests.labels(service, m, String(status));
-      const timer = duration.labels(service, m);
-      child = { inc: () => counter.inc(), observe: (s) => timer.observe(s) };
-      if (children.size < MAX_LABEL_CHILDREN) children.set(key, child);
-    }
-    child.inc();
-    child.observe(seconds);
-  };
+  const record = requestRecorder(requests, duration);
+  const observeRequest = (service: RouteGroup, method: string, status: number, seconds: number) => record(service, metricMethod(method), status, seconds);
 
   return {
     observeRequest,

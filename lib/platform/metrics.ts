@@ -5,9 +5,10 @@ import { routeOf, type RequestObserver } from './http.js';
 
 export interface Metrics {
   registry: Registry;
-  /** Counts and times every request by route pattern (never the raw URL: that is unbounded). */
-  middleware: RequestHandler;
-  /** The same counting for requestContext's observers: no timer or listener of its own. */
+  /**
+   * Counts and times a request by route pattern (never the raw URL: that is unbounded); an
+   * observer for requestContext, which times the request once for the span, log and metrics.
+   */
   observe: RequestObserver;
   /** GET /metrics */
   handler: RequestHandler;
@@ -35,36 +36,44 @@ export function createMetrics(service: string): Metrics {
     buckets: DURATION_BUCKETS,
     registers: [registry],
   });
-  // Label children made once per (method, route, status) rather than hashing a label object on
-  // every request. Routes are patterns and statuses few, so this stays small; the cap is a guard.
-  const children = new Map<string, { inc: () => void; observe: (seconds: number) => void }>();
+  const recordRequest = requestRecorder(requests, duration);
   const record = (req: Request, res: Response, seconds: number) => {
-    const route = routeOf(req, res) ?? 'unmatched';
-    const method = KNOWN_METHODS.has(req.method) ? req.method : 'OTHER';
-    const status = res.statusCode;
-    const key = `${method} ${status} ${route}`;
-    let child = children.get(key);
-    if (!child) {
-      const counter = requests.labels(method, route, String(status));
-      const timer = duration.labels(method, route);
-      child = { inc: () => counter.inc(), observe: (s) => timer.observe(s) };
-      if (children.size < MAX_LABEL_CHILDREN) children.set(key, child);
-    }
-    child.inc();
-    child.observe(seconds);
-  };
-  const middleware: RequestHandler = (req, res, next) => {
-    const started = performance.now();
-    res.once('finish', () => record(req, res, (performance.now() - started) / 1000));
-    next();
+    recordRequest(metricMethod(req.method), routeOf(req, res) ?? 'unmatched', res.statusCode, seconds);
   };
   const observe: RequestObserver = (req, res, durationMs) => record(req, res, durationMs / 1000);
   const handler: RequestHandler = async (_req, res) => {
     res.setHeader('Content-Type', registry.contentType);
     res.end(await registry.metrics());
   };
-  return { registry, middleware, observe, handler };
+  return { registry, observe, handler };
 }
 
-const MAX_LABEL_CHILDREN = 2_000;
 const KNOWN_METHODS = new Set(['GET', 'HEAD', 'POST', 'PUT', 'PATCH', 'DELETE', 'OPTIONS']);
+
+/** The method as a label value: anything unusual is one `OTHER`, so clients cannot add series. */
+export const metricMethod = (method: string): string => (KNOWN_METHODS.has(method) ? method : 'OTHER');
+
+/**
+ * Counts and times one request: `requests` is labelled (a, b, status) and `duration` (a, b). The
+ * label children are made once per combination rather than hashing a label object on every
+ * request; label values are route patterns and a few statuses, and the cap is a guard.
+ */
+export function requestRecorder(
+  requests: Counter<string>,
+  duration: Histogram<string>,
+  maxChildren = 2_000,
+): (a: string, b: string, status: number, seconds: number) => void {
+  const children = new Map<string, { inc: () => void; observe: (seconds: number) => void }>();
+  return (a, b, status, seconds) => {
+    const key = `${a} ${b} ${status}`;
+    let child = children.get(key);
+    if (!child) {
+      const counter = requests.labels(a, b, String(status));
+      const timer = duration.labels(a, b);
+      child = { inc: () => counter.inc(), observe: (s) => timer.observe(s) };
+      if (children.size < maxChildren) children.set(key, child);
+    }
+    child.inc();
+    child.observe(seconds);
+  };
+}

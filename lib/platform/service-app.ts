@@ -25,8 +25,8 @@ export interface ServiceAppOptions extends ServiceDeps {
 
 export function createServiceApp({ service, logger, metrics, db, routes, tracing = createTracing({ service }) }: ServiceAppOptions): Express {
   const app = createBaseApp();
-  app.use(requestContext(logger, tracing ?? undefined));
-  app.use(metrics.middleware);
+  // Metrics hang on the request's one 'close' listener, with the span and the log line.
+  app.use(requestContext(logger, tracing ?? undefined, [metrics.observe]));
   app.get('/health', (_req, res) => {
     const healthy = databaseIsHealthy(db);
     res.status(healthy ? 200 : 503).json({ status: healthy ? 'healthy' : 'unhealthy', service });
