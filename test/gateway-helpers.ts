@@ -25,7 +25,7 @@ export async function startGateway(env: Record<string, string>): Promise<Started
   const { logger, lines } = memoryLogger('gateway', config.LOG_LEVEL);
   const metrics = createMetrics('gateway');
   const gateway = createGateway({ config, logger, metrics });
-  const listening = await listen(gateway.app, 0, '127.0.0.1');
+  const listening = await listen(gateway, 0, '127.0.0.1');
   return {
     url: listening.url,
     gateway,

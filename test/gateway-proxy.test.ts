@@ -47,6 +47,36 @@ describe('proxy to the real services', () => {
     assert.ok(gone.body.traceId);
   });
 
+  test('when the same product is asked for by the front door (/api/products/:id) and by the router (/API/Products/:id), then both answer alike and are counted, traced, timed and logged alike', async () => {
+    const g = await startGatewayFor(sys, { LOG_LEVEL: 'info' });
+    try {
+      const product = await http(sys.products.url, 'POST', '/products', { body: { name: 'Two Doors', price: 2, stock: 2 } });
+      const viaFront = await http(g.url, 'GET', `/api/products/${product.body.id}`);
+      const viaRouter = await http(g.url, 'GET', `/API/Products/${product.body.id}`);
+      for (const [name, r] of [['front door', viaFront], ['router', viaRouter]] as const) {
+        assert.equal(r.status, 200, name);
+        assert.equal(r.body.id, product.body.id, name);
+        assert.match(r.headers.get('x-response-time') ?? '', /^\d+(\.\d)?ms$/, name);
+        assert.equal(r.headers.get('ratelimit-policy'), '100;w=60', name);
+        const traceId = r.headers.get('x-trace-id');
+        assert.match(traceId ?? '', /^[0-9a-f]{32}$/, name);
+        const traced = await http(g.url, 'GET', `/traces/${traceId}`);
+        assert.equal(traced.status, 200, name);
+        const names = (traced.body.spans as { name: string; service: string }[]).map((s) => `${s.service} ${s.name}`);
+        assert.ok(names.includes('gateway GET /api/products/*'), `${name}: ${names.join(', ')}`);
+        const line = g.logs().find((l) => l.msg === 'request' && l.traceId === traceId);
+        assert.equal(line?.status, 200, `${name}: one request log line`);
+      }
+      assert.deepEqual(viaRouter.body, viaFront.body);
+      const remaining = (r: { headers: Headers }) => Number(r.headers.get('x-ratelimit-remaining'));
+      assert.equal(remaining(viaRouter), remaining(viaFront) - 1, 'one limiter, one count each');
+      const metrics = await http(g.url, 'GET', '/metrics');
+      assert.match(metrics.text, /gateway_requests_total\{service="products",method="GET",status="200"\} 2\n/);
+    } finally {
+      await g.close();
+    }
+  });
+
   test('when PATCH /api/products/:id/stock is sent, then the service answers it', async () => {
     const product = await http(gw.url, 'POST', '/api/products', { body: { name: 'Patch Widget', price: 3.5, stock: 4 } });
     assert.equal(product.status, 201);

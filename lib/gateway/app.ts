@@ -1,5 +1,6 @@
 // The gateway app: built once from config, with its breakers, agents, proxies, limiter and cache.
 import { readFileSync } from 'node:fs';
+import type { RequestListener } from 'node:http';
 import type { Express } from 'express';
 import { errorHandler, notFoundHandler } from '../platform/errors.js';
 import { createBaseApp, requestContext } from '../platform/http.js';
@@ -13,7 +14,7 @@ import type { GatewayConfig } from './config.js';
 import { createDebugRoutes } from './debug.js';
 import { createGatewayMetrics } from './metrics.js';
 import { rejectUnsafePaths } from './path-guard.js';
-import { createServiceProxy, proxyFastPath, proxyRoute } from './proxy.js';
+import { createFrontDoor, createServiceProxy, proxyRoute } from './proxy.js';
 import { createRateLimiter } from './rate-limit.js';
 import { createStaleCache } from './stale-cache.js';
 import { createStatusRoutes } from './status.js';
@@ -31,7 +32,10 @@ export interface GatewayOptions {
 }
 
 export interface Gateway {
+  /** Every route; the server should be made with `listen(gateway)`, which puts `front` before it. */
   app: Express;
+  /** The server's request listener: proxied requests skip the router, the rest go to `app`. */
+  front: RequestListener;
   /** Stops breakers, keep-alive agents and timers. Call after the server has drained. */
   close(): Promise<void>;
 }
@@ -41,22 +45,21 @@ export function createGateway({ config, logger, metrics = createMetrics('gateway
   const upstreamList = createUpstreams(config, logger, gatewayMetrics);
   const upstreams = Object.fromEntries(upstreamList.map((u) => [u.name, u])) as Record<ServiceName, Upstream>;
   const cache = createStaleCache({ maxEntries: config.CACHE_MAX_ENTRIES, maxAgeMs: config.CACHE_MAX_AGE_MS, maxBytes: config.CACHE_MAX_BYTES });
-  const limiter = createRateLimiter({ limit: config.RATE_LIMIT, windowMs: config.RATE_WINDOW_MS, logger, metrics: gatewayMetrics });
+  const limiter = createRateLimiter({ limit: config.RATE_LIMIT, windowMs: config.RATE_WINDOW_MS, metrics: gatewayMetrics });
   const version = (JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string }).version;
 
   const app = createBaseApp();
   app.set('trust proxy', config.TRUST_PROXY);
 
-  // Order: trace id, timing and metrics -> proxied /api/<service> requests (limiter, path guard,
-  // proxy) -> unlimited routes (/, /health, /metrics, debug) -> rate limit and path guard on /api
-  // -> aggregates (before the proxies they would match) -> proxies (no body parser anywhere:
-  // bodies stream through) -> 404 -> errors.
+  // Order: trace id, timing and metrics -> unlimited routes (/, /health, /metrics, debug) -> rate
+  // limit and path guard on /api -> aggregates (before the proxies they would match) -> proxies (no
+  // body parser anywhere: bodies stream through) -> 404 -> errors. Proxied /api/<service> requests
+  // take the same steps in the front door, ahead of the router (createFrontDoor).
   // One timing and one 'close' listener per request serve the log line, the span and both metrics.
-  app.use(requestContext(logger, tracing ?? undefined, [metrics.observe, gatewayMetrics.observeProxied]));
-  // Proxied requests, the bulk of the traffic, go straight to their service's handler with the
-  // same limiter and path guard, instead of being matched against every route below first.
+  const context = requestContext(logger, tracing ?? undefined, [metrics.observe, gatewayMetrics.observeProxied]);
+  const onError = errorHandler(logger);
+  app.use(context);
   const proxies = new Map(upstreamList.map((u) => [u.name, createServiceProxy({ upstream: u, cache, metrics: gatewayMetrics, logger, trustsProxies: config.TRUST_PROXY !== false })]));
-  app.use(proxyFastPath(proxies, [limiter.middleware, rejectUnsafePaths]));
   app.use(createStatusRoutes({ upstreams: upstreamList, name: GATEWAY_NAME, version }));
   app.get('/metrics', metrics.handler);
   if (tracing) {
@@ -73,10 +76,11 @@ export function createGateway({ config, logger, metrics = createMetrics('gateway
   // What the fast path leaves (other letter case, say) still reaches the same handlers here.
   for (const upstream of upstreamList) app.all(proxyRoute(upstream), proxies.get(upstream.name)!);
   app.use(notFoundHandler);
-  app.use(errorHandler(logger));
+  app.use(onError);
 
   return {
     app,
+    front: createFrontDoor({ app, context, limiter, proxies, onError }),
     close: async () => {
       await tracing?.shutdown();
       limiter.close();

@@ -29,15 +29,20 @@ export function isUnsafePath(path: string): boolean {
   return true;
 }
 
-/** 400 before anything is proxied; the query string is the service's business. */
-export const rejectUnsafePaths: RequestHandler = (req, _res, next) => {
-  const url = req.originalUrl;
+/** Whether the path part of a request URL (the query string is the service's business) is unsafe. */
+export function isUnsafeRequestPath(url: string): boolean {
   const query = url.indexOf('?');
   const path = query === -1 ? url : url.slice(0, query);
-  if (!path.startsWith('/') || isUnsafePath(path)) {
-    throw new HttpError(400, 'VALIDATION_ERROR', 'Invalid request path', [
-      { field: 'path', message: 'must not contain dot segments, backslashes or control characters, plain or percent-encoded' },
-    ]);
-  }
+  return !path.startsWith('/') || isUnsafePath(path);
+}
+
+export const unsafePathError = (): HttpError =>
+  new HttpError(400, 'VALIDATION_ERROR', 'Invalid request path', [
+    { field: 'path', message: 'must not contain dot segments, backslashes or control characters, plain or percent-encoded' },
+  ]);
+
+/** 400 before anything is proxied. */
+export const rejectUnsafePaths: RequestHandler = (req, _res, next) => {
+  if (isUnsafeRequestPath(req.originalUrl)) throw unsafePathError();
   next();
 };

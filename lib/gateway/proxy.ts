@@ -1,13 +1,15 @@
 // Forwards /api/<service>[/...] to the service as /<service>[/...]: bodies streamed both ways,
 // every call through the service's breaker, failed GETs answered from the stale cache.
-import { request as httpRequest, type ClientRequest, type IncomingMessage, type OutgoingHttpHeaders } from 'node:http';
-import type { Request, RequestHandler, Response } from 'express';
+import { request as httpRequest, type ClientRequest, type IncomingMessage, type OutgoingHttpHeaders, type ServerResponse } from 'node:http';
+import type { ErrorRequestHandler, Express, Request, RequestHandler, Response } from 'express';
 import { errorBody, HttpError } from '../platform/errors.js';
 import type { Logger } from '../platform/logger.js';
 import { UpstreamUnavailableError, type UpstreamFailure } from '../platform/service-client.js';
 import { startClientSpan, type ClientSpan } from '../platform/tracing.js';
 import { CircuitOpenError, ClientGoneError } from './breakers.js';
 import type { GatewayMetrics } from './metrics.js';
+import { isUnsafeRequestPath, unsafePathError } from './path-guard.js';
+import type { RateLimiter } from './rate-limit.js';
 import type { StaleCache } from './stale-cache.js';
 import type { Upstream } from './upstreams.js';
 
@@ -28,33 +30,55 @@ const AGGREGATE_UNDER_PREFIX = /^\/api\/users\/[^/?]+\/full\/?(\?|$)/i;
 // `/api/<service>` alone or followed by a path or query, as the proxy route matches it.
 const PROXIED = /^\/api\/([a-z]+)(?=[/?]|$)/;
 
+/** The requests the front door takes: a proxy handler and the guards that run before it. */
+export interface FrontDoorOptions {
+  /** The app for every request the front door does not take, and whose settings it uses. */
+  app: Express;
+  /** requestContext's middleware: trace, span, timing, log line and metrics. */
+  context: RequestHandler;
+  limiter: RateLimiter;
+  /** The proxy handler of each service, by name. */
+  proxies: Map<string, RequestHandler>;
+  onError: ErrorRequestHandler;
+}
+
 /**
- * A first middleware for `/api/<service>/...`: runs `guards` (limiter, path guard) and the
- * service's proxy handler directly, skipping the matching of every other route. Anything it does
- * not recognise goes on through the router unchanged.
+ * Proxied `/api/<service>/...` requests, the bulk of the traffic, are handled here on the server's
+ * request event, ahead of Express's router (measured: the router, its per-request set-up and the
+ * rate limiter's middleware cost more than the proxying itself). They get what a route would: the
+ * request context, the rate limit, the path guard, the service's proxy handler, and errors in the
+ * contract's shape. Every other request goes to the app unchanged.
+ *
+ * The server is made with Express's request and response prototypes (`expressServerClasses`), so
+ * `req.ip`, `res.json()` and the rest work here without Express's per-request set-up.
  */
-export function proxyFastPath(handlers: Map<string, RequestHandler>, guards: RequestHandler[]): RequestHandler {
-  return (req, res, next) => {
-    const url = req.url;
+export function createFrontDoor({ app, context, limiter, proxies, onError }: FrontDoorOptions): (req: IncomingMessage, res: ServerResponse) => void {
+  return (rawReq, rawRes) => {
+    const url = rawReq.url ?? '';
     const m = url.charCodeAt(1) === 97 /* a */ ? PROXIED.exec(url) : null;
-    const handler = m ? handlers.get(m[1]!) : undefined;
-    if (!handler || ((req.method === 'GET' || req.method === 'HEAD') && AGGREGATE_UNDER_PREFIX.test(url))) return next();
-    let i = 0;
-    const step = (err?: unknown): void => {
-      if (err !== undefined && err !== null) return next(err);
-      try {
-        if (i < guards.length) {
-          const result = guards[i++]!(req, res, step) as unknown;
-          if (result instanceof Promise) result.catch(next);
-          return;
-        }
-        const result = handler(req, res, next) as unknown;
-        if (result instanceof Promise) result.catch(next);
-      } catch (e) {
-        next(e);
-      }
+    const handler = m ? proxies.get(m[1]!) : undefined;
+    if (!handler || ((rawReq.method === 'GET' || rawReq.method === 'HEAD') && AGGREGATE_UNDER_PREFIX.test(url))) {
+      app(rawReq, rawRes);
+      return;
+    }
+    const req = rawReq as Request;
+    const res = rawRes as Response;
+    // What Express's init middleware would have set.
+    req.res = res;
+    req.originalUrl = url;
+    req.baseUrl = '';
+    res.locals = Object.create(null) as Response['locals'];
+    const fail = (err: unknown): void => {
+      void onError(err, req, res, noop);
     };
-    step();
+    context(req, res, () => {
+      limiter.check(req, res).then((limited) => {
+        if (limited) return fail(limited);
+        if (isUnsafeRequestPath(url)) return fail(unsafePathError());
+        const result = handler(req, res, fail) as unknown;
+        if (result instanceof Promise) result.catch(fail);
+      }).catch(fail);
+    });
   };
 }
 

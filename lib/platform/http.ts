@@ -1,5 +1,6 @@
 // Express building blocks every process uses, in the fixed order of DESIGN.md:
 // trace id -> body limits -> (rate limit) -> routes -> 404 -> error handler.
+import { IncomingMessage, ServerResponse } from 'node:http';
 import express, { type Express, type Request, type RequestHandler, type Response } from 'express';
 import { SpanStatusCode, type Attributes, type Span } from '@opentelemetry/api';
 import responseTime from 'response-time';
@@ -28,6 +29,19 @@ export function createBaseApp(): Express {
   // Query strings stay flat strings (no nested objects from `a[b]=c`).
   app.set('query parser', 'simple');
   return app;
+}
+
+/**
+ * Request and response classes for a server whose objects are Express's from the start: the
+ * prototypes Express would switch each request to (with `req.ip`, `res.json()` and the app's
+ * settings), so that a request handled before the router needs none of its per-request set-up.
+ */
+export function expressServerClasses(app: Express): { IncomingMessage: typeof IncomingMessage; ServerResponse: typeof ServerResponse } {
+  class ExpressRequest extends IncomingMessage {}
+  Object.setPrototypeOf(ExpressRequest.prototype, app.request);
+  class ExpressResponse<R extends IncomingMessage = IncomingMessage> extends ServerResponse<R> {}
+  Object.setPrototypeOf(ExpressResponse.prototype, app.response);
+  return { IncomingMessage: ExpressRequest, ServerResponse: ExpressResponse };
 }
 
 // Requests that only read our own telemetry get ids but no span: they would crowd out real traces.

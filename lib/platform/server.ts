@@ -1,8 +1,9 @@
 // Listening and stopping, the same way for all four processes.
-import type { Server } from 'node:http';
+import { createServer, type RequestListener, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { Express } from 'express';
 import type { Logger } from 'pino';
+import { expressServerClasses } from './http.js';
 
 export interface Listening {
   server: Server;
@@ -10,10 +11,18 @@ export interface Listening {
   url: string;
 }
 
+/** An Express app behind a request listener that takes some requests itself and passes on the rest. */
+export interface FrontedApp {
+  app: Express;
+  front: RequestListener;
+}
+
 /** Resolves once bound, with the port actually bound (tests pass 0). */
-export function listen(app: Express, port: number, host = '127.0.0.1'): Promise<Listening> {
+export function listen(target: Express | FrontedApp, port: number, host = '127.0.0.1'): Promise<Listening> {
   return new Promise((resolve, reject) => {
-    const server = app.listen(port, host);
+    // Made with Express's request and response classes, so that the front's requests need no set-up.
+    const server = 'front' in target ? createServer(expressServerClasses(target.app), target.front) : createServer(target);
+    server.listen(port, host);
     // Longer than any client's idle keep-alive (the gateway's agent uses 30 s), so a client
     // never reuses a socket we are about to close (that shows up as ECONNRESET).
     server.keepAliveTimeout = 65_000;
@@ -105,7 +114,7 @@ export function stopOnSignals({ logger, server, cleanup, timeoutMs = 10_000 }: S
 }
 
 export interface ServeOptions extends Omit<StopOptions, 'server'> {
-  app: Express;
+  app: Express | FrontedApp;
   port: number;
   host: string;
 }
