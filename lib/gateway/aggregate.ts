@@ -27,8 +27,8 @@ export function createAggregateRoutes({ upstreams, metrics }: AggregateRoutesOpt
     timed(res, req.method);
     const id = parseId(req.params);
     const [user, userOrders] = await Promise.allSettled([
-      users.breaker.run((signal) => users.client.get<Record<string, unknown>>(`/users/${id}`, { signal })),
-      orders.breaker.run((signal) => orders.client.get<Page<unknown>>(`/orders?userId=${id}&limit=${USER_ORDERS_LIMIT}`, { signal })),
+      users.breaker.run((c) => users.client.get<Record<string, unknown>>(`/users/${id}`, { signal: c.signal })),
+      orders.breaker.run((c) => orders.client.get<Page<unknown>>(`/orders?userId=${id}&limit=${USER_ORDERS_LIMIT}`, { signal: c.signal })),
     ]);
     // Without the user there is nothing to show: its 404 stays a 404, its outage is our 503.
     if (user.status === 'rejected') {
@@ -46,7 +46,7 @@ export function createAggregateRoutes({ upstreams, metrics }: AggregateRoutesOpt
   router.get('/api/dashboard', async (req, res) => {
     timed(res, req.method);
     const list = Object.values(upstreams);
-    const results = await Promise.allSettled(list.map((u) => u.breaker.run((signal) => u.client.get<unknown>('/stats', { signal }))));
+    const results = await Promise.allSettled(list.map((u) => u.breaker.run((c) => u.client.get<unknown>('/stats', { signal: c.signal }))));
     const services: Record<string, unknown> = {};
     const unavailable: string[] = [];
     results.forEach((result, i) => {

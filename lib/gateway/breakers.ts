@@ -57,11 +57,44 @@ export interface RunOptions {
 
 type Outcome = 'success' | 'failure' | 'neutral';
 
+/**
+ * How a call learns that the breaker gave up on it (its timeout). Cheaper than an AbortController
+ * per call, which the proxy does not need: an AbortSignal is made only for callers that ask (fetch).
+ */
+export class Cancellation {
+  aborted = false;
+  private listener: (() => void) | undefined;
+  private controller: AbortController | undefined;
+
+  get signal(): AbortSignal {
+    if (!this.controller) {
+      this.controller = new AbortController();
+      if (this.aborted) this.controller.abort();
+    }
+    return this.controller.signal;
+  }
+
+  /** `fn` runs once when the call is given up on; at once if it already was. One listener. */
+  onAbort(fn: () => void): void {
+    if (this.aborted) fn();
+    else this.listener = fn;
+  }
+
+  abort(): void {
+    if (this.aborted) return;
+    this.aborted = true;
+    this.controller?.abort();
+    const listener = this.listener;
+    this.listener = undefined;
+    listener?.();
+  }
+}
+
 interface Attempt {
   /** The breaker's epoch when admitted; an answer from an earlier epoch says nothing about now. */
   readonly epoch: number;
-  readonly controller: AbortController;
-  readonly work: (signal: AbortSignal) => Promise<unknown>;
+  readonly cancellation: Cancellation;
+  readonly work: (cancellation: Cancellation) => Promise<unknown>;
   readonly clientStalled?: () => boolean;
   /** What the work's own result says: an answer, or nothing about the service. */
   verdict: 'success' | 'neutral';
@@ -86,7 +119,7 @@ interface Attempt {
  *     filtered error reaches the `success` event without its call's arguments, and opossum closes a
  *     half-open breaker on it, so we could not tell a trial from a late answer from before the trip;
  *   - opossum's shared `abortController` would abort every call in flight on one timeout, so each
- *     call gets its own controller, aborted from the `timeout` event (which carries the call's args).
+ *     call gets its own Cancellation, aborted from the `timeout` event (which carries the call's args).
  */
 export class ServiceBreaker {
   readonly name: string;
@@ -116,7 +149,7 @@ export class ServiceBreaker {
     const events = this.circuit as unknown as NodeJS.EventEmitter;
     events.on('success', (attempt: Attempt) => this.settle(attempt, attempt.verdict));
     events.on('failure', (err: unknown, _latency: number, args: [Attempt]) => this.onFailure(args[0], err));
-    events.on('timeout', (_err: unknown, _latency: number, args: [Attempt]) => args[0].controller.abort());
+    events.on('timeout', (_err: unknown, _latency: number, args: [Attempt]) => args[0].cancellation.abort());
     events.on('reject', () => this.countReject());
     events.on('open', () => {
       // Also reached from the debug route: a forced open behaves like a tripped circuit.
@@ -154,7 +187,7 @@ export class ServiceBreaker {
    * an answer (an HttpError below 500) or the client's doing (ClientGoneError). Throws
    * CircuitOpenError when the circuit refuses the call, UpstreamUnavailableError on a failure.
    */
-  async run<T>(work: (signal: AbortSignal) => Promise<T>, { clientStalled }: RunOptions = {}): Promise<T> {
+  async run<T>(work: (cancellation: Cancellation) => Promise<T>, { clientStalled }: RunOptions = {}): Promise<T> {
     if (this.trials) {
       if (this.trials.admitted >= this.options.halfOpenRequests) {
         this.countReject();
@@ -162,7 +195,7 @@ export class ServiceBreaker {
       }
       this.trials.admitted++;
     }
-    const attempt: Attempt = { epoch: this.epoch, controller: new AbortController(), work, clientStalled, verdict: 'success' };
+    const attempt: Attempt = { epoch: this.epoch, cancellation: new Cancellation(), work, clientStalled, verdict: 'success' };
     let done: Attempt;
     try {
       done = await this.circuit.fire(attempt);
@@ -266,7 +299,7 @@ export class ServiceBreaker {
 /** opossum's action: an upstream failure rejects; anything else resolves with the attempt. */
 async function runAttempt(attempt: Attempt): Promise<Attempt> {
   try {
-    attempt.result = await attempt.work(attempt.controller.signal);
+    attempt.result = await attempt.work(attempt.cancellation);
   } catch (err) {
     if (err instanceof UpstreamUnavailableError) throw err;
     attempt.error = { value: err };

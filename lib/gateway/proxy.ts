@@ -6,7 +6,7 @@ import { errorBody, HttpError } from '../platform/errors.js';
 import type { Logger } from '../platform/logger.js';
 import { UpstreamUnavailableError, type UpstreamFailure } from '../platform/service-client.js';
 import { startClientSpan, type ClientSpan } from '../platform/tracing.js';
-import { CircuitOpenError, ClientGoneError } from './breakers.js';
+import { CircuitOpenError, ClientGoneError, type Cancellation } from './breakers.js';
 import type { GatewayMetrics } from './metrics.js';
 import { isUnsafeRequestPath, unsafePathError } from './path-guard.js';
 import type { RateLimiter } from './rate-limit.js';
@@ -112,7 +112,7 @@ class Exchange {
   ) {}
 
   /** Settles when the service's response headers arrive (or the call fails). */
-  start(signal: AbortSignal, forward: (ex: Exchange) => void, service: string): Promise<void> {
+  start(cancellation: Cancellation, forward: (ex: Exchange) => void, service: string): Promise<void> {
     return new Promise<void>((resolve, reject) => {
       this.resolve = resolve;
       this.reject = reject;
@@ -122,7 +122,7 @@ class Exchange {
         reject(new ClientGoneError());
         return;
       }
-      signal.addEventListener('abort', () => this.abortUpstream(), { once: true });
+      cancellation.onAbort(() => this.abortUpstream());
       this.res.once('close', () => this.onClientClose());
       // One client span per call that really goes out (not for circuit-open answers): the
       // service's server span hangs under it through the traceparent it carries.
@@ -261,7 +261,7 @@ export function createServiceProxy({ upstream, cache, metrics, logger, trustsPro
       // A timeout while the client is still sending its body is the client's doing, unless the
       // body is stuck because the service stopped reading it.
       const clientStalled = () => !req.complete && !ex.proxyReq?.writableNeedDrain;
-      await upstream.breaker.run((signal) => ex.start(signal, forward, upstream.name), { clientStalled });
+      await upstream.breaker.run((cancellation) => ex.start(cancellation, forward, upstream.name), { clientStalled });
     } catch (err) {
       if (ex.responded || ex.clientGone) return;
       const failure = toProxyError(upstream.name, err);

@@ -1,6 +1,6 @@
 // Spans: one OpenTelemetry tracer provider per app, a bounded buffer of finished spans that
 // /spans and /traces read, and OTLP/HTTP export when an endpoint is configured.
-import { context, createContextKey, SpanKind, SpanStatusCode, trace, TraceFlags, type Attributes, type Span, type SpanContext, type Tracer } from '@opentelemetry/api';
+import { context, createContextKey, ROOT_CONTEXT, SpanKind, SpanStatusCode, trace, TraceFlags, type Attributes, type Context, type Span, type SpanContext, type Tracer } from '@opentelemetry/api';
 import { hrTimeToMilliseconds } from '@opentelemetry/core';
 import { resourceFromAttributes } from '@opentelemetry/resources';
 import {
@@ -39,36 +39,59 @@ const DROPPED: SpanRecord = {
 };
 
 /**
- * A finished span not yet turned into a SpanRecord: the conversion (attribute copy, ISO date) is
- * paid when /spans or /traces read it, not on every request.
+ * A finished span as the buffer keeps it: the few fields /spans needs, taken from the SDK's span
+ * when it ends, so that the span object itself dies young instead of being kept (with its
+ * context, times, events and links) by the thousand in the old generation. The conversion to a
+ * SpanRecord (attribute copy, ISO date) is paid when /spans or /traces read it.
  */
-class PendingSpan {
+class FinishedSpan {
   constructor(
     readonly traceId: string,
+    readonly spanId: string,
+    readonly parentSpanId: string | null,
+    readonly name: string,
+    readonly kind: SpanRecord['kind'],
     readonly startMs: number,
-    readonly span: ReadableSpan,
+    readonly durationMs: number,
+    readonly error: boolean,
+    /** The SDK span's own attribute object: nothing writes to it once the span has ended. */
+    readonly attributes: Attributes,
     readonly service: string,
   ) {}
 
-  toRecord(): SpanRecord {
-    const { span } = this;
+  static of(span: ReadableSpan, service: string): FinishedSpan {
     const ctx = span.spanContext();
+    return new FinishedSpan(
+      ctx.traceId,
+      ctx.spanId,
+      span.parentSpanContext?.spanId ?? null,
+      span.name,
+      KINDS[span.kind] ?? 'internal',
+      hrTimeToMilliseconds(span.startTime),
+      Math.round(hrTimeToMilliseconds(span.duration) * 1000) / 1000,
+      span.status.code === SpanStatusCode.ERROR,
+      span.attributes,
+      service,
+    );
+  }
+
+  toRecord(): SpanRecord {
     const attributes: SpanRecord['attributes'] = {};
-    for (const [k, v] of Object.entries(span.attributes)) {
+    for (const [k, v] of Object.entries(this.attributes)) {
       if (typeof v === 'string' || typeof v === 'number' || typeof v === 'boolean') attributes[k] = v;
     }
     const alias = attributes[ALIAS_ATTRIBUTE];
     return {
-      traceId: ctx.traceId,
-      spanId: ctx.spanId,
-      parentSpanId: span.parentSpanContext?.spanId ?? null,
-      name: span.name,
+      traceId: this.traceId,
+      spanId: this.spanId,
+      parentSpanId: this.parentSpanId,
+      name: this.name,
       service: this.service,
-      kind: KINDS[span.kind] ?? 'internal',
+      kind: this.kind,
       startTime: new Date(this.startMs).toISOString(),
       startMs: this.startMs,
-      durationMs: Math.round(hrTimeToMilliseconds(span.duration) * 1000) / 1000,
-      status: span.status.code === SpanStatusCode.ERROR ? 'error' : 'ok',
+      durationMs: this.durationMs,
+      status: this.error ? 'error' : 'ok',
       attributes,
       ...(typeof alias === 'string' ? { alias } : {}),
     };
@@ -77,7 +100,7 @@ class PendingSpan {
 
 /** Finished spans, newest last, bounded by count and by age. */
 export class SpanBuffer {
-  private readonly spans: Array<SpanRecord | PendingSpan> = [];
+  private readonly spans: Array<SpanRecord | FinishedSpan> = [];
   private head = 0;
 
   constructor(
@@ -95,7 +118,7 @@ export class SpanBuffer {
 
   /** A span from the SDK, converted to a SpanRecord only if it is read. */
   pushSpan(span: ReadableSpan, service: string): void {
-    this.add(new PendingSpan(span.spanContext().traceId, hrTimeToMilliseconds(span.startTime), span, service));
+    this.add(FinishedSpan.of(span, service));
   }
 
   /** Spans of one trace, or the newest `limit` spans. */
@@ -105,13 +128,13 @@ export class SpanBuffer {
     for (let i = this.spans.length - 1; i >= this.head && out.length < limit; i--) {
       let s = this.spans[i]!;
       if (traceId !== undefined && s.traceId !== traceId) continue;
-      if (s instanceof PendingSpan) this.spans[i] = s = s.toRecord();
+      if (s instanceof FinishedSpan) this.spans[i] = s = s.toRecord();
       out.push(s);
     }
     return out.reverse();
   }
 
-  private add(entry: SpanRecord | PendingSpan): void {
+  private add(entry: SpanRecord | FinishedSpan): void {
     this.spans.push(entry);
     this.prune(Date.now());
   }
@@ -199,12 +222,15 @@ export function createTracing({ service, otlpEndpoint, maxSpans = 10_000, maxAge
     spanProcessors,
   });
   const tracer = provider.getTracer('msvc');
+  // Requests arrive outside any context: the one with this tracing in it is made once.
+  let rootWithTracing: Context | undefined;
   const tracing: TracingWithTracer = {
     service,
     buffer,
     tracer,
     runServerSpan(ctx, name, attributes, fn) {
-      let parent = context.active().setValue(TRACING_KEY, tracing);
+      const active = context.active();
+      let parent = active === ROOT_CONTEXT ? (rootWithTracing ??= ROOT_CONTEXT.setValue(TRACING_KEY, tracing)) : active.setValue(TRACING_KEY, tracing);
       if (ctx.parentSpanId) {
         const remote: SpanContext = { traceId: ctx.w3cTraceId, spanId: ctx.parentSpanId, traceFlags: TraceFlags.SAMPLED, isRemote: true };
         parent = trace.setSpanContext(parent, remote);
