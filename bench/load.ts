@@ -13,6 +13,8 @@ export interface LoadSpec {
   headers?: Record<string, string>;
   connections: number;
   durationS: number;
+  /** closedLoop only: stop after this many requests instead of after durationS. */
+  amount?: number;
 }
 
 export interface LoadResult {
@@ -45,7 +47,7 @@ export function closedLoop(spec: LoadSpec, signal?: AbortSignal): Promise<LoadRe
       body: spec.body,
       headers: spec.headers,
       connections: spec.connections,
-      duration: spec.durationS,
+      ...(spec.amount === undefined ? { duration: spec.durationS } : { amount: spec.amount }),
       timeout: REQUEST_TIMEOUT_S,
     }, (err: unknown, result: autocannon.Result) => {
       signal?.removeEventListener('abort', stop);

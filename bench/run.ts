@@ -1,7 +1,8 @@
 // `npm run bench`: what the gateway costs per request, measured beside the service alone, a bare
 // Express proxy and nginx, in interleaved rounds. Prints the table and the goals of issue 5 and
 // writes bench/results.json and bench/RESULTS.md. `--smoke` (or BENCH_SMOKE=1) is the quick
-// version the test suite runs so this cannot rot; `--profile` records the gateway's hot path.
+// version the test suite runs so this cannot rot; `--profile` records the gateway's hot path;
+// `--soak` (npm run bench:soak) sends a million requests through the gateway and tracks its memory.
 import { copyFileSync, mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { Agent, request } from 'node:http';
 import { tmpdir } from 'node:os';
@@ -16,6 +17,7 @@ import {
   buildGoals, buildRows, goalLines, markdownReport, median, notes, roundLine, tableCells, textTable, TABLE_HEADER,
   type GatewayMemory, type Mode, type Results, type RoundRecord, type Scenario, type Target,
 } from './report.js';
+import { soak } from './soak.js';
 import { ROOT, startSystem, Supervisor, type BenchSystem, type ProcessName } from './system.js';
 
 const seconds = z.string().regex(/^\d+(\.\d+)?$/, 'must be a number of seconds')
@@ -24,6 +26,8 @@ const seconds = z.string().regex(/^\d+(\.\d+)?$/, 'must be a number of seconds')
 const OptionsSchema = z.object({
   BENCH_SMOKE: z.enum(['0', '1', 'true', 'false']).optional().transform((v) => v === '1' || v === 'true'),
   BENCH_PROFILE: z.enum(['0', '1', 'true', 'false']).optional().transform((v) => v === '1' || v === 'true'),
+  BENCH_SOAK_REQUESTS: z.string().regex(/^\d+$/, 'must be a whole number from 1000 to 100000000').transform(Number)
+    .refine((n) => n >= 1000 && n <= 100_000_000, 'must be a whole number from 1000 to 100000000').default(1_000_000),
   BENCH_DURATION_S: seconds,
   BENCH_WARMUP_S: seconds,
   BENCH_ROUNDS: z.string().regex(/^\d+$/, 'must be a whole number from 1 to 20').transform(Number)
@@ -36,6 +40,8 @@ const OptionsSchema = z.object({
 interface Options {
   smoke: boolean;
   profile: boolean;
+  soak: boolean;
+  soakRequests: number;
   durationS: number;
   warmupS: number;
   rounds: number;
@@ -44,14 +50,16 @@ interface Options {
 }
 
 function readOptions(argv: string[], env: NodeJS.ProcessEnv): Options {
-  const known = new Set(['--smoke', '--profile']);
+  const known = new Set(['--smoke', '--profile', '--soak']);
   const unknown = argv.filter((a) => !known.has(a));
-  if (unknown.length) throw new ConfigError(`unknown argument ${unknown[0]} (known: --smoke, --profile)`);
+  if (unknown.length) throw new ConfigError(`unknown argument ${unknown[0]} (known: --smoke, --profile, --soak)`);
   const raw = parseConfig(OptionsSchema, env);
   const smoke = raw.BENCH_SMOKE || argv.includes('--smoke');
   return {
     smoke,
     profile: raw.BENCH_PROFILE || argv.includes('--profile'),
+    soak: argv.includes('--soak'),
+    soakRequests: raw.BENCH_SOAK_REQUESTS,
     durationS: raw.BENCH_DURATION_S ?? (smoke ? 1 : 5),
     warmupS: raw.BENCH_WARMUP_S ?? (smoke ? 0.5 : 2),
     rounds: raw.BENCH_ROUNDS ?? (smoke ? 1 : 3),
@@ -82,12 +90,20 @@ interface Pinning {
 }
 
 /** Load generator on CPU 0, the system on the others; unpinned: everyone anywhere. */
-function pinning(system: BenchSystem, cores: number): Pinning {
+function pinning(system: BenchSystem, supervisor: Supervisor, cores: number): Pinning {
   const all = `0-${cores - 1}`;
   const rest = cores === 2 ? '1' : `1-${cores - 1}`;
   const apply = (mode: Mode) => {
     setAffinity(process.pid, mode === 'pinned' ? '0' : all);
     for (const p of system.processes) for (const pid of p.pids) setAffinity(pid, mode === 'pinned' ? rest : all);
+    // The processes draining their logs belong with them, off the load generator's core.
+    for (const pid of supervisor.drainPids) {
+      try {
+        setAffinity(pid, mode === 'pinned' ? rest : all);
+      } catch {
+        // It exited in between: nothing to pin.
+      }
+    }
   };
   if (cores < 2) return { available: false, note: 'not possible on one core', apply: () => {} };
   if (!hasTaskset()) return { available: false, note: 'taskset not installed: unpinned rounds only', apply: () => {} };
@@ -307,7 +323,7 @@ async function bench(o: Options, supervisor: Supervisor, workDir: string, signal
   const system = await startSystem(supervisor, { workDir, withNginx: !o.smoke, gatewayEntry: o.gatewayEntry, withUntraced: true });
   const gateway = system.get('gateway')!;
   const products = system.get('products')!;
-  const pin = pinning(system, machine.cores);
+  const pin = pinning(system, supervisor, machine.cores);
   const modes: Mode[] = pin.available ? ['pinned', 'unpinned'] : ['unpinned'];
   const targets: Target[] = ['direct', 'gateway', 'untraced', 'bare', ...(system.get('nginx') ? (['nginx'] as const) : [])];
   const planned = plannedRoundCount(o, targets.length, modes.length);
@@ -505,7 +521,11 @@ async function main(): Promise<void> {
   process.on('SIGINT', interrupt);
   process.on('SIGTERM', interrupt);
   try {
-    await (options.profile ? profile : bench)(options, supervisor, workDir, abort.signal);
+    if (options.soak) {
+      await soak({ requests: options.soakRequests, chunks: 20, connections: GET_CONNECTIONS, outDir: options.outDir }, supervisor, workDir, abort.signal);
+    } else {
+      await (options.profile ? profile : bench)(options, supervisor, workDir, abort.signal);
+    }
   } catch (err) {
     if (abort.signal.aborted) return;
     process.stderr.write(`bench failed: ${(err as Error).message}\n`);

@@ -62,6 +62,10 @@ interface Spawned {
   exited: Promise<number | string>;
 }
 
+function hasTail(): boolean {
+  return spawnSync('tail', ['-c', '1'], { input: 'x', stdio: ['pipe', 'ignore', 'ignore'] }).status === 0;
+}
+
 function isAlive(child: ChildProcess): boolean {
   return child.exitCode === null && child.signalCode === null && child.pid !== undefined;
 }
@@ -83,22 +87,44 @@ async function stopChild(spawned: Spawned, signal: NodeJS.Signals): Promise<void
  */
 export class Supervisor {
   private readonly children = new Set<Spawned>();
+  /** The `tail` processes that drain the children's output, for pinning them with the system. */
+  readonly drainPids = new Set<number>();
+  private readonly useTail = hasTail();
 
   /**
-   * Runs a command with stdout and stderr drained into a short tail: request logs at info go
-   * through a pipe we read and drop, so they cost the process what they cost in production
-   * without filling a disk.
+   * Runs a command with stdout and stderr drained into a short tail. Request logs at info go
+   * through a pipe, so they cost the process what they cost in production without filling a disk;
+   * the pipe is read by a `tail -c` process of its own, not by this one, which is the load
+   * generator: reading a few MB/s of other processes' logs here would slow it and blur the
+   * latencies it measures, more so in the rounds through the gateway (two processes logging).
    */
   spawn(command: string, args: string[], env: NodeJS.ProcessEnv): Spawned {
-    const child = spawn(command, args, { cwd: ROOT, env, stdio: ['ignore', 'pipe', 'pipe'] });
     let tail = '';
     const keep = (chunk: Buffer) => {
       tail = (tail + chunk.toString('utf8')).slice(-TAIL_BYTES);
     };
-    child.stdout!.on('data', keep);
-    child.stderr!.on('data', keep);
+    let child: ChildProcess;
+    let drained: Promise<unknown> = Promise.resolve();
+    if (this.useTail) {
+      const drain = spawn('tail', ['-c', String(TAIL_BYTES)], { stdio: ['pipe', 'pipe', 'ignore'] });
+      const drainPid = drain.pid;
+      if (drainPid !== undefined) this.drainPids.add(drainPid);
+      drain.stdout!.on('data', keep);
+      // tail prints when its input closes, that is when the child and every copy of the pipe's
+      // write end are gone.
+      drained = new Promise((resolve) => drain.once('close', () => {
+        if (drainPid !== undefined) this.drainPids.delete(drainPid);
+        resolve(undefined);
+      }));
+      child = spawn(command, args, { cwd: ROOT, env, stdio: ['ignore', drain.stdin!, drain.stdin!] });
+      drain.stdin!.destroy();
+    } else {
+      child = spawn(command, args, { cwd: ROOT, env, stdio: ['ignore', 'pipe', 'pipe'] });
+      child.stdout!.on('data', keep);
+      child.stderr!.on('data', keep);
+    }
     const exited = new Promise<number | string>((resolve) => {
-      child.once('exit', (code, signal) => resolve(code ?? signal ?? 'unknown'));
+      child.once('exit', (code, signal) => void drained.then(() => resolve(code ?? signal ?? 'unknown')));
       child.once('error', (err) => {
         keep(Buffer.from(`\n${err.message}\n`));
         resolve('spawn error');
@@ -140,6 +166,8 @@ async function waitUntilReady(name: string, url: string, spawned: Spawned): Prom
     }
     await new Promise((resolve) => setTimeout(resolve, 100));
   }
+  // Its output is read once it has gone.
+  await stopChild(spawned, 'SIGKILL');
   throw new Error(`${name} was not ready within ${READY_TIMEOUT_MS / 1000} s (${url}: ${last}):\n${spawned.output().slice(-4000)}`);
 }
 
