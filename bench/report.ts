@@ -191,6 +191,13 @@ export function buildRows(rounds: RoundRecord[]): Row[] {
   return rows;
 }
 
+/** What the last `npm run bench:soak` concluded (bench/soak.json). */
+export interface SoakVerdict {
+  pass: boolean;
+  verdict: string;
+  finishedAt: string;
+}
+
 export interface GoalInputs {
   rows: Row[];
   rounds: RoundRecord[];
@@ -198,13 +205,14 @@ export interface GoalInputs {
   memory: Results['memory'];
   keepAlive: Results['keepAlive'];
   fixedRate?: Results['fixedRate'];
+  soak?: SoakVerdict;
 }
 
 const fmt = (n: number, digits = 2) => (Number.isFinite(n) ? n.toFixed(digits) : 'n/a');
 const signed = (n: number, digits = 2) => (n >= 0 ? `+${fmt(n, digits)}` : fmt(n, digits));
 
 /** The goal lines of issue 5, each with its figure and pass or miss. */
-export function buildGoals({ rows, rounds, cpuMode, memory, keepAlive, fixedRate }: GoalInputs): Goal[] {
+export function buildGoals({ rows, rounds, cpuMode, memory, keepAlive, fixedRate, soak }: GoalInputs): Goal[] {
   const row = (scenario: Scenario, target: Target, mode: Mode) =>
     rows.find((r) => r.scenario === scenario && r.target === target && r.mode === mode && r.validRounds > 0);
   const goals: Goal[] = [];
@@ -243,12 +251,21 @@ export function buildGoals({ rows, rounds, cpuMode, memory, keepAlive, fixedRate
     pass: haveLatency ? p50.median <= 2 && p99.median <= 5 : undefined,
   });
 
+  // A run of a few minutes holds about 100 000 requests through the gateway, while its bounded
+  // buffers (10 000 spans, the stale cache, the limiter's window) and V8's heap sizing settle:
+  // flatness over a million is what `npm run bench:soak` measures, and its last verdict is quoted.
+  goals.push({
+    name: 'gateway memory stays flat over a million requests',
+    value: soak ? `${soak.verdict.replace(/^(PASS|MISS) /, '')}; npm run bench:soak, ${soak.finishedAt}` : 'no soak on record (bench/soak.json): run npm run bench:soak',
+    goal: 'RSS and heap floors <= +10 % from 100k to 1M requests',
+    pass: soak?.pass,
+  });
   const growth = (memory.lastQuarterFloorMb - memory.firstQuarterFloorMb) / memory.firstQuarterFloorMb;
   goals.push({
-    name: 'gateway memory stays flat',
+    name: 'gateway memory in this run',
     value: `RSS floor ${fmt(memory.firstQuarterFloorMb, 0)} MB in the first quarter of the run -> ${fmt(memory.lastQuarterFloorMb, 0)} MB in the last (${signed(growth * 100, 1)} %), peak ${fmt(memory.peakMb, 0)} MB, over ${memory.gatewayRequests.toLocaleString('en-US')} requests`,
-    goal: 'floor <= +10 %',
-    pass: Number.isFinite(growth) ? growth <= 0.1 : undefined,
+    goal: 'for information: buffers are still filling',
+    pass: undefined,
   });
 
   goals.push({

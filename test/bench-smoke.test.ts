@@ -63,13 +63,38 @@ describe('npm run bench -- --smoke', () => {
     assert.ok(has('orders', 'gateway'), 'orders row');
     assert.ok(has('dashboard', 'gateway'), 'dashboard row');
     assert.deepEqual(results.invalidRounds, [], 'every round answered with the expected status');
-    assert.equal(results.goals.length, 6);
+    assert.equal(results.goals.length, 7);
     assert.match(stdout, /(PASS|MISS)\s+tracing's cost/);
+    assert.match(stdout, /(PASS|MISS|n\/a)\s+gateway memory stays flat over a million requests/);
     for (const row of results.rows.filter((r) => r.target !== 'direct')) assert.ok(row.cpuUs.front!.median > 0, `${row.scenario} ${row.target} front CPU`);
     // The rows written are the rows the rounds give: nothing is computed only at print time.
     assert.deepEqual(JSON.parse(JSON.stringify(buildRows(results.rounds))), results.rows);
     assert.match(readFileSync(join(out.dir, 'RESULTS.md'), 'utf8'), /^# Benchmark results\n/);
     // A smoke run never overwrites the published figures.
+    assert.equal(existsSync(published) ? statSync(published).mtimeMs : undefined, publishedAt);
+  });
+
+  test('when the soak runs (1000 requests here), then it writes soak.json with every chunk and a verdict, and leaves the published one alone', { timeout: 90_000 }, async () => {
+    const published = join(ROOT, 'bench', 'soak.json');
+    const publishedAt = existsSync(published) ? statSync(published).mtimeMs : undefined;
+    const child = spawn(process.execPath, ['--import', 'tsx', 'bench/run.ts', '--soak'], {
+      cwd: ROOT,
+      env: { ...process.env, BENCH_OUT_DIR: out.dir, BENCH_SOAK_REQUESTS: '1000' },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (c: Buffer) => (stdout += c.toString()));
+    child.stderr.on('data', (c: Buffer) => (stderr += c.toString()));
+    const [code] = await once(child, 'exit');
+    assert.equal(code, 0, `exit ${code}\n${stdout.slice(-3000)}\n${stderr.slice(-3000)}`);
+    const soak = JSON.parse(readFileSync(join(out.dir, 'soak.json'), 'utf8')) as { chunks: { requests: number; errors: number; non2xx: number; rssFloorMb: number }[]; pass: boolean; verdict: string };
+    assert.equal(soak.chunks.length, 20);
+    assert.equal(soak.chunks.at(-1)!.requests, 1000);
+    assert.ok(soak.chunks.every((c) => c.errors === 0 && c.non2xx === 0 && c.rssFloorMb > 0));
+    assert.equal(typeof soak.pass, 'boolean');
+    assert.match(stdout, /(PASS|MISS) gateway memory over 1,000 requests/);
+    assert.match(readFileSync(join(out.dir, 'SOAK.md'), 'utf8'), /^# Soak/);
     assert.equal(existsSync(published) ? statSync(published).mtimeMs : undefined, publishedAt);
   });
 });

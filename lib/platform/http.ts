@@ -103,7 +103,11 @@ function onClose(this: Response): void {
 export function requestContext(logger: Logger, tracing?: Tracing, observers: readonly RequestObserver[] = []): RequestHandler {
   const stamp = responseTime({ digits: 1, suffix: true });
   return (req, res, next) => {
-    const traced = tracing !== undefined && !UNTRACED.test(req.path);
+    // The path without Express's URL parsing: this runs on every request, before any route.
+    const url = req.url;
+    const query = url.indexOf('?');
+    const path = query === -1 ? url : url.slice(0, query);
+    const traced = tracing !== undefined && !UNTRACED.test(path);
     const trace = traceFromHeaders(req.headers, !traced);
     res.locals.trace = trace;
     const state: RequestState = { logger, started: process.hrtime.bigint(), span: undefined, observers };
@@ -116,7 +120,7 @@ export function requestContext(logger: Logger, tracing?: Tracing, observers: rea
       stamp(req, res, next as (err?: unknown) => void);
     };
     if (!traced) return runWithTrace(trace, run);
-    const attributes: Attributes = { 'http.request.method': req.method, 'url.path': req.path.slice(0, 256) };
+    const attributes: Attributes = { 'http.request.method': req.method, 'url.path': path.slice(0, 256) };
     if (trace.traceId !== trace.w3cTraceId) attributes[ALIAS_ATTRIBUTE] = trace.traceId;
     tracing.runServerSpan(trace, req.method, attributes, run);
   };
