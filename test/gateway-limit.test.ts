@@ -1,5 +1,6 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
+import { connect } from 'node:net';
 import { http } from './helpers.js';
 import { startFakeUpstream, startGateway, type FakeUpstream, type StartedGateway } from './gateway-helpers.js';
 
@@ -17,6 +18,25 @@ describe('rate limiting', () => {
   after(async () => {
     for (const gw of gateways) await gw.close();
     await up?.stop();
+  });
+
+  test('when a client pipelines three requests on one connection with a limit of 2, then the first two are 200 and the third 429', async () => {
+    const gw = await gatewayWith({ RATE_LIMIT: '2' });
+    const { hostname, port } = new URL(gw.url);
+    const socket = connect(Number(port), hostname);
+    // Node emits all three 'request' events before any of them is answered.
+    const request = (i: number) => `GET /api/products/${i} HTTP/1.1\r\nHost: x\r\n${i === 3 ? 'Connection: close\r\n' : ''}\r\n`;
+    socket.write(request(1) + request(2) + request(3));
+    let raw = '';
+    socket.on('data', (c: Buffer) => (raw += c.toString('latin1')));
+    await new Promise<void>((resolve, reject) => {
+      socket.once('close', () => resolve());
+      socket.once('error', reject);
+    });
+    const statuses = [...raw.matchAll(/HTTP\/1\.1 (\d{3})/g)].map((m) => Number(m[1]));
+    assert.deepEqual(statuses, [200, 200, 429]);
+    const remaining = [...raw.matchAll(/X-RateLimit-Remaining: (\d+)/gi)].map((m) => Number(m[1]));
+    assert.deepEqual(remaining, [1, 0, 0]);
   });
 
   test('when a client sends 101 requests in a window, then the 100th is 200 and the 101st is 429 with Retry-After and the contract body, whatever X-Forwarded-For says', async () => {

@@ -13,6 +13,7 @@ import { toW3cTraceId } from '../lib/platform/trace.js';
 import { createBaseApp, requestContext } from '../lib/platform/http.js';
 import { errorHandler, notFoundHandler } from '../lib/platform/errors.js';
 import { assertOneTree, http, memoryLogger, startApp } from './helpers.js';
+import { rawRequest } from './gateway-helpers.js';
 
 const db = () => openDatabase({ dataDir: ':memory:', name: 't', migrations: [] });
 
@@ -54,6 +55,21 @@ async function twoServices(otlpEndpoint?: string) {
 describe('traces across processes', async () => {
   const sys = await twoServices();
   after(() => sys.close());
+
+  test('when a request comes in absolute form or with a fragment, then its span records the path alone and telemetry reads stay untraced', async () => {
+    const front = sys.tracings[1]!;
+    const before = front.buffer.size;
+    for (const path of ['http://example.test/spans?limit=1', '/spans#x']) {
+      const r = await rawRequest(sys.frontApp.url, 'GET', path);
+      assert.equal(r.status, 200, path);
+    }
+    assert.equal(front.buffer.size, before, 'reading /spans adds no span');
+    const r = await rawRequest(sys.frontApp.url, 'GET', 'http://example.test/proxy?x=1');
+    assert.equal(r.status, 200);
+    const traceId = String(r.headers['x-trace-id']);
+    const server = front.buffer.query({ traceId: toW3cTraceId(traceId) }).find((s) => s.kind === 'server');
+    assert.equal(server?.attributes['url.path'], '/proxy');
+  });
 
   test('a client X-Trace-Id names one tree of spans from both services', async () => {
     const r = await http(sys.frontApp.url, 'GET', '/proxy', { headers: { 'x-trace-id': 'my-trace-123' } });

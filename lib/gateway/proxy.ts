@@ -68,17 +68,27 @@ export function createFrontDoor({ app, context, limiter, proxies, onError }: Fro
     req.originalUrl = url;
     req.baseUrl = '';
     res.locals = Object.create(null) as Response['locals'];
+    // The contract's error answer; should even that throw, the connection is cut rather than
+    // left hanging, and the process goes on.
     const fail = (err: unknown): void => {
-      void onError(err, req, res, noop);
+      try {
+        void onError(err, req, res, noop);
+      } catch {
+        res.destroy();
+      }
     };
-    context(req, res, () => {
-      limiter.check(req, res).then((limited) => {
+    try {
+      context(req, res, () => {
+        const limited = limiter.check(req, res);
         if (limited) return fail(limited);
         if (isUnsafeRequestPath(url)) return fail(unsafePathError());
         const result = handler(req, res, fail) as unknown;
         if (result instanceof Promise) result.catch(fail);
-      }).catch(fail);
-    });
+      });
+    } catch (err) {
+      // Under the router, a throw here would have reached the error handler too.
+      fail(err);
+    }
   };
 }
 

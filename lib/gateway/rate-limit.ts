@@ -1,6 +1,6 @@
 // The /api/* rate limit: RATE_LIMIT requests per RATE_WINDOW_MS per client.
 import type { Request, RequestHandler, Response } from 'express';
-import { ipKeyGenerator, MemoryStore } from 'express-rate-limit';
+import { ipKeyGenerator } from 'express-rate-limit';
 import { HttpError } from '../platform/errors.js';
 import type { GatewayMetrics } from './metrics.js';
 
@@ -12,39 +12,83 @@ export interface RateLimiterOptions {
 
 export interface RateLimiter {
   /**
-   * Counts the request against its client and sets the rate-limit headers; resolves with the 429
-   * to answer when the client is over the limit.
+   * Counts the request against its client and sets the rate-limit headers; returns the 429 to
+   * answer when the client is over the limit.
    */
-  check(req: Request, res: Response): Promise<HttpError | undefined>;
+  check(req: Request, res: Response): HttpError | undefined;
   /** check() as Express middleware, for the routes behind the router. */
   middleware: RequestHandler;
-  /** Stops the store's window timer. */
+  /** Stops the window timer and forgets every client. */
   close(): void;
 }
 
+interface Client {
+  hits: number;
+  resetMs: number;
+}
+
 /**
- * The client is `req.ip` grouped as express-rate-limit groups it (IPv6 by /56): the socket
- * address, unless the app's `trust proxy` setting names proxies whose X-Forwarded-For we believe.
- *
- * express-rate-limit's MemoryStore does the counting: it keeps a client only while it is active
- * (every window it drops the clients not seen in the previous one), so it holds at most the
- * clients of the last two windows. Its middleware is not used: it awaits five times and sets the
- * headers one validation at a time on every request, and the gateway's proxied requests do not go
- * through Express's router at all. The headers are the ones it sends with `legacyHeaders: true`
- * and `standardHeaders: 'draft-7'`: `X-RateLimit-Limit`, `-Remaining`, `-Reset` (Unix seconds),
- * `RateLimit-Policy: 100;w=60` and `RateLimit: limit=100, remaining=99, reset=60`.
+ * Hits per client in a window that starts with the client's first request, as express-rate-limit's
+ * MemoryStore counts them, but synchronously: its `increment` is async and hands back its live
+ * counter, so pipelined requests (Node emits them all before any await resumes) all read the last
+ * count, and a client within its limit was refused. Every window the clients not seen since the
+ * previous one are dropped: at most the clients of the last two windows are held.
+ */
+class HitCounter {
+  private current = new Map<string, Client>();
+  private previous = new Map<string, Client>();
+  private readonly timer: NodeJS.Timeout;
+
+  constructor(private readonly windowMs: number) {
+    this.timer = setInterval(() => {
+      this.previous = this.current;
+      this.current = new Map();
+    }, windowMs);
+    this.timer.unref();
+  }
+
+  /** Counts one hit; the returned figures are this hit's. */
+  hit(key: string, now: number): { hits: number; resetMs: number } {
+    let client = this.current.get(key);
+    if (!client) {
+      client = this.previous.get(key);
+      if (client) this.previous.delete(key);
+      else client = { hits: 0, resetMs: now + this.windowMs };
+      this.current.set(key, client);
+    }
+    if (client.resetMs <= now) {
+      client.hits = 0;
+      client.resetMs = now + this.windowMs;
+    }
+    client.hits++;
+    return { hits: client.hits, resetMs: client.resetMs };
+  }
+
+  close(): void {
+    clearInterval(this.timer);
+    this.current.clear();
+    this.previous.clear();
+  }
+}
+
+/**
+ * The client is `req.ip` grouped by express-rate-limit's `ipKeyGenerator` (IPv6 by /56): the
+ * socket address, unless the app's `trust proxy` setting names proxies whose X-Forwarded-For we
+ * believe. The headers are the ones express-rate-limit sends with `legacyHeaders: true` and
+ * `standardHeaders: 'draft-7'`: `X-RateLimit-Limit`, `-Remaining`, `-Reset` (Unix seconds),
+ * `RateLimit-Policy: 100;w=60` and `RateLimit: limit=100, remaining=99, reset=60`. Its middleware
+ * is not used: it awaits five times per request, and proxied requests skip Express's router.
  */
 export function createRateLimiter({ limit, windowMs, metrics }: RateLimiterOptions): RateLimiter {
-  const store = new MemoryStore();
-  store.init({ windowMs } as Parameters<MemoryStore['init']>[0]);
+  const counter = new HitCounter(windowMs);
   const limitHeader = String(limit);
   const policy = `${limit};w=${Math.ceil(windowMs / 1000)}`;
 
-  const check = async (req: Request, res: Response): Promise<HttpError | undefined> => {
-    const { totalHits, resetTime } = await store.increment(ipKeyGenerator(req.ip ?? ''));
-    const resetMs = resetTime?.getTime() ?? Date.now() + windowMs;
-    const resetSeconds = Math.max(0, Math.ceil((resetMs - Date.now()) / 1000));
-    const remaining = Math.max(limit - totalHits, 0);
+  const check = (req: Request, res: Response): HttpError | undefined => {
+    const now = Date.now();
+    const { hits, resetMs } = counter.hit(ipKeyGenerator(req.ip ?? ''), now);
+    const resetSeconds = Math.max(0, Math.ceil((resetMs - now) / 1000));
+    const remaining = Math.max(limit - hits, 0);
     if (!res.headersSent) {
       res.setHeader('X-RateLimit-Limit', limitHeader);
       res.setHeader('X-RateLimit-Remaining', String(remaining));
@@ -52,15 +96,15 @@ export function createRateLimiter({ limit, windowMs, metrics }: RateLimiterOptio
       res.setHeader('RateLimit-Policy', policy);
       res.setHeader('RateLimit', `limit=${limitHeader}, remaining=${remaining}, reset=${resetSeconds}`);
     }
-    if (totalHits <= limit) return undefined;
+    if (hits <= limit) return undefined;
     metrics.rateLimited();
     const retryAfter = Math.max(1, resetSeconds);
-    res.setHeader('Retry-After', String(retryAfter));
+    if (!res.headersSent) res.setHeader('Retry-After', String(retryAfter));
     return new HttpError(429, 'RATE_LIMITED', 'Too many requests', undefined, { retryAfter });
   };
 
   const middleware: RequestHandler = (req, res, next) => {
-    check(req, res).then(next, next);
+    next(check(req, res));
   };
-  return { check, middleware, close: () => store.shutdown() };
+  return { check, middleware, close: () => counter.close() };
 }

@@ -103,10 +103,11 @@ function onClose(this: Response): void {
 export function requestContext(logger: Logger, tracing?: Tracing, observers: readonly RequestObserver[] = []): RequestHandler {
   const stamp = responseTime({ digits: 1, suffix: true });
   return (req, res, next) => {
-    // The path without Express's URL parsing: this runs on every request, before any route.
+    // The path without Express's URL parsing for the usual origin-form URL (this runs on every
+    // request); absolute-form URLs and fragments go through req.path, which strips them.
     const url = req.url;
     const query = url.indexOf('?');
-    const path = query === -1 ? url : url.slice(0, query);
+    const path = url.charCodeAt(0) === 47 /* / */ && !url.includes('#') ? (query === -1 ? url : url.slice(0, query)) : req.path;
     const traced = tracing !== undefined && !UNTRACED.test(path);
     const trace = traceFromHeaders(req.headers, !traced);
     res.locals.trace = trace;
