@@ -31,6 +31,22 @@ describe('latency histogram', () => {
   });
 });
 
+/** `npm run bench -- <flag>` with `env`; its stdout once it has exited 0. */
+async function runBench(flag: string, env: Record<string, string>): Promise<string> {
+  const child = spawn(process.execPath, ['--import', 'tsx', 'bench/run.ts', flag], {
+    cwd: ROOT,
+    env: { ...process.env, ...env },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let stdout = '';
+  let stderr = '';
+  child.stdout.on('data', (c: Buffer) => (stdout += c.toString()));
+  child.stderr.on('data', (c: Buffer) => (stderr += c.toString()));
+  const [code] = await once(child, 'exit');
+  assert.equal(code, 0, `exit ${code}\n${stdout.slice(-3000)}\n${stderr.slice(-3000)}`);
+  return stdout;
+}
+
 describe('npm run bench -- --smoke', () => {
   const out = tempDir('msvc-bench-smoke-test-');
   after(() => out.remove());
@@ -38,17 +54,7 @@ describe('npm run bench -- --smoke', () => {
   test('when run, then it prints the table and goals and writes results.json with every row', { timeout: 90_000 }, async () => {
     const published = join(ROOT, 'bench', 'results.json');
     const publishedAt = existsSync(published) ? statSync(published).mtimeMs : undefined;
-    const child = spawn(process.execPath, ['--import', 'tsx', 'bench/run.ts', '--smoke'], {
-      cwd: ROOT,
-      env: { ...process.env, BENCH_OUT_DIR: out.dir },
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (c: Buffer) => (stdout += c.toString()));
-    child.stderr.on('data', (c: Buffer) => (stderr += c.toString()));
-    const [code] = await once(child, 'exit');
-    assert.equal(code, 0, `exit ${code}\n${stdout.slice(-3000)}\n${stderr.slice(-3000)}`);
+    const stdout = await runBench('--smoke', { BENCH_OUT_DIR: out.dir });
 
     assert.match(stdout, /^scenario\s+via\s+mode\s+conns\s+ok\/rounds\s+req\/s\s+p50 ms\s+p99 ms/m);
     assert.match(stdout, /Goals \(issue 5\):/);
@@ -77,17 +83,7 @@ describe('npm run bench -- --smoke', () => {
   test('when the soak runs (1000 requests here), then it writes soak.json with every chunk and a verdict, and leaves the published one alone', { timeout: 90_000 }, async () => {
     const published = join(ROOT, 'bench', 'soak.json');
     const publishedAt = existsSync(published) ? statSync(published).mtimeMs : undefined;
-    const child = spawn(process.execPath, ['--import', 'tsx', 'bench/run.ts', '--soak'], {
-      cwd: ROOT,
-      env: { ...process.env, BENCH_OUT_DIR: out.dir, BENCH_SOAK_REQUESTS: '1000' },
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (c: Buffer) => (stdout += c.toString()));
-    child.stderr.on('data', (c: Buffer) => (stderr += c.toString()));
-    const [code] = await once(child, 'exit');
-    assert.equal(code, 0, `exit ${code}\n${stdout.slice(-3000)}\n${stderr.slice(-3000)}`);
+    const stdout = await runBench('--soak', { BENCH_OUT_DIR: out.dir, BENCH_SOAK_REQUESTS: '1000' });
     const soak = JSON.parse(readFileSync(join(out.dir, 'soak.json'), 'utf8')) as { chunks: { requests: number; errors: number; non2xx: number; rssFloorMb: number }[]; pass: boolean; verdict: string };
     assert.equal(soak.chunks.length, 20);
     assert.equal(soak.chunks.at(-1)!.requests, 1000);
