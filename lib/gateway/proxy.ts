@@ -30,7 +30,7 @@ const AGGREGATE_UNDER_PREFIX = /^\/api\/users\/[^/?]+\/full\/?(\?|$)/i;
 // `/api/<service>` alone or followed by a path or query, as the proxy route matches it.
 const PROXIED = /^\/api\/([a-z]+)(?=[/?]|$)/;
 
-/** The requests the front door takes: a proxy handler and the guards that run before it. */
+/** What the front door runs: the request context, the limiter, the proxy handlers, the error handler. */
 export interface FrontDoorOptions {
   /** The app for every request the front door does not take, and whose settings it uses. */
   app: Express;
