@@ -5,7 +5,7 @@ import { GatewayConfigSchema } from './lib/gateway/config.js';
 import { loadConfig } from './lib/platform/config.js';
 import { createLogger } from './lib/platform/logger.js';
 import { serve } from './lib/platform/server.js';
-import { createTracingFromConfig } from './lib/platform/tracing.js';
+import { createTracingFromConfig } from './lib/platform/span-recorder.js';
 
 const SERVICE = 'gateway';
 const config = loadConfig(GatewayConfigSchema, SERVICE);

@@ -1,7 +1,7 @@
 // Issue 4 through the gateway: one trace per request, with the spans of every process it touched.
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { toW3cTraceId } from '../lib/platform/trace.js';
+import { toW3cTraceId } from '../lib/platform/trace-context.js';
 import { assertOneTree, http } from './helpers.js';
 import { startGatewayFor, type StartedGateway } from './gateway-helpers.js';
 import { createProduct, createUser, startServices, type System } from './system.js';

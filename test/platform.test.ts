@@ -8,7 +8,7 @@ import { createMetrics } from '../lib/platform/metrics.js';
 import { openDatabase } from '../lib/platform/db.js';
 import { HttpError } from '../lib/platform/errors.js';
 import { parseBody, parseId } from '../lib/platform/validation.js';
-import { currentTrace, traceFromHeaders } from '../lib/platform/trace.js';
+import { currentTrace, traceFromHeaders } from '../lib/platform/trace-context.js';
 import { assertNoLeak, http, memoryLogger, startApp } from './helpers.js';
 
 describe('config', () => {

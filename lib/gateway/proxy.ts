@@ -5,7 +5,7 @@ import type { ErrorRequestHandler, Express, Request, RequestHandler, Response } 
 import { errorBody, HttpError } from '../platform/errors.js';
 import type { Logger } from '../platform/logger.js';
 import { UpstreamUnavailableError, type UpstreamFailure } from '../platform/service-client.js';
-import { startClientSpan, type ClientSpan } from '../platform/tracing.js';
+import { startClientSpan, type ClientSpan } from '../platform/span-recorder.js';
 import { CircuitOpenError, ClientGoneError, type Cancellation } from './breakers.js';
 import type { GatewayMetrics } from './metrics.js';
 import { isUnsafeRequestPath, unsafePathError } from './path-guard.js';

@@ -2,7 +2,7 @@
 import type { ErrorRequestHandler, RequestHandler } from 'express';
 import { ZodError } from 'zod';
 import type { Logger } from 'pino';
-import { currentTrace } from './trace.js';
+import { currentTrace } from './trace-context.js';
 
 export interface ErrorDetail {
   field: string;

@@ -6,8 +6,8 @@ import { SpanStatusCode, type Attributes, type Span } from '@opentelemetry/api';
 import responseTime from 'response-time';
 import type { Logger } from 'pino';
 import { HttpError } from './errors.js';
-import { bindToTrace, runWithTrace, traceFromHeaders, type TraceContext } from './trace.js';
-import { ALIAS_ATTRIBUTE, type Tracing } from './tracing.js';
+import { bindToTrace, runWithTrace, traceFromHeaders, type TraceContext } from './trace-context.js';
+import { ALIAS_ATTRIBUTE, type Tracing } from './span-recorder.js';
 
 export const BODY_LIMIT_BYTES = 100 * 1024;
 /** Deeper JSON parses, but later makes JSON.stringify and zod recurse too far: refuse it up front. */

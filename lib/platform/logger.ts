@@ -1,5 +1,5 @@
 import { pino, type Logger } from 'pino';
-import { currentTrace } from './trace.js';
+import { currentTrace } from './trace-context.js';
 
 export type { Logger };
 

@@ -8,7 +8,7 @@ import { createLogger } from './logger.js';
 import { createMetrics } from './metrics.js';
 import { serve } from './server.js';
 import type { ServiceDeps } from './service-app.js';
-import { createTracingFromConfig } from './tracing.js';
+import { createTracingFromConfig } from './span-recorder.js';
 
 type ServiceConfig = z.output<z.ZodObject<typeof serviceShape>> & { PORT: number };
 

@@ -5,8 +5,8 @@ import { databaseIsHealthy, type Db } from './db.js';
 import { errorHandler, notFoundHandler } from './errors.js';
 import { createBaseApp, jsonBody, requestContext } from './http.js';
 import type { Metrics } from './metrics.js';
-import { createTraceRoutes } from './trace-routes.js';
-import { createTracing, type Tracing } from './tracing.js';
+import { createTraceRoutes } from './trace-endpoints.js';
+import { createTracing, type Tracing } from './span-recorder.js';
 
 /** What every service's app factory takes. */
 export interface ServiceDeps {

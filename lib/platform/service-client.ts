@@ -1,7 +1,7 @@
 // The one HTTP client our processes use to call each other: timeout, trace headers, bounded
 // bodies, and errors that keep the upstream's status and code.
 import { HttpError } from './errors.js';
-import { startClientSpan } from './tracing.js';
+import { startClientSpan } from './span-recorder.js';
 
 export type UpstreamFailure = 'refused' | 'reset' | 'timeout' | 'bad_response' | 'server_error';
 

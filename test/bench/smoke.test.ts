@@ -1,5 +1,5 @@
-// The benchmark is not part of `npm test`, but its smoke run is: one short round of everything,
-// so that `npm run bench` cannot rot between the times someone runs it in full.
+// The benchmark is not part of `npm test`; its smoke run is `npm run test:bench` (CI runs it): one
+// short round of everything, so that `npm run bench` cannot rot between the times someone runs it in full.
 import { after, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
@@ -7,11 +7,11 @@ import { once } from 'node:events';
 import { existsSync, readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { LatencyHistogram } from '../bench/histogram.js';
-import { buildRows, type Results } from '../bench/report.js';
-import { tempDir } from './helpers.js';
+import { LatencyHistogram } from '../../bench/histogram.js';
+import { buildRows, type Results } from '../../bench/report.js';
+import { tempDir } from '../helpers.js';
 
-const ROOT = fileURLToPath(new URL('..', import.meta.url));
+const ROOT = fileURLToPath(new URL('../..', import.meta.url));
 
 describe('latency histogram', () => {
   test('when values are below 2 ms, then percentiles are exact to the microsecond', () => {

@@ -11,7 +11,7 @@ import {
   type SpanProcessor,
 } from '@opentelemetry/sdk-trace-base';
 import { OTLPTraceExporter } from '@opentelemetry/exporter-trace-otlp-http';
-import { currentTrace, ensureContextManager, newSpanId, newTraceId, outgoingTraceHeaders, runWithTrace, type TraceContext } from './trace.js';
+import { currentTrace, ensureContextManager, newSpanId, newTraceId, outgoingTraceHeaders, runWithTrace, type TraceContext } from './trace-context.js';
 
 /** A finished span as /spans and /traces serve it. */
 export interface SpanRecord {
@@ -173,7 +173,7 @@ class BufferProcessor implements SpanProcessor {
 // chose from X-Trace-Id, so the server-span code hands it over here just before the synchronous
 // startSpan call that consumes it.
 let nextTraceId: string | undefined;
-// Fresh ids come from trace.ts's pooled CSPRNG bytes, like the ids made without a span.
+// Fresh ids come from trace-context.ts's pooled CSPRNG bytes, like the ids made without a span.
 class ChosenTraceIdGenerator implements IdGenerator {
   generateTraceId(): string {
     const id = nextTraceId ?? newTraceId();

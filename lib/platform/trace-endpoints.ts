@@ -4,8 +4,8 @@ import { Router } from 'express';
 import { z } from 'zod';
 import { HttpError } from './errors.js';
 import type { ServiceClient } from './service-client.js';
-import { isValidClientTraceId, toW3cTraceId } from './trace.js';
-import type { SpanRecord, Tracing } from './tracing.js';
+import { isValidClientTraceId, toW3cTraceId } from './trace-context.js';
+import type { SpanRecord, Tracing } from './span-recorder.js';
 import { boundedIntQuery, parseQuery } from './validation.js';
 
 export interface TraceSummary {
