@@ -69,7 +69,7 @@ export function createGateway({ config, logger, metrics = createMetrics('gateway
   }
   // In production the route exists only behind a token.
   if (config.ADMIN_TOKEN !== undefined || config.NODE_ENV !== 'production') {
-    app.use(createDebugRoutes({ upstreams, logger, adminToken: config.ADMIN_TOKEN }));
+    app.use(createDebugRoutes({ upstreams, logger, adminToken: config.ADMIN_TOKEN, faultCallTimeoutMs: config.HEALTH_PROBE_TIMEOUT_MS }));
   }
   app.use('/api', limiter.middleware, rejectUnsafePaths);
   app.use(createAggregateRoutes({ upstreams, metrics: gatewayMetrics }));

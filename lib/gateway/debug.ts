@@ -1,8 +1,14 @@
-// POST /debug/circuit/:service/:action: switch a circuit by hand (demos, drills).
-import { createHash, timingSafeEqual } from 'node:crypto';
-import { Router } from 'express';
+// The debug routes, all behind one guard: POST /debug/circuit/:service/:action switches a circuit
+// by hand; POST /debug/faults/:service and GET /debug/faults set and show every instance's fault
+// switches (demos, drills).
+import { Router, type RequestHandler } from 'express';
 import { HttpError } from '../platform/errors.js';
+import { bearerGuard, FAULTS_PATH, FaultSpecSchema, type FaultState } from '../platform/faults.js';
+import { jsonBody } from '../platform/http.js';
 import type { Logger } from '../platform/logger.js';
+import { ServiceClient } from '../platform/service-client.js';
+import { parseBody } from '../platform/validation.js';
+import { instanceUrls } from './dashboard/upstream-view.js';
 import type { ServiceName, Upstream } from './upstreams.js';
 
 export const CIRCUIT_ACTIONS = ['open', 'close', 'reset'] as const;
@@ -11,30 +17,63 @@ type CircuitAction = (typeof CIRCUIT_ACTIONS)[number];
 export interface DebugRoutesOptions {
   upstreams: Record<ServiceName, Upstream>;
   logger: Logger;
-  /** When set, callers must send `Authorization: Bearer <token>`. */
+  /** When set, callers must send `Authorization: Bearer <token>`; the gateway passes it on to the services. */
   adminToken?: string;
+  /** How long the gateway waits for each instance's fault switch route. */
+  faultCallTimeoutMs?: number;
 }
 
-const digest = (value: string): Buffer => createHash('sha256').update(value).digest();
+/** What a fault-switch call reports per service: the switches, and how many instances took them. */
+export interface ServiceFaults {
+  service: ServiceName;
+  faults: FaultState | null;
+  instances: number;
+  reached: number;
+}
+
+/**
+ * The guard in front of every debug route and the dashboard's data: the admin token when one is
+ * configured. The caller decides whether to mount the routes at all.
+ */
+export const debugGuard = (adminToken: string | undefined): RequestHandler => bearerGuard(adminToken);
 
 /**
  * `open` trips the circuit (half-open after the reset timeout, like a tripped one), `close` closes
- * it, `reset` closes it and clears its counters. The caller decides whether to mount it at all.
+ * it, `reset` closes it and clears its counters.
  */
-export function createDebugRoutes({ upstreams, logger, adminToken }: DebugRoutesOptions): Router {
+export function createDebugRoutes({ upstreams, logger, adminToken, faultCallTimeoutMs = 1000 }: DebugRoutesOptions): Router {
   const router = Router();
   const log = logger.child({ component: 'debug' });
-  // Hashing both sides gives equal lengths, so the comparison takes the same time for any guess.
-  const expected = adminToken === undefined ? undefined : digest(`Bearer ${adminToken}`);
+  const names = Object.keys(upstreams) as ServiceName[];
+  const auth: Record<string, string> = adminToken === undefined ? {} : { authorization: `Bearer ${adminToken}` };
+  // One client per instance, made once.
+  const instances = new Map(names.map((name) => [name, instanceUrls(upstreams[name]).map((baseUrl) => new ServiceClient({ name, baseUrl, timeoutMs: faultCallTimeoutMs, maxResponseBytes: 16 * 1024 }))]));
+
+  const upstreamOf = (service: string): Upstream => {
+    const upstream = Object.hasOwn(upstreams, service) ? upstreams[service as ServiceName] : undefined;
+    if (!upstream) throw new HttpError(404, 'NOT_FOUND', `No service of that name; expected one of ${names.join(', ')}`);
+    return upstream;
+  };
+
+  /** Sends one fault-switch call to every instance of `service`; the first answer is the state. */
+  const toInstances = async (service: ServiceName, method: 'GET' | 'POST', body?: unknown): Promise<ServiceFaults> => {
+    const clients = instances.get(service)!;
+    const results = await Promise.allSettled(clients.map((c) => c.request<FaultState>(method, FAULTS_PATH, { body, headers: auth })));
+    let faults: FaultState | null = null;
+    let reached = 0;
+    for (const r of results) {
+      if (r.status !== 'fulfilled') continue;
+      reached++;
+      faults ??= r.value.body;
+    }
+    return { service, faults, instances: clients.length, reached };
+  };
+
+  router.use('/debug', debugGuard(adminToken));
 
   router.post('/debug/circuit/:service/:action', (req, res) => {
-    if (expected && !timingSafeEqual(digest(req.headers.authorization ?? ''), expected)) {
-      res.setHeader('WWW-Authenticate', 'Bearer');
-      throw new HttpError(401, 'UNAUTHORIZED', 'A valid admin token is required');
-    }
     const { service, action } = req.params as { service: string; action: string };
-    const upstream = Object.hasOwn(upstreams, service) ? upstreams[service as ServiceName] : undefined;
-    if (!upstream) throw new HttpError(404, 'NOT_FOUND', `No service of that name; expected one of ${Object.keys(upstreams).join(', ')}`);
+    const upstream = upstreamOf(service);
     if (!(CIRCUIT_ACTIONS as readonly string[]).includes(action)) {
       throw new HttpError(400, 'VALIDATION_ERROR', 'Unknown circuit action', [{ field: 'action', message: `must be one of ${CIRCUIT_ACTIONS.join(', ')}` }]);
     }
@@ -52,6 +91,19 @@ export function createDebugRoutes({ upstreams, logger, adminToken }: DebugRoutes
     }
     log.warn({ service: upstream.name, action, state: breaker.state }, 'circuit switched by hand');
     res.json({ service: upstream.name, action, newState: breaker.state });
+  });
+
+  router.get('/debug/faults', async (_req, res) => {
+    res.json({ services: await Promise.all(names.map((name) => toInstances(name, 'GET'))) });
+  });
+
+  router.post('/debug/faults/:service', jsonBody(16 * 1024), async (req, res) => {
+    const upstream = upstreamOf(String(req.params.service));
+    const spec = parseBody(FaultSpecSchema, req.body ?? {});
+    const result = await toInstances(upstream.name, 'POST', spec);
+    if (result.reached === 0) throw new HttpError(503, 'SERVICE_UNAVAILABLE', `No instance of ${upstream.name} took the fault switches`);
+    log.warn({ service: upstream.name, faults: spec, reached: result.reached, instances: result.instances }, 'fault switches set');
+    res.json(result);
   });
 
   return router;

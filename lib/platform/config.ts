@@ -47,6 +47,11 @@ export const serviceShape = {
   ...commonShape,
   DATA_DIR: z.string().min(1).default('./data'),
   SEED_DATA: boolVar(true),
+  // Bearer token for the fault switch route the gateway calls; without it the route is open in
+  // development and absent in production.
+  ADMIN_TOKEN: z.string().min(16, 'must be at least 16 characters').optional(),
+  // Fault switches turn themselves off after this long, so a forgotten one cannot break a system for good.
+  FAULT_TTL_MS: intVar(10 * 60_000, 1000, 2 ** 31 - 1),
 };
 
 export class ConfigError extends Error {}

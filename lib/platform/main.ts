@@ -4,6 +4,7 @@ import type { Express } from 'express';
 import type { z } from 'zod';
 import { loadConfig, type serviceShape } from './config.js';
 import type { Db } from './db.js';
+import { createFaultSwitchesFromConfig } from './faults.js';
 import { createLogger } from './logger.js';
 import { createMetrics } from './metrics.js';
 import { serve } from './server.js';
@@ -33,7 +34,7 @@ export async function runService<C extends ServiceConfig>({ service, schema, ope
     process.exit(1);
   }
   const tracing = createTracingFromConfig(service, config);
-  const { app, close } = build({ logger, db, metrics: createMetrics(service), tracing }, config);
+  const { app, close } = build({ logger, db, metrics: createMetrics(service), tracing, faults: createFaultSwitchesFromConfig(config, logger) }, config);
   await serve({
     app,
     port: config.PORT,

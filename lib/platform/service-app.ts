@@ -3,6 +3,7 @@ import type { Express, Router } from 'express';
 import type { Logger } from 'pino';
 import { databaseIsHealthy, type Db } from './db.js';
 import { errorHandler, notFoundHandler } from './errors.js';
+import { createFaultSwitches, type FaultSwitches } from './faults.js';
 import { createBaseApp, jsonBody, requestContext } from './http.js';
 import type { Metrics } from './metrics.js';
 import { createTraceRoutes } from './trace-endpoints.js';
@@ -15,6 +16,8 @@ export interface ServiceDeps {
   metrics: Metrics;
   /** Spans of this app; one without export is made when absent (tests); null records none. */
   tracing?: Tracing | null;
+  /** Fault switches; default ones (no token) are made when absent (tests); null has none. */
+  faults?: FaultSwitches | null;
 }
 
 export interface ServiceAppOptions extends ServiceDeps {
@@ -23,7 +26,7 @@ export interface ServiceAppOptions extends ServiceDeps {
   routes: Router;
 }
 
-export function createServiceApp({ service, logger, metrics, db, routes, tracing = createTracing({ service }) }: ServiceAppOptions): Express {
+export function createServiceApp({ service, logger, metrics, db, routes, tracing = createTracing({ service }), faults = createFaultSwitches({ logger }) }: ServiceAppOptions): Express {
   const app = createBaseApp();
   // Metrics hang on the request's one 'close' listener, with the span and the log line.
   app.use(requestContext(logger, tracing ?? undefined, [metrics.observe]));
@@ -33,6 +36,8 @@ export function createServiceApp({ service, logger, metrics, db, routes, tracing
   });
   app.get('/metrics', metrics.handler);
   if (tracing) app.use(createTraceRoutes({ tracing }));
+  // Faults reach the API routes only: the routes above keep answering under any switch.
+  if (faults) app.use(faults.routes, faults.middleware);
   app.use(jsonBody());
   app.use(routes);
   app.use(notFoundHandler);
