@@ -116,6 +116,34 @@ describe('traces through the gateway', () => {
     assert.deepEqual(list.body.traces, sorted);
   });
 
+  test('/traces filters by service, errors and duration, and each summary names the request', async () => {
+    type Summary = { traceId: string; services: string[]; status: string; durationMs: number; method?: string; path?: string; httpStatus?: number };
+    const list = async (query: string) => {
+      const r = await http<{ traces: Summary[] }>(gw.url, 'GET', `/traces?limit=100&${query}`);
+      assert.equal(r.status, 200, r.text);
+      return r.body.traces;
+    };
+    const all = await list('');
+    const order = all.find((t) => t.traceId === 'order-trace-1')!;
+    assert.deepEqual({ method: order.method, path: order.path, httpStatus: order.httpStatus }, { method: 'POST', path: '/api/orders', httpStatus: 201 });
+    const products = await list('service=product-service');
+    assert.ok(products.length > 0 && products.every((t) => t.services.includes('product-service')));
+    assert.ok(products.some((t) => t.traceId === 'order-trace-1'));
+    assert.ok(!products.some((t) => t.traceId === 'my-trace-123'));
+    const errors = await list('status=error');
+    assert.ok(errors.length > 0 && errors.every((t) => t.status === 'error'));
+    assert.ok(errors.some((t) => t.traceId === 'failing-trace'));
+    const slowest = Math.max(...all.map((t) => t.durationMs));
+    const slow = await list(`minDurationMs=${Math.floor(slowest)}`);
+    assert.ok(slow.length >= 1 && slow.every((t) => t.durationMs >= Math.floor(slowest)));
+    assert.ok(slow.length < all.length);
+    for (const bad of ['status=bad', 'minDurationMs=-1', 'service=Not%20A%20Name', 'nope=1']) {
+      const r = await http(gw.url, 'GET', `/traces?${bad}`);
+      assert.equal(r.status, 400, bad);
+      assert.equal(r.body.code, 'VALIDATION_ERROR');
+    }
+  });
+
   test('each service answers /metrics with its requests by route', async () => {
     for (const [svc, path] of [[sys.users, '/users'], [sys.products, '/products'], [sys.orders, '/orders']] as const) {
       await http(svc.url, 'GET', path);

@@ -16,11 +16,21 @@ export interface TraceSummary {
   spanCount: number;
   services: string[];
   status: 'ok' | 'error';
+  /** The root span's request, when it is a server span (absent for a trace begun elsewhere). */
+  method?: string;
+  path?: string;
+  httpStatus?: number;
 }
 
 const TraceIdSchema = z.string().refine(isValidClientTraceId, 'must be 1..128 characters of A-Za-z0-9._:-');
 const SpansQuery = z.strictObject({ traceId: TraceIdSchema.optional(), limit: boundedIntQuery(1, 10_000, 1000) });
-const TracesQuery = z.strictObject({ limit: boundedIntQuery(1, 100, 20) });
+const TracesQuery = z.strictObject({
+  limit: boundedIntQuery(1, 100, 20),
+  // A process's name as its spans carry it: gateway, user-service, product-service, order-service.
+  service: z.string().regex(/^[a-z0-9-]{1,64}$/, 'must be a service name such as user-service').optional(),
+  status: z.enum(['ok', 'error']).optional(),
+  minDurationMs: boundedIntQuery(0, 3_600_000, 0),
+});
 /** How many recent spans each process contributes to the trace list. */
 const LIST_SPANS = 2000;
 
@@ -51,7 +61,7 @@ export function createTraceRoutes({ tracing, remotes = [] }: { tracing: Tracing;
   });
 
   router.get('/traces', async (req, res) => {
-    const { limit } = parseQuery(TracesQuery, req.query);
+    const { limit, service, status, minDurationMs } = parseQuery(TracesQuery, req.query);
     const { spans, unavailable } = await gather({ limit: LIST_SPANS });
     const byTrace = new Map<string, SpanRecord[]>();
     for (const s of spans) {
@@ -59,7 +69,11 @@ export function createTraceRoutes({ tracing, remotes = [] }: { tracing: Tracing;
       if (list) list.push(s);
       else byTrace.set(s.traceId, [s]);
     }
-    const traces = [...byTrace.values()].map(summarize).sort((a, b) => b.startTime.localeCompare(a.startTime)).slice(0, limit);
+    const traces = [...byTrace.values()]
+      .map(summarize)
+      .filter((t) => (service === undefined || t.services.includes(service)) && (status === undefined || t.status === status) && t.durationMs >= minDurationMs)
+      .sort((a, b) => b.startTime.localeCompare(a.startTime))
+      .slice(0, limit);
     res.json({ traces, meta: { complete: unavailable.length === 0, unavailable } });
   });
 
@@ -74,7 +88,7 @@ export function createTraceRoutes({ tracing, remotes = [] }: { tracing: Tracing;
     res.json({
       traceId: parsed.data,
       w3cTraceId,
-      spans: own.map(({ startMs: _s, alias: _a, ...span }) => span),
+      spans: own.map(({ alias: _a, ...span }) => span),
       meta: { complete: unavailable.length === 0, unavailable },
     });
   });
@@ -88,6 +102,7 @@ export function summarize(spans: SpanRecord[]): TraceSummary {
   const root = (roots.length ? roots : spans).reduce((a, b) => (b.startMs < a.startMs ? b : a));
   const start = Math.min(...spans.map((s) => s.startMs));
   const end = Math.max(...spans.map((s) => s.startMs + s.durationMs));
+  const { 'http.request.method': method, 'url.path': path, 'http.response.status_code': httpStatus } = root.kind === 'server' ? root.attributes : {};
   return {
     traceId: spans.find((s) => s.alias)?.alias ?? root.traceId,
     name: root.name,
@@ -96,5 +111,8 @@ export function summarize(spans: SpanRecord[]): TraceSummary {
     spanCount: spans.length,
     services: [...new Set(spans.map((s) => s.service))],
     status: spans.some((s) => s.status === 'error') ? 'error' : 'ok',
+    ...(typeof method === 'string' ? { method } : {}),
+    ...(typeof path === 'string' ? { path } : {}),
+    ...(typeof httpStatus === 'number' ? { httpStatus } : {}),
   };
 }
