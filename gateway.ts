@@ -11,5 +11,5 @@ const SERVICE = 'gateway';
 const config = loadConfig(GatewayConfigSchema, SERVICE);
 const logger = createLogger({ service: SERVICE, level: config.LOG_LEVEL, pretty: config.LOG_PRETTY });
 
-const gateway = createGateway({ config, logger, tracing: createTracingFromConfig(SERVICE, config) });
+const gateway = createGateway({ config, logger, tracing: createTracingFromConfig(SERVICE, config, logger) });
 await serve({ app: gateway, port: config.PORT, host: config.HOST, logger, cleanup: () => gateway.close() });

@@ -44,8 +44,10 @@ export function expressServerClasses(app: Express): { IncomingMessage: typeof In
   return { IncomingMessage: ExpressRequest, ServerResponse: ExpressResponse };
 }
 
-// Requests that only read our own telemetry get ids but no span: they would crowd out real traces.
-const UNTRACED = /^\/(health|metrics|spans|traces)(\/|$)/;
+// Requests that only read our own telemetry (and the dashboard's page and stream) get ids but no
+// span: they would crowd out real traces. Their log line is at debug, as is a 429's (counted in
+// gateway_rate_limited_total): probes, scrapes and refused floods would drown the lines people read.
+const UNTRACED = /^\/(health|metrics|spans|traces|dashboard)(\/|$)/;
 
 /**
  * Called once when a request that was answered in full ends (not for one the client gave up on),
@@ -59,6 +61,8 @@ interface RequestState {
   started: bigint;
   span: Span | undefined;
   observers: readonly RequestObserver[];
+  /** Log the request line at debug rather than info. */
+  quiet: boolean;
 }
 
 const STATE = Symbol('msvc.requestState');
@@ -85,7 +89,7 @@ function onClose(this: Response): void {
     span.end();
   }
   if (!aborted) for (const observe of state.observers) observe(req, res, durationMs);
-  state.logger.info(
+  state.logger[state.quiet || status === 429 ? 'debug' : 'info'](
     aborted
       ? { traceId: trace.traceId, spanId: trace.spanId, method: req.method, url: req.originalUrl.slice(0, 300), status, durationMs, aborted }
       : { traceId: trace.traceId, spanId: trace.spanId, method: req.method, url: req.originalUrl.slice(0, 300), status, durationMs },
@@ -108,10 +112,11 @@ export function requestContext(logger: Logger, tracing?: Tracing, observers: rea
     const url = req.url;
     const query = url.indexOf('?');
     const path = url.charCodeAt(0) === 47 /* / */ && !url.includes('#') ? (query === -1 ? url : url.slice(0, query)) : req.path;
-    const traced = tracing !== undefined && !UNTRACED.test(path);
+    const quiet = UNTRACED.test(path);
+    const traced = tracing !== undefined && !quiet;
     const trace = traceFromHeaders(req.headers, !traced);
     res.locals.trace = trace;
-    const state: RequestState = { logger, started: process.hrtime.bigint(), span: undefined, observers };
+    const state: RequestState = { logger, started: process.hrtime.bigint(), span: undefined, observers, quiet };
     (res as WithState)[STATE] = state;
     const run = (span?: Span) => {
       state.span = span;

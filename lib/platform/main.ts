@@ -33,7 +33,7 @@ export async function runService<C extends ServiceConfig>({ service, schema, ope
     logger.flush();
     process.exit(1);
   }
-  const tracing = createTracingFromConfig(service, config);
+  const tracing = createTracingFromConfig(service, config, logger);
   const { app, close } = build({ logger, db, metrics: createMetrics(service), tracing, faults: createFaultSwitchesFromConfig(config, logger) }, config);
   await serve({
     app,

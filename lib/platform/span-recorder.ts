@@ -1,7 +1,7 @@
 // Spans: one OpenTelemetry tracer provider per app, a bounded buffer of finished spans that
 // /spans and /traces read, and OTLP/HTTP export when an endpoint is configured.
 import { context, createContextKey, ROOT_CONTEXT, SpanKind, SpanStatusCode, trace, TraceFlags, type Attributes, type Context, type Span, type SpanContext, type Tracer } from '@opentelemetry/api';
-import { hrTimeToMilliseconds } from '@opentelemetry/core';
+import { ExportResultCode, hrTimeToMilliseconds, type ExportResult } from '@opentelemetry/core';
 import { resourceFromAttributes } from '@opentelemetry/resources';
 import {
   BasicTracerProvider,
@@ -11,6 +11,7 @@ import {
   type SpanProcessor,
 } from '@opentelemetry/sdk-trace-base';
 import { OTLPTraceExporter } from '@opentelemetry/exporter-trace-otlp-http';
+import type { Logger } from './logger.js';
 import { currentTrace, ensureContextManager, newSpanId, newTraceId, outgoingTraceHeaders, runWithTrace, type TraceContext } from './trace-context.js';
 
 /** A finished span as /spans and /traces serve it. */
@@ -191,6 +192,8 @@ export interface TracingOptions {
   otlpEndpoint?: string;
   maxSpans?: number;
   maxAgeMs?: number;
+  /** Says where spans are exported, and warns once when an export fails (again after one succeeds). */
+  logger?: Logger;
 }
 
 export interface Tracing {
@@ -208,12 +211,14 @@ interface TracingWithTracer extends Tracing {
   tracer: Tracer;
 }
 
-export function createTracing({ service, otlpEndpoint, maxSpans = 10_000, maxAgeMs = 15 * 60_000 }: TracingOptions): Tracing {
+export function createTracing({ service, otlpEndpoint, maxSpans = 10_000, maxAgeMs = 15 * 60_000, logger }: TracingOptions): Tracing {
   ensureContextManager();
   const buffer = new SpanBuffer(maxSpans, maxAgeMs);
   const spanProcessors: SpanProcessor[] = [new BufferProcessor(buffer, service)];
   if (otlpEndpoint) {
-    const exporter = new OTLPTraceExporter({ url: `${otlpEndpoint.replace(/\/+$/, '')}/v1/traces` });
+    const url = `${otlpEndpoint.replace(/\/+$/, '')}/v1/traces`;
+    const exporter = new OTLPTraceExporter({ url });
+    if (logger) watchExports(exporter, url, logger.child({ component: 'tracing' }));
     spanProcessors.push(new BatchSpanProcessor(exporter, { maxQueueSize: 4096, scheduledDelayMillis: 1000 }));
   }
   const provider = new BasicTracerProvider({
@@ -248,13 +253,35 @@ export function createTracing({ service, otlpEndpoint, maxSpans = 10_000, maxAge
   return tracing;
 }
 
+/**
+ * Says once where spans go, and warns on the first failed export rather than on every batch (a
+ * collector that is down fails once a second); after a success a new failure warns again.
+ */
+function watchExports(exporter: OTLPTraceExporter, url: string, log: Logger): void {
+  log.info({ url }, 'exporting spans over OTLP/HTTP');
+  let failing = false;
+  const send = exporter.export.bind(exporter);
+  exporter.export = (spans, done) =>
+    send(spans, (result: ExportResult) => {
+      if (result.code === ExportResultCode.SUCCESS) {
+        if (failing) log.info({ url }, 'span export works again');
+        failing = false;
+      } else if (!failing) {
+        failing = true;
+        log.warn({ url, reason: result.error?.message }, 'span export failed; spans are still kept for /traces, and export is retried with each batch');
+      }
+      done(result);
+    });
+}
+
 /** The process's tracing as its config says: none when OTEL_SDK_DISABLED is true. */
 export function createTracingFromConfig(
   service: string,
   config: { OTEL_SDK_DISABLED: boolean; OTEL_EXPORTER_OTLP_ENDPOINT?: string; TRACE_BUFFER_SPANS: number; TRACE_BUFFER_MAX_AGE_MS: number },
+  logger?: Logger,
 ): Tracing | null {
   if (config.OTEL_SDK_DISABLED) return null;
-  return createTracing({ service, otlpEndpoint: config.OTEL_EXPORTER_OTLP_ENDPOINT, maxSpans: config.TRACE_BUFFER_SPANS, maxAgeMs: config.TRACE_BUFFER_MAX_AGE_MS });
+  return createTracing({ service, otlpEndpoint: config.OTEL_EXPORTER_OTLP_ENDPOINT, maxSpans: config.TRACE_BUFFER_SPANS, maxAgeMs: config.TRACE_BUFFER_MAX_AGE_MS, logger });
 }
 
 export interface ClientSpan {
