@@ -11,7 +11,8 @@ import { createTraceRoutes } from '../platform/trace-endpoints.js';
 import { createTracing, type Tracing } from '../platform/span-recorder.js';
 import { createAggregateRoutes } from './aggregate.js';
 import type { GatewayConfig } from './config.js';
-import { createDebugRoutes } from './debug.js';
+import { createDashboard } from './dashboard/index.js';
+import { createDebugRoutes, debugGuard } from './debug.js';
 import { createGatewayMetrics } from './metrics.js';
 import { rejectUnsafePaths } from './path-guard.js';
 import { createFrontDoor, createServiceProxy, proxyRoute } from './proxy.js';
@@ -56,7 +57,17 @@ export function createGateway({ config, logger, metrics = createMetrics('gateway
   // body parser anywhere: bodies stream through) -> 404 -> errors. Proxied /api/<service> requests
   // take the same steps in the front door, ahead of the router (createFrontDoor).
   // One timing and one 'close' listener per request serve the log line, the span and both metrics.
-  const context = requestContext(logger, tracing ?? undefined, [metrics.observe, gatewayMetrics.observeProxied]);
+  // The debug routes (and the dashboard's controls) exist in production only behind a token.
+  const debugAllowed = config.ADMIN_TOKEN !== undefined || config.NODE_ENV !== 'production';
+  const dashboard = createDashboard({
+    upstreams: upstreamList,
+    limiter,
+    registry: metrics.registry,
+    guard: debugGuard(config.ADMIN_TOKEN),
+    controls: debugAllowed,
+    rateLimit: { limit: config.RATE_LIMIT, windowMs: config.RATE_WINDOW_MS },
+  });
+  const context = requestContext(logger, tracing ?? undefined, [metrics.observe, gatewayMetrics.observeProxied, dashboard.observe]);
   const onError = errorHandler(logger);
   app.use(context);
   const proxies = new Map(upstreamList.map((u) => [u.name, createServiceProxy({ upstream: u, cache, metrics: gatewayMetrics, logger, trustsProxies: config.TRUST_PROXY !== false })]));
@@ -67,8 +78,8 @@ export function createGateway({ config, logger, metrics = createMetrics('gateway
     const remotes = upstreamList.map((u) => new ServiceClient({ name: u.name, baseUrl: u.target, timeoutMs: config.HEALTH_PROBE_TIMEOUT_MS }));
     app.use(createTraceRoutes({ tracing, remotes }));
   }
-  // In production the route exists only behind a token.
-  if (config.ADMIN_TOKEN !== undefined || config.NODE_ENV !== 'production') {
+  app.use(dashboard.router);
+  if (debugAllowed) {
     app.use(createDebugRoutes({ upstreams, logger, adminToken: config.ADMIN_TOKEN, faultCallTimeoutMs: config.HEALTH_PROBE_TIMEOUT_MS }));
   }
   app.use('/api', limiter.middleware, rejectUnsafePaths);
@@ -83,6 +94,7 @@ export function createGateway({ config, logger, metrics = createMetrics('gateway
     front: createFrontDoor({ app, context, limiter, proxies, onError }),
     close: async () => {
       await tracing?.shutdown();
+      dashboard.close();
       limiter.close();
       cache.clear();
       for (const u of upstreamList) {

@@ -20,6 +20,8 @@ export interface RateLimiter {
   middleware: RequestHandler;
   /** Stops the window timer and forgets every client. */
   close(): void;
+  /** The `n` clients with the most requests in their current window, most first (the dashboard). */
+  topClients(n: number): { client: string; hits: number }[];
 }
 
 interface Client {
@@ -64,6 +66,17 @@ class HitCounter {
     return { hits: client.hits, resetMs: client.resetMs };
   }
 
+  top(n: number, now: number): { client: string; hits: number }[] {
+    const top: { client: string; hits: number }[] = [];
+    for (const [client, { hits, resetMs }] of this.current) {
+      if (resetMs <= now || (top.length === n && hits <= top[n - 1]!.hits)) continue;
+      top.push({ client, hits });
+      top.sort((a, b) => b.hits - a.hits);
+      if (top.length > n) top.pop();
+    }
+    return top;
+  }
+
   close(): void {
     clearInterval(this.timer);
     this.current.clear();
@@ -106,5 +119,5 @@ export function createRateLimiter({ limit, windowMs, metrics }: RateLimiterOptio
   const middleware: RequestHandler = (req, res, next) => {
     next(check(req, res));
   };
-  return { check, middleware, close: () => counter.close() };
+  return { check, middleware, close: () => counter.close(), topClients: (n) => counter.top(n, Date.now()) };
 }
