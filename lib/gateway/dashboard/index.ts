@@ -146,7 +146,13 @@ export function createDashboard({ upstreams, limiter, registry, guard, controls,
     res.writeHead(200, { 'Content-Type': 'text/event-stream; charset=utf-8', 'Cache-Control': 'no-cache, no-transform', 'X-Accel-Buffering': 'no' });
     clients.add(res);
     req.socket.setTimeout(0);
-    res.once('close', () => clients.delete(res));
+    const socket = req.socket;
+    res.once('close', () => {
+      clients.delete(res);
+      // The stream never ends by itself: once its reader is gone the connection is of no use, and
+      // a half-closed one would hold up the server's close.
+      socket.destroy();
+    });
     res.write('retry: 2000\n\n');
     const first = await snapshot();
     if (clients.has(res)) send(res, `data: ${JSON.stringify(first)}\n\n`);

@@ -1,0 +1,148 @@
+import { after, before, describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { get as httpGet } from 'node:http';
+import { WindowStats } from '../lib/gateway/dashboard/window-stats.js';
+import type { DashboardSnapshot } from '../lib/gateway/dashboard/index.js';
+import { deadUrl, eventually, startFakeUpstream, startGateway, type FakeUpstream, type StartedGateway } from './gateway-helpers.js';
+import { http } from './helpers.js';
+
+const TOKEN = 'dashboard-admin-token-0123456789';
+
+/**
+ * Opens the event stream and resolves with its first snapshot; the stream stays open until
+ * `abort`. node:http without an agent: one connection, gone when aborted.
+ */
+function firstEvent(url: string, headers: Record<string, string> = {}): Promise<{ status: number; snapshot?: DashboardSnapshot; abort: () => void }> {
+  return new Promise((resolve, reject) => {
+    const req = httpGet(`${url}/dashboard/events`, { headers, agent: false, timeout: 5000 }, (res) => {
+      const abort = () => req.destroy();
+      if (res.statusCode !== 200) {
+        res.resume();
+        return resolve({ status: res.statusCode ?? 0, abort });
+      }
+      assert.match(res.headers['content-type'] ?? '', /^text\/event-stream/);
+      let text = '';
+      res.setEncoding('utf8');
+      res.on('data', (chunk: string) => {
+        text += chunk;
+        const m = /^data: (.*)$/m.exec(text);
+        if (m && text.includes('\n\n', m.index)) resolve({ status: 200, snapshot: JSON.parse(m[1]!) as DashboardSnapshot, abort });
+      });
+    });
+    req.once('timeout', () => req.destroy(new Error('no event in time')));
+    req.once('error', (err) => {
+      if ((err as NodeJS.ErrnoException).code !== 'ECONNRESET') reject(err);
+    });
+  });
+}
+
+describe('windowed stats', () => {
+  test('when requests are recorded, then rate, error share and percentiles cover the last 10 completed seconds', () => {
+    const stats = new WindowStats(2);
+    for (let i = 1; i <= 100; i++) stats.record(0, i <= 5 ? 503 : 200, i);
+    stats.record(1, 200, 1);
+    // The current second is not counted until it is complete.
+    assert.equal(stats.summary(0).rps, 0);
+    stats.tick();
+    const s = stats.summary(0);
+    assert.equal(s.rps, 10);
+    assert.equal(s.errorPct, 5);
+    assert.ok(s.p50! >= 50 && s.p50! <= 50 * 1.25, `p50 ${s.p50}`);
+    assert.ok(s.p99! >= 99 && s.p99! <= 99 * 1.25, `p99 ${s.p99}`);
+    assert.equal(s.perSecond.length, 119);
+    assert.equal(s.perSecond.at(-1), 100);
+    assert.equal(s.errorsPerSecond.at(-1), 5);
+    assert.equal(stats.summary(1).rps, 0.1);
+    // Ten seconds later it has left the recent window, and after two minutes the sparkline too.
+    for (let i = 0; i < 10; i++) stats.tick();
+    assert.deepEqual([stats.summary(0).rps, stats.summary(0).p50], [0, null]);
+    assert.equal(stats.summary(0).perSecond.reduce((a, b) => a + b), 100);
+    for (let i = 0; i < 110; i++) stats.tick();
+    assert.equal(stats.summary(0).perSecond.reduce((a, b) => a + b), 0);
+  });
+});
+
+describe('dashboard routes', () => {
+  let up: FakeUpstream;
+  let gw: StartedGateway;
+  before(async () => {
+    up = await startFakeUpstream();
+    gw = await startGateway({ USERS_URL: up.url, PRODUCTS_URL: up.url, ORDERS_URL: await deadUrl() });
+  });
+  after(async () => {
+    await gw?.close();
+    await up?.stop();
+  });
+
+  test('when GET /dashboard, then the page and its assets come from the gateway under a strict CSP', async () => {
+    const page = await http(gw.url, 'GET', '/dashboard');
+    assert.equal(page.status, 200);
+    assert.match(page.headers.get('content-type') ?? '', /^text\/html/);
+    assert.match(page.headers.get('content-security-policy') ?? '', /default-src 'self'/);
+    for (const asset of page.text.match(/(?:src|href)="(\/dashboard\/[^"]+)"/g)!.map((m) => m.split('"')[1]!)) {
+      assert.equal((await http(gw.url, 'GET', asset)).status, 200, asset);
+    }
+    assert.doesNotMatch(page.text, /https?:\/\//, 'nothing is loaded from elsewhere');
+  });
+
+  test('when the stream is opened, then the first snapshot has a tile per service with state, rates and probe', async () => {
+    await http(gw.url, 'GET', '/api/users');
+    const { status, snapshot, abort } = await firstEvent(gw.url);
+    abort();
+    assert.equal(status, 200);
+    assert.equal(snapshot!.controls, true);
+    assert.deepEqual(snapshot!.services.map((s) => [s.name, s.state]), [['users', 'CLOSED'], ['products', 'CLOSED'], ['orders', 'CLOSED']]);
+    const users = snapshot!.services[0]!;
+    assert.equal(users.spark.length, 119);
+    assert.equal(users.probe?.ok, true);
+    assert.equal(snapshot!.services[2]!.probe?.ok, false);
+    assert.deepEqual(Object.keys(users).sort(), ['errorPct', 'errorSpark', 'name', 'p50', 'p99', 'probe', 'rejected', 'rps', 'spark', 'stale', 'state', 'timeouts']);
+    assert.deepEqual(snapshot!.rateLimit.topClients, [{ client: '127.0.0.1', hits: 1 }]);
+  });
+
+  test('when a proxied request is answered, then it shows in the next seconds\' snapshot of its service', async () => {
+    for (let i = 0; i < 5; i++) await http(gw.url, 'GET', '/api/products');
+    await eventually(async () => {
+      const { snapshot, abort } = await firstEvent(gw.url);
+      abort();
+      return snapshot!.services[1]!.spark.reduce((a, b) => a + b) >= 5 && snapshot!.services[1]!.p50 !== null;
+    }, 4000, 'the products requests in the stats');
+  });
+
+  test('when 20 streams are open, then the 21st is refused with 503', async () => {
+    const open = await Promise.all(Array.from({ length: 20 }, () => firstEvent(gw.url)));
+    try {
+      const extra = await firstEvent(gw.url);
+      extra.abort();
+      assert.equal(extra.status, 503);
+    } finally {
+      for (const s of open) s.abort();
+    }
+    // Closed streams free their places.
+    await eventually(async () => {
+      const again = await firstEvent(gw.url);
+      again.abort();
+      return again.status === 200;
+    }, 2000, 'a free place');
+  });
+
+  test('when the gateway has an admin token, then the stream needs it; in production without one it names no clients', async () => {
+    const guarded = await startGateway({ USERS_URL: up.url, PRODUCTS_URL: up.url, ORDERS_URL: up.url, ADMIN_TOKEN: TOKEN });
+    const prod = await startGateway({ USERS_URL: up.url, PRODUCTS_URL: up.url, ORDERS_URL: up.url, NODE_ENV: 'production' });
+    try {
+      assert.equal((await firstEvent(guarded.url)).status, 401);
+      const ok = await firstEvent(guarded.url, { authorization: `Bearer ${TOKEN}` });
+      ok.abort();
+      assert.equal(ok.status, 200);
+      await http(prod.url, 'GET', '/api/users');
+      const p = await firstEvent(prod.url);
+      p.abort();
+      assert.equal(p.snapshot!.controls, false);
+      assert.deepEqual(p.snapshot!.rateLimit.topClients, []);
+      assert.equal((await http(prod.url, 'POST', '/debug/faults/users', { body: {} })).status, 404);
+    } finally {
+      await guarded.close();
+      await prod.close();
+    }
+  });
+});
