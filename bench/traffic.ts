@@ -79,6 +79,7 @@ const requests: autocannon.Request[] = [
   { method: 'GET', setupRequest: (req) => ({ ...req, path: `/api/products?page=1&limit=10` }) },
   { method: 'GET', setupRequest: (req) => ({ ...req, path: `/api/products/${pick(rows.products)}` }) },
   { method: 'GET', setupRequest: (req) => ({ ...req, path: `/api/products?search=${encodeURIComponent(pick(rows.words))}` }) },
+  { method: 'GET', setupRequest: (req) => ({ ...req, path: `/api/users/${pick(rows.users)}` }) },
   { method: 'GET', setupRequest: (req) => ({ ...req, path: `/api/users/${pick(rows.users)}/full` }) },
   { method: 'GET', setupRequest: (req) => ({ ...req, path: `/api/products?category=electronics` }) },
   {
