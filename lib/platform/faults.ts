@@ -47,7 +47,7 @@ export interface FaultSwitches {
    * a broken service can still be watched and repaired.
    */
   middleware: RequestHandler;
-  /** GET and POST FAULTS_PATH, behind the admin token when there is one. */
+  /** GET and POST, to mount at FAULTS_PATH; behind the admin token when there is one. */
   routes: Router;
 }
 
@@ -117,12 +117,13 @@ export function createFaultSwitches({ ttlMs = DEFAULT_FAULT_TTL_MS, adminToken, 
     next();
   };
 
+  // Mounted at FAULTS_PATH, so other requests pass it with one prefix check.
   const routes = Router();
-  routes.use(FAULTS_PATH, bearerGuard(adminToken));
-  routes.get(FAULTS_PATH, (_req, res) => {
+  routes.use(bearerGuard(adminToken));
+  routes.get('/', (_req, res) => {
     res.json(current);
   });
-  routes.post(FAULTS_PATH, jsonBody(), (req, res) => {
+  routes.post('/', jsonBody(), (req, res) => {
     res.json(set(parseBody(FaultSpecSchema, req.body ?? {})));
   });
 

@@ -3,7 +3,7 @@ import type { Express, Router } from 'express';
 import type { Logger } from 'pino';
 import { databaseIsHealthy, type Db } from './db.js';
 import { errorHandler, notFoundHandler } from './errors.js';
-import { createFaultSwitches, type FaultSwitches } from './faults.js';
+import { createFaultSwitches, FAULTS_PATH, type FaultSwitches } from './faults.js';
 import { createBaseApp, jsonBody, requestContext } from './http.js';
 import type { Metrics } from './metrics.js';
 import { createTraceRoutes } from './trace-endpoints.js';
@@ -37,7 +37,7 @@ export function createServiceApp({ service, logger, metrics, db, routes, tracing
   app.get('/metrics', metrics.handler);
   if (tracing) app.use(createTraceRoutes({ tracing }));
   // Faults reach the API routes only: the routes above keep answering under any switch.
-  if (faults) app.use(faults.routes, faults.middleware);
+  if (faults) app.use(FAULTS_PATH, faults.routes).use(faults.middleware);
   app.use(jsonBody());
   app.use(routes);
   app.use(notFoundHandler);

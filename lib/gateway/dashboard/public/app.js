@@ -349,7 +349,7 @@ $('trace-filters').addEventListener('submit', (e) => e.preventDefault());
 
 setInterval(() => {
   if (document.visibilityState === 'visible' && !new FormData($('trace-filters')).get('paused')) loadTraces();
-}, 3000);
+}, 5000);
 
 connect();
 loadTraces();
