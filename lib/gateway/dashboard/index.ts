@@ -127,7 +127,8 @@ export function createDashboard({ upstreams, limiter, registry, guard, controls,
 
   const timer = setInterval(() => {
     stats.tick();
-    void broadcast();
+    // A snapshot that cannot be made is skipped; the next second makes a new one.
+    broadcast().catch(() => undefined);
   }, intervalMs);
   timer.unref();
 
