@@ -24,7 +24,7 @@ export interface DebugRoutesOptions {
 }
 
 /** What a fault-switch call reports per service: the switches, and how many instances took them. */
-export interface ServiceFaults {
+interface ServiceFaults {
   service: ServiceName;
   faults: FaultState | null;
   instances: number;

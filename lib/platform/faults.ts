@@ -30,7 +30,7 @@ export interface FaultState {
 /** The service's own route the gateway calls; not proxied (the gateway only proxies /api/...). */
 export const FAULTS_PATH = '/internal/faults';
 
-export const DEFAULT_FAULT_TTL_MS = 10 * 60_000;
+const DEFAULT_FAULT_TTL_MS = 10 * 60_000;
 
 const OFF: FaultState = { latencyMs: 0, errorRate: 0, resetRate: 0, down: false, expiresAt: null };
 

@@ -3,9 +3,9 @@
 // rates and percentiles are computed once a second, when the dashboard asks.
 
 /** Slots kept: two minutes of one-second buckets. */
-export const WINDOW_SECONDS = 120;
+const WINDOW_SECONDS = 120;
 /** Seconds the rates and percentiles cover. */
-export const RECENT_SECONDS = 10;
+const RECENT_SECONDS = 10;
 
 // Latency buckets grow by 25 %: bucket i holds durations up to FIRST_MS * GROWTH^i, so a
 // percentile is known within a quarter of its value, from 0.05 ms to about a minute.
