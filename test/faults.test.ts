@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import { createFaultSwitches, createFaultSwitchesFromConfig } from '../lib/platform/faults.js';
 import { createUserApp } from '../lib/users/app.js';
 import { openUserDatabase } from '../lib/users/db.js';
-import { eventually, startGatewayFor, type StartedGateway } from './gateway-helpers.js';
+import { deadUrl, eventually, startGatewayFor, type StartedGateway } from './gateway-helpers.js';
 import { assertNoLeak, http, startCheckedService } from './helpers.js';
 import { startServices, type System } from './system.js';
 
@@ -107,6 +107,22 @@ describe('fault switch protection and expiry', () => {
       await gw.close();
       await sys.stop();
       await svc.close();
+    }
+  });
+
+  test('when no instance of the service answers, then the gateway says 503 and GET /debug/faults shows it unreached', async () => {
+    const sys = await startServices();
+    const gw = await startGatewayFor(sys, { ORDERS_URL: await deadUrl() });
+    try {
+      const r = await http(gw.url, 'POST', '/debug/faults/orders', { body: { down: true } });
+      assert.equal(r.status, 503);
+      assert.equal(r.body.code, 'SERVICE_UNAVAILABLE');
+      assertNoLeak(r.text);
+      const shown = (await http(gw.url, 'GET', '/debug/faults')).body.services.find((s: { service: string }) => s.service === 'orders');
+      assert.deepEqual(shown, { service: 'orders', faults: null, instances: 1, reached: 0 });
+    } finally {
+      await gw.close();
+      await sys.stop();
     }
   });
 
