@@ -123,4 +123,24 @@ describe('dashboard in a browser', { skip }, () => {
     await page.screenshot({ path: join(ARTIFACTS, 'dashboard.png'), fullPage: true });
     assert.deepEqual(consoleErrors, []);
   });
+
+  test('when the gateway has an admin token, then the page asks for it once and its controls work with it', async () => {
+    const token = 'browser-admin-token-0123456789';
+    const guarded = await startGatewayFor(sys, { ADMIN_TOKEN: token, CB_RESET_TIMEOUT_MS: '60000' });
+    const second = await browser.newPage();
+    try {
+      await second.goto(`${guarded.url}/dashboard`);
+      await second.locator('#auth').waitFor({ state: 'visible', timeout: 5000 });
+      assert.equal(await second.locator('.tile').count(), 0, 'nothing is shown without the token');
+      await second.fill('#token', token);
+      await second.click('#auth button');
+      await second.locator('.tile[data-state="CLOSED"]').nth(2).waitFor({ timeout: 5000 });
+      await second.locator('.tile[data-service="products"] [data-action="circuit-open"]').click();
+      await second.locator('.tile[data-service="products"][data-state="OPEN"]').waitFor({ timeout: 5000 });
+      assert.equal((await http(guarded.url, 'GET', '/api/products')).status, 503);
+    } finally {
+      await second.close();
+      await guarded.close();
+    }
+  });
 });
