@@ -204,7 +204,12 @@ function render(s) {
     tr.append(el('td', {}, c.client), el('td', {}, String(c.hits)));
     return tr;
   });
-  $('top-clients').replaceChildren(...(rows.length ? rows : [el('tr', {}, '')]));
+  if (!rows.length) {
+    const none = el('tr');
+    none.append(el('td', { colspan: '2', class: 'muted' }, controls ? 'no requests in this window' : 'shown where the debug routes are allowed'));
+    rows.push(none);
+  }
+  $('top-clients').replaceChildren(...rows);
 }
 
 // ---- fault switches ----
