@@ -1,8 +1,13 @@
 import { z } from 'zod';
 import { intVar, portVar, serviceShape, urlVar } from '../platform/config.js';
+import { authShape, internalTokenVar } from '../platform/identity.js';
+import { requireInternalTokenWhenRequired } from '../products/config.js';
 
 export const OrderConfigSchema = z.object({
   ...serviceShape,
+  ...authShape,
+  // Shown to the product service's /internal/* routes; required when AUTH_MODE=required.
+  INTERNAL_TOKEN: internalTokenVar,
   PORT: portVar(3013),
   USERS_URL: urlVar('http://127.0.0.1:3011'),
   PRODUCTS_URL: urlVar('http://127.0.0.1:3012'),
@@ -12,6 +17,6 @@ export const OrderConfigSchema = z.object({
   // reserve, a crash mid-create) are released again. A row is first retried once it is older
   // than 2 x UPSTREAM_TIMEOUT_MS, so a create still waiting for its reserve is never raced.
   RELEASE_RETRY_MS: intVar(5000, 10, 3_600_000),
-});
+}).superRefine(requireInternalTokenWhenRequired);
 
 export type OrderConfig = z.output<typeof OrderConfigSchema>;

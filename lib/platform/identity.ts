@@ -210,3 +210,23 @@ export const mayActFor = (caller: Identity | null, ownerId: number | string): bo
 export function requireAdmin(caller: Identity | null): void {
   if (caller !== null && caller.role !== 'admin') throw forbidden('Only an admin may do this');
 }
+
+export interface AuthConfig {
+  AUTH_MODE?: AuthMode | undefined;
+  NODE_ENV: string;
+  JWKS_URL?: string | undefined;
+  JWT_ISSUER: string;
+  JWT_AUDIENCE: string;
+  JWT_ALGORITHMS: string[];
+  INTERNAL_TOKEN?: string | undefined;
+}
+
+/** A verifier over the JWKS the configuration names (the user service at `usersUrl` by default). */
+export function verifierFromConfig(config: AuthConfig, usersUrl: string): TokenVerifier {
+  return createTokenVerifier({ keys: remoteKeys(jwksUrlOf(config, usersUrl)), issuer: config.JWT_ISSUER, audience: config.JWT_AUDIENCE, algorithms: config.JWT_ALGORITHMS });
+}
+
+/** A service's ServiceAuth from its configuration. */
+export function serviceAuthFromConfig(config: AuthConfig, usersUrl: string): ServiceAuth {
+  return createServiceAuth({ mode: authModeOf(config), verifier: verifierFromConfig(config, usersUrl), internalToken: config.INTERNAL_TOKEN });
+}
