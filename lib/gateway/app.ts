@@ -10,6 +10,7 @@ import { ServiceClient } from '../platform/service-client.js';
 import { createTraceRoutes } from '../platform/trace-endpoints.js';
 import { createTracing, type Tracing } from '../platform/span-recorder.js';
 import { createAggregateRoutes } from './aggregate.js';
+import { createGatewayAuth, createLoginRoute, requireAdminCaller, requireSelfOrAdmin } from './auth.js';
 import type { GatewayConfig } from './config.js';
 import { createDebugRoutes } from './debug.js';
 import { createGatewayMetrics } from './metrics.js';
@@ -46,6 +47,8 @@ export function createGateway({ config, logger, metrics = createMetrics('gateway
   const upstreams = Object.fromEntries(upstreamList.map((u) => [u.name, u])) as Record<ServiceName, Upstream>;
   const cache = createStaleCache({ maxEntries: config.CACHE_MAX_ENTRIES, maxAgeMs: config.CACHE_MAX_AGE_MS, maxBytes: config.CACHE_MAX_BYTES });
   const limiter = createRateLimiter({ limit: config.RATE_LIMIT, windowMs: config.RATE_WINDOW_MS, metrics: gatewayMetrics });
+  const auth = createGatewayAuth({ config, logger });
+  const loginLimiter = createRateLimiter({ limit: config.LOGIN_RATE_LIMIT, windowMs: config.LOGIN_RATE_WINDOW_MS, metrics: gatewayMetrics, byAddress: true });
   const version = (JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string }).version;
 
   const app = createBaseApp();
@@ -60,18 +63,32 @@ export function createGateway({ config, logger, metrics = createMetrics('gateway
   const onError = errorHandler(logger);
   app.use(context);
   const proxies = new Map(upstreamList.map((u) => [u.name, createServiceProxy({ upstream: u, cache, metrics: gatewayMetrics, logger, trustsProxies: config.TRUST_PROXY !== false })]));
-  app.use(createStatusRoutes({ upstreams: upstreamList, name: GATEWAY_NAME, version }));
-  app.get('/metrics', metrics.handler);
+  // The admin surface: open as before in open mode, an admin's token in required mode.
+  const adminOnly = auth.adminOnly('admin');
+  app.use(createStatusRoutes({
+    upstreams: upstreamList,
+    name: GATEWAY_NAME,
+    version,
+    showAddresses: config.NODE_ENV !== 'production',
+    detailedHealth: auth.mode === 'open' ? undefined : auth.isAdmin,
+  }));
+  app.get('/metrics', adminOnly, metrics.handler);
+  app.use('/traces', adminOnly);
   if (tracing) {
     // /traces merges the gateway's spans with every service's, each asked with a short timeout.
     const remotes = upstreamList.map((u) => new ServiceClient({ name: u.name, baseUrl: u.target, timeoutMs: config.HEALTH_PROBE_TIMEOUT_MS }));
     app.use(createTraceRoutes({ tracing, remotes }));
   }
-  // In production the route exists only behind a token.
+  // In production the route exists only with ADMIN_TOKEN set. In required mode the admin guard
+  // takes an admin's JWT or ADMIN_TOKEN; in open mode the route checks ADMIN_TOKEN itself when set.
   if (config.ADMIN_TOKEN !== undefined || config.NODE_ENV !== 'production') {
-    app.use(createDebugRoutes({ upstreams, logger, adminToken: config.ADMIN_TOKEN }));
+    if (auth.mode === 'required') app.use('/debug', auth.adminOnly('debug'));
+    app.use(createDebugRoutes({ upstreams, logger, adminToken: auth.mode === 'required' ? undefined : config.ADMIN_TOKEN }));
   }
-  app.use('/api', limiter.middleware, rejectUnsafePaths);
+  app.use('/api', auth.middleware, limiter.middleware, rejectUnsafePaths);
+  app.use(createLoginRoute({ users: upstreams.users, limiter: loginLimiter }));
+  app.get('/api/dashboard', requireAdminCaller(auth.mode));
+  app.get('/api/users/:id/full', requireSelfOrAdmin);
   app.use(createAggregateRoutes({ upstreams, metrics: gatewayMetrics }));
   // What the fast path leaves (other letter case, say) still reaches the same handlers here.
   for (const upstream of upstreamList) app.all(proxyRoute(upstream), proxies.get(upstream.name)!);
@@ -80,10 +97,11 @@ export function createGateway({ config, logger, metrics = createMetrics('gateway
 
   return {
     app,
-    front: createFrontDoor({ app, context, limiter, proxies, onError }),
+    front: createFrontDoor({ app, context, authenticate: auth.authenticate, limiter, proxies, onError }),
     close: async () => {
       await tracing?.shutdown();
       limiter.close();
+      loginLimiter.close();
       cache.clear();
       for (const u of upstreamList) {
         u.breaker.shutdown();

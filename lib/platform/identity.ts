@@ -3,7 +3,7 @@
 // and the ownership rules every service applies to the data it holds.
 import { createHash, timingSafeEqual } from 'node:crypto';
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import { createRemoteJWKSet, jwtVerify, type JWTVerifyGetKey } from 'jose';
+import { createRemoteJWKSet, errors, jwtVerify, type JWTVerifyGetKey } from 'jose';
 import { z } from 'zod';
 import { HttpError } from './errors.js';
 
@@ -15,6 +15,8 @@ export interface Identity {
   role: string;
   /** When the token stops being valid, in ms since the epoch. */
   expMs: number;
+  /** `user:<sub>`: the caller's key for per-user limits and caches, made once per token. */
+  key: string;
 }
 
 export const DEFAULT_ISSUER = 'microservices-demo';
@@ -116,12 +118,18 @@ export function createTokenVerifier({ keys, issuer, audience, algorithms, maxCac
       let payload;
       try {
         ({ payload } = await jwtVerify(token, keys, options));
-      } catch {
+      } catch (err) {
+        // No keys to check against is our outage, not the client's fault.
+        if (!(err instanceof errors.JOSEError) || err.code === 'ERR_JWKS_TIMEOUT' || err.code === 'ERR_JWKS_INVALID') {
+          throw new HttpError(503, 'SERVICE_UNAVAILABLE', 'Tokens cannot be verified right now', undefined, { retryAfter: 5 });
+        }
         // Why it failed (expired, bad signature, unknown key) is not the client's to probe.
         throw unauthenticated(res);
       }
       if (typeof payload.sub !== 'string' || payload.sub === '' || typeof payload.exp !== 'number') throw unauthenticated(res);
-      const identity: Identity = { sub: payload.sub, role: typeof payload.role === 'string' ? payload.role : 'user', expMs: payload.exp * 1000 };
+      const identity: Identity = {
+        sub: payload.sub, role: typeof payload.role === 'string' ? payload.role : 'user', expMs: payload.exp * 1000, key: `user:${payload.sub}`,
+      };
       if (cache.size >= maxCached) cache.delete(cache.keys().next().value!);
       cache.set(header, identity);
       return identity;
