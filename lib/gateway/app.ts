@@ -73,7 +73,7 @@ export function createGateway({ config, logger, metrics = createMetrics('gateway
     detailedHealth: auth.mode === 'open' ? undefined : auth.isAdmin,
   }));
   app.get('/metrics', adminOnly, metrics.handler);
-  app.use('/traces', adminOnly);
+  app.use(['/traces', '/spans'], adminOnly);
   if (tracing) {
     // /traces merges the gateway's spans with every service's, each asked with a short timeout.
     const remotes = upstreamList.map((u) => new ServiceClient({ name: u.name, baseUrl: u.target, timeoutMs: config.HEALTH_PROBE_TIMEOUT_MS }));
