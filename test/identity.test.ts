@@ -1,7 +1,12 @@
 import assert from 'node:assert/strict';
 import { describe, mock, test } from 'node:test';
 import { isPublicRoute } from '../lib/gateway/auth.js';
-import { bearerToken, createTokenVerifier, DEFAULT_ALGORITHMS, DEFAULT_AUDIENCE, DEFAULT_ISSUER } from '../lib/platform/identity.js';
+import { GatewayConfigSchema } from '../lib/gateway/config.js';
+import { OrderConfigSchema } from '../lib/orders/config.js';
+import { parseConfig } from '../lib/platform/config.js';
+import { ProductConfigSchema } from '../lib/products/config.js';
+import { UserConfigSchema } from '../lib/users/config.js';
+import { authModeOf, bearerToken, createTokenVerifier, DEFAULT_ALGORITHMS, DEFAULT_AUDIENCE, DEFAULT_ISSUER } from '../lib/platform/identity.js';
 import { createLogger } from '../lib/platform/logger.js';
 import { issueToken, loadSigningKey, localKeys } from '../lib/users/auth.js';
 import { Writable } from 'node:stream';
@@ -81,5 +86,31 @@ describe('logger redaction', () => {
     logger.info({ body: { email: 'a@example.com', password: 'hunter2-secret' }, answer: { accessToken: 'eyJsecret' }, req: { headers: { authorization: 'Bearer eyJsecret' } } }, 'oops');
     assert.ok(out.includes('a@example.com'));
     assert.ok(!out.includes('hunter2-secret') && !out.includes('eyJsecret'), out);
+  });
+});
+
+describe('auth configuration', () => {
+  const internal = { INTERNAL_TOKEN: 'an-internal-token-of-length' };
+
+  test('when AUTH_MODE is required (or NODE_ENV=production) without INTERNAL_TOKEN, then the order and product services refuse to start, naming it', () => {
+    for (const schema of [OrderConfigSchema, ProductConfigSchema]) {
+      assert.throws(() => parseConfig(schema, { AUTH_MODE: 'required' }), /^Error: INTERNAL_TOKEN: is required/);
+      assert.throws(() => parseConfig(schema, { NODE_ENV: 'production' }), /^Error: INTERNAL_TOKEN: is required/);
+      assert.doesNotThrow(() => parseConfig(schema, {}));
+    }
+    assert.throws(() => parseConfig(GatewayConfigSchema, { AUTH_MODE: 'sometimes' }), /^Error: AUTH_MODE: /);
+    assert.throws(() => parseConfig(GatewayConfigSchema, { JWT_ALGORITHMS: 'ES256,HS256' }), /^Error: JWT_ALGORITHMS: /);
+  });
+
+  test('when NODE_ENV=production, then demo rows are seeded only with DEMO_PASSWORD set; outside production the demo password has its default', () => {
+    assert.equal(parseConfig(UserConfigSchema, { NODE_ENV: 'production' }).SEED_DATA, false);
+    assert.equal(parseConfig(UserConfigSchema, { NODE_ENV: 'production' }).DEMO_PASSWORD, undefined);
+    assert.equal(parseConfig(UserConfigSchema, { NODE_ENV: 'production', DEMO_PASSWORD: 'a-demo-password' }).SEED_DATA, true);
+    assert.equal(parseConfig(UserConfigSchema, {}).DEMO_PASSWORD, 'microservices-demo');
+    assert.equal(parseConfig(OrderConfigSchema, { NODE_ENV: 'production', ...internal }).SEED_DATA, false);
+    assert.equal(parseConfig(OrderConfigSchema, { NODE_ENV: 'production', DEMO_PASSWORD: 'a-demo-password', ...internal }).SEED_DATA, true);
+    assert.equal('DEMO_PASSWORD' in parseConfig(ProductConfigSchema, { DEMO_PASSWORD: 'a-demo-password' }), false, 'only the user service keeps the password');
+    assert.equal(authModeOf(parseConfig(GatewayConfigSchema, { NODE_ENV: 'production' })), 'required');
+    assert.equal(authModeOf(parseConfig(GatewayConfigSchema, {})), 'open');
   });
 });

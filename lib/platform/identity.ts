@@ -39,6 +39,15 @@ export const authShape = {
     .refine((algs) => algs.length > 0 && algs.every((a) => /^(ES256|ES384|ES512|EdDSA|Ed25519|RS256|RS384|RS512|PS256|PS384|PS512)$/.test(a)), 'must list asymmetric algorithms only (ES256, EdDSA, RS256, ...)'),
 };
 
+/**
+ * In production the demo rows are seeded only when DEMO_PASSWORD is set: demo orders of users 1..3
+ * would otherwise belong to whoever signs up first. Only whether it is set is kept.
+ */
+export const demoSeedShape = { DEMO_PASSWORD: z.string().optional() };
+export function withDemoSeedRule<C extends { SEED_DATA: boolean; NODE_ENV: string; DEMO_PASSWORD?: string | undefined }>({ DEMO_PASSWORD, ...rest }: C): Omit<C, 'DEMO_PASSWORD'> {
+  return { ...rest, SEED_DATA: rest.SEED_DATA && (rest.NODE_ENV !== 'production' || DEMO_PASSWORD !== undefined) };
+}
+
 /** The service credential the order service shows the product service's /internal/* routes. */
 export const internalTokenVar = z.string().min(16, 'must be at least 16 characters').optional();
 
@@ -142,7 +151,9 @@ export function createTokenVerifier({ keys, issuer, audience, algorithms, maxCac
 
 /** A JWKS fetched over HTTP, cached, and fetched again when a token names an unknown kid. */
 export function remoteKeys(url: string, timeoutMs = 5000): JWTVerifyGetKey {
-  return createRemoteJWKSet(new URL(url), { timeoutDuration: timeoutMs, cooldownDuration: 30_000, cacheMaxAge: 10 * 60_000 });
+  // A new key shows up at once (an unknown kid fetches again, at most every 30 s); the age bounds how
+  // long a withdrawn key is still trusted, and how long an outage of the key's publisher is ridden out.
+  return createRemoteJWKSet(new URL(url), { timeoutDuration: timeoutMs, cooldownDuration: 30_000, cacheMaxAge: 60 * 60_000 });
 }
 
 const digest = (value: string): Buffer => createHash('sha256').update(value).digest();

@@ -1,6 +1,6 @@
 import { z } from 'zod';
 import { portVar, serviceShape, urlVar } from '../platform/config.js';
-import { authModeOf, authShape, internalTokenVar } from '../platform/identity.js';
+import { authModeOf, authShape, demoSeedShape, internalTokenVar, withDemoSeedRule } from '../platform/identity.js';
 
 export const ProductConfigSchema = z
   .object({
@@ -11,8 +11,10 @@ export const ProductConfigSchema = z
     USERS_URL: urlVar('http://127.0.0.1:3011'),
     // The credential the order service shows on /internal/*; required when AUTH_MODE=required.
     INTERNAL_TOKEN: internalTokenVar,
+    ...demoSeedShape,
   })
-  .superRefine(requireInternalTokenWhenRequired);
+  .superRefine(requireInternalTokenWhenRequired)
+  .transform(withDemoSeedRule);
 
 export type ProductConfig = z.output<typeof ProductConfigSchema>;
 
