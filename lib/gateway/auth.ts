@@ -12,8 +12,12 @@ import type { GatewayConfig } from './config.js';
 import type { RateLimiter } from './rate-limit.js';
 import type { Upstream } from './upstreams.js';
 
-/** Calls `next` with nothing, or with the error to answer. Synchronous when the token is cached or absent. */
-export type Authenticate = (req: Request, res: Response, next: (err?: HttpError) => void) => void;
+/**
+ * Sets `res.locals.identity` for a verified token; returns the error to answer, or undefined to go
+ * on. Synchronous (no promise, no closure) when the token is absent or already verified; a
+ * promise only the first time a token is seen.
+ */
+export type Authenticate = (req: Request, res: Response) => HttpError | undefined | Promise<HttpError | undefined>;
 
 export interface GatewayAuth {
   readonly mode: AuthMode;
@@ -83,25 +87,22 @@ export function createGatewayAuth({ config, logger, verifier = verifierFromConfi
   if (!required) log.warn({ authMode: mode }, 'AUTH_MODE=open: the API answers anonymous requests; set AUTH_MODE=required to demand tokens');
   else log.info({ authMode: mode, jwks: jwksUrlOf(config, config.USERS_URL) }, 'tokens required');
 
-  const authenticate: Authenticate = (req, res, next) => {
+  const authenticate: Authenticate = (req, res) => {
     const header = req.headers.authorization;
-    if (header === undefined) {
-      if (required && !isPublicRoute(req.method, req.originalUrl)) return next(unauthenticated(res));
-      return next();
-    }
+    if (header === undefined) return required && !isPublicRoute(req.method, req.originalUrl) ? unauthenticated(res) : undefined;
     const hit = verifier.cached(header);
     if (hit !== undefined) {
       res.locals.identity = hit;
-      return next();
+      return undefined;
     }
-    verifier.verify(header, res).then(
+    return verifier.verify(header, res).then(
       (identity) => {
         res.locals.identity = identity;
-        next();
+        return undefined;
       },
       // Open mode: a token that does not verify is ignored (the request is anonymous, and a
       // service that looks at it refuses it); required mode: 401 (or 503 without the JWKS).
-      (err: HttpError) => next(required || err.status !== 401 ? err : undefined),
+      (err: HttpError) => (required || err.status !== 401 ? err : undefined),
     );
   };
 
@@ -136,9 +137,12 @@ export function createGatewayAuth({ config, logger, verifier = verifierFromConfi
     authenticate,
     middleware: (req, res, next) => {
       // The router matches paths in any letter case; the public list is written in lower case.
-      if (req.headers.authorization !== undefined) return authenticate(req, res, next);
-      if (required && !isPublicRoute(req.method, req.originalUrl.toLowerCase())) return next(unauthenticated(res));
-      next();
+      if (req.headers.authorization === undefined) {
+        return next(required && !isPublicRoute(req.method, req.originalUrl.toLowerCase()) ? unauthenticated(res) : undefined);
+      }
+      const result = authenticate(req, res);
+      if (result instanceof Promise) result.then(next, next);
+      else next(result);
     },
     adminOnly,
     isAdmin,

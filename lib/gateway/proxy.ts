@@ -56,6 +56,15 @@ export interface FrontDoorOptions {
  * `req.ip`, `res.json()` and the rest work here without Express's per-request set-up.
  */
 export function createFrontDoor({ app, context, authenticate, limiter, proxies, onError }: FrontDoorOptions): (req: IncomingMessage, res: ServerResponse) => void {
+  // After the caller is known: the limit (per user or address), the path guard, the proxy.
+  const proceed = (req: Request, res: Response, url: string, handler: RequestHandler, fail: (err: unknown) => void): void => {
+    const limited = limiter.check(req, res);
+    if (limited) return fail(limited);
+    if (isUnsafeRequestPath(url)) return fail(unsafePathError());
+    const result = handler(req, res, fail) as unknown;
+    if (result instanceof Promise) result.catch(fail);
+  };
+
   return (rawReq, rawRes) => {
     const url = rawReq.url ?? '';
     const m = url.charCodeAt(1) === 97 /* a */ ? PROXIED.exec(url) : null;
@@ -82,14 +91,13 @@ export function createFrontDoor({ app, context, authenticate, limiter, proxies, 
     };
     try {
       context(req, res, () => {
-        authenticate(req, res, (unauthenticated) => {
-          if (unauthenticated) return fail(unauthenticated);
-          const limited = limiter.check(req, res);
-          if (limited) return fail(limited);
-          if (isUnsafeRequestPath(url)) return fail(unsafePathError());
-          const result = handler(req, res, fail) as unknown;
-          if (result instanceof Promise) result.catch(fail);
-        });
+        const checked = authenticate(req, res);
+        if (checked === undefined) return proceed(req, res, url, handler, fail);
+        if (checked instanceof Promise) {
+          checked.then((err) => (err ? fail(err) : proceed(req, res, url, handler, fail)), fail);
+          return;
+        }
+        fail(checked);
       });
     } catch (err) {
       // Under the router, a throw here would have reached the error handler too.
