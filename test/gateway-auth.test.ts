@@ -257,7 +257,7 @@ describe('per-user rate limit', () => {
 describe('AUTH_MODE=open', () => {
   let sys: SecuredSystem;
   before(async () => {
-    sys = await startSecuredSystem({ gatewayEnv: { AUTH_MODE: 'open', NODE_ENV: 'development' } });
+    sys = await startSecuredSystem({ mode: 'open' });
   });
   after(() => sys.stop());
 
@@ -271,6 +271,9 @@ describe('AUTH_MODE=open', () => {
     const list = await http(sys.gateway.url, 'GET', '/api/orders', { headers: bearer(bob) });
     assert.equal(list.status, 200);
     assert.ok(list.body.data.every((o: { userId: number }) => o.userId === BOB));
+    assert.equal((await http(sys.gateway.url, 'GET', '/api/users', { headers: bearer(bob) })).status, 403, 'his role is honoured too');
+    assert.equal((await http(sys.gateway.url, 'GET', '/api/users')).status, 200, 'anonymous requests work as before');
+    assert.equal((await http(sys.gateway.url, 'GET', '/api/orders')).body.data.length, 3, 'and see every order, as before');
   });
 });
 
@@ -284,6 +287,20 @@ describe('GET / in production', () => {
       assert.deepEqual(r.body.services.map((s: { name: string }) => s.name), ['users', 'products', 'orders']);
     } finally {
       await gw.close();
+    }
+  });
+});
+
+describe('AUTH_MODE=open with a token that does not verify', () => {
+  test('when a client sends one, then the gateway serves it as anonymous without a challenge, and a service that reads the caller answers 401', async () => {
+    const sys = await startSecuredSystem({ mode: 'open' });
+    try {
+      const products = await http(sys.gateway.url, 'GET', '/api/products/1', { headers: bearer('not.a.token') });
+      assert.equal(products.status, 200);
+      assert.equal(products.headers.get('www-authenticate'), null);
+      assertUnauthenticated(await http(sys.gateway.url, 'GET', '/api/orders', { headers: bearer('not.a.token') }), 'the order service reads it');
+    } finally {
+      await sys.stop();
     }
   });
 });

@@ -10,7 +10,7 @@ import type { Server } from 'node:http';
 import type { Express } from 'express';
 import { createOrderApp } from '../lib/orders/app.js';
 import { openOrderDatabase } from '../lib/orders/db.js';
-import { createServiceAuth, createTokenVerifier, DEFAULT_ALGORITHMS, DEFAULT_AUDIENCE, DEFAULT_ISSUER, remoteKeys, type ServiceAuth } from '../lib/platform/identity.js';
+import { createServiceAuth, createTokenVerifier, DEFAULT_ALGORITHMS, DEFAULT_AUDIENCE, DEFAULT_ISSUER, remoteKeys, type AuthMode, type ServiceAuth } from '../lib/platform/identity.js';
 import type { Db } from '../lib/platform/db.js';
 import { createMetrics } from '../lib/platform/metrics.js';
 import { closeServer, listen } from '../lib/platform/server.js';
@@ -63,16 +63,17 @@ async function run(service: string, build: (logger: ReturnType<typeof memoryLogg
   };
 }
 
-export async function startSecuredSystem({ gatewayEnv = {}, logLevel = 'warn' }: { gatewayEnv?: Record<string, string>; logLevel?: string } = {}): Promise<SecuredSystem> {
+/** `mode`: every process's AUTH_MODE (the gateway's can be changed with `gatewayEnv`). */
+export async function startSecuredSystem({ mode = 'required', gatewayEnv = {}, logLevel = 'warn' }: { mode?: AuthMode; gatewayEnv?: Record<string, string>; logLevel?: string } = {}): Promise<SecuredSystem> {
   const dir = tempDir('msvc-secured-');
   const key = loadSigningKey(dir.dir);
   const users = await run('user-service', (logger) => {
     const db = openUserDatabase(dir.dir, true);
     setDemoPasswords(db, hashPasswordSync(DEFAULT_DEMO_PASSWORD));
-    return { app: createUserApp({ logger, db, metrics: createMetrics('user-service') }, { ...defaultUserAuth(), mode: 'required', key }), db };
+    return { app: createUserApp({ logger, db, metrics: createMetrics('user-service') }, { ...defaultUserAuth(), mode, key }), db };
   }, logLevel);
   const serviceAuth = (): ServiceAuth => createServiceAuth({
-    mode: 'required',
+    mode,
     verifier: createTokenVerifier({ keys: remoteKeys(`${users.url}/.well-known/jwks.json`), issuer: DEFAULT_ISSUER, audience: DEFAULT_AUDIENCE, algorithms: DEFAULT_ALGORITHMS }),
     internalToken: INTERNAL_TOKEN,
   });
@@ -87,7 +88,7 @@ export async function startSecuredSystem({ gatewayEnv = {}, logLevel = 'warn' }:
     return { app: createOrderApp({ logger, db, metrics: createMetrics('order-service'), users: usersClient, products: productsClient, auth: serviceAuth() }), db };
   }, logLevel);
   const gateway = await startGateway({
-    USERS_URL: users.url, PRODUCTS_URL: products.url, ORDERS_URL: orders.url, AUTH_MODE: 'required', ADMIN_TOKEN, LOG_LEVEL: logLevel, ...gatewayEnv,
+    USERS_URL: users.url, PRODUCTS_URL: products.url, ORDERS_URL: orders.url, AUTH_MODE: mode, ADMIN_TOKEN, LOG_LEVEL: logLevel, ...gatewayEnv,
   });
   return {
     gateway,

@@ -32,7 +32,7 @@ export interface GatewayAuth {
    */
   adminOnly(kind: 'debug' | 'admin'): RequestHandler;
   /** Whether the request holds an admin token (for the detailed /health); never throws. */
-  isAdmin(req: Request, res: Response): Promise<boolean>;
+  isAdmin(req: Request): Promise<boolean>;
 }
 
 /** The identity authenticate() verified for this request. */
@@ -95,18 +95,21 @@ export function createGatewayAuth({ config, logger, verifier = verifierFromConfi
       res.locals.identity = hit;
       return undefined;
     }
-    return verifier.verify(header, res).then(
+    return verifier.verify(header).then(
       (identity) => {
         res.locals.identity = identity;
         return undefined;
       },
       // Open mode: a token that does not verify is ignored (the request is anonymous, and a
       // service that looks at it refuses it); required mode: 401 (or 503 without the JWKS).
-      (err: HttpError) => (required || err.status !== 401 ? err : undefined),
+      (err: HttpError) => {
+        if (err.status !== 401) return err;
+        return required ? unauthenticated(res) : undefined;
+      },
     );
   };
 
-  const isAdmin = async (req: Request, res: Response): Promise<boolean> => {
+  const isAdmin = async (req: Request): Promise<boolean> => {
     const header = req.headers.authorization;
     if (header === undefined) return false;
     if (bearerMatches(header, adminToken)) return true;
