@@ -132,7 +132,10 @@ describe('AUTH_MODE=required', () => {
     assert.equal((await gw('PUT', '/api/products/5', alice, { price: 3.99 })).status, 200);
     assert.equal((await gw('GET', `/api/orders?userId=${BOB}`, alice)).status, 200);
     assert.equal((await gw('PUT', '/api/orders/3/status', alice, { status: 'shipped' })).status, 200);
-    assert.equal((await gw('GET', '/api/dashboard', alice)).status, 200);
+    const dashboard = await gw('GET', '/api/dashboard', alice);
+    assert.equal(dashboard.status, 200);
+    assert.equal(dashboard.body.meta.complete, true, JSON.stringify(dashboard.body.meta));
+    assert.equal(dashboard.body.services.users.totalUsers >= 3, true);
     assert.equal((await gw('GET', '/traces', alice)).status, 200);
     assert.equal((await gw('GET', '/metrics', alice)).status, 200);
     const health = await gw('GET', '/health', alice);
@@ -183,6 +186,11 @@ describe('AUTH_MODE=required', () => {
     assert.equal((await http(sys.products.url, 'DELETE', '/internal/reservations/demo-order-2', { headers: bearer(bob) })).status, 403);
     assert.equal((await http(sys.products.url, 'GET', '/internal/reservations/demo-order-2', { headers: bearer(INTERNAL_TOKEN) })).status, 200);
     assert.equal((await http(sys.gateway.url, 'GET', '/api/products/1', { headers: bearer(INTERNAL_TOKEN) })).status, 401, 'the service credential is no token at the gateway');
+    for (const service of [sys.users, sys.products, sys.orders]) {
+      assert.equal((await http(service.url, 'GET', '/stats')).status, 401);
+      assert.equal((await http(service.url, 'GET', '/stats', { headers: bearer(bob) })).status, 403);
+      assert.equal((await http(service.url, 'GET', '/stats', { headers: bearer(alice) })).status, 200);
+    }
   });
 
   test('when Carol sends the Idempotency-Key Bob used, then she gets her own order, never a replay of his', async () => {

@@ -48,7 +48,8 @@ export function createAggregateRoutes({ upstreams, metrics }: AggregateRoutesOpt
   router.get('/api/dashboard', async (req, res) => {
     timed(res, req.method);
     const list = Object.values(upstreams);
-    const results = await Promise.allSettled(list.map((u) => u.breaker.run((c) => u.client.get<unknown>('/stats', { signal: c.signal }))));
+    const headers = req.headers.authorization === undefined ? undefined : { authorization: req.headers.authorization };
+    const results = await Promise.allSettled(list.map((u) => u.breaker.run((c) => u.client.get<unknown>('/stats', { signal: c.signal, headers }))));
     const services: Record<string, unknown> = {};
     const unavailable: string[] = [];
     results.forEach((result, i) => {

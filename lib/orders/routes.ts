@@ -1,6 +1,6 @@
 import { Router } from 'express';
 import { HttpError, notFound } from '../platform/errors.js';
-import { forbidden, isAdmin, mayActFor, type Identity, type ServiceAuth } from '../platform/identity.js';
+import { forbidden, isAdmin, mayActFor, requireAdmin, type Identity, type ServiceAuth } from '../platform/identity.js';
 import { parseBody, parseId, parseQuery } from '../platform/validation.js';
 import { scopedKey } from './idempotency.js';
 import { CreateOrderSchema, IdempotencyKeySchema, ListOrdersQuerySchema, UpdateStatusSchema } from './schema.js';
@@ -71,7 +71,8 @@ export function createOrderRoutes(auth: ServiceAuth, deps: OrderDeps): Router {
     res.status(204).end();
   });
 
-  routes.get('/stats', (_req, res) => {
+  routes.get('/stats', async (req, res) => {
+    requireAdmin(await auth.caller(req, res));
     res.json(orderStats(deps));
   });
 

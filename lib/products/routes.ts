@@ -53,7 +53,8 @@ export function createProductRoutes(store: ProductStore, auth: ServiceAuth): Rou
     res.status(204).end();
   });
 
-  router.get('/stats', (_req, res) => {
+  router.get('/stats', async (req, res) => {
+    await admin(req, res);
     res.json(store.stats());
   });
 

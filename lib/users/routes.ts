@@ -55,7 +55,8 @@ export function createUserRoutes({ store, auth, ...loginDeps }: UserRoutesDeps):
     res.status(204).end();
   });
 
-  router.get('/stats', (_req, res) => {
+  router.get('/stats', async (req, res) => {
+    requireAdmin(await auth.caller(req, res));
     res.json(store.stats());
   });
 
