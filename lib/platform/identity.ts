@@ -41,7 +41,7 @@ export const authShape = {
 
 /**
  * In production the demo rows are seeded only when DEMO_PASSWORD is set: demo orders of users 1..3
- * would otherwise belong to whoever signs up first. Only whether it is set is kept.
+ * would otherwise belong to whoever signs up first. The value itself is dropped here.
  */
 export const demoSeedShape = { DEMO_PASSWORD: z.string().optional() };
 export function withDemoSeedRule<C extends { SEED_DATA: boolean; NODE_ENV: string; DEMO_PASSWORD?: string | undefined }>({ DEMO_PASSWORD, ...rest }: C): Omit<C, 'DEMO_PASSWORD'> {
