@@ -1,4 +1,5 @@
 import assert from 'node:assert/strict';
+import { generateKeyPairSync } from 'node:crypto';
 import { describe, mock, test } from 'node:test';
 import { isPublicRoute } from '../lib/gateway/auth.js';
 import { GatewayConfigSchema } from '../lib/gateway/config.js';
@@ -70,6 +71,14 @@ describe('createTokenVerifier', () => {
     assert.ok(verifier.cached(headers[2]!));
   });
 
+  test('when the key is Ed25519, then tokens are EdDSA and verify against its JWKS', async () => {
+    const pem = generateKeyPairSync('ed25519').privateKey.export({ type: 'pkcs8', format: 'pem' }) as string;
+    const edKey = loadSigningKey(':memory:', pem.replace(/\n/g, '\\n'));
+    assert.equal(edKey.publicJwk.kty, 'OKP');
+    const verifier = createTokenVerifier({ keys: localKeys(edKey), issuer: DEFAULT_ISSUER, audience: DEFAULT_AUDIENCE, algorithms: DEFAULT_ALGORITHMS });
+    assert.equal((await verifier.verify(`Bearer ${await issueToken(edKey, { id: 5, role: 'admin' }, settings)}`)).role, 'admin');
+  });
+
   test('when a token fails, then it is not cached and the answer is 401 UNAUTHENTICATED', async () => {
     const verifier = createTokenVerifier({ keys: localKeys(key), issuer: DEFAULT_ISSUER, audience: 'other', algorithms: DEFAULT_ALGORITHMS });
     const header = `Bearer ${await issueToken(key, { id: 1, role: 'admin' }, settings)}`;
@@ -107,6 +116,12 @@ describe('auth configuration', () => {
     assert.equal(parseConfig(UserConfigSchema, { NODE_ENV: 'production' }).DEMO_PASSWORD, undefined);
     assert.equal(parseConfig(UserConfigSchema, { NODE_ENV: 'production', DEMO_PASSWORD: 'a-demo-password' }).SEED_DATA, true);
     assert.equal(parseConfig(UserConfigSchema, {}).DEMO_PASSWORD, 'microservices-demo');
+    const ed25519 = generateKeyPairSync('ed25519').privateKey.export({ type: 'pkcs8', format: 'pem' }) as string;
+    assert.equal(loadSigningKey(':memory:', parseConfig(UserConfigSchema, { JWT_PRIVATE_KEY: ed25519 }).JWT_PRIVATE_KEY).alg, 'EdDSA');
+    const rsa = generateKeyPairSync('rsa', { modulusLength: 1024 }).privateKey.export({ type: 'pkcs8', format: 'pem' }) as string;
+    for (const bad of [rsa, 'not a key']) {
+      assert.throws(() => parseConfig(UserConfigSchema, { JWT_PRIVATE_KEY: bad }), /^Error: JWT_PRIVATE_KEY: must be a PKCS#8 PEM/);
+    }
     assert.equal(parseConfig(OrderConfigSchema, { NODE_ENV: 'production', ...internal }).SEED_DATA, false);
     assert.equal(parseConfig(OrderConfigSchema, { NODE_ENV: 'production', DEMO_PASSWORD: 'a-demo-password', ...internal }).SEED_DATA, true);
     assert.equal('DEMO_PASSWORD' in parseConfig(ProductConfigSchema, { DEMO_PASSWORD: 'a-demo-password' }), false, 'only the user service keeps the password');

@@ -86,6 +86,16 @@ export function loadSigningKey(dataDir: string, privateKeyPem?: string): Signing
   return toSigningKey(privateKey);
 }
 
+/** Whether JWT_PRIVATE_KEY holds a key we can sign with (checked at start, with the rest of the configuration). */
+export function isUsableSigningKey(pem: string): boolean {
+  try {
+    loadSigningKey(':memory:', pem);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
 function toSigningKey(privateKey: KeyObject): SigningKey {
   const type = privateKey.asymmetricKeyType;
   const jwk = createPublicKey(privateKey).export({ format: 'jwk' }) as JWK;

@@ -1,7 +1,7 @@
 import { z } from 'zod';
 import { intVar, portVar, serviceShape } from '../platform/config.js';
 import { authShape } from '../platform/identity.js';
-import { DEFAULT_DEMO_PASSWORD } from './auth.js';
+import { DEFAULT_DEMO_PASSWORD, isUsableSigningKey } from './auth.js';
 
 export const UserConfigSchema = z
   .object({
@@ -9,7 +9,7 @@ export const UserConfigSchema = z
     ...authShape,
     PORT: portVar(3011),
     // A PKCS#8 PEM (P-256 or Ed25519; "\n" may be written as \n); unset: DATA_DIR/jwt-signing-key.pem, made on first start.
-    JWT_PRIVATE_KEY: z.string().min(1).optional(),
+    JWT_PRIVATE_KEY: z.string().min(1).refine(isUsableSigningKey, 'must be a PKCS#8 PEM of a P-256 or Ed25519 private key').optional(),
     // Lifetime of an access token.
     TOKEN_TTL_S: intVar(900, 30, 24 * 3600),
     // The demo users' password; default `microservices-demo` outside production. In production the
