@@ -21,6 +21,7 @@ await runService({
       algorithms: config.JWT_ALGORITHMS,
       ttlS: config.TOKEN_TTL_S,
       ...(config.JWKS_URL === undefined ? {} : { verifyKeys: remoteKeys(config.JWKS_URL) }),
+      adminToken: config.ADMIN_TOKEN,
       loginMaxFailures: config.LOGIN_MAX_FAILURES,
       loginWindowMs: config.LOGIN_WINDOW_MS,
     });

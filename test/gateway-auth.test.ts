@@ -136,7 +136,10 @@ describe('AUTH_MODE=required', () => {
     assert.equal(dashboard.status, 200);
     assert.equal(dashboard.body.meta.complete, true, JSON.stringify(dashboard.body.meta));
     assert.equal(dashboard.body.services.users.totalUsers >= 3, true);
-    assert.equal((await gw('GET', '/traces', alice)).status, 200);
+    const traces = await gw('GET', '/traces', alice);
+    assert.equal(traces.status, 200);
+    assert.deepEqual(traces.body.meta.unavailable, [], 'the services give the admin their spans');
+    assert.ok(traces.body.traces.some((t: { services: string[] }) => t.services.includes('order-service')));
     assert.equal((await gw('GET', '/metrics', alice)).status, 200);
     const health = await gw('GET', '/health', alice);
     assert.ok(health.body.services, 'an admin sees the detailed /health');
@@ -187,6 +190,11 @@ describe('AUTH_MODE=required', () => {
     assert.equal((await http(sys.products.url, 'GET', '/internal/reservations/demo-order-2', { headers: bearer(INTERNAL_TOKEN) })).status, 200);
     assert.equal((await http(sys.gateway.url, 'GET', '/api/products/1', { headers: bearer(INTERNAL_TOKEN) })).status, 401, 'the service credential is no token at the gateway');
     for (const service of [sys.users, sys.products, sys.orders]) {
+      for (const path of ['/metrics', '/spans', '/traces']) {
+        assertUnauthenticated(await http(service.url, 'GET', path), `${service.url}${path}`);
+        assert.equal((await http(service.url, 'GET', path, { headers: bearer(bob) })).status, 403);
+        assert.equal((await http(service.url, 'GET', path, { headers: bearer(ADMIN_TOKEN) })).status, 200);
+      }
       assert.equal((await http(service.url, 'GET', '/stats')).status, 401);
       assert.equal((await http(service.url, 'GET', '/stats', { headers: bearer(bob) })).status, 403);
       assert.equal((await http(service.url, 'GET', '/stats', { headers: bearer(alice) })).status, 200);

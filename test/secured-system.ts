@@ -70,12 +70,13 @@ export async function startSecuredSystem({ mode = 'required', gatewayEnv = {}, l
   const users = await run('user-service', (logger) => {
     const db = openUserDatabase(dir.dir, true);
     setDemoPasswords(db, hashPasswordSync(DEFAULT_DEMO_PASSWORD));
-    return { app: createUserApp({ logger, db, metrics: createMetrics('user-service') }, { ...defaultUserAuth(), mode, key }), db };
+    return { app: createUserApp({ logger, db, metrics: createMetrics('user-service') }, { ...defaultUserAuth(), mode, key, adminToken: ADMIN_TOKEN }), db };
   }, logLevel);
   const serviceAuth = (): ServiceAuth => createServiceAuth({
     mode,
     verifier: createTokenVerifier({ keys: remoteKeys(`${users.url}/.well-known/jwks.json`), issuer: DEFAULT_ISSUER, audience: DEFAULT_AUDIENCE, algorithms: DEFAULT_ALGORITHMS }),
     internalToken: INTERNAL_TOKEN,
+    adminToken: ADMIN_TOKEN,
   });
   const products = await run('product-service', (logger) => {
     const db = openProductDatabase(dir.dir, true);

@@ -36,5 +36,5 @@ export function createOrderApp({ users, products, auth = createServiceAuth(), ..
     logger: logger.child({ component: 'orders' }),
     keys: createKeyGate(MAX_KEYS_IN_FLIGHT),
   });
-  return createServiceApp({ ...deps, service: 'order-service', routes });
+  return createServiceApp({ ...deps, service: 'order-service', routes, ...(auth.mode === 'required' ? { guardAdmin: auth.requireAdminSurface } : {}) });
 }

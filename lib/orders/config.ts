@@ -1,6 +1,6 @@
 import { z } from 'zod';
 import { intVar, portVar, serviceShape, urlVar } from '../platform/config.js';
-import { authShape, demoSeedShape, internalTokenVar, withDemoSeedRule } from '../platform/identity.js';
+import { adminTokenVar, authShape, demoSeedShape, internalTokenVar, withDemoSeedRule } from '../platform/identity.js';
 import { requireInternalTokenWhenRequired } from '../products/config.js';
 
 export const OrderConfigSchema = z.object({
@@ -8,6 +8,8 @@ export const OrderConfigSchema = z.object({
   ...authShape,
   // Shown to the product service's /internal/* routes; required when AUTH_MODE=required.
   INTERNAL_TOKEN: internalTokenVar,
+  // Opens /metrics, /spans and /traces in required mode (scrapers), beside an admin's JWT.
+  ADMIN_TOKEN: adminTokenVar,
   ...demoSeedShape,
   PORT: portVar(3013),
   USERS_URL: urlVar('http://127.0.0.1:3011'),

@@ -51,6 +51,9 @@ export function withDemoSeedRule<C extends { SEED_DATA: boolean; NODE_ENV: strin
 /** The service credential the order service shows the product service's /internal/* routes. */
 export const internalTokenVar = z.string().min(16, 'must be at least 16 characters').optional();
 
+/** A secret that opens a process's admin surface as Bearer, beside an admin's JWT (for scrapers). */
+export const adminTokenVar = z.string().min(16, 'must be at least 16 characters').optional();
+
 export function authModeOf(config: { AUTH_MODE?: AuthMode | undefined; NODE_ENV: string }): AuthMode {
   return config.AUTH_MODE ?? (config.NODE_ENV === 'production' ? 'required' : 'open');
 }
@@ -181,17 +184,24 @@ export interface ServiceAuth {
   optionalCaller(req: IncomingMessage, res: ServerResponse): Promise<Identity | null>;
   /** Throws unless the request holds the service credential (when one is configured; open mode without one lets all through). */
   requireService(req: IncomingMessage, res: ServerResponse): void;
+  /**
+   * The service's own admin surface (/metrics, /spans, /traces): open in open mode; in required
+   * mode an admin's token or ADMIN_TOKEN as Bearer (none: 401, a user's: 403).
+   */
+  requireAdminSurface(req: IncomingMessage, res: ServerResponse): Promise<void>;
 }
 
 export interface ServiceAuthOptions {
   mode?: AuthMode;
   /** Absent: no token can be verified (every bearer token is 401). */
   verifier?: TokenVerifier;
-  internalToken?: string;
+  internalToken?: string | undefined;
+  adminToken?: string | undefined;
 }
 
-export function createServiceAuth({ mode = 'open', verifier, internalToken }: ServiceAuthOptions = {}): ServiceAuth {
+export function createServiceAuth({ mode = 'open', verifier, internalToken, adminToken }: ServiceAuthOptions = {}): ServiceAuth {
   const internal = secretDigest(internalToken);
+  const admin = secretDigest(adminToken);
   const identify = async (req: IncomingMessage, res: ServerResponse): Promise<Identity | null> => {
     const header = req.headers.authorization;
     if (header === undefined) return null;
@@ -216,6 +226,14 @@ export function createServiceAuth({ mode = 'open', verifier, internalToken }: Se
         throw forbidden('The service credential is required');
       }
     },
+    async requireAdminSurface(req, res) {
+      if (mode === 'open') return;
+      const header = req.headers.authorization;
+      if (header === undefined) throw unauthenticated(res, 'An admin token is required');
+      if (bearerMatches(header, admin)) return;
+      const identity = await identify(req, res);
+      if (identity?.role !== 'admin') throw forbidden('An admin token is required');
+    },
   };
 }
 
@@ -238,6 +256,7 @@ export interface AuthConfig {
   JWT_AUDIENCE: string;
   JWT_ALGORITHMS: string[];
   INTERNAL_TOKEN?: string | undefined;
+  ADMIN_TOKEN?: string | undefined;
 }
 
 /** A verifier over the JWKS the configuration names (the user service at `usersUrl` by default). */
@@ -247,5 +266,7 @@ export function verifierFromConfig(config: AuthConfig, usersUrl: string): TokenV
 
 /** A service's ServiceAuth from its configuration. */
 export function serviceAuthFromConfig(config: AuthConfig, usersUrl: string): ServiceAuth {
-  return createServiceAuth({ mode: authModeOf(config), verifier: verifierFromConfig(config, usersUrl), internalToken: config.INTERNAL_TOKEN });
+  return createServiceAuth({
+    mode: authModeOf(config), verifier: verifierFromConfig(config, usersUrl), internalToken: config.INTERNAL_TOKEN, adminToken: config.ADMIN_TOKEN,
+  });
 }

@@ -5,5 +5,10 @@ import { createProductRoutes } from './routes.js';
 import { createProductStore } from './store.js';
 
 export function createProductApp(deps: ServiceDeps, auth: ServiceAuth = createServiceAuth()): Express {
-  return createServiceApp({ ...deps, service: 'product-service', routes: createProductRoutes(createProductStore(deps.db), auth) });
+  return createServiceApp({
+    ...deps,
+    service: 'product-service',
+    routes: createProductRoutes(createProductStore(deps.db), auth),
+    ...(auth.mode === 'required' ? { guardAdmin: auth.requireAdminSurface } : {}),
+  });
 }

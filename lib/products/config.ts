@@ -1,6 +1,6 @@
 import { z } from 'zod';
 import { portVar, serviceShape, urlVar } from '../platform/config.js';
-import { authModeOf, authShape, demoSeedShape, internalTokenVar, withDemoSeedRule } from '../platform/identity.js';
+import { adminTokenVar, authModeOf, authShape, demoSeedShape, internalTokenVar, withDemoSeedRule } from '../platform/identity.js';
 
 export const ProductConfigSchema = z
   .object({
@@ -11,6 +11,8 @@ export const ProductConfigSchema = z
     USERS_URL: urlVar('http://127.0.0.1:3011'),
     // The credential the order service shows on /internal/*; required when AUTH_MODE=required.
     INTERNAL_TOKEN: internalTokenVar,
+    // Opens /metrics, /spans and /traces in required mode (scrapers), beside an admin's JWT.
+    ADMIN_TOKEN: adminTokenVar,
     ...demoSeedShape,
   })
   .superRefine(requireInternalTokenWhenRequired)

@@ -16,6 +16,8 @@ export interface UserAuthOptions {
   ttlS: number;
   /** Where tokens are verified against; absent: this service's own key. */
   verifyKeys?: JWTVerifyGetKey;
+  /** Opens /metrics, /spans and /traces in required mode, beside an admin's token. */
+  adminToken?: string | undefined;
   /** Failed logins per email per window before 429. */
   loginMaxFailures: number;
   loginWindowMs: number;
@@ -36,12 +38,13 @@ export const defaultUserAuth = (): UserAuthOptions => ({
 export function createUserApp(deps: ServiceDeps, options: UserAuthOptions = defaultUserAuth()): Express {
   const { mode, key, issuer, audience, algorithms, ttlS } = options;
   const verifier = createTokenVerifier({ keys: options.verifyKeys ?? localKeys(key), issuer, audience, algorithms });
+  const auth = createServiceAuth({ mode, verifier, adminToken: options.adminToken });
   const routes = createUserRoutes({
     store: createUserStore(deps.db),
-    auth: createServiceAuth({ mode, verifier }),
+    auth,
     key,
     token: { issuer, audience, ttlS },
     throttle: createLoginThrottle({ maxFailures: options.loginMaxFailures, windowMs: options.loginWindowMs }),
   });
-  return createServiceApp({ ...deps, service: 'user-service', routes });
+  return createServiceApp({ ...deps, service: 'user-service', routes, ...(mode === 'required' ? { guardAdmin: auth.requireAdminSurface } : {}) });
 }

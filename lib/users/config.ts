@@ -1,6 +1,6 @@
 import { z } from 'zod';
 import { intVar, portVar, serviceShape } from '../platform/config.js';
-import { authShape } from '../platform/identity.js';
+import { adminTokenVar, authShape } from '../platform/identity.js';
 import { DEFAULT_DEMO_PASSWORD, isUsableSigningKey } from './auth.js';
 
 export const UserConfigSchema = z
@@ -8,6 +8,8 @@ export const UserConfigSchema = z
     ...serviceShape,
     ...authShape,
     PORT: portVar(3011),
+    // Opens /metrics, /spans and /traces in required mode (scrapers), beside an admin's JWT.
+    ADMIN_TOKEN: adminTokenVar,
     // A PKCS#8 PEM (P-256 or Ed25519; "\n" may be written as \n); unset: DATA_DIR/jwt-signing-key.pem, made on first start.
     JWT_PRIVATE_KEY: z.string().min(1).refine(isUsableSigningKey, 'must be a PKCS#8 PEM of a P-256 or Ed25519 private key').optional(),
     // Lifetime of an access token.
