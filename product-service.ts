@@ -1,4 +1,5 @@
 // The product service: the catalog, its stock and stock reservations, in DATA_DIR/products.db.
+import { serviceAuthFromConfig } from './lib/platform/identity.js';
 import { runService } from './lib/platform/main.js';
 import { createProductApp } from './lib/products/app.js';
 import { ProductConfigSchema } from './lib/products/config.js';
@@ -8,5 +9,5 @@ await runService({
   service: 'product-service',
   schema: ProductConfigSchema,
   openDatabase: openProductDatabase,
-  build: (deps) => ({ app: createProductApp(deps) }),
+  build: (deps, config) => ({ app: createProductApp(deps, serviceAuthFromConfig(config, config.USERS_URL)) }),
 });

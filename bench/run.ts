@@ -34,6 +34,8 @@ const OptionsSchema = z.object({
     .refine((n) => n >= 1 && n <= 20, 'must be a whole number from 1 to 20').optional(),
   BENCH_OUT_DIR: z.string().min(1).optional(),
   // Another gateway implementation behind the same routes, to compare before choosing one.
+  // Every request carries a demo admin's token (logged in through the gateway): what verifying costs.
+  BENCH_TOKEN: z.enum(['0', '1', 'true', 'false']).optional().transform((v) => v === '1' || v === 'true'),
   BENCH_GATEWAY_ENTRY: z.string().regex(/\.ts$/, 'must be a .ts entry file relative to the repository root').default('gateway.ts'),
 });
 
@@ -47,6 +49,7 @@ interface Options {
   rounds: number;
   outDir?: string;
   gatewayEntry: string;
+  token: boolean;
 }
 
 function readOptions(argv: string[], env: NodeJS.ProcessEnv): Options {
@@ -65,6 +68,7 @@ function readOptions(argv: string[], env: NodeJS.ProcessEnv): Options {
     rounds: raw.BENCH_ROUNDS ?? (smoke ? 1 : 3),
     outDir: raw.BENCH_OUT_DIR,
     gatewayEntry: raw.BENCH_GATEWAY_ENTRY,
+    token: raw.BENCH_TOKEN,
   };
 }
 
@@ -130,6 +134,14 @@ async function json(method: string, url: string, body?: unknown): Promise<{ stat
     // Not JSON: keep the text for the message.
   }
   return { status: res.status, body: parsed };
+}
+
+/** Alice's access token (the demo admin, DEMO_PASSWORD's default), from the gateway's login. */
+async function demoAdminToken(gatewayUrl: string): Promise<string> {
+  const res = await json('POST', `${gatewayUrl}/api/auth/login`, { email: 'alice@example.com', password: 'microservices-demo' });
+  const token = (res.body as { accessToken?: unknown })?.accessToken;
+  if (res.status !== 200 || typeof token !== 'string') throw new Error(`BENCH_TOKEN: login failed: ${res.status} ${JSON.stringify(res.body).slice(0, 200)}`);
+  return token;
 }
 
 /**
@@ -340,6 +352,8 @@ async function bench(o: Options, supervisor: Supervisor, workDir: string, signal
     throw new Error(`could not create the benchmark's product: ${created.status} ${JSON.stringify(created.body).slice(0, 300)}`);
   }
   const orderBody = JSON.stringify({ userId: 1, items: [{ productId, quantity: 1 }] });
+  const auth: Record<string, string> = o.token ? { authorization: `Bearer ${await demoAdminToken(gateway.url)}` } : {};
+  if (o.token) log('Every request carries a demo admin\'s token (BENCH_TOKEN=1).');
   const urls: Record<Target, string> = {
     direct: `${products.url}/products/1`,
     gateway: `${gateway.url}/api/products/1`,
@@ -347,12 +361,12 @@ async function bench(o: Options, supervisor: Supervisor, workDir: string, signal
     bare: `${system.get('bare')!.url}/api/products/1`,
     nginx: system.get('nginx') ? `${system.get('nginx')!.url}/api/products/1` : '',
   };
-  const getSpec = (t: Target, connections = GET_CONNECTIONS): LoadSpec => ({ url: urls[t], connections, durationS: o.durationS });
+  const getSpec = (t: Target, connections = GET_CONNECTIONS): LoadSpec => ({ url: urls[t], connections, durationS: o.durationS, headers: auth });
   const ordersSpec: LoadSpec = {
-    url: `${gateway.url}/api/orders`, method: 'POST', body: orderBody, headers: { 'content-type': 'application/json' },
+    url: `${gateway.url}/api/orders`, method: 'POST', body: orderBody, headers: { ...auth, 'content-type': 'application/json' },
     connections: WRITE_CONNECTIONS, durationS: o.durationS,
   };
-  const dashboardSpec: LoadSpec = { url: `${gateway.url}/api/dashboard`, connections: WRITE_CONNECTIONS, durationS: o.durationS };
+  const dashboardSpec: LoadSpec = { url: `${gateway.url}/api/dashboard`, connections: WRITE_CONNECTIONS, durationS: o.durationS, headers: auth };
 
   await preflight(urls.gateway, `${gateway.url}/api/orders`, orderBody);
   await preflight(urls.untraced, `${system.get('untraced')!.url}/api/orders`, orderBody);

@@ -100,7 +100,7 @@ describe('gateway status, debug routes and metrics', () => {
     extra.push(guarded);
     const none = await circuit(guarded.url, 'users', 'open');
     assert.equal(none.status, 401);
-    assert.equal(none.body.code, 'UNAUTHORIZED');
+    assert.equal(none.body.code, 'UNAUTHENTICATED');
     assert.equal((await circuit(guarded.url, 'users', 'open', { authorization: `Bearer ${TOKEN}x` })).status, 401);
     assert.equal((await circuit(guarded.url, 'users', 'open', { authorization: TOKEN })).status, 401);
     const ok = await circuit(guarded.url, 'users', 'open', { authorization: `Bearer ${TOKEN}` });

@@ -26,9 +26,11 @@ export function createAggregateRoutes({ upstreams, metrics }: AggregateRoutesOpt
   router.get('/api/users/:id/full', async (req, res) => {
     timed(res, req.method);
     const id = parseId(req.params);
+    // The services apply their rules to the caller, so they are asked with the caller's token.
+    const headers = req.headers.authorization === undefined ? undefined : { authorization: req.headers.authorization };
     const [user, userOrders] = await Promise.allSettled([
-      users.breaker.run((c) => users.client.get<Record<string, unknown>>(`/users/${id}`, { signal: c.signal })),
-      orders.breaker.run((c) => orders.client.get<Page<unknown>>(`/orders?userId=${id}&limit=${USER_ORDERS_LIMIT}`, { signal: c.signal })),
+      users.breaker.run((c) => users.client.get<Record<string, unknown>>(`/users/${id}`, { signal: c.signal, headers })),
+      orders.breaker.run((c) => orders.client.get<Page<unknown>>(`/orders?userId=${id}&limit=${USER_ORDERS_LIMIT}`, { signal: c.signal, headers })),
     ]);
     // Without the user there is nothing to show: its 404 stays a 404, its outage is our 503.
     if (user.status === 'rejected') {
@@ -46,7 +48,8 @@ export function createAggregateRoutes({ upstreams, metrics }: AggregateRoutesOpt
   router.get('/api/dashboard', async (req, res) => {
     timed(res, req.method);
     const list = Object.values(upstreams);
-    const results = await Promise.allSettled(list.map((u) => u.breaker.run((c) => u.client.get<unknown>('/stats', { signal: c.signal }))));
+    const headers = req.headers.authorization === undefined ? undefined : { authorization: req.headers.authorization };
+    const results = await Promise.allSettled(list.map((u) => u.breaker.run((c) => u.client.get<unknown>('/stats', { signal: c.signal, headers }))));
     const services: Record<string, unknown> = {};
     const unavailable: string[] = [];
     results.forEach((result, i) => {

@@ -10,9 +10,10 @@ import { ServiceClient } from '../platform/service-client.js';
 import { createTraceRoutes } from '../platform/trace-endpoints.js';
 import { createTracing, type Tracing } from '../platform/span-recorder.js';
 import { createAggregateRoutes } from './aggregate.js';
+import { createGatewayAuth, createLoginRoute, requireAdminCaller, requireSelfOrAdmin } from './auth.js';
 import type { GatewayConfig } from './config.js';
 import { createDashboard } from './dashboard/index.js';
-import { createDebugRoutes, debugGuard } from './debug.js';
+import { createDebugRoutes } from './debug.js';
 import { createGatewayMetrics } from './metrics.js';
 import { rejectUnsafePaths } from './path-guard.js';
 import { createFrontDoor, createServiceProxy, proxyRoute } from './proxy.js';
@@ -47,6 +48,8 @@ export function createGateway({ config, logger, metrics = createMetrics('gateway
   const upstreams = Object.fromEntries(upstreamList.map((u) => [u.name, u])) as Record<ServiceName, Upstream>;
   const cache = createStaleCache({ maxEntries: config.CACHE_MAX_ENTRIES, maxAgeMs: config.CACHE_MAX_AGE_MS, maxBytes: config.CACHE_MAX_BYTES });
   const limiter = createRateLimiter({ limit: config.RATE_LIMIT, windowMs: config.RATE_WINDOW_MS, metrics: gatewayMetrics });
+  const auth = createGatewayAuth({ config, logger });
+  const loginLimiter = createRateLimiter({ limit: config.LOGIN_RATE_LIMIT, windowMs: config.LOGIN_RATE_WINDOW_MS, metrics: gatewayMetrics, byAddress: true });
   const version = (JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string }).version;
 
   const app = createBaseApp();
@@ -59,11 +62,12 @@ export function createGateway({ config, logger, metrics = createMetrics('gateway
   // One timing and one 'close' listener per request serve the log line, the span and both metrics.
   // The debug routes (and the dashboard's controls) exist in production only behind a token.
   const debugAllowed = config.ADMIN_TOKEN !== undefined || config.NODE_ENV !== 'production';
+  const debugGuard = auth.adminOnly('debug');
   const dashboard = createDashboard({
     upstreams: upstreamList,
     limiter,
     registry: metrics.registry,
-    guard: debugGuard(config.ADMIN_TOKEN),
+    guard: debugGuard,
     controls: debugAllowed,
     rateLimit: { limit: config.RATE_LIMIT, windowMs: config.RATE_WINDOW_MS },
   });
@@ -71,18 +75,32 @@ export function createGateway({ config, logger, metrics = createMetrics('gateway
   const onError = errorHandler(logger);
   app.use(context);
   const proxies = new Map(upstreamList.map((u) => [u.name, createServiceProxy({ upstream: u, cache, metrics: gatewayMetrics, logger, trustsProxies: config.TRUST_PROXY !== false })]));
-  app.use(createStatusRoutes({ upstreams: upstreamList, name: GATEWAY_NAME, version }));
-  app.get('/metrics', metrics.handler);
+  // The admin surface: open as before in open mode, an admin's token in required mode.
+  const adminOnly = auth.adminOnly('admin');
+  app.use(createStatusRoutes({
+    upstreams: upstreamList,
+    name: GATEWAY_NAME,
+    version,
+    showAddresses: config.NODE_ENV !== 'production',
+    detailedHealth: auth.mode === 'open' ? undefined : auth.isAdmin,
+  }));
+  app.get('/metrics', adminOnly, metrics.handler);
+  app.use(['/traces', '/spans'], adminOnly);
   if (tracing) {
     // /traces merges the gateway's spans with every service's, each asked with a short timeout.
     const remotes = upstreamList.map((u) => new ServiceClient({ name: u.name, baseUrl: u.target, timeoutMs: config.HEALTH_PROBE_TIMEOUT_MS }));
     app.use(createTraceRoutes({ tracing, remotes }));
   }
   app.use(dashboard.router);
+  // The debug routes exist in production only with ADMIN_TOKEN set; adminOnly('debug') asks for
+  // a bearer token (an admin's JWT or ADMIN_TOKEN) once ADMIN_TOKEN is set or in required mode.
   if (debugAllowed) {
-    app.use(createDebugRoutes({ upstreams, logger, adminToken: config.ADMIN_TOKEN, faultCallTimeoutMs: config.HEALTH_PROBE_TIMEOUT_MS }));
+    app.use(createDebugRoutes({ upstreams, logger, guard: debugGuard, adminToken: config.ADMIN_TOKEN, faultCallTimeoutMs: config.HEALTH_PROBE_TIMEOUT_MS }));
   }
-  app.use('/api', limiter.middleware, rejectUnsafePaths);
+  app.use('/api', auth.middleware, limiter.middleware, rejectUnsafePaths);
+  app.use(createLoginRoute({ users: upstreams.users, limiter: loginLimiter }));
+  app.get('/api/dashboard', requireAdminCaller(auth.mode));
+  app.get('/api/users/:id/full', requireSelfOrAdmin);
   app.use(createAggregateRoutes({ upstreams, metrics: gatewayMetrics }));
   // What the fast path leaves (other letter case, say) still reaches the same handlers here.
   for (const upstream of upstreamList) app.all(proxyRoute(upstream), proxies.get(upstream.name)!);
@@ -91,11 +109,12 @@ export function createGateway({ config, logger, metrics = createMetrics('gateway
 
   return {
     app,
-    front: createFrontDoor({ app, context, limiter, proxies, onError }),
+    front: createFrontDoor({ app, context, authenticate: auth.authenticate, limiter, proxies, onError }),
     close: async () => {
       await tracing?.shutdown();
       dashboard.close();
       limiter.close();
+      loginLimiter.close();
       cache.clear();
       for (const u of upstreamList) {
         u.breaker.shutdown();

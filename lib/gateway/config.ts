@@ -2,6 +2,7 @@
 import express from 'express';
 import { z } from 'zod';
 import { commonShape, intVar, portVar, urlVar } from '../platform/config.js';
+import { authShape } from '../platform/identity.js';
 
 /** Largest value setTimeout/setInterval accept; timers and windows above it fire at once. */
 const MAX_TIMER_MS = 2 ** 31 - 1;
@@ -34,6 +35,7 @@ const trustProxyVar = z
 
 export const GatewayConfigSchema = z.object({
   ...commonShape,
+  ...authShape,
   PORT: portVar(3010),
   USERS_URL: urlVar('http://127.0.0.1:3011'),
   PRODUCTS_URL: urlVar('http://127.0.0.1:3012'),
@@ -50,7 +52,11 @@ export const GatewayConfigSchema = z.object({
   CB_HALF_OPEN_REQUESTS: intVar(2, 1, 100),
   // Time to the upstream's response headers (and whole answer for aggregation calls).
   UPSTREAM_TIMEOUT_MS: intVar(5000, 10, 600_000),
-  // Bearer token for POST /debug/circuit; without it the route is open in development and absent in production.
+  // POST /api/auth/login attempts per client address per window (the user service also limits failures per email).
+  LOGIN_RATE_LIMIT: intVar(20, 1, 1_000_000),
+  LOGIN_RATE_WINDOW_MS: intVar(60_000, 100, MAX_TIMER_MS),
+  // Bearer token for the admin surface (/debug/*, /traces, /metrics, the detailed /health) besides
+  // an admin's JWT. Without it, in open mode, the debug route is open in development and absent in production.
   ADMIN_TOKEN: z.string().min(16, 'must be at least 16 characters').optional(),
   // The stale cache: last good GET answers, served with X-Cache: STALE when the service fails. 0 entries turns it off.
   CACHE_MAX_ENTRIES: intVar(1000, 0, 1_000_000),

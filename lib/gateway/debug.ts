@@ -3,7 +3,7 @@
 // switches (demos, drills).
 import { Router, type RequestHandler } from 'express';
 import { HttpError } from '../platform/errors.js';
-import { bearerGuard, FAULTS_PATH, FaultSpecSchema, type FaultState } from '../platform/faults.js';
+import { FAULTS_PATH, FaultSpecSchema, type FaultState } from '../platform/faults.js';
 import { jsonBody } from '../platform/http.js';
 import type { Logger } from '../platform/logger.js';
 import { ServiceClient } from '../platform/service-client.js';
@@ -17,7 +17,9 @@ type CircuitAction = (typeof CIRCUIT_ACTIONS)[number];
 export interface DebugRoutesOptions {
   upstreams: Record<ServiceName, Upstream>;
   logger: Logger;
-  /** When set, callers must send `Authorization: Bearer <token>`; the gateway passes it on to the services. */
+  /** In front of every debug route: who may switch circuits and faults. */
+  guard: RequestHandler;
+  /** ADMIN_TOKEN, when set: what the gateway shows the services' fault routes; else the caller's own token goes on. */
   adminToken?: string;
   /** How long the gateway waits for each instance's fault switch route. */
   faultCallTimeoutMs?: number;
@@ -32,20 +34,14 @@ interface ServiceFaults {
 }
 
 /**
- * The guard in front of every debug route and the dashboard's data: the admin token when one is
- * configured. The caller decides whether to mount the routes at all.
- */
-export const debugGuard = (adminToken: string | undefined): RequestHandler => bearerGuard(adminToken);
-
-/**
  * `open` trips the circuit (half-open after the reset timeout, like a tripped one), `close` closes
  * it, `reset` closes it and clears its counters.
  */
-export function createDebugRoutes({ upstreams, logger, adminToken, faultCallTimeoutMs = 1000 }: DebugRoutesOptions): Router {
+export function createDebugRoutes({ upstreams, logger, guard, adminToken, faultCallTimeoutMs = 1000 }: DebugRoutesOptions): Router {
   const router = Router();
   const log = logger.child({ component: 'debug' });
   const names = Object.keys(upstreams) as ServiceName[];
-  const auth: Record<string, string> = adminToken === undefined ? {} : { authorization: `Bearer ${adminToken}` };
+  const ownToken = adminToken === undefined ? undefined : `Bearer ${adminToken}`;
   // One client per instance, made once.
   const instances = new Map(names.map((name) => [name, instanceUrls(upstreams[name]).map((baseUrl) => new ServiceClient({ name, baseUrl, timeoutMs: faultCallTimeoutMs, maxResponseBytes: 16 * 1024 }))]));
 
@@ -56,9 +52,13 @@ export function createDebugRoutes({ upstreams, logger, adminToken, faultCallTime
   };
 
   /** Sends one fault-switch call to every instance of `service`; the first answer is the state. */
-  const toInstances = async (service: ServiceName, method: 'GET' | 'POST', body?: unknown): Promise<ServiceFaults> => {
+  const toInstances = async (service: ServiceName, callerAuth: string | undefined, method: 'GET' | 'POST', body?: unknown): Promise<ServiceFaults> => {
     const clients = instances.get(service)!;
-    const results = await Promise.allSettled(clients.map((c) => c.request<FaultState>(method, FAULTS_PATH, { body, headers: auth })));
+    // The services guard their fault routes as the gateway does: ADMIN_TOKEN, or else the admin's
+    // own token, which the guard in front of these routes has already checked.
+    const authorization = ownToken ?? callerAuth;
+    const headers: Record<string, string> = authorization === undefined ? {} : { authorization };
+    const results = await Promise.allSettled(clients.map((c) => c.request<FaultState>(method, FAULTS_PATH, { body, headers })));
     let faults: FaultState | null = null;
     let reached = 0;
     for (const r of results) {
@@ -69,7 +69,7 @@ export function createDebugRoutes({ upstreams, logger, adminToken, faultCallTime
     return { service, faults, instances: clients.length, reached };
   };
 
-  router.use('/debug', debugGuard(adminToken));
+  router.use('/debug', guard);
 
   router.post('/debug/circuit/:service/:action', (req, res) => {
     const { service, action } = req.params as { service: string; action: string };
@@ -93,14 +93,14 @@ export function createDebugRoutes({ upstreams, logger, adminToken, faultCallTime
     res.json({ service: upstream.name, action, newState: breaker.state });
   });
 
-  router.get('/debug/faults', async (_req, res) => {
-    res.json({ services: await Promise.all(names.map((name) => toInstances(name, 'GET'))) });
+  router.get('/debug/faults', async (req, res) => {
+    res.json({ services: await Promise.all(names.map((name) => toInstances(name, req.headers.authorization, 'GET'))) });
   });
 
   router.post('/debug/faults/:service', jsonBody(16 * 1024), async (req, res) => {
     const upstream = upstreamOf(String(req.params.service));
     const spec = parseBody(FaultSpecSchema, req.body ?? {});
-    const result = await toInstances(upstream.name, 'POST', spec);
+    const result = await toInstances(upstream.name, req.headers.authorization, 'POST', spec);
     if (result.reached === 0) throw new HttpError(503, 'SERVICE_UNAVAILABLE', `No instance of ${upstream.name} took the fault switches`);
     log.warn({ service: upstream.name, faults: spec, reached: result.reached, instances: result.instances }, 'fault switches set');
     res.json(result);

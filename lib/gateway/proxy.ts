@@ -7,6 +7,7 @@ import type { Logger } from '../platform/logger.js';
 import { UpstreamUnavailableError, type UpstreamFailure } from '../platform/service-client.js';
 import { startClientSpan, type ClientSpan } from '../platform/span-recorder.js';
 import { CircuitOpenError, ClientGoneError, type Cancellation } from './breakers.js';
+import { staleCacheKey, type Authenticate } from './auth.js';
 import type { GatewayMetrics } from './metrics.js';
 import { isUnsafeRequestPath, unsafePathError } from './path-guard.js';
 import type { RateLimiter } from './rate-limit.js';
@@ -36,6 +37,8 @@ export interface FrontDoorOptions {
   app: Express;
   /** requestContext's middleware: trace, span, timing, log line and metrics. */
   context: RequestHandler;
+  /** Verifies the caller's token before the limiter counts the request against it. */
+  authenticate: Authenticate;
   limiter: RateLimiter;
   /** The proxy handler of each service, by name. */
   proxies: Map<string, RequestHandler>;
@@ -52,7 +55,16 @@ export interface FrontDoorOptions {
  * The server is made with Express's request and response prototypes (`expressServerClasses`), so
  * `req.ip`, `res.json()` and the rest work here without Express's per-request set-up.
  */
-export function createFrontDoor({ app, context, limiter, proxies, onError }: FrontDoorOptions): (req: IncomingMessage, res: ServerResponse) => void {
+export function createFrontDoor({ app, context, authenticate, limiter, proxies, onError }: FrontDoorOptions): (req: IncomingMessage, res: ServerResponse) => void {
+  // After the caller is known: the limit (per user or address), the path guard, the proxy.
+  const proceed = (req: Request, res: Response, url: string, handler: RequestHandler, fail: (err: unknown) => void): void => {
+    const limited = limiter.check(req, res);
+    if (limited) return fail(limited);
+    if (isUnsafeRequestPath(url)) return fail(unsafePathError());
+    const result = handler(req, res, fail) as unknown;
+    if (result instanceof Promise) result.catch(fail);
+  };
+
   return (rawReq, rawRes) => {
     const url = rawReq.url ?? '';
     const m = url.charCodeAt(1) === 97 /* a */ ? PROXIED.exec(url) : null;
@@ -79,11 +91,13 @@ export function createFrontDoor({ app, context, limiter, proxies, onError }: Fro
     };
     try {
       context(req, res, () => {
-        const limited = limiter.check(req, res);
-        if (limited) return fail(limited);
-        if (isUnsafeRequestPath(url)) return fail(unsafePathError());
-        const result = handler(req, res, fail) as unknown;
-        if (result instanceof Promise) result.catch(fail);
+        const checked = authenticate(req, res);
+        if (checked === undefined) return proceed(req, res, url, handler, fail);
+        if (checked instanceof Promise) {
+          checked.then((err) => (err ? fail(err) : proceed(req, res, url, handler, fail)), fail);
+          return;
+        }
+        fail(checked);
       });
     } catch (err) {
       // Under the router, a throw here would have reached the error handler too.
@@ -264,8 +278,8 @@ export function createServiceProxy({ upstream, cache, metrics, logger, trustsPro
   return async (req, res) => {
     res.locals.route = route;
     res.locals.proxiedTo = upstream.name;
-    // Never cache (or serve from cache) what a credentialed request saw: it may be that user's alone.
-    const cacheKey = req.method === 'GET' && req.headers.authorization === undefined ? req.originalUrl : undefined;
+    // A credentialed answer may be that caller's alone: it is kept under the caller's id, or not at all.
+    const cacheKey = staleCacheKey(req, res);
     const ex = new Exchange(req, res, cacheKey);
     try {
       // A timeout while the client is still sending its body is the client's doing, unless the

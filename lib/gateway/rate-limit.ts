@@ -1,4 +1,5 @@
-// The /api/* rate limit: RATE_LIMIT requests per RATE_WINDOW_MS per client.
+// The /api/* rate limit: RATE_LIMIT requests per RATE_WINDOW_MS per client: per user id for a
+// verified caller, per address for anonymous ones.
 import type { Request, RequestHandler, Response } from 'express';
 import { ipKeyGenerator } from 'express-rate-limit';
 import { HttpError } from '../platform/errors.js';
@@ -8,6 +9,8 @@ export interface RateLimiterOptions {
   limit: number;
   windowMs: number;
   metrics: GatewayMetrics;
+  /** Count every request by its address, verified caller or not (login attempts). */
+  byAddress?: boolean;
 }
 
 export interface RateLimiter {
@@ -85,21 +88,24 @@ class HitCounter {
 }
 
 /**
- * The client is `req.ip` grouped by express-rate-limit's `ipKeyGenerator` (IPv6 by /56): the
+ * An anonymous client is `req.ip` grouped by express-rate-limit's `ipKeyGenerator` (IPv6 by /56): the
  * socket address, unless the app's `trust proxy` setting names proxies whose X-Forwarded-For we
  * believe. The headers are the ones express-rate-limit sends with `legacyHeaders: true` and
  * `standardHeaders: 'draft-7'`: `X-RateLimit-Limit`, `-Remaining`, `-Reset` (Unix seconds),
  * `RateLimit-Policy: 100;w=60` and `RateLimit: limit=100, remaining=99, reset=60`. Its middleware
  * is not used: it awaits five times per request, and proxied requests skip Express's router.
  */
-export function createRateLimiter({ limit, windowMs, metrics }: RateLimiterOptions): RateLimiter {
+export function createRateLimiter({ limit, windowMs, metrics, byAddress = false }: RateLimiterOptions): RateLimiter {
   const counter = new HitCounter(windowMs);
   const limitHeader = String(limit);
   const policy = `${limit};w=${Math.ceil(windowMs / 1000)}`;
 
   const check = (req: Request, res: Response): HttpError | undefined => {
     const now = Date.now();
-    const { hits, resetMs } = counter.hit(ipKeyGenerator(req.ip ?? ''), now);
+    // A verified caller (set by the authenticate step) is one client wherever it calls from;
+    // `user:` keys cannot collide with addresses.
+    const identity = byAddress ? undefined : (res.locals.identity as { key: string } | undefined);
+    const { hits, resetMs } = counter.hit(identity === undefined ? ipKeyGenerator(req.ip ?? '') : identity.key, now);
     const resetSeconds = Math.max(0, Math.ceil((resetMs - now) / 1000));
     const remaining = Math.max(limit - hits, 0);
     if (!res.headersSent) {

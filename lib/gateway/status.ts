@@ -1,5 +1,5 @@
 // GET / (what this gateway is and routes to) and GET /health (each service's circuit and a probe).
-import { Router } from 'express';
+import { Router, type Request, type Response } from 'express';
 import type { CircuitState } from './breakers.js';
 import type { ProbeResult, Upstream } from './upstreams.js';
 
@@ -13,6 +13,7 @@ export const GATEWAY_FEATURES = [
   'aggregation',
   'distributed-tracing',
   'metrics',
+  'jwt-auth',
 ] as const;
 
 /**
@@ -25,20 +26,31 @@ export function serviceStatus(state: CircuitState, probe?: ProbeResult): Service
   return probe === undefined || probe.ok ? 'healthy' : 'unhealthy';
 }
 
-export function createStatusRoutes({ upstreams, name, version }: { upstreams: Upstream[]; name: string; version: string }): Router {
+export interface StatusRoutesOptions {
+  upstreams: Upstream[];
+  name: string;
+  version: string;
+  /** Whether GET / names the services' internal addresses (not in production). */
+  showAddresses: boolean;
+  /** Who sees the detailed /health; absent: everyone. Others get only `{status}`. */
+  detailedHealth?: (req: Request, res: Response) => Promise<boolean>;
+}
+
+export function createStatusRoutes({ upstreams, name, version, showAddresses, detailedHealth }: StatusRoutesOptions): Router {
   const router = Router();
 
   router.get('/', (_req, res) => {
     res.json({
       name,
       version,
-      services: upstreams.map((u) => ({ name: u.name, url: u.url, status: serviceStatus(u.breaker.state) })),
+      services: upstreams.map((u) => (showAddresses ? { name: u.name, url: u.url, status: serviceStatus(u.breaker.state) } : { name: u.name, status: serviceStatus(u.breaker.state) })),
       features: GATEWAY_FEATURES,
     });
   });
 
   // Always 200: the gateway itself is up; the body says how its services are.
-  router.get('/health', async (_req, res) => {
+  router.get('/health', async (req, res) => {
+    const detailed = detailedHealth === undefined || (await detailedHealth(req, res));
     const probes = await Promise.all(upstreams.map((u) => u.probe()));
     let degraded = false;
     const services: Record<string, unknown> = {};
@@ -48,7 +60,8 @@ export function createStatusRoutes({ upstreams, name, version }: { upstreams: Up
       if (circuitState !== 'CLOSED' || !probe.ok) degraded = true;
       services[u.name] = { status: serviceStatus(circuitState, probe), circuitState, stats: u.breaker.stats, probe };
     });
-    res.json({ status: degraded ? 'degraded' : 'healthy', timestamp: new Date().toISOString(), services });
+    const status = degraded ? 'degraded' : 'healthy';
+    res.json(detailed ? { status, timestamp: new Date().toISOString(), services } : { status });
   });
 
   return router;

@@ -1,5 +1,6 @@
 import type { Express } from 'express';
 import { Gauge } from 'prom-client';
+import { createServiceAuth, type ServiceAuth } from '../platform/identity.js';
 import { createServiceApp, type ServiceDeps } from '../platform/service-app.js';
 import type { ProductsClient } from '../products/client.js';
 import type { UsersClient } from '../users/client.js';
@@ -10,12 +11,14 @@ import { createOrderStore } from './store.js';
 export interface OrderAppDeps extends ServiceDeps {
   users: UsersClient;
   products: ProductsClient;
+  /** Who may see and change which orders; default open mode with no verifier (tests). */
+  auth?: ServiceAuth;
 }
 
 // Creates with an Idempotency-Key that may be in progress at once; more is a 503 with Retry-After.
 const MAX_KEYS_IN_FLIGHT = 1000;
 
-export function createOrderApp({ users, products, ...deps }: OrderAppDeps): Express {
+export function createOrderApp({ users, products, auth = createServiceAuth(), ...deps }: OrderAppDeps): Express {
   const { logger, db, metrics } = deps;
   const store = createOrderStore(db);
   new Gauge({
@@ -26,12 +29,12 @@ export function createOrderApp({ users, products, ...deps }: OrderAppDeps): Expr
       this.set(store.countPendingReleases());
     },
   });
-  const routes = createOrderRoutes({
+  const routes = createOrderRoutes(auth, {
     store,
     users,
     products,
     logger: logger.child({ component: 'orders' }),
     keys: createKeyGate(MAX_KEYS_IN_FLIGHT),
   });
-  return createServiceApp({ ...deps, service: 'order-service', routes });
+  return createServiceApp({ ...deps, service: 'order-service', routes, ...(auth.mode === 'required' ? { guardAdmin: auth.requireAdminSurface } : {}) });
 }

@@ -1,8 +1,16 @@
 import { z } from 'zod';
 import { intVar, portVar, serviceShape, urlVar } from '../platform/config.js';
+import { adminTokenVar, authShape, demoSeedShape, internalTokenVar, withDemoSeedRule } from '../platform/identity.js';
+import { requireInternalTokenWhenRequired } from '../products/config.js';
 
 export const OrderConfigSchema = z.object({
   ...serviceShape,
+  ...authShape,
+  // Shown to the product service's /internal/* routes; required when AUTH_MODE=required.
+  INTERNAL_TOKEN: internalTokenVar,
+  // Opens /metrics, /spans and /traces in required mode (scrapers), beside an admin's JWT.
+  ADMIN_TOKEN: adminTokenVar,
+  ...demoSeedShape,
   PORT: portVar(3013),
   USERS_URL: urlVar('http://127.0.0.1:3011'),
   PRODUCTS_URL: urlVar('http://127.0.0.1:3012'),
@@ -12,6 +20,6 @@ export const OrderConfigSchema = z.object({
   // reserve, a crash mid-create) are released again. A row is first retried once it is older
   // than 2 x UPSTREAM_TIMEOUT_MS, so a create still waiting for its reserve is never raced.
   RELEASE_RETRY_MS: intVar(5000, 10, 3_600_000),
-});
+}).superRefine(requireInternalTokenWhenRequired).transform(withDemoSeedRule);
 
 export type OrderConfig = z.output<typeof OrderConfigSchema>;

@@ -2,6 +2,7 @@
 // second request with a key wait until the first with that key has finished.
 import { createHash } from 'node:crypto';
 import { HttpError } from '../platform/errors.js';
+import type { Identity } from '../platform/identity.js';
 import type { CreateOrderInput } from './schema.js';
 
 /** Same order request, same hash: key order and the ignored `unitPrice` do not matter. */
@@ -9,6 +10,12 @@ export function hashOrderRequest(input: CreateOrderInput): string {
   const canonical = JSON.stringify([input.userId, input.items.map((i) => [i.productId, i.quantity])]);
   return createHash('sha256').update(canonical).digest('hex');
 }
+
+/**
+ * The key as stored: an authenticated caller's keys are its own (another user sending the same
+ * key gets no replay of this caller's order); anonymous keys (open mode) stay as they were sent.
+ */
+export const scopedKey = (caller: Identity | null, key: string): string => (caller === null ? key : `user:${caller.sub}:${key}`);
 
 export interface KeyGate {
   /** Runs `fn` once no other call holds `key`; calls with the same key run one after another. */

@@ -130,9 +130,10 @@ function priceItems(input: CreateOrderInput, reservation: Reservation): NewOrder
   return items;
 }
 
-export async function changeOrderStatus(deps: OrderDeps, id: number, to: OrderStatus): Promise<Order> {
+/** `onlyFrom`: the change is made only from this status (a user cancels a pending order, nothing else). */
+export async function changeOrderStatus(deps: OrderDeps, id: number, to: OrderStatus, onlyFrom?: OrderStatus): Promise<Order> {
   const releaseStock = to === 'cancelled';
-  const result = deps.store.changeStatus(id, to, (from) => NEXT_STATUSES[from].includes(to), releaseStock);
+  const result = deps.store.changeStatus(id, to, (from) => (onlyFrom === undefined || from === onlyFrom) && NEXT_STATUSES[from].includes(to), releaseStock);
   if (result.kind === 'not_found') throw notFound('Order');
   if (result.kind === 'rejected') {
     throw new HttpError(409, 'INVALID_TRANSITION', `An order cannot go from ${result.from} to ${to}`);

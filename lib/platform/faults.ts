@@ -1,10 +1,10 @@
 // Fault switches every service honours (added latency, 500s, cut connections, down), set over
 // HTTP by the gateway's /debug/faults and switched off by themselves after a time to live.
-import { createHash, timingSafeEqual } from 'node:crypto';
 import { Router, type RequestHandler } from 'express';
 import { z } from 'zod';
 import { errorBody, HttpError } from './errors.js';
 import { jsonBody } from './http.js';
+import { bearerMatches, secretDigest, unauthenticated } from './identity.js';
 import type { Logger } from './logger.js';
 import { parseBody } from './validation.js';
 
@@ -59,20 +59,16 @@ export interface FaultOptions {
   random?: () => number;
 }
 
-const digest = (value: string): Buffer => createHash('sha256').update(value).digest();
-
 /**
- * Middleware that refuses a request without `Authorization: Bearer <token>` (401), or lets every
- * request through when `token` is undefined. Both sides are hashed so the comparison takes the
- * same time for any guess.
+ * Middleware that refuses a request without `Authorization: Bearer <token>` (401, scheme in any
+ * letter case), or lets every request through when `token` is undefined.
  */
 export function bearerGuard(token: string | undefined): RequestHandler {
   if (token === undefined) return (_req, _res, next) => next();
-  const expected = digest(`Bearer ${token}`);
+  const expected = secretDigest(token);
   return (req, res, next) => {
-    if (timingSafeEqual(digest(req.headers.authorization ?? ''), expected)) return next();
-    res.setHeader('WWW-Authenticate', 'Bearer');
-    next(new HttpError(401, 'UNAUTHORIZED', 'A valid admin token is required'));
+    if (bearerMatches(req.headers.authorization, expected)) return next();
+    next(unauthenticated(res, 'A valid admin token is required'));
   };
 }
 

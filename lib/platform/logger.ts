@@ -21,7 +21,11 @@ export function createLogger({ service, level = 'info', pretty, destination }: L
     level,
     base: { service },
     timestamp: pino.stdTimeFunctions.isoTime,
-    redact: { paths: ['req.headers.authorization', 'headers.authorization', 'authorization'], censor: '[redacted]' },
+    // Nothing logs these on purpose; the redaction catches an object logged by mistake.
+    redact: {
+      paths: ['req.headers.authorization', 'headers.authorization', 'authorization', 'password', '*.password', 'accessToken', '*.accessToken', 'token', '*.token'],
+      censor: '[redacted]',
+    },
     mixin() {
       const trace = currentTrace();
       return trace ? { traceId: trace.traceId, spanId: trace.spanId } : {};

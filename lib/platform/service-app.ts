@@ -1,5 +1,5 @@
 // The frame every data-owning service shares: middleware order, /health, /metrics, 404, errors.
-import type { Express, Router } from 'express';
+import type { Express, Request, Response, Router } from 'express';
 import type { Logger } from 'pino';
 import { databaseIsHealthy, type Db } from './db.js';
 import { errorHandler, notFoundHandler } from './errors.js';
@@ -20,13 +20,18 @@ export interface ServiceDeps {
   faults?: FaultSwitches | null;
 }
 
+/** Throws when the caller may not read /metrics, /spans or /traces (lib/platform/identity.ts). */
+export type AdminSurfaceGuard = (req: Request, res: Response) => Promise<void>;
+
 export interface ServiceAppOptions extends ServiceDeps {
   /** `user-service`, `product-service`, `order-service`: the name /health reports. */
   service: string;
   routes: Router;
+  /** Absent: the admin surface is open (open mode). */
+  guardAdmin?: AdminSurfaceGuard;
 }
 
-export function createServiceApp({ service, logger, metrics, db, routes, tracing = createTracing({ service }), faults = createFaultSwitches({ logger }) }: ServiceAppOptions): Express {
+export function createServiceApp({ service, logger, metrics, db, routes, guardAdmin, tracing = createTracing({ service }), faults = createFaultSwitches({ logger }) }: ServiceAppOptions): Express {
   const app = createBaseApp();
   // Metrics hang on the request's one 'close' listener, with the span and the log line.
   app.use(requestContext(logger, tracing ?? undefined, [metrics.observe]));
@@ -34,6 +39,12 @@ export function createServiceApp({ service, logger, metrics, db, routes, tracing
     const healthy = databaseIsHealthy(db);
     res.status(healthy ? 200 : 503).json({ status: healthy ? 'healthy' : 'unhealthy', service });
   });
+  if (guardAdmin) {
+    app.use(['/metrics', '/spans', '/traces', FAULTS_PATH], async (req, res, next) => {
+      await guardAdmin(req, res);
+      next();
+    });
+  }
   app.get('/metrics', metrics.handler);
   if (tracing) app.use(createTraceRoutes({ tracing }));
   // Faults reach the API routes only: the routes above keep answering under any switch.

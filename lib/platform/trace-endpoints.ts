@@ -42,10 +42,12 @@ interface Gathered {
 export function createTraceRoutes({ tracing, remotes = [] }: { tracing: Tracing; remotes?: ServiceClient[] }): Router {
   const router = Router();
 
-  async function gather(query: { traceId?: string; limit: number }): Promise<Gathered> {
+  /** `authorization`: the caller's, passed on, as each process guards its own spans. */
+  async function gather(query: { traceId?: string; limit: number }, authorization?: string): Promise<Gathered> {
     const qs = new URLSearchParams({ limit: String(query.limit) });
     if (query.traceId) qs.set('traceId', query.traceId);
-    const results = await Promise.allSettled(remotes.map((r) => r.get<{ spans: SpanRecord[] }>(`/spans?${qs}`)));
+    const options = authorization === undefined ? undefined : { headers: { authorization } };
+    const results = await Promise.allSettled(remotes.map((r) => r.get<{ spans: SpanRecord[] }>(`/spans?${qs}`, options)));
     const spans = tracing.buffer.query(query);
     const unavailable: string[] = [];
     results.forEach((r, i) => {
@@ -62,7 +64,7 @@ export function createTraceRoutes({ tracing, remotes = [] }: { tracing: Tracing;
 
   router.get('/traces', async (req, res) => {
     const { limit, service, status, minDurationMs } = parseQuery(TracesQuery, req.query);
-    const { spans, unavailable } = await gather({ limit: LIST_SPANS });
+    const { spans, unavailable } = await gather({ limit: LIST_SPANS }, req.headers.authorization);
     const byTrace = new Map<string, SpanRecord[]>();
     for (const s of spans) {
       const list = byTrace.get(s.traceId);
@@ -81,7 +83,7 @@ export function createTraceRoutes({ tracing, remotes = [] }: { tracing: Tracing;
     const parsed = TraceIdSchema.safeParse(req.params.traceId);
     if (!parsed.success) throw new HttpError(400, 'VALIDATION_ERROR', 'Invalid trace id', [{ field: 'traceId', message: 'must be 1..128 characters of A-Za-z0-9._:-' }]);
     const w3cTraceId = toW3cTraceId(parsed.data);
-    const { spans, unavailable } = await gather({ traceId: w3cTraceId, limit: 10_000 });
+    const { spans, unavailable } = await gather({ traceId: w3cTraceId, limit: 10_000 }, req.headers.authorization);
     const own = spans.filter((s) => s.traceId === w3cTraceId);
     if (own.length === 0) throw new HttpError(404, 'NOT_FOUND', 'Trace not found');
     own.sort((a, b) => a.startMs - b.startMs);

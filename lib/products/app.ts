@@ -1,8 +1,14 @@
 import type { Express } from 'express';
+import { createServiceAuth, type ServiceAuth } from '../platform/identity.js';
 import { createServiceApp, type ServiceDeps } from '../platform/service-app.js';
 import { createProductRoutes } from './routes.js';
 import { createProductStore } from './store.js';
 
-export function createProductApp(deps: ServiceDeps): Express {
-  return createServiceApp({ ...deps, service: 'product-service', routes: createProductRoutes(createProductStore(deps.db)) });
+export function createProductApp(deps: ServiceDeps, auth: ServiceAuth = createServiceAuth()): Express {
+  return createServiceApp({
+    ...deps,
+    service: 'product-service',
+    routes: createProductRoutes(createProductStore(deps.db), auth),
+    ...(auth.mode === 'required' ? { guardAdmin: auth.requireAdminSurface } : {}),
+  });
 }

@@ -25,7 +25,9 @@ export interface ProductsClient {
   getReservation(reservationId: string): Promise<ReservationRecord | null>;
 }
 
-export function createProductsClient(client: ServiceClient): ProductsClient {
+/** `internalToken`: the service credential the product service asks of /internal/* callers. */
+export function createProductsClient(client: ServiceClient, internalToken?: string): ProductsClient {
+  const internal = internalToken === undefined ? undefined : { headers: { authorization: `Bearer ${internalToken}` } };
   const parse = <T>(schema: z.ZodType<T>, body: unknown, status: number): T => {
     const parsed = schema.safeParse(body);
     if (!parsed.success) throw new UpstreamUnavailableError(client.name, 'bad_response', status);
@@ -35,11 +37,11 @@ export function createProductsClient(client: ServiceClient): ProductsClient {
 
   return {
     async reserve(reservationId, items) {
-      const res = await client.post<unknown>('/internal/reservations', { id: reservationId, items });
+      const res = await client.post<unknown>('/internal/reservations', { id: reservationId, items }, internal);
       return parse(HeldReservationSchema, res.body, res.status);
     },
     async release(reservationId) {
-      const res = await client.request<unknown>('DELETE', reservationPath(reservationId));
+      const res = await client.request<unknown>('DELETE', reservationPath(reservationId), internal);
       return parse(ReleaseSchema, res.body, res.status);
     },
     async getProduct(id) {
@@ -47,7 +49,7 @@ export function createProductsClient(client: ServiceClient): ProductsClient {
       return res.status === 404 ? null : parse(ProductSchema, res.body, res.status);
     },
     async getReservation(reservationId) {
-      const res = await client.get<unknown>(reservationPath(reservationId), { accept: [404] });
+      const res = await client.get<unknown>(reservationPath(reservationId), { ...internal, accept: [404] });
       return res.status === 404 ? null : parse(ReservationSchema, res.body, res.status);
     },
   };

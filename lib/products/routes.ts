@@ -1,13 +1,21 @@
-import { Router } from 'express';
+import { Router, type Request, type Response } from 'express';
 import { notFound } from '../platform/errors.js';
+import { requireAdmin, type ServiceAuth } from '../platform/identity.js';
 import { parseBody, parseId, parseParams, parseQuery } from '../platform/validation.js';
 import {
   CreateProductSchema, ListProductsQuerySchema, ReservationParamsSchema, ReserveSchema, StockChangeSchema, UpdateProductSchema,
 } from './schema.js';
 import type { ProductStore } from './store.js';
 
-export function createProductRoutes(store: ProductStore): Router {
+export function createProductRoutes(store: ProductStore, auth: ServiceAuth): Router {
   const router = Router();
+  // Reads are public and never look at a token; every change is an admin's.
+  const admin = async (req: Request, res: Response) => requireAdmin(await auth.caller(req, res));
+  // Only the order service, holding the service credential, takes and gives back stock.
+  router.use('/internal', (req, res, next) => {
+    auth.requireService(req, res);
+    next();
+  });
 
   router.get('/products', (req, res) => {
     res.json(store.list(parseQuery(ListProductsQuerySchema, req.query)));
@@ -19,29 +27,34 @@ export function createProductRoutes(store: ProductStore): Router {
     res.json(product);
   });
 
-  router.post('/products', (req, res) => {
+  router.post('/products', async (req, res) => {
+    await admin(req, res);
     const product = store.create(parseBody(CreateProductSchema, req.body));
     res.status(201).location(`/products/${product.id}`).json(product);
   });
 
-  router.put('/products/:id', (req, res) => {
+  router.put('/products/:id', async (req, res) => {
+    await admin(req, res);
     const id = parseId(req.params);
     const product = store.update(id, parseBody(UpdateProductSchema, req.body));
     if (!product) throw notFound('Product');
     res.json(product);
   });
 
-  router.patch('/products/:id/stock', (req, res) => {
+  router.patch('/products/:id/stock', async (req, res) => {
+    await admin(req, res);
     const id = parseId(req.params);
     res.json(store.adjustStock(id, parseBody(StockChangeSchema, req.body)));
   });
 
-  router.delete('/products/:id', (req, res) => {
+  router.delete('/products/:id', async (req, res) => {
+    await admin(req, res);
     if (!store.remove(parseId(req.params))) throw notFound('Product');
     res.status(204).end();
   });
 
-  router.get('/stats', (_req, res) => {
+  router.get('/stats', async (req, res) => {
+    await admin(req, res);
     res.json(store.stats());
   });
 

@@ -1,6 +1,29 @@
 import { z } from 'zod';
-import { portVar, serviceShape } from '../platform/config.js';
+import { intVar, portVar, serviceShape } from '../platform/config.js';
+import { adminTokenVar, authShape } from '../platform/identity.js';
+import { DEFAULT_DEMO_PASSWORD, isUsableSigningKey } from './auth.js';
 
-export const UserConfigSchema = z.object({ ...serviceShape, PORT: portVar(3011) });
+export const UserConfigSchema = z
+  .object({
+    ...serviceShape,
+    ...authShape,
+    PORT: portVar(3011),
+    // Opens /metrics, /spans and /traces in required mode (scrapers), beside an admin's JWT.
+    ADMIN_TOKEN: adminTokenVar,
+    // A PKCS#8 PEM (P-256 or Ed25519; "\n" may be written as \n); unset: DATA_DIR/jwt-signing-key.pem, made on first start.
+    JWT_PRIVATE_KEY: z.string().min(1).refine(isUsableSigningKey, 'must be a PKCS#8 PEM of a P-256 or Ed25519 private key').optional(),
+    // Lifetime of an access token.
+    TOKEN_TTL_S: intVar(900, 30, 24 * 3600),
+    // The demo users' password; default `microservices-demo` outside production. In production the
+    // demo rows are only seeded when it is set.
+    DEMO_PASSWORD: z.string().min(8, 'must be 8 to 128 characters').max(128, 'must be 8 to 128 characters').optional(),
+    // Failed logins per email within the window before every attempt is 429.
+    LOGIN_MAX_FAILURES: intVar(10, 1, 10_000),
+    LOGIN_WINDOW_MS: intVar(15 * 60_000, 1000, 2 ** 31 - 1),
+  })
+  .transform((c) => {
+    const demoPassword = c.DEMO_PASSWORD ?? (c.NODE_ENV === 'production' ? undefined : DEFAULT_DEMO_PASSWORD);
+    return { ...c, DEMO_PASSWORD: demoPassword, SEED_DATA: c.SEED_DATA && demoPassword !== undefined };
+  });
 
-export type UserConfig = z.infer<typeof UserConfigSchema>;
+export type UserConfig = z.output<typeof UserConfigSchema>;

@@ -14,6 +14,8 @@ export const USER_MIGRATIONS: Migrations = [
      updated_at TEXT NOT NULL
    ) STRICT;
    CREATE INDEX users_role ON users (role, id);`,
+  // A scrypt hash (lib/users/auth.ts); NULL: the user cannot log in.
+  'ALTER TABLE users ADD COLUMN password_hash TEXT;',
 ];
 
 export function openUserDatabase(dataDir: string, seed: boolean): Db {
@@ -28,4 +30,14 @@ export function openUserDatabase(dataDir: string, seed: boolean): Db {
     });
   }
   return db;
+}
+
+/**
+ * Gives the demo users that have no password `passwordHash`. Files seeded before passwords existed
+ * hold the demo rows without one; this makes them usable after a restart. Only rows with no
+ * password are touched, so a password someone set is never overwritten.
+ */
+export function setDemoPasswords(db: Db, passwordHash: string): number {
+  const store = createUserStore(db);
+  return demoUsers.reduce((n, u) => n + (store.setPasswordIfMissing(u.email, passwordHash) ? 1 : 0), 0);
 }

@@ -1,41 +1,75 @@
 import { Router } from 'express';
 import { notFound } from '../platform/errors.js';
+import { forbidden, isAdmin, mayActFor, requireAdmin, type ServiceAuth } from '../platform/identity.js';
 import { parseBody, parseId, parseQuery } from '../platform/validation.js';
-import { CreateUserSchema, ListUsersQuerySchema, UpdateUserSchema } from './schema.js';
+import { hashPassword, login, type LoginDeps, type SigningKey } from './auth.js';
+import { CreateUserSchema, ListUsersQuerySchema, LoginSchema, UpdateUserSchema } from './schema.js';
 import type { UserStore } from './store.js';
 
-export function createUserRoutes(store: UserStore): Router {
-  const router = Router();
+export interface UserRoutesDeps extends Omit<LoginDeps, 'store'> {
+  store: UserStore;
+  auth: ServiceAuth;
+  key: SigningKey;
+}
 
-  router.get('/users', (req, res) => {
+export function createUserRoutes({ store, auth, ...loginDeps }: UserRoutesDeps): Router {
+  const router = Router();
+  const jwks = { keys: [loginDeps.key.publicJwk] };
+
+  router.get('/users', async (req, res) => {
+    requireAdmin(await auth.caller(req, res));
     res.json(store.list(parseQuery(ListUsersQuerySchema, req.query)));
   });
 
-  router.get('/users/:id', (req, res) => {
-    const user = store.get(parseId(req.params));
+  router.get('/users/:id', async (req, res) => {
+    const caller = await auth.caller(req, res);
+    const id = parseId(req.params);
+    const user = mayActFor(caller, id) ? store.get(id) : undefined;
     if (!user) throw notFound('User');
     res.json(user);
   });
 
-  router.post('/users', (req, res) => {
-    const user = store.create(parseBody(CreateUserSchema, req.body));
+  // Open sign-up; only an admin (or anyone in open mode without a token, as before) makes an admin.
+  router.post('/users', async (req, res) => {
+    const caller = await auth.optionalCaller(req, res);
+    const { password, ...input } = parseBody(CreateUserSchema, req.body);
+    if (input.role === 'admin' && !isAdmin(caller) && !(caller === null && auth.mode === 'open')) throw forbidden('Only an admin may create an admin');
+    const user = store.create({ ...input, ...(password === undefined ? {} : { passwordHash: await hashPassword(password) }) });
     res.status(201).location(`/users/${user.id}`).json(user);
   });
 
-  router.put('/users/:id', (req, res) => {
+  router.put('/users/:id', async (req, res) => {
+    const caller = await auth.caller(req, res);
     const id = parseId(req.params);
-    const user = store.update(id, parseBody(UpdateUserSchema, req.body));
+    const { password, ...patch } = parseBody(UpdateUserSchema, req.body);
+    if (!mayActFor(caller, id)) throw notFound('User');
+    if (patch.role !== undefined) requireAdmin(caller);
+    const user = store.update(id, { ...patch, ...(password === undefined ? {} : { passwordHash: await hashPassword(password) }) });
     if (!user) throw notFound('User');
     res.json(user);
   });
 
-  router.delete('/users/:id', (req, res) => {
+  router.delete('/users/:id', async (req, res) => {
+    requireAdmin(await auth.caller(req, res));
     if (!store.remove(parseId(req.params))) throw notFound('User');
     res.status(204).end();
   });
 
-  router.get('/stats', (_req, res) => {
+  router.get('/stats', async (req, res) => {
+    requireAdmin(await auth.caller(req, res));
     res.json(store.stats());
+  });
+
+  router.post('/auth/login', async (req, res) => {
+    const { email, password } = parseBody(LoginSchema, req.body);
+    // RFC 6749 5.1: a token answer is never stored by a cache.
+    res.setHeader('Cache-Control', 'no-store');
+    res.json(await login({ store, ...loginDeps }, email, password));
+  });
+
+  router.get('/.well-known/jwks.json', (_req, res) => {
+    res.setHeader('Cache-Control', 'public, max-age=300');
+    res.json(jwks);
   });
 
   return router;

@@ -17,17 +17,34 @@ const NameSchema = z.string().trim().min(2, 'must be 2 to 100 characters').max(1
 // enough because the format below is ASCII only).
 const EmailSchema = z.string().trim().max(254, 'must be at most 254 characters').pipe(z.email('must be a valid email'));
 
+// Never trimmed or otherwise changed: it is hashed as sent.
+const PasswordSchema = z.string().min(8, 'must be 8 to 128 characters').max(128, 'must be 8 to 128 characters');
+
 export const CreateUserSchema = z.strictObject({
   name: NameSchema,
   email: EmailSchema,
   role: RoleSchema.default('user'),
+  password: PasswordSchema.optional(),
 });
 export type CreateUser = z.infer<typeof CreateUserSchema>;
 
 export const UpdateUserSchema = z
-  .strictObject({ name: NameSchema.optional(), email: EmailSchema.optional(), role: RoleSchema.optional() })
-  .refine((v) => Object.keys(v).length > 0, 'must contain at least one of name, email, role');
+  .strictObject({ name: NameSchema.optional(), email: EmailSchema.optional(), role: RoleSchema.optional(), password: PasswordSchema.optional() })
+  .refine((v) => Object.keys(v).length > 0, 'must contain at least one of name, email, role, password');
 export type UpdateUser = z.infer<typeof UpdateUserSchema>;
+
+export const LoginSchema = z.strictObject({
+  email: z.string().trim().min(1, 'is required').max(254, 'must be at most 254 characters'),
+  password: z.string().min(1, 'is required').max(1024, 'is too long'),
+});
+export type Login = z.infer<typeof LoginSchema>;
+
+export interface AccessToken {
+  accessToken: string;
+  tokenType: 'Bearer';
+  /** Seconds. */
+  expiresIn: number;
+}
 
 export const ListUsersQuerySchema = z.strictObject({ ...PagingShape, role: RoleSchema.optional() });
 export type ListUsersQuery = z.infer<typeof ListUsersQuerySchema>;

@@ -25,6 +25,10 @@ function rethrowUnique(err: unknown): never {
   throw err;
 }
 
+/** A user to insert: the password already hashed. */
+export type NewUser = Omit<CreateUser, 'password'> & { passwordHash?: string };
+export type UserPatch = Omit<UpdateUser, 'password'> & { passwordHash?: string };
+
 export function createUserStore(db: Db) {
   const COLUMNS = 'id, name, email, role, created_at, updated_at';
   const listStmt = db.prepare<{ role: Role | null; limit: number; offset: number }, UserRow>(
@@ -34,12 +38,19 @@ export function createUserStore(db: Db) {
     'SELECT count(*) AS total FROM users WHERE (@role IS NULL OR role = @role)',
   );
   const getStmt = db.prepare<[number], UserRow>(`SELECT ${COLUMNS} FROM users WHERE id = ?`);
-  const insertStmt = db.prepare<{ name: string; email: string; role: Role; now: string }, UserRow>(
-    `INSERT INTO users (name, email, role, created_at, updated_at) VALUES (@name, @email, @role, @now, @now) RETURNING ${COLUMNS}`,
+  const insertStmt = db.prepare<{ name: string; email: string; role: Role; passwordHash: string | null; now: string }, UserRow>(
+    `INSERT INTO users (name, email, role, password_hash, created_at, updated_at) VALUES (@name, @email, @role, @passwordHash, @now, @now) RETURNING ${COLUMNS}`,
   );
-  const updateStmt = db.prepare<{ id: number; name: string | null; email: string | null; role: Role | null; now: string }, UserRow>(
-    `UPDATE users SET name = coalesce(@name, name), email = coalesce(@email, email), role = coalesce(@role, role), updated_at = @now
+  const updateStmt = db.prepare<{ id: number; name: string | null; email: string | null; role: Role | null; passwordHash: string | null; now: string }, UserRow>(
+    `UPDATE users SET name = coalesce(@name, name), email = coalesce(@email, email), role = coalesce(@role, role),
+       password_hash = coalesce(@passwordHash, password_hash), updated_at = @now
      WHERE id = @id RETURNING ${COLUMNS}`,
+  );
+  const credentialsStmt = db.prepare<[string], { id: number; role: Role; password_hash: string | null }>(
+    'SELECT id, role, password_hash FROM users WHERE email = ?',
+  );
+  const setMissingPasswordStmt = db.prepare<[string, string, string]>(
+    'UPDATE users SET password_hash = ?, updated_at = ? WHERE email = ? AND password_hash IS NULL',
   );
   const deleteStmt = db.prepare<[number]>('DELETE FROM users WHERE id = ?');
   const statsStmt = db.prepare<[], { total: number; admins: number }>(
@@ -58,22 +69,34 @@ export function createUserStore(db: Db) {
       return row && toUser(row);
     },
 
-    create(input: CreateUser): User {
+    create({ name, email, role, passwordHash }: NewUser): User {
       try {
-        return toUser(insertStmt.get({ ...input, now: new Date().toISOString() })!);
+        return toUser(insertStmt.get({ name, email, role, passwordHash: passwordHash ?? null, now: new Date().toISOString() })!);
       } catch (err) {
         rethrowUnique(err);
       }
     },
 
     /** undefined when there is no such user. */
-    update(id: number, patch: UpdateUser): User | undefined {
+    update(id: number, patch: UserPatch): User | undefined {
       try {
-        const row = updateStmt.get({ id, name: patch.name ?? null, email: patch.email ?? null, role: patch.role ?? null, now: new Date().toISOString() });
+        const row = updateStmt.get({
+          id, name: patch.name ?? null, email: patch.email ?? null, role: patch.role ?? null, passwordHash: patch.passwordHash ?? null, now: new Date().toISOString(),
+        });
         return row && toUser(row);
       } catch (err) {
         rethrowUnique(err);
       }
+    },
+
+    /** What a login checks; the hash never leaves the user service. */
+    credentials(email: string): { id: number; role: Role; passwordHash: string | null } | undefined {
+      const row = credentialsStmt.get(email);
+      return row && { id: row.id, role: row.role, passwordHash: row.password_hash };
+    },
+
+    setPasswordIfMissing(email: string, passwordHash: string): boolean {
+      return setMissingPasswordStmt.run(passwordHash, new Date().toISOString(), email).changes === 1;
     },
 
     remove(id: number): boolean {

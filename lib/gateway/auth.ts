@@ -1,0 +1,192 @@
+// Who is calling the gateway: bearer tokens verified at the edge (JWKS, cached), the public routes
+// of required mode, the admin surface, and the login route in front of the user service.
+import type { Request, RequestHandler, Response } from 'express';
+import { Router } from 'express';
+import { HttpError } from '../platform/errors.js';
+import { jsonBody } from '../platform/http.js';
+import {
+  authModeOf, bearerMatches, forbidden, jwksUrlOf, secretDigest, unauthenticated, verifierFromConfig, type AuthMode, type Identity, type TokenVerifier,
+} from '../platform/identity.js';
+import type { Logger } from '../platform/logger.js';
+import type { GatewayConfig } from './config.js';
+import type { RateLimiter } from './rate-limit.js';
+import type { Upstream } from './upstreams.js';
+
+/**
+ * Sets `res.locals.identity` for a verified token; returns the error to answer, or undefined to go
+ * on. Synchronous (no promise, no closure) when the token is absent or already verified; a
+ * promise only the first time a token is seen.
+ */
+export type Authenticate = (req: Request, res: Response) => HttpError | undefined | Promise<HttpError | undefined>;
+
+export interface GatewayAuth {
+  readonly mode: AuthMode;
+  /** The pipeline step: verifies a bearer token and sets `res.locals.identity`; 401 as the mode says. */
+  authenticate: Authenticate;
+  /** authenticate() as Express middleware, for /api routes behind the router. */
+  middleware: RequestHandler;
+  /**
+   * Guards the admin surface: an admin token (JWT with role admin, or ADMIN_TOKEN) as Bearer.
+   * `debug`: the debug routes, locked once ADMIN_TOKEN is set even in open mode; `admin`: the rest,
+   * locked in required mode.
+   */
+  adminOnly(kind: 'debug' | 'admin'): RequestHandler;
+  /** Whether the request holds an admin token (for the detailed /health); never throws. */
+  isAdmin(req: Request): Promise<boolean>;
+}
+
+/** The identity authenticate() verified for this request. */
+export const identityOf = (res: Response): Identity | undefined => res.locals.identity as Identity | undefined;
+
+/**
+ * What a GET's answer may be kept under in the stale cache: anonymous answers by URL, a verified
+ * caller's under its own id (so Carol is never served Bob's profile), and nothing for a request
+ * whose credential was not verified.
+ */
+export function staleCacheKey(req: Request, res: Response): string | undefined {
+  if (req.method !== 'GET') return undefined;
+  const identity = identityOf(res);
+  if (identity !== undefined) return `${identity.key} ${req.originalUrl}`;
+  return req.headers.authorization === undefined ? req.originalUrl : undefined;
+}
+
+/**
+ * Routes anyone may call in required mode: login, sign-up and the catalog's reads. `url` is the
+ * request target as sent; the router's case-insensitive matching is covered by lower-casing there.
+ */
+export function isPublicRoute(method: string | undefined, url: string): boolean {
+  if (method === 'GET' || method === 'HEAD') return hasPrefix(url, '/api/products');
+  if (method === 'POST') return hasPrefix(url, '/api/auth/login') || isExactly(url, '/api/users');
+  return false;
+}
+
+const hasPrefix = (url: string, prefix: string): boolean => {
+  if (!url.startsWith(prefix)) return false;
+  const next = url.charCodeAt(prefix.length);
+  return Number.isNaN(next) || next === 47 /* / */ || next === 63; /* ? */
+};
+const isExactly = (url: string, path: string): boolean => {
+  if (!url.startsWith(path)) return false;
+  const rest = url.length - path.length;
+  const next = url.charCodeAt(path.length);
+  return rest === 0 || next === 63 /* ? */ || (next === 47 /* / */ && (rest === 1 || url.charCodeAt(path.length + 1) === 63));
+};
+
+export interface GatewayAuthOptions {
+  config: GatewayConfig;
+  logger: Logger;
+  /** Tests may pass their own; default: the JWKS the configuration names. */
+  verifier?: TokenVerifier;
+}
+
+export function createGatewayAuth({ config, logger, verifier = verifierFromConfig(config, config.USERS_URL) }: GatewayAuthOptions): GatewayAuth {
+  const mode = authModeOf(config);
+  const required = mode === 'required';
+  const adminToken = secretDigest(config.ADMIN_TOKEN);
+  const log = logger.child({ component: 'auth' });
+  if (!required) log.warn({ authMode: mode }, 'AUTH_MODE=open: the API answers anonymous requests; set AUTH_MODE=required to demand tokens');
+  else log.info({ authMode: mode, jwks: jwksUrlOf(config, config.USERS_URL) }, 'tokens required');
+
+  const authenticate: Authenticate = (req, res) => {
+    const header = req.headers.authorization;
+    if (header === undefined) return required && !isPublicRoute(req.method, req.originalUrl) ? unauthenticated(res) : undefined;
+    const hit = verifier.cached(header);
+    if (hit !== undefined) {
+      res.locals.identity = hit;
+      return undefined;
+    }
+    return verifier.verify(header).then(
+      (identity) => {
+        res.locals.identity = identity;
+        return undefined;
+      },
+      // Open mode: a token that does not verify is ignored (the request is anonymous, and a
+      // service that looks at it refuses it); required mode: 401 (or 503 without the JWKS).
+      (err: HttpError) => {
+        if (err.status !== 401) return err;
+        return required ? unauthenticated(res) : undefined;
+      },
+    );
+  };
+
+  const isAdmin = async (req: Request): Promise<boolean> => {
+    const header = req.headers.authorization;
+    if (header === undefined) return false;
+    if (bearerMatches(header, adminToken)) return true;
+    try {
+      return (verifier.cached(header) ?? (await verifier.verify(header))).role === 'admin';
+    } catch {
+      return false;
+    }
+  };
+
+  const adminOnly = (kind: 'debug' | 'admin'): RequestHandler => {
+    // Without a lock the route is open, as it was before tokens (development, no ADMIN_TOKEN).
+    const locked = required || (kind === 'debug' && adminToken !== undefined);
+    if (!locked) return (_req, _res, next) => next();
+    return async (req, res, next) => {
+      const header = req.headers.authorization;
+      // A cross-site form cannot set Authorization: it stops here.
+      if (header === undefined) throw unauthenticated(res, 'An admin token is required');
+      if (bearerMatches(header, adminToken)) return next();
+      const identity = verifier.cached(header) ?? (await verifier.verify(header, res));
+      if (identity.role !== 'admin') throw forbidden('An admin token is required');
+      next();
+    };
+  };
+
+  return {
+    mode,
+    authenticate,
+    middleware: (req, res, next) => {
+      // The router matches paths in any letter case; the public list is written in lower case.
+      if (req.headers.authorization === undefined) {
+        return next(required && !isPublicRoute(req.method, req.originalUrl.toLowerCase()) ? unauthenticated(res) : undefined);
+      }
+      const result = authenticate(req, res);
+      if (result instanceof Promise) result.then(next, next);
+      else next(result);
+    },
+    adminOnly,
+    isAdmin,
+  };
+}
+
+export interface LoginRouteOptions {
+  users: Upstream;
+  /** Login attempts per client address (the user service also limits them per email). */
+  limiter: RateLimiter;
+}
+
+/**
+ * POST /api/auth/login, relayed to the user service's POST /auth/login through its breaker. The
+ * body is parsed here (it is small) and never logged.
+ */
+export function createLoginRoute({ users, limiter }: LoginRouteOptions): Router {
+  const router = Router();
+  router.post('/api/auth/login', limiter.middleware, jsonBody(16 * 1024), async (req, res) => {
+    res.locals.route = '/api/auth/login';
+    const answer = await users.breaker.run((c) => users.client.post<unknown>('/auth/login', req.body, { signal: c.signal, accept: [400, 401, 429] }));
+    const retryAfter = answer.headers.get('retry-after');
+    if (retryAfter) res.setHeader('Retry-After', retryAfter);
+    res.setHeader('Cache-Control', 'no-store');
+    res.status(answer.status).json(answer.body);
+  });
+  return router;
+}
+
+/** /api/dashboard: an admin's (in open mode an anonymous caller may still look, as before). */
+export function requireAdminCaller(mode: AuthMode): RequestHandler {
+  return (_req, res, next) => {
+    const identity = identityOf(res);
+    if (identity === undefined ? mode === 'required' : identity.role !== 'admin') throw forbidden('Only an admin may see the dashboard');
+    next();
+  };
+}
+
+/** /api/users/:id/full: the caller itself or an admin; another user's is 404 as if it did not exist. */
+export const requireSelfOrAdmin: RequestHandler = (req, res, next) => {
+  const identity = identityOf(res);
+  if (identity !== undefined && identity.role !== 'admin' && identity.sub !== req.params.id) throw new HttpError(404, 'NOT_FOUND', 'User not found');
+  next();
+};

@@ -1,0 +1,272 @@
+// Who is calling: bearer tokens (JWTs signed by the user service, or by an external identity
+// provider) verified against a JWKS, the auth mode, the service credential of /internal/* routes,
+// and the ownership rules every service applies to the data it holds.
+import { createHash, timingSafeEqual } from 'node:crypto';
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import { createRemoteJWKSet, errors, jwtVerify, type JWTVerifyGetKey } from 'jose';
+import { z } from 'zod';
+import { HttpError } from './errors.js';
+
+export type AuthMode = 'open' | 'required';
+
+/** A verified caller. `sub` is the user id for tokens of our user service. */
+export interface Identity {
+  sub: string;
+  role: string;
+  /** When the token stops being valid, in ms since the epoch. */
+  expMs: number;
+  /** `user:<sub>`: the caller's key for per-user limits and caches, made once per token. */
+  key: string;
+}
+
+export const DEFAULT_ISSUER = 'microservices-demo';
+export const DEFAULT_AUDIENCE = 'microservices-demo-api';
+export const DEFAULT_ALGORITHMS = ['ES256', 'EdDSA'] as const;
+
+const httpUrl = z.url({ protocol: /^https?$/, message: 'must be an http(s) URL' });
+
+/** The settings every process reads to verify tokens. */
+export const authShape = {
+  // open: anonymous requests work as before (a valid token is still honoured); required: a valid
+  // token for everything but the public routes. Unset: required when NODE_ENV=production.
+  AUTH_MODE: z.enum(['open', 'required'], { message: 'must be open or required' }).optional(),
+  // Where the signing keys are published; unset: the user service's /.well-known/jwks.json.
+  JWKS_URL: httpUrl.optional(),
+  JWT_ISSUER: z.string().min(1).default(DEFAULT_ISSUER),
+  JWT_AUDIENCE: z.string().min(1).default(DEFAULT_AUDIENCE),
+  // Accepted signing algorithms (comma-separated); never HS* or none.
+  JWT_ALGORITHMS: z.string().default(DEFAULT_ALGORITHMS.join(',')).transform((v) => v.split(',').map((a) => a.trim()).filter(Boolean))
+    .refine((algs) => algs.length > 0 && algs.every((a) => /^(ES256|ES384|ES512|EdDSA|Ed25519|RS256|RS384|RS512|PS256|PS384|PS512)$/.test(a)), 'must list asymmetric algorithms only (ES256, EdDSA, RS256, ...)'),
+};
+
+/**
+ * In production the demo rows are seeded only when DEMO_PASSWORD is set: demo orders of users 1..3
+ * would otherwise belong to whoever signs up first. The value itself is dropped here.
+ */
+export const demoSeedShape = { DEMO_PASSWORD: z.string().optional() };
+export function withDemoSeedRule<C extends { SEED_DATA: boolean; NODE_ENV: string; DEMO_PASSWORD?: string | undefined }>({ DEMO_PASSWORD, ...rest }: C): Omit<C, 'DEMO_PASSWORD'> {
+  return { ...rest, SEED_DATA: rest.SEED_DATA && (rest.NODE_ENV !== 'production' || DEMO_PASSWORD !== undefined) };
+}
+
+/** The service credential the order service shows the product service's /internal/* routes. */
+export const internalTokenVar = z.string().min(16, 'must be at least 16 characters').optional();
+
+/** A secret that opens a process's admin surface as Bearer, beside an admin's JWT (for scrapers). */
+export const adminTokenVar = z.string().min(16, 'must be at least 16 characters').optional();
+
+export function authModeOf(config: { AUTH_MODE?: AuthMode | undefined; NODE_ENV: string }): AuthMode {
+  return config.AUTH_MODE ?? (config.NODE_ENV === 'production' ? 'required' : 'open');
+}
+
+/** Default JWKS of our own user service at `usersUrl`. */
+export const jwksUrlOf = (config: { JWKS_URL?: string | undefined }, usersUrl: string): string =>
+  config.JWKS_URL ?? `${usersUrl}/.well-known/jwks.json`;
+
+export const CLOCK_TOLERANCE_S = 30;
+
+export const WWW_AUTHENTICATE_INVALID = 'Bearer error="invalid_token"';
+
+/** 401 with the RFC 6750 challenge set on `res`. */
+export function unauthenticated(res: ServerResponse | undefined, message = 'A valid bearer token is required'): HttpError {
+  if (res && !res.headersSent) res.setHeader('WWW-Authenticate', WWW_AUTHENTICATE_INVALID);
+  return new HttpError(401, 'UNAUTHENTICATED', message);
+}
+
+export const forbidden = (message = 'Not allowed for this caller'): HttpError => new HttpError(403, 'FORBIDDEN', message);
+
+/**
+ * The token of an `Authorization: Bearer <token>` header (scheme in any letter case), or
+ * undefined when the header is absent or uses another scheme.
+ */
+export function bearerToken(header: string | undefined): string | undefined {
+  if (header === undefined || header.length < 8 || header.charCodeAt(6) !== 32) return undefined;
+  // "bearer" compared by character codes with the lower-case bit set: no allocation.
+  for (let i = 0; i < 6; i++) if ((header.charCodeAt(i) | 0x20) !== BEARER[i]) return undefined;
+  const token = header.slice(7).trim();
+  return token === '' ? undefined : token;
+}
+const BEARER = [98, 101, 97, 114, 101, 114];
+
+export interface TokenVerifierOptions {
+  keys: JWTVerifyGetKey;
+  issuer: string;
+  audience: string;
+  algorithms: readonly string[];
+  /** Verified tokens remembered until their exp; the oldest is forgotten beyond this. */
+  maxCached?: number;
+}
+
+export interface TokenVerifier {
+  /** The identity of an Authorization header already verified and not expired, without any await. */
+  cached(header: string): Identity | undefined;
+  /** Verifies the header's bearer token (signature, alg, iss, aud, exp, nbf); throws 401 otherwise. */
+  verify(header: string, res?: ServerResponse): Promise<Identity>;
+  readonly size: number;
+}
+
+/**
+ * Verifies JWTs with `keys`. The cache is keyed by the whole header value, so a hit costs one Map
+ * lookup and one comparison; a token is only cached after its signature checked out.
+ */
+export function createTokenVerifier({ keys, issuer, audience, algorithms, maxCached = 10_000 }: TokenVerifierOptions): TokenVerifier {
+  const cache = new Map<string, Identity>();
+  const options = { issuer, audience, algorithms: [...algorithms], clockTolerance: CLOCK_TOLERANCE_S, requiredClaims: ['sub', 'exp'] };
+
+  const cached = (header: string): Identity | undefined => {
+    const hit = cache.get(header);
+    if (hit === undefined) return undefined;
+    if (hit.expMs > Date.now()) return hit;
+    cache.delete(header);
+    return undefined;
+  };
+
+  return {
+    cached,
+    async verify(header, res) {
+      const hit = cached(header);
+      if (hit) return hit;
+      const token = bearerToken(header);
+      if (token === undefined) throw unauthenticated(res);
+      let payload;
+      try {
+        ({ payload } = await jwtVerify(token, keys, options));
+      } catch (err) {
+        // No keys to check against is our outage, not the client's fault.
+        if (!(err instanceof errors.JOSEError) || err.code === 'ERR_JWKS_TIMEOUT' || err.code === 'ERR_JWKS_INVALID') {
+          throw new HttpError(503, 'SERVICE_UNAVAILABLE', 'Tokens cannot be verified right now', undefined, { retryAfter: 5 });
+        }
+        // Why it failed (expired, bad signature, unknown key) is not the client's to probe.
+        throw unauthenticated(res);
+      }
+      if (typeof payload.sub !== 'string' || payload.sub === '' || typeof payload.exp !== 'number') throw unauthenticated(res);
+      const identity: Identity = {
+        sub: payload.sub, role: typeof payload.role === 'string' ? payload.role : 'user', expMs: payload.exp * 1000, key: `user:${payload.sub}`,
+      };
+      if (cache.size >= maxCached) cache.delete(cache.keys().next().value!);
+      cache.set(header, identity);
+      return identity;
+    },
+    get size() {
+      return cache.size;
+    },
+  };
+}
+
+/** A JWKS fetched over HTTP, cached, and fetched again when a token names an unknown kid. */
+export function remoteKeys(url: string, timeoutMs = 5000): JWTVerifyGetKey {
+  // A new key shows up at once (an unknown kid fetches again, at most every 30 s); the age bounds how
+  // long a withdrawn key is still trusted, and how long an outage of the key's publisher is ridden out.
+  return createRemoteJWKSet(new URL(url), { timeoutDuration: timeoutMs, cooldownDuration: 30_000, cacheMaxAge: 60 * 60_000 });
+}
+
+const digest = (value: string): Buffer => createHash('sha256').update(value).digest();
+
+/** Constant-time check of an Authorization header against `Bearer <secret>`. */
+export function bearerMatches(header: string | undefined, expected: Buffer | undefined): boolean {
+  if (header === undefined || expected === undefined) return false;
+  const token = bearerToken(header);
+  return token !== undefined && timingSafeEqual(digest(token), expected);
+}
+
+/** What bearerMatches compares against; hashing both sides makes the lengths equal. */
+export const secretDigest = (secret: string | undefined): Buffer | undefined => (secret === undefined ? undefined : digest(secret));
+
+/** How a service learns its caller: the rules of its mode over a verifier. */
+export interface ServiceAuth {
+  readonly mode: AuthMode;
+  /**
+   * The caller of a request: its verified identity, or null for an anonymous request in open mode
+   * (which is unrestricted, as before tokens existed). A bad token is 401 in every mode, and so is
+   * no token in required mode.
+   */
+  caller(req: IncomingMessage, res: ServerResponse): Promise<Identity | null>;
+  /** The caller, when the route also serves anonymous callers in every mode (public reads, sign-up). */
+  optionalCaller(req: IncomingMessage, res: ServerResponse): Promise<Identity | null>;
+  /** Throws unless the request holds the service credential (when one is configured; open mode without one lets all through). */
+  requireService(req: IncomingMessage, res: ServerResponse): void;
+  /**
+   * The service's own admin surface (/metrics, /spans, /traces): open in open mode; in required
+   * mode an admin's token or ADMIN_TOKEN as Bearer (none: 401, a user's: 403).
+   */
+  requireAdminSurface(req: IncomingMessage, res: ServerResponse): Promise<void>;
+}
+
+export interface ServiceAuthOptions {
+  mode?: AuthMode;
+  /** Absent: no token can be verified (every bearer token is 401). */
+  verifier?: TokenVerifier;
+  internalToken?: string | undefined;
+  adminToken?: string | undefined;
+}
+
+export function createServiceAuth({ mode = 'open', verifier, internalToken, adminToken }: ServiceAuthOptions = {}): ServiceAuth {
+  const internal = secretDigest(internalToken);
+  const admin = secretDigest(adminToken);
+  const identify = async (req: IncomingMessage, res: ServerResponse): Promise<Identity | null> => {
+    const header = req.headers.authorization;
+    if (header === undefined) return null;
+    if (!verifier) throw unauthenticated(res);
+    return verifier.cached(header) ?? verifier.verify(header, res);
+  };
+  return {
+    mode,
+    async caller(req, res) {
+      const identity = await identify(req, res);
+      if (identity === null && mode === 'required') throw unauthenticated(res);
+      return identity;
+    },
+    optionalCaller: identify,
+    requireService(req, res) {
+      if (internal === undefined) {
+        if (mode === 'required') throw forbidden('No service credential is configured');
+        return;
+      }
+      if (!bearerMatches(req.headers.authorization, internal)) {
+        if (req.headers.authorization === undefined) throw unauthenticated(res, 'The service credential is required');
+        throw forbidden('The service credential is required');
+      }
+    },
+    async requireAdminSurface(req, res) {
+      if (mode === 'open') return;
+      const header = req.headers.authorization;
+      if (header === undefined) throw unauthenticated(res, 'An admin token is required');
+      if (bearerMatches(header, admin)) return;
+      const identity = await identify(req, res);
+      if (identity?.role !== 'admin') throw forbidden('An admin token is required');
+    },
+  };
+}
+
+export const isAdmin = (caller: Identity | null): boolean => caller?.role === 'admin';
+
+/** Whether the caller may see or change what `ownerId` owns: itself, an admin, or an open-mode anonymous caller. */
+export const mayActFor = (caller: Identity | null, ownerId: number | string): boolean =>
+  caller === null || caller.role === 'admin' || caller.sub === String(ownerId);
+
+/** 403 unless the caller is an admin (or an open-mode anonymous caller). */
+export function requireAdmin(caller: Identity | null): void {
+  if (caller !== null && caller.role !== 'admin') throw forbidden('Only an admin may do this');
+}
+
+export interface AuthConfig {
+  AUTH_MODE?: AuthMode | undefined;
+  NODE_ENV: string;
+  JWKS_URL?: string | undefined;
+  JWT_ISSUER: string;
+  JWT_AUDIENCE: string;
+  JWT_ALGORITHMS: string[];
+  INTERNAL_TOKEN?: string | undefined;
+  ADMIN_TOKEN?: string | undefined;
+}
+
+/** A verifier over the JWKS the configuration names (the user service at `usersUrl` by default). */
+export function verifierFromConfig(config: AuthConfig, usersUrl: string): TokenVerifier {
+  return createTokenVerifier({ keys: remoteKeys(jwksUrlOf(config, usersUrl)), issuer: config.JWT_ISSUER, audience: config.JWT_AUDIENCE, algorithms: config.JWT_ALGORITHMS });
+}
+
+/** A service's ServiceAuth from its configuration. */
+export function serviceAuthFromConfig(config: AuthConfig, usersUrl: string): ServiceAuth {
+  return createServiceAuth({
+    mode: authModeOf(config), verifier: verifierFromConfig(config, usersUrl), internalToken: config.INTERNAL_TOKEN, adminToken: config.ADMIN_TOKEN,
+  });
+}

@@ -1,0 +1,204 @@
+// Login, password hashing, the token signing key and its JWKS.
+import { createPrivateKey, createPublicKey, generateKeyPairSync, randomBytes, scrypt, scryptSync, timingSafeEqual, createHash, type KeyObject } from 'node:crypto';
+import { chmodSync, readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { createLocalJWKSet, SignJWT, type JWK, type JWTVerifyGetKey } from 'jose';
+import { HttpError } from '../platform/errors.js';
+
+/** Default of DEMO_PASSWORD outside production. */
+export const DEFAULT_DEMO_PASSWORD = 'microservices-demo';
+
+// scrypt at N=2^14, r=8, p=1 (OWASP's minimum for scrypt is N=2^17 with r=8 p=1 or an equivalent;
+// 2^14 with 16 MB of memory keeps a login near 50 ms on the demo's shared cores).
+const SCRYPT = { N: 2 ** 14, r: 8, p: 1, maxmem: 64 * 1024 * 1024 } as const;
+const KEY_LENGTH = 32;
+const SALT_BYTES = 16;
+
+/** `scrypt$N$r$p$salt$hash`, salt and hash in base64url: a new per-user salt every time. */
+export async function hashPassword(password: string): Promise<string> {
+  const salt = randomBytes(SALT_BYTES);
+  const hash = await scryptAsync(password, salt, SCRYPT.N, SCRYPT.r, SCRYPT.p);
+  return encode(SCRYPT.N, SCRYPT.r, SCRYPT.p, salt, hash);
+}
+
+/** The same, blocking: for the demo rows at start. */
+export function hashPasswordSync(password: string): string {
+  const salt = randomBytes(SALT_BYTES);
+  return encode(SCRYPT.N, SCRYPT.r, SCRYPT.p, salt, scryptSync(password, salt, KEY_LENGTH, SCRYPT));
+}
+
+// A hash no password matches, of the same cost as a real one: an unknown email takes as long as a
+// wrong password.
+const DUMMY_HASH = encode(SCRYPT.N, SCRYPT.r, SCRYPT.p, randomBytes(SALT_BYTES), randomBytes(KEY_LENGTH));
+
+/** Whether `password` matches `stored`; a missing hash is checked against a dummy, in the same time, and fails. */
+export async function verifyPassword(password: string, stored: string | null | undefined): Promise<boolean> {
+  const parts = (stored ?? DUMMY_HASH).split('$');
+  const [, n, r, p, salt, hash] = parts.length === 6 && parts[0] === 'scrypt' ? parts : DUMMY_HASH.split('$');
+  const expected = Buffer.from(hash!, 'base64url');
+  const actual = await scryptAsync(password, Buffer.from(salt!, 'base64url'), Number(n), Number(r), Number(p));
+  return actual.length === expected.length && timingSafeEqual(actual, expected) && stored !== null && stored !== undefined;
+}
+
+function encode(n: number, r: number, p: number, salt: Buffer, hash: Buffer): string {
+  return `scrypt$${n}$${r}$${p}$${salt.toString('base64url')}$${hash.toString('base64url')}`;
+}
+
+function scryptAsync(password: string, salt: Buffer, N: number, r: number, p: number): Promise<Buffer> {
+  return new Promise((resolve, reject) => {
+    scrypt(password, salt, KEY_LENGTH, { N, r, p, maxmem: SCRYPT.maxmem }, (err, key) => (err ? reject(err) : resolve(key)));
+  });
+}
+
+/** The key tokens are signed with, and its public half as a JWK. */
+export interface SigningKey {
+  alg: 'ES256' | 'EdDSA';
+  kid: string;
+  privateKey: KeyObject;
+  publicJwk: JWK;
+}
+
+export const SIGNING_KEY_FILE = 'jwt-signing-key.pem';
+
+/**
+ * The signing key: from `privateKeyPem` (JWT_PRIVATE_KEY, a PKCS#8 PEM of a P-256 or Ed25519 key),
+ * else from DATA_DIR/jwt-signing-key.pem, made there (mode 0600) on the first start. A data dir of
+ * `:memory:` gets a key that lives as long as the process.
+ */
+export function loadSigningKey(dataDir: string, privateKeyPem?: string): SigningKey {
+  if (privateKeyPem !== undefined) return toSigningKey(createPrivateKey(privateKeyPem.replace(/\\n/g, '\n')));
+  if (dataDir === ':memory:') return toSigningKey(generateKeyPairSync('ec', { namedCurve: 'prime256v1' }).privateKey);
+  const file = join(dataDir, SIGNING_KEY_FILE);
+  try {
+    return toSigningKey(createPrivateKey(readFileSync(file, 'utf8')));
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+  }
+  const { privateKey } = generateKeyPairSync('ec', { namedCurve: 'prime256v1' });
+  try {
+    // wx: two processes starting on one data dir cannot both write; the loser reads the winner's.
+    writeFileSync(file, privateKey.export({ type: 'pkcs8', format: 'pem' }), { mode: 0o600, flag: 'wx' });
+    chmodSync(file, 0o600);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+    return toSigningKey(createPrivateKey(readFileSync(file, 'utf8')));
+  }
+  return toSigningKey(privateKey);
+}
+
+/** Whether JWT_PRIVATE_KEY holds a key we can sign with (checked at start, with the rest of the configuration). */
+export function isUsableSigningKey(pem: string): boolean {
+  try {
+    loadSigningKey(':memory:', pem);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+function toSigningKey(privateKey: KeyObject): SigningKey {
+  const type = privateKey.asymmetricKeyType;
+  const jwk = createPublicKey(privateKey).export({ format: 'jwk' }) as JWK;
+  let alg: SigningKey['alg'];
+  let members: Record<string, string>;
+  if (type === 'ec' && jwk.crv === 'P-256') {
+    alg = 'ES256';
+    members = { crv: jwk.crv, kty: 'EC', x: jwk.x!, y: jwk.y! };
+  } else if (type === 'ed25519') {
+    alg = 'EdDSA';
+    members = { crv: 'Ed25519', kty: 'OKP', x: jwk.x! };
+  } else {
+    throw new Error('the signing key must be a P-256 (ES256) or Ed25519 (EdDSA) private key');
+  }
+  // RFC 7638 thumbprint: the required members in lexical order, no spaces.
+  const kid = createHash('sha256').update(JSON.stringify(members)).digest('base64url');
+  return { alg, kid, privateKey, publicJwk: { ...members, kid, alg, use: 'sig' } };
+}
+
+/** The key set to verify our own tokens without asking ourselves over HTTP. */
+export const localKeys = (key: SigningKey): JWTVerifyGetKey => createLocalJWKSet({ keys: [key.publicJwk] });
+
+export interface TokenSettings {
+  issuer: string;
+  audience: string;
+  ttlS: number;
+}
+
+export function issueToken(key: SigningKey, user: { id: number; role: string }, { issuer, audience, ttlS }: TokenSettings): Promise<string> {
+  return new SignJWT({ role: user.role })
+    .setProtectedHeader({ alg: key.alg, kid: key.kid, typ: 'JWT' })
+    .setSubject(String(user.id))
+    .setIssuer(issuer)
+    .setAudience(audience)
+    .setIssuedAt()
+    .setExpirationTime(`${ttlS}s`)
+    .sign(key.privateKey);
+}
+
+/**
+ * Failed logins per email in a fixed window; beyond `maxFailures` every attempt is 429 until the
+ * window ends (a correct password too: it would tell the guesser it was right). At most `maxKeys`
+ * emails are tracked; the oldest is forgotten first.
+ */
+export function createLoginThrottle({ maxFailures, windowMs, maxKeys = 10_000 }: { maxFailures: number; windowMs: number; maxKeys?: number }) {
+  const failures = new Map<string, { count: number; resetMs: number }>();
+  return {
+    /** Throws 429 when `email` is over its limit. */
+    check(email: string, now = Date.now()): void {
+      const entry = failures.get(email);
+      if (!entry) return;
+      if (entry.resetMs <= now) {
+        failures.delete(email);
+        return;
+      }
+      if (entry.count >= maxFailures) {
+        const retryAfter = Math.max(1, Math.ceil((entry.resetMs - now) / 1000));
+        throw new HttpError(429, 'RATE_LIMITED', 'Too many failed logins for this account, retry later', undefined, { retryAfter });
+      }
+    },
+    fail(email: string, now = Date.now()): void {
+      let entry = failures.get(email);
+      if (!entry || entry.resetMs <= now) {
+        failures.delete(email);
+        if (failures.size >= maxKeys) failures.delete(failures.keys().next().value!);
+        entry = { count: 0, resetMs: now + windowMs };
+        failures.set(email, entry);
+      }
+      entry.count++;
+    },
+    succeed(email: string): void {
+      failures.delete(email);
+    },
+    get size() {
+      return failures.size;
+    },
+  };
+}
+export type LoginThrottle = ReturnType<typeof createLoginThrottle>;
+
+export const invalidCredentials = (): HttpError => new HttpError(401, 'INVALID_CREDENTIALS', 'Email or password is wrong');
+
+export interface LoginDeps {
+  store: { credentials(email: string): { id: number; role: string; passwordHash: string | null } | undefined };
+  key: SigningKey;
+  token: TokenSettings;
+  throttle: LoginThrottle;
+}
+
+/**
+ * A token for the right email and password. A wrong password, an unknown email and a user without
+ * a password all get the same 401 after the same scrypt work, so the answer tells no one which
+ * emails exist.
+ */
+export async function login({ store, key, token, throttle }: LoginDeps, email: string, password: string): Promise<{ accessToken: string; tokenType: 'Bearer'; expiresIn: number }> {
+  const throttleKey = email.toLowerCase();
+  throttle.check(throttleKey);
+  const credentials = store.credentials(email);
+  const matches = await verifyPassword(password, credentials?.passwordHash);
+  if (!credentials || !matches) {
+    throttle.fail(throttleKey);
+    throw invalidCredentials();
+  }
+  throttle.succeed(throttleKey);
+  return { accessToken: await issueToken(key, credentials, token), tokenType: 'Bearer', expiresIn: token.ttlS };
+}

@@ -1,0 +1,128 @@
+import assert from 'node:assert/strict';
+import { statSync } from 'node:fs';
+import { join } from 'node:path';
+import { after, before, describe, test } from 'node:test';
+import { createLocalJWKSet, decodeProtectedHeader, jwtVerify } from 'jose';
+import { createMetrics } from '../lib/platform/metrics.js';
+import { DEFAULT_AUDIENCE, DEFAULT_ISSUER } from '../lib/platform/identity.js';
+import { createUserApp, defaultUserAuth } from '../lib/users/app.js';
+import { hashPasswordSync, loadSigningKey, SIGNING_KEY_FILE, verifyPassword } from '../lib/users/auth.js';
+import { openUserDatabase, setDemoPasswords } from '../lib/users/db.js';
+import { http, memoryLogger, startApp, tempDir, type Started } from './helpers.js';
+
+describe('user service logins', () => {
+  const dir = tempDir();
+  const { logger, lines } = memoryLogger('user-service');
+  let app: Started;
+  const db = openUserDatabase(dir.dir, false);
+
+  before(async () => {
+    app = await startApp(createUserApp({ logger, db, metrics: createMetrics('user-service') }, { ...defaultUserAuth(), loginMaxFailures: 3 }));
+  });
+  after(async () => {
+    await app.close();
+    db.close();
+    dir.remove();
+  });
+
+  const signUp = (email: string, password?: string) =>
+    http(app.url, 'POST', '/users', { body: { name: 'Dora Test', email, ...(password ? { password } : {}) } });
+
+  test('when a user signs up with a password, then it is never answered and a login gives a token with sub, role, iss, aud, exp and kid', async () => {
+    const created = await signUp('dora@example.com', 'correct horse battery');
+    assert.equal(created.status, 201);
+    assert.ok(!('password' in created.body) && !('passwordHash' in created.body));
+    assert.ok(!created.text.includes('correct horse'));
+
+    const res = await http(app.url, 'POST', '/auth/login', { body: { email: 'DORA@example.com', password: 'correct horse battery' } });
+    assert.equal(res.status, 200);
+    assert.equal(res.headers.get('cache-control'), 'no-store');
+    assert.equal(res.body.tokenType, 'Bearer');
+    assert.equal(res.body.expiresIn, 900);
+    const jwks = await http(app.url, 'GET', '/.well-known/jwks.json');
+    assert.equal(jwks.status, 200);
+    assert.equal(jwks.body.keys.length, 1);
+    assert.ok(!('d' in jwks.body.keys[0]), 'no private part in the JWKS');
+    const { payload } = await jwtVerify(res.body.accessToken, createLocalJWKSet(jwks.body), { issuer: DEFAULT_ISSUER, audience: DEFAULT_AUDIENCE });
+    assert.equal(payload.sub, String(created.body.id));
+    assert.equal(payload.role, 'user');
+    assert.equal(payload.exp! - payload.iat!, 900);
+    const header = decodeProtectedHeader(res.body.accessToken);
+    assert.equal(header.alg, 'ES256');
+    assert.equal(header.kid, jwks.body.keys[0].kid);
+  });
+
+  test('when the password is wrong, the email unknown or the user has none, then each is the same 401 INVALID_CREDENTIALS', async () => {
+    await signUp('nopass@example.com');
+    const answers = await Promise.all([
+      http(app.url, 'POST', '/auth/login', { body: { email: 'dora@example.com', password: 'wrong password' } }),
+      http(app.url, 'POST', '/auth/login', { body: { email: 'nobody@example.com', password: 'whatever1' } }),
+      http(app.url, 'POST', '/auth/login', { body: { email: 'nopass@example.com', password: 'whatever1' } }),
+    ]);
+    for (const a of answers) {
+      assert.equal(a.status, 401);
+      assert.equal(a.body.code, 'INVALID_CREDENTIALS');
+      assert.equal(a.body.error, answers[0]!.body.error);
+    }
+  });
+
+  test('when a password is shorter than 8 or longer than 128 characters, then 400', async () => {
+    assert.equal((await signUp('short@example.com', 'short')).status, 400);
+    assert.equal((await signUp('long@example.com', 'x'.repeat(129))).status, 400);
+  });
+
+  test('when an email had 3 failed logins (the configured limit), then the 4th attempt is 429 even with the right password', async () => {
+    await signUp('erin@example.com', 'erin-password');
+    for (let i = 0; i < 3; i++) {
+      assert.equal((await http(app.url, 'POST', '/auth/login', { body: { email: 'erin@example.com', password: 'nope-nope' } })).status, 401);
+    }
+    const res = await http(app.url, 'POST', '/auth/login', { body: { email: 'erin@example.com', password: 'erin-password' } });
+    assert.equal(res.status, 429);
+    assert.ok(Number(res.headers.get('retry-after')) > 0);
+  });
+
+  test('when a user changes their password, then the old one no longer logs in', async () => {
+    const created = await signUp('fay@example.com', 'first-password');
+    const login = await http(app.url, 'POST', '/auth/login', { body: { email: 'fay@example.com', password: 'first-password' } });
+    const put = await http(app.url, 'PUT', `/users/${created.body.id}`, {
+      body: { password: 'second-password' }, headers: { authorization: `Bearer ${login.body.accessToken}` },
+    });
+    assert.equal(put.status, 200);
+    assert.equal((await http(app.url, 'POST', '/auth/login', { body: { email: 'fay@example.com', password: 'first-password' } })).status, 401);
+    assert.equal((await http(app.url, 'POST', '/auth/login', { body: { email: 'fay@example.com', password: 'second-password' } })).status, 200);
+  });
+
+  test('no log line holds a password, a hash or a token', () => {
+    const text = JSON.stringify(lines());
+    for (const secret of ['correct horse', 'erin-password', 'second-password', 'scrypt$', 'eyJ']) assert.ok(!text.includes(secret), secret);
+  });
+});
+
+describe('signing key and demo passwords', () => {
+  test('when the service starts on an empty data dir, then it writes its key with mode 0600 and reuses it on the next start', () => {
+    const dir = tempDir();
+    try {
+      const first = loadSigningKey(dir.dir);
+      assert.equal(statSync(join(dir.dir, SIGNING_KEY_FILE)).mode & 0o777, 0o600);
+      assert.equal(loadSigningKey(dir.dir).kid, first.kid);
+    } finally {
+      dir.remove();
+    }
+  });
+
+  test('when a file seeded before passwords existed is opened, then the demo rows without one get the demo password and others are left alone', async () => {
+    const dir = tempDir();
+    try {
+      const db = openUserDatabase(dir.dir, true);
+      db.prepare("UPDATE users SET password_hash = NULL").run();
+      db.prepare("UPDATE users SET password_hash = 'kept' WHERE email = 'carol@example.com'").run();
+      assert.equal(setDemoPasswords(db, hashPasswordSync('demo-password')), 2);
+      const hashOf = (email: string) => (db.prepare('SELECT password_hash AS h FROM users WHERE email = ?').get(email) as { h: string }).h;
+      assert.ok(await verifyPassword('demo-password', hashOf('alice@example.com')));
+      assert.equal(hashOf('carol@example.com'), 'kept');
+      db.close();
+    } finally {
+      dir.remove();
+    }
+  });
+});
