@@ -126,11 +126,13 @@ describe('dashboard routes', () => {
     }, 2000, 'a free place');
   });
 
-  test('when the gateway has an admin token, then the stream needs it; in production without one it names no clients', async () => {
+  test('when the gateway has an admin token or requires tokens, then the stream needs one; in open production without one it names no clients', async () => {
     const guarded = await startGateway({ USERS_URL: up.url, PRODUCTS_URL: up.url, ORDERS_URL: up.url, ADMIN_TOKEN: TOKEN });
-    const prod = await startGateway({ USERS_URL: up.url, PRODUCTS_URL: up.url, ORDERS_URL: up.url, NODE_ENV: 'production' });
+    const prod = await startGateway({ USERS_URL: up.url, PRODUCTS_URL: up.url, ORDERS_URL: up.url, NODE_ENV: 'production', AUTH_MODE: 'open' });
+    const required = await startGateway({ USERS_URL: up.url, PRODUCTS_URL: up.url, ORDERS_URL: up.url, NODE_ENV: 'production' });
     try {
       assert.equal((await firstEvent(guarded.url)).status, 401);
+      assert.equal((await firstEvent(required.url)).status, 401);
       const ok = await firstEvent(guarded.url, { authorization: `Bearer ${TOKEN}` });
       ok.abort();
       assert.equal(ok.status, 200);
@@ -143,6 +145,7 @@ describe('dashboard routes', () => {
     } finally {
       await guarded.close();
       await prod.close();
+      await required.close();
     }
   });
 });
