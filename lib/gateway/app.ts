@@ -13,8 +13,9 @@ import { createAggregateRoutes } from './aggregate.js';
 import type { GatewayConfig } from './config.js';
 import { createDebugRoutes } from './debug.js';
 import { createGatewayMetrics } from './metrics.js';
-import { rejectUnsafePaths } from './path-guard.js';
-import { createFrontDoor, createServiceProxy, proxyRoute } from './proxy.js';
+import { createFrontDoor, createProxiedPipeline } from './front-door.js';
+import { guardPath } from './path-guard.js';
+import { createServiceProxy, proxyRoute } from './proxy.js';
 import { createRateLimiter } from './rate-limit.js';
 import { createStaleCache } from './stale-cache.js';
 import { createStatusRoutes } from './status.js';
@@ -57,8 +58,10 @@ export function createGateway({ config, logger, metrics = createMetrics('gateway
   // take the same steps in the front door, ahead of the router (createFrontDoor).
   // One timing and one 'close' listener per request serve the log line, the span and both metrics.
   const context = requestContext(logger, tracing ?? undefined, [metrics.observe, gatewayMetrics.observeProxied]);
+  // The proxied pipeline, defined once: context, rate limit, path guard, then the proxy.
+  const pipeline = createProxiedPipeline(context, [limiter.check, guardPath]);
   const onError = errorHandler(logger);
-  app.use(context);
+  app.use(pipeline.context);
   const proxies = new Map(upstreamList.map((u) => [u.name, createServiceProxy({ upstream: u, cache, metrics: gatewayMetrics, logger, trustsProxies: config.TRUST_PROXY !== false })]));
   app.use(createStatusRoutes({ upstreams: upstreamList, name: GATEWAY_NAME, version }));
   app.get('/metrics', metrics.handler);
@@ -71,7 +74,7 @@ export function createGateway({ config, logger, metrics = createMetrics('gateway
   if (config.ADMIN_TOKEN !== undefined || config.NODE_ENV !== 'production') {
     app.use(createDebugRoutes({ upstreams, logger, adminToken: config.ADMIN_TOKEN }));
   }
-  app.use('/api', limiter.middleware, rejectUnsafePaths);
+  app.use('/api', pipeline.middleware);
   app.use(createAggregateRoutes({ upstreams, metrics: gatewayMetrics }));
   // What the fast path leaves (other letter case, say) still reaches the same handlers here.
   for (const upstream of upstreamList) app.all(proxyRoute(upstream), proxies.get(upstream.name)!);
@@ -80,7 +83,7 @@ export function createGateway({ config, logger, metrics = createMetrics('gateway
 
   return {
     app,
-    front: createFrontDoor({ app, context, limiter, proxies, onError }),
+    front: createFrontDoor({ app, pipeline, proxies, onError }),
     close: async () => {
       await tracing?.shutdown();
       limiter.close();

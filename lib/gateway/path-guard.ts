@@ -1,5 +1,5 @@
 // Refuses request paths that could climb out of a service's prefix once something decodes them.
-import type { RequestHandler } from 'express';
+import type { Request } from 'express';
 import { HttpError } from '../platform/errors.js';
 
 const DOT_SEGMENT = /(?:^|\/)\.{1,2}(?:\/|$)/;
@@ -41,8 +41,5 @@ export const unsafePathError = (): HttpError =>
     { field: 'path', message: 'must not contain dot segments, backslashes or control characters, plain or percent-encoded' },
   ]);
 
-/** 400 before anything is proxied. */
-export const rejectUnsafePaths: RequestHandler = (req, _res, next) => {
-  if (isUnsafeRequestPath(req.originalUrl)) throw unsafePathError();
-  next();
-};
+/** The proxied pipeline's guard step: 400 before anything is proxied. */
+export const guardPath = (req: Request): HttpError | undefined => (isUnsafeRequestPath(req.originalUrl) ? unsafePathError() : undefined);

@@ -1,0 +1,133 @@
+// The gateway server's request listener: refuses malformed requests, runs proxied /api/<service>
+// requests through the proxied pipeline itself, and hands every other request to the Express app.
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { ErrorRequestHandler, Express, Request, RequestHandler, Response } from 'express';
+import { HttpError } from '../platform/errors.js';
+import { isAggregateRequest } from './aggregate.js';
+
+/** One step of the proxied pipeline after the request context: undefined lets the request on, an error answers it. */
+export type Admission = (req: Request, res: Response) => HttpError | undefined;
+
+/**
+ * The proxied pipeline: the request context, then `steps` in order (the first to refuse answers),
+ * then the service's proxy handler. The front door runs it for the requests it takes; the router
+ * runs the same context (app-wide) and the same steps (`middleware`, on /api) for the rest.
+ */
+export interface ProxiedPipeline {
+  context: RequestHandler;
+  admit: Admission;
+  middleware: RequestHandler;
+}
+
+export function createProxiedPipeline(context: RequestHandler, steps: readonly Admission[]): ProxiedPipeline {
+  const admit: Admission = (req, res) => {
+    for (const step of steps) {
+      const refused = step(req, res);
+      if (refused) return refused;
+    }
+    return undefined;
+  };
+  return { context, admit, middleware: (req, res, next) => next(admit(req, res)) };
+}
+
+/** What the front door runs: the pipeline, the proxy handlers, the error handler, and the app for the rest. */
+export interface FrontDoorOptions {
+  /** The app for every request the front door does not take, and whose settings it uses. */
+  app: Express;
+  pipeline: ProxiedPipeline;
+  /** The proxy handler of each service, by name. */
+  proxies: Map<string, RequestHandler>;
+  onError: ErrorRequestHandler;
+}
+
+/** Set on a connection whose request was malformed: what follows on it is not read as requests. */
+const REFUSED = Symbol('gateway.refusedConnection');
+
+// `/api/<service>` alone or followed by a path or query, as the proxy route matches it.
+const PROXIED = /^\/api\/([a-z]+)(?=[/?]|$)/;
+
+const badRequest = (message: string): HttpError => new HttpError(400, 'BAD_REQUEST', message);
+
+/**
+ * What Node's parser lets through but RFC 9112 does not, and a proxy must not pass on: a request
+ * line without an HTTP version (HTTP/0.9), a fragment in the target, a second Host, and a transfer
+ * coding other than chunked (the body would be forwarded still coded, labelled as plain chunked).
+ * Node itself refuses Content-Length with Transfer-Encoding, a repeated Content-Length, obs-fold
+ * and bare LF line ends, with a 400 and a closed connection.
+ */
+export function malformedRequest(req: IncomingMessage): HttpError | undefined {
+  if (req.httpVersionMajor !== 1) return badRequest('The request line must end with HTTP/1.0 or HTTP/1.1');
+  if (req.url!.includes('#')) return badRequest('The request target must not contain a fragment');
+  const raw = req.rawHeaders;
+  let hosts = 0;
+  for (let i = 0; i < raw.length; i += 2) {
+    const name = raw[i]!;
+    if (name.length === 4 && name.toLowerCase() === 'host' && ++hosts > 1) return badRequest('Host must be sent once');
+  }
+  const coding = req.headers['transfer-encoding'];
+  if (coding !== undefined && coding.toLowerCase() !== 'chunked') return badRequest('Transfer-Encoding must be chunked');
+  return undefined;
+}
+
+/**
+ * Proxied `/api/<service>/...` requests, the bulk of the traffic, are handled here on the server's
+ * request event, ahead of Express's router (measured: the router, its per-request set-up and the
+ * rate limiter's middleware cost more than the proxying itself). They get what a route would: the
+ * pipeline's context and steps, the service's proxy handler, and errors in the contract's shape.
+ * A malformed request is answered here too, whatever its path. Every other request goes to the app
+ * unchanged.
+ *
+ * The server is made with Express's request and response prototypes (`expressServerClasses`), so
+ * `req.ip`, `res.json()` and the rest work here without Express's per-request set-up.
+ */
+export function createFrontDoor({ app, pipeline, proxies, onError }: FrontDoorOptions): (req: IncomingMessage, res: ServerResponse) => void {
+  const { context, admit } = pipeline;
+  return (rawReq, rawRes) => {
+    const socket = rawReq.socket as IncomingMessage['socket'] & { [REFUSED]?: true };
+    // Node parses pipelined requests before the refused one's answer closes the connection.
+    if (socket[REFUSED]) return;
+    const url = rawReq.url ?? '';
+    const malformed = malformedRequest(rawReq);
+    if (malformed) socket[REFUSED] = true;
+    const m = malformed === undefined && url.charCodeAt(1) === 97 /* a */ ? PROXIED.exec(url) : null;
+    const handler = m ? proxies.get(m[1]!) : undefined;
+    if (malformed === undefined && (!handler || isAggregateRequest(rawReq.method, url))) {
+      app(rawReq, rawRes);
+      return;
+    }
+    const req = rawReq as Request;
+    const res = rawRes as Response;
+    // What Express's init middleware would have set.
+    req.res = res;
+    req.originalUrl = url;
+    req.baseUrl = '';
+    res.locals = Object.create(null) as Response['locals'];
+    // The contract's error answer; should even that throw, the connection is cut rather than
+    // left hanging, and the process goes on.
+    const fail = (err: unknown): void => {
+      try {
+        void onError(err, req, res, noop);
+      } catch {
+        res.destroy();
+      }
+    };
+    try {
+      context(req, res, () => {
+        if (malformed) {
+          // Whatever follows on this connection cannot be trusted to be framed as we read it.
+          res.setHeader('Connection', 'close');
+          return fail(malformed);
+        }
+        const refused = admit(req, res);
+        if (refused) return fail(refused);
+        const result = handler!(req, res, fail) as unknown;
+        if (result instanceof Promise) result.catch(fail);
+      });
+    } catch (err) {
+      // Under the router, a throw here would have reached the error handler too.
+      fail(err);
+    }
+  };
+}
+
+function noop(): void {}
