@@ -2,7 +2,7 @@
 // every call through the service's breaker, failed GETs answered from the stale cache.
 import { request as httpRequest, type ClientRequest, type IncomingMessage, type OutgoingHttpHeaders, type ServerResponse } from 'node:http';
 import type { Request, RequestHandler, Response } from 'express';
-import { errorBody, HttpError } from '../platform/errors.js';
+import { HttpError, sendError } from '../platform/errors.js';
 import type { Logger } from '../platform/logger.js';
 import { UpstreamUnavailableError, type UpstreamFailure } from '../platform/service-client.js';
 import { startClientSpan, type ClientSpan } from '../platform/span-recorder.js';
@@ -212,6 +212,7 @@ export function createServiceProxy({ upstream, cache, metrics, logger, trustsPro
     // Never cache (or serve from cache) what a credentialed request saw: it may be that user's alone.
     const cacheKey = req.method === 'GET' && req.headers.authorization === undefined ? req.originalUrl : undefined;
     const ex = new Exchange(req, res, cacheKey);
+    const started = performance.now();
     try {
       // A timeout while the client is still sending its body is the client's doing, unless the
       // body is stuck because the service stopped reading it.
@@ -221,11 +222,15 @@ export function createServiceProxy({ upstream, cache, metrics, logger, trustsPro
       if (ex.responded || ex.clientGone) return;
       const failure = toProxyError(upstream.name, err);
       if (failure.status >= 502 && serveStale(ex)) return;
-      if (failure.status >= 502 && !(err instanceof CircuitOpenError)) log.warn({ err }, 'proxy failed');
+      if (err instanceof UpstreamUnavailableError) {
+        // Classified already: one line, no stack.
+        const durationMs = Math.round(performance.now() - started);
+        log.warn({ service: upstream.name, failure: err.failure, durationMs, traceId: res.locals.trace?.traceId }, 'proxy failed');
+      }
       if (err instanceof CircuitOpenError) res.setHeader('Retry-After', String(err.retryAfterSeconds));
       // The rest of a stalled body is not worth reading.
       if (failure.status === 408) res.setHeader('Connection', 'close');
-      res.status(failure.status).json(errorBody(failure, res.locals.trace?.traceId));
+      sendError(res, failure, res.locals.trace?.traceId);
     }
   };
 }

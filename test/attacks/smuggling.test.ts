@@ -84,6 +84,7 @@ describe('request smuggling', () => {
       const r = await rawExchange(gw.url, `${bytes}GET /api/users/2 HTTP/1.1\r\nHost: x\r\n\r\n`, 2);
       assert.equal(r.responses.length, 1, r.bytes.toString('latin1'));
       assert.equal(statusOf(r.responses[0]!), 400);
+      assert.equal(jsonOf(r.responses[0]!).code, 'BAD_REQUEST', 'the contract\'s error shape');
       assert.ok(r.closed, 'connection closed');
       assert.deepEqual(upstream.requests, []);
       const next = await rawExchange(gw.url, 'GET /api/users/3 HTTP/1.1\r\nHost: x\r\n\r\n');
