@@ -8,7 +8,7 @@ import { UpstreamUnavailableError, type UpstreamFailure } from '../platform/serv
 import { startClientSpan, type ClientSpan } from '../platform/span-recorder.js';
 import { CircuitOpenError, ClientGoneError, type Cancellation } from './breakers.js';
 import type { GatewayMetrics } from './metrics.js';
-import type { StaleCache } from './stale-cache.js';
+import { staleCacheKey, type StaleCache } from './stale-cache.js';
 import type { Upstream } from './upstreams.js';
 
 export interface ServiceProxyOptions {
@@ -124,7 +124,6 @@ export function createServiceProxy({ upstream, cache, metrics, logger, trustsPro
     const { res } = ex;
     res.status(200);
     res.setHeader('Content-Type', entry.contentType);
-    if (entry.contentEncoding) res.setHeader('Content-Encoding', entry.contentEncoding);
     res.setHeader('Content-Length', String(entry.body.length));
     res.setHeader('X-Cache', 'STALE');
     res.setHeader('Age', String(Math.floor((Date.now() - entry.storedAt) / 1000)));
@@ -209,8 +208,7 @@ export function createServiceProxy({ upstream, cache, metrics, logger, trustsPro
   return async (req, res) => {
     res.locals.route = route;
     res.locals.proxiedTo = upstream.name;
-    // Never cache (or serve from cache) what a credentialed request saw: it may be that user's alone.
-    const cacheKey = req.method === 'GET' && req.headers.authorization === undefined ? req.originalUrl : undefined;
+    const cacheKey = staleCacheKey(req);
     const ex = new Exchange(req, res, cacheKey);
     const started = performance.now();
     try {
