@@ -21,7 +21,7 @@ describe('proxy to the real services', () => {
     const created = await http(gw.url, 'POST', '/api/users', { body: { name: 'Proxy Person', email } });
     assert.equal(created.status, 201);
     assert.equal(created.body.email, email);
-    assert.equal(created.headers.get('location'), `/users/${created.body.id}`);
+    assert.equal(created.headers.get('location'), `/api/users/${created.body.id}`, 'the gateway\'s path to it');
     const id = created.body.id as number;
 
     const read = await http(gw.url, 'GET', `/api/users/${id}`);

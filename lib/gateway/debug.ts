@@ -17,6 +17,14 @@ export interface DebugRoutesOptions {
 
 const digest = (value: string): Buffer => createHash('sha256').update(value).digest();
 
+// The auth scheme is case-insensitive (RFC 9110 11.1): `Bearer`, `bearer`, `BEARER`.
+const BEARER = /^bearer[ \t]+([^ \t].*)$/i;
+
+/** The token of an `Authorization: Bearer <token>` header, or undefined for any other. */
+function bearerToken(authorization: string | undefined): string | undefined {
+  return authorization === undefined ? undefined : BEARER.exec(authorization)?.[1];
+}
+
 /**
  * `open` trips the circuit (half-open after the reset timeout, like a tripped one), `close` closes
  * it, `reset` closes it and clears its counters. The caller decides whether to mount it at all.
@@ -25,10 +33,10 @@ export function createDebugRoutes({ upstreams, logger, adminToken }: DebugRoutes
   const router = Router();
   const log = logger.child({ component: 'debug' });
   // Hashing both sides gives equal lengths, so the comparison takes the same time for any guess.
-  const expected = adminToken === undefined ? undefined : digest(`Bearer ${adminToken}`);
+  const expected = adminToken === undefined ? undefined : digest(adminToken);
 
   router.post('/debug/circuit/:service/:action', (req, res) => {
-    if (expected && !timingSafeEqual(digest(req.headers.authorization ?? ''), expected)) {
+    if (expected && !timingSafeEqual(digest(bearerToken(req.headers.authorization) ?? ''), expected)) {
       res.setHeader('WWW-Authenticate', 'Bearer');
       throw new HttpError(401, 'UNAUTHORIZED', 'A valid admin token is required');
     }

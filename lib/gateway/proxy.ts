@@ -27,6 +27,8 @@ export const proxyRoute = (upstream: Pick<Upstream, 'name'>): string => `/api/${
 const STALE_STATUSES = new Set([502, 503, 504]);
 // The service's own trace headers would replace the gateway's; hop-by-hop ones are not the client's.
 const UPSTREAM_ONLY_HEADERS = new Set(['x-trace-id', 'x-span-id', 'x-response-time', 'keep-alive', 'connection', 'transfer-encoding', 'proxy-connection', 'proxy-authenticate', 'trailer', 'upgrade']);
+/** Response headers naming a URL the client may follow, rewritten from the service's paths to the gateway's. */
+const LOCATION_HEADERS = new Set(['location', 'content-location']);
 /**
  * Request headers the service never gets from the client: hop-by-hop ones (RFC 9110 7.6.1, and
  * HTTP2-Settings, RFC 7540 3.2.1), credentials meant for a proxy, the framing (the proxy frames the
@@ -136,6 +138,15 @@ export function createServiceProxy({ upstream, cache, metrics, logger, trustsPro
 
   const target = new URL(upstream.target);
   const targetHost = target.host;
+  /** A Location into the service (`/users/4`, or absolute at its address) as the client must follow it: `/api/users/4`. */
+  const gatewayLocation = (location: string): string => {
+    const path = location.startsWith(target.origin) ? location.slice(target.origin.length) || '/' : location;
+    if (!path.startsWith(servicePrefix)) return location;
+    const after = path.charCodeAt(servicePrefix.length);
+    // Only the service's own prefix: `/users`, `/users/4`, `/users?x`, never `/usersfoo`.
+    if (Number.isNaN(after) || after === 47 /* / */ || after === 63 /* ? */ || after === 35 /* # */) return mount + path.slice(servicePrefix.length);
+    return location;
+  };
   const targetHostname = target.hostname;
   const targetPort = target.port || '80';
 
@@ -175,7 +186,8 @@ export function createServiceProxy({ upstream, cache, metrics, logger, trustsPro
     const headers = proxyRes.headers;
     for (const name in headers) {
       const value = headers[name];
-      if (value !== undefined && !UPSTREAM_ONLY_HEADERS.has(name)) res.setHeader(name, value);
+      if (value === undefined || UPSTREAM_ONLY_HEADERS.has(name)) continue;
+      res.setHeader(name, LOCATION_HEADERS.has(name) ? gatewayLocation(value as string) : value);
     }
     proxyRes.pipe(res);
   };
