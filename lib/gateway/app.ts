@@ -10,6 +10,7 @@ import { ServiceClient } from '../platform/service-client.js';
 import { createTraceRoutes } from '../platform/trace-endpoints.js';
 import { createTracing, type Tracing } from '../platform/span-recorder.js';
 import { createAggregateRoutes } from './aggregate.js';
+import { concurrencyBudget } from './budget.js';
 import type { GatewayConfig } from './config.js';
 import { createDebugRoutes } from './debug.js';
 import { createGatewayMetrics } from './metrics.js';
@@ -63,6 +64,9 @@ export function createGateway({ config, logger, metrics = createMetrics('gateway
   const onError = errorHandler(logger);
   app.use(pipeline.context);
   const proxies = new Map(upstreamList.map((u) => [u.name, createServiceProxy({ upstream: u, cache, metrics: gatewayMetrics, logger, trustsProxies: config.TRUST_PROXY !== false })]));
+  // Each of these asks every service: a budget of their own bounds what a flood of them costs.
+  app.use('/health', concurrencyBudget(config.OBSERVABILITY_MAX_IN_FLIGHT));
+  app.use('/traces', concurrencyBudget(config.OBSERVABILITY_MAX_IN_FLIGHT));
   app.use(createStatusRoutes({ upstreams: upstreamList, name: GATEWAY_NAME, version }));
   app.get('/metrics', metrics.handler);
   if (tracing) {
@@ -83,7 +87,7 @@ export function createGateway({ config, logger, metrics = createMetrics('gateway
 
   return {
     app,
-    front: createFrontDoor({ app, pipeline, proxies, onError }),
+    front: createFrontDoor({ app, pipeline, proxies, onError, maxInFlight: config.MAX_IN_FLIGHT }),
     close: async () => {
       await tracing?.shutdown();
       limiter.close();

@@ -1,6 +1,7 @@
 // The gateway server's request listener: refuses malformed requests, runs proxied /api/<service>
 // requests through the proxied pipeline itself, and hands every other request to the Express app.
 import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { Socket } from 'node:net';
 import type { ErrorRequestHandler, Express, Request, RequestHandler, Response } from 'express';
 import { HttpError } from '../platform/errors.js';
 import { isAggregateRequest } from './aggregate.js';
@@ -38,10 +39,9 @@ export interface FrontDoorOptions {
   /** The proxy handler of each service, by name. */
   proxies: Map<string, RequestHandler>;
   onError: ErrorRequestHandler;
+  /** Requests handled at once by the whole gateway; beyond it 503 OVERLOADED. */
+  maxInFlight: number;
 }
-
-/** Set on a connection whose request was malformed: what follows on it is not read as requests. */
-const REFUSED = Symbol('gateway.refusedConnection');
 
 // `/api/<service>` alone or followed by a path or query, as the proxy route matches it.
 const PROXIED = /^\/api\/([a-z]+)(?=[/?]|$)/;
@@ -69,6 +69,34 @@ export function malformedRequest(req: IncomingMessage): HttpError | undefined {
   return undefined;
 }
 
+/** Requests handled at once on one connection; later pipelined ones wait their turn, unread. */
+export const MAX_PIPELINED = 8;
+/**
+ * Requests parsed beyond MAX_PIPELINED that may wait on one connection. Reading stops at once, but
+ * Node parses the rest of the chunk it already read (up to 64 kB, some 1 500 small requests); a
+ * connection that still has more waiting is not waiting for its answers, and is closed.
+ */
+export const MAX_WAITING = 2000;
+
+/** One connection's share of the work. */
+interface Connection {
+  busy: number;
+  /** Requests (and their responses) parsed but not started, flat: req, res, req, res... */
+  waiting: Array<IncomingMessage | ServerResponse>;
+  closed: boolean;
+  /** Its last request was malformed: what follows on it is not read as requests. */
+  refused: boolean;
+}
+
+const CONNECTION = Symbol('gateway.connection');
+type TrackedSocket = Socket & { [CONNECTION]?: Connection };
+
+function onSocketClose(this: TrackedSocket): void {
+  const conn = this[CONNECTION]!;
+  conn.closed = true;
+  conn.waiting.length = 0;
+}
+
 /**
  * Proxied `/api/<service>/...` requests, the bulk of the traffic, are handled here on the server's
  * request event, ahead of Express's router (measured: the router, its per-request set-up and the
@@ -77,21 +105,25 @@ export function malformedRequest(req: IncomingMessage): HttpError | undefined {
  * A malformed request is answered here too, whatever its path. Every other request goes to the app
  * unchanged.
  *
+ * Every request is bounded here first: at most MAX_PIPELINED at once per connection (the socket is
+ * not read while more wait), and at most `maxInFlight` at once in the gateway (beyond it a fast
+ * 503 OVERLOADED, not a queue).
+ *
  * The server is made with Express's request and response prototypes (`expressServerClasses`), so
  * `req.ip`, `res.json()` and the rest work here without Express's per-request set-up.
  */
-export function createFrontDoor({ app, pipeline, proxies, onError }: FrontDoorOptions): (req: IncomingMessage, res: ServerResponse) => void {
+export function createFrontDoor({ app, pipeline, proxies, onError, maxInFlight }: FrontDoorOptions): (req: IncomingMessage, res: ServerResponse) => void {
   const { context, admit } = pipeline;
-  return (rawReq, rawRes) => {
-    const socket = rawReq.socket as IncomingMessage['socket'] & { [REFUSED]?: true };
-    // Node parses pipelined requests before the refused one's answer closes the connection.
-    if (socket[REFUSED]) return;
+  let inFlight = 0;
+
+  const handle = (rawReq: IncomingMessage, rawRes: ServerResponse, conn: Connection): void => {
     const url = rawReq.url ?? '';
     const malformed = malformedRequest(rawReq);
-    if (malformed) socket[REFUSED] = true;
-    const m = malformed === undefined && url.charCodeAt(1) === 97 /* a */ ? PROXIED.exec(url) : null;
+    if (malformed) conn.refused = true;
+    const overloaded = inFlight > maxInFlight;
+    const m = malformed === undefined && !overloaded && url.charCodeAt(1) === 97 /* a */ ? PROXIED.exec(url) : null;
     const handler = m ? proxies.get(m[1]!) : undefined;
-    if (malformed === undefined && (!handler || isAggregateRequest(rawReq.method, url))) {
+    if (malformed === undefined && !overloaded && (!handler || isAggregateRequest(rawReq.method, url))) {
       app(rawReq, rawRes);
       return;
     }
@@ -118,6 +150,7 @@ export function createFrontDoor({ app, pipeline, proxies, onError }: FrontDoorOp
           res.setHeader('Connection', 'close');
           return fail(malformed);
         }
+        if (overloaded) return fail(overloadedError());
         const refused = admit(req, res);
         if (refused) return fail(refused);
         const result = handler!(req, res, fail) as unknown;
@@ -128,6 +161,50 @@ export function createFrontDoor({ app, pipeline, proxies, onError }: FrontDoorOp
       fail(err);
     }
   };
+
+  const start = (req: IncomingMessage, res: ServerResponse, conn: Connection): void => {
+    conn.busy++;
+    inFlight++;
+    res.on('close', release);
+    handle(req, res, conn);
+  };
+
+  // One shared listener (no closure per request): the response's 'close' frees its place.
+  function release(this: ServerResponse): void {
+    inFlight--;
+    const socket = this.req.socket as TrackedSocket;
+    const conn = socket[CONNECTION]!;
+    conn.busy--;
+    if (conn.closed) return;
+    while (conn.busy < MAX_PIPELINED && conn.waiting.length && !conn.refused) {
+      const req = conn.waiting.shift() as IncomingMessage;
+      start(req, conn.waiting.shift() as ServerResponse, conn);
+    }
+    // Node pauses the socket itself while answers pile up unsent (its `_paused`): leave that to it.
+    if (conn.waiting.length === 0 && socket.isPaused() && !(socket as { _paused?: boolean })._paused) socket.resume();
+  }
+
+  return (req, res) => {
+    const socket = req.socket as TrackedSocket;
+    let conn = socket[CONNECTION];
+    if (conn === undefined) {
+      conn = { busy: 0, waiting: [], closed: false, refused: false };
+      socket[CONNECTION] = conn;
+      socket.once('close', onSocketClose);
+    }
+    // Node parses pipelined requests before the refused one's answer closes the connection.
+    if (conn.refused) return;
+    if (conn.busy < MAX_PIPELINED) return start(req, res, conn);
+    if (conn.waiting.length >= 2 * MAX_WAITING) {
+      socket.destroy();
+      return;
+    }
+    conn.waiting.push(req, res);
+    socket.pause();
+  };
 }
+
+const overloadedError = (): HttpError =>
+  new HttpError(503, 'OVERLOADED', 'The gateway is at capacity; retry shortly', undefined, { retryAfter: 1 });
 
 function noop(): void {}

@@ -28,8 +28,8 @@ export interface EchoUpstream {
   messages(): Message[];
   /** Forgets the requests and bytes seen so far (pooled connections stay open). */
   reset(): void;
-  /** How to answer requests from now on; by default the echo. */
-  answer: (req: EchoRequest) => EchoAnswer;
+  /** How to answer requests from now on; by default the echo. A promise holds the answer until it settles. */
+  answer: (req: EchoRequest) => EchoAnswer | Promise<EchoAnswer>;
   close(): Promise<void>;
 }
 
@@ -68,10 +68,14 @@ export async function startEchoUpstream(): Promise<EchoUpstream> {
     req.once('end', () => {
       const seen: EchoRequest = { method: req.method ?? '', url: req.url ?? '', headers: req.headers, body: Buffer.concat(chunks).toString('latin1') };
       if (!isProbe(seen)) upstream.requests.push(seen);
+      const write = (answer: EchoAnswer) => {
+        const body = answer.body ?? '';
+        res.writeHead(answer.status ?? 200, { 'content-type': 'application/json; charset=utf-8', 'content-length': Buffer.byteLength(body), ...answer.headers });
+        res.end(body);
+      };
       const answer = isProbe(seen) ? { body: '{"status":"healthy"}' } : upstream.answer(seen);
-      const body = answer.body ?? '';
-      res.writeHead(answer.status ?? 200, { 'content-type': 'application/json; charset=utf-8', 'content-length': Buffer.byteLength(body), ...answer.headers });
-      res.end(body);
+      if (answer instanceof Promise) void answer.then(write, () => res.destroy());
+      else write(answer);
     });
   });
   server.on('connection', (socket: Socket) => {
