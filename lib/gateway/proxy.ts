@@ -235,7 +235,7 @@ export function createServiceProxy({ upstream, cache, metrics, logger, trustsPro
       if (err instanceof UpstreamUnavailableError) {
         // Classified already: one line, no stack.
         const durationMs = Math.round(performance.now() - started);
-        log.warn({ service: upstream.name, failure: err.failure, durationMs, traceId: res.locals.trace?.traceId }, 'proxy failed');
+        log.warn({ failure: err.failure, durationMs, traceId: res.locals.trace?.traceId }, 'proxy failed');
       }
       if (err instanceof CircuitOpenError) res.setHeader('Retry-After', String(err.retryAfterSeconds));
       // The rest of a stalled body is not worth reading.
