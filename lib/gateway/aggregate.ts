@@ -10,7 +10,7 @@ import type { ServiceName, Upstream } from './upstreams.js';
 export const USER_ORDERS_LIMIT = 100;
 
 /** The aggregate routes, as Express paths; GET only. */
-export const AGGREGATE_ROUTES = { userFull: '/api/users/:id/full', dashboard: '/api/dashboard' } as const;
+const AGGREGATE_ROUTES = { userFull: '/api/users/:id/full', dashboard: '/api/dashboard' } as const;
 
 // The same paths as Express matches them (any letter case, one optional trailing slash, a query).
 const AGGREGATE_MATCHERS = Object.values(AGGREGATE_ROUTES).map(

@@ -55,7 +55,7 @@ const badRequest = (message: string): HttpError => new HttpError(400, 'BAD_REQUE
  * Node itself refuses Content-Length with Transfer-Encoding, a repeated Content-Length, obs-fold
  * and bare LF line ends, with a 400 and a closed connection.
  */
-export function malformedRequest(req: IncomingMessage): HttpError | undefined {
+function malformedRequest(req: IncomingMessage): HttpError | undefined {
   if (req.httpVersionMajor !== 1) return badRequest('The request line must end with HTTP/1.0 or HTTP/1.1');
   if (req.url!.includes('#')) return badRequest('The request target must not contain a fragment');
   const raw = req.rawHeaders;
@@ -76,7 +76,7 @@ export const MAX_PIPELINED = 8;
  * Node parses the rest of the chunk it already read (up to 64 kB, some 1 500 small requests); a
  * connection that still has more waiting is not waiting for its answers, and is closed.
  */
-export const MAX_WAITING = 2000;
+const MAX_WAITING = 2000;
 
 /** One connection's share of the work. */
 interface Connection {
@@ -90,12 +90,6 @@ interface Connection {
 
 const CONNECTION = Symbol('gateway.connection');
 type TrackedSocket = Socket & { [CONNECTION]?: Connection };
-
-function onSocketClose(this: TrackedSocket): void {
-  const conn = this[CONNECTION]!;
-  conn.closed = true;
-  conn.waiting.length = 0;
-}
 
 /**
  * Proxied `/api/<service>/...` requests, the bulk of the traffic, are handled here on the server's
@@ -171,17 +165,28 @@ export function createFrontDoor({ app, pipeline, proxies, onError, maxInFlight }
 
   // One shared listener (no closure per request): the response's 'close' frees its place.
   function release(this: ServerResponse): void {
-    inFlight--;
     const socket = this.req.socket as TrackedSocket;
     const conn = socket[CONNECTION]!;
-    conn.busy--;
+    // Freed with the connection already (onSocketClose).
     if (conn.closed) return;
+    inFlight--;
+    conn.busy--;
     while (conn.busy < MAX_PIPELINED && conn.waiting.length && !conn.refused) {
       const req = conn.waiting.shift() as IncomingMessage;
       start(req, conn.waiting.shift() as ServerResponse, conn);
     }
     // Node pauses the socket itself while answers pile up unsent (its `_paused`): leave that to it.
     if (conn.waiting.length === 0 && socket.isPaused() && !(socket as { _paused?: boolean })._paused) socket.resume();
+  }
+
+  // A pipelined answer that never got the socket may never emit 'close': the connection frees all
+  // of its places when it closes, whichever of the two comes first.
+  function onSocketClose(this: TrackedSocket): void {
+    const conn = this[CONNECTION]!;
+    conn.closed = true;
+    inFlight -= conn.busy;
+    conn.busy = 0;
+    conn.waiting.length = 0;
   }
 
   return (req, res) => {

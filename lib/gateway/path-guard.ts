@@ -30,13 +30,13 @@ export function isUnsafePath(path: string): boolean {
 }
 
 /** Whether the path part of a request URL (the query string is the service's business) is unsafe. */
-export function isUnsafeRequestPath(url: string): boolean {
+function isUnsafeRequestPath(url: string): boolean {
   const query = url.indexOf('?');
   const path = query === -1 ? url : url.slice(0, query);
   return !path.startsWith('/') || isUnsafePath(path);
 }
 
-export const unsafePathError = (): HttpError =>
+const unsafePathError = (): HttpError =>
   new HttpError(400, 'VALIDATION_ERROR', 'Invalid request path', [
     { field: 'path', message: 'must not contain dot segments, backslashes or control characters, plain or percent-encoded' },
   ]);

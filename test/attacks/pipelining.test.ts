@@ -78,6 +78,19 @@ describe('bounded work per client', () => {
     }
   });
 
+  test('when clients pipeline held requests and hang up, then their places are freed and the gateway still serves', async () => {
+    hold();
+    for (let round = 0; round < 4; round++) {
+      const conn = await openRaw(gw.url);
+      conn.send(Array.from({ length: 12 }, (_, i) => `GET /api/orders/${i} HTTP/1.1\r\nHost: x\r\n\r\n`).join(''));
+      await eventually(() => upstream.requests.length === (round + 1) * MAX_PIPELINED, 3_000, 'held requests');
+      conn.close();
+    }
+    releaseAll();
+    // 32 requests were started against MAX_IN_FLIGHT=20: had their places leaked, this would be a 503.
+    await eventually(async () => (await http(gw.url, 'GET', '/api/users/1')).status === 200, 3_000, 'a 200');
+  });
+
   test('when /traces is asked for while one is already gathering from the services, then it is a 503 OVERLOADED, not another fan-out', async () => {
     hold();
     const conn = await openRaw(gw.url);
