@@ -37,7 +37,8 @@ function send(base: string, r: Hostile): Promise<Answer> {
   });
 }
 
-const PATHS = ['/users', '/users/1', '/users/abc', '/products', '/products/1', '/products/1/stock', '/orders', '/orders/1', '/orders/1/status',
+// The gateway's own routes too (not /debug: switching circuits by hand is what it is for).
+const PATHS = ['/', '/metrics', '/api/dashboard', '/api/users/1/full', '/users', '/users/1', '/users/abc', '/products', '/products/1', '/products/1/stock', '/orders', '/orders/1', '/orders/1/status',
   '/internal/reservations', '/internal/reservations/x', '/stats', '/health', '/spans', '/traces', '/traces/abc', '/nowhere'];
 const SUFFIXES = ['', '/', '/%', '/%E0%A4%A', '/%00', '/%2e%2e', '/..%2f', '//', '/1.5', '/-1', '/99999999999999999999', '/%ZZ', '/%C0%AF', '/caf%C3%A9'];
 const QUERIES = ['', '?', '?limit=abc', '?limit=5&limit=6', '?page=0', '?%=%', '?a[b]=c', '?limit=%FF', '?role=admin&role=user', '?search=%00', '?traceId=..'];
@@ -105,13 +106,14 @@ describe('hostile requests', () => {
     await sys?.stop();
   });
 
-  for (const target of ['users', 'products', 'orders', 'gateway'] as const) {
-    test(`when generated hostile requests reach the ${target === 'gateway' ? 'gateway' : `${target} service`}, then none is answered 5xx and every error has the contract's shape`, async () => {
+  const targets = [
+    ['the users service', 'users', ''], ['the products service', 'products', ''], ['the orders service', 'orders', ''],
+    ['the services through the gateway', 'gateway', '/api'], ['the gateway\'s own routes', 'gateway', ''],
+  ] as const;
+  for (const [what, target, prefix] of targets) {
+    test(`when generated hostile requests reach ${what}, then none is answered 5xx and every error has the contract's shape`, async () => {
       const base = target === 'gateway' ? gw.url : sys[target].url;
-      await fc.assert(
-        fc.asyncProperty(hostile(target === 'gateway' ? '/api' : ''), async (r) => assertContract(r, await send(base, r))),
-        { numRuns: target === 'gateway' ? 150 : 80 },
-      );
+      await fc.assert(fc.asyncProperty(hostile(prefix), async (r) => assertContract(r, await send(base, r))), { numRuns: 80 });
     });
   }
 
