@@ -4,6 +4,7 @@
 import { after, before, beforeEach, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { startGateway, type StartedGateway } from '../gateway-helpers.js';
+import { startServices, type System } from '../system.js';
 import { startEchoUpstream, type EchoUpstream } from '../support/echo-upstream.js';
 import { header } from '../support/http-messages.js';
 import { jsonOf, rawExchange, statusOf } from '../support/raw-client.js';
@@ -91,4 +92,23 @@ describe('request smuggling', () => {
       assert.deepEqual(jsonOf(next.responses[0]!), { method: 'GET', url: '/users/3', body: '' });
     });
   }
+
+  describe('straight to a service', () => {
+    let sys: System;
+    before(async () => {
+      sys = await startServices();
+    });
+    after(async () => {
+      await sys?.stop();
+    });
+    for (const [what, bytes] of refusedByParser.slice(0, 5)) {
+      test(`when a request with ${what} is sent to a service, then it is a 400 in the contract's shape, the connection closes, and nothing after it is read`, async () => {
+        const r = await rawExchange(sys.users.url, `${bytes.replaceAll('/api/users', '/users')}POST /users HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}`, 2);
+        assert.equal(r.responses.length, 1, r.bytes.toString('latin1'));
+        assert.equal(statusOf(r.responses[0]!), 400);
+        assert.equal(jsonOf(r.responses[0]!).code, 'BAD_REQUEST');
+        assert.ok(r.closed);
+      });
+    }
+  });
 });
