@@ -70,6 +70,7 @@ describe('bounded work per client', () => {
       assert.equal(over.headers.get('retry-after'), '1');
       assert.ok(Date.now() - started < 1_000, 'answered at once, not queued');
       assert.equal(upstream.requests.length, 20, 'it never reached the service');
+      upstream.answer = echo;
       releaseAll();
       for (const c of conns) assert.equal(statusOf((await c.read(1)).responses[0]!), 200);
       assert.equal((await http(gw.url, 'GET', '/api/users/1')).status, 200);
@@ -86,6 +87,7 @@ describe('bounded work per client', () => {
       await eventually(() => upstream.requests.length === (round + 1) * MAX_PIPELINED, 3_000, 'held requests');
       conn.close();
     }
+    upstream.answer = echo;
     releaseAll();
     // 32 requests were started against MAX_IN_FLIGHT=20: had their places leaked, this would be a 503.
     await eventually(async () => (await http(gw.url, 'GET', '/api/users/1')).status === 200, 3_000, 'a 200');
