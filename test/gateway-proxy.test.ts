@@ -21,7 +21,7 @@ describe('proxy to the real services', () => {
     const created = await http(gw.url, 'POST', '/api/users', { body: { name: 'Proxy Person', email } });
     assert.equal(created.status, 201);
     assert.equal(created.body.email, email);
-    assert.equal(created.headers.get('location'), `/users/${created.body.id}`);
+    assert.equal(created.headers.get('location'), `/api/users/${created.body.id}`, 'the gateway\'s path to it');
     const id = created.body.id as number;
 
     const read = await http(gw.url, 'GET', `/api/users/${id}`);
@@ -204,6 +204,14 @@ describe('proxy behaviour (controllable upstream)', () => {
       assert.match(r.headers.get('content-type') ?? '', /application\/json/);
       assert.ok(!r.text.includes('127.0.0.1'), r.text);
       assertNoLeak(r.text);
+      // Classified already: one warning line naming service, kind, time and trace, without a stack.
+      const failed = dead.logs().filter((l) => l.msg === 'proxy failed');
+      assert.equal(failed.length, 1);
+      assert.equal(failed[0]!.failure, 'refused');
+      assert.equal(failed[0]!.traceId, r.body.traceId);
+      assert.equal(typeof failed[0]!.durationMs, 'number');
+      assert.ok(JSON.stringify(failed[0]).includes('"service":"users"'));
+      assert.equal(failed[0]!.err, undefined, 'no error object, so no stack');
     } finally {
       await dead.close();
     }

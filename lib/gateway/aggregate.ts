@@ -9,6 +9,21 @@ import type { ServiceName, Upstream } from './upstreams.js';
 /** Orders shown with a user; a user with more sees the newest ones. */
 export const USER_ORDERS_LIMIT = 100;
 
+/** The aggregate routes, as Express paths; GET only. */
+const AGGREGATE_ROUTES = { userFull: '/api/users/:id/full', dashboard: '/api/dashboard' } as const;
+
+// The same paths as Express matches them (any letter case, one optional trailing slash, a query).
+const AGGREGATE_MATCHERS = Object.values(AGGREGATE_ROUTES).map(
+  (path) => new RegExp(`^${path.replace(/:\w+/g, '[^/?]+')}/?(?:\\?|$)`, 'i'),
+);
+
+/** Whether a request URL is one of the aggregate routes (which live under a service's prefix, too). */
+export function isAggregateRequest(method: string | undefined, url: string): boolean {
+  if (method !== 'GET' && method !== 'HEAD') return false;
+  for (const matcher of AGGREGATE_MATCHERS) if (matcher.test(url)) return true;
+  return false;
+}
+
 export interface AggregateRoutesOptions {
   upstreams: Record<ServiceName, Upstream>;
   metrics: GatewayMetrics;
@@ -23,7 +38,7 @@ export function createAggregateRoutes({ upstreams, metrics }: AggregateRoutesOpt
     res.once('finish', () => metrics.observeRequest('aggregate', method, res.statusCode, (performance.now() - started) / 1000));
   };
 
-  router.get('/api/users/:id/full', async (req, res) => {
+  router.get(AGGREGATE_ROUTES.userFull, async (req, res) => {
     timed(res, req.method);
     const id = parseId(req.params);
     // The services apply their rules to the caller, so they are asked with the caller's token.
@@ -45,7 +60,7 @@ export function createAggregateRoutes({ upstreams, metrics }: AggregateRoutesOpt
     });
   });
 
-  router.get('/api/dashboard', async (req, res) => {
+  router.get(AGGREGATE_ROUTES.dashboard, async (req, res) => {
     timed(res, req.method);
     const list = Object.values(upstreams);
     const headers = req.headers.authorization === undefined ? undefined : { authorization: req.headers.authorization };

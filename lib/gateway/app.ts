@@ -11,12 +11,14 @@ import { createTraceRoutes } from '../platform/trace-endpoints.js';
 import { createTracing, type Tracing } from '../platform/span-recorder.js';
 import { createAggregateRoutes } from './aggregate.js';
 import { createGatewayAuth, createLoginRoute, requireAdminCaller, requireSelfOrAdmin } from './auth.js';
+import { concurrencyBudget } from './budget.js';
 import type { GatewayConfig } from './config.js';
 import { createDashboard } from './dashboard/index.js';
 import { createDebugRoutes } from './debug.js';
 import { createGatewayMetrics } from './metrics.js';
-import { rejectUnsafePaths } from './path-guard.js';
-import { createFrontDoor, createServiceProxy, proxyRoute } from './proxy.js';
+import { createFrontDoor, createProxiedPipeline } from './front-door.js';
+import { guardPath } from './path-guard.js';
+import { createServiceProxy, proxyRoute } from './proxy.js';
 import { createRateLimiter } from './rate-limit.js';
 import { createStaleCache } from './stale-cache.js';
 import { createStatusRoutes } from './status.js';
@@ -72,9 +74,15 @@ export function createGateway({ config, logger, metrics = createMetrics('gateway
     rateLimit: { limit: config.RATE_LIMIT, windowMs: config.RATE_WINDOW_MS },
   });
   const context = requestContext(logger, tracing ?? undefined, [metrics.observe, gatewayMetrics.observeProxied, dashboard.observe]);
+  // The proxied pipeline, defined once: context, the caller's identity, rate limit (per user or
+  // address), path guard, then the proxy.
+  const pipeline = createProxiedPipeline(context, auth.authenticate, [limiter.check, guardPath]);
   const onError = errorHandler(logger);
-  app.use(context);
+  app.use(pipeline.context);
   const proxies = new Map(upstreamList.map((u) => [u.name, createServiceProxy({ upstream: u, cache, metrics: gatewayMetrics, logger, trustsProxies: config.TRUST_PROXY !== false })]));
+  // Each of these asks every service: a budget of their own bounds what a flood of them costs.
+  app.use('/health', concurrencyBudget(config.OBSERVABILITY_MAX_IN_FLIGHT));
+  app.use('/traces', concurrencyBudget(config.OBSERVABILITY_MAX_IN_FLIGHT));
   // The admin surface: open as before in open mode, an admin's token in required mode.
   const adminOnly = auth.adminOnly('admin');
   app.use(createStatusRoutes({
@@ -97,7 +105,7 @@ export function createGateway({ config, logger, metrics = createMetrics('gateway
   if (debugAllowed) {
     app.use(createDebugRoutes({ upstreams, logger, guard: debugGuard, adminToken: config.ADMIN_TOKEN, faultCallTimeoutMs: config.HEALTH_PROBE_TIMEOUT_MS }));
   }
-  app.use('/api', auth.middleware, limiter.middleware, rejectUnsafePaths);
+  app.use('/api', pipeline.middleware);
   app.use(createLoginRoute({ users: upstreams.users, limiter: loginLimiter }));
   app.get('/api/dashboard', requireAdminCaller(auth.mode));
   app.get('/api/users/:id/full', requireSelfOrAdmin);
@@ -109,7 +117,7 @@ export function createGateway({ config, logger, metrics = createMetrics('gateway
 
   return {
     app,
-    front: createFrontDoor({ app, context, authenticate: auth.authenticate, limiter, proxies, onError }),
+    front: createFrontDoor({ app, pipeline, proxies, onError, maxInFlight: config.MAX_IN_FLIGHT }),
     close: async () => {
       await tracing?.shutdown();
       dashboard.close();

@@ -23,8 +23,6 @@ export interface GatewayAuth {
   readonly mode: AuthMode;
   /** The pipeline step: verifies a bearer token and sets `res.locals.identity`; 401 as the mode says. */
   authenticate: Authenticate;
-  /** authenticate() as Express middleware, for /api routes behind the router. */
-  middleware: RequestHandler;
   /**
    * Guards the admin surface: an admin token (JWT with role admin, or ADMIN_TOKEN) as Bearer.
    * `debug`: the debug routes, locked once ADMIN_TOKEN is set even in open mode; `admin`: the rest,
@@ -37,18 +35,6 @@ export interface GatewayAuth {
 
 /** The identity authenticate() verified for this request. */
 export const identityOf = (res: Response): Identity | undefined => res.locals.identity as Identity | undefined;
-
-/**
- * What a GET's answer may be kept under in the stale cache: anonymous answers by URL, a verified
- * caller's under its own id (so Carol is never served Bob's profile), and nothing for a request
- * whose credential was not verified.
- */
-export function staleCacheKey(req: Request, res: Response): string | undefined {
-  if (req.method !== 'GET') return undefined;
-  const identity = identityOf(res);
-  if (identity !== undefined) return `${identity.key} ${req.originalUrl}`;
-  return req.headers.authorization === undefined ? req.originalUrl : undefined;
-}
 
 /**
  * Routes anyone may call in required mode: login, sign-up and the catalog's reads. `url` is the
@@ -89,7 +75,8 @@ export function createGatewayAuth({ config, logger, verifier = verifierFromConfi
 
   const authenticate: Authenticate = (req, res) => {
     const header = req.headers.authorization;
-    if (header === undefined) return required && !isPublicRoute(req.method, req.originalUrl) ? unauthenticated(res) : undefined;
+    // The router matches paths in any letter case; the public list is written in lower case.
+    if (header === undefined) return required && !isPublicRoute(req.method, req.originalUrl.toLowerCase()) ? unauthenticated(res) : undefined;
     const hit = verifier.cached(header);
     if (hit !== undefined) {
       res.locals.identity = hit;
@@ -138,15 +125,6 @@ export function createGatewayAuth({ config, logger, verifier = verifierFromConfi
   return {
     mode,
     authenticate,
-    middleware: (req, res, next) => {
-      // The router matches paths in any letter case; the public list is written in lower case.
-      if (req.headers.authorization === undefined) {
-        return next(required && !isPublicRoute(req.method, req.originalUrl.toLowerCase()) ? unauthenticated(res) : undefined);
-      }
-      const result = authenticate(req, res);
-      if (result instanceof Promise) result.then(next, next);
-      else next(result);
-    },
     adminOnly,
     isAdmin,
   };

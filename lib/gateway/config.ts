@@ -64,6 +64,10 @@ export const GatewayConfigSchema = z.object({
   CACHE_MAX_BYTES: intVar(32 * 1024 * 1024, 1024, 2 ** 32),
   // /health asks each service's /health; a probe slower than this counts as failed.
   HEALTH_PROBE_TIMEOUT_MS: intVar(1000, 10, 60_000),
+  // Requests the gateway handles at once; beyond it a fast 503 OVERLOADED with Retry-After.
+  MAX_IN_FLIGHT: intVar(1000, 1, 1_000_000),
+  // /health and /traces requests (each fans out to every service) handled at once, each route apart.
+  OBSERVABILITY_MAX_IN_FLIGHT: intVar(4, 1, 1000),
 });
 
 export type GatewayConfig = z.output<typeof GatewayConfigSchema>;

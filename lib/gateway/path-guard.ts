@@ -1,5 +1,5 @@
 // Refuses request paths that could climb out of a service's prefix once something decodes them.
-import type { RequestHandler } from 'express';
+import type { Request } from 'express';
 import { HttpError } from '../platform/errors.js';
 
 const DOT_SEGMENT = /(?:^|\/)\.{1,2}(?:\/|$)/;
@@ -30,19 +30,16 @@ export function isUnsafePath(path: string): boolean {
 }
 
 /** Whether the path part of a request URL (the query string is the service's business) is unsafe. */
-export function isUnsafeRequestPath(url: string): boolean {
+function isUnsafeRequestPath(url: string): boolean {
   const query = url.indexOf('?');
   const path = query === -1 ? url : url.slice(0, query);
   return !path.startsWith('/') || isUnsafePath(path);
 }
 
-export const unsafePathError = (): HttpError =>
+const unsafePathError = (): HttpError =>
   new HttpError(400, 'VALIDATION_ERROR', 'Invalid request path', [
     { field: 'path', message: 'must not contain dot segments, backslashes or control characters, plain or percent-encoded' },
   ]);
 
-/** 400 before anything is proxied. */
-export const rejectUnsafePaths: RequestHandler = (req, _res, next) => {
-  if (isUnsafeRequestPath(req.originalUrl)) throw unsafePathError();
-  next();
-};
+/** The proxied pipeline's guard step: 400 before anything is proxied. */
+export const guardPath = (req: Request): HttpError | undefined => (isUnsafeRequestPath(req.originalUrl) ? unsafePathError() : undefined);

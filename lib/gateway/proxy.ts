@@ -1,17 +1,15 @@
 // Forwards /api/<service>[/...] to the service as /<service>[/...]: bodies streamed both ways,
 // every call through the service's breaker, failed GETs answered from the stale cache.
-import { request as httpRequest, type ClientRequest, type IncomingMessage, type OutgoingHttpHeaders, type ServerResponse } from 'node:http';
-import type { ErrorRequestHandler, Express, Request, RequestHandler, Response } from 'express';
-import { errorBody, HttpError } from '../platform/errors.js';
+import { request as httpRequest, type ClientRequest, type IncomingMessage } from 'node:http';
+import type { Request, RequestHandler, Response } from 'express';
+import { HttpError, sendError } from '../platform/errors.js';
 import type { Logger } from '../platform/logger.js';
 import { UpstreamUnavailableError, type UpstreamFailure } from '../platform/service-client.js';
 import { startClientSpan, type ClientSpan } from '../platform/span-recorder.js';
 import { CircuitOpenError, ClientGoneError, type Cancellation } from './breakers.js';
-import { staleCacheKey, type Authenticate } from './auth.js';
+import { identityOf } from './auth.js';
 import type { GatewayMetrics } from './metrics.js';
-import { isUnsafeRequestPath, unsafePathError } from './path-guard.js';
-import type { RateLimiter } from './rate-limit.js';
-import type { StaleCache } from './stale-cache.js';
+import { staleCacheKey, type StaleCache } from './stale-cache.js';
 import type { Upstream } from './upstreams.js';
 
 export interface ServiceProxyOptions {
@@ -26,93 +24,29 @@ export interface ServiceProxyOptions {
 /** The path the proxy route is registered under; Express 5 needs a named wildcard. */
 export const proxyRoute = (upstream: Pick<Upstream, 'name'>): string => `/api/${upstream.name}{/*splat}`;
 
-// The aggregate route that lives under a service's prefix; it must reach its own handler.
-const AGGREGATE_UNDER_PREFIX = /^\/api\/users\/[^/?]+\/full\/?(\?|$)/i;
-// `/api/<service>` alone or followed by a path or query, as the proxy route matches it.
-const PROXIED = /^\/api\/([a-z]+)(?=[/?]|$)/;
-
-/** What the front door runs: the request context, the limiter, the proxy handlers, the error handler. */
-export interface FrontDoorOptions {
-  /** The app for every request the front door does not take, and whose settings it uses. */
-  app: Express;
-  /** requestContext's middleware: trace, span, timing, log line and metrics. */
-  context: RequestHandler;
-  /** Verifies the caller's token before the limiter counts the request against it. */
-  authenticate: Authenticate;
-  limiter: RateLimiter;
-  /** The proxy handler of each service, by name. */
-  proxies: Map<string, RequestHandler>;
-  onError: ErrorRequestHandler;
-}
-
-/**
- * Proxied `/api/<service>/...` requests, the bulk of the traffic, are handled here on the server's
- * request event, ahead of Express's router (measured: the router, its per-request set-up and the
- * rate limiter's middleware cost more than the proxying itself). They get what a route would: the
- * request context, the rate limit, the path guard, the service's proxy handler, and errors in the
- * contract's shape. Every other request goes to the app unchanged.
- *
- * The server is made with Express's request and response prototypes (`expressServerClasses`), so
- * `req.ip`, `res.json()` and the rest work here without Express's per-request set-up.
- */
-export function createFrontDoor({ app, context, authenticate, limiter, proxies, onError }: FrontDoorOptions): (req: IncomingMessage, res: ServerResponse) => void {
-  // After the caller is known: the limit (per user or address), the path guard, the proxy.
-  const proceed = (req: Request, res: Response, url: string, handler: RequestHandler, fail: (err: unknown) => void): void => {
-    const limited = limiter.check(req, res);
-    if (limited) return fail(limited);
-    if (isUnsafeRequestPath(url)) return fail(unsafePathError());
-    const result = handler(req, res, fail) as unknown;
-    if (result instanceof Promise) result.catch(fail);
-  };
-
-  return (rawReq, rawRes) => {
-    const url = rawReq.url ?? '';
-    const m = url.charCodeAt(1) === 97 /* a */ ? PROXIED.exec(url) : null;
-    const handler = m ? proxies.get(m[1]!) : undefined;
-    if (!handler || ((rawReq.method === 'GET' || rawReq.method === 'HEAD') && AGGREGATE_UNDER_PREFIX.test(url))) {
-      app(rawReq, rawRes);
-      return;
-    }
-    const req = rawReq as Request;
-    const res = rawRes as Response;
-    // What Express's init middleware would have set.
-    req.res = res;
-    req.originalUrl = url;
-    req.baseUrl = '';
-    res.locals = Object.create(null) as Response['locals'];
-    // The contract's error answer; should even that throw, the connection is cut rather than
-    // left hanging, and the process goes on.
-    const fail = (err: unknown): void => {
-      try {
-        void onError(err, req, res, noop);
-      } catch {
-        res.destroy();
-      }
-    };
-    try {
-      context(req, res, () => {
-        const checked = authenticate(req, res);
-        if (checked === undefined) return proceed(req, res, url, handler, fail);
-        if (checked instanceof Promise) {
-          checked.then((err) => (err ? fail(err) : proceed(req, res, url, handler, fail)), fail);
-          return;
-        }
-        fail(checked);
-      });
-    } catch (err) {
-      // Under the router, a throw here would have reached the error handler too.
-      fail(err);
-    }
-  };
-}
-
 /** Upstream statuses a cached answer may stand in for, as for our own 502/503/504. */
 const STALE_STATUSES = new Set([502, 503, 504]);
 // The service's own trace headers would replace the gateway's; hop-by-hop ones are not the client's.
-const UPSTREAM_ONLY_HEADERS = new Set(['x-trace-id', 'x-span-id', 'x-response-time', 'keep-alive', 'connection', 'transfer-encoding', 'proxy-connection', 'trailer', 'upgrade']);
-// Hop-by-hop request headers (RFC 9110 7.6.1) and the ones we set ourselves; transfer-encoding and
-// content-length stay, they frame the body we stream on.
-const CLIENT_ONLY_HEADERS = new Set(['connection', 'keep-alive', 'proxy-connection', 'te', 'trailer', 'upgrade', 'host', 'expect', 'forwarded', 'x-forwarded-for', 'x-forwarded-proto', 'x-forwarded-host']);
+const UPSTREAM_ONLY_HEADERS = new Set(['x-trace-id', 'x-span-id', 'x-response-time', 'keep-alive', 'connection', 'transfer-encoding', 'proxy-connection', 'proxy-authenticate', 'trailer', 'upgrade']);
+/** Response headers naming a URL the client may follow, rewritten from the service's paths to the gateway's. */
+const LOCATION_HEADERS = new Set(['location', 'content-location']);
+/**
+ * Request headers the service never gets from the client: hop-by-hop ones (RFC 9110 7.6.1, and
+ * HTTP2-Settings, RFC 7540 3.2.1), credentials meant for a proxy, the framing (the proxy frames the
+ * body itself, see `upstreamHeaders`), the ones we set ourselves, and the client's claims about its
+ * address or the URL, which a service or a proxy behind us might believe.
+ */
+const CLIENT_ONLY_HEADERS = new Set([
+  'connection', 'keep-alive', 'proxy-connection', 'te', 'trailer', 'upgrade', 'http2-settings', 'proxy-authorization',
+  'content-length', 'transfer-encoding', 'host', 'expect',
+  'forwarded', 'x-forwarded-for', 'x-forwarded-proto', 'x-forwarded-host', 'x-forwarded-port', 'x-forwarded-prefix',
+  'x-real-ip', 'true-client-ip', 'x-client-ip', 'cf-connecting-ip', 'x-original-url', 'x-rewrite-url',
+  'x-trace-id', 'traceparent',
+]);
+// Connection options that name no header; anything else in `Connection` names a header to drop.
+const CONNECTION_OPTIONS = new Set(['keep-alive', 'close', 'upgrade', '']);
+/** Node's client sends a body (chunked) by default on every method but these; see `upstreamHeaders`. */
+const NO_DEFAULT_BODY = new Set(['GET', 'HEAD', 'DELETE', 'OPTIONS', 'TRACE', 'CONNECT']);
 
 /** One client request on its way through the proxy. */
 class Exchange {
@@ -193,7 +127,6 @@ export function createServiceProxy({ upstream, cache, metrics, logger, trustsPro
     const { res } = ex;
     res.status(200);
     res.setHeader('Content-Type', entry.contentType);
-    if (entry.contentEncoding) res.setHeader('Content-Encoding', entry.contentEncoding);
     res.setHeader('Content-Length', String(entry.body.length));
     res.setHeader('X-Cache', 'STALE');
     res.setHeader('Age', String(Math.floor((Date.now() - entry.storedAt) / 1000)));
@@ -206,6 +139,15 @@ export function createServiceProxy({ upstream, cache, metrics, logger, trustsPro
 
   const target = new URL(upstream.target);
   const targetHost = target.host;
+  /** A Location into the service (`/users/4`, or absolute at its address) as the client must follow it: `/api/users/4`. */
+  const gatewayLocation = (location: string): string => {
+    const path = location.startsWith(target.origin) ? location.slice(target.origin.length) || '/' : location;
+    if (!path.startsWith(servicePrefix)) return location;
+    const after = path.charCodeAt(servicePrefix.length);
+    // Only the service's own prefix: `/users`, `/users/4`, `/users?x`, never `/usersfoo`.
+    if (Number.isNaN(after) || after === 47 /* / */ || after === 63 /* ? */ || after === 35 /* # */) return mount + path.slice(servicePrefix.length);
+    return location;
+  };
   const targetHostname = target.hostname;
   const targetPort = target.port || '80';
 
@@ -245,7 +187,8 @@ export function createServiceProxy({ upstream, cache, metrics, logger, trustsPro
     const headers = proxyRes.headers;
     for (const name in headers) {
       const value = headers[name];
-      if (value !== undefined && !UPSTREAM_ONLY_HEADERS.has(name)) res.setHeader(name, value);
+      if (value === undefined || UPSTREAM_ONLY_HEADERS.has(name)) continue;
+      res.setHeader(name, LOCATION_HEADERS.has(name) ? gatewayLocation(value as string) : value);
     }
     proxyRes.pipe(res);
   };
@@ -278,9 +221,10 @@ export function createServiceProxy({ upstream, cache, metrics, logger, trustsPro
   return async (req, res) => {
     res.locals.route = route;
     res.locals.proxiedTo = upstream.name;
-    // A credentialed answer may be that caller's alone: it is kept under the caller's id, or not at all.
-    const cacheKey = staleCacheKey(req, res);
+    // A verified caller's answer is kept under its id: it may be that caller's alone.
+    const cacheKey = staleCacheKey(req, identityOf(res)?.key);
     const ex = new Exchange(req, res, cacheKey);
+    const started = performance.now();
     try {
       // A timeout while the client is still sending its body is the client's doing, unless the
       // body is stuck because the service stopped reading it.
@@ -290,41 +234,65 @@ export function createServiceProxy({ upstream, cache, metrics, logger, trustsPro
       if (ex.responded || ex.clientGone) return;
       const failure = toProxyError(upstream.name, err);
       if (failure.status >= 502 && serveStale(ex)) return;
-      if (failure.status >= 502 && !(err instanceof CircuitOpenError)) log.warn({ err }, 'proxy failed');
+      if (err instanceof UpstreamUnavailableError) {
+        // Classified already: one line, no stack.
+        const durationMs = Math.round(performance.now() - started);
+        log.warn({ failure: err.failure, durationMs, traceId: res.locals.trace?.traceId }, 'proxy failed');
+      }
       if (err instanceof CircuitOpenError) res.setHeader('Retry-After', String(err.retryAfterSeconds));
       // The rest of a stalled body is not worth reading.
       if (failure.status === 408) res.setHeader('Connection', 'close');
-      res.status(failure.status).json(errorBody(failure, res.locals.trace?.traceId));
+      sendError(res, failure, res.locals.trace?.traceId);
     }
   };
 }
 
 /**
- * The service's request headers: the client's, less hop-by-hop ones, plus ours. X-Forwarded-For
- * is ours: the client's claim survives only as far as `trust proxy` believes it. Node already
- * answered `100 Continue` to the client; the service need not be asked again.
+ * The service's request headers, as a flat name/value list in the client's order: the client's,
+ * less CLIENT_ONLY_HEADERS and whatever its `Connection` names, plus ours. X-Forwarded-For and
+ * X-Real-IP are ours: the client's claim survives only as far as `trust proxy` believes it. Node
+ * already answered `100 Continue` to the client; the service need not be asked again.
+ *
+ * The body is framed once, by construction: the client's Content-Length when it sent one, else
+ * chunked when it sent a body (Node's parser refuses both at once, and any transfer coding but
+ * chunked is refused before this), else no body at all. Node's client would otherwise frame by
+ * method: a DELETE or OPTIONS body would go out unframed, to be read as the next request.
  */
-function upstreamHeaders(req: Request, trustsProxies: boolean, host: string, trace: Record<string, string>): OutgoingHttpHeaders {
-  const headers: OutgoingHttpHeaders = {};
+function upstreamHeaders(req: Request, trustsProxies: boolean, host: string, trace: Record<string, string>): string[] {
+  const out: string[] = [];
+  const raw = req.rawHeaders;
   const incoming = req.headers;
-  for (const name in incoming) {
-    if (!CLIENT_ONLY_HEADERS.has(name)) headers[name] = incoming[name];
+  const named = connectionNamed(incoming.connection);
+  for (let i = 0; i < raw.length; i += 2) {
+    const name = raw[i]!.toLowerCase();
+    if (CLIENT_ONLY_HEADERS.has(name) || named?.has(name)) continue;
+    out.push(name, raw[i + 1]!);
   }
-  headers.host = host;
+  out.push('host', host);
   const peer = req.socket.remoteAddress ?? '';
   const trusted = trustsProxies ? req.ips : [];
-  headers['x-forwarded-for'] = trusted.length ? `${trusted.join(', ')}, ${peer}` : peer;
-  headers['x-forwarded-proto'] = req.protocol;
+  out.push('x-forwarded-for', trusted.length ? `${trusted.join(', ')}, ${peer}` : peer);
+  out.push('x-real-ip', trusted.length ? (req.ip ?? peer) : peer);
+  out.push('x-forwarded-proto', req.protocol);
   const forwardedHost = req.host;
-  if (forwardedHost) headers['x-forwarded-host'] = forwardedHost;
-  for (const name in trace) headers[name] = trace[name];
-  // As http-proxy did: a DELETE or OPTIONS without a length says so, rather than leave the
-  // service waiting for a body.
-  if ((req.method === 'DELETE' || req.method === 'OPTIONS') && incoming['content-length'] === undefined) {
-    headers['content-length'] = '0';
-    delete headers['transfer-encoding'];
+  if (forwardedHost) out.push('x-forwarded-host', forwardedHost);
+  for (const name in trace) out.push(name, trace[name]!);
+  const length = incoming['content-length'];
+  if (length !== undefined) out.push('content-length', length);
+  else if (incoming['transfer-encoding'] !== undefined) out.push('transfer-encoding', 'chunked');
+  else if (!NO_DEFAULT_BODY.has(req.method)) out.push('content-length', '0');
+  return out;
+}
+
+/** The header names a `Connection` header lists (RFC 9110 7.6.1), or undefined when it names none. */
+function connectionNamed(connection: string | undefined): Set<string> | undefined {
+  if (connection === undefined || CONNECTION_OPTIONS.has(connection.toLowerCase())) return undefined;
+  const names = new Set<string>();
+  for (const token of connection.split(',')) {
+    const name = token.trim().toLowerCase();
+    if (!CONNECTION_OPTIONS.has(name)) names.add(name);
   }
-  return headers;
+  return names.size ? names : undefined;
 }
 
 function hasBody(req: Request): boolean {

@@ -1,4 +1,5 @@
 // The last good answer to each GET, kept only to stand in when the service fails (X-Cache: STALE).
+// It stores only what it may serve to anyone: see staleCacheKey (the request) and wants (the answer).
 import type { IncomingMessage } from 'node:http';
 import { LRUCache } from 'lru-cache';
 
@@ -6,8 +7,25 @@ export interface StaleEntry {
   status: 200;
   body: Buffer;
   contentType: string;
-  contentEncoding?: string;
   storedAt: number;
+}
+
+/**
+ * The key a request's answer is stored and looked up under, or undefined when it must be neither:
+ * only a GET without a body and without a cookie. An anonymous request's key is the URL alone, so
+ * no header a client chooses changes what another client is served; a verified caller's answers
+ * are kept under its own key (`callerKey`: Carol is never served Bob's profile), and a credential
+ * the gateway did not verify keeps nothing. Answers that say they depend on a header (`Vary`) are
+ * not stored (`wants`).
+ */
+export function staleCacheKey(req: IncomingMessage, callerKey: string | undefined): string | undefined {
+  if (req.method !== 'GET') return undefined;
+  const headers = req.headers;
+  if (headers.cookie !== undefined || headers['transfer-encoding'] !== undefined) return undefined;
+  const length = headers['content-length'];
+  if (length !== undefined && length !== '0') return undefined;
+  if (callerKey !== undefined) return `${callerKey} ${req.url}`;
+  return headers.authorization === undefined ? req.url : undefined;
 }
 
 export interface StaleCacheOptions {
@@ -21,9 +39,12 @@ export interface StaleCacheOptions {
 }
 
 export interface StaleCache {
-  /** Whether this answer should be copied while it streams to the client. */
+  /**
+   * Whether this answer should be copied while it streams to the client: a 200 JSON answer that
+   * anyone may see (no Set-Cookie, not private or no-store, no Vary, not compressed).
+   */
   wants(key: string, proxyRes: IncomingMessage): boolean;
-  /** Copies the body as it streams (never pausing it) and stores it when complete. */
+  /** Copies the body as it streams (never pausing it) and stores it when it arrived complete. */
   capture(key: string, proxyRes: IncomingMessage): void;
   get(key: string): StaleEntry | undefined;
   clear(): void;
@@ -55,6 +76,7 @@ export function createStaleCache({ maxEntries, maxAgeMs, maxBytes, maxEntryBytes
       const headers = proxyRes.headers;
       if (!JSON_TYPE.test(headers['content-type'] ?? '')) return false;
       if (headers['set-cookie'] || PRIVATE.test(headers['cache-control'] ?? '')) return false;
+      if (headers.vary !== undefined || (headers['content-encoding'] !== undefined && headers['content-encoding'] !== 'identity')) return false;
       const declared = Number(headers['content-length']);
       if (declared > maxEntryBytes) return false;
       const held = lru.peek(key);
@@ -74,15 +96,10 @@ export function createStaleCache({ maxEntries, maxAgeMs, maxBytes, maxEntryBytes
       };
       proxyRes.on('data', onData);
       proxyRes.once('end', () => {
-        if (size > maxEntryBytes) return;
-        const encoding = proxyRes.headers['content-encoding'];
-        lru.set(key, {
-          status: 200,
-          body: Buffer.concat(chunks, size),
-          contentType: proxyRes.headers['content-type']!,
-          ...(encoding ? { contentEncoding: encoding } : {}),
-          storedAt: Date.now(),
-        });
+        if (size > maxEntryBytes || !proxyRes.complete) return;
+        const declared = proxyRes.headers['content-length'];
+        if (declared !== undefined && Number(declared) !== size) return;
+        lru.set(key, { status: 200, body: Buffer.concat(chunks, size), contentType: proxyRes.headers['content-type']!, storedAt: Date.now() });
       });
     },
     get: (key) => lru.get(key),

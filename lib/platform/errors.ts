@@ -1,8 +1,10 @@
 // One error type for everything a client should hear about, and one handler that answers it.
-import type { ErrorRequestHandler, RequestHandler } from 'express';
+import { STATUS_CODES } from 'node:http';
+import type { Duplex } from 'node:stream';
+import type { ErrorRequestHandler, RequestHandler, Response } from 'express';
 import { ZodError } from 'zod';
 import type { Logger } from 'pino';
-import { currentTrace } from './trace-context.js';
+import { currentTrace, newTraceId } from './trace-context.js';
 
 export interface ErrorDetail {
   field: string;
@@ -52,8 +54,9 @@ export function toHttpError(err: unknown): HttpError {
     case 'entity.too.large':
       return new HttpError(413, 'PAYLOAD_TOO_LARGE', 'Request body is too large');
     case 'encoding.unsupported':
+      return new HttpError(415, 'UNSUPPORTED_ENCODING', 'Request body must not be compressed (Content-Encoding: identity only)');
     case 'charset.unsupported':
-      return new HttpError(415, 'UNSUPPORTED_MEDIA_TYPE', 'Unsupported content encoding or charset');
+      return new HttpError(415, 'UNSUPPORTED_MEDIA_TYPE', 'Unsupported charset: JSON bodies are UTF-8');
     case 'request.aborted':
       return new HttpError(400, 'BAD_REQUEST', 'Request aborted');
     case 'request.size.invalid':
@@ -62,6 +65,12 @@ export function toHttpError(err: unknown): HttpError {
   }
   if (typeof e?.code === 'string' && STORAGE_CODES.test(e.code)) {
     return new HttpError(503, 'STORAGE_UNAVAILABLE', 'Storage is temporarily unavailable');
+  }
+  // The rest that libraries mark as the client's fault (a body that cannot be read or decoded, a
+  // path parameter that cannot be percent-decoded): a client's input is never a server fault.
+  const status = typeof e?.status === 'number' ? e.status : (e as { statusCode?: unknown })?.statusCode;
+  if (typeof status === 'number' && status >= 400 && status < 500) {
+    return new HttpError(400, 'BAD_REQUEST', 'The request could not be read');
   }
   return new HttpError(500, 'INTERNAL_ERROR', 'Internal server error');
 }
@@ -74,6 +83,16 @@ export function errorBody(err: HttpError, traceId = currentTrace()?.traceId): Re
     ...err.extra,
     traceId,
   };
+}
+
+/**
+ * Answers `err` in the contract's shape. Error answers are never cached and never sniffed: they
+ * may name what a client sent.
+ */
+export function sendError(res: Response, err: HttpError, traceId?: string): void {
+  res.setHeader('X-Content-Type-Options', 'nosniff');
+  res.setHeader('Cache-Control', 'no-store');
+  res.status(err.status).json(errorBody(err, traceId));
 }
 
 /** JSON 404 for any route no router answered. */
@@ -97,6 +116,30 @@ export function errorHandler(logger: Logger): ErrorRequestHandler {
       const retry = httpError.extra?.retryAfter;
       if (typeof retry === 'number' && !res.getHeader('retry-after')) res.setHeader('Retry-After', String(retry));
     }
-    res.status(httpError.status).json(errorBody(httpError));
+    sendError(res, httpError);
   };
+}
+
+/**
+ * The server's `clientError` listener: bytes Node's parser refuses (ambiguous framing, obs-fold,
+ * bare LF, headers too large, an unknown method) get the contract's error, then the connection
+ * closes. While an answer to an earlier request on the connection is still pending, nothing can
+ * be written before it: the connection is just cut.
+ */
+export function answerClientError(err: NodeJS.ErrnoException, socket: Duplex): void {
+  const pending = (socket as { _httpMessage?: unknown })._httpMessage;
+  if (err.code === 'ECONNRESET' || !socket.writable || pending) {
+    socket.destroy();
+    return;
+  }
+  const [status, code, message] =
+    err.code === 'HPE_HEADER_OVERFLOW' ? [431, 'HEADERS_TOO_LARGE', 'Request headers are too large']
+    : err.code === 'ERR_HTTP_REQUEST_TIMEOUT' ? [408, 'REQUEST_TIMEOUT', 'The request did not arrive in time']
+    : [400, 'BAD_REQUEST', 'Malformed HTTP request'];
+  const traceId = newTraceId();
+  const body = JSON.stringify({ error: message, code, traceId });
+  socket.end(
+    `HTTP/1.1 ${status} ${STATUS_CODES[status]}\r\nContent-Type: application/json; charset=utf-8\r\nContent-Length: ${Buffer.byteLength(body)}\r\n`
+      + `X-Trace-Id: ${traceId}\r\nX-Content-Type-Options: nosniff\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n${body}`,
+  );
 }

@@ -151,11 +151,14 @@ function jsonDepthExceeds(value: unknown, max: number): boolean {
 }
 
 /**
- * JSON bodies only, at most 100 kB, at most MAX_JSON_DEPTH deep. A body of another type on
- * POST/PUT/PATCH is 415; a missing body leaves `req.body` undefined for the route's schema to refuse.
+ * JSON bodies only, at most 100 kB, at most MAX_JSON_DEPTH deep, UTF-8 and not compressed. A body
+ * of another type on POST/PUT/PATCH is 415 UNSUPPORTED_MEDIA_TYPE, a compressed one 415
+ * UNSUPPORTED_ENCODING (inflating would let a small request cost a large body's work, and a broken
+ * one must not become a server error); a missing body leaves `req.body` undefined for the route's
+ * schema to refuse.
  */
 export function jsonBody(limitBytes = BODY_LIMIT_BYTES): RequestHandler {
-  const parse = express.json({ limit: limitBytes, strict: true, type: ['application/json', 'application/*+json'] });
+  const parse = express.json({ limit: limitBytes, strict: true, inflate: false, type: ['application/json', 'application/*+json'] });
   return (req, res, next) => {
     if (!BODY_METHODS.has(req.method) || !hasBody(req.headers)) return next();
     if (!req.is(['application/json', 'application/*+json'])) {

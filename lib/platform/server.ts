@@ -3,6 +3,7 @@ import { createServer, type RequestListener, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { Express } from 'express';
 import type { Logger } from 'pino';
+import { answerClientError } from './errors.js';
 import { expressServerClasses } from './http.js';
 
 export interface Listening {
@@ -22,6 +23,7 @@ export function listen(target: Express | FrontedApp, port: number, host = '127.0
   return new Promise((resolve, reject) => {
     // Made with Express's request and response classes, so that the front's requests need no set-up.
     const server = 'front' in target ? createServer(expressServerClasses(target.app), target.front) : createServer(target);
+    server.on('clientError', answerClientError);
     server.listen(port, host);
     // Longer than any client's idle keep-alive (the gateway's agent uses 30 s), so a client
     // never reuses a socket we are about to close (that shows up as ECONNRESET).

@@ -1,0 +1,226 @@
+// The gateway server's request listener: refuses malformed requests, runs proxied /api/<service>
+// requests through the proxied pipeline itself, and hands every other request to the Express app.
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { Socket } from 'node:net';
+import type { ErrorRequestHandler, Express, Request, RequestHandler, Response } from 'express';
+import { HttpError } from '../platform/errors.js';
+import { isAggregateRequest } from './aggregate.js';
+import type { Authenticate } from './auth.js';
+
+/** One step of the proxied pipeline after the request context: undefined lets the request on, an error answers it. */
+export type Admission = (req: Request, res: Response) => HttpError | undefined;
+
+/**
+ * The proxied pipeline: the request context, the caller's identity (`authenticate`: synchronous
+ * but for the first sight of a token), then `steps` in order (the first to refuse answers), then
+ * the service's proxy handler. The front door runs it for the requests it takes; the router runs
+ * the same context (app-wide) and the same steps (`middleware`, on /api) for the rest.
+ */
+export interface ProxiedPipeline {
+  context: RequestHandler;
+  /** Runs authenticate and the steps, then `handler` when all let the request on, else `fail`. */
+  admit(req: Request, res: Response, handler: RequestHandler, fail: (err: unknown) => void): void;
+  middleware: RequestHandler;
+}
+
+export function createProxiedPipeline(context: RequestHandler, authenticate: Authenticate, steps: readonly Admission[]): ProxiedPipeline {
+  const proceed = (req: Request, res: Response, handler: RequestHandler, fail: (err: unknown) => void): void => {
+    for (const step of steps) {
+      const refused = step(req, res);
+      if (refused) return fail(refused);
+    }
+    const result = handler(req, res, fail) as unknown;
+    if (result instanceof Promise) result.catch(fail);
+  };
+  const admit = (req: Request, res: Response, handler: RequestHandler, fail: (err: unknown) => void): void => {
+    const checked = authenticate(req, res);
+    if (checked === undefined) return proceed(req, res, handler, fail);
+    if (checked instanceof Promise) {
+      checked.then((err) => (err ? fail(err) : proceed(req, res, handler, fail)), fail);
+      return;
+    }
+    fail(checked);
+  };
+  const passOn: RequestHandler = (_req, _res, next) => next();
+  return { context, admit, middleware: (req, res, next) => admit(req, res, passOn, next) };
+}
+
+/** What the front door runs: the pipeline, the proxy handlers, the error handler, and the app for the rest. */
+export interface FrontDoorOptions {
+  /** The app for every request the front door does not take, and whose settings it uses. */
+  app: Express;
+  pipeline: ProxiedPipeline;
+  /** The proxy handler of each service, by name. */
+  proxies: Map<string, RequestHandler>;
+  onError: ErrorRequestHandler;
+  /** Requests handled at once by the whole gateway; beyond it 503 OVERLOADED. */
+  maxInFlight: number;
+}
+
+// `/api/<service>` alone or followed by a path or query, as the proxy route matches it.
+const PROXIED = /^\/api\/([a-z]+)(?=[/?]|$)/;
+
+const badRequest = (message: string): HttpError => new HttpError(400, 'BAD_REQUEST', message);
+
+/**
+ * What Node's parser lets through but RFC 9112 does not, and a proxy must not pass on: a request
+ * line without an HTTP version (HTTP/0.9), a fragment in the target, a second Host, and a transfer
+ * coding other than chunked (the body would be forwarded still coded, labelled as plain chunked).
+ * Node itself refuses Content-Length with Transfer-Encoding, a repeated Content-Length, obs-fold
+ * and bare LF line ends, with a 400 and a closed connection.
+ */
+function malformedRequest(req: IncomingMessage): HttpError | undefined {
+  if (req.httpVersionMajor !== 1) return badRequest('The request line must end with HTTP/1.0 or HTTP/1.1');
+  if (req.url!.includes('#')) return badRequest('The request target must not contain a fragment');
+  const raw = req.rawHeaders;
+  let hosts = 0;
+  for (let i = 0; i < raw.length; i += 2) {
+    const name = raw[i]!;
+    if (name.length === 4 && name.toLowerCase() === 'host' && ++hosts > 1) return badRequest('Host must be sent once');
+  }
+  const coding = req.headers['transfer-encoding'];
+  if (coding !== undefined && coding.toLowerCase() !== 'chunked') return badRequest('Transfer-Encoding must be chunked');
+  return undefined;
+}
+
+/** Requests handled at once on one connection; later pipelined ones wait their turn, unread. */
+export const MAX_PIPELINED = 8;
+/**
+ * Requests parsed beyond MAX_PIPELINED that may wait on one connection. Reading stops at once, but
+ * Node parses the rest of the chunk it already read (up to 64 kB, some 1 500 small requests); a
+ * connection that still has more waiting is not waiting for its answers, and is closed.
+ */
+const MAX_WAITING = 2000;
+
+/** One connection's share of the work. */
+interface Connection {
+  busy: number;
+  /** Requests (and their responses) parsed but not started, flat: req, res, req, res... */
+  waiting: Array<IncomingMessage | ServerResponse>;
+  closed: boolean;
+  /** Its last request was malformed: what follows on it is not read as requests. */
+  refused: boolean;
+}
+
+const CONNECTION = Symbol('gateway.connection');
+type TrackedSocket = Socket & { [CONNECTION]?: Connection };
+
+/**
+ * Proxied `/api/<service>/...` requests, the bulk of the traffic, are handled here on the server's
+ * request event, ahead of Express's router (measured: the router, its per-request set-up and the
+ * rate limiter's middleware cost more than the proxying itself). They get what a route would: the
+ * pipeline's context and steps, the service's proxy handler, and errors in the contract's shape.
+ * A malformed request is answered here too, whatever its path. Every other request goes to the app
+ * unchanged.
+ *
+ * Every request is bounded here first: at most MAX_PIPELINED at once per connection (the socket is
+ * not read while more wait), and at most `maxInFlight` at once in the gateway (beyond it a fast
+ * 503 OVERLOADED, not a queue).
+ *
+ * The server is made with Express's request and response prototypes (`expressServerClasses`), so
+ * `req.ip`, `res.json()` and the rest work here without Express's per-request set-up.
+ */
+export function createFrontDoor({ app, pipeline, proxies, onError, maxInFlight }: FrontDoorOptions): (req: IncomingMessage, res: ServerResponse) => void {
+  const { context, admit } = pipeline;
+  let inFlight = 0;
+
+  const handle = (rawReq: IncomingMessage, rawRes: ServerResponse, conn: Connection): void => {
+    const url = rawReq.url ?? '';
+    const malformed = malformedRequest(rawReq);
+    if (malformed) conn.refused = true;
+    const overloaded = inFlight > maxInFlight;
+    const m = malformed === undefined && !overloaded && url.charCodeAt(1) === 97 /* a */ ? PROXIED.exec(url) : null;
+    const handler = m ? proxies.get(m[1]!) : undefined;
+    if (malformed === undefined && !overloaded && (!handler || isAggregateRequest(rawReq.method, url))) {
+      app(rawReq, rawRes);
+      return;
+    }
+    const req = rawReq as Request;
+    const res = rawRes as Response;
+    // What Express's init middleware would have set.
+    req.res = res;
+    req.originalUrl = url;
+    req.baseUrl = '';
+    res.locals = Object.create(null) as Response['locals'];
+    // The contract's error answer; should even that throw, the connection is cut rather than
+    // left hanging, and the process goes on.
+    const fail = (err: unknown): void => {
+      try {
+        void onError(err, req, res, noop);
+      } catch {
+        res.destroy();
+      }
+    };
+    try {
+      context(req, res, () => {
+        if (malformed) {
+          // Whatever follows on this connection cannot be trusted to be framed as we read it.
+          res.setHeader('Connection', 'close');
+          return fail(malformed);
+        }
+        if (overloaded) return fail(overloadedError());
+        admit(req, res, handler!, fail);
+      });
+    } catch (err) {
+      // Under the router, a throw here would have reached the error handler too.
+      fail(err);
+    }
+  };
+
+  const start = (req: IncomingMessage, res: ServerResponse, conn: Connection): void => {
+    conn.busy++;
+    inFlight++;
+    res.on('close', release);
+    handle(req, res, conn);
+  };
+
+  // One shared listener (no closure per request): the response's 'close' frees its place.
+  function release(this: ServerResponse): void {
+    const socket = this.req.socket as TrackedSocket;
+    const conn = socket[CONNECTION]!;
+    // Freed with the connection already (onSocketClose).
+    if (conn.closed) return;
+    inFlight--;
+    conn.busy--;
+    while (conn.busy < MAX_PIPELINED && conn.waiting.length && !conn.refused) {
+      const req = conn.waiting.shift() as IncomingMessage;
+      start(req, conn.waiting.shift() as ServerResponse, conn);
+    }
+    // Node pauses the socket itself while answers pile up unsent (its `_paused`): leave that to it.
+    if (conn.waiting.length === 0 && socket.isPaused() && !(socket as { _paused?: boolean })._paused) socket.resume();
+  }
+
+  // A pipelined answer that never got the socket may never emit 'close': the connection frees all
+  // of its places when it closes, whichever of the two comes first.
+  function onSocketClose(this: TrackedSocket): void {
+    const conn = this[CONNECTION]!;
+    conn.closed = true;
+    inFlight -= conn.busy;
+    conn.busy = 0;
+    conn.waiting.length = 0;
+  }
+
+  return (req, res) => {
+    const socket = req.socket as TrackedSocket;
+    let conn = socket[CONNECTION];
+    if (conn === undefined) {
+      conn = { busy: 0, waiting: [], closed: false, refused: false };
+      socket[CONNECTION] = conn;
+      socket.once('close', onSocketClose);
+    }
+    // Node parses pipelined requests before the refused one's answer closes the connection.
+    if (conn.refused) return;
+    if (conn.busy < MAX_PIPELINED) return start(req, res, conn);
+    if (conn.waiting.length >= 2 * MAX_WAITING) {
+      socket.destroy();
+      return;
+    }
+    conn.waiting.push(req, res);
+    socket.pause();
+  };
+}
+
+const overloadedError = (): HttpError =>
+  new HttpError(503, 'OVERLOADED', 'The gateway is at capacity; retry shortly', undefined, { retryAfter: 1 });
+
+function noop(): void {}

@@ -1,0 +1,114 @@
+// Request smuggling through the gateway: whatever a client frames, the service reads exactly the
+// requests the client made, each with exactly its own body, and the next client on the same
+// pooled connection gets its own answer.
+import { after, before, beforeEach, describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { startGateway, type StartedGateway } from '../gateway-helpers.js';
+import { startServices, type System } from '../system.js';
+import { startEchoUpstream, type EchoUpstream } from '../support/echo-upstream.js';
+import { header } from '../support/http-messages.js';
+import { jsonOf, rawExchange, statusOf } from '../support/raw-client.js';
+
+// An unfinished request: left on a pooled socket, it would swallow the next client's request line.
+const SMUGGLED = 'GET /users/1 HTTP/1.1\r\nHost: a\r\nX-Ignore: ';
+const chunked = (body: string) => `${Buffer.byteLength(body).toString(16)}\r\n${body}\r\n0\r\n\r\n`;
+
+describe('request smuggling', () => {
+  let upstream: EchoUpstream;
+  let gw: StartedGateway;
+  before(async () => {
+    upstream = await startEchoUpstream();
+    gw = await startGateway({ USERS_URL: upstream.url, PRODUCTS_URL: upstream.url, ORDERS_URL: upstream.url, RATE_LIMIT: '10000' });
+  });
+  after(async () => {
+    await gw?.close();
+    await upstream?.close();
+  });
+  beforeEach(() => upstream.reset());
+
+  for (const method of ['DELETE', 'OPTIONS', 'GET', 'HEAD']) {
+    for (const framing of ['chunked', 'content-length'] as const) {
+      for (const prefix of ['/api/users', '/API/Users']) {
+        test(`when ${method} ${prefix}/... carries a ${framing} body holding a request, with a request pipelined after it, then the service reads two requests and the next client gets its own answer`, async () => {
+          const frame = framing === 'chunked' ? `Transfer-Encoding: chunked\r\n\r\n${chunked(SMUGGLED)}` : `Content-Length: ${Buffer.byteLength(SMUGGLED)}\r\n\r\n${SMUGGLED}`;
+          const bytes = `${method} ${prefix}/999999 HTTP/1.1\r\nHost: x\r\n${frame}GET ${prefix}/2 HTTP/1.1\r\nHost: x\r\n\r\n`;
+          const first = await rawExchange(gw.url, bytes, 2, new Set(method === 'HEAD' ? [0] : []));
+          assert.equal(first.responses.length, 2, first.bytes.toString('latin1'));
+          assert.equal(statusOf(first.responses[0]!), 200);
+          if (method !== 'HEAD') assert.deepEqual(jsonOf(first.responses[0]!), { method, url: '/users/999999', body: SMUGGLED });
+          assert.deepEqual(jsonOf(first.responses[1]!), { method: 'GET', url: '/users/2', body: '' });
+
+          const next = await rawExchange(gw.url, `GET ${prefix}/3 HTTP/1.1\r\nHost: x\r\n\r\n`);
+          assert.deepEqual(jsonOf(next.responses[0]!), { method: 'GET', url: '/users/3', body: '' });
+
+          // Byte for byte: three messages (over one pooled connection or several, in any order), the
+          // DELETE... with exactly the client's body, framed as the client framed it.
+          const order = (line: string) => `${line.includes('/999999') ? 0 : 1}${line}`;
+          const sent = upstream.messages().sort((a, b) => order(a.line).localeCompare(order(b.line)));
+          assert.deepEqual(sent.map((m) => m.line), [`${method} /users/999999 HTTP/1.1`, 'GET /users/2 HTTP/1.1', 'GET /users/3 HTTP/1.1']);
+          assert.equal(sent[0]!.framing, framing);
+          assert.equal(sent[0]!.body.toString('latin1'), SMUGGLED);
+          if (framing === 'content-length') assert.equal(header(sent[0]!, 'content-length'), String(Buffer.byteLength(SMUGGLED)));
+          for (const m of sent.slice(1)) {
+            assert.equal(m.framing, 'none', `${m.line} has no body`);
+            assert.equal(header(m, 'content-length'), undefined);
+          }
+          assert.deepEqual(upstream.requests.map((r) => `${r.method} ${r.url}`).sort(), [`${method} /users/999999`, 'GET /users/2', 'GET /users/3'].sort());
+        });
+      }
+    }
+  }
+
+  test('when a POST carries a chunked body, then the service gets it chunked, and a POST without a body is sent with Content-Length: 0', async () => {
+    const body = '{"name":"Chunky","email":"c@example.com"}';
+    const r = await rawExchange(gw.url, `POST /api/users HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n${chunked(body)}POST /api/users HTTP/1.1\r\nHost: x\r\n\r\n`, 2);
+    assert.equal(r.responses.length, 2);
+    const sent = upstream.messages();
+    assert.equal(sent.length, 2);
+    assert.equal(sent[0]!.framing, 'chunked');
+    assert.equal(sent[0]!.body.toString(), body);
+    assert.equal(header(sent[1]!, 'content-length'), '0');
+    assert.equal(header(sent[1]!, 'transfer-encoding'), undefined);
+  });
+
+  const refusedByParser: Array<[string, string]> = [
+    ['Content-Length with Transfer-Encoding', `POST /api/users HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n${chunked(SMUGGLED)}`],
+    ['Transfer-Encoding with Content-Length', `POST /api/users HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Length: 4\r\n\r\n${chunked(SMUGGLED)}`],
+    ['two Content-Lengths', `POST /api/users HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nContent-Length: ${SMUGGLED.length}\r\n\r\n${SMUGGLED}`],
+    ['a folded header (obs-fold)', `GET /api/users/1 HTTP/1.1\r\nHost: x\r\nX-Folded: a\r\n Transfer-Encoding: chunked\r\n\r\n`],
+    ['bare LF line ends', `GET /api/users/1 HTTP/1.1\nHost: x\nTransfer-Encoding: chunked\n\n${chunked(SMUGGLED)}`],
+    ['a transfer coding other than chunked', `POST /api/users HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n${chunked(SMUGGLED)}`],
+    ['a chunked coding spelt twice', `POST /api/users HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n${chunked(SMUGGLED)}`],
+  ];
+  for (const [what, bytes] of refusedByParser) {
+    test(`when a request has ${what}, then it is a 400, the connection is closed and nothing reaches the service`, async () => {
+      const r = await rawExchange(gw.url, `${bytes}GET /api/users/2 HTTP/1.1\r\nHost: x\r\n\r\n`, 2);
+      assert.equal(r.responses.length, 1, r.bytes.toString('latin1'));
+      assert.equal(statusOf(r.responses[0]!), 400);
+      assert.equal(jsonOf(r.responses[0]!).code, 'BAD_REQUEST', 'the contract\'s error shape');
+      assert.ok(r.closed, 'connection closed');
+      assert.deepEqual(upstream.requests, []);
+      const next = await rawExchange(gw.url, 'GET /api/users/3 HTTP/1.1\r\nHost: x\r\n\r\n');
+      assert.deepEqual(jsonOf(next.responses[0]!), { method: 'GET', url: '/users/3', body: '' });
+    });
+  }
+
+  describe('straight to a service', () => {
+    let sys: System;
+    before(async () => {
+      sys = await startServices();
+    });
+    after(async () => {
+      await sys?.stop();
+    });
+    for (const [what, bytes] of refusedByParser.slice(0, 5)) {
+      test(`when a request with ${what} is sent to a service, then it is a 400 in the contract's shape, the connection closes, and nothing after it is read`, async () => {
+        const r = await rawExchange(sys.users.url, `${bytes.replaceAll('/api/users', '/users')}POST /users HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}`, 2);
+        assert.equal(r.responses.length, 1, r.bytes.toString('latin1'));
+        assert.equal(statusOf(r.responses[0]!), 400);
+        assert.equal(jsonOf(r.responses[0]!).code, 'BAD_REQUEST');
+        assert.ok(r.closed);
+      });
+    }
+  });
+});
