@@ -43,6 +43,19 @@ describe('aggregation against the real services', () => {
     assert.deepEqual(r.body.meta, { complete: true, unavailable: [] });
   });
 
+  test('when aggregates are answered, then /metrics counts each once under service "aggregate", not under the services it called', async () => {
+    const count = async (service: string, status: number) => {
+      const text = (await http(gw.url, 'GET', '/metrics')).text;
+      const m = new RegExp(`gateway_requests_total\\{service="${service}",method="GET",status="${status}"\\} (\\d+)`).exec(text);
+      return m ? Number(m[1]) : 0;
+    };
+    const [aggregates, users] = [await count('aggregate', 200), await count('users', 200)];
+    assert.equal((await http(gw.url, 'GET', `/api/users/${userId}/full`)).status, 200);
+    assert.equal((await http(gw.url, 'GET', '/api/dashboard')).status, 200);
+    assert.equal(await count('aggregate', 200), aggregates + 2);
+    assert.equal(await count('users', 200), users);
+  });
+
   test('when the user does not exist, then it is 404; when the id is not one, then 400', async () => {
     const missing = await http(gw.url, 'GET', '/api/users/999999/full');
     assert.equal(missing.status, 404);

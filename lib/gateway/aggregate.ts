@@ -1,9 +1,8 @@
 // Routes that combine services: a user with their orders, and a dashboard of every service's stats.
 // Calls run in parallel, each through its service's breaker; a part that fails is reported, not fatal.
-import { Router, type Response } from 'express';
+import { Router } from 'express';
 import { parseId, type Page } from '../platform/validation.js';
 import { CircuitOpenError } from './breakers.js';
-import type { GatewayMetrics } from './metrics.js';
 import type { ServiceName, Upstream } from './upstreams.js';
 
 /** Orders shown with a user; a user with more sees the newest ones. */
@@ -11,20 +10,15 @@ export const USER_ORDERS_LIMIT = 100;
 
 export interface AggregateRoutesOptions {
   upstreams: Record<ServiceName, Upstream>;
-  metrics: GatewayMetrics;
 }
 
-export function createAggregateRoutes({ upstreams, metrics }: AggregateRoutesOptions): Router {
+export function createAggregateRoutes({ upstreams }: AggregateRoutesOptions): Router {
   const router = Router();
   const { users, orders } = upstreams;
 
-  const timed = (res: Response, method: string) => {
-    const started = performance.now();
-    res.once('finish', () => metrics.observeRequest('aggregate', method, res.statusCode, (performance.now() - started) / 1000));
-  };
-
   router.get('/api/users/:id/full', async (req, res) => {
-    timed(res, req.method);
+    // Counted and timed by requestContext's observer, under `aggregate`.
+    res.locals.proxiedTo = 'aggregate';
     const id = parseId(req.params);
     const [user, userOrders] = await Promise.allSettled([
       users.breaker.run((c) => users.client.get<Record<string, unknown>>(`/users/${id}`, { signal: c.signal })),
@@ -44,7 +38,7 @@ export function createAggregateRoutes({ upstreams, metrics }: AggregateRoutesOpt
   });
 
   router.get('/api/dashboard', async (req, res) => {
-    timed(res, req.method);
+    res.locals.proxiedTo = 'aggregate';
     const list = Object.values(upstreams);
     const results = await Promise.allSettled(list.map((u) => u.breaker.run((c) => u.client.get<unknown>('/stats', { signal: c.signal }))));
     const services: Record<string, unknown> = {};

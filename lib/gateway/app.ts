@@ -72,7 +72,7 @@ export function createGateway({ config, logger, metrics = createMetrics('gateway
     app.use(createDebugRoutes({ upstreams, logger, adminToken: config.ADMIN_TOKEN }));
   }
   app.use('/api', limiter.middleware, rejectUnsafePaths);
-  app.use(createAggregateRoutes({ upstreams, metrics: gatewayMetrics }));
+  app.use(createAggregateRoutes({ upstreams }));
   // What the fast path leaves (other letter case, say) still reaches the same handlers here.
   for (const upstream of upstreamList) app.all(proxyRoute(upstream), proxies.get(upstream.name)!);
   app.use(notFoundHandler);

@@ -4,7 +4,9 @@ import { request as httpRequest, type ClientRequest, type IncomingMessage, type 
 import type { ErrorRequestHandler, Express, Request, RequestHandler, Response } from 'express';
 import { errorBody, HttpError } from '../platform/errors.js';
 import type { Logger } from '../platform/logger.js';
-import { UpstreamUnavailableError, type UpstreamFailure } from '../platform/service-client.js';
+import { hasBody } from '../platform/http.js';
+import { UpstreamUnavailableError } from '../platform/service-client.js';
+import { classifyUpstreamError } from '../platform/upstream-errors.js';
 import { startClientSpan, type ClientSpan } from '../platform/span-recorder.js';
 import { CircuitOpenError, ClientGoneError, type Cancellation } from './breakers.js';
 import type { GatewayMetrics } from './metrics.js';
@@ -239,7 +241,7 @@ export function createServiceProxy({ upstream, cache, metrics, logger, trustsPro
   const onError = (ex: Exchange, err: Error) => {
     // A client that hung up makes the upstream call fail too: that is no upstream failure.
     if (ex.clientGone || ex.req.socket.destroyed) return ex.fail(new ClientGoneError());
-    ex.fail(new UpstreamUnavailableError(upstream.name, classifyProxyError(err)));
+    ex.fail(new UpstreamUnavailableError(upstream.name, classifyUpstreamError(err)));
   };
 
   const forward = (ex: Exchange) => {
@@ -257,7 +259,7 @@ export function createServiceProxy({ upstream, cache, metrics, logger, trustsPro
     ex.proxyReq = proxyReq;
     proxyReq.once('response', (proxyRes: IncomingMessage) => onResponse(ex, proxyRes));
     proxyReq.on('error', (err: Error) => onError(ex, err));
-    if (hasBody(req)) req.pipe(proxyReq);
+    if (hasBody(req.headers)) req.pipe(proxyReq);
     else proxyReq.end();
   };
 
@@ -311,20 +313,6 @@ function upstreamHeaders(req: Request, trustsProxies: boolean, host: string, tra
     delete headers['transfer-encoding'];
   }
   return headers;
-}
-
-function hasBody(req: Request): boolean {
-  if (req.headers['transfer-encoding'] !== undefined) return true;
-  const length = req.headers['content-length'];
-  return length !== undefined && length !== '0';
-}
-
-function classifyProxyError(err: Error): UpstreamFailure {
-  const code = (err as NodeJS.ErrnoException).code ?? '';
-  if (code === 'ECONNREFUSED' || code === 'ENOTFOUND' || code === 'EAI_AGAIN' || code === 'EHOSTUNREACH' || code === 'ENETUNREACH') return 'refused';
-  if (code === 'ETIMEDOUT') return 'timeout';
-  if (code.startsWith('HPE_')) return 'bad_response';
-  return 'reset';
 }
 
 /** The contract's answer for a call that did not get through. */

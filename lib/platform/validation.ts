@@ -9,6 +9,12 @@ export const IdSchema = z
   .transform(Number)
   .refine(Number.isSafeInteger, 'must be a positive integer');
 
+/**
+ * Text without control characters or lone surrogates: names end up in lists, logs and terminals,
+ * so such characters are refused rather than stored and echoed.
+ */
+export const PRINTABLE = /^[^\p{Cc}\p{Cs}]*$/u;
+
 export const IdParamsSchema = z.object({ id: IdSchema });
 
 /** An integer query parameter within bounds; absent means `fallback`. */

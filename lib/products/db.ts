@@ -1,7 +1,7 @@
 // The product service's SQLite file: schema steps and the demo rows of a first start.
 import { demoOrders, demoProducts } from '../demo/data.js';
 import { openDatabase, seedOnce, type Db, type Migrations } from '../platform/db.js';
-import { toCents } from './schema.js';
+import { toCents } from '../platform/money.js';
 import { createProductStore } from './store.js';
 
 export const PRODUCT_MIGRATIONS: Migrations = [

@@ -1,14 +1,10 @@
 // The user service's shapes: what clients may send and what it answers.
 import { z } from 'zod';
-import { PagingShape } from '../platform/validation.js';
+import { PagingShape, PRINTABLE } from '../platform/validation.js';
 
 export const ROLES = ['admin', 'user'] as const;
 export const RoleSchema = z.enum(ROLES, { message: 'must be "admin" or "user"' });
 export type Role = z.infer<typeof RoleSchema>;
-
-// Names end up in lists, logs and terminals: control characters and lone surrogates are refused
-// rather than stored and echoed.
-const PRINTABLE = /^[^\p{Cc}\p{Cs}]*$/u;
 
 const NameSchema = z.string().trim().min(2, 'must be 2 to 100 characters').max(100, 'must be 2 to 100 characters')
   .regex(PRINTABLE, 'must not contain control characters');
