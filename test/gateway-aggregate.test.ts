@@ -2,7 +2,7 @@ import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { http } from './helpers.js';
 import { createProduct, createUser, startServices, type System } from './system.js';
-import { circuit, startGatewayFor, type StartedGateway } from './gateway-helpers.js';
+import { circuit, startFakeUpstream, startGateway, startGatewayFor, type StartedGateway } from './gateway-helpers.js';
 
 describe('aggregation against the real services', () => {
   let sys: System;
@@ -97,6 +97,22 @@ describe('aggregation against the real services', () => {
     assert.equal(r.body.services.orders.service, 'order-service');
     assert.ok(r.body.services.orders.totalOrders >= 1);
     assert.deepEqual(r.body.meta, { complete: true, unavailable: [] });
+  });
+
+  test('when the order service answers JSON that is not a page of orders, then the user is shown with orders unavailable', async () => {
+    const odd = await startFakeUpstream();
+    const mixed = await startGateway({ USERS_URL: sys.users.url, PRODUCTS_URL: sys.products.url, ORDERS_URL: odd.url });
+    try {
+      const r = await http(mixed.url, 'GET', `/api/users/${userId}/full`);
+      assert.equal(r.status, 200);
+      assert.equal(odd.seen[0]?.url, `/orders?userId=${userId}&limit=100`);
+      assert.equal(r.body.user.id, userId);
+      assert.equal(r.body.orders, null);
+      assert.deepEqual(r.body.meta, { complete: false, unavailable: ['orders'] });
+    } finally {
+      await mixed.close();
+      await odd.stop();
+    }
   });
 
   test('when the order service is stopped, then the dashboard shows orders unavailable with its circuit state', async () => {

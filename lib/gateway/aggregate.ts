@@ -1,7 +1,12 @@
 // Routes that combine services: a user with their orders, and a dashboard of every service's stats.
-// Calls run in parallel, each through its service's breaker; a part that fails is reported, not fatal.
+// Calls go through each service's typed client, in parallel, each through its service's breaker;
+// a part that fails is reported, not fatal.
 import { Router } from 'express';
-import { parseId, type Page } from '../platform/validation.js';
+import { notFound } from '../platform/errors.js';
+import { parseId } from '../platform/validation.js';
+import { createOrdersClient } from '../orders/client.js';
+import { createProductsClient } from '../products/client.js';
+import { createUsersClient } from '../users/client.js';
 import { CircuitOpenError } from './breakers.js';
 import type { ServiceName, Upstream } from './upstreams.js';
 
@@ -14,39 +19,48 @@ export interface AggregateRoutesOptions {
 
 export function createAggregateRoutes({ upstreams }: AggregateRoutesOptions): Router {
   const router = Router();
-  const { users, orders } = upstreams;
+  const { users, products, orders } = upstreams;
+  const usersClient = createUsersClient(users.client);
+  const ordersClient = createOrdersClient(orders.client);
+  const productsClient = createProductsClient(products.client);
+  const stats: Record<ServiceName, (signal: AbortSignal) => Promise<unknown>> = {
+    users: (signal) => usersClient.stats({ signal }),
+    products: (signal) => productsClient.stats({ signal }),
+    orders: (signal) => ordersClient.stats({ signal }),
+  };
 
   router.get('/api/users/:id/full', async (req, res) => {
     // Counted and timed by requestContext's observer, under `aggregate`.
     res.locals.proxiedTo = 'aggregate';
     const id = parseId(req.params);
     const [user, userOrders] = await Promise.allSettled([
-      users.breaker.run((c) => users.client.get<Record<string, unknown>>(`/users/${id}`, { signal: c.signal })),
-      orders.breaker.run((c) => orders.client.get<Page<unknown>>(`/orders?userId=${id}&limit=${USER_ORDERS_LIMIT}`, { signal: c.signal })),
+      users.breaker.run((c) => usersClient.getUser(id, { signal: c.signal })),
+      orders.breaker.run((c) => ordersClient.listOrders({ userId: id, limit: USER_ORDERS_LIMIT }, { signal: c.signal })),
     ]);
     // Without the user there is nothing to show: its 404 stays a 404, its outage is our 503.
     if (user.status === 'rejected') {
       if (user.reason instanceof CircuitOpenError) res.setHeader('Retry-After', String(user.reason.retryAfterSeconds));
       throw user.reason;
     }
-    const ordersOk = userOrders.status === 'fulfilled' && Array.isArray(userOrders.value.body?.data);
+    if (user.value === null) throw notFound('User');
+    const ordersOk = userOrders.status === 'fulfilled';
     res.json({
-      user: user.value.body,
-      orders: ordersOk ? userOrders.value.body.data : null,
+      user: user.value,
+      orders: ordersOk ? userOrders.value.data : null,
       meta: { complete: ordersOk, unavailable: ordersOk ? [] : ['orders'] },
     });
   });
 
-  router.get('/api/dashboard', async (req, res) => {
+  router.get('/api/dashboard', async (_req, res) => {
     res.locals.proxiedTo = 'aggregate';
     const list = Object.values(upstreams);
-    const results = await Promise.allSettled(list.map((u) => u.breaker.run((c) => u.client.get<unknown>('/stats', { signal: c.signal }))));
+    const results = await Promise.allSettled(list.map((u) => u.breaker.run((c) => stats[u.name](c.signal))));
     const services: Record<string, unknown> = {};
     const unavailable: string[] = [];
     results.forEach((result, i) => {
       const u = list[i]!;
       if (result.status === 'fulfilled') {
-        services[u.name] = result.value.body;
+        services[u.name] = result.value;
       } else {
         services[u.name] = { status: 'unavailable', circuitState: u.breaker.state };
         unavailable.push(u.name);

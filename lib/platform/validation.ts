@@ -39,6 +39,13 @@ export interface Page<T> {
   meta: { page: number; limit: number; total: number };
 }
 
+/** The zod shape of a Page of `item`, for clients that check what a list route answered. */
+export const pageOf = <T extends z.ZodType>(item: T) =>
+  z.object({
+    data: z.array(item),
+    meta: z.object({ page: z.number().int(), limit: z.number().int(), total: z.number().int() }),
+  });
+
 export function parseParams<S extends z.ZodType>(schema: S, value: unknown): z.output<S> {
   const r = schema.safeParse(value);
   if (!r.success) throw validationError(r.error, 'params');

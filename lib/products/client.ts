@@ -1,7 +1,7 @@
 // The typed client other processes (the order service) use to call the product service.
 import { z } from 'zod';
-import { type ServiceClient, UpstreamUnavailableError } from '../platform/service-client.js';
-import { ProductSchema, ReservationItemSchema, ReservationSchema, type Product, type ReservationRecord } from './schema.js';
+import { type RequestOptions, type ServiceClient, UpstreamUnavailableError } from '../platform/service-client.js';
+import { ProductSchema, ProductStatsSchema, ReservationItemSchema, ReservationSchema, type Product, type ProductStats, type ReservationRecord } from './schema.js';
 
 export type { Product, ReservationRecord };
 
@@ -23,6 +23,7 @@ export interface ProductsClient {
   release(reservationId: string): Promise<{ id: string; released: boolean }>;
   getProduct(id: number): Promise<Product | null>;
   getReservation(reservationId: string): Promise<ReservationRecord | null>;
+  stats(options?: Pick<RequestOptions, 'signal'>): Promise<ProductStats>;
 }
 
 export function createProductsClient(client: ServiceClient): ProductsClient {
@@ -49,6 +50,10 @@ export function createProductsClient(client: ServiceClient): ProductsClient {
     async getReservation(reservationId) {
       const res = await client.get<unknown>(reservationPath(reservationId), { accept: [404] });
       return res.status === 404 ? null : parse(ReservationSchema, res.body, res.status);
+    },
+    async stats(options) {
+      const res = await client.get<unknown>('/stats', { signal: options?.signal });
+      return parse(ProductStatsSchema, res.body, res.status);
     },
   };
 }

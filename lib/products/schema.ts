@@ -83,14 +83,15 @@ export const ProductSchema = z.object({
 });
 export type Product = z.infer<typeof ProductSchema>;
 
-export interface ProductStats {
-  service: 'product-service';
-  totalProducts: number;
-  categories: number;
-  categoryList: string[];
-  totalInventoryValue: number;
-  lowStockProducts: number;
-}
+export const ProductStatsSchema = z.looseObject({
+  service: z.literal('product-service'),
+  totalProducts: z.number().int(),
+  categories: z.number().int(),
+  categoryList: z.array(z.string()),
+  totalInventoryValue: z.number(),
+  lowStockProducts: z.number().int(),
+});
+export type ProductStats = z.infer<typeof ProductStatsSchema>;
 
 export const LOW_STOCK_BELOW = 10;
 

@@ -28,8 +28,8 @@ export type UpdateUser = z.infer<typeof UpdateUserSchema>;
 export const ListUsersQuerySchema = z.strictObject({ ...PagingShape, role: RoleSchema.optional() });
 export type ListUsersQuery = z.infer<typeof ListUsersQuerySchema>;
 
-/** A user as the API answers it. Not strict: clients must tolerate fields added later. */
-export const UserSchema = z.object({
+/** A user as the API answers it. Loose: clients keep fields added later and pass them on. */
+export const UserSchema = z.looseObject({
   id: z.number().int().positive(),
   name: z.string(),
   email: z.string(),
@@ -39,9 +39,10 @@ export const UserSchema = z.object({
 });
 export type User = z.infer<typeof UserSchema>;
 
-export interface UserStats {
-  service: 'user-service';
-  totalUsers: number;
-  adminUsers: number;
-  regularUsers: number;
-}
+export const UserStatsSchema = z.looseObject({
+  service: z.literal('user-service'),
+  totalUsers: z.number().int(),
+  adminUsers: z.number().int(),
+  regularUsers: z.number().int(),
+});
+export type UserStats = z.infer<typeof UserStatsSchema>;
