@@ -1,4 +1,4 @@
-// Turns rounds into the published figures: rows of medians (min-max), the goal lines of issue 5,
+// Turns rounds into the published figures: rows of medians (min-max), the goal lines,
 // the text table for the terminal and RESULTS.md.
 import type { LoadResult } from './load.js';
 import type { Machine } from './proc.js';
@@ -211,7 +211,7 @@ export interface GoalInputs {
 const fmt = (n: number, digits = 2) => (Number.isFinite(n) ? n.toFixed(digits) : 'n/a');
 const signed = (n: number, digits = 2) => (n >= 0 ? `+${fmt(n, digits)}` : fmt(n, digits));
 
-/** The goal lines of issue 5, each with its figure and pass or miss. */
+/** The performance goals, each with its figure and pass or miss. */
 export function buildGoals({ rows, rounds, cpuMode, memory, keepAlive, fixedRate, soak }: GoalInputs): Goal[] {
   const row = (scenario: Scenario, target: Target, mode: Mode) =>
     rows.find((r) => r.scenario === scenario && r.target === target && r.mode === mode && r.validRounds > 0);
@@ -425,7 +425,7 @@ export function markdownReport(r: Results, body: string[][]): string {
     '',
     markdownTable(TABLE_HEADER, body),
     '',
-    '## Goals (issue 5)',
+    '## Goals',
     '',
     ...goals,
     '',

@@ -6,6 +6,10 @@ import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { GatewayConfigSchema } from '../lib/gateway/config.js';
+import { OrderConfigSchema } from '../lib/orders/config.js';
+import { ProductConfigSchema } from '../lib/products/config.js';
+import { UserConfigSchema } from '../lib/users/config.js';
 import { childPids } from './proc.js';
 
 export const ROOT = fileURLToPath(new URL('..', import.meta.url));
@@ -16,12 +20,9 @@ const TAIL_BYTES = 16 * 1024;
 const READY_TIMEOUT_MS = 40_000;
 const STOP_TIMEOUT_MS = 5_000;
 
-// The contract's settings: a user's shell may export some of them; the benchmark runs defaults.
-const CONFIG_KEYS = [
-  'PORT', 'HOST', 'USERS_URL', 'PRODUCTS_URL', 'ORDERS_URL', 'DATA_DIR', 'SEED_DATA', 'RATE_LIMIT',
-  'RATE_WINDOW_MS', 'TRUST_PROXY', 'CB_FAILURE_THRESHOLD', 'CB_RESET_TIMEOUT_MS', 'CB_HALF_OPEN_REQUESTS',
-  'UPSTREAM_TIMEOUT_MS', 'ADMIN_TOKEN', 'LOG_LEVEL', 'LOG_PRETTY', 'OTEL_EXPORTER_OTLP_ENDPOINT', 'OTEL_SDK_DISABLED', 'NODE_ENV',
-];
+// Every variable any of the four processes reads, from their config schemas: a user's shell may
+// export some of them; the benchmark runs defaults.
+const CONFIG_KEYS = [...new Set([GatewayConfigSchema, UserConfigSchema, ProductConfigSchema, OrderConfigSchema].flatMap((s) => Object.keys(s.shape)))];
 
 /** `untraced` is a second gateway with OTEL_SDK_DISABLED=true, for the cost of tracing. */
 export type ProcessName = 'gateway' | 'untraced' | 'users' | 'products' | 'orders' | 'bare' | 'nginx';

@@ -1,4 +1,4 @@
-// Issue 4 through the gateway: one trace per request, with the spans of every process it touched.
+// Tracing through the gateway: one trace per request, with the spans of every process it touched.
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { toW3cTraceId } from '../lib/platform/trace-context.js';

@@ -10,6 +10,7 @@ import { HttpError } from '../lib/platform/errors.js';
 import { parseBody, parseId } from '../lib/platform/validation.js';
 import { currentTrace, traceFromHeaders } from '../lib/platform/trace-context.js';
 import { classifyUpstreamError, RESPONSE_TOO_LARGE } from '../lib/platform/upstream-errors.js';
+import { createBaseApp } from '../lib/platform/http.js';
 import { assertNoLeak, http, memoryLogger, startApp } from './helpers.js';
 
 describe('config', () => {
@@ -188,5 +189,18 @@ describe('classifyUpstreamError', () => {
   test('when our own deadline ended the call, then it is a timeout whatever the socket said', () => {
     assert.equal(classifyUpstreamError(Object.assign(new Error('x'), { code: 'ECONNRESET' }), true), 'timeout');
     assert.equal(classifyUpstreamError(new Error('no code')), 'reset');
+  });
+});
+
+describe('listen', () => {
+  test('when a server is made, then its header deadline is set and falls within its request deadline, so both can fire', async () => {
+    const app = await startApp(createBaseApp());
+    try {
+      const { headersTimeout, requestTimeout } = app.server;
+      assert.ok(headersTimeout > 0 && requestTimeout > 0, `${headersTimeout} / ${requestTimeout}`);
+      assert.ok(headersTimeout <= requestTimeout, `headersTimeout ${headersTimeout} > requestTimeout ${requestTimeout}`);
+    } finally {
+      await app.close();
+    }
   });
 });

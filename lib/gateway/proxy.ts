@@ -7,7 +7,8 @@ import type { Logger } from '../platform/logger.js';
 import { hasBody } from '../platform/http.js';
 import { UpstreamUnavailableError } from '../platform/service-client.js';
 import { classifyUpstreamError } from '../platform/upstream-errors.js';
-import { startClientSpan, type ClientSpan } from '../platform/span-recorder.js';
+import { ATTR_HTTP_REQUEST_METHOD } from '@opentelemetry/semantic-conventions';
+import { ATTR_PEER_SERVICE, startClientSpan, type ClientSpan } from '../platform/span-recorder.js';
 import { CircuitOpenError, ClientGoneError, type Cancellation } from './breakers.js';
 import type { GatewayMetrics } from './metrics.js';
 import { isUnsafeRequestPath, unsafePathError } from './path-guard.js';
@@ -110,8 +111,6 @@ class Exchange {
   responded = false;
   servedStale = false;
   clientGone = false;
-  /** The breaker gave up on the call (timeout). */
-  aborted = false;
   /** The client span of the call to the service, once the breaker let it through. */
   span?: ClientSpan;
   private resolve: () => void = noop;
@@ -138,7 +137,7 @@ class Exchange {
       this.res.once('close', () => this.onClientClose());
       // One client span per call that really goes out (not for circuit-open answers): the
       // service's server span hangs under it through the traceparent it carries.
-      this.span = startClientSpan(`${this.req.method} ${service}`, { 'peer.service': service, 'http.request.method': this.req.method });
+      this.span = startClientSpan(`${this.req.method} ${service}`, { [ATTR_PEER_SERVICE]: service, [ATTR_HTTP_REQUEST_METHOD]: this.req.method });
       forward(this);
     });
   }
@@ -153,7 +152,6 @@ class Exchange {
   }
 
   abortUpstream(): void {
-    this.aborted = true;
     this.proxyReq?.destroy();
   }
 

@@ -3,6 +3,7 @@
 import { IncomingMessage, ServerResponse, type IncomingHttpHeaders } from 'node:http';
 import express, { type Express, type Request, type RequestHandler, type Response } from 'express';
 import { SpanStatusCode, type Attributes, type Span } from '@opentelemetry/api';
+import { ATTR_HTTP_REQUEST_METHOD, ATTR_HTTP_RESPONSE_STATUS_CODE, ATTR_HTTP_ROUTE, ATTR_URL_PATH } from '@opentelemetry/semantic-conventions';
 import type { Logger } from 'pino';
 import { HttpError } from './errors.js';
 import { bindToTrace, runWithTrace, traceFromHeaders, type TraceContext } from './trace-context.js';
@@ -92,8 +93,8 @@ function onClose(this: Response): void {
   if (span) {
     const route = routeOf(req, res);
     span.updateName(route ? `${req.method} ${route}` : req.method);
-    if (route) span.setAttribute('http.route', route);
-    span.setAttribute('http.response.status_code', status);
+    if (route) span.setAttribute(ATTR_HTTP_ROUTE, route);
+    span.setAttribute(ATTR_HTTP_RESPONSE_STATUS_CODE, status);
     if (status >= 500 || aborted) span.setStatus({ code: SpanStatusCode.ERROR, message: aborted ? 'aborted' : `HTTP ${status}` });
     span.end();
   }
@@ -133,7 +134,7 @@ export function requestContext(logger: Logger, tracing?: Tracing, observers: rea
       next();
     };
     if (!traced) return runWithTrace(trace, run);
-    const attributes: Attributes = { 'http.request.method': req.method, 'url.path': path.slice(0, 256) };
+    const attributes: Attributes = { [ATTR_HTTP_REQUEST_METHOD]: req.method, [ATTR_URL_PATH]: path.slice(0, 256) };
     if (trace.traceId !== trace.w3cTraceId) attributes[ALIAS_ATTRIBUTE] = trace.traceId;
     tracing.runServerSpan(trace, req.method, attributes, run);
   };

@@ -1,7 +1,8 @@
 // The one HTTP client our processes use to call each other: timeout, trace headers, bounded
 // bodies, and errors that keep the upstream's status and code.
 import { HttpError } from './errors.js';
-import { startClientSpan } from './span-recorder.js';
+import { ATTR_HTTP_REQUEST_METHOD, ATTR_URL_PATH } from '@opentelemetry/semantic-conventions';
+import { ATTR_PEER_SERVICE, startClientSpan } from './span-recorder.js';
 import { classifyUpstreamError, RESPONSE_TOO_LARGE, type UpstreamFailure } from './upstream-errors.js';
 
 export type { UpstreamFailure };
@@ -63,7 +64,7 @@ export class ServiceClient {
   async request<T>(method: string, path: string, options: RequestOptions = {}): Promise<ServiceResponse<T>> {
     const timeout = AbortSignal.timeout(this.timeoutMs);
     const signal = options.signal ? AbortSignal.any([timeout, options.signal]) : timeout;
-    const span = startClientSpan(`${method} ${this.name}`, { 'peer.service': this.name, 'http.request.method': method, 'url.path': path.split('?')[0]!.slice(0, 256) });
+    const span = startClientSpan(`${method} ${this.name}`, { [ATTR_PEER_SERVICE]: this.name, [ATTR_HTTP_REQUEST_METHOD]: method, [ATTR_URL_PATH]: path.split('?')[0]!.slice(0, 256) });
     const headers: Record<string, string> = { accept: 'application/json', ...span.headers, ...options.headers };
     let payload: string | undefined;
     if (options.body !== undefined) {

@@ -11,6 +11,7 @@ import {
   type SpanProcessor,
 } from '@opentelemetry/sdk-trace-base';
 import { OTLPTraceExporter } from '@opentelemetry/exporter-trace-otlp-http';
+import { ATTR_ERROR_TYPE, ATTR_HTTP_RESPONSE_STATUS_CODE, ATTR_SERVICE_NAME } from '@opentelemetry/semantic-conventions';
 import { currentTrace, ensureContextManager, newSpanId, newTraceId, outgoingTraceHeaders, runWithTrace, type TraceContext } from './trace-context.js';
 
 /** A finished span as /spans and /traces serve it. */
@@ -110,10 +111,6 @@ export class SpanBuffer {
 
   get size(): number {
     return this.spans.length - this.head;
-  }
-
-  push(span: SpanRecord): void {
-    this.add(span);
   }
 
   /** A span from the SDK, converted to a SpanRecord only if it is read. */
@@ -217,7 +214,7 @@ export function createTracing({ service, otlpEndpoint, maxSpans = 10_000, maxAge
     spanProcessors.push(new BatchSpanProcessor(exporter, { maxQueueSize: 4096, scheduledDelayMillis: 1000 }));
   }
   const provider = new BasicTracerProvider({
-    resource: resourceFromAttributes({ 'service.name': service }),
+    resource: resourceFromAttributes({ [ATTR_SERVICE_NAME]: service }),
     idGenerator: new ChosenTraceIdGenerator(),
     spanProcessors,
   });
@@ -268,6 +265,12 @@ export interface ClientSpan {
  * A client span for an outgoing call from inside a traced request. Outside one (start-up, health
  * probes) there is nothing to attach it to, and the call only carries the trace headers.
  */
+/**
+ * The called service's name on a client span. Still in OpenTelemetry's incubating set, whose entry
+ * point may change in any release: copied here, as its docs advise.
+ */
+export const ATTR_PEER_SERVICE = 'peer.service';
+
 export function startClientSpan(name: string, attributes: Attributes): ClientSpan {
   const tracing = context.active().getValue(TRACING_KEY) as TracingWithTracer | undefined;
   const ctx = currentTrace();
@@ -280,10 +283,10 @@ export function startClientSpan(name: string, attributes: Attributes): ClientSpa
     end({ status, error }) {
       if (ended) return;
       ended = true;
-      if (status !== undefined) span.setAttribute('http.response.status_code', status);
+      if (status !== undefined) span.setAttribute(ATTR_HTTP_RESPONSE_STATUS_CODE, status);
       if (error !== undefined || (status !== undefined && status >= 500)) {
         span.setStatus({ code: SpanStatusCode.ERROR, message: error ?? `HTTP ${status}` });
-        if (error) span.setAttribute('error.type', error);
+        if (error) span.setAttribute(ATTR_ERROR_TYPE, error);
       }
       span.end();
     },
