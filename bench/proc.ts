@@ -48,7 +48,7 @@ export interface HostCpu {
 }
 
 export function hostCpu(): HostCpu {
-  const line = readFileSync('/proc/stat', 'utf8').split('\n', 1)[0]!;
+  const line = readFileSync('/proc/stat', 'utf8').split('\n', 1)[0];
   const [user = 0, nice = 0, system = 0, idle = 0, iowait = 0, irq = 0, softirq = 0, steal = 0] = line.trim().split(/\s+/).slice(1, 9).map(Number);
   return { total: user + nice + system + idle + iowait + irq + softirq + steal, idle: idle + iowait, interrupts: irq + softirq, steal };
 }

@@ -124,7 +124,7 @@ export function median(values: number[]): number {
   if (values.length === 0) return NaN;
   const sorted = [...values].sort((a, b) => a - b);
   const mid = sorted.length >> 1;
-  return sorted.length % 2 ? sorted[mid]! : (sorted[mid - 1]! + sorted[mid]!) / 2;
+  return sorted.length % 2 ? sorted[mid] : (sorted[mid - 1] + sorted[mid]) / 2;
 }
 
 export function spread(values: number[]): Spread {
@@ -151,7 +151,7 @@ export function buildRows(rounds: RoundRecord[]): Row[] {
   for (const list of groups.values()) {
     const valid = list.filter((r) => r.valid);
     const use = valid.length ? valid : list;
-    const first = list[0]!;
+    const first = list[0];
     const pair = (other: Target): Spread | undefined => {
       if (first.target === other) return undefined;
       const ratios = use.flatMap((r) => {
@@ -356,8 +356,8 @@ export function tableCells(rows: Row[]): string[][] {
 
 /** A plain-text table that lines up in a terminal. */
 export function textTable(header: string[], body: string[][]): string {
-  const widths = header.map((h, i) => Math.max(h.length, ...body.map((row) => row[i]!.length)));
-  const line = (cells: string[]) => cells.map((c, i) => (i < 2 ? c.padEnd(widths[i]!) : c.padStart(widths[i]!))).join('  ').trimEnd();
+  const widths = header.map((h, i) => Math.max(h.length, ...body.map((row) => row[i].length)));
+  const line = (cells: string[]) => cells.map((c, i) => (i < 2 ? c.padEnd(widths[i]) : c.padStart(widths[i]))).join('  ').trimEnd();
   return [line(header), widths.map((w) => '-'.repeat(w)).join('  '), ...body.map(line)].join('\n');
 }
 

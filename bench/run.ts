@@ -388,7 +388,7 @@ async function bench(o: Options, supervisor: Supervisor, workDir: string, signal
   // The gateway's saturation as the goals define it: gateway and service sharing one core
   // (pinned). Half of the unpinned figure would load both cores: at a fixed rate, with fewer
   // requests per wake-up, each costs about twice the CPU it costs at saturation.
-  const saturationMode = modes[0]!;
+  const saturationMode = modes[0];
   const saturation = median(runner.rounds.filter((r) => r.scenario === 'get' && r.target === 'gateway' && r.mode === saturationMode && r.valid).map((r) => r.load.rps));
   let fixedRate: Results['fixedRate'];
   if (Number.isFinite(saturation) && saturation > 0) {
@@ -439,7 +439,7 @@ async function bench(o: Options, supervisor: Supervisor, workDir: string, signal
     memory,
     keepAlive,
     rows,
-    goals: buildGoals({ rows, rounds, cpuMode: modes[0]!, memory, keepAlive, fixedRate, soak: latestSoak() }),
+    goals: buildGoals({ rows, rounds, cpuMode: modes[0], memory, keepAlive, fixedRate, soak: latestSoak() }),
     invalidRounds: rounds.filter((r) => !r.valid).map((r) => ({ index: r.index, scenario: r.scenario, target: r.target, mode: r.mode, round: r.round, reason: r.invalidReason ?? '' })),
     stolenRounds: rounds.filter((r) => r.stolen).map((r) => r.index),
     disturbedRounds: rounds.filter((r) => r.disturbed).map((r) => r.index),

@@ -110,15 +110,15 @@ export class Supervisor {
       const drain = spawn('tail', ['-c', String(TAIL_BYTES)], { stdio: ['pipe', 'pipe', 'ignore'] });
       const drainPid = drain.pid;
       if (drainPid !== undefined) this.drainPids.add(drainPid);
-      drain.stdout!.on('data', keep);
+      drain.stdout.on('data', keep);
       // tail prints when its input closes, that is when the child and every copy of the pipe's
       // write end are gone.
       drained = new Promise((resolve) => drain.once('close', () => {
         if (drainPid !== undefined) this.drainPids.delete(drainPid);
         resolve(undefined);
       }));
-      child = spawn(command, args, { cwd: ROOT, env, stdio: ['ignore', drain.stdin!, drain.stdin!] });
-      drain.stdin!.destroy();
+      child = spawn(command, args, { cwd: ROOT, env, stdio: ['ignore', drain.stdin, drain.stdin] });
+      drain.stdin.destroy();
     } else {
       child = spawn(command, args, { cwd: ROOT, env, stdio: ['ignore', 'pipe', 'pipe'] });
       child.stdout!.on('data', keep);
@@ -177,7 +177,7 @@ function benchProcess(name: ProcessName, url: string, spawned: Spawned, pids: nu
     name,
     url,
     pids,
-    mainPid: pids[pids.length - 1]!,
+    mainPid: pids[pids.length - 1],
     output: spawned.output,
     alive: () => isAlive(spawned.child),
     stop: () => stopChild(spawned, 'SIGTERM'),
@@ -245,9 +245,9 @@ export async function startSystem(supervisor: Supervisor, { workDir, withNginx, 
     startNodeEntry(supervisor, 'orders', 'order-service.ts', {
       PORT: String(ordersPort), DATA_DIR: dataDir, USERS_URL: usersUrl, PRODUCTS_URL: productsUrl,
     }, '/health'),
-    startNodeEntry(supervisor, 'gateway', gatewayEntry, gatewayEnv(gatewayPort!), '/health', gatewayNodeFlags),
+    startNodeEntry(supervisor, 'gateway', gatewayEntry, gatewayEnv(gatewayPort), '/health', gatewayNodeFlags),
     // The same gateway with tracing off, so one run measures what tracing costs.
-    ...(withUntraced ? [startNodeEntry(supervisor, 'untraced', gatewayEntry, { ...gatewayEnv(untracedPort!), OTEL_SDK_DISABLED: 'true' }, '/health')] : []),
+    ...(withUntraced ? [startNodeEntry(supervisor, 'untraced', gatewayEntry, { ...gatewayEnv(untracedPort), OTEL_SDK_DISABLED: 'true' }, '/health')] : []),
   ]);
   // The bare proxy's readiness check goes through to the product service: start it after that.
   processes.push(await startNodeEntry(supervisor, 'bare', 'bench/bare-proxy.ts', { PORT: String(barePort), PRODUCTS_URL: productsUrl }, '/api/products/1'));
@@ -255,7 +255,7 @@ export async function startSystem(supervisor: Supervisor, { workDir, withNginx, 
   if (withNginx) {
     const binary = findNginx();
     if (binary) {
-      processes.push(await startNginx(supervisor, binary, join(workDir, 'nginx'), nginxPort!, productsPort!));
+      processes.push(await startNginx(supervisor, binary, join(workDir, 'nginx'), nginxPort, productsPort));
       nginxNote = nginxVersion(binary);
     } else {
       nginxNote = 'not installed';

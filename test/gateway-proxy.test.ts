@@ -145,7 +145,7 @@ describe('proxy behaviour (controllable upstream)', () => {
     });
     assert.equal(r.status, 200);
     assert.equal(r.body.url, '/orders/7/items?a=1&b=%20x');
-    const seen = up.seen[0]!;
+    const seen = up.seen[0];
     assert.equal(seen.headers['x-forwarded-for'], '127.0.0.1');
     assert.equal(seen.headers['x-forwarded-proto'], 'http');
     assert.match(String(seen.headers['x-forwarded-host']), /^127\.0\.0\.1:\d+$/);

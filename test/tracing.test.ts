@@ -58,7 +58,7 @@ describe('traces across processes', async () => {
   after(() => sys.close());
 
   test('when a request comes in absolute form or with a fragment, then its span records the path alone and telemetry reads stay untraced', async () => {
-    const front = sys.tracings[1]!;
+    const front = sys.tracings[1];
     const before = front.buffer.size;
     for (const path of ['http://example.test/spans?limit=1', '/spans#x']) {
       const r = await rawRequest(sys.frontApp.url, 'GET', path);
@@ -149,7 +149,7 @@ describe('span buffer', () => {
       assert.ok(buffer.size <= 1000);
     }
     assert.equal(buffer.size, 1000);
-    assert.equal(buffer.query({ limit: 1 })[0]!.name, 'span-19999');
+    assert.equal(buffer.query({ limit: 1 })[0].name, 'span-19999');
   });
 
   test('drops spans older than its age cap', () => {

@@ -58,7 +58,7 @@ export function createAggregateRoutes({ upstreams }: AggregateRoutesOptions): Ro
     const services: Record<string, unknown> = {};
     const unavailable: string[] = [];
     results.forEach((result, i) => {
-      const u = list[i]!;
+      const u = list[i];
       if (result.status === 'fulfilled') {
         services[u.name] = result.value;
       } else {

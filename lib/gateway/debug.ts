@@ -32,7 +32,7 @@ export function createDebugRoutes({ upstreams, logger, adminToken }: DebugRoutes
       res.setHeader('WWW-Authenticate', 'Bearer');
       throw new HttpError(401, 'UNAUTHORIZED', 'A valid admin token is required');
     }
-    const { service, action } = req.params as { service: string; action: string };
+    const { service, action } = req.params;
     const upstream = Object.hasOwn(upstreams, service) ? upstreams[service as ServiceName] : undefined;
     if (!upstream) throw new HttpError(404, 'NOT_FOUND', `No service of that name; expected one of ${Object.keys(upstreams).join(', ')}`);
     if (!(CIRCUIT_ACTIONS as readonly string[]).includes(action)) {

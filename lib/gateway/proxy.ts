@@ -59,7 +59,7 @@ export function createFrontDoor({ app, context, limiter, proxies, onError }: Fro
   return (rawReq, rawRes) => {
     const url = rawReq.url ?? '';
     const m = url.charCodeAt(1) === 97 /* a */ ? PROXIED.exec(url) : null;
-    const handler = m ? proxies.get(m[1]!) : undefined;
+    const handler = m ? proxies.get(m[1]) : undefined;
     if (!handler || ((rawReq.method === 'GET' || rawReq.method === 'HEAD') && AGGREGATE_UNDER_PREFIX.test(url))) {
       app(rawReq, rawRes);
       return;
@@ -85,7 +85,7 @@ export function createFrontDoor({ app, context, limiter, proxies, onError }: Fro
         const limited = limiter.check(req, res);
         if (limited) return fail(limited);
         if (isUnsafeRequestPath(url)) return fail(unsafePathError());
-        const result = handler(req, res, fail) as unknown;
+        const result = handler(req, res, fail);
         if (result instanceof Promise) result.catch(fail);
       });
     } catch (err) {

@@ -31,7 +31,6 @@ export const CreateOrderSchema = z.strictObject({
   items: z.array(OrderItemInputSchema).min(1, 'must have 1 to 50 items').max(50, 'must have 1 to 50 items'),
 });
 export type CreateOrderInput = z.output<typeof CreateOrderSchema>;
-export type OrderItemInput = CreateOrderInput['items'][number];
 
 /** 1..255 printable ASCII characters. */
 export const IdempotencyKeySchema = z.string().regex(/^[\x20-\x7E]{1,255}$/, 'must be 1 to 255 printable ASCII characters');

@@ -34,6 +34,8 @@ export function createBaseApp(): Express {
   return app;
 }
 
+// Called with apply on each response.
+// eslint-disable-next-line @typescript-eslint/unbound-method
 const writeHead = ServerResponse.prototype.writeHead;
 
 /** Sets `X-Response-Time` (e.g. `3.2ms`, from requestContext's clock) just before the headers are written. */
@@ -142,7 +144,8 @@ export function requestContext(logger: Logger, tracing?: Tracing, observers: rea
 
 export function routeOf(req: Request, res: Response): string | undefined {
   if (typeof res.locals.route === 'string') return res.locals.route;
-  return req.route ? `${req.baseUrl}${String(req.route.path)}` : undefined;
+  const route = req.route as { path: unknown } | undefined;
+  return route ? `${req.baseUrl}${String(route.path)}` : undefined;
 }
 
 const BODY_METHODS = new Set(['POST', 'PUT', 'PATCH']);

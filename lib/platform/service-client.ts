@@ -64,7 +64,7 @@ export class ServiceClient {
   async request<T>(method: string, path: string, options: RequestOptions = {}): Promise<ServiceResponse<T>> {
     const timeout = AbortSignal.timeout(this.timeoutMs);
     const signal = options.signal ? AbortSignal.any([timeout, options.signal]) : timeout;
-    const span = startClientSpan(`${method} ${this.name}`, { [ATTR_PEER_SERVICE]: this.name, [ATTR_HTTP_REQUEST_METHOD]: method, [ATTR_URL_PATH]: path.split('?')[0]!.slice(0, 256) });
+    const span = startClientSpan(`${method} ${this.name}`, { [ATTR_PEER_SERVICE]: this.name, [ATTR_HTTP_REQUEST_METHOD]: method, [ATTR_URL_PATH]: path.split('?')[0].slice(0, 256) });
     const headers: Record<string, string> = { accept: 'application/json', ...span.headers, ...options.headers };
     let payload: string | undefined;
     if (options.body !== undefined) {

@@ -123,7 +123,7 @@ export class SpanBuffer {
     this.prune(Date.now());
     const out: SpanRecord[] = [];
     for (let i = this.spans.length - 1; i >= this.head && out.length < limit; i--) {
-      let s = this.spans[i]!;
+      let s = this.spans[i];
       if (traceId !== undefined && s.traceId !== traceId) continue;
       if (s instanceof FinishedSpan) this.spans[i] = s = s.toRecord();
       out.push(s);
@@ -138,7 +138,7 @@ export class SpanBuffer {
 
   private prune(now: number): void {
     const oldest = now - this.maxAgeMs;
-    while (this.size > this.maxSpans || (this.size > 0 && this.spans[this.head]!.startMs < oldest)) this.spans[this.head++] = DROPPED;
+    while (this.size > this.maxSpans || (this.size > 0 && this.spans[this.head].startMs < oldest)) this.spans[this.head++] = DROPPED;
     // Compact now and then, so dropping the head stays O(1) on average.
     if (this.head > 1024 && this.head * 2 > this.spans.length) {
       this.spans.splice(0, this.head);

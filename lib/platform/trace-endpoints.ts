@@ -40,7 +40,7 @@ export function createTraceRoutes({ tracing, remotes = [] }: { tracing: Tracing;
     const unavailable: string[] = [];
     results.forEach((r, i) => {
       if (r.status === 'fulfilled' && Array.isArray(r.value.body?.spans)) spans.push(...r.value.body.spans.slice(0, query.limit));
-      else unavailable.push(remotes[i]!.name);
+      else unavailable.push(remotes[i].name);
     });
     return { spans, unavailable };
   }

@@ -46,7 +46,7 @@ export function openProductDatabase(dataDir: string, seed: boolean): Db {
       // demoProducts' stock is what is left after these reservations: record them, take nothing.
       for (const order of demoOrders) {
         store.recordHeldReservation(order.reservationId, order.items.map((i) => ({
-          productId: ids[i.productId - 1]!,
+          productId: ids[i.productId - 1],
           quantity: i.quantity,
           unitPriceCents: toCents(i.unitPrice),
         })));

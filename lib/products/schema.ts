@@ -9,6 +9,8 @@ export const MAX_STOCK = 1_000_000_000;
 const hasWholeCents = (price: number) => toCents(price) / 100 === price;
 
 // Descriptions may hold line breaks and tabs; names and categories are PRINTABLE.
+// Control characters (less tab and line breaks) are exactly what this refuses.
+// eslint-disable-next-line no-control-regex
 const PRINTABLE_TEXT = /^[^\p{Cs}\x00-\x08\x0B\x0C\x0E-\x1F\x7F-\x9F]*$/u;
 const CONTROL_MESSAGE = 'must not contain control characters';
 
@@ -114,7 +116,6 @@ export const ReserveSchema = z.strictObject({
 export type ReserveRequest = z.infer<typeof ReserveSchema>;
 
 export const ReservationItemSchema = z.object({ productId: z.number().int(), quantity: z.number().int(), unitPrice: z.number() });
-export type ReservationItem = z.infer<typeof ReservationItemSchema>;
 
 export const ReservationSchema = z.object({
   id: z.string(),

@@ -161,7 +161,7 @@ export function createProductStore(db: Db) {
   };
 
   const sameItems = (a: readonly { productId: number; quantity: number }[], b: readonly { productId: number; quantity: number }[]) =>
-    a.length === b.length && a.every((x, i) => x.productId === b[i]!.productId && x.quantity === b[i]!.quantity);
+    a.length === b.length && a.every((x, i) => x.productId === b[i].productId && x.quantity === b[i].quantity);
 
   const reserve = db.transaction((request: ReserveRequest): { reservation: ReservationRecord; created: boolean } => {
     const existing = readReservation(request.id);

@@ -2,5 +2,3 @@ import { z } from 'zod';
 import { portVar, serviceShape } from '../platform/config.js';
 
 export const UserConfigSchema = z.object({ ...serviceShape, PORT: portVar(3011) });
-
-export type UserConfig = z.infer<typeof UserConfigSchema>;
