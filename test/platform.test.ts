@@ -73,7 +73,7 @@ describe('service frame', () => {
   routes.get('/teapot', () => {
     throw new HttpError(409, 'EMAIL_TAKEN', 'Email is taken');
   });
-  const app = createServiceApp({ service: 'platform-test', logger, metrics: createMetrics('platform-test'), db, routes });
+  const app = createServiceApp({ service: 'platform-test', logger, metrics: createMetrics('platform-test'), db, routes, api: [] });
   const started = startApp(app);
   after(async () => (await started).close());
 

@@ -25,7 +25,7 @@ async function twoServices(otlpEndpoint?: string) {
   const backRoutes = Router().get('/thing', (_req, res) => {
     res.json({ ok: true });
   });
-  const backApp = await startApp(createServiceApp({ service: 'back-service', logger: back.logger, metrics: createMetrics('back'), db: db(), routes: backRoutes, tracing: backTracing }));
+  const backApp = await startApp(createServiceApp({ service: 'back-service', logger: back.logger, metrics: createMetrics('back'), db: db(), routes: backRoutes, api: [], tracing: backTracing }));
   const client = new ServiceClient({ name: 'back', baseUrl: backApp.url, timeoutMs: 2000 });
   const front = memoryLogger('front');
   const frontTracing = createTracing({ service: 'front-service', otlpEndpoint });
@@ -162,7 +162,7 @@ describe('span buffer', () => {
 
   test('a real app keeps its buffer within the cap under many requests', async () => {
     const tracing = createTracing({ service: 'capped', maxSpans: 50 });
-    const app = await startApp(createServiceApp({ service: 'capped', logger: memoryLogger('capped', 'warn').logger, metrics: createMetrics('capped'), db: db(), routes: Router(), tracing }));
+    const app = await startApp(createServiceApp({ service: 'capped', logger: memoryLogger('capped', 'warn').logger, metrics: createMetrics('capped'), db: db(), routes: Router(), api: [], tracing }));
     try {
       for (let i = 0; i < 200; i++) await fetch(`${app.url}/nothing-${i}`).then((r) => r.text());
       assert.equal(tracing.buffer.size, 50);

@@ -1,5 +1,4 @@
 // The gateway app: built once from config, with its breakers, agents, proxies, limiter and cache.
-import { readFileSync } from 'node:fs';
 import type { RequestListener } from 'node:http';
 import type { Express } from 'express';
 import { errorHandler, notFoundHandler } from '../platform/errors.js';
@@ -9,7 +8,10 @@ import { createMetrics, type Metrics } from '../platform/metrics.js';
 import { ServiceClient } from '../platform/service-client.js';
 import { createTraceRoutes } from '../platform/trace-endpoints.js';
 import { createTracing, type Tracing } from '../platform/span-recorder.js';
+import { packageVersion } from '../platform/version.js';
+import { buildOpenApi, openApiHandler } from '../platform/openapi/document.js';
 import { createAggregateRoutes } from './aggregate.js';
+import { gatewayApi } from './api.js';
 import type { GatewayConfig } from './config.js';
 import { createDebugRoutes } from './debug.js';
 import { createGatewayMetrics } from './metrics.js';
@@ -46,7 +48,6 @@ export function createGateway({ config, logger, metrics = createMetrics('gateway
   const upstreams = Object.fromEntries(upstreamList.map((u) => [u.name, u])) as Record<ServiceName, Upstream>;
   const cache = createStaleCache({ maxEntries: config.CACHE_MAX_ENTRIES, maxAgeMs: config.CACHE_MAX_AGE_MS, maxBytes: config.CACHE_MAX_BYTES });
   const limiter = createRateLimiter({ limit: config.RATE_LIMIT, windowMs: config.RATE_WINDOW_MS, metrics: gatewayMetrics });
-  const version = (JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string }).version;
 
   const app = createBaseApp();
   app.set('trust proxy', config.TRUST_PROXY);
@@ -60,7 +61,7 @@ export function createGateway({ config, logger, metrics = createMetrics('gateway
   const onError = errorHandler(logger);
   app.use(context);
   const proxies = new Map(upstreamList.map((u) => [u.name, createServiceProxy({ upstream: u, cache, metrics: gatewayMetrics, logger, trustsProxies: config.TRUST_PROXY !== false })]));
-  app.use(createStatusRoutes({ upstreams: upstreamList, name: GATEWAY_NAME, version }));
+  app.use(createStatusRoutes({ upstreams: upstreamList, name: GATEWAY_NAME, version: packageVersion() }));
   app.get('/metrics', metrics.handler);
   if (tracing) {
     // /traces merges the gateway's spans with every service's, each asked with a short timeout.
@@ -68,9 +69,9 @@ export function createGateway({ config, logger, metrics = createMetrics('gateway
     app.use(createTraceRoutes({ tracing, remotes }));
   }
   // In production the route exists only behind a token.
-  if (config.ADMIN_TOKEN !== undefined || config.NODE_ENV !== 'production') {
-    app.use(createDebugRoutes({ upstreams, logger, adminToken: config.ADMIN_TOKEN }));
-  }
+  const debug = config.ADMIN_TOKEN !== undefined || config.NODE_ENV !== 'production';
+  if (debug) app.use(createDebugRoutes({ upstreams, logger, adminToken: config.ADMIN_TOKEN }));
+  app.get('/openapi.json', openApiHandler(buildOpenApi({ title: GATEWAY_NAME, version: packageVersion() }, gatewayApi({ tracing: tracing !== null, debug }))));
   app.use('/api', limiter.middleware, rejectUnsafePaths);
   app.use(createAggregateRoutes({ upstreams }));
   // What the fast path leaves (other letter case, say) still reaches the same handlers here.

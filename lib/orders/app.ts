@@ -3,6 +3,7 @@ import { Gauge } from 'prom-client';
 import { createServiceApp, type ServiceDeps } from '../platform/service-app.js';
 import type { ProductsClient } from '../products/client.js';
 import type { UsersClient } from '../users/client.js';
+import { ORDER_API } from './api.js';
 import { createKeyGate } from './idempotency.js';
 import { createOrderRoutes } from './routes.js';
 import { createOrderStore } from './store.js';
@@ -33,5 +34,5 @@ export function createOrderApp({ users, products, ...deps }: OrderAppDeps): Expr
     logger: logger.child({ component: 'orders' }),
     keys: createKeyGate(MAX_KEYS_IN_FLIGHT),
   });
-  return createServiceApp({ ...deps, service: 'order-service', routes });
+  return createServiceApp({ ...deps, service: 'order-service', routes, api: ORDER_API });
 }

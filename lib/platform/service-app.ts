@@ -5,8 +5,11 @@ import { databaseIsHealthy, type Db } from './db.js';
 import { errorHandler, notFoundHandler } from './errors.js';
 import { createBaseApp, jsonBody, requestContext } from './http.js';
 import type { Metrics } from './metrics.js';
+import { buildOpenApi, openApiHandler, type ApiRoute } from './openapi/document.js';
+import { PROCESS_API, serviceHealthApi, TRACE_API } from './openapi/common.js';
 import { createTraceRoutes } from './trace-endpoints.js';
 import { createTracing, type Tracing } from './span-recorder.js';
+import { packageVersion } from './version.js';
 
 /** What every service's app factory takes. */
 export interface ServiceDeps {
@@ -21,9 +24,11 @@ export interface ServiceAppOptions extends ServiceDeps {
   /** `user-service`, `product-service`, `order-service`: the name /health reports. */
   service: string;
   routes: Router;
+  /** The routes of `routes`, for GET /openapi.json (the frame adds its own). */
+  api: readonly ApiRoute[];
 }
 
-export function createServiceApp({ service, logger, metrics, db, routes, tracing = createTracing({ service }) }: ServiceAppOptions): Express {
+export function createServiceApp({ service, logger, metrics, db, routes, api, tracing = createTracing({ service }) }: ServiceAppOptions): Express {
   const app = createBaseApp();
   // Metrics hang on the request's one 'close' listener, with the span and the log line.
   app.use(requestContext(logger, tracing ?? undefined, [metrics.observe]));
@@ -32,6 +37,8 @@ export function createServiceApp({ service, logger, metrics, db, routes, tracing
     res.status(healthy ? 200 : 503).json({ status: healthy ? 'healthy' : 'unhealthy', service });
   });
   app.get('/metrics', metrics.handler);
+  const document = buildOpenApi({ title: service, version: packageVersion() }, [serviceHealthApi(service), ...PROCESS_API, ...(tracing ? TRACE_API : []), ...api]);
+  app.get('/openapi.json', openApiHandler(document));
   if (tracing) app.use(createTraceRoutes({ tracing }));
   app.use(jsonBody());
   app.use(routes);

@@ -19,8 +19,8 @@ export interface TraceSummary {
 }
 
 const TraceIdSchema = z.string().refine(isValidClientTraceId, 'must be 1..128 characters of A-Za-z0-9._:-');
-const SpansQuery = z.strictObject({ traceId: TraceIdSchema.optional(), limit: boundedIntQuery(1, 10_000, 1000) });
-const TracesQuery = z.strictObject({ limit: boundedIntQuery(1, 100, 20) });
+export const SpansQuery = z.strictObject({ traceId: TraceIdSchema.optional(), limit: boundedIntQuery(1, 10_000, 1000) });
+export const TracesQuery = z.strictObject({ limit: boundedIntQuery(1, 100, 20) });
 /** How many recent spans each process contributes to the trace list. */
 const LIST_SPANS = 2000;
 
