@@ -10,7 +10,7 @@ import { GatewayConfigSchema } from '../lib/gateway/config.js';
 import { OrderConfigSchema } from '../lib/orders/config.js';
 import { ProductConfigSchema } from '../lib/products/config.js';
 import { UserConfigSchema } from '../lib/users/config.js';
-import { childPids } from './proc.js';
+import { childPids, listeningPorts } from './proc.js';
 
 export const ROOT = fileURLToPath(new URL('..', import.meta.url));
 
@@ -41,20 +41,34 @@ export interface BenchProcess {
   stop: () => Promise<void>;
 }
 
-/** Free loopback ports, held open together while chosen so that they are distinct. */
-export async function freePorts(count: number): Promise<number[]> {
-  const servers = [];
-  const ports: number[] = [];
-  while (ports.length < count) {
+/**
+ * A free loopback port for nginx, which cannot be told to let the OS choose. Another process may
+ * take it before nginx binds it: startNginx then tries again with another.
+ */
+async function freePort(): Promise<number> {
+  for (;;) {
     const server = createServer();
     server.listen(0, '127.0.0.1');
     await once(server, 'listening');
-    servers.push(server);
     const { port } = server.address() as { port: number };
-    if (!USER_PORTS.has(port)) ports.push(port);
+    await new Promise((resolve) => server.close(resolve));
+    if (!USER_PORTS.has(port)) return port;
   }
-  await Promise.all(servers.map((s) => new Promise((resolve) => s.close(resolve))));
-  return ports;
+}
+
+/** The port a process started with PORT=0 listens on, once it does; fails early if it exits. */
+async function boundPort(name: string, spawned: Spawned): Promise<number> {
+  const deadline = Date.now() + READY_TIMEOUT_MS;
+  while (Date.now() < deadline) {
+    if (!isAlive(spawned.child)) {
+      const code = await spawned.exited;
+      throw new Error(`${name} exited (${code}) before it listened:\n${spawned.output().slice(-4000)}`);
+    }
+    const [port] = listeningPorts(spawned.child.pid!);
+    if (port !== undefined) return port;
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+  throw new Error(`${name} did not listen within ${READY_TIMEOUT_MS / 1000} s:\n${spawned.output().slice(-4000)}`);
 }
 
 interface Spawned {
@@ -190,10 +204,12 @@ async function startNodeEntry(
 ): Promise<BenchProcess> {
   const childEnv: NodeJS.ProcessEnv = { ...process.env };
   for (const key of CONFIG_KEYS) delete childEnv[key];
-  Object.assign(childEnv, { LOG_LEVEL: 'info', LOG_PRETTY: 'false' }, env);
+  // The OS chooses the port; the process is found listening on it through /proc.
+  Object.assign(childEnv, { LOG_LEVEL: 'info', LOG_PRETTY: 'false', PORT: '0' }, env);
   const spawned = supervisor.spawn(process.execPath, [...nodeFlags, '--import', 'tsx', entry], childEnv);
-  const url = `http://127.0.0.1:${env.PORT}`;
+  let url: string;
   try {
+    url = `http://127.0.0.1:${await boundPort(name, spawned)}`;
     await waitUntilReady(name, url + readyPath, spawned);
   } catch (err) {
     await stopChild(spawned, 'SIGKILL');
@@ -226,36 +242,34 @@ export interface BenchSystem {
  * The supervisor owns them all from the moment each is spawned.
  */
 export async function startSystem(supervisor: Supervisor, { workDir, withNginx, gatewayNodeFlags = [], gatewayEntry = 'gateway.ts', withUntraced = false }: SystemOptions): Promise<BenchSystem> {
-  const [gatewayPort, usersPort, productsPort, ordersPort, barePort, nginxPort, untracedPort] = await freePorts(7);
   const dataDir = join(workDir, 'data');
-  const usersUrl = `http://127.0.0.1:${usersPort}`;
-  const productsUrl = `http://127.0.0.1:${productsPort}`;
-  const gatewayEnv = (port: number) => ({
-    PORT: String(port),
+  // Each process learns the others' URLs from its environment: the services it calls start first.
+  const services = await Promise.all([
+    startNodeEntry(supervisor, 'users', 'user-service.ts', { DATA_DIR: dataDir }, '/health'),
+    startNodeEntry(supervisor, 'products', 'product-service.ts', { DATA_DIR: dataDir }, '/health'),
+  ]);
+  const [usersUrl, productsUrl] = services.map((p) => p.url) as [string, string];
+  const orders = await startNodeEntry(supervisor, 'orders', 'order-service.ts', { DATA_DIR: dataDir, USERS_URL: usersUrl, PRODUCTS_URL: productsUrl }, '/health');
+  const gatewayEnv = {
     USERS_URL: usersUrl,
     PRODUCTS_URL: productsUrl,
-    ORDERS_URL: `http://127.0.0.1:${ordersPort}`,
+    ORDERS_URL: orders.url,
     // Counted on every request like in production; a million per minute never refuses the load
     // generator (the gateway's saturation is a few thousand per second).
     RATE_LIMIT: '1000000',
-  });
-  const processes = await Promise.all([
-    startNodeEntry(supervisor, 'users', 'user-service.ts', { PORT: String(usersPort), DATA_DIR: dataDir }, '/health'),
-    startNodeEntry(supervisor, 'products', 'product-service.ts', { PORT: String(productsPort), DATA_DIR: dataDir }, '/health'),
-    startNodeEntry(supervisor, 'orders', 'order-service.ts', {
-      PORT: String(ordersPort), DATA_DIR: dataDir, USERS_URL: usersUrl, PRODUCTS_URL: productsUrl,
-    }, '/health'),
-    startNodeEntry(supervisor, 'gateway', gatewayEntry, gatewayEnv(gatewayPort), '/health', gatewayNodeFlags),
+  };
+  const processes = [...services, orders, ...await Promise.all([
+    startNodeEntry(supervisor, 'gateway', gatewayEntry, gatewayEnv, '/health', gatewayNodeFlags),
     // The same gateway with tracing off, so one run measures what tracing costs.
-    ...(withUntraced ? [startNodeEntry(supervisor, 'untraced', gatewayEntry, { ...gatewayEnv(untracedPort), OTEL_SDK_DISABLED: 'true' }, '/health')] : []),
-  ]);
-  // The bare proxy's readiness check goes through to the product service: start it after that.
-  processes.push(await startNodeEntry(supervisor, 'bare', 'bench/bare-proxy.ts', { PORT: String(barePort), PRODUCTS_URL: productsUrl }, '/api/products/1'));
+    ...(withUntraced ? [startNodeEntry(supervisor, 'untraced', gatewayEntry, { ...gatewayEnv, OTEL_SDK_DISABLED: 'true' }, '/health')] : []),
+    // Its readiness check goes through to the product service, which is up by now.
+    startNodeEntry(supervisor, 'bare', 'bench/bare-proxy.ts', { PRODUCTS_URL: productsUrl }, '/api/products/1'),
+  ])];
   let nginxNote = 'not requested';
   if (withNginx) {
     const binary = findNginx();
     if (binary) {
-      processes.push(await startNginx(supervisor, binary, join(workDir, 'nginx'), nginxPort, productsPort));
+      processes.push(await startNginx(supervisor, binary, join(workDir, 'nginx'), Number(new URL(productsUrl).port)));
       nginxNote = nginxVersion(binary);
     } else {
       nginxNote = 'not installed';
@@ -319,7 +333,17 @@ http {
 `;
 }
 
-async function startNginx(supervisor: Supervisor, binary: string, dir: string, port: number, productsPort: number): Promise<BenchProcess> {
+async function startNginx(supervisor: Supervisor, binary: string, dir: string, productsPort: number, attempts = 3): Promise<BenchProcess> {
+  try {
+    return await startNginxOn(supervisor, binary, dir, await freePort(), productsPort);
+  } catch (err) {
+    // Most likely its port was taken between choosing and binding it.
+    if (attempts <= 1) throw err;
+    return startNginx(supervisor, binary, dir, productsPort, attempts - 1);
+  }
+}
+
+async function startNginxOn(supervisor: Supervisor, binary: string, dir: string, port: number, productsPort: number): Promise<BenchProcess> {
   mkdirSync(dir, { recursive: true });
   const conf = join(dir, 'nginx.conf');
   writeFileSync(conf, nginxConfig(dir, port, productsPort));
