@@ -38,7 +38,7 @@ export class LatencyHistogram {
 
   recordMs(ms: number): void {
     const us = Math.min(MAX_US, Math.max(0, Math.round(ms * 1000)));
-    this.counts[indexOf(us)]! += 1;
+    this.counts[indexOf(us)] += 1;
     this.total += 1;
     this.sumUs += us;
     if (us > this.maxUs) this.maxUs = us;
@@ -50,7 +50,7 @@ export class LatencyHistogram {
     const rank = Math.max(1, Math.ceil((p / 100) * this.total));
     let seen = 0;
     for (let i = 0; i < BUCKETS; i++) {
-      seen += this.counts[i]!;
+      seen += this.counts[i];
       if (seen >= rank) return Math.min(valueOf(i), this.maxUs) / 1000;
     }
     return this.maxUs / 1000;

@@ -51,7 +51,7 @@ export function closedLoop(spec: LoadSpec, signal?: AbortSignal): Promise<LoadRe
       timeout: REQUEST_TIMEOUT_S,
     }, (err: unknown, result: autocannon.Result) => {
       signal?.removeEventListener('abort', stop);
-      if (err) return reject(err instanceof Error ? err : new Error(String(err)));
+      if (err) return reject(err instanceof Error ? err : new Error(JSON.stringify(err)));
       const statuses: Record<string, number> = {};
       for (const [code, { count = 0 }] of Object.entries(result.statusCodeStats ?? {})) statuses[code] = count;
       const requests = Object.values(statuses).reduce((a, b) => a + b, 0);

@@ -1,7 +1,7 @@
 // What the kernel says about our processes and the host: CPU time, memory, steal, affinity.
 // /proc works the same for Node and nginx, so every process is measured the same way.
 import { execFileSync } from 'node:child_process';
-import { readdirSync, readFileSync } from 'node:fs';
+import { readdirSync, readFileSync, readlinkSync } from 'node:fs';
 import os from 'node:os';
 
 /** Clock ticks per second of /proc/<pid>/stat's utime and stime. */
@@ -48,7 +48,7 @@ export interface HostCpu {
 }
 
 export function hostCpu(): HostCpu {
-  const line = readFileSync('/proc/stat', 'utf8').split('\n', 1)[0]!;
+  const line = readFileSync('/proc/stat', 'utf8').split('\n', 1)[0];
   const [user = 0, nice = 0, system = 0, idle = 0, iowait = 0, irq = 0, softirq = 0, steal = 0] = line.trim().split(/\s+/).slice(1, 9).map(Number);
   return { total: user + nice + system + idle + iowait + irq + softirq + steal, idle: idle + iowait, interrupts: irq + softirq, steal };
 }
@@ -85,6 +85,41 @@ export function childPids(pid: number): number[] {
     }
   }
   return found;
+}
+
+/**
+ * The TCP ports `pid` listens on (IPv4 and IPv6), from its open sockets and the kernel's socket
+ * tables: how a process started with PORT=0 is found without reading its output.
+ */
+export function listeningPorts(pid: number): number[] {
+  const inodes = new Set<string>();
+  try {
+    for (const fd of readdirSync(`/proc/${pid}/fd`)) {
+      try {
+        const m = /^socket:\[(\d+)\]$/.exec(readlinkSync(`/proc/${pid}/fd/${fd}`));
+        if (m) inodes.add(m[1]);
+      } catch {
+        // The descriptor closed while we listed them.
+      }
+    }
+  } catch {
+    return [];
+  }
+  const ports: number[] = [];
+  for (const table of ['/proc/net/tcp', '/proc/net/tcp6']) {
+    let lines: string[];
+    try {
+      lines = readFileSync(table, 'utf8').split('\n').slice(1);
+    } catch {
+      continue;
+    }
+    for (const line of lines) {
+      // sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode
+      const fields = line.trim().split(/\s+/);
+      if (fields[3] === '0A' /* LISTEN */ && inodes.has(fields[9] ?? '')) ports.push(parseInt(fields[1].split(':')[1], 16));
+    }
+  }
+  return ports;
 }
 
 export function hasTaskset(): boolean {

@@ -89,9 +89,9 @@ export function hotFunctions(file: string, root: string, top = 15, window?: Wind
 /** Where a function lives, coarsely: the package or node module, or our own file. */
 function moduleOf(url: string, functionName: string, root: string): string {
   if (!url) return functionName.startsWith('(') ? functionName : '(native)';
-  if (url.startsWith('node:')) return url.replace(/^node:internal\//, 'node:').split('/')[0]!;
+  if (url.startsWith('node:')) return url.replace(/^node:internal\//, 'node:').split('/')[0];
   const path = url.replace(/^file:\/\//, '');
   const pkg = /node_modules\/((?:@[^/]+\/)?[^/]+)\//.exec(path);
-  if (pkg) return pkg[1]!;
+  if (pkg) return pkg[1];
   return path.startsWith(root) ? path.slice(root.length) : path;
 }

@@ -1,4 +1,4 @@
-// Turns rounds into the published figures: rows of medians (min-max), the goal lines of issue 5,
+// Turns rounds into the published figures: rows of medians (min-max), the goal lines,
 // the text table for the terminal and RESULTS.md.
 import type { LoadResult } from './load.js';
 import type { Machine } from './proc.js';
@@ -124,7 +124,7 @@ export function median(values: number[]): number {
   if (values.length === 0) return NaN;
   const sorted = [...values].sort((a, b) => a - b);
   const mid = sorted.length >> 1;
-  return sorted.length % 2 ? sorted[mid]! : (sorted[mid - 1]! + sorted[mid]!) / 2;
+  return sorted.length % 2 ? sorted[mid] : (sorted[mid - 1] + sorted[mid]) / 2;
 }
 
 export function spread(values: number[]): Spread {
@@ -151,7 +151,7 @@ export function buildRows(rounds: RoundRecord[]): Row[] {
   for (const list of groups.values()) {
     const valid = list.filter((r) => r.valid);
     const use = valid.length ? valid : list;
-    const first = list[0]!;
+    const first = list[0];
     const pair = (other: Target): Spread | undefined => {
       if (first.target === other) return undefined;
       const ratios = use.flatMap((r) => {
@@ -211,7 +211,7 @@ export interface GoalInputs {
 const fmt = (n: number, digits = 2) => (Number.isFinite(n) ? n.toFixed(digits) : 'n/a');
 const signed = (n: number, digits = 2) => (n >= 0 ? `+${fmt(n, digits)}` : fmt(n, digits));
 
-/** The goal lines of issue 5, each with its figure and pass or miss. */
+/** The performance goals, each with its figure and pass or miss. */
 export function buildGoals({ rows, rounds, cpuMode, memory, keepAlive, fixedRate, soak }: GoalInputs): Goal[] {
   const row = (scenario: Scenario, target: Target, mode: Mode) =>
     rows.find((r) => r.scenario === scenario && r.target === target && r.mode === mode && r.validRounds > 0);
@@ -356,8 +356,8 @@ export function tableCells(rows: Row[]): string[][] {
 
 /** A plain-text table that lines up in a terminal. */
 export function textTable(header: string[], body: string[][]): string {
-  const widths = header.map((h, i) => Math.max(h.length, ...body.map((row) => row[i]!.length)));
-  const line = (cells: string[]) => cells.map((c, i) => (i < 2 ? c.padEnd(widths[i]!) : c.padStart(widths[i]!))).join('  ').trimEnd();
+  const widths = header.map((h, i) => Math.max(h.length, ...body.map((row) => row[i].length)));
+  const line = (cells: string[]) => cells.map((c, i) => (i < 2 ? c.padEnd(widths[i]) : c.padStart(widths[i]))).join('  ').trimEnd();
   return [line(header), widths.map((w) => '-'.repeat(w)).join('  '), ...body.map(line)].join('\n');
 }
 
@@ -425,7 +425,7 @@ export function markdownReport(r: Results, body: string[][]): string {
     '',
     markdownTable(TABLE_HEADER, body),
     '',
-    '## Goals (issue 5)',
+    '## Goals',
     '',
     ...goals,
     '',

@@ -1,5 +1,5 @@
 // `npm run bench`: what the gateway costs per request, measured beside the service alone, a bare
-// Express proxy and nginx, in interleaved rounds. Prints the table and the goals of issue 5 and
+// Express proxy and nginx, in interleaved rounds. Prints the table and the performance goals and
 // writes bench/results.json and bench/RESULTS.md. `--smoke` (or BENCH_SMOKE=1) is the quick
 // version the test suite runs so this cannot rot; `--profile` records the gateway's hot path;
 // `--soak` (npm run bench:soak) sends a million requests through the gateway and tracks its memory.
@@ -399,10 +399,10 @@ async function bench(o: Options, supervisor: Supervisor, workDir: string, signal
   // The rest runs unpinned, as a user runs it: pinned, six processes share one core and every
   // garbage collection of one delays the others, which makes latency tails measure the sharing.
   pin.apply('unpinned');
-  // The gateway's saturation as the issue measures it: gateway and service sharing one core
+  // The gateway's saturation as the goals define it: gateway and service sharing one core
   // (pinned). Half of the unpinned figure would load both cores: at a fixed rate, with fewer
   // requests per wake-up, each costs about twice the CPU it costs at saturation.
-  const saturationMode = modes[0]!;
+  const saturationMode = modes[0];
   const saturation = median(runner.rounds.filter((r) => r.scenario === 'get' && r.target === 'gateway' && r.mode === saturationMode && r.valid).map((r) => r.load.rps));
   let fixedRate: Results['fixedRate'];
   if (Number.isFinite(saturation) && saturation > 0) {
@@ -453,7 +453,7 @@ async function bench(o: Options, supervisor: Supervisor, workDir: string, signal
     memory,
     keepAlive,
     rows,
-    goals: buildGoals({ rows, rounds, cpuMode: modes[0]!, memory, keepAlive, fixedRate, soak: latestSoak() }),
+    goals: buildGoals({ rows, rounds, cpuMode: modes[0], memory, keepAlive, fixedRate, soak: latestSoak() }),
     invalidRounds: rounds.filter((r) => !r.valid).map((r) => ({ index: r.index, scenario: r.scenario, target: r.target, mode: r.mode, round: r.round, reason: r.invalidReason ?? '' })),
     stolenRounds: rounds.filter((r) => r.stolen).map((r) => r.index),
     disturbedRounds: rounds.filter((r) => r.disturbed).map((r) => r.index),
@@ -467,7 +467,7 @@ async function bench(o: Options, supervisor: Supervisor, workDir: string, signal
   log();
   log(textTable(TABLE_HEADER, body));
   log();
-  log('Goals (issue 5):');
+  log('Goals:');
   for (const line of goalLines(results.goals)) log(`  ${line}`);
   log();
   for (const line of notes(results)) log(line);

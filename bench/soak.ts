@@ -113,7 +113,7 @@ export interface SoakRun {
 const medianOf = (xs: number[]): number => {
   const s = [...xs].sort((a, b) => a - b);
   const mid = Math.floor(s.length / 2);
-  return s.length % 2 ? s[mid]! : (s[mid - 1]! + s[mid]!) / 2;
+  return s.length % 2 ? s[mid] : (s[mid - 1] + s[mid]) / 2;
 };
 
 /**
@@ -134,7 +134,7 @@ export function soakReport(run: SoakRun): { results: SoakRun & { version: 1; pas
   const rssGrowth = rssLate / rssEarly - 1;
   const heapGrowth = heapLate / heapEarly - 1;
   const total = chunks.at(-1)?.requests ?? 0;
-  const range = (cs: SoakChunk[]) => `${cs[0]!.requests.toLocaleString('en-US')}-${cs.at(-1)!.requests.toLocaleString('en-US')}`;
+  const range = (cs: SoakChunk[]) => `${cs[0].requests.toLocaleString('en-US')}-${cs.at(-1)!.requests.toLocaleString('en-US')}`;
   const failed = chunks.reduce((a, c) => a + c.errors + c.non2xx, 0);
   const pass = failed === 0 && rssGrowth <= SOAK_GROWTH_LIMIT && heapGrowth <= SOAK_GROWTH_LIMIT;
   const verdict = `${pass ? 'PASS' : 'MISS'} gateway memory over ${total.toLocaleString('en-US')} requests, median floors of the chunks ending at ${range(early)} vs ${range(late)}: `

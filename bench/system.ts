@@ -6,7 +6,12 @@ import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { childPids } from './proc.js';
+import { GatewayConfigSchema } from '../lib/gateway/config.js';
+import { OrderConfigSchema } from '../lib/orders/config.js';
+import { ProductConfigSchema } from '../lib/products/config.js';
+import { UserConfigSchema } from '../lib/users/config.js';
+import { childPids, listeningPorts } from './proc.js';
+import { z } from 'zod';
 
 export const ROOT = fileURLToPath(new URL('..', import.meta.url));
 
@@ -16,12 +21,16 @@ const TAIL_BYTES = 16 * 1024;
 const READY_TIMEOUT_MS = 40_000;
 const STOP_TIMEOUT_MS = 5_000;
 
-// The contract's settings: a user's shell may export some of them; the benchmark runs defaults.
-const CONFIG_KEYS = [
-  'PORT', 'HOST', 'USERS_URL', 'PRODUCTS_URL', 'ORDERS_URL', 'DATA_DIR', 'SEED_DATA', 'RATE_LIMIT',
-  'RATE_WINDOW_MS', 'TRUST_PROXY', 'CB_FAILURE_THRESHOLD', 'CB_RESET_TIMEOUT_MS', 'CB_HALF_OPEN_REQUESTS',
-  'UPSTREAM_TIMEOUT_MS', 'ADMIN_TOKEN', 'LOG_LEVEL', 'LOG_PRETTY', 'OTEL_EXPORTER_OTLP_ENDPOINT', 'OTEL_SDK_DISABLED', 'NODE_ENV',
-];
+// Every variable any of the four processes reads, from their config schemas: a user's shell may
+// export some of them; the benchmark runs defaults.
+const CONFIG_KEYS = [...new Set([GatewayConfigSchema, UserConfigSchema, ProductConfigSchema, OrderConfigSchema].flatMap((s) => Object.keys(objectOf(s).shape)))];
+
+/** The object schema under a schema's refinements and transforms. */
+function objectOf(schema: z.ZodType): z.ZodObject {
+  if (schema instanceof z.ZodObject) return schema;
+  if (schema instanceof z.ZodPipe) return objectOf(schema.in as z.ZodType);
+  throw new Error('a config schema is an object, possibly refined or transformed');
+}
 
 /** `untraced` is a second gateway with OTEL_SDK_DISABLED=true, for the cost of tracing. */
 export type ProcessName = 'gateway' | 'untraced' | 'users' | 'products' | 'orders' | 'bare' | 'nginx';
@@ -40,20 +49,34 @@ export interface BenchProcess {
   stop: () => Promise<void>;
 }
 
-/** Free loopback ports, held open together while chosen so that they are distinct. */
-export async function freePorts(count: number): Promise<number[]> {
-  const servers = [];
-  const ports: number[] = [];
-  while (ports.length < count) {
+/**
+ * A free loopback port for nginx, which cannot be told to let the OS choose. Another process may
+ * take it before nginx binds it: startNginx then tries again with another.
+ */
+async function freePort(): Promise<number> {
+  for (;;) {
     const server = createServer();
     server.listen(0, '127.0.0.1');
     await once(server, 'listening');
-    servers.push(server);
     const { port } = server.address() as { port: number };
-    if (!USER_PORTS.has(port)) ports.push(port);
+    await new Promise((resolve) => server.close(resolve));
+    if (!USER_PORTS.has(port)) return port;
   }
-  await Promise.all(servers.map((s) => new Promise((resolve) => s.close(resolve))));
-  return ports;
+}
+
+/** The port a process started with PORT=0 listens on, once it does; fails early if it exits. */
+async function boundPort(name: string, spawned: Spawned): Promise<number> {
+  const deadline = Date.now() + READY_TIMEOUT_MS;
+  while (Date.now() < deadline) {
+    if (!isAlive(spawned.child)) {
+      const code = await spawned.exited;
+      throw new Error(`${name} exited (${code}) before it listened:\n${spawned.output().slice(-4000)}`);
+    }
+    const [port] = listeningPorts(spawned.child.pid!);
+    if (port !== undefined) return port;
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+  throw new Error(`${name} did not listen within ${READY_TIMEOUT_MS / 1000} s:\n${spawned.output().slice(-4000)}`);
 }
 
 interface Spawned {
@@ -109,15 +132,15 @@ export class Supervisor {
       const drain = spawn('tail', ['-c', String(TAIL_BYTES)], { stdio: ['pipe', 'pipe', 'ignore'] });
       const drainPid = drain.pid;
       if (drainPid !== undefined) this.drainPids.add(drainPid);
-      drain.stdout!.on('data', keep);
+      drain.stdout.on('data', keep);
       // tail prints when its input closes, that is when the child and every copy of the pipe's
       // write end are gone.
       drained = new Promise((resolve) => drain.once('close', () => {
         if (drainPid !== undefined) this.drainPids.delete(drainPid);
         resolve(undefined);
       }));
-      child = spawn(command, args, { cwd: ROOT, env, stdio: ['ignore', drain.stdin!, drain.stdin!] });
-      drain.stdin!.destroy();
+      child = spawn(command, args, { cwd: ROOT, env, stdio: ['ignore', drain.stdin, drain.stdin] });
+      drain.stdin.destroy();
     } else {
       child = spawn(command, args, { cwd: ROOT, env, stdio: ['ignore', 'pipe', 'pipe'] });
       child.stdout!.on('data', keep);
@@ -176,7 +199,7 @@ function benchProcess(name: ProcessName, url: string, spawned: Spawned, pids: nu
     name,
     url,
     pids,
-    mainPid: pids[pids.length - 1]!,
+    mainPid: pids[pids.length - 1],
     output: spawned.output,
     alive: () => isAlive(spawned.child),
     stop: () => stopChild(spawned, 'SIGTERM'),
@@ -189,10 +212,12 @@ async function startNodeEntry(
 ): Promise<BenchProcess> {
   const childEnv: NodeJS.ProcessEnv = { ...process.env };
   for (const key of CONFIG_KEYS) delete childEnv[key];
-  Object.assign(childEnv, { LOG_LEVEL: 'info', LOG_PRETTY: 'false' }, env);
+  // The OS chooses the port; the process is found listening on it through /proc.
+  Object.assign(childEnv, { LOG_LEVEL: 'info', LOG_PRETTY: 'false', PORT: '0' }, env);
   const spawned = supervisor.spawn(process.execPath, [...nodeFlags, '--import', 'tsx', entry], childEnv);
-  const url = `http://127.0.0.1:${env.PORT}`;
+  let url: string;
   try {
+    url = `http://127.0.0.1:${await boundPort(name, spawned)}`;
     await waitUntilReady(name, url + readyPath, spawned);
   } catch (err) {
     await stopChild(spawned, 'SIGKILL');
@@ -225,36 +250,34 @@ export interface BenchSystem {
  * The supervisor owns them all from the moment each is spawned.
  */
 export async function startSystem(supervisor: Supervisor, { workDir, withNginx, gatewayNodeFlags = [], gatewayEntry = 'gateway.ts', withUntraced = false }: SystemOptions): Promise<BenchSystem> {
-  const [gatewayPort, usersPort, productsPort, ordersPort, barePort, nginxPort, untracedPort] = await freePorts(7);
   const dataDir = join(workDir, 'data');
-  const usersUrl = `http://127.0.0.1:${usersPort}`;
-  const productsUrl = `http://127.0.0.1:${productsPort}`;
-  const gatewayEnv = (port: number) => ({
-    PORT: String(port),
+  // Each process learns the others' URLs from its environment: the services it calls start first.
+  const services = await Promise.all([
+    startNodeEntry(supervisor, 'users', 'user-service.ts', { DATA_DIR: dataDir }, '/health'),
+    startNodeEntry(supervisor, 'products', 'product-service.ts', { DATA_DIR: dataDir }, '/health'),
+  ]);
+  const [usersUrl, productsUrl] = services.map((p) => p.url) as [string, string];
+  const orders = await startNodeEntry(supervisor, 'orders', 'order-service.ts', { DATA_DIR: dataDir, USERS_URL: usersUrl, PRODUCTS_URL: productsUrl }, '/health');
+  const gatewayEnv = {
     USERS_URL: usersUrl,
     PRODUCTS_URL: productsUrl,
-    ORDERS_URL: `http://127.0.0.1:${ordersPort}`,
+    ORDERS_URL: orders.url,
     // Counted on every request like in production; a million per minute never refuses the load
     // generator (the gateway's saturation is a few thousand per second).
     RATE_LIMIT: '1000000',
-  });
-  const processes = await Promise.all([
-    startNodeEntry(supervisor, 'users', 'user-service.ts', { PORT: String(usersPort), DATA_DIR: dataDir }, '/health'),
-    startNodeEntry(supervisor, 'products', 'product-service.ts', { PORT: String(productsPort), DATA_DIR: dataDir }, '/health'),
-    startNodeEntry(supervisor, 'orders', 'order-service.ts', {
-      PORT: String(ordersPort), DATA_DIR: dataDir, USERS_URL: usersUrl, PRODUCTS_URL: productsUrl,
-    }, '/health'),
-    startNodeEntry(supervisor, 'gateway', gatewayEntry, gatewayEnv(gatewayPort!), '/health', gatewayNodeFlags),
+  };
+  const processes = [...services, orders, ...await Promise.all([
+    startNodeEntry(supervisor, 'gateway', gatewayEntry, gatewayEnv, '/health', gatewayNodeFlags),
     // The same gateway with tracing off, so one run measures what tracing costs.
-    ...(withUntraced ? [startNodeEntry(supervisor, 'untraced', gatewayEntry, { ...gatewayEnv(untracedPort!), OTEL_SDK_DISABLED: 'true' }, '/health')] : []),
-  ]);
-  // The bare proxy's readiness check goes through to the product service: start it after that.
-  processes.push(await startNodeEntry(supervisor, 'bare', 'bench/bare-proxy.ts', { PORT: String(barePort), PRODUCTS_URL: productsUrl }, '/api/products/1'));
+    ...(withUntraced ? [startNodeEntry(supervisor, 'untraced', gatewayEntry, { ...gatewayEnv, OTEL_SDK_DISABLED: 'true' }, '/health')] : []),
+    // Its readiness check goes through to the product service, which is up by now.
+    startNodeEntry(supervisor, 'bare', 'bench/bare-proxy.ts', { PRODUCTS_URL: productsUrl }, '/api/products/1'),
+  ])];
   let nginxNote = 'not requested';
   if (withNginx) {
     const binary = findNginx();
     if (binary) {
-      processes.push(await startNginx(supervisor, binary, join(workDir, 'nginx'), nginxPort!, productsPort!));
+      processes.push(await startNginx(supervisor, binary, join(workDir, 'nginx'), Number(new URL(productsUrl).port)));
       nginxNote = nginxVersion(binary);
     } else {
       nginxNote = 'not installed';
@@ -318,7 +341,17 @@ http {
 `;
 }
 
-async function startNginx(supervisor: Supervisor, binary: string, dir: string, port: number, productsPort: number): Promise<BenchProcess> {
+async function startNginx(supervisor: Supervisor, binary: string, dir: string, productsPort: number, attempts = 3): Promise<BenchProcess> {
+  try {
+    return await startNginxOn(supervisor, binary, dir, await freePort(), productsPort);
+  } catch (err) {
+    // Most likely its port was taken between choosing and binding it.
+    if (attempts <= 1) throw err;
+    return startNginx(supervisor, binary, dir, productsPort, attempts - 1);
+  }
+}
+
+async function startNginxOn(supervisor: Supervisor, binary: string, dir: string, port: number, productsPort: number): Promise<BenchProcess> {
   mkdirSync(dir, { recursive: true });
   const conf = join(dir, 'nginx.conf');
   writeFileSync(conf, nginxConfig(dir, port, productsPort));

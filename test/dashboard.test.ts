@@ -65,13 +65,16 @@ describe('windowed stats', () => {
 describe('dashboard routes', () => {
   let up: FakeUpstream;
   let gw: StartedGateway;
+  let dead: Awaited<ReturnType<typeof deadUrl>>;
   before(async () => {
     up = await startFakeUpstream();
-    gw = await startGateway({ USERS_URL: up.url, PRODUCTS_URL: up.url, ORDERS_URL: await deadUrl() });
+    dead = await deadUrl();
+    gw = await startGateway({ USERS_URL: up.url, PRODUCTS_URL: up.url, ORDERS_URL: dead.url });
   });
   after(async () => {
     await gw?.close();
     await up?.stop();
+    await dead?.close();
   });
 
   test('when GET /dashboard, then the page and its assets come from the gateway under a strict CSP', async () => {

@@ -112,7 +112,8 @@ describe('fault switch protection and expiry', () => {
 
   test('when no instance of the service answers, then the gateway says 503 and GET /debug/faults shows it unreached', async () => {
     const sys = await startServices();
-    const gw = await startGatewayFor(sys, { ORDERS_URL: await deadUrl() });
+    const dead = await deadUrl();
+    const gw = await startGatewayFor(sys, { ORDERS_URL: dead.url });
     try {
       const r = await http(gw.url, 'POST', '/debug/faults/orders', { body: { down: true } });
       assert.equal(r.status, 503);
@@ -123,6 +124,7 @@ describe('fault switch protection and expiry', () => {
     } finally {
       await gw.close();
       await sys.stop();
+      await dead.close();
     }
   });
 

@@ -41,15 +41,18 @@ describe('gateway configuration', () => {
 describe('gateway status, debug routes and metrics', () => {
   let up: FakeUpstream;
   let gw: StartedGateway;
+  let dead: Awaited<ReturnType<typeof deadUrl>>;
   const extra: StartedGateway[] = [];
   before(async () => {
     up = await startFakeUpstream();
-    gw = await startGateway({ USERS_URL: up.url, PRODUCTS_URL: up.url, ORDERS_URL: await deadUrl(), CB_RESET_TIMEOUT_MS: '60000' });
+    dead = await deadUrl();
+    gw = await startGateway({ USERS_URL: up.url, PRODUCTS_URL: up.url, ORDERS_URL: dead.url, CB_RESET_TIMEOUT_MS: '60000' });
   });
   after(async () => {
     for (const g of extra) await g.close();
     await gw?.close();
     await up?.stop();
+    await dead?.close();
   });
 
   test('when GET /, then it names the gateway, its services and features', async () => {

@@ -2,7 +2,7 @@ import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { http } from './helpers.js';
 import { createProduct, createUser, startServices, type System } from './system.js';
-import { circuit, startGatewayFor, type StartedGateway } from './gateway-helpers.js';
+import { circuit, startFakeUpstream, startGateway, startGatewayFor, type StartedGateway } from './gateway-helpers.js';
 
 describe('aggregation against the real services', () => {
   let sys: System;
@@ -41,6 +41,19 @@ describe('aggregation against the real services', () => {
     assert.deepEqual(r.body.orders.map((o: { id: number }) => o.id), [orderId]);
     assert.equal(r.body.orders[0].total, 5);
     assert.deepEqual(r.body.meta, { complete: true, unavailable: [] });
+  });
+
+  test('when aggregates are answered, then /metrics counts each once under service "aggregate", not under the services it called', async () => {
+    const count = async (service: string, status: number) => {
+      const text = (await http(gw.url, 'GET', '/metrics')).text;
+      const m = new RegExp(`gateway_requests_total\\{service="${service}",method="GET",status="${status}"\\} (\\d+)`).exec(text);
+      return m ? Number(m[1]) : 0;
+    };
+    const [aggregates, users] = [await count('aggregate', 200), await count('users', 200)];
+    assert.equal((await http(gw.url, 'GET', `/api/users/${userId}/full`)).status, 200);
+    assert.equal((await http(gw.url, 'GET', '/api/dashboard')).status, 200);
+    assert.equal(await count('aggregate', 200), aggregates + 2);
+    assert.equal(await count('users', 200), users);
   });
 
   test('when the user does not exist, then it is 404; when the id is not one, then 400', async () => {
@@ -84,6 +97,22 @@ describe('aggregation against the real services', () => {
     assert.equal(r.body.services.orders.service, 'order-service');
     assert.ok(r.body.services.orders.totalOrders >= 1);
     assert.deepEqual(r.body.meta, { complete: true, unavailable: [] });
+  });
+
+  test('when the order service answers JSON that is not a page of orders, then the user is shown with orders unavailable', async () => {
+    const odd = await startFakeUpstream();
+    const mixed = await startGateway({ USERS_URL: sys.users.url, PRODUCTS_URL: sys.products.url, ORDERS_URL: odd.url });
+    try {
+      const r = await http(mixed.url, 'GET', `/api/users/${userId}/full`);
+      assert.equal(r.status, 200);
+      assert.equal(odd.seen[0]?.url, `/orders?userId=${userId}&limit=100`);
+      assert.equal(r.body.user.id, userId);
+      assert.equal(r.body.orders, null);
+      assert.deepEqual(r.body.meta, { complete: false, unavailable: ['orders'] });
+    } finally {
+      await mixed.close();
+      await odd.stop();
+    }
   });
 
   test('when the order service is stopped, then the dashboard shows orders unavailable with its circuit state', async () => {

@@ -186,11 +186,14 @@ export async function eventually(check: () => Promise<boolean> | boolean, timeou
   }
 }
 
-/** A URL on 127.0.0.1 where nothing listens (a port just released), so connections are refused. */
-export async function deadUrl(): Promise<string> {
+/**
+ * A URL where connections are refused: the port is held by a listener on 127.0.0.1 chosen by the
+ * OS, and the URL names 127.0.0.2 (loopback too on Linux), where nothing listens on it. Holding
+ * the port keeps another test from taking it while this URL is in use; close() releases it.
+ */
+export async function deadUrl(): Promise<{ url: string; close: () => Promise<void> }> {
   const server = createServer();
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
   const { port } = server.address() as AddressInfo;
-  await new Promise<void>((resolve) => server.close(() => resolve()));
-  return `http://127.0.0.1:${port}`;
+  return { url: `http://127.0.0.2:${port}`, close: () => new Promise<void>((resolve) => server.close(() => resolve())) };
 }

@@ -88,7 +88,7 @@ describe('rate limiting', () => {
       assert.equal(r.status, 200);
       assert.equal(r.headers.get('x-ratelimit-remaining'), '2');
     }
-    assert.equal(up.seen[0]!.headers['x-forwarded-for'], '203.0.113.0, 127.0.0.1');
+    assert.equal(up.seen[0].headers['x-forwarded-for'], '203.0.113.0, 127.0.0.1');
     for (let i = 0; i < 3; i++) await http(gw.url, 'GET', '/api/orders', { headers: { 'x-forwarded-for': '198.51.100.1' } });
     assert.equal((await http(gw.url, 'GET', '/api/orders', { headers: { 'x-forwarded-for': '198.51.100.1' } })).status, 429);
   });

@@ -68,13 +68,16 @@ function send(base: string, method: string, path: string, headers: Record<string
 describe('proxy streaming core', () => {
   let upstream: Awaited<ReturnType<typeof startRawUpstream>>;
   let gw: StartedGateway;
+  let dead: Awaited<ReturnType<typeof deadUrl>>;
   before(async () => {
     upstream = await startRawUpstream();
-    gw = await startGateway({ USERS_URL: upstream.url, PRODUCTS_URL: await deadUrl(), ORDERS_URL: await deadUrl() });
+    dead = await deadUrl();
+    gw = await startGateway({ USERS_URL: upstream.url, PRODUCTS_URL: dead.url, ORDERS_URL: dead.url });
   });
   after(async () => {
     await gw?.close();
     await upstream?.close();
+    await dead?.close();
   });
 
   test('when a chunked body is posted, then it streams through whole, and hop-by-hop request headers stay behind', async () => {

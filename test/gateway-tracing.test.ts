@@ -1,4 +1,4 @@
-// Issue 4 through the gateway: one trace per request, with the spans of every process it touched.
+// Tracing through the gateway: one trace per request, with the spans of every process it touched.
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { toW3cTraceId } from '../lib/platform/trace-context.js';
@@ -110,7 +110,7 @@ describe('traces through the gateway', () => {
     assert.equal(list.status, 200);
     const ids = list.body.traces.map((t) => t.traceId);
     assert.equal(ids[0], 'failing-trace');
-    assert.equal(list.body.traces[0]!.status, 'error');
+    assert.equal(list.body.traces[0].status, 'error');
     assert.ok(ids.indexOf('order-trace-1') < ids.indexOf('my-trace-123'));
     const sorted = [...list.body.traces].sort((a, b) => b.startTime.localeCompare(a.startTime));
     assert.deepEqual(list.body.traces, sorted);

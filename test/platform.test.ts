@@ -9,6 +9,8 @@ import { openDatabase } from '../lib/platform/db.js';
 import { HttpError } from '../lib/platform/errors.js';
 import { parseBody, parseId } from '../lib/platform/validation.js';
 import { currentTrace, traceFromHeaders } from '../lib/platform/trace-context.js';
+import { classifyUpstreamError, RESPONSE_TOO_LARGE } from '../lib/platform/upstream-errors.js';
+import { createBaseApp } from '../lib/platform/http.js';
 import { assertNoLeak, http, memoryLogger, startApp } from './helpers.js';
 
 describe('config', () => {
@@ -71,7 +73,7 @@ describe('service frame', () => {
   routes.get('/teapot', () => {
     throw new HttpError(409, 'EMAIL_TAKEN', 'Email is taken');
   });
-  const app = createServiceApp({ service: 'platform-test', logger, metrics: createMetrics('platform-test'), db, routes });
+  const app = createServiceApp({ service: 'platform-test', logger, metrics: createMetrics('platform-test'), db, routes, api: [] });
   const started = startApp(app);
   after(async () => (await started).close());
 
@@ -167,5 +169,38 @@ describe('service frame', () => {
     assert.match(r.headers.get('content-type') ?? '', /text\/plain/);
     assert.match(text, /http_requests_total\{[^}]*route="\/health"/);
     assert.match(text, /process_cpu_seconds_total/);
+  });
+});
+
+describe('classifyUpstreamError', () => {
+  test('when an error names a code, then the proxy\'s form and fetch\'s form (under cause) land in the same kind', () => {
+    const cases: Array<[string, string]> = [
+      ['ECONNREFUSED', 'refused'], ['ENOTFOUND', 'refused'], ['EHOSTUNREACH', 'refused'], ['ENETUNREACH', 'refused'],
+      ['ETIMEDOUT', 'timeout'], ['UND_ERR_CONNECT_TIMEOUT', 'timeout'],
+      ['ECONNRESET', 'reset'], ['EPIPE', 'reset'], ['UND_ERR_SOCKET', 'reset'],
+      ['HPE_INVALID_CONSTANT', 'bad_response'], [RESPONSE_TOO_LARGE, 'bad_response'],
+    ];
+    for (const [code, kind] of cases) {
+      assert.equal(classifyUpstreamError(Object.assign(new Error('x'), { code })), kind, code);
+      assert.equal(classifyUpstreamError(new TypeError('fetch failed', { cause: Object.assign(new Error('x'), { code }) })), kind, `cause ${code}`);
+    }
+  });
+
+  test('when our own deadline ended the call, then it is a timeout whatever the socket said', () => {
+    assert.equal(classifyUpstreamError(Object.assign(new Error('x'), { code: 'ECONNRESET' }), true), 'timeout');
+    assert.equal(classifyUpstreamError(new Error('no code')), 'reset');
+  });
+});
+
+describe('listen', () => {
+  test('when a server is made, then its header deadline is set and falls within its request deadline, so both can fire', async () => {
+    const app = await startApp(createBaseApp());
+    try {
+      const { headersTimeout, requestTimeout } = app.server;
+      assert.ok(headersTimeout > 0 && requestTimeout > 0, `${headersTimeout} / ${requestTimeout}`);
+      assert.ok(headersTimeout <= requestTimeout, `headersTimeout ${headersTimeout} > requestTimeout ${requestTimeout}`);
+    } finally {
+      await app.close();
+    }
   });
 });

@@ -33,11 +33,11 @@ export async function spawnService(entry: string, env: Record<string, string>): 
       const m = /"url":"(http:\/\/[^"]+)"[^\n]*"msg":"listening"/.exec(out);
       if (m) {
         clearTimeout(timer);
-        resolve(m[1]!);
+        resolve(m[1]);
       }
     };
-    child.stdout!.on('data', onData);
-    child.stderr!.on('data', (c: Buffer) => (out += c.toString()));
+    child.stdout.on('data', onData);
+    child.stderr.on('data', (c: Buffer) => (out += c.toString()));
     void exited.then((code) => {
       clearTimeout(timer);
       reject(new Error(`${entry} exited (${code}) before listening:\n${out}`));

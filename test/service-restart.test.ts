@@ -90,7 +90,7 @@ describe('user service process', () => {
     assert.equal(code, 1);
     const lines = (stderr + stdout).trim().split('\n');
     assert.equal(lines.length, 1, stderr + stdout);
-    assert.match(lines[0]!, /PORT/);
+    assert.match(lines[0], /PORT/);
   });
 });
 
@@ -132,6 +132,6 @@ describe('product service process', () => {
     assert.equal(code, 1);
     const lines = (stderr + stdout).trim().split('\n');
     assert.equal(lines.length, 1, stderr + stdout);
-    assert.match(lines[0]!, /PORT/);
+    assert.match(lines[0], /PORT/);
   });
 });

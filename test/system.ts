@@ -23,17 +23,13 @@ import { parseConfig } from '../lib/platform/config.js';
 import type { Db } from '../lib/platform/db.js';
 import { createMetrics } from '../lib/platform/metrics.js';
 import { closeServer, listen } from '../lib/platform/server.js';
-import { ServiceClient } from '../lib/platform/service-client.js';
 import { createUserApp } from '../lib/users/app.js';
 import { openUserDatabase } from '../lib/users/db.js';
-import { createUsersClient } from '../lib/users/client.js';
 import { createProductApp } from '../lib/products/app.js';
 import { openProductDatabase } from '../lib/products/db.js';
-import { createProductsClient } from '../lib/products/client.js';
 import { OrderConfigSchema } from '../lib/orders/config.js';
 import { openOrderDatabase } from '../lib/orders/db.js';
-import { createOrderApp } from '../lib/orders/app.js';
-import { startReleaseWorker } from '../lib/orders/release-worker.js';
+import { buildOrderService } from '../lib/orders/service.js';
 import { http, memoryLogger, tempDir } from './helpers.js';
 
 export type ServiceName = 'users' | 'products' | 'orders';
@@ -160,13 +156,9 @@ export async function startServices({ dataDir, seed = false, env = {} }: StartSe
 
     const config = parseConfig(OrderConfigSchema, { USERS_URL: users.url, PRODUCTS_URL: products.url, ...env, DATA_DIR: dir });
     const orders = await startHandle('orders', (logger) => {
-      const timeoutMs = config.UPSTREAM_TIMEOUT_MS;
-      const usersClient = createUsersClient(new ServiceClient({ name: 'users', baseUrl: config.USERS_URL, timeoutMs }));
-      const productsClient = createProductsClient(new ServiceClient({ name: 'products', baseUrl: config.PRODUCTS_URL, timeoutMs }));
       const db = openOrderDatabase(dir, seed);
-      const app = createOrderApp({ logger, db, metrics: createMetrics('order-service'), users: usersClient, products: productsClient });
-      const worker = startReleaseWorker({ db, products: productsClient, logger, intervalMs: config.RELEASE_RETRY_MS, minAgeMs: 2 * timeoutMs });
-      return { app, db, stopExtras: () => worker.stop() };
+      const { app, close } = buildOrderService({ logger, db, metrics: createMetrics('order-service') }, config);
+      return { app, db, stopExtras: close };
     }, level);
     started.push(orders);
 

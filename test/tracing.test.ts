@@ -7,6 +7,7 @@ import { createServiceApp } from '../lib/platform/service-app.js';
 import { createMetrics } from '../lib/platform/metrics.js';
 import { openDatabase } from '../lib/platform/db.js';
 import { ServiceClient } from '../lib/platform/service-client.js';
+import { BasicTracerProvider, type ReadableSpan } from '@opentelemetry/sdk-trace-base';
 import { createTracing, SpanBuffer, type SpanRecord } from '../lib/platform/span-recorder.js';
 import { createTraceRoutes } from '../lib/platform/trace-endpoints.js';
 import { toW3cTraceId } from '../lib/platform/trace-context.js';
@@ -24,7 +25,7 @@ async function twoServices(otlpEndpoint?: string) {
   const backRoutes = Router().get('/thing', (_req, res) => {
     res.json({ ok: true });
   });
-  const backApp = await startApp(createServiceApp({ service: 'back-service', logger: back.logger, metrics: createMetrics('back'), db: db(), routes: backRoutes, tracing: backTracing }));
+  const backApp = await startApp(createServiceApp({ service: 'back-service', logger: back.logger, metrics: createMetrics('back'), db: db(), routes: backRoutes, api: [], tracing: backTracing }));
   const client = new ServiceClient({ name: 'back', baseUrl: backApp.url, timeoutMs: 2000 });
   const front = memoryLogger('front');
   const frontTracing = createTracing({ service: 'front-service', otlpEndpoint });
@@ -57,7 +58,7 @@ describe('traces across processes', async () => {
   after(() => sys.close());
 
   test('when a request comes in absolute form or with a fragment, then its span records the path alone and telemetry reads stay untraced', async () => {
-    const front = sys.tracings[1]!;
+    const front = sys.tracings[1];
     const before = front.buffer.size;
     for (const path of ['http://example.test/spans?limit=1', '/spans#x']) {
       const r = await rawRequest(sys.frontApp.url, 'GET', path);
@@ -133,26 +134,35 @@ describe('traces across processes', async () => {
 });
 
 describe('span buffer', () => {
+  // Finished spans as the SDK hands them to the buffer's processor.
+  const tracer = new BasicTracerProvider().getTracer('test');
+  const finished = (name: string, startTime = Date.now()): ReadableSpan => {
+    const span = tracer.startSpan(name, { startTime });
+    span.end();
+    return span as unknown as ReadableSpan;
+  };
+
   test('stays within its count cap however many spans arrive', () => {
     const buffer = new SpanBuffer(1000, 60_000);
-    const now = Date.now();
-    for (let i = 0; i < 100_000; i++) {
-      buffer.push({ traceId: String(i), spanId: String(i), parentSpanId: null, name: 'x', service: 's', kind: 'server', startTime: '', startMs: now, durationMs: 1, status: 'ok', attributes: {} });
+    for (let i = 0; i < 20_000; i++) {
+      buffer.pushSpan(finished(`span-${i}`), 's');
       assert.ok(buffer.size <= 1000);
     }
     assert.equal(buffer.size, 1000);
-    assert.equal(buffer.query({ limit: 1 })[0]!.traceId, '99999');
+    assert.equal(buffer.query({ limit: 1 })[0].name, 'span-19999');
   });
 
   test('drops spans older than its age cap', () => {
     const buffer = new SpanBuffer(1000, 1000);
-    buffer.push({ traceId: 'old', spanId: '1', parentSpanId: null, name: 'x', service: 's', kind: 'server', startTime: '', startMs: Date.now() - 5000, durationMs: 1, status: 'ok', attributes: {} });
+    buffer.pushSpan(finished('old', Date.now() - 5000), 's');
     assert.equal(buffer.size, 0);
+    buffer.pushSpan(finished('new'), 's');
+    assert.equal(buffer.size, 1);
   });
 
   test('a real app keeps its buffer within the cap under many requests', async () => {
     const tracing = createTracing({ service: 'capped', maxSpans: 50 });
-    const app = await startApp(createServiceApp({ service: 'capped', logger: memoryLogger('capped', 'warn').logger, metrics: createMetrics('capped'), db: db(), routes: Router(), tracing }));
+    const app = await startApp(createServiceApp({ service: 'capped', logger: memoryLogger('capped', 'warn').logger, metrics: createMetrics('capped'), db: db(), routes: Router(), api: [], tracing }));
     try {
       for (let i = 0; i < 200; i++) await fetch(`${app.url}/nothing-${i}`).then((r) => r.text());
       assert.equal(tracing.buffer.size, 50);

@@ -1,9 +1,14 @@
 // Routes that combine services: a user with their orders, and a dashboard of every service's stats.
-// Calls run in parallel, each through its service's breaker; a part that fails is reported, not fatal.
-import { Router, type Response } from 'express';
-import { parseId, type Page } from '../platform/validation.js';
+// Calls go through each service's typed client, in parallel, each through its service's breaker;
+// a part that fails is reported, not fatal.
+import { Router } from 'express';
+import { notFound } from '../platform/errors.js';
+import { asCaller, type CallOptions } from '../platform/typed-client.js';
+import { parseId } from '../platform/validation.js';
+import { createOrdersClient } from '../orders/client.js';
+import { createProductsClient } from '../products/client.js';
+import { createUsersClient } from '../users/client.js';
 import { CircuitOpenError } from './breakers.js';
-import type { GatewayMetrics } from './metrics.js';
 import type { ServiceName, Upstream } from './upstreams.js';
 
 /** Orders shown with a user; a user with more sees the newest ones. */
@@ -26,51 +31,55 @@ export function isAggregateRequest(method: string | undefined, url: string): boo
 
 export interface AggregateRoutesOptions {
   upstreams: Record<ServiceName, Upstream>;
-  metrics: GatewayMetrics;
 }
 
-export function createAggregateRoutes({ upstreams, metrics }: AggregateRoutesOptions): Router {
+export function createAggregateRoutes({ upstreams }: AggregateRoutesOptions): Router {
   const router = Router();
-  const { users, orders } = upstreams;
-
-  const timed = (res: Response, method: string) => {
-    const started = performance.now();
-    res.once('finish', () => metrics.observeRequest('aggregate', method, res.statusCode, (performance.now() - started) / 1000));
+  const { users, products, orders } = upstreams;
+  const usersClient = createUsersClient(users.client);
+  const ordersClient = createOrdersClient(orders.client);
+  const productsClient = createProductsClient(products.client);
+  const stats: Record<ServiceName, (options: CallOptions) => Promise<unknown>> = {
+    users: (options) => usersClient.stats(options),
+    products: (options) => productsClient.stats(options),
+    orders: (options) => ordersClient.stats(options),
   };
 
   router.get(AGGREGATE_ROUTES.userFull, async (req, res) => {
-    timed(res, req.method);
+    // Counted and timed by requestContext's observer, under `aggregate`.
+    res.locals.proxiedTo = 'aggregate';
     const id = parseId(req.params);
     // The services apply their rules to the caller, so they are asked with the caller's token.
-    const headers = req.headers.authorization === undefined ? undefined : { authorization: req.headers.authorization };
+    const caller = asCaller(req.headers.authorization);
     const [user, userOrders] = await Promise.allSettled([
-      users.breaker.run((c) => users.client.get<Record<string, unknown>>(`/users/${id}`, { signal: c.signal, headers })),
-      orders.breaker.run((c) => orders.client.get<Page<unknown>>(`/orders?userId=${id}&limit=${USER_ORDERS_LIMIT}`, { signal: c.signal, headers })),
+      users.breaker.run((c) => usersClient.getUser(id, { ...caller, signal: c.signal })),
+      orders.breaker.run((c) => ordersClient.listOrders({ userId: id, limit: USER_ORDERS_LIMIT }, { ...caller, signal: c.signal })),
     ]);
     // Without the user there is nothing to show: its 404 stays a 404, its outage is our 503.
     if (user.status === 'rejected') {
       if (user.reason instanceof CircuitOpenError) res.setHeader('Retry-After', String(user.reason.retryAfterSeconds));
       throw user.reason;
     }
-    const ordersOk = userOrders.status === 'fulfilled' && Array.isArray(userOrders.value.body?.data);
+    if (user.value === null) throw notFound('User');
+    const ordersOk = userOrders.status === 'fulfilled';
     res.json({
-      user: user.value.body,
-      orders: ordersOk ? userOrders.value.body.data : null,
+      user: user.value,
+      orders: ordersOk ? userOrders.value.data : null,
       meta: { complete: ordersOk, unavailable: ordersOk ? [] : ['orders'] },
     });
   });
 
   router.get(AGGREGATE_ROUTES.dashboard, async (req, res) => {
-    timed(res, req.method);
+    res.locals.proxiedTo = 'aggregate';
     const list = Object.values(upstreams);
-    const headers = req.headers.authorization === undefined ? undefined : { authorization: req.headers.authorization };
-    const results = await Promise.allSettled(list.map((u) => u.breaker.run((c) => u.client.get<unknown>('/stats', { signal: c.signal, headers }))));
+    const caller = asCaller(req.headers.authorization);
+    const results = await Promise.allSettled(list.map((u) => u.breaker.run((c) => stats[u.name]({ ...caller, signal: c.signal }))));
     const services: Record<string, unknown> = {};
     const unavailable: string[] = [];
     results.forEach((result, i) => {
-      const u = list[i]!;
+      const u = list[i];
       if (result.status === 'fulfilled') {
-        services[u.name] = result.value.body;
+        services[u.name] = result.value;
       } else {
         services[u.name] = { status: 'unavailable', circuitState: u.breaker.state };
         unavailable.push(u.name);

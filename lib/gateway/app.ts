@@ -1,5 +1,4 @@
 // The gateway app: built once from config, with its breakers, agents, proxies, limiter and cache.
-import { readFileSync } from 'node:fs';
 import type { RequestListener } from 'node:http';
 import type { Express } from 'express';
 import { errorHandler, notFoundHandler } from '../platform/errors.js';
@@ -9,9 +8,12 @@ import { createMetrics, type Metrics } from '../platform/metrics.js';
 import { ServiceClient } from '../platform/service-client.js';
 import { createTraceRoutes } from '../platform/trace-endpoints.js';
 import { createTracing, type Tracing } from '../platform/span-recorder.js';
+import { packageVersion } from '../platform/version.js';
+import { buildOpenApi, openApiHandler } from '../platform/openapi/document.js';
 import { createAggregateRoutes } from './aggregate.js';
 import { createGatewayAuth, createLoginRoute, requireAdminCaller, requireSelfOrAdmin } from './auth.js';
 import { concurrencyBudget } from './budget.js';
+import { gatewayApi } from './api.js';
 import type { GatewayConfig } from './config.js';
 import { createDashboard } from './dashboard/index.js';
 import { createDebugRoutes } from './debug.js';
@@ -52,7 +54,6 @@ export function createGateway({ config, logger, metrics = createMetrics('gateway
   const limiter = createRateLimiter({ limit: config.RATE_LIMIT, windowMs: config.RATE_WINDOW_MS, metrics: gatewayMetrics });
   const auth = createGatewayAuth({ config, logger });
   const loginLimiter = createRateLimiter({ limit: config.LOGIN_RATE_LIMIT, windowMs: config.LOGIN_RATE_WINDOW_MS, metrics: gatewayMetrics, byAddress: true });
-  const version = (JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string }).version;
 
   const app = createBaseApp();
   app.set('trust proxy', config.TRUST_PROXY);
@@ -88,7 +89,7 @@ export function createGateway({ config, logger, metrics = createMetrics('gateway
   app.use(createStatusRoutes({
     upstreams: upstreamList,
     name: GATEWAY_NAME,
-    version,
+    version: packageVersion(),
     showAddresses: config.NODE_ENV !== 'production',
     detailedHealth: auth.mode === 'open' ? undefined : auth.isAdmin,
   }));
@@ -105,11 +106,12 @@ export function createGateway({ config, logger, metrics = createMetrics('gateway
   if (debugAllowed) {
     app.use(createDebugRoutes({ upstreams, logger, guard: debugGuard, adminToken: config.ADMIN_TOKEN, faultCallTimeoutMs: config.HEALTH_PROBE_TIMEOUT_MS }));
   }
+  app.get('/openapi.json', openApiHandler(buildOpenApi({ title: GATEWAY_NAME, version: packageVersion() }, gatewayApi({ tracing: tracing !== null, debug: debugAllowed }))));
   app.use('/api', pipeline.middleware);
   app.use(createLoginRoute({ users: upstreams.users, limiter: loginLimiter }));
   app.get('/api/dashboard', requireAdminCaller(auth.mode));
   app.get('/api/users/:id/full', requireSelfOrAdmin);
-  app.use(createAggregateRoutes({ upstreams, metrics: gatewayMetrics }));
+  app.use(createAggregateRoutes({ upstreams }));
   // What the fast path leaves (other letter case, say) still reaches the same handlers here.
   for (const upstream of upstreamList) app.all(proxyRoute(upstream), proxies.get(upstream.name)!);
   app.use(notFoundHandler);

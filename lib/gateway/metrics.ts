@@ -10,7 +10,7 @@ export type RouteGroup = 'users' | 'products' | 'orders' | 'aggregate';
 
 declare module 'express-serve-static-core' {
   interface Locals {
-    /** Set by a proxy route: requestContext's observer counts the request under this service. */
+    /** Set by a proxy or aggregate route: requestContext's observer counts the request under this group. */
     proxiedTo?: RouteGroup;
   }
 }

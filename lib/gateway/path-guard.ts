@@ -3,6 +3,8 @@ import type { Request } from 'express';
 import { HttpError } from '../platform/errors.js';
 
 const DOT_SEGMENT = /(?:^|\/)\.{1,2}(?:\/|$)/;
+// Control characters are exactly what this looks for.
+// eslint-disable-next-line no-control-regex
 const CONTROL_OR_BACKSLASH = /[\\\x00-\x1f\x7f]/;
 /** `%252e` needs two rounds to show its dot; nobody needs more than a few. */
 const MAX_DECODE_ROUNDS = 4;

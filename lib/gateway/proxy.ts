@@ -4,8 +4,11 @@ import { request as httpRequest, type ClientRequest, type IncomingMessage } from
 import type { Request, RequestHandler, Response } from 'express';
 import { HttpError, sendError } from '../platform/errors.js';
 import type { Logger } from '../platform/logger.js';
-import { UpstreamUnavailableError, type UpstreamFailure } from '../platform/service-client.js';
-import { startClientSpan, type ClientSpan } from '../platform/span-recorder.js';
+import { hasBody } from '../platform/http.js';
+import { UpstreamUnavailableError } from '../platform/service-client.js';
+import { classifyUpstreamError } from '../platform/upstream-errors.js';
+import { ATTR_HTTP_REQUEST_METHOD } from '@opentelemetry/semantic-conventions';
+import { ATTR_PEER_SERVICE, startClientSpan, type ClientSpan } from '../platform/span-recorder.js';
 import { CircuitOpenError, ClientGoneError, type Cancellation } from './breakers.js';
 import { identityOf } from './auth.js';
 import type { GatewayMetrics } from './metrics.js';
@@ -56,8 +59,6 @@ class Exchange {
   responded = false;
   servedStale = false;
   clientGone = false;
-  /** The breaker gave up on the call (timeout). */
-  aborted = false;
   /** The client span of the call to the service, once the breaker let it through. */
   span?: ClientSpan;
   private resolve: () => void = noop;
@@ -84,7 +85,7 @@ class Exchange {
       this.res.once('close', () => this.onClientClose());
       // One client span per call that really goes out (not for circuit-open answers): the
       // service's server span hangs under it through the traceparent it carries.
-      this.span = startClientSpan(`${this.req.method} ${service}`, { 'peer.service': service, 'http.request.method': this.req.method });
+      this.span = startClientSpan(`${this.req.method} ${service}`, { [ATTR_PEER_SERVICE]: service, [ATTR_HTTP_REQUEST_METHOD]: this.req.method });
       forward(this);
     });
   }
@@ -99,7 +100,6 @@ class Exchange {
   }
 
   abortUpstream(): void {
-    this.aborted = true;
     this.proxyReq?.destroy();
   }
 
@@ -196,7 +196,7 @@ export function createServiceProxy({ upstream, cache, metrics, logger, trustsPro
   const onError = (ex: Exchange, err: Error) => {
     // A client that hung up makes the upstream call fail too: that is no upstream failure.
     if (ex.clientGone || ex.req.socket.destroyed) return ex.fail(new ClientGoneError());
-    ex.fail(new UpstreamUnavailableError(upstream.name, classifyProxyError(err)));
+    ex.fail(new UpstreamUnavailableError(upstream.name, classifyUpstreamError(err)));
   };
 
   const forward = (ex: Exchange) => {
@@ -214,7 +214,7 @@ export function createServiceProxy({ upstream, cache, metrics, logger, trustsPro
     ex.proxyReq = proxyReq;
     proxyReq.once('response', (proxyRes: IncomingMessage) => onResponse(ex, proxyRes));
     proxyReq.on('error', (err: Error) => onError(ex, err));
-    if (hasBody(req)) req.pipe(proxyReq);
+    if (hasBody(req.headers)) req.pipe(proxyReq);
     else proxyReq.end();
   };
 
@@ -293,20 +293,6 @@ function connectionNamed(connection: string | undefined): Set<string> | undefine
     if (!CONNECTION_OPTIONS.has(name)) names.add(name);
   }
   return names.size ? names : undefined;
-}
-
-function hasBody(req: Request): boolean {
-  if (req.headers['transfer-encoding'] !== undefined) return true;
-  const length = req.headers['content-length'];
-  return length !== undefined && length !== '0';
-}
-
-function classifyProxyError(err: Error): UpstreamFailure {
-  const code = (err as NodeJS.ErrnoException).code ?? '';
-  if (code === 'ECONNREFUSED' || code === 'ENOTFOUND' || code === 'EAI_AGAIN' || code === 'EHOSTUNREACH' || code === 'ENETUNREACH') return 'refused';
-  if (code === 'ETIMEDOUT') return 'timeout';
-  if (code.startsWith('HPE_')) return 'bad_response';
-  return 'reset';
 }
 
 /** The contract's answer for a call that did not get through. */

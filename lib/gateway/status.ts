@@ -55,7 +55,7 @@ export function createStatusRoutes({ upstreams, name, version, showAddresses, de
     let degraded = false;
     const services: Record<string, unknown> = {};
     upstreams.forEach((u, i) => {
-      const probe = probes[i]!;
+      const probe = probes[i];
       const circuitState = u.breaker.state;
       if (circuitState !== 'CLOSED' || !probe.ok) degraded = true;
       services[u.name] = { status: serviceStatus(circuitState, probe), circuitState, stats: u.breaker.stats, probe };

@@ -4,6 +4,7 @@ import { createServiceAuth, type ServiceAuth } from '../platform/identity.js';
 import { createServiceApp, type ServiceDeps } from '../platform/service-app.js';
 import type { ProductsClient } from '../products/client.js';
 import type { UsersClient } from '../users/client.js';
+import { ORDER_API } from './api.js';
 import { createKeyGate } from './idempotency.js';
 import { createOrderRoutes } from './routes.js';
 import { createOrderStore } from './store.js';
@@ -36,5 +37,5 @@ export function createOrderApp({ users, products, auth = createServiceAuth(), ..
     logger: logger.child({ component: 'orders' }),
     keys: createKeyGate(MAX_KEYS_IN_FLIGHT),
   });
-  return createServiceApp({ ...deps, service: 'order-service', routes, ...(auth.mode === 'required' ? { guardAdmin: auth.requireAdminSurface } : {}) });
+  return createServiceApp({ ...deps, service: 'order-service', routes, api: ORDER_API, ...(auth.mode === 'required' ? { guardAdmin: auth.requireAdminSurface } : {}) });
 }

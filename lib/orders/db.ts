@@ -1,7 +1,8 @@
 // The order service's SQLite file: schema steps and the demo orders of a first start.
 import { openDatabase, seedOnce, type Db, type Migrations } from '../platform/db.js';
 import { demoOrders } from '../demo/data.js';
-import { createOrderStore, toCents } from './store.js';
+import { toCents } from '../platform/money.js';
+import { createOrderStore } from './store.js';
 
 export const ORDER_MIGRATIONS: Migrations = [
   `

@@ -5,6 +5,7 @@ import { parseBody, parseId, parseQuery } from '../platform/validation.js';
 import { scopedKey } from './idempotency.js';
 import { CreateOrderSchema, IdempotencyKeySchema, ListOrdersQuerySchema, UpdateStatusSchema } from './schema.js';
 import { changeOrderStatus, createOrder, deleteOrder, getOrder, listOrders, orderStats, type OrderDeps } from './workflow.js';
+import { asCaller } from '../platform/typed-client.js';
 
 /**
  * Who may do what (a null caller is an anonymous one in open mode, unrestricted as before): a user
@@ -42,9 +43,9 @@ export function createOrderRoutes(auth: ServiceAuth, deps: OrderDeps): Router {
     const input = parseBody(CreateOrderSchema, req.body);
     if (!mayActFor(caller, input.userId)) throw forbidden('Orders are placed for the caller\'s own userId');
     // The user service is asked as the caller: it shows a user only to itself or an admin.
-    const authorization = req.headers.authorization;
-    const asCaller: OrderDeps = { ...deps, users: { getUser: (id) => deps.users.getUser(id, authorization) } };
-    const { order, replayed } = await createOrder(asCaller, input, key === undefined ? undefined : scopedKey(caller, key));
+    const callerOptions = asCaller(req.headers.authorization);
+    const depsAsCaller: OrderDeps = { ...deps, users: { ...deps.users, getUser: (id, options) => deps.users.getUser(id, { ...options, ...callerOptions }) } };
+    const { order, replayed } = await createOrder(depsAsCaller, input, key === undefined ? undefined : scopedKey(caller, key));
     if (replayed) res.setHeader('Idempotent-Replayed', 'true');
     res.status(201).location(`/orders/${order.id}`).json(order);
   });

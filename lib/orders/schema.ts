@@ -31,7 +31,6 @@ export const CreateOrderSchema = z.strictObject({
   items: z.array(OrderItemInputSchema).min(1, 'must have 1 to 50 items').max(50, 'must have 1 to 50 items'),
 });
 export type CreateOrderInput = z.output<typeof CreateOrderSchema>;
-export type OrderItemInput = CreateOrderInput['items'][number];
 
 /** 1..255 printable ASCII characters. */
 export const IdempotencyKeySchema = z.string().regex(/^[\x20-\x7E]{1,255}$/, 'must be 1 to 255 printable ASCII characters');
@@ -45,26 +44,23 @@ export const ListOrdersQuerySchema = z.strictObject({
 });
 export type ListOrdersQuery = z.output<typeof ListOrdersQuerySchema>;
 
-export interface OrderItem {
-  productId: number;
-  quantity: number;
-  unitPrice: number;
-}
+/** An order as the API answers it. Loose: clients keep fields added later and pass them on. */
+export const OrderSchema = z.looseObject({
+  id: z.number().int().positive(),
+  userId: z.number().int().positive(),
+  items: z.array(z.object({ productId: z.number().int(), quantity: z.number().int(), unitPrice: z.number() })),
+  status: OrderStatusSchema,
+  total: z.number(),
+  createdAt: z.string(),
+  updatedAt: z.string(),
+});
+export type Order = z.infer<typeof OrderSchema>;
 
-export interface Order {
-  id: number;
-  userId: number;
-  items: OrderItem[];
-  status: OrderStatus;
-  total: number;
-  createdAt: string;
-  updatedAt: string;
-}
-
-export interface OrderStats {
-  service: 'order-service';
-  totalOrders: number;
-  statusBreakdown: Record<OrderStatus, number>;
-  totalRevenue: number;
-  averageOrderValue: number;
-}
+export const OrderStatsSchema = z.looseObject({
+  service: z.literal('order-service'),
+  totalOrders: z.number().int(),
+  statusBreakdown: z.record(OrderStatusSchema, z.number().int()),
+  totalRevenue: z.number(),
+  averageOrderValue: z.number(),
+});
+export type OrderStats = z.infer<typeof OrderStatsSchema>;

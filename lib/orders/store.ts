@@ -3,10 +3,7 @@ import type { Db } from '../platform/db.js';
 import type { ListOrdersQuery, Order, OrderStats, OrderStatus } from './schema.js';
 import { ORDER_STATUSES } from './schema.js';
 import type { Page } from '../platform/validation.js';
-
-/** Prices travel as numbers with at most 2 decimals; sums are done in integer cents. */
-export const toCents = (price: number): number => Math.round(price * 100);
-export const fromCents = (cents: number): number => cents / 100;
+import { fromCents } from '../platform/money.js';
 
 export interface NewOrder {
   userId: number;

@@ -11,7 +11,8 @@ import type { ProductsClient, Reservation } from '../products/client.js';
 import type { UsersClient } from '../users/client.js';
 import { hashOrderRequest, type KeyGate } from './idempotency.js';
 import { NEXT_STATUSES, type CreateOrderInput, type ListOrdersQuery, type Order, type OrderStats, type OrderStatus } from './schema.js';
-import { toCents, type FinishCreateResult, type IdempotencyRecord, type NewOrder, type OrderStore } from './store.js';
+import { toCents } from '../platform/money.js';
+import { type FinishCreateResult, type IdempotencyRecord, type NewOrder, type OrderStore } from './store.js';
 
 export interface OrderDeps {
   store: OrderStore;

@@ -40,7 +40,7 @@ function migrate(db: Db, migrations: Migrations): void {
   const current = db.pragma('user_version', { simple: true }) as number;
   for (let version = current; version < migrations.length; version++) {
     db.transaction(() => {
-      db.exec(migrations[version]!);
+      db.exec(migrations[version]);
       db.pragma(`user_version = ${version + 1}`);
     })();
   }

@@ -102,7 +102,7 @@ export const notFoundHandler: RequestHandler = (req) => {
 
 /** The last middleware of every app. Never leaks stacks, SQL or paths: only the HttpError's message. */
 export function errorHandler(logger: Logger): ErrorRequestHandler {
-  return (err, req, res, _next) => {
+  return (err: unknown, req, res, _next) => {
     const httpError = toHttpError(err);
     const logged = { err, req: { method: req.method, url: req.originalUrl.slice(0, 500) }, status: httpError.status };
     if (httpError.status >= 500) logger.error(logged, 'request failed');

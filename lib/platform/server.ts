@@ -28,8 +28,8 @@ export function listen(target: Express | FrontedApp, port: number, host = '127.0
     // Longer than any client's idle keep-alive (the gateway's agent uses 30 s), so a client
     // never reuses a socket we are about to close (that shows up as ECONNRESET).
     server.keepAliveTimeout = 65_000;
-    server.headersTimeout = 66_000;
-    server.requestTimeout = 30_000;
+    server.headersTimeout = 15_000;
+    server.requestTimeout = 60_000;
     server.once('error', reject);
     server.once('listening', () => {
       server.off('error', reject);

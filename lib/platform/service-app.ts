@@ -6,8 +6,11 @@ import { errorHandler, notFoundHandler } from './errors.js';
 import { createFaultSwitches, FAULTS_PATH, type FaultSwitches } from './faults.js';
 import { createBaseApp, jsonBody, requestContext } from './http.js';
 import type { Metrics } from './metrics.js';
+import { buildOpenApi, openApiHandler, type ApiRoute } from './openapi/document.js';
+import { PROCESS_API, serviceHealthApi, TRACE_API } from './openapi/common.js';
 import { createTraceRoutes } from './trace-endpoints.js';
 import { createTracing, type Tracing } from './span-recorder.js';
+import { packageVersion } from './version.js';
 
 /** What every service's app factory takes. */
 export interface ServiceDeps {
@@ -29,9 +32,11 @@ export interface ServiceAppOptions extends ServiceDeps {
   routes: Router;
   /** Absent: the admin surface is open (open mode). */
   guardAdmin?: AdminSurfaceGuard;
+  /** The routes of `routes`, for GET /openapi.json (the frame adds its own). */
+  api: readonly ApiRoute[];
 }
 
-export function createServiceApp({ service, logger, metrics, db, routes, guardAdmin, tracing = createTracing({ service }), faults = createFaultSwitches({ logger }) }: ServiceAppOptions): Express {
+export function createServiceApp({ service, logger, metrics, db, routes, api, guardAdmin, tracing = createTracing({ service }), faults = createFaultSwitches({ logger }) }: ServiceAppOptions): Express {
   const app = createBaseApp();
   // Metrics hang on the request's one 'close' listener, with the span and the log line.
   app.use(requestContext(logger, tracing ?? undefined, [metrics.observe]));
@@ -46,6 +51,8 @@ export function createServiceApp({ service, logger, metrics, db, routes, guardAd
     });
   }
   app.get('/metrics', metrics.handler);
+  const document = buildOpenApi({ title: service, version: packageVersion() }, [serviceHealthApi(service), ...PROCESS_API, ...(tracing ? TRACE_API : []), ...api]);
+  app.get('/openapi.json', openApiHandler(document));
   if (tracing) app.use(createTraceRoutes({ tracing }));
   // Faults reach the API routes only: the routes above keep answering under any switch.
   if (faults) app.use(FAULTS_PATH, faults.routes).use(faults.middleware);

@@ -1,9 +1,11 @@
 // The one HTTP client our processes use to call each other: timeout, trace headers, bounded
 // bodies, and errors that keep the upstream's status and code.
 import { HttpError } from './errors.js';
-import { startClientSpan } from './span-recorder.js';
+import { ATTR_HTTP_REQUEST_METHOD, ATTR_URL_PATH } from '@opentelemetry/semantic-conventions';
+import { ATTR_PEER_SERVICE, startClientSpan } from './span-recorder.js';
+import { classifyUpstreamError, RESPONSE_TOO_LARGE, type UpstreamFailure } from './upstream-errors.js';
 
-export type UpstreamFailure = 'refused' | 'reset' | 'timeout' | 'bad_response' | 'server_error';
+export type { UpstreamFailure };
 
 /** The callee could not give an answer we can use. Always a 503 to our own clients. */
 export class UpstreamUnavailableError extends HttpError {
@@ -62,7 +64,7 @@ export class ServiceClient {
   async request<T>(method: string, path: string, options: RequestOptions = {}): Promise<ServiceResponse<T>> {
     const timeout = AbortSignal.timeout(this.timeoutMs);
     const signal = options.signal ? AbortSignal.any([timeout, options.signal]) : timeout;
-    const span = startClientSpan(`${method} ${this.name}`, { 'peer.service': this.name, 'http.request.method': method, 'url.path': path.split('?')[0]!.slice(0, 256) });
+    const span = startClientSpan(`${method} ${this.name}`, { [ATTR_PEER_SERVICE]: this.name, [ATTR_HTTP_REQUEST_METHOD]: method, [ATTR_URL_PATH]: path.split('?')[0].slice(0, 256) });
     const headers: Record<string, string> = { accept: 'application/json', ...span.headers, ...options.headers };
     let payload: string | undefined;
     if (options.body !== undefined) {
@@ -75,7 +77,7 @@ export class ServiceClient {
       res = await fetch(this.baseUrl + path, { method, headers, body: payload, signal });
       text = await readBounded(res, this.maxResponseBytes);
     } catch (err) {
-      const failure = options.signal?.aborted ? 'aborted' : classify(err, timeout);
+      const failure = options.signal?.aborted ? 'aborted' : classifyUpstreamError(err, timeout.aborted);
       span.end({ error: failure });
       if (options.signal?.aborted) throw err;
       throw new UpstreamUnavailableError(this.name, failure as UpstreamFailure);
@@ -113,23 +115,17 @@ async function readBounded(res: Response, max: number): Promise<string> {
   const declared = Number(res.headers.get('content-length'));
   if (declared > max) {
     await res.body?.cancel();
-    throw new Error('response too large');
+    throw tooLarge();
   }
   if (!res.body) return '';
   const chunks: Uint8Array[] = [];
   let size = 0;
   for await (const chunk of res.body) {
     size += chunk.byteLength;
-    if (size > max) throw new Error('response too large');
+    if (size > max) throw tooLarge();
     chunks.push(chunk);
   }
   return Buffer.concat(chunks).toString('utf8');
 }
 
-function classify(err: unknown, timeout: AbortSignal): UpstreamFailure {
-  if (timeout.aborted) return 'timeout';
-  const code = (err as { cause?: { code?: string } })?.cause?.code;
-  if (code === 'ECONNREFUSED' || code === 'ENOTFOUND' || code === 'EAI_AGAIN') return 'refused';
-  if (code === 'ECONNRESET' || code === 'UND_ERR_SOCKET' || code === 'EPIPE') return 'reset';
-  return (err as Error)?.message === 'response too large' ? 'bad_response' : 'reset';
-}
+const tooLarge = (): Error => Object.assign(new Error('response too large'), { code: RESPONSE_TOO_LARGE });

@@ -12,6 +12,7 @@ import {
 } from '@opentelemetry/sdk-trace-base';
 import { OTLPTraceExporter } from '@opentelemetry/exporter-trace-otlp-http';
 import type { Logger } from './logger.js';
+import { ATTR_ERROR_TYPE, ATTR_HTTP_RESPONSE_STATUS_CODE, ATTR_SERVICE_NAME } from '@opentelemetry/semantic-conventions';
 import { currentTrace, ensureContextManager, newSpanId, newTraceId, outgoingTraceHeaders, runWithTrace, type TraceContext } from './trace-context.js';
 
 /** A finished span as /spans and /traces serve it. */
@@ -113,10 +114,6 @@ export class SpanBuffer {
     return this.spans.length - this.head;
   }
 
-  push(span: SpanRecord): void {
-    this.add(span);
-  }
-
   /** A span from the SDK, converted to a SpanRecord only if it is read. */
   pushSpan(span: ReadableSpan, service: string): void {
     this.add(FinishedSpan.of(span, service));
@@ -127,7 +124,7 @@ export class SpanBuffer {
     this.prune(Date.now());
     const out: SpanRecord[] = [];
     for (let i = this.spans.length - 1; i >= this.head && out.length < limit; i--) {
-      let s = this.spans[i]!;
+      let s = this.spans[i];
       if (traceId !== undefined && s.traceId !== traceId) continue;
       if (s instanceof FinishedSpan) this.spans[i] = s = s.toRecord();
       out.push(s);
@@ -142,7 +139,7 @@ export class SpanBuffer {
 
   private prune(now: number): void {
     const oldest = now - this.maxAgeMs;
-    while (this.size > this.maxSpans || (this.size > 0 && this.spans[this.head]!.startMs < oldest)) this.spans[this.head++] = DROPPED;
+    while (this.size > this.maxSpans || (this.size > 0 && this.spans[this.head].startMs < oldest)) this.spans[this.head++] = DROPPED;
     // Compact now and then, so dropping the head stays O(1) on average.
     if (this.head > 1024 && this.head * 2 > this.spans.length) {
       this.spans.splice(0, this.head);
@@ -222,7 +219,7 @@ export function createTracing({ service, otlpEndpoint, maxSpans = 10_000, maxAge
     spanProcessors.push(new BatchSpanProcessor(exporter, { maxQueueSize: 4096, scheduledDelayMillis: 1000 }));
   }
   const provider = new BasicTracerProvider({
-    resource: resourceFromAttributes({ 'service.name': service }),
+    resource: resourceFromAttributes({ [ATTR_SERVICE_NAME]: service }),
     idGenerator: new ChosenTraceIdGenerator(),
     spanProcessors,
   });
@@ -295,6 +292,12 @@ export interface ClientSpan {
  * A client span for an outgoing call from inside a traced request. Outside one (start-up, health
  * probes) there is nothing to attach it to, and the call only carries the trace headers.
  */
+/**
+ * The called service's name on a client span. Still in OpenTelemetry's incubating set, whose entry
+ * point may change in any release: copied here, as its docs advise.
+ */
+export const ATTR_PEER_SERVICE = 'peer.service';
+
 export function startClientSpan(name: string, attributes: Attributes): ClientSpan {
   const tracing = context.active().getValue(TRACING_KEY) as TracingWithTracer | undefined;
   const ctx = currentTrace();
@@ -307,10 +310,10 @@ export function startClientSpan(name: string, attributes: Attributes): ClientSpa
     end({ status, error }) {
       if (ended) return;
       ended = true;
-      if (status !== undefined) span.setAttribute('http.response.status_code', status);
+      if (status !== undefined) span.setAttribute(ATTR_HTTP_RESPONSE_STATUS_CODE, status);
       if (error !== undefined || (status !== undefined && status >= 500)) {
         span.setStatus({ code: SpanStatusCode.ERROR, message: error ?? `HTTP ${status}` });
-        if (error) span.setAttribute('error.type', error);
+        if (error) span.setAttribute(ATTR_ERROR_TYPE, error);
       }
       span.end();
     },

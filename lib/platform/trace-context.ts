@@ -69,7 +69,7 @@ export function parseTraceparent(value: unknown): { traceId: string; parentSpanI
   if (typeof value !== 'string') return undefined;
   const m = TRACEPARENT.exec(value.trim());
   if (!m || m[1] === 'ff' || m[2] === ZERO_TRACE || m[3] === ZERO_SPAN) return undefined;
-  return { traceId: m[2]!, parentSpanId: m[3]! };
+  return { traceId: m[2], parentSpanId: m[3] };
 }
 
 /**

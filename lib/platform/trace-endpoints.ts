@@ -23,8 +23,8 @@ export interface TraceSummary {
 }
 
 const TraceIdSchema = z.string().refine(isValidClientTraceId, 'must be 1..128 characters of A-Za-z0-9._:-');
-const SpansQuery = z.strictObject({ traceId: TraceIdSchema.optional(), limit: boundedIntQuery(1, 10_000, 1000) });
-const TracesQuery = z.strictObject({
+export const SpansQuery = z.strictObject({ traceId: TraceIdSchema.optional(), limit: boundedIntQuery(1, 10_000, 1000) });
+export const TracesQuery = z.strictObject({
   limit: boundedIntQuery(1, 100, 20),
   // A process's name as its spans carry it: gateway, user-service, product-service, order-service.
   service: z.string().regex(/^[a-z0-9-]{1,64}$/, 'must be a service name such as user-service').optional(),
@@ -52,7 +52,7 @@ export function createTraceRoutes({ tracing, remotes = [] }: { tracing: Tracing;
     const unavailable: string[] = [];
     results.forEach((r, i) => {
       if (r.status === 'fulfilled' && Array.isArray(r.value.body?.spans)) spans.push(...r.value.body.spans.slice(0, query.limit));
-      else unavailable.push(remotes[i]!.name);
+      else unavailable.push(remotes[i].name);
     });
     return { spans, unavailable };
   }

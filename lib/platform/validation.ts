@@ -9,6 +9,12 @@ export const IdSchema = z
   .transform(Number)
   .refine(Number.isSafeInteger, 'must be a positive integer');
 
+/**
+ * Text without control characters or lone surrogates: names end up in lists, logs and terminals,
+ * so such characters are refused rather than stored and echoed.
+ */
+export const PRINTABLE = /^[^\p{Cc}\p{Cs}]*$/u;
+
 export const IdParamsSchema = z.object({ id: IdSchema });
 
 /** An integer query parameter within bounds; absent means `fallback`. */
@@ -32,6 +38,13 @@ export interface Page<T> {
   data: T[];
   meta: { page: number; limit: number; total: number };
 }
+
+/** The zod shape of a Page of `item`, for clients that check what a list route answered. */
+export const pageOf = <T extends z.ZodType>(item: T) =>
+  z.object({
+    data: z.array(item),
+    meta: z.object({ page: z.number().int(), limit: z.number().int(), total: z.number().int() }),
+  });
 
 export function parseParams<S extends z.ZodType>(schema: S, value: unknown): z.output<S> {
   const r = schema.safeParse(value);

@@ -1,6 +1,7 @@
 import type { Express } from 'express';
 import { createServiceAuth, type ServiceAuth } from '../platform/identity.js';
 import { createServiceApp, type ServiceDeps } from '../platform/service-app.js';
+import { PRODUCT_API } from './api.js';
 import { createProductRoutes } from './routes.js';
 import { createProductStore } from './store.js';
 
@@ -9,6 +10,7 @@ export function createProductApp(deps: ServiceDeps, auth: ServiceAuth = createSe
     ...deps,
     service: 'product-service',
     routes: createProductRoutes(createProductStore(deps.db), auth),
+    api: PRODUCT_API,
     ...(auth.mode === 'required' ? { guardAdmin: auth.requireAdminSurface } : {}),
   });
 }

@@ -1,7 +1,8 @@
 // The typed client other processes (the order service) use to call the product service.
 import { z } from 'zod';
-import { type ServiceClient, UpstreamUnavailableError } from '../platform/service-client.js';
-import { ProductSchema, ReservationItemSchema, ReservationSchema, type Product, type ReservationRecord } from './schema.js';
+import type { ServiceClient } from '../platform/service-client.js';
+import { checkedBody, type CallOptions } from '../platform/typed-client.js';
+import { ProductSchema, ProductStatsSchema, ReservationItemSchema, ReservationSchema, type Product, type ProductStats, type ReservationRecord } from './schema.js';
 
 export type { Product, ReservationRecord };
 
@@ -23,34 +24,33 @@ export interface ProductsClient {
   release(reservationId: string): Promise<{ id: string; released: boolean }>;
   getProduct(id: number): Promise<Product | null>;
   getReservation(reservationId: string): Promise<ReservationRecord | null>;
+  stats(options?: CallOptions): Promise<ProductStats>;
 }
 
 /** `internalToken`: the service credential the product service asks of /internal/* callers. */
 export function createProductsClient(client: ServiceClient, internalToken?: string): ProductsClient {
   const internal = internalToken === undefined ? undefined : { headers: { authorization: `Bearer ${internalToken}` } };
-  const parse = <T>(schema: z.ZodType<T>, body: unknown, status: number): T => {
-    const parsed = schema.safeParse(body);
-    if (!parsed.success) throw new UpstreamUnavailableError(client.name, 'bad_response', status);
-    return parsed.data;
-  };
   const reservationPath = (id: string) => `/internal/reservations/${encodeURIComponent(id)}`;
 
   return {
     async reserve(reservationId, items) {
       const res = await client.post<unknown>('/internal/reservations', { id: reservationId, items }, internal);
-      return parse(HeldReservationSchema, res.body, res.status);
+      return checkedBody(client, HeldReservationSchema, res);
     },
     async release(reservationId) {
       const res = await client.request<unknown>('DELETE', reservationPath(reservationId), internal);
-      return parse(ReleaseSchema, res.body, res.status);
+      return checkedBody(client, ReleaseSchema, res);
     },
     async getProduct(id) {
       const res = await client.get<unknown>(`/products/${id}`, { accept: [404] });
-      return res.status === 404 ? null : parse(ProductSchema, res.body, res.status);
+      return res.status === 404 ? null : checkedBody(client, ProductSchema, res);
     },
     async getReservation(reservationId) {
       const res = await client.get<unknown>(reservationPath(reservationId), { ...internal, accept: [404] });
-      return res.status === 404 ? null : parse(ReservationSchema, res.body, res.status);
+      return res.status === 404 ? null : checkedBody(client, ReservationSchema, res);
+    },
+    async stats(options) {
+      return checkedBody(client, ProductStatsSchema, await client.get<unknown>('/stats', options));
     },
   };
 }

@@ -1,7 +1,7 @@
 // The product service's SQLite file: schema steps and the demo rows of a first start.
 import { demoOrders, demoProducts } from '../demo/data.js';
 import { openDatabase, seedOnce, type Db, type Migrations } from '../platform/db.js';
-import { toCents } from './schema.js';
+import { toCents } from '../platform/money.js';
 import { createProductStore } from './store.js';
 
 export const PRODUCT_MIGRATIONS: Migrations = [
@@ -46,7 +46,7 @@ export function openProductDatabase(dataDir: string, seed: boolean): Db {
       // demoProducts' stock is what is left after these reservations: record them, take nothing.
       for (const order of demoOrders) {
         store.recordHeldReservation(order.reservationId, order.items.map((i) => ({
-          productId: ids[i.productId - 1]!,
+          productId: ids[i.productId - 1],
           quantity: i.quantity,
           unitPriceCents: toCents(i.unitPrice),
         })));

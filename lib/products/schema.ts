@@ -1,19 +1,16 @@
-// The product service's shapes: what clients may send and what it answers. Money is a number of
-// dollars with at most 2 decimals on the wire and integer cents everywhere else.
+// The product service's shapes: what clients may send and what it answers.
 import { z } from 'zod';
-import { PagingShape } from '../platform/validation.js';
+import { toCents } from '../platform/money.js';
+import { PagingShape, PRINTABLE } from '../platform/validation.js';
 
 export const MAX_PRICE = 10_000_000;
 export const MAX_STOCK = 1_000_000_000;
 
-/** Exact for any number with at most 2 decimals: n / 100 is the double nearest to the decimal. */
-export const toCents = (price: number): number => Math.round(price * 100);
-export const fromCents = (cents: number): number => cents / 100;
 const hasWholeCents = (price: number) => toCents(price) / 100 === price;
 
-// Names and categories end up in lists, logs and terminals: control characters and lone
-// surrogates are refused. Descriptions may hold line breaks and tabs.
-const PRINTABLE = /^[^\p{Cc}\p{Cs}]*$/u;
+// Descriptions may hold line breaks and tabs; names and categories are PRINTABLE.
+// Control characters (less tab and line breaks) are exactly what this refuses.
+// eslint-disable-next-line no-control-regex
 const PRINTABLE_TEXT = /^[^\p{Cs}\x00-\x08\x0B\x0C\x0E-\x1F\x7F-\x9F]*$/u;
 const CONTROL_MESSAGE = 'must not contain control characters';
 
@@ -88,14 +85,15 @@ export const ProductSchema = z.object({
 });
 export type Product = z.infer<typeof ProductSchema>;
 
-export interface ProductStats {
-  service: 'product-service';
-  totalProducts: number;
-  categories: number;
-  categoryList: string[];
-  totalInventoryValue: number;
-  lowStockProducts: number;
-}
+export const ProductStatsSchema = z.looseObject({
+  service: z.literal('product-service'),
+  totalProducts: z.number().int(),
+  categories: z.number().int(),
+  categoryList: z.array(z.string()),
+  totalInventoryValue: z.number(),
+  lowStockProducts: z.number().int(),
+});
+export type ProductStats = z.infer<typeof ProductStatsSchema>;
 
 export const LOW_STOCK_BELOW = 10;
 
@@ -118,7 +116,6 @@ export const ReserveSchema = z.strictObject({
 export type ReserveRequest = z.infer<typeof ReserveSchema>;
 
 export const ReservationItemSchema = z.object({ productId: z.number().int(), quantity: z.number().int(), unitPrice: z.number() });
-export type ReservationItem = z.infer<typeof ReservationItemSchema>;
 
 export const ReservationSchema = z.object({
   id: z.string(),

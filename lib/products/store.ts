@@ -1,9 +1,10 @@
 // The only place with the product service's SQL: the catalog, its stock, and stock reservations.
 import type { Db } from '../platform/db.js';
 import { HttpError, type ErrorDetail } from '../platform/errors.js';
+import { fromCents, toCents } from '../platform/money.js';
 import type { Page } from '../platform/validation.js';
 import {
-  fromCents, LOW_STOCK_BELOW, MAX_STOCK, toCents,
+  LOW_STOCK_BELOW, MAX_STOCK,
   type CreateProduct, type ListProductsQuery, type Product, type ProductStats, type ReservationRecord,
   type ReserveRequest, type StockChange, type UpdateProduct,
 } from './schema.js';
@@ -160,7 +161,7 @@ export function createProductStore(db: Db) {
   };
 
   const sameItems = (a: readonly { productId: number; quantity: number }[], b: readonly { productId: number; quantity: number }[]) =>
-    a.length === b.length && a.every((x, i) => x.productId === b[i]!.productId && x.quantity === b[i]!.quantity);
+    a.length === b.length && a.every((x, i) => x.productId === b[i].productId && x.quantity === b[i].quantity);
 
   const reserve = db.transaction((request: ReserveRequest): { reservation: ReservationRecord; created: boolean } => {
     const existing = readReservation(request.id);

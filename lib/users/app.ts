@@ -2,6 +2,7 @@ import type { Express } from 'express';
 import type { JWTVerifyGetKey } from 'jose';
 import { createServiceAuth, createTokenVerifier, DEFAULT_ALGORITHMS, DEFAULT_AUDIENCE, DEFAULT_ISSUER, type AuthMode } from '../platform/identity.js';
 import { createServiceApp, type ServiceDeps } from '../platform/service-app.js';
+import { USER_API } from './api.js';
 import { createLoginThrottle, loadSigningKey, localKeys, type SigningKey } from './auth.js';
 import { createUserRoutes } from './routes.js';
 import { createUserStore } from './store.js';
@@ -46,5 +47,5 @@ export function createUserApp(deps: ServiceDeps, options: UserAuthOptions = defa
     token: { issuer, audience, ttlS },
     throttle: createLoginThrottle({ maxFailures: options.loginMaxFailures, windowMs: options.loginWindowMs }),
   });
-  return createServiceApp({ ...deps, service: 'user-service', routes, ...(mode === 'required' ? { guardAdmin: auth.requireAdminSurface } : {}) });
+  return createServiceApp({ ...deps, service: 'user-service', routes, api: USER_API, ...(mode === 'required' ? { guardAdmin: auth.requireAdminSurface } : {}) });
 }

@@ -1,14 +1,10 @@
 // The user service's shapes: what clients may send and what it answers.
 import { z } from 'zod';
-import { PagingShape } from '../platform/validation.js';
+import { PagingShape, PRINTABLE } from '../platform/validation.js';
 
 export const ROLES = ['admin', 'user'] as const;
 export const RoleSchema = z.enum(ROLES, { message: 'must be "admin" or "user"' });
 export type Role = z.infer<typeof RoleSchema>;
-
-// Names end up in lists, logs and terminals: control characters and lone surrogates are refused
-// rather than stored and echoed.
-const PRINTABLE = /^[^\p{Cc}\p{Cs}]*$/u;
 
 const NameSchema = z.string().trim().min(2, 'must be 2 to 100 characters').max(100, 'must be 2 to 100 characters')
   .regex(PRINTABLE, 'must not contain control characters');
@@ -49,8 +45,8 @@ export interface AccessToken {
 export const ListUsersQuerySchema = z.strictObject({ ...PagingShape, role: RoleSchema.optional() });
 export type ListUsersQuery = z.infer<typeof ListUsersQuerySchema>;
 
-/** A user as the API answers it. Not strict: clients must tolerate fields added later. */
-export const UserSchema = z.object({
+/** A user as the API answers it. Loose: clients keep fields added later and pass them on. */
+export const UserSchema = z.looseObject({
   id: z.number().int().positive(),
   name: z.string(),
   email: z.string(),
@@ -60,9 +56,10 @@ export const UserSchema = z.object({
 });
 export type User = z.infer<typeof UserSchema>;
 
-export interface UserStats {
-  service: 'user-service';
-  totalUsers: number;
-  adminUsers: number;
-  regularUsers: number;
-}
+export const UserStatsSchema = z.looseObject({
+  service: z.literal('user-service'),
+  totalUsers: z.number().int(),
+  adminUsers: z.number().int(),
+  regularUsers: z.number().int(),
+});
+export type UserStats = z.infer<typeof UserStatsSchema>;

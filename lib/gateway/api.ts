@@ -1,0 +1,116 @@
+// The gateway's routes as its OpenAPI document shows them: its own (status, debug, aggregates) and
+// each service's public routes as reached through /api. A test checks them against the router.
+import { z } from 'zod';
+import { ORDER_API } from '../orders/api.js';
+import { PROCESS_API, TRACE_API } from '../platform/openapi/common.js';
+import type { ApiRoute } from '../platform/openapi/document.js';
+import { IdParamsSchema } from '../platform/validation.js';
+import { PRODUCT_API } from '../products/api.js';
+import { USER_API } from '../users/api.js';
+import { UserSchema } from '../users/schema.js';
+import { CIRCUIT_ACTIONS } from './debug.js';
+import { GATEWAY_FEATURES } from './status.js';
+import { SERVICE_NAMES, type ServiceName } from './upstreams.js';
+
+const ServiceStatus = z.enum(['healthy', 'recovering', 'unhealthy']);
+const CircuitState = z.enum(['CLOSED', 'OPEN', 'HALF_OPEN']);
+const FAILURES = ['refused', 'reset', 'timeout', 'bad_response', 'server_error'] as const;
+
+const ServiceHealth = z.object({
+  status: ServiceStatus,
+  circuitState: CircuitState,
+  stats: z.object({ failures: z.number().int(), successes: z.number().int(), rejects: z.number().int(), timeouts: z.number().int(), lastFailure: z.string().nullable() }),
+  probe: z.object({ ok: z.boolean(), latencyMs: z.number(), failure: z.enum(FAILURES).optional() }),
+});
+
+const Meta = z.object({ complete: z.boolean(), unavailable: z.array(z.enum(SERVICE_NAMES)) });
+const Unavailable = z.object({ status: z.literal('unavailable'), circuitState: CircuitState });
+
+/** What a call through the gateway may answer besides the service's own statuses. */
+const GATEWAY_FAILURES: ApiRoute['responses'] = {
+  429: { description: 'RATE_LIMITED (Retry-After)' },
+  502: { description: 'BAD_GATEWAY: the service refused or broke the connection' },
+  503: { description: 'SERVICE_UNAVAILABLE: its circuit is open (Retry-After)' },
+  504: { description: 'GATEWAY_TIMEOUT: no answer within UPSTREAM_TIMEOUT_MS' },
+};
+
+const SERVICE_API: Record<ServiceName, readonly ApiRoute[]> = { users: USER_API, products: PRODUCT_API, orders: ORDER_API };
+
+/** A service's public routes (those under /<service>) as the gateway proxies them. */
+const proxied = (service: ServiceName): ApiRoute[] =>
+  SERVICE_API[service]
+    .filter((r) => r.path === `/${service}` || r.path.startsWith(`/${service}/`))
+    .map((r) => ({ ...r, path: `/api${r.path}`, summary: `${r.summary} (proxied to the ${service} service)`, responses: { ...GATEWAY_FAILURES, ...r.responses } }));
+
+const OWN_API: readonly ApiRoute[] = [
+  {
+    method: 'get', path: '/', summary: 'What this gateway is and routes to',
+    responses: {
+      200: {
+        description: 'Name, version, services, features',
+        body: z.object({
+          name: z.string(), version: z.string(),
+          services: z.array(z.object({ name: z.enum(SERVICE_NAMES), url: z.string(), status: ServiceStatus })),
+          features: z.array(z.enum(GATEWAY_FEATURES)),
+        }),
+      },
+    },
+  },
+  {
+    method: 'get', path: '/health', summary: "Each service's circuit and a fresh probe; always 200",
+    responses: {
+      200: {
+        description: 'Healthy, or degraded when a circuit is not closed or a probe failed',
+        body: z.object({ status: z.enum(['healthy', 'degraded']), timestamp: z.string(), services: z.record(z.enum(SERVICE_NAMES), ServiceHealth) }),
+      },
+    },
+  },
+  {
+    method: 'get', path: '/api/users/:id/full', summary: 'A user with their newest 100 orders', params: IdParamsSchema,
+    responses: {
+      200: { description: 'orders is null, and meta says so, when the order service is unavailable', body: z.object({ user: UserSchema, orders: z.array(z.looseObject({})).nullable(), meta: Meta }) },
+      400: { description: 'Not an id' },
+      404: { description: 'No such user' },
+      429: GATEWAY_FAILURES[429],
+      503: { description: 'The user service is unavailable' },
+    },
+  },
+  {
+    method: 'get', path: '/api/dashboard', summary: "Every service's stats in one answer",
+    responses: {
+      200: {
+        description: 'A service that is down shows its circuit state instead',
+        body: z.object({
+          timestamp: z.string(),
+          gateway: z.object({ uptime: z.number(), memoryUsage: z.record(z.string(), z.number()) }),
+          services: z.record(z.enum(SERVICE_NAMES), z.union([Unavailable, z.looseObject({ service: z.string() })])),
+          meta: Meta,
+        }),
+      },
+      429: GATEWAY_FAILURES[429],
+    },
+  },
+];
+
+const DEBUG_API: ApiRoute = {
+  method: 'post', path: '/debug/circuit/:service/:action', summary: 'Open, close or reset a circuit by hand',
+  params: z.object({ service: z.enum(SERVICE_NAMES), action: z.enum(CIRCUIT_ACTIONS) }),
+  headers: { Authorization: { schema: z.string().optional(), description: '`Bearer <ADMIN_TOKEN>` when ADMIN_TOKEN is set' } },
+  responses: {
+    200: { description: 'The new state', body: z.object({ service: z.enum(SERVICE_NAMES), action: z.enum(CIRCUIT_ACTIONS), newState: CircuitState }) },
+    400: { description: 'Unknown action' },
+    401: { description: 'Missing or wrong admin token' },
+    404: { description: 'Unknown service' },
+  },
+};
+
+/** Every route of the gateway; the debug and trace routes only where the app mounts them. */
+export function gatewayApi({ tracing, debug }: { tracing: boolean; debug: boolean }): ApiRoute[] {
+  return [
+    ...OWN_API,
+    ...PROCESS_API,
+    ...(tracing ? TRACE_API : []),
+    ...(debug ? [DEBUG_API] : []),
+    ...SERVICE_NAMES.flatMap(proxied),
+  ];
+}

@@ -1,0 +1,78 @@
+// The routes every process serves beside its own: metrics, traces, the document itself, and (for
+// the services) the health check of createServiceApp.
+import { z } from 'zod';
+import { SpansQuery, TracesQuery } from '../trace-endpoints.js';
+import type { ApiRoute } from './document.js';
+
+const SpanSchema = z.object({
+  traceId: z.string(),
+  spanId: z.string(),
+  parentSpanId: z.string().nullable(),
+  name: z.string(),
+  service: z.string(),
+  kind: z.enum(['server', 'client', 'internal']),
+  startTime: z.string(),
+  durationMs: z.number(),
+  status: z.enum(['ok', 'error']),
+  attributes: z.record(z.string(), z.union([z.string(), z.number(), z.boolean()])),
+});
+
+const PartialMeta = z.object({ complete: z.boolean(), unavailable: z.array(z.string()) });
+
+const TraceIdParams = z.object({ traceId: z.string().regex(/^[A-Za-z0-9._:-]{1,128}$/) });
+
+/** /metrics and /openapi.json, which every process serves. */
+export const PROCESS_API: readonly ApiRoute[] = [
+  {
+    method: 'get', path: '/metrics', summary: 'Prometheus metrics of this process',
+    responses: { 200: { description: 'Text exposition format', mediaType: 'text/plain' } },
+  },
+  {
+    method: 'get', path: '/openapi.json', summary: 'This document',
+    responses: { 200: { description: 'OpenAPI 3.1 document', body: z.looseObject({ openapi: z.string() }) } },
+  },
+];
+
+/** /spans, /traces and /traces/:traceId, served by a process that records spans. */
+export const TRACE_API: readonly ApiRoute[] = [
+  {
+    method: 'get', path: '/spans', summary: "This process's finished spans (the newest `limit`, oldest first)", query: SpansQuery,
+    responses: {
+      200: { description: 'Spans', body: z.object({ service: z.string(), spans: z.array(SpanSchema.extend({ startMs: z.number() })) }) },
+      400: { description: 'Bad query' },
+    },
+  },
+  {
+    method: 'get', path: '/traces', summary: 'Recent traces, newest first', query: TracesQuery,
+    responses: {
+      200: {
+        description: 'Trace summaries',
+        body: z.object({
+          traces: z.array(z.object({
+            traceId: z.string(), name: z.string(), startTime: z.string(), durationMs: z.number(), spanCount: z.number().int(),
+            services: z.array(z.string()), status: z.enum(['ok', 'error']),
+          })),
+          meta: PartialMeta,
+        }),
+      },
+      400: { description: 'Bad query' },
+    },
+  },
+  {
+    method: 'get', path: '/traces/:traceId', summary: 'The spans of one trace, oldest first', params: TraceIdParams,
+    responses: {
+      200: { description: 'The trace', body: z.object({ traceId: z.string(), w3cTraceId: z.string(), spans: z.array(SpanSchema), meta: PartialMeta }) },
+      400: { description: 'Malformed trace id' },
+      404: { description: 'No such trace' },
+    },
+  },
+];
+
+/** GET /health of a data-owning service. */
+export const serviceHealthApi = (service: string): ApiRoute => ({
+  method: 'get', path: '/health', summary: 'Whether the service and its database work',
+  responses: {
+    200: { description: 'Healthy', body: z.object({ status: z.literal('healthy'), service: z.literal(service) }) },
+    503: { description: 'The database cannot be read', body: z.object({ status: z.literal('unhealthy'), service: z.literal(service) }) },
+  },
+});
