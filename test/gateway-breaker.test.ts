@@ -1,8 +1,174 @@
-import { after, before, beforeEach, describe, test } from 'node:test';
+import { after, afterEach, before, beforeEach, describe, mock, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { connect } from 'node:net';
+import { ServiceBreaker, type BreakerCall, type BreakerOptions, type CircuitState } from '../lib/gateway/breakers.js';
+import { UpstreamUnavailableError } from '../lib/platform/service-client.js';
 import { http } from './helpers.js';
 import { circuit, circuitState, eventually, startFakeUpstream, startGateway, type FakeUpstream, type StartedGateway } from './gateway-helpers.js';
+
+const OPTIONS: BreakerOptions = {
+  failureThreshold: 3,
+  resetTimeoutMs: 1000,
+  maxResetTimeoutMs: 4000,
+  stablePeriodMs: 10_000,
+  halfOpenRequests: 2,
+  timeoutMs: 500,
+  probeIntervalMs: 0,
+  slowStartMs: 0,
+  retryBudgetRatio: 0.2,
+};
+
+describe('breaker state machine (mock timers)', () => {
+  let changes: CircuitState[];
+  const make = (options: Partial<BreakerOptions> = {}, probe?: () => Promise<boolean>) => {
+    changes = [];
+    return new ServiceBreaker('svc', { ...OPTIONS, ...options }, { onStateChange: (s) => changes.push(s), probe });
+  };
+  /** A call whose response headers came (the work resolved) and whose body is still to end. */
+  const headersIn = async (b: ServiceBreaker): Promise<BreakerCall> => {
+    let admitted: BreakerCall | undefined;
+    await b.run(async (call) => {
+      call.defer();
+      admitted = call;
+    });
+    return admitted!;
+  };
+  const flush = () => new Promise((r) => setImmediate(r));
+  beforeEach(() => mock.timers.enable({ apis: ['setTimeout', 'Date'], now: 1_000_000 }));
+  afterEach(() => mock.timers.reset());
+
+  test('when three responses in a row are cut after their headers, then the circuit opens, and none counted as a success', async () => {
+    const b = make();
+    for (let i = 0; i < 3; i++) {
+      const call = await headersIn(b);
+      assert.equal(b.state, 'CLOSED');
+      call.fail('reset');
+      // A second report of the same call changes nothing: one call, one outcome.
+      call.succeed();
+    }
+    assert.equal(b.state, 'OPEN');
+    assert.equal(b.stats.failures, 3);
+    assert.equal(b.stats.successes, 0);
+  });
+
+  test('when a response completes, then it counts once as a success and the failure count starts over', async () => {
+    const b = make();
+    for (let i = 0; i < 2; i++) (await headersIn(b)).fail('reset');
+    const ok = await headersIn(b);
+    ok.succeed();
+    ok.fail('reset');
+    for (let i = 0; i < 2; i++) (await headersIn(b)).fail('reset');
+    assert.equal(b.state, 'CLOSED');
+    assert.deepEqual([b.stats.successes, b.stats.failures], [1, 4]);
+  });
+
+  test('when the work does not resolve within the timeout, then the call fails as a timeout and is aborted', async () => {
+    const b = make();
+    let aborted = false;
+    const pending = b.run((call) => new Promise(() => call.onAbort(() => (aborted = true))));
+    mock.timers.tick(499);
+    await flush();
+    assert.equal(aborted, false);
+    mock.timers.tick(1);
+    await assert.rejects(pending, (err: unknown) => err instanceof UpstreamUnavailableError && err.failure === 'timeout');
+    assert.equal(aborted, true);
+    assert.equal(b.stats.timeouts, 1);
+  });
+
+  test('when a circuit trips again soon after closing, then its open time doubles up to the cap, and starts over after a stable period', async () => {
+    const b = make();
+    const openFor = async (): Promise<number> => {
+      b.forceOpen();
+      let waited = 0;
+      while (b.state === 'OPEN') {
+        mock.timers.tick(100);
+        waited += 100;
+      }
+      // Two good trials close it again.
+      for (let i = 0; i < 2; i++) await b.run(async () => 'ok');
+      assert.equal(b.state, 'CLOSED');
+      return waited;
+    };
+    assert.deepEqual([await openFor(), await openFor(), await openFor(), await openFor()], [1000, 2000, 4000, 4000]);
+    mock.timers.tick(10_000);
+    assert.equal(await openFor(), 1000);
+  });
+
+  test('when a probe of the service succeeds while open, then the circuit half-opens before its open time ends', async () => {
+    let healthy = false;
+    const b = make({ resetTimeoutMs: 30_000, maxResetTimeoutMs: 30_000, probeIntervalMs: 200 }, async () => healthy);
+    b.forceOpen();
+    mock.timers.tick(200);
+    await flush();
+    assert.equal(b.state, 'OPEN', 'the service does not answer yet');
+    healthy = true;
+    mock.timers.tick(200);
+    await flush();
+    assert.equal(b.state, 'HALF_OPEN');
+    assert.deepEqual(changes, ['OPEN', 'HALF_OPEN']);
+  });
+
+  test('when half-open, then a failed trial reopens it and a trial whose client left frees its slot', async () => {
+    const b = make();
+    b.forceOpen();
+    mock.timers.tick(1000);
+    assert.equal(b.state, 'HALF_OPEN');
+    const first = b.admit();
+    b.admit();
+    assert.throws(() => b.admit(), /temporarily unavailable/);
+    first.neutral();
+    const third = b.admit();
+    third.fail('reset');
+    assert.equal(b.state, 'OPEN');
+  });
+
+  test('when a circuit closes after trials, then slow start lets a growing share through over CB_SLOW_START_MS', async () => {
+    const b = make({ slowStartMs: 1000 });
+    b.forceOpen();
+    mock.timers.tick(1000);
+    for (let i = 0; i < 2; i++) await b.run(async () => 'ok');
+    assert.equal(b.state, 'CLOSED');
+    const shareAt = (n: number) => {
+      let admitted = 0;
+      for (let i = 0; i < n; i++) {
+        try {
+          b.admit().succeed();
+          admitted++;
+        } catch {
+          // refused by slow start
+        }
+      }
+      return admitted / n;
+    };
+    const early = shareAt(100);
+    mock.timers.tick(500);
+    const middle = shareAt(100);
+    mock.timers.tick(500);
+    const late = shareAt(100);
+    assert.ok(early <= 0.15, `early share ${early}`);
+    assert.ok(middle > early && middle < 1, `middle share ${middle}`);
+    assert.equal(late, 1);
+  });
+
+  test('when refused, then Retry-After spreads clients over up to half the open time after it ends', () => {
+    const b = make({ resetTimeoutMs: 10_000, maxResetTimeoutMs: 10_000 });
+    b.forceOpen();
+    const seen = new Set<number>();
+    for (let i = 0; i < 200; i++) seen.add(b.retryAfterSeconds());
+    assert.ok([...seen].every((s) => s >= 10 && s <= 15), [...seen].join(','));
+    assert.ok(seen.size >= 3, 'not everyone gets the same value');
+  });
+
+  test('when many calls fail, then at most a fifth of them (plus one) may be retried', () => {
+    const b = make({ failureThreshold: 1000 });
+    let retries = 0;
+    for (let i = 0; i < 100; i++) {
+      b.admit().fail('refused');
+      if (b.tryRetry()) retries++;
+    }
+    assert.ok(retries >= 19 && retries <= 21, `retries ${retries}`);
+  });
+});
 
 const SERVICES = ['users', 'products', 'orders'] as const;
 
@@ -50,7 +216,7 @@ describe('circuit breakers', () => {
     assert.equal(fourth.body.error, 'Service users is temporarily unavailable');
     assert.equal(fourth.body.code, 'SERVICE_UNAVAILABLE');
     assert.ok(fourth.body.traceId);
-    assert.equal(fourth.headers.get('retry-after'), '1', 'seconds until half-open, rounded up');
+    assert.match(fourth.headers.get('retry-after') ?? '', /^[12]$/, 'seconds until half-open, rounded up, plus a spread');
     assert.equal(up.seen.length, 3);
     const health = await http(steady.url, 'GET', '/health');
     assert.equal(health.body.services.users.circuitState, 'OPEN');
@@ -73,6 +239,15 @@ describe('circuit breakers', () => {
     assert.equal((await http(steady.url, 'GET', '/api/products/slow')).status, 503);
     const health = await http(steady.url, 'GET', '/health');
     assert.equal(health.body.services.products.stats.timeouts, 3);
+  });
+
+  test('when the service breaks off three responses in a row after their headers, then the circuit opens', async () => {
+    up.behaviour = { kind: 'break' };
+    for (let i = 0; i < 3; i++) await assert.rejects(http(steady.url, 'GET', `/api/users/cut-${i}`), 'the client sees the cut, not a complete 200');
+    const health = await http(steady.url, 'GET', '/health');
+    assert.equal(health.body.services.users.circuitState, 'OPEN');
+    assert.equal(health.body.services.users.stats.failures, 3);
+    assert.equal(health.body.services.users.stats.successes, 0, 'the headers were not counted as a success');
   });
 
   test('when a service answers 4xx, then the circuit stays closed and the failure count starts over', async () => {
@@ -164,7 +339,7 @@ describe('circuit breakers', () => {
     // A URL never fetched before: a cached one would be answered stale.
     const refused = await http(steady.url, 'GET', '/api/orders/forced');
     assert.equal(refused.status, 503);
-    assert.equal(refused.headers.get('retry-after'), '1');
+    assert.match(refused.headers.get('retry-after') ?? '', /^[12]$/);
     assert.equal(up.seen.length, 0);
     await halfOpen(steady, 'orders');
     assert.equal((await http(steady.url, 'GET', '/api/orders/1')).status, 200);

@@ -4,9 +4,9 @@ import { request as httpRequest, type ClientRequest, type IncomingMessage, type 
 import type { ErrorRequestHandler, Express, Request, RequestHandler, Response } from 'express';
 import { errorBody, HttpError } from '../platform/errors.js';
 import type { Logger } from '../platform/logger.js';
-import { UpstreamUnavailableError, type UpstreamFailure } from '../platform/service-client.js';
+import { DEPENDENCY_HEADER, UpstreamUnavailableError, type UpstreamFailure } from '../platform/service-client.js';
 import { startClientSpan, type ClientSpan } from '../platform/span-recorder.js';
-import { CircuitOpenError, ClientGoneError, type Cancellation } from './breakers.js';
+import { CircuitOpenError, ClientGoneError, type BreakerCall } from './breakers.js';
 import type { GatewayMetrics } from './metrics.js';
 import { isUnsafeRequestPath, unsafePathError } from './path-guard.js';
 import type { RateLimiter } from './rate-limit.js';
@@ -112,6 +112,14 @@ class Exchange {
   aborted = false;
   /** The client span of the call to the service, once the breaker let it through. */
   span?: ClientSpan;
+  /** The breaker's call: its one outcome is reported when the response ends. */
+  call?: BreakerCall;
+  /** The answer blames a dependency of the service (DEPENDENCY_HEADER): no outcome for the service. */
+  dependencyFault = false;
+  /** Sent again once, on a fresh connection, after failing before reaching the service. */
+  retried = false;
+  /** performance.now() when the call went out, for the time left on a retry. */
+  startedAt = 0;
   private resolve: () => void = noop;
   private reject: (err: Error) => void = noop;
 
@@ -122,7 +130,7 @@ class Exchange {
   ) {}
 
   /** Settles when the service's response headers arrive (or the call fails). */
-  start(cancellation: Cancellation, forward: (ex: Exchange) => void, service: string): Promise<void> {
+  start(cancellation: BreakerCall, forward: (ex: Exchange) => void, service: string): Promise<void> {
     return new Promise<void>((resolve, reject) => {
       this.resolve = resolve;
       this.reject = reject;
@@ -132,6 +140,8 @@ class Exchange {
         reject(new ClientGoneError());
         return;
       }
+      this.call = cancellation;
+      this.startedAt = performance.now();
       cancellation.onAbort(() => this.abortUpstream());
       this.res.once('close', () => this.onClientClose());
       // One client span per call that really goes out (not for circuit-open answers): the
@@ -167,6 +177,32 @@ class Exchange {
 
 function noop(): void {}
 
+// Outcome and retry rules of the breaker, kept apart from the proxying itself.
+const RETRY_JITTER_MS = 25;
+const IDEMPOTENT = new Set(['GET', 'HEAD', 'OPTIONS', 'PUT', 'DELETE']);
+
+/** Reports the call's one outcome once its response has ended (complete or cut short). */
+function reportOutcome(ex: Exchange, complete: boolean): void {
+  const call = ex.call;
+  if (!call || call.settled) return;
+  if (ex.clientGone || ex.dependencyFault) call.neutral();
+  else if (complete) call.succeed();
+  else call.fail('reset');
+}
+
+/**
+ * A failed call may go out once more when it never reached the service (refused, or a pooled
+ * socket found closed), repeating it is safe (an idempotent method, or a POST with an
+ * Idempotency-Key) and no byte of its body has been read yet.
+ */
+function mayRetry(ex: Exchange, failure: UpstreamFailure): boolean {
+  if (ex.retried || ex.aborted || ex.proxyRes) return false;
+  if (failure !== 'refused' && !(failure === 'reset' && ex.proxyReq?.reusedSocket)) return false;
+  const { req } = ex;
+  const safe = IDEMPOTENT.has(req.method) || (req.method === 'POST' && req.headers['idempotency-key'] !== undefined);
+  return safe && (!hasBody(req) || !req.readableDidRead);
+}
+
 export function createServiceProxy({ upstream, cache, metrics, logger, trustsProxies }: ServiceProxyOptions): RequestHandler {
   const log = logger.child({ component: 'proxy', service: upstream.name });
   const mount = `/api/${upstream.name}`;
@@ -194,6 +230,8 @@ export function createServiceProxy({ upstream, cache, metrics, logger, trustsPro
   const targetHost = target.host;
   const targetHostname = target.hostname;
   const targetPort = target.port || '80';
+  const timeoutMs = upstream.timeoutMs;
+  const requestTimeout = String(timeoutMs);
 
   const onResponse = (ex: Exchange, proxyRes: IncomingMessage) => {
     const { req, res } = ex;
@@ -208,21 +246,27 @@ export function createServiceProxy({ upstream, cache, metrics, logger, trustsPro
     const status = proxyRes.statusCode ?? 502;
     proxyRes.once('close', () => {
       ex.span?.end({ status, error: proxyRes.complete ? undefined : 'reset' });
+      // The call's one outcome, now that it has ended (a 5xx was counted already): a body cut
+      // short is the service's failure, whatever its headers said.
+      reportOutcome(ex, proxyRes.complete);
       if (proxyRes.complete || ex.clientGone || ex.servedStale) return;
       // The service died after its headers: cut the client off rather than let it wait for
       // the rest of a body that will never come.
       log.warn({ status }, 'service broke off its response');
       ex.res.destroy();
-      if (status < 500) upstream.breaker.recordLateFailure('reset');
     });
-    if (status >= 500) {
+    ex.dependencyFault = status >= 500 && proxyRes.headers[DEPENDENCY_HEADER] !== undefined;
+    if (status >= 500 && !ex.dependencyFault) {
       // Passed through unchanged, but a failure for the breaker.
       if (req.method === 'GET' && STALE_STATUSES.has(status) && serveStale(ex)) proxyRes.resume();
       ex.responded = true;
+      // Counted now: the response's end may come before the rejection below reaches the breaker.
+      ex.call?.fail('server_error');
       ex.fail(new UpstreamUnavailableError(upstream.name, 'server_error', status));
     } else {
       ex.responded = true;
       if (ex.cacheKey !== undefined && cache.wants(ex.cacheKey, proxyRes)) cache.capture(ex.cacheKey, proxyRes);
+      ex.call?.defer();
       ex.succeed();
     }
     if (ex.servedStale || res.headersSent) return;
@@ -239,12 +283,25 @@ export function createServiceProxy({ upstream, cache, metrics, logger, trustsPro
   const onError = (ex: Exchange, err: Error) => {
     // A client that hung up makes the upstream call fail too: that is no upstream failure.
     if (ex.clientGone || ex.req.socket.destroyed) return ex.fail(new ClientGoneError());
-    ex.fail(new UpstreamUnavailableError(upstream.name, classifyProxyError(err)));
+    const failure = classifyProxyError(err);
+    if (mayRetry(ex, failure) && upstream.breaker.tryRetry()) return retry(ex);
+    ex.fail(new UpstreamUnavailableError(upstream.name, failure));
+  };
+
+  // Retry hook: once, after a random pause, on a connection of its own (a pooled one may be the
+  // next to be found closed).
+  const retry = (ex: Exchange) => {
+    ex.retried = true;
+    metrics.upstreamRetry(upstream.name);
+    setTimeout(forward, Math.random() * RETRY_JITTER_MS, ex);
   };
 
   const forward = (ex: Exchange) => {
     const { req } = ex;
+    if (ex.aborted || ex.clientGone) return;
     const headers = upstreamHeaders(req, trustsProxies, targetHost, ex.span!.headers);
+    // Deadline: how long we will still wait, so the service can give up (and undo) before we do.
+    headers['request-timeout'] = ex.retried ? String(Math.max(1, timeoutMs - Math.round(performance.now() - ex.startedAt))) : requestTimeout;
     const proxyReq = httpRequest({
       hostname: targetHostname,
       port: targetPort,
@@ -252,7 +309,7 @@ export function createServiceProxy({ upstream, cache, metrics, logger, trustsPro
       // The route keeps the full path; the service's is /api/users/1?x -> /users/1?x.
       path: servicePrefix + req.url.slice(mount.length),
       headers,
-      agent: upstream.agent,
+      agent: ex.retried ? false : upstream.agent,
     });
     ex.proxyReq = proxyReq;
     proxyReq.once('response', (proxyRes: IncomingMessage) => onResponse(ex, proxyRes));

@@ -5,6 +5,12 @@ import { startClientSpan } from './span-recorder.js';
 
 export type UpstreamFailure = 'refused' | 'reset' | 'timeout' | 'bad_response' | 'server_error';
 
+/**
+ * Set on a 5xx answer that is a dependency's fault, not the answering service's (its value names
+ * the dependency): callers' breakers do not count it against the service.
+ */
+export const DEPENDENCY_HEADER = 'x-dependency-failure';
+
 /** The callee could not give an answer we can use. Always a 503 to our own clients. */
 export class UpstreamUnavailableError extends HttpError {
   constructor(
