@@ -4,7 +4,8 @@ import { connect } from 'node:net';
 import { ServiceBreaker, type BreakerCall, type BreakerOptions, type CircuitState } from '../lib/gateway/breakers.js';
 import { UpstreamUnavailableError } from '../lib/platform/service-client.js';
 import { http } from './helpers.js';
-import { circuit, circuitState, eventually, startFakeUpstream, startGateway, type FakeUpstream, type StartedGateway } from './gateway-helpers.js';
+import { circuit, circuitState, eventually, startFakeUpstream, startGateway, startGatewayFor, type FakeUpstream, type StartedGateway } from './gateway-helpers.js';
+import { createProduct, createUser, startServices, type System } from './system.js';
 
 const OPTIONS: BreakerOptions = {
   failureThreshold: 3,
@@ -423,3 +424,40 @@ describe('stale answers', () => {
     await circuit(gw.url, 'orders', 'reset');
   });
 });
+
+describe('a dependency\'s outage', () => {
+  let sys: System;
+  let gw: StartedGateway;
+  before(async () => {
+    sys = await startServices({ env: { UPSTREAM_TIMEOUT_MS: '500', RELEASE_RETRY_MS: '50' } });
+    gw = await startGatewayFor(sys, { CB_RESET_TIMEOUT_MS: '30000' });
+  });
+  after(async () => {
+    await gw?.close();
+    await sys?.stop();
+  });
+
+  test('when the product service is down, then creates are 503 DEPENDENCY_UNAVAILABLE and reads of orders stay 200', async () => {
+    const userId = await createUser(sys);
+    const productId = await createProduct(sys, { stock: 10 });
+    const created = await http(gw.url, 'POST', '/api/orders', { body: { userId, items: [{ productId, quantity: 1 }] } });
+    assert.equal(created.status, 201, created.text);
+    await sys.products.close();
+    try {
+      for (let i = 0; i < 5; i++) {
+        const r = await http(gw.url, 'POST', '/api/orders', { body: { userId, items: [{ productId, quantity: 1 }] } });
+        assert.equal(r.status, 503);
+        assert.equal(r.body.code, 'DEPENDENCY_UNAVAILABLE');
+        assert.ok(r.headers.get('retry-after'));
+      }
+      assert.equal(await circuitState(gw.url, 'orders'), 'CLOSED', 'the order service is not blamed for its dependency');
+      const read = await http(gw.url, 'GET', `/api/orders/${created.body.id}`);
+      assert.equal(read.status, 200);
+      assert.equal(read.headers.get('x-cache'), null, 'answered by the service, not the stale cache');
+      assert.equal(read.body.id, created.body.id);
+    } finally {
+      await sys.products.start();
+    }
+  });
+});
+

@@ -54,14 +54,15 @@ describe('order workflow against live services', () => {
   });
   after(async () => sys.stop());
 
-  test('when the user service is down, then 503 SERVICE_UNAVAILABLE and neither an order nor held stock', async () => {
+  test('when the user service is down, then 503 DEPENDENCY_UNAVAILABLE and neither an order nor held stock', async () => {
     const userId = await createUser(sys);
     const productId = await createProduct(sys, { stock: 5 });
     await sys.users.close();
     try {
       const r = await post(sys, { userId, items: [{ productId, quantity: 2 }] });
       assert.equal(r.status, 503);
-      assert.equal(r.body.code, 'SERVICE_UNAVAILABLE');
+      assert.equal(r.body.code, 'DEPENDENCY_UNAVAILABLE');
+      assert.equal(r.headers.get('x-dependency-failure'), 'users');
     } finally {
       await sys.users.start();
     }
@@ -78,7 +79,8 @@ describe('order workflow against live services', () => {
     try {
       const r = await post(sys, { userId, items: [{ productId, quantity: 2 }] });
       assert.equal(r.status, 503);
-      assert.equal(r.body.code, 'SERVICE_UNAVAILABLE');
+      assert.equal(r.body.code, 'DEPENDENCY_UNAVAILABLE');
+      assert.equal(r.headers.get('x-dependency-failure'), 'products');
       // The reserve may have landed before the connection broke: the outbox keeps it to release.
       assert.equal(await pendingReleases(sys), 1);
     } finally {
@@ -222,7 +224,7 @@ describe('slow product service', () => {
     const started = Date.now();
     const r = await post(sys, { userId, items: [{ productId, quantity: 3 }] });
     assert.equal(r.status, 503);
-    assert.equal(r.body.code, 'SERVICE_UNAVAILABLE');
+    assert.equal(r.body.code, 'DEPENDENCY_UNAVAILABLE');
     assert.ok(Date.now() - started < 2_000);
     const [row] = sys.orders.db.prepare('SELECT reservation_id FROM pending_releases').all() as { reservation_id: string }[];
     assert.ok(row, 'the outbox keeps the reservation id');

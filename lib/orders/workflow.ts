@@ -41,13 +41,26 @@ export const listOrders = ({ store }: OrderDeps, query: ListOrdersQuery): Page<O
 export const orderStats = ({ store }: OrderDeps): OrderStats => store.stats();
 
 export async function createOrder(deps: OrderDeps, input: CreateOrderInput, idempotencyKey?: string): Promise<Created> {
-  if (idempotencyKey === undefined) return placeOrder(deps, input);
-  const bodyHash = hashOrderRequest(input);
-  return deps.keys.run(idempotencyKey, async () => {
-    const earlier = deps.store.findIdempotencyKey(idempotencyKey);
-    if (earlier) return replay(earlier, bodyHash);
-    return placeOrder(deps, input, { key: idempotencyKey, bodyHash });
-  });
+  try {
+    if (idempotencyKey === undefined) return await placeOrder(deps, input);
+    const bodyHash = hashOrderRequest(input);
+    return await deps.keys.run(idempotencyKey, async () => {
+      const earlier = deps.store.findIdempotencyKey(idempotencyKey);
+      if (earlier) return replay(earlier, bodyHash);
+      return placeOrder(deps, input, { key: idempotencyKey, bodyHash });
+    });
+  } catch (err) {
+    throw err instanceof UpstreamUnavailableError ? dependencyUnavailable(err.service) : err;
+  }
+}
+
+/**
+ * The user or product service could not answer: our client hears that it is a dependency's
+ * outage, not ours, so that callers' breakers keep this service's circuit closed for the requests
+ * that do not need the dependency.
+ */
+function dependencyUnavailable(service: string): HttpError {
+  return new HttpError(503, 'DEPENDENCY_UNAVAILABLE', `Service ${service} is unavailable, retry shortly`, undefined, { retryAfter: 1, dependency: service });
 }
 
 function replay(record: IdempotencyRecord, bodyHash: string): Created {

@@ -96,7 +96,8 @@ export class ServiceClient {
     if ((res.status >= 200 && res.status < 300) || options.accept?.includes(res.status)) {
       return { status: res.status, body: body as T, headers: res.headers };
     }
-    if (res.status >= 500) throw new UpstreamUnavailableError(this.name, 'server_error', res.status);
+    // A dependency's fault is the callee's answer, not its failure: an HttpError keeping its status.
+    if (res.status >= 500 && !res.headers.has(DEPENDENCY_HEADER)) throw new UpstreamUnavailableError(this.name, 'server_error', res.status);
     const b = (body ?? {}) as { error?: unknown; code?: unknown; details?: unknown };
     throw new HttpError(
       res.status,
