@@ -189,9 +189,10 @@ describe('order workflow against live services', () => {
   test('when the order service died between reserve and commit, then after a restart the worker gives the stock back', async () => {
     const productId = await createProduct(sys, { stock: 10 });
     const products = productsClient(sys);
-    // What a create leaves behind when the process dies after the reserve: an outbox row and held stock.
+    // What a create leaves behind when the process dies after the reserve: an outbox row and held
+    // stock. The row is new, so the worker leaves it alone while the service drains (600 ms).
     const reservationId = `crashed-${Date.now()}`;
-    sys.orders.db.prepare('INSERT INTO pending_releases (reservation_id, created_at_ms) VALUES (?, ?)').run(reservationId, Date.now() - 60_000);
+    sys.orders.db.prepare('INSERT INTO pending_releases (reservation_id, created_at_ms) VALUES (?, ?)').run(reservationId, Date.now());
     await sys.orders.close();
     await products.reserve(reservationId, [{ productId, quantity: 6 }]);
     assert.equal(await stockOf(sys, productId), 4);

@@ -5,7 +5,7 @@
 import { randomUUID } from 'node:crypto';
 import type { Logger } from 'pino';
 import { HttpError, notFound } from '../platform/errors.js';
-import { UpstreamUnavailableError } from '../platform/service-client.js';
+import { deadlinePassed, DeadlineExceededError, UpstreamUnavailableError, withoutDeadline } from '../platform/service-client.js';
 import type { Page } from '../platform/validation.js';
 import type { ProductsClient, Reservation } from '../products/client.js';
 import type { UsersClient } from '../users/client.js';
@@ -86,6 +86,12 @@ async function placeOrder(deps: OrderDeps, input: CreateOrderInput, idempotency?
   try {
     reservation = await products.reserve(reservationId, input.items);
   } catch (err) {
+    // Our caller stops waiting: give up now and give the stock back (a reserve that lands later
+    // takes nothing once its id was released).
+    if (err instanceof DeadlineExceededError) {
+      compensate(deps, reservationId);
+      throw err;
+    }
     // No answer: the reservation may still land after our timeout. The outbox row stays, and
     // the worker releases it once no create can be waiting for it any more.
     if (err instanceof UpstreamUnavailableError) throw err;
@@ -109,6 +115,11 @@ async function placeOrder(deps: OrderDeps, input: CreateOrderInput, idempotency?
     items: priced,
     totalCents: priced.reduce((sum, i) => sum + i.unitPriceCents * i.quantity, 0),
   };
+  // Never commit an order whose caller was told (or is about to be told) that it failed.
+  if (deadlinePassed()) {
+    compensate(deps, reservationId);
+    throw new DeadlineExceededError();
+  }
   let result: FinishCreateResult;
   try {
     result = store.finishCreate(newOrder, idempotency);
@@ -163,6 +174,11 @@ export async function deleteOrder(deps: OrderDeps, id: number): Promise<void> {
   }
   deps.logger.info({ orderId: id }, 'order deleted');
   await releaseNow(deps, result.reservationId);
+}
+
+/** releaseNow after the caller's deadline, without waiting for it: the answer is due now. */
+function compensate(deps: OrderDeps, reservationId: string): void {
+  void withoutDeadline(() => releaseNow(deps, reservationId));
 }
 
 /**

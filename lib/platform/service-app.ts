@@ -5,6 +5,7 @@ import { databaseIsHealthy, type Db } from './db.js';
 import { errorHandler, notFoundHandler } from './errors.js';
 import { createBaseApp, jsonBody, requestContext } from './http.js';
 import type { Metrics } from './metrics.js';
+import { requestDeadline } from './service-client.js';
 import { createTraceRoutes } from './trace-endpoints.js';
 import { createTracing, type Tracing } from './span-recorder.js';
 
@@ -34,6 +35,8 @@ export function createServiceApp({ service, logger, metrics, db, routes, tracing
   app.get('/metrics', metrics.handler);
   if (tracing) app.use(createTraceRoutes({ tracing }));
   app.use(jsonBody());
+  // The caller's Request-Timeout bounds every call the routes make to other services.
+  app.use(requestDeadline);
   app.use(routes);
   app.use(notFoundHandler);
   app.use(errorHandler(logger));
