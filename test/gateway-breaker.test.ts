@@ -6,6 +6,7 @@ import { UpstreamUnavailableError } from '../lib/platform/service-client.js';
 import { http } from './helpers.js';
 import { circuit, circuitState, eventually, startFakeUpstream, startGateway, startGatewayFor, type FakeUpstream, type StartedGateway } from './gateway-helpers.js';
 import { createProduct, createUser, startServices, type System } from './system.js';
+import { startFaultProxy, type FaultProxy } from './support/fault-proxy.js';
 
 const OPTIONS: BreakerOptions = {
   failureThreshold: 3,
@@ -457,6 +458,77 @@ describe('a dependency\'s outage', () => {
       assert.equal(read.body.id, created.body.id);
     } finally {
       await sys.products.start();
+    }
+  });
+});
+
+describe('retries', () => {
+  let up: FakeUpstream;
+  let proxy: FaultProxy;
+  let gw: StartedGateway;
+  before(async () => {
+    up = await startFakeUpstream();
+    proxy = await startFaultProxy(up.url);
+    gw = await startGateway({ USERS_URL: proxy.url, PRODUCTS_URL: proxy.url, ORDERS_URL: proxy.url, CB_FAILURE_THRESHOLD: '1000' });
+  });
+  after(async () => {
+    await gw?.close();
+    await proxy?.close();
+    await up?.stop();
+  });
+  beforeEach(() => {
+    up.behaviour = { kind: 'echo' };
+    proxy.fault = { kind: 'pass' };
+  });
+  const retries = async (service: string) => {
+    const text = await (await fetch(gw.url + '/metrics')).text();
+    return Number(new RegExp(`gateway_upstream_retries_total\\{service="${service}"[^}]*\\} (\\d+)`).exec(text)?.[1] ?? 0);
+  };
+  /** A request on a pooled connection that the next request will find reset. */
+  const warmPool = async (path: string) => assert.equal((await http(gw.url, 'GET', path)).status, 200);
+
+  test('when a GET meets a pooled connection reset before it reached the service, then it is sent once more on a new one and succeeds', async () => {
+    await warmPool('/api/users/warm');
+    up.seen.length = 0;
+    proxy.fault = { kind: 'reset-before-response', times: 1 };
+    const r = await http(gw.url, 'GET', '/api/users/retried');
+    assert.equal(r.status, 200);
+    assert.equal(up.seen.length, 1, 'the service saw it once');
+    assert.equal(await retries('users'), 1);
+  });
+
+  test('when a POST without Idempotency-Key meets the same reset, then it is not retried', async () => {
+    await warmPool('/api/products/warm');
+    up.seen.length = 0;
+    proxy.fault = { kind: 'reset-before-response', times: 1 };
+    const r = await http(gw.url, 'POST', '/api/products', { body: { name: 'x' } });
+    assert.equal(r.status, 502);
+    assert.equal(up.seen.length, 0);
+    assert.equal(await retries('products'), 0);
+  });
+
+  test('when a POST with Idempotency-Key meets the same reset, then it is retried', async () => {
+    await warmPool('/api/orders/warm');
+    up.seen.length = 0;
+    proxy.fault = { kind: 'reset-before-response', times: 1 };
+    const r = await http(gw.url, 'POST', '/api/orders', { body: { userId: 1 }, headers: { 'idempotency-key': 'retry-1' } });
+    assert.equal(r.status, 200);
+    assert.equal(up.seen.length, 1);
+    assert.equal(up.seen[0]!.body, JSON.stringify({ userId: 1 }), 'the body arrived whole');
+  });
+
+  test('when the service refuses many GETs, then at most a fifth of them are retried and each counts as one failure', async () => {
+    await proxy.stop();
+    try {
+      const before = (await http(gw.url, 'GET', '/health')).body.services.users.stats.failures as number;
+      const retriedBefore = await retries('users');
+      for (let i = 0; i < 30; i++) assert.equal((await http(gw.url, 'GET', `/api/users/refused-${i}`)).status, 502);
+      const retried = (await retries('users')) - retriedBefore;
+      assert.ok(retried >= 1 && retried <= 8, `retried ${retried} of 30`);
+      const failures = (await http(gw.url, 'GET', '/health')).body.services.users.stats.failures as number;
+      assert.equal(failures - before, 30, 'a request and its retry are one call with one outcome');
+    } finally {
+      await proxy.start();
     }
   });
 });

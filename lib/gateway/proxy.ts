@@ -118,6 +118,8 @@ class Exchange {
   dependencyFault = false;
   /** Sent again once, on a fresh connection, after failing before reaching the service. */
   retried = false;
+  /** The request body read so far, kept while it may have to be sent again (undefined: not kept). */
+  keptBody?: Buffer[];
   /** performance.now() when the call went out, for the time left on a retry. */
   startedAt = 0;
   private resolve: () => void = noop;
@@ -198,9 +200,39 @@ function reportOutcome(ex: Exchange, complete: boolean): void {
 function mayRetry(ex: Exchange, failure: UpstreamFailure): boolean {
   if (ex.retried || ex.aborted || ex.proxyRes) return false;
   if (failure !== 'refused' && !(failure === 'reset' && ex.proxyReq?.reusedSocket)) return false;
+  return isSafeToRepeat(ex.req) && (!hasBody(ex.req) || ex.keptBody !== undefined);
+}
+
+function isSafeToRepeat(req: Request): boolean {
+  return IDEMPOTENT.has(req.method) || (req.method === 'POST' && req.headers['idempotency-key'] !== undefined);
+}
+
+// A body larger than this is not kept, and its request not retried.
+const MAX_KEPT_BODY_BYTES = 64 * 1024;
+
+/** Keeps a copy of the body as it streams to the service, for a retry. */
+function keepBody(ex: Exchange): void {
+  const kept: Buffer[] = [];
+  let size = 0;
+  ex.keptBody = kept;
+  const onData = (chunk: Buffer) => {
+    size += chunk.length;
+    if (size <= MAX_KEPT_BODY_BYTES) return void kept.push(chunk);
+    ex.keptBody = undefined;
+    ex.req.off('data', onData);
+  };
+  ex.req.on('data', onData);
+  ex.req.once('end', () => ex.req.off('data', onData));
+}
+
+/** The retry's body: what was read already, then the rest as it arrives. */
+function resendBody(ex: Exchange, proxyReq: ClientRequest): void {
   const { req } = ex;
-  const safe = IDEMPOTENT.has(req.method) || (req.method === 'POST' && req.headers['idempotency-key'] !== undefined);
-  return safe && (!hasBody(req) || !req.readableDidRead);
+  req.unpipe();
+  for (const chunk of ex.keptBody ?? []) proxyReq.write(chunk);
+  ex.keptBody = undefined;
+  if (req.readableEnded) proxyReq.end();
+  else req.pipe(proxyReq);
 }
 
 export function createServiceProxy({ upstream, cache, metrics, logger, trustsProxies }: ServiceProxyOptions): RequestHandler {
@@ -314,8 +346,12 @@ export function createServiceProxy({ upstream, cache, metrics, logger, trustsPro
     ex.proxyReq = proxyReq;
     proxyReq.once('response', (proxyRes: IncomingMessage) => onResponse(ex, proxyRes));
     proxyReq.on('error', (err: Error) => onError(ex, err));
-    if (hasBody(req)) req.pipe(proxyReq);
-    else proxyReq.end();
+    if (!hasBody(req)) proxyReq.end();
+    else if (ex.retried) resendBody(ex, proxyReq);
+    else {
+      if (isSafeToRepeat(req)) keepBody(ex);
+      req.pipe(proxyReq);
+    }
   };
 
   return async (req, res) => {

@@ -11,8 +11,11 @@ export type Fault =
   | { kind: 'latency'; ms: number }
   /** Connections are accepted and requests read, but nothing ever comes back. */
   | { kind: 'blackhole' }
-  /** The connection is reset as soon as the request starts to arrive: nothing reaches the service. */
-  | { kind: 'reset-before-response' }
+  /**
+   * The connection (a new one, or one already open) is reset as soon as a request starts to
+   * arrive: nothing reaches the service. With `times`, only the next that many requests; then bytes pass.
+   */
+  | { kind: 'reset-before-response'; times?: number }
   /** The service's response headers (and any body bytes in the same chunk) pass, then both sides are reset. */
   | { kind: 'reset-after-headers' }
   /** Every request is answered here with this status (a 5xx storm); the service is not asked. */
@@ -58,6 +61,15 @@ export async function startFaultProxy(target = '', fault: Fault = { kind: 'pass'
     if (!socket.destroyed) socket.resetAndDestroy();
   };
 
+  /** Whether a request arriving now is to be reset (and counts it against `times`). */
+  const resetsNow = (): boolean => {
+    const f = proxy.fault;
+    if (f.kind !== 'reset-before-response') return false;
+    if (f.times === undefined) return true;
+    if (f.times <= 0) return false;
+    f.times--;
+    return true;
+  };
   const flapIsDown = (f: Extract<Fault, { kind: 'flap' }>) => (Date.now() - flapSince) % (f.upMs + f.downMs) >= f.upMs;
 
   const onConnection = (client: Socket) => {
@@ -67,10 +79,6 @@ export async function startFaultProxy(target = '', fault: Fault = { kind: 'pass'
     if (f.kind === 'flap' && flapIsDown(f)) return reset(client);
     if (f.kind === 'blackhole') {
       client.resume();
-      return;
-    }
-    if (f.kind === 'reset-before-response') {
-      client.once('data', () => reset(client));
       return;
     }
     if (f.kind === 'status') {
@@ -87,7 +95,7 @@ export async function startFaultProxy(target = '', fault: Fault = { kind: 'pass'
     const delay = f.kind === 'latency' ? f.ms : 0;
     const relay = (from: Socket, to: Socket, onChunk?: (chunk: Buffer) => boolean) => {
       from.on('data', (chunk: Buffer) => {
-        if (f.kind === 'flap' && flapIsDown(f)) {
+        if ((f.kind === 'flap' && flapIsDown(f)) || (from === client && resetsNow())) {
           reset(client);
           reset(upstream);
           return;
