@@ -387,13 +387,15 @@ export class ServiceBreaker {
     this.enter('OPEN');
   }
 
-  /** The first probe waits as long as the open time does at most; repeated trips push it later too. */
+  /**
+   * Probes every `probeIntervalMs` while open. The interval does not grow with the open time: a
+   * service that answers its /health again is tried at once, and one that still fails its trials
+   * costs at most `halfOpenRequests` requests per interval.
+   */
   private scheduleProbe(): void {
     const { probeIntervalMs } = this.options;
-    if (!this.hooks.probe || probeIntervalMs === 0) return;
-    const delay = Math.min(this.openMs, probeIntervalMs * 2 ** Math.min(this.trips - 1, 30));
-    if (delay >= this.openMs) return;
-    this.probeTimer = setTimeout(probeNow, delay, this);
+    if (!this.hooks.probe || probeIntervalMs === 0 || probeIntervalMs >= this.openMs) return;
+    this.probeTimer = setTimeout(probeNow, probeIntervalMs, this);
     this.probeTimer.unref();
   }
 

@@ -70,6 +70,10 @@ export async function startFaultProxy(target = '', fault: Fault = { kind: 'pass'
     f.times--;
     return true;
   };
+  const storm = (client: Socket, status: number) => {
+    const body = JSON.stringify({ error: 'fault proxy storm', code: 'INTERNAL_ERROR' });
+    client.end(`HTTP/1.1 ${status} Storm\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`);
+  };
   const flapIsDown = (f: Extract<Fault, { kind: 'flap' }>) => (Date.now() - flapSince) % (f.upMs + f.downMs) >= f.upMs;
 
   const onConnection = (client: Socket) => {
@@ -82,30 +86,31 @@ export async function startFaultProxy(target = '', fault: Fault = { kind: 'pass'
       return;
     }
     if (f.kind === 'status') {
-      client.on('data', () => {
-        const body = JSON.stringify({ error: 'fault proxy storm', code: 'INTERNAL_ERROR' });
-        client.write(`HTTP/1.1 ${f.status} Storm\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`);
-        client.end();
-      });
+      client.on('data', () => storm(client, f.status));
       return;
     }
     const { hostname, port: targetPort } = new URL(proxy.target);
     const upstream = connect(Number(targetPort), hostname);
     track(upstream);
-    const delay = f.kind === 'latency' ? f.ms : 0;
+    // Faults other than the connection's own are read at each chunk: a pooled connection meets
+    // the fault of the moment too.
     const relay = (from: Socket, to: Socket, onChunk?: (chunk: Buffer) => boolean) => {
       from.on('data', (chunk: Buffer) => {
-        if ((f.kind === 'flap' && flapIsDown(f)) || (from === client && resetsNow())) {
+        const now = proxy.fault;
+        if ((now.kind === 'flap' && flapIsDown(now)) || (from === client && resetsNow())) {
           reset(client);
           reset(upstream);
           return;
         }
+        if (from === client && now.kind === 'blackhole') return;
+        if (from === client && now.kind === 'status') return storm(client, now.status);
         if (onChunk && !onChunk(chunk)) return;
+        const delay = now.kind === 'latency' ? now.ms : 0;
         if (delay) setTimeout(() => to.destroyed || to.write(chunk), delay);
         else if (!to.destroyed) to.write(chunk);
       });
-      from.once('end', () => (delay ? setTimeout(() => to.end(), delay) : to.end()));
-      from.once('close', () => setTimeout(() => to.destroyed || to.destroy(), delay));
+      from.once('end', () => to.end());
+      from.once('close', () => setTimeout(() => to.destroyed || to.destroy(), proxy.fault.kind === 'latency' ? proxy.fault.ms : 0));
     };
     relay(client, upstream, (chunk) => {
       for (let at = chunk.indexOf(REQUEST_LINE_END); at !== -1; at = chunk.indexOf(REQUEST_LINE_END, at + 1)) requestsSeen++;
