@@ -3,6 +3,7 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { Agent, request } from 'node:http';
+import { connect } from 'node:net';
 import { http, tempDir } from './helpers.js';
 import { startGateway, type StartedGateway } from './gateway-helpers.js';
 import { spawnService, type ChildService } from './process.js';
@@ -78,6 +79,26 @@ describe('graceful stop of a service and of the gateway', () => {
     assert.ok(results.every((r) => r.answered > 0));
     // The answers after the signal told each client to let its connection go.
     assert.ok(results.some((r) => r.closeAnswers > 0));
+  });
+
+  test('when a request has begun to arrive at SIGTERM, then its connection is kept until it is answered (with Connection: close)', async () => {
+    // A drain of 3.2 s sweeps every 80 ms; the request stays half-sent for several sweeps.
+    const products = await spawn('product-service.ts', { STOP_TIMEOUT_MS: '4000' });
+    const { port } = new URL(products.url);
+    const socket = connect(Number(port), '127.0.0.1');
+    await new Promise((r) => socket.once('connect', r));
+    let answer = '';
+    socket.on('data', (c: Buffer) => (answer += c.toString()));
+    const closed = new Promise((r) => socket.once('close', r));
+    socket.write('GET /products/1 HTTP/1.1\r\nHost: x\r\n');
+    await new Promise((r) => setTimeout(r, 100));
+    const exited = products.stop('SIGTERM');
+    await new Promise((r) => setTimeout(r, 400));
+    socket.write('\r\n');
+    await closed;
+    assert.match(answer, /^HTTP\/1\.1 200 /);
+    assert.match(answer, /\r\nConnection: close\r\n/i);
+    assert.equal(await exited, 0);
   });
 
   test('when 10 keep-alive clients loop through the gateway\'s SIGTERM, then none sees a reset', async () => {

@@ -53,6 +53,17 @@ function trackConnections(server: Server): void {
 /** The response a connection is writing now (Node's own field; what closeIdleConnections reads too). */
 const responseOn = (socket: Socket): ServerResponse | null | undefined => (socket as Socket & { _httpMessage?: ServerResponse | null })._httpMessage;
 
+/**
+ * Connections on which no request has begun to arrive, as Node's own parser bookkeeping knows them
+ * (what closeIdleConnections reads; not public, so undefined if a Node version lacks it).
+ */
+function parserIdle(server: Server): Set<Socket> | undefined {
+  const key = Object.getOwnPropertySymbols(server).find((k) => k.description === 'http.server.connections');
+  const list = key === undefined ? undefined : (server as unknown as Record<symbol, { idle?: () => { socket: Socket }[] }>)[key];
+  if (typeof list?.idle !== 'function') return undefined;
+  return new Set(list.idle().map((parser) => parser.socket));
+}
+
 // Shared listener (no closure per request): while draining, every answer closes its connection.
 function closeAfterResponse(_req: IncomingMessage, res: ServerResponse): void {
   if (!res.headersSent) res.setHeader('Connection', 'close');
@@ -64,7 +75,8 @@ function closeAfterResponse(_req: IncomingMessage, res: ServerResponse): void {
  * after its current response and no client sends another request on it. A connection left idle
  * by an earlier keep-alive answer is closed only once it has stayed idle, with not a byte of a new
  * request read, for a sweep period (`timeoutMs / 40`, 10..250 ms): a client about to reuse it gets
- * its request answered (with `close`) instead of a reset. After `timeoutMs` whatever is left is cut.
+ * its request answered (with `close`) instead of a reset. A connection on which a request has
+ * begun to arrive is never closed here. After `timeoutMs` whatever is left is cut.
  */
 export function closeServer(server: Server, timeoutMs = 10_000): Promise<void> {
   return new Promise((resolve) => {
@@ -78,6 +90,7 @@ export function closeServer(server: Server, timeoutMs = 10_000): Promise<void> {
     const idleAt = new Map<Socket, number>();
     const sweep = () => {
       if (!open) return server.closeIdleConnections();
+      const notParsing = parserIdle(server);
       for (const socket of open) {
         const res = responseOn(socket);
         if (res) {
@@ -85,7 +98,7 @@ export function closeServer(server: Server, timeoutMs = 10_000): Promise<void> {
           idleAt.delete(socket);
         } else if (socket.writableEnded) {
           continue;
-        } else if (idleAt.get(socket) === socket.bytesRead) {
+        } else if (idleAt.get(socket) === socket.bytesRead && (notParsing === undefined || notParsing.has(socket))) {
           socket.end();
           // A client that never reads our FIN must not hold the drain up.
           socket.setTimeout(sweepMs, () => socket.destroy());
