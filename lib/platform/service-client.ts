@@ -34,12 +34,12 @@ export class DeadlineExceededError extends HttpError {
 }
 
 /** How long a caller will still wait, in ms: sent on every call between our processes. */
-export const REQUEST_TIMEOUT_HEADER = 'request-timeout';
+const REQUEST_TIMEOUT_HEADER = 'request-timeout';
 
 const deadlines = new AsyncLocalStorage<number>();
 
 /** The current request's deadline (Date.now() ms), when its caller sent Request-Timeout. */
-export const currentDeadline = (): number | undefined => deadlines.getStore();
+const currentDeadline = (): number | undefined => deadlines.getStore();
 
 /** True when the current request's caller has stopped waiting (or is about to). */
 export function deadlinePassed(): boolean {
