@@ -98,7 +98,9 @@ export function closeServer(server: Server, timeoutMs = 10_000): Promise<void> {
           idleAt.delete(socket);
         } else if (socket.writableEnded) {
           continue;
-        } else if (idleAt.get(socket) === socket.bytesRead && (notParsing === undefined || notParsing.has(socket))) {
+        } else if (idleAt.get(socket) === socket.bytesRead && (notParsing === undefined || notParsing.has(socket) || socket.bytesRead === 0)) {
+          // Idle for a whole sweep period, and no request under way (Node counts a connection
+          // that never sent a byte as busy: it is not, for us).
           socket.end();
           // A client that never reads our FIN must not hold the drain up.
           socket.setTimeout(sweepMs, () => socket.destroy());
