@@ -195,7 +195,7 @@ function reportOutcome(ex: Exchange, complete: boolean): void {
 /**
  * A failed call may go out once more when it never reached the service (refused, or a pooled
  * socket found closed), repeating it is safe (an idempotent method, or a POST with an
- * Idempotency-Key) and no byte of its body has been read yet.
+ * Idempotency-Key) and its body, if any, was kept for it (keepBody).
  */
 function mayRetry(ex: Exchange, failure: UpstreamFailure): boolean {
   if (ex.retried || ex.aborted || ex.proxyRes) return false;
