@@ -155,3 +155,26 @@ describe('graceful stop of the order service with orders in flight', () => {
     assert.deepEqual(statuses, Array(30).fill('201'));
   });
 });
+
+describe('a stop that cannot drain', () => {
+  const data = tempDir('msvc-drain-stuck-');
+  let proxy: FaultProxy;
+  let orders: ChildService | undefined;
+  after(async () => {
+    await orders?.stop('SIGKILL');
+    await proxy?.close();
+    data.remove();
+  });
+
+  test('when a request never ends, then the process still exits within STOP_TIMEOUT_MS', async () => {
+    proxy = await startFaultProxy('', { kind: 'blackhole' });
+    orders = await spawnService('order-service.ts', { DATA_DIR: data.dir, USERS_URL: proxy.url, PRODUCTS_URL: proxy.url, UPSTREAM_TIMEOUT_MS: '60000', STOP_TIMEOUT_MS: '800' });
+    const stuck = http(orders.url, 'POST', '/orders', { body: { userId: 1, items: [{ productId: 1, quantity: 1 }] } }).catch(() => 'cut');
+    while (proxy.accepted === 0) await new Promise((r) => setTimeout(r, 5));
+    const started = Date.now();
+    await orders.stop('SIGTERM');
+    assert.ok(Date.now() - started < 2_000, `exited after ${Date.now() - started} ms`);
+    await stuck;
+  });
+});
+
