@@ -1,8 +1,176 @@
-import { after, before, beforeEach, describe, test } from 'node:test';
+import { after, afterEach, before, beforeEach, describe, mock, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { connect } from 'node:net';
+import { ServiceBreaker, type BreakerCall, type BreakerOptions, type CircuitState } from '../lib/gateway/breakers.js';
+import { UpstreamUnavailableError } from '../lib/platform/service-client.js';
 import { http } from './helpers.js';
-import { circuit, circuitState, eventually, startFakeUpstream, startGateway, type FakeUpstream, type StartedGateway } from './gateway-helpers.js';
+import { circuit, circuitState, eventually, startFakeUpstream, startGateway, startGatewayFor, type FakeUpstream, type StartedGateway } from './gateway-helpers.js';
+import { createProduct, createUser, startServices, type System } from './system.js';
+import { startFaultProxy, type FaultProxy } from './support/fault-proxy.js';
+
+const OPTIONS: BreakerOptions = {
+  failureThreshold: 3,
+  resetTimeoutMs: 1000,
+  maxResetTimeoutMs: 4000,
+  stablePeriodMs: 10_000,
+  halfOpenRequests: 2,
+  timeoutMs: 500,
+  probeIntervalMs: 0,
+  slowStartMs: 0,
+  retryBudgetRatio: 0.2,
+};
+
+describe('breaker state machine (mock timers)', () => {
+  let changes: CircuitState[];
+  const make = (options: Partial<BreakerOptions> = {}, probe?: () => Promise<boolean>) => {
+    changes = [];
+    return new ServiceBreaker('svc', { ...OPTIONS, ...options }, { onStateChange: (s) => changes.push(s), probe });
+  };
+  /** A call whose response headers came (the work resolved) and whose body is still to end. */
+  const headersIn = async (b: ServiceBreaker): Promise<BreakerCall> => {
+    let admitted: BreakerCall | undefined;
+    await b.run(async (call) => {
+      call.defer();
+      admitted = call;
+    });
+    return admitted!;
+  };
+  const flush = () => new Promise((r) => setImmediate(r));
+  beforeEach(() => mock.timers.enable({ apis: ['setTimeout', 'Date'], now: 1_000_000 }));
+  afterEach(() => mock.timers.reset());
+
+  test('when three responses in a row are cut after their headers, then the circuit opens, and none counted as a success', async () => {
+    const b = make();
+    for (let i = 0; i < 3; i++) {
+      const call = await headersIn(b);
+      assert.equal(b.state, 'CLOSED');
+      call.fail('reset');
+      // A second report of the same call changes nothing: one call, one outcome.
+      call.succeed();
+    }
+    assert.equal(b.state, 'OPEN');
+    assert.equal(b.stats.failures, 3);
+    assert.equal(b.stats.successes, 0);
+  });
+
+  test('when a response completes, then it counts once as a success and the failure count starts over', async () => {
+    const b = make();
+    for (let i = 0; i < 2; i++) (await headersIn(b)).fail('reset');
+    const ok = await headersIn(b);
+    ok.succeed();
+    ok.fail('reset');
+    for (let i = 0; i < 2; i++) (await headersIn(b)).fail('reset');
+    assert.equal(b.state, 'CLOSED');
+    assert.deepEqual([b.stats.successes, b.stats.failures], [1, 4]);
+  });
+
+  test('when the work does not resolve within the timeout, then the call fails as a timeout and is aborted', async () => {
+    const b = make();
+    let aborted = false;
+    const pending = b.run((call) => new Promise(() => call.onAbort(() => (aborted = true))));
+    mock.timers.tick(499);
+    await flush();
+    assert.equal(aborted, false);
+    mock.timers.tick(1);
+    await assert.rejects(pending, (err: unknown) => err instanceof UpstreamUnavailableError && err.failure === 'timeout');
+    assert.equal(aborted, true);
+    assert.equal(b.stats.timeouts, 1);
+  });
+
+  test('when a circuit trips again soon after closing, then its open time doubles up to the cap, and starts over after a stable period', async () => {
+    const b = make();
+    const openFor = async (): Promise<number> => {
+      b.forceOpen();
+      let waited = 0;
+      while (b.state === 'OPEN') {
+        mock.timers.tick(100);
+        waited += 100;
+      }
+      // Two good trials close it again.
+      for (let i = 0; i < 2; i++) await b.run(async () => 'ok');
+      assert.equal(b.state, 'CLOSED');
+      return waited;
+    };
+    assert.deepEqual([await openFor(), await openFor(), await openFor(), await openFor()], [1000, 2000, 4000, 4000]);
+    mock.timers.tick(10_000);
+    assert.equal(await openFor(), 1000);
+  });
+
+  test('when a probe of the service succeeds while open, then the circuit half-opens before its open time ends', async () => {
+    let healthy = false;
+    const b = make({ resetTimeoutMs: 30_000, maxResetTimeoutMs: 30_000, probeIntervalMs: 200 }, async () => healthy);
+    b.forceOpen();
+    mock.timers.tick(200);
+    await flush();
+    assert.equal(b.state, 'OPEN', 'the service does not answer yet');
+    healthy = true;
+    mock.timers.tick(200);
+    await flush();
+    assert.equal(b.state, 'HALF_OPEN');
+    assert.deepEqual(changes, ['OPEN', 'HALF_OPEN']);
+  });
+
+  test('when half-open, then a failed trial reopens it and a trial whose client left frees its slot', async () => {
+    const b = make();
+    b.forceOpen();
+    mock.timers.tick(1000);
+    assert.equal(b.state, 'HALF_OPEN');
+    const first = b.admit();
+    b.admit();
+    assert.throws(() => b.admit(), /temporarily unavailable/);
+    first.neutral();
+    const third = b.admit();
+    third.fail('reset');
+    assert.equal(b.state, 'OPEN');
+  });
+
+  test('when a circuit closes after trials, then slow start lets a growing share through over CB_SLOW_START_MS', async () => {
+    const b = make({ slowStartMs: 1000 });
+    b.forceOpen();
+    mock.timers.tick(1000);
+    for (let i = 0; i < 2; i++) await b.run(async () => 'ok');
+    assert.equal(b.state, 'CLOSED');
+    const shareAt = (n: number) => {
+      let admitted = 0;
+      for (let i = 0; i < n; i++) {
+        try {
+          b.admit().succeed();
+          admitted++;
+        } catch {
+          // refused by slow start
+        }
+      }
+      return admitted / n;
+    };
+    const early = shareAt(100);
+    mock.timers.tick(500);
+    const middle = shareAt(100);
+    mock.timers.tick(500);
+    const late = shareAt(100);
+    assert.ok(early <= 0.15, `early share ${early}`);
+    assert.ok(middle > early && middle < 1, `middle share ${middle}`);
+    assert.equal(late, 1);
+  });
+
+  test('when refused, then Retry-After spreads clients over up to half the open time after it ends', () => {
+    const b = make({ resetTimeoutMs: 10_000, maxResetTimeoutMs: 10_000 });
+    b.forceOpen();
+    const seen = new Set<number>();
+    for (let i = 0; i < 200; i++) seen.add(b.retryAfterSeconds());
+    assert.ok([...seen].every((s) => s >= 10 && s <= 15), [...seen].join(','));
+    assert.ok(seen.size >= 3, 'not everyone gets the same value');
+  });
+
+  test('when many calls fail, then at most a fifth of them (plus one) may be retried', () => {
+    const b = make({ failureThreshold: 1000 });
+    let retries = 0;
+    for (let i = 0; i < 100; i++) {
+      b.admit().fail('refused');
+      if (b.tryRetry()) retries++;
+    }
+    assert.ok(retries >= 19 && retries <= 21, `retries ${retries}`);
+  });
+});
 
 const SERVICES = ['users', 'products', 'orders'] as const;
 
@@ -50,7 +218,7 @@ describe('circuit breakers', () => {
     assert.equal(fourth.body.error, 'Service users is temporarily unavailable');
     assert.equal(fourth.body.code, 'SERVICE_UNAVAILABLE');
     assert.ok(fourth.body.traceId);
-    assert.equal(fourth.headers.get('retry-after'), '1', 'seconds until half-open, rounded up');
+    assert.match(fourth.headers.get('retry-after') ?? '', /^[12]$/, 'seconds until half-open, rounded up, plus a spread');
     assert.equal(up.seen.length, 3);
     const health = await http(steady.url, 'GET', '/health');
     assert.equal(health.body.services.users.circuitState, 'OPEN');
@@ -73,6 +241,15 @@ describe('circuit breakers', () => {
     assert.equal((await http(steady.url, 'GET', '/api/products/slow')).status, 503);
     const health = await http(steady.url, 'GET', '/health');
     assert.equal(health.body.services.products.stats.timeouts, 3);
+  });
+
+  test('when the service breaks off three responses in a row after their headers, then the circuit opens', async () => {
+    up.behaviour = { kind: 'break' };
+    for (let i = 0; i < 3; i++) await assert.rejects(http(steady.url, 'GET', `/api/users/cut-${i}`), 'the client sees the cut, not a complete 200');
+    const health = await http(steady.url, 'GET', '/health');
+    assert.equal(health.body.services.users.circuitState, 'OPEN');
+    assert.equal(health.body.services.users.stats.failures, 3);
+    assert.equal(health.body.services.users.stats.successes, 0, 'the headers were not counted as a success');
   });
 
   test('when a service answers 4xx, then the circuit stays closed and the failure count starts over', async () => {
@@ -164,7 +341,7 @@ describe('circuit breakers', () => {
     // A URL never fetched before: a cached one would be answered stale.
     const refused = await http(steady.url, 'GET', '/api/orders/forced');
     assert.equal(refused.status, 503);
-    assert.equal(refused.headers.get('retry-after'), '1');
+    assert.match(refused.headers.get('retry-after') ?? '', /^[12]$/);
     assert.equal(up.seen.length, 0);
     await halfOpen(steady, 'orders');
     assert.equal((await http(steady.url, 'GET', '/api/orders/1')).status, 200);
@@ -248,3 +425,111 @@ describe('stale answers', () => {
     await circuit(gw.url, 'orders', 'reset');
   });
 });
+
+describe('a dependency\'s outage', () => {
+  let sys: System;
+  let gw: StartedGateway;
+  before(async () => {
+    sys = await startServices({ env: { UPSTREAM_TIMEOUT_MS: '500', RELEASE_RETRY_MS: '50' } });
+    gw = await startGatewayFor(sys, { CB_RESET_TIMEOUT_MS: '30000' });
+  });
+  after(async () => {
+    await gw?.close();
+    await sys?.stop();
+  });
+
+  test('when the product service is down, then creates are 503 DEPENDENCY_UNAVAILABLE and reads of orders stay 200', async () => {
+    const userId = await createUser(sys);
+    const productId = await createProduct(sys, { stock: 10 });
+    const created = await http(gw.url, 'POST', '/api/orders', { body: { userId, items: [{ productId, quantity: 1 }] } });
+    assert.equal(created.status, 201, created.text);
+    await sys.products.close();
+    try {
+      for (let i = 0; i < 5; i++) {
+        const r = await http(gw.url, 'POST', '/api/orders', { body: { userId, items: [{ productId, quantity: 1 }] } });
+        assert.equal(r.status, 503);
+        assert.equal(r.body.code, 'DEPENDENCY_UNAVAILABLE');
+        assert.ok(r.headers.get('retry-after'));
+      }
+      assert.equal(await circuitState(gw.url, 'orders'), 'CLOSED', 'the order service is not blamed for its dependency');
+      const read = await http(gw.url, 'GET', `/api/orders/${created.body.id}`);
+      assert.equal(read.status, 200);
+      assert.equal(read.headers.get('x-cache'), null, 'answered by the service, not the stale cache');
+      assert.equal(read.body.id, created.body.id);
+    } finally {
+      await sys.products.start();
+    }
+  });
+});
+
+describe('retries', () => {
+  let up: FakeUpstream;
+  let proxy: FaultProxy;
+  let gw: StartedGateway;
+  before(async () => {
+    up = await startFakeUpstream();
+    proxy = await startFaultProxy(up.url);
+    gw = await startGateway({ USERS_URL: proxy.url, PRODUCTS_URL: proxy.url, ORDERS_URL: proxy.url, CB_FAILURE_THRESHOLD: '1000' });
+  });
+  after(async () => {
+    await gw?.close();
+    await proxy?.close();
+    await up?.stop();
+  });
+  beforeEach(() => {
+    up.behaviour = { kind: 'echo' };
+    proxy.fault = { kind: 'pass' };
+  });
+  const retries = async (service: string) => {
+    const text = await (await fetch(gw.url + '/metrics')).text();
+    return Number(new RegExp(`gateway_upstream_retries_total\\{service="${service}"[^}]*\\} (\\d+)`).exec(text)?.[1] ?? 0);
+  };
+  /** A request on a pooled connection that the next request will find reset. */
+  const warmPool = async (path: string) => assert.equal((await http(gw.url, 'GET', path)).status, 200);
+
+  test('when a GET meets a pooled connection reset before it reached the service, then it is sent once more on a new one and succeeds', async () => {
+    await warmPool('/api/users/warm');
+    up.seen.length = 0;
+    proxy.fault = { kind: 'reset-before-response', times: 1 };
+    const r = await http(gw.url, 'GET', '/api/users/retried');
+    assert.equal(r.status, 200);
+    assert.equal(up.seen.length, 1, 'the service saw it once');
+    assert.equal(await retries('users'), 1);
+  });
+
+  test('when a POST without Idempotency-Key meets the same reset, then it is not retried', async () => {
+    await warmPool('/api/products/warm');
+    up.seen.length = 0;
+    proxy.fault = { kind: 'reset-before-response', times: 1 };
+    const r = await http(gw.url, 'POST', '/api/products', { body: { name: 'x' } });
+    assert.equal(r.status, 502);
+    assert.equal(up.seen.length, 0);
+    assert.equal(await retries('products'), 0);
+  });
+
+  test('when a POST with Idempotency-Key meets the same reset, then it is retried', async () => {
+    await warmPool('/api/orders/warm');
+    up.seen.length = 0;
+    proxy.fault = { kind: 'reset-before-response', times: 1 };
+    const r = await http(gw.url, 'POST', '/api/orders', { body: { userId: 1 }, headers: { 'idempotency-key': 'retry-1' } });
+    assert.equal(r.status, 200);
+    assert.equal(up.seen.length, 1);
+    assert.equal(up.seen[0]!.body, JSON.stringify({ userId: 1 }), 'the body arrived whole');
+  });
+
+  test('when the service refuses many GETs, then at most a fifth of them are retried and each counts as one failure', async () => {
+    await proxy.stop();
+    try {
+      const before = (await http(gw.url, 'GET', '/health')).body.services.users.stats.failures as number;
+      const retriedBefore = await retries('users');
+      for (let i = 0; i < 30; i++) assert.equal((await http(gw.url, 'GET', `/api/users/refused-${i}`)).status, 502);
+      const retried = (await retries('users')) - retriedBefore;
+      assert.ok(retried >= 1 && retried <= 8, `retried ${retried} of 30`);
+      const failures = (await http(gw.url, 'GET', '/health')).body.services.users.stats.failures as number;
+      assert.equal(failures - before, 30, 'a request and its retry are one call with one outcome');
+    } finally {
+      await proxy.start();
+    }
+  });
+});
+

@@ -54,14 +54,15 @@ describe('order workflow against live services', () => {
   });
   after(async () => sys.stop());
 
-  test('when the user service is down, then 503 SERVICE_UNAVAILABLE and neither an order nor held stock', async () => {
+  test('when the user service is down, then 503 DEPENDENCY_UNAVAILABLE and neither an order nor held stock', async () => {
     const userId = await createUser(sys);
     const productId = await createProduct(sys, { stock: 5 });
     await sys.users.close();
     try {
       const r = await post(sys, { userId, items: [{ productId, quantity: 2 }] });
       assert.equal(r.status, 503);
-      assert.equal(r.body.code, 'SERVICE_UNAVAILABLE');
+      assert.equal(r.body.code, 'DEPENDENCY_UNAVAILABLE');
+      assert.equal(r.headers.get('x-dependency-failure'), 'users');
     } finally {
       await sys.users.start();
     }
@@ -78,7 +79,8 @@ describe('order workflow against live services', () => {
     try {
       const r = await post(sys, { userId, items: [{ productId, quantity: 2 }] });
       assert.equal(r.status, 503);
-      assert.equal(r.body.code, 'SERVICE_UNAVAILABLE');
+      assert.equal(r.body.code, 'DEPENDENCY_UNAVAILABLE');
+      assert.equal(r.headers.get('x-dependency-failure'), 'products');
       // The reserve may have landed before the connection broke: the outbox keeps it to release.
       assert.equal(await pendingReleases(sys), 1);
     } finally {
@@ -187,9 +189,10 @@ describe('order workflow against live services', () => {
   test('when the order service died between reserve and commit, then after a restart the worker gives the stock back', async () => {
     const productId = await createProduct(sys, { stock: 10 });
     const products = productsClient(sys);
-    // What a create leaves behind when the process dies after the reserve: an outbox row and held stock.
+    // What a create leaves behind when the process dies after the reserve: an outbox row and held
+    // stock. The row is new, so the worker leaves it alone while the service drains (600 ms).
     const reservationId = `crashed-${Date.now()}`;
-    sys.orders.db.prepare('INSERT INTO pending_releases (reservation_id, created_at_ms) VALUES (?, ?)').run(reservationId, Date.now() - 60_000);
+    sys.orders.db.prepare('INSERT INTO pending_releases (reservation_id, created_at_ms) VALUES (?, ?)').run(reservationId, Date.now());
     await sys.orders.close();
     await products.reserve(reservationId, [{ productId, quantity: 6 }]);
     assert.equal(await stockOf(sys, productId), 4);
@@ -222,7 +225,7 @@ describe('slow product service', () => {
     const started = Date.now();
     const r = await post(sys, { userId, items: [{ productId, quantity: 3 }] });
     assert.equal(r.status, 503);
-    assert.equal(r.body.code, 'SERVICE_UNAVAILABLE');
+    assert.equal(r.body.code, 'DEPENDENCY_UNAVAILABLE');
     assert.ok(Date.now() - started < 2_000);
     const [row] = sys.orders.db.prepare('SELECT reservation_id FROM pending_releases').all() as { reservation_id: string }[];
     assert.ok(row, 'the outbox keeps the reservation id');

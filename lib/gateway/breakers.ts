@@ -1,6 +1,5 @@
-// One circuit breaker per service: opossum's state machine and timers, with the seed's semantics
-// (N consecutive failures open it; M trial requests when half-open) built on its options and events.
-import CircuitBreaker from 'opossum';
+// One circuit breaker per service: a small state machine (CLOSED -> OPEN -> HALF_OPEN -> CLOSED)
+// in which every call has exactly one outcome, decided once, when the call ends.
 import { HttpError } from '../platform/errors.js';
 import { UpstreamUnavailableError, type UpstreamFailure } from '../platform/service-client.js';
 
@@ -9,18 +8,30 @@ export type CircuitState = 'CLOSED' | 'OPEN' | 'HALF_OPEN';
 export interface BreakerOptions {
   /** Consecutive failures that open the circuit. */
   failureThreshold: number;
-  /** Time open before trial requests are let through. */
+  /** Time open before trial requests are let through, after the first trip. */
   resetTimeoutMs: number;
+  /** Each trip without a stable period in between doubles the open time, up to this. */
+  maxResetTimeoutMs: number;
+  /** Closed this long, the circuit forgets its earlier trips (the open time starts over). */
+  stablePeriodMs: number;
   /** Trial requests when half-open; all must succeed to close it, one failure reopens it. */
   halfOpenRequests: number;
-  /** An attempt without an answer by then is a failure, and its request is aborted. */
+  /** An attempt without an answer (headers) by then is a failure, and its request is aborted. */
   timeoutMs: number;
+  /** While open, the service's /health is asked this often; an answer half-opens the circuit early. 0: never. */
+  probeIntervalMs: number;
+  /** After closing, the share of calls let through ramps from 10 % to all over this time. 0: all at once. */
+  slowStartMs: number;
+  /** Retries allowed per call admitted (0.2: at most one retry per five calls, over time). */
+  retryBudgetRatio: number;
 }
 
 export interface BreakerHooks {
   onStateChange?: (state: CircuitState, previous: CircuitState) => void;
   onFailure?: (kind: UpstreamFailure) => void;
   onReject?: () => void;
+  /** Asks the service whether it answers again (its /health); only called while open. */
+  probe?: () => Promise<boolean>;
 }
 
 export interface BreakerStats {
@@ -31,7 +42,7 @@ export interface BreakerStats {
   lastFailure: string | null;
 }
 
-/** The circuit is open (or its trial slots are taken): the request was not sent. */
+/** The circuit is open (or its trial slots are taken, or slow start holds the call back): the request was not sent. */
 export class CircuitOpenError extends HttpError {
   constructor(
     readonly service: string,
@@ -57,14 +68,34 @@ export interface RunOptions {
 
 type Outcome = 'success' | 'failure' | 'neutral';
 
+// Slow start lets at least this share through from its first moment.
+const SLOW_START_FLOOR = 0.1;
+// Unspent retries a quiet service can save up for a burst of failures.
+const RETRY_TOKEN_CAP = 10;
+
 /**
- * How a call learns that the breaker gave up on it (its timeout). Cheaper than an AbortController
- * per call, which the proxy does not need: an AbortSignal is made only for callers that ask (fetch).
+ * One call admitted by the breaker. The work learns here that the breaker gave up on it (its
+ * timeout), and may hold its outcome past the point where its promise resolves (`defer`), to
+ * report it once the call really ends: a proxied response is a success only once its body is
+ * complete. Cheaper than an AbortController per call, which the proxy does not need: an
+ * AbortSignal is made only for callers that ask (fetch).
  */
-export class Cancellation {
+export class BreakerCall {
   aborted = false;
+  /** The outcome was counted; later reports are ignored. */
+  settled = false;
+  /** The breaker's epoch when admitted; an outcome from an earlier epoch says nothing about now. */
+  readonly epoch: number;
+  private deferred = false;
   private listener: (() => void) | undefined;
   private controller: AbortController | undefined;
+
+  constructor(
+    private readonly breaker: ServiceBreaker,
+    epoch: number,
+  ) {
+    this.epoch = epoch;
+  }
 
   get signal(): AbortSignal {
     if (!this.controller) {
@@ -80,6 +111,30 @@ export class Cancellation {
     else this.listener = fn;
   }
 
+  /** The outcome is not the work's result: it comes later through succeed/fail/neutral. */
+  defer(): void {
+    this.deferred = true;
+  }
+
+  get isDeferred(): boolean {
+    return this.deferred;
+  }
+
+  succeed(): void {
+    this.breaker.settle(this, 'success');
+  }
+
+  fail(kind: UpstreamFailure): void {
+    if (this.settled) return;
+    this.breaker.countFailure(kind);
+    this.breaker.settle(this, 'failure');
+  }
+
+  /** Nothing learned about the service (the client left, or the answer was a dependency's fault). */
+  neutral(): void {
+    this.breaker.settle(this, 'neutral');
+  }
+
   abort(): void {
     if (this.aborted) return;
     this.aborted = true;
@@ -90,221 +145,325 @@ export class Cancellation {
   }
 }
 
-interface Attempt {
-  /** The breaker's epoch when admitted; an answer from an earlier epoch says nothing about now. */
-  readonly epoch: number;
-  readonly cancellation: Cancellation;
-  readonly work: (cancellation: Cancellation) => Promise<unknown>;
-  readonly clientStalled?: () => boolean;
-  /** What the work's own result says: an answer, or nothing about the service. */
-  verdict: 'success' | 'neutral';
-  /** How the breaker counted it, once it has. */
-  outcome?: Outcome;
-  result?: unknown;
-  /** Set when the work threw something that is an answer (a 4xx) or the client's doing. */
-  error?: { value: unknown };
+/** A call run through `run`: its promise's ends and its timer. */
+interface RunningCall<T> {
+  call: BreakerCall;
+  resolve: (value: T) => void;
+  reject: (err: unknown) => void;
+  clientStalled?: () => boolean;
+  timer: NodeJS.Timeout;
+  /** Resolved, rejected or timed out: what comes after is ignored. */
+  finished: boolean;
 }
 
 /**
- * A service's breaker. opossum provides the open state, the reset timer, fast rejection, per-call
- * timeouts and the events; the counting is ours, because opossum opens on an error percentage in a
- * rolling window (its `maxFailures` is deprecated) and lets exactly one call through when half-open
- * (more was declined upstream, opossum #613). So:
- *   - opossum's percentage rule is switched off (errorThresholdPercentage 100 is never exceeded) and
- *     `failure`/`success` events drive a consecutive-failure count that calls `open()`;
- *   - on `halfOpen` we close opossum and gate the trial slots ourselves: any failed trial reopens it,
- *     the last successful one closes it, a trial whose client left frees its slot, and a trial that
- *     never answers times out (a failure) after `timeoutMs`;
- *   - 4xx answers and client aborts resolve the action instead of going through `errorFilter`: a
- *     filtered error reaches the `success` event without its call's arguments, and opossum closes a
- *     half-open breaker on it, so we could not tell a trial from a late answer from before the trip;
- *   - opossum's shared `abortController` would abort every call in flight on one timeout, so each
- *     call gets its own Cancellation, aborted from the `timeout` event (which carries the call's args).
+ * A service's breaker. One state machine, owned here rather than kept in step with a library's
+ * by events: a proxied call ends when its body does, long after the promise a library would
+ * time and count has settled, so the library and we would each decide the call's outcome.
+ *
+ *   CLOSED     counts consecutive failures; `failureThreshold` of them open it. After it closed
+ *              from half-open, slow start lets a growing share of calls through.
+ *   OPEN       refuses every call. Half-opens when its open time ends, or earlier when a probe of
+ *              the service's /health succeeds. The open time doubles with each trip (capped) and
+ *              starts over after `stablePeriodMs` closed.
+ *   HALF_OPEN  lets `halfOpenRequests` trials through; all succeed: CLOSED; one fails: OPEN. A
+ *              trial whose client left frees its slot.
  */
 export class ServiceBreaker {
   readonly name: string;
   private readonly options: BreakerOptions;
   private readonly hooks: BreakerHooks;
-  private readonly circuit: CircuitBreaker<[Attempt], Attempt>;
+  private current: CircuitState = 'CLOSED';
   private epoch = 0;
   private consecutiveFailures = 0;
-  /** Present while half-open: trial slots handed out and trials that succeeded. */
-  private trials: { admitted: number; succeeded: number } | undefined;
-  private halfOpenAt = 0;
-  private lastState: CircuitState = 'CLOSED';
+  private trialsAdmitted = 0;
+  private trialsSucceeded = 0;
+  /** Trips since the circuit was last stable, which set the open time. */
+  private trips = 0;
+  private openMs = 0;
+  private openUntil = 0;
+  private closedSince = 0;
+  private halfOpenTimer: NodeJS.Timeout | undefined;
+  private probeTimer: NodeJS.Timeout | undefined;
+  /** Slow start: when it began and ends (0: not ramping), calls seen and let through meanwhile. */
+  private rampFrom = 0;
+  private rampUntil = 0;
+  private rampSeen = 0;
+  private rampAdmitted = 0;
+  private retryTokens = 1;
+  private stopped = false;
   private readonly counts: BreakerStats = { failures: 0, successes: 0, rejects: 0, timeouts: 0, lastFailure: null };
 
   constructor(name: string, options: BreakerOptions, hooks: BreakerHooks = {}) {
     this.name = name;
     this.options = options;
     this.hooks = hooks;
-    this.circuit = new CircuitBreaker(runAttempt, {
-      name,
-      timeout: options.timeoutMs,
-      resetTimeout: options.resetTimeoutMs,
-      errorThresholdPercentage: 100,
-      rollingPercentilesEnabled: false,
-      enableSnapshots: false,
-    });
-    const events = this.circuit as unknown as NodeJS.EventEmitter;
-    events.on('success', (attempt: Attempt) => this.settle(attempt, attempt.verdict));
-    events.on('failure', (err: unknown, _latency: number, args: [Attempt]) => this.onFailure(args[0], err));
-    events.on('timeout', (_err: unknown, _latency: number, args: [Attempt]) => args[0].cancellation.abort());
-    events.on('reject', () => this.countReject());
-    events.on('open', () => {
-      // Also reached from the debug route: a forced open behaves like a tripped circuit.
-      this.epoch++;
-      this.trials = undefined;
-      this.consecutiveFailures = 0;
-      this.halfOpenAt = Date.now() + options.resetTimeoutMs;
-      this.notify();
-    });
-    events.on('halfOpen', () => {
-      this.epoch++;
-      this.trials = { admitted: 0, succeeded: 0 };
-      this.circuit.close();
-      this.notify();
-    });
   }
 
   get state(): CircuitState {
-    if (this.circuit.opened) return 'OPEN';
-    return this.trials ? 'HALF_OPEN' : 'CLOSED';
+    return this.current;
   }
 
   get stats(): BreakerStats {
     return { ...this.counts };
   }
 
-  /** Seconds until trial requests are let through (at least 1). */
+  /**
+   * Seconds a refused client should wait: until the circuit half-opens, plus a random spread of
+   * up to half the open time (at least a second), so refused clients do not all come back at once.
+   */
   retryAfterSeconds(): number {
-    if (!this.circuit.opened) return 1;
-    return Math.max(1, Math.ceil((this.halfOpenAt - Date.now()) / 1000));
+    const remaining = this.current === 'OPEN' ? Math.max(0, this.openUntil - Date.now()) : 0;
+    const spread = Math.random() * Math.max(1000, this.openMs / 2);
+    return Math.max(1, Math.ceil((remaining + spread) / 1000));
+  }
+
+  /**
+   * Admits a call or throws CircuitOpenError. The caller must end the call with exactly one of
+   * succeed/fail/neutral (or let `run` do it).
+   */
+  admit(): BreakerCall {
+    if (this.stopped) return this.refuse();
+    switch (this.current) {
+      case 'OPEN':
+        return this.refuse();
+      case 'HALF_OPEN':
+        if (this.trialsAdmitted >= this.options.halfOpenRequests) return this.refuse();
+        this.trialsAdmitted++;
+        break;
+      case 'CLOSED':
+        if (this.rampUntil !== 0 && !this.rampAdmits()) return this.refuse();
+    }
+    if (this.retryTokens < RETRY_TOKEN_CAP) this.retryTokens += this.options.retryBudgetRatio;
+    return new BreakerCall(this, this.epoch);
   }
 
   /**
    * Runs `work` through the breaker. Resolves with its result; rethrows what it threw when that is
    * an answer (an HttpError below 500) or the client's doing (ClientGoneError). Throws
    * CircuitOpenError when the circuit refuses the call, UpstreamUnavailableError on a failure.
+   * Unless the work defers its outcome, the call is a success when the work resolves.
    */
-  async run<T>(work: (cancellation: Cancellation) => Promise<T>, { clientStalled }: RunOptions = {}): Promise<T> {
-    if (this.trials) {
-      if (this.trials.admitted >= this.options.halfOpenRequests) {
-        this.countReject();
-        throw new CircuitOpenError(this.name, 1);
-      }
-      this.trials.admitted++;
-    }
-    const attempt: Attempt = { epoch: this.epoch, cancellation: new Cancellation(), work, clientStalled, verdict: 'success' };
-    let done: Attempt;
+  run<T>(work: (call: BreakerCall) => Promise<T>, { clientStalled }: RunOptions = {}): Promise<T> {
+    let call: BreakerCall;
     try {
-      done = await this.circuit.fire(attempt);
+      call = this.admit();
     } catch (err) {
-      throw this.translate(err, attempt);
+      return Promise.reject(err);
     }
-    if (done.error) throw done.error.value;
-    return done.result as T;
+    return new Promise<T>((resolve, reject) => {
+      const running = { call, resolve, reject, clientStalled, finished: false } as RunningCall<T>;
+      running.timer = setTimeout(onTimeout, this.options.timeoutMs, this, running as RunningCall<unknown>);
+      work(call).then(
+        (result) => this.workDone(running, result),
+        (err: unknown) => this.workFailed(running, err),
+      );
+    });
   }
 
-  /**
-   * A failure noticed after the attempt succeeded: the service broke off a response mid-body.
-   * Counts like any failure in the current state.
-   */
-  recordLateFailure(kind: UpstreamFailure): void {
-    this.countFailure(kind);
-    if (this.circuit.opened) return;
-    if (this.trials || ++this.consecutiveFailures >= this.options.failureThreshold) this.circuit.open();
+  /** A retry of a call that failed before reaching the service, if the budget allows one now. */
+  tryRetry(): boolean {
+    if (this.retryTokens < 1) return false;
+    this.retryTokens--;
+    return true;
   }
 
   forceOpen(): void {
-    this.circuit.open();
+    this.trip();
   }
 
   forceClose(): void {
-    this.closeCircuit();
+    this.close(false);
   }
 
   /** Closes the circuit and forgets its history. */
   reset(): void {
-    this.closeCircuit();
+    this.close(false);
+    this.trips = 0;
     Object.assign(this.counts, { failures: 0, successes: 0, rejects: 0, timeouts: 0, lastFailure: null });
   }
 
-  /** Stops opossum's timers; calls after this fail. */
+  /** Stops the timers; calls after this are refused. */
   shutdown(): void {
-    this.circuit.shutdown();
+    this.stopped = true;
+    this.clearTimers();
   }
 
-  private onFailure(attempt: Attempt, err: unknown): void {
-    const timedOut = CircuitBreaker.isOurError(err as Error) && (err as { code?: string }).code === 'ETIMEDOUT';
-    if (timedOut && attempt.clientStalled?.()) return this.settle(attempt, 'neutral');
-    this.countFailure(timedOut ? 'timeout' : err instanceof UpstreamUnavailableError ? err.failure : 'reset');
-    this.settle(attempt, 'failure');
-  }
-
-  private settle(attempt: Attempt, outcome: Outcome): void {
-    if (attempt.outcome) return;
-    attempt.outcome = outcome;
+  /** @internal Counts a call's one outcome (BreakerCall and run call this). */
+  settle(call: BreakerCall, outcome: Outcome): void {
+    if (call.settled) return;
+    call.settled = true;
     if (outcome === 'success') this.counts.successes++;
-    if (attempt.epoch !== this.epoch) return;
-    if (this.trials) {
-      if (outcome === 'neutral') this.trials.admitted--;
-      else if (outcome === 'failure') this.circuit.open();
-      else if (++this.trials.succeeded >= this.options.halfOpenRequests) this.closeCircuit();
+    if (call.epoch !== this.epoch) return;
+    if (this.current === 'HALF_OPEN') {
+      if (outcome === 'neutral') this.trialsAdmitted--;
+      else if (outcome === 'failure') this.trip();
+      else if (++this.trialsSucceeded >= this.options.halfOpenRequests) this.close(true);
       return;
     }
     if (outcome === 'failure') {
-      if (++this.consecutiveFailures >= this.options.failureThreshold) this.circuit.open();
+      if (++this.consecutiveFailures >= this.options.failureThreshold) this.trip();
     } else if (outcome === 'success') {
       this.consecutiveFailures = 0;
     }
   }
 
-  private translate(err: unknown, attempt: Attempt): unknown {
-    const code = CircuitBreaker.isOurError(err as Error) ? (err as { code?: string }).code : undefined;
-    if (code === 'EOPENBREAKER' || code === 'ESHUTDOWN') return new CircuitOpenError(this.name, this.retryAfterSeconds());
-    if (code === 'ETIMEDOUT') return attempt.outcome === 'neutral' ? new ClientGoneError(true) : new UpstreamUnavailableError(this.name, 'timeout');
-    return err;
-  }
-
-  private closeCircuit(): void {
-    this.epoch++;
-    this.trials = undefined;
-    this.consecutiveFailures = 0;
-    this.circuit.close();
-    this.notify();
-  }
-
-  private countFailure(kind: UpstreamFailure): void {
+  /** @internal */
+  countFailure(kind: UpstreamFailure): void {
     this.counts.failures++;
     if (kind === 'timeout') this.counts.timeouts++;
     this.counts.lastFailure = new Date().toISOString();
     this.hooks.onFailure?.(kind);
   }
 
-  private countReject(): void {
-    this.counts.rejects++;
-    this.hooks.onReject?.();
+  /** @internal The call's timer ran out before its work resolved. */
+  timedOut(running: RunningCall<unknown>): void {
+    if (running.finished) return;
+    running.finished = true;
+    const { call } = running;
+    if (running.clientStalled?.()) {
+      this.settle(call, 'neutral');
+      running.reject(new ClientGoneError(true));
+    } else {
+      call.fail('timeout');
+      running.reject(new UpstreamUnavailableError(this.name, 'timeout'));
+    }
+    call.abort();
   }
 
-  private notify(): void {
-    const state = this.state;
-    if (state === this.lastState) return;
-    const previous = this.lastState;
-    this.lastState = state;
-    this.hooks.onStateChange?.(state, previous);
+  private workDone<T>(running: RunningCall<T>, result: T): void {
+    if (running.finished) return;
+    running.finished = true;
+    clearTimeout(running.timer);
+    if (!running.call.isDeferred) this.settle(running.call, 'success');
+    running.resolve(result);
+  }
+
+  private workFailed<T>(running: RunningCall<T>, err: unknown): void {
+    if (running.finished) return;
+    running.finished = true;
+    clearTimeout(running.timer);
+    const { call } = running;
+    if (err instanceof UpstreamUnavailableError) call.fail(err.failure);
+    // A 4xx is the service answering; a client that left, a dependency's fault or a bug of ours says nothing about it.
+    else this.settle(call, err instanceof HttpError && err.status < 500 ? 'success' : 'neutral');
+    running.reject(err);
+  }
+
+  private refuse(): never {
+    this.counts.rejects++;
+    this.hooks.onReject?.();
+    throw new CircuitOpenError(this.name, this.retryAfterSeconds());
+  }
+
+  /** Slow start: whether this call is within the share let through by now. */
+  private rampAdmits(): boolean {
+    const now = Date.now();
+    if (now >= this.rampUntil) {
+      this.rampUntil = 0;
+      return true;
+    }
+    const share = Math.max(SLOW_START_FLOOR, (now - this.rampFrom) / this.options.slowStartMs);
+    this.rampSeen++;
+    if (this.rampAdmitted >= share * this.rampSeen) return false;
+    this.rampAdmitted++;
+    return true;
+  }
+
+  private trip(): void {
+    if (this.stopped) return;
+    const now = Date.now();
+    if (this.current === 'CLOSED' && now - this.closedSince >= this.options.stablePeriodMs) this.trips = 0;
+    this.trips++;
+    this.openMs = Math.min(this.options.maxResetTimeoutMs, this.options.resetTimeoutMs * 2 ** Math.min(this.trips - 1, 30));
+    this.openUntil = now + this.openMs;
+    this.epoch++;
+    this.consecutiveFailures = 0;
+    this.rampUntil = 0;
+    this.clearTimers();
+    this.halfOpenTimer = setTimeout(halfOpenNow, this.openMs, this);
+    this.halfOpenTimer.unref();
+    this.scheduleProbe();
+    this.enter('OPEN');
+  }
+
+  /**
+   * Probes every `probeIntervalMs` while open. The interval does not grow with the open time: a
+   * service that answers its /health again is tried at once, and one that still fails its trials
+   * costs at most `halfOpenRequests` requests per interval.
+   */
+  private scheduleProbe(): void {
+    const { probeIntervalMs } = this.options;
+    if (!this.hooks.probe || probeIntervalMs === 0 || probeIntervalMs >= this.openMs) return;
+    this.probeTimer = setTimeout(probeNow, probeIntervalMs, this);
+    this.probeTimer.unref();
+  }
+
+  /** @internal */
+  async probe(): Promise<void> {
+    this.probeTimer = undefined;
+    const epoch = this.epoch;
+    let ok = false;
+    try {
+      ok = await this.hooks.probe!();
+    } catch {
+      ok = false;
+    }
+    if (this.current !== 'OPEN' || this.epoch !== epoch || this.stopped) return;
+    if (ok) return this.halfOpen();
+    this.probeTimer = setTimeout(probeNow, this.options.probeIntervalMs, this);
+    this.probeTimer.unref();
+  }
+
+  /** @internal */
+  halfOpen(): void {
+    if (this.current !== 'OPEN' || this.stopped) return;
+    this.clearTimers();
+    this.epoch++;
+    this.trialsAdmitted = 0;
+    this.trialsSucceeded = 0;
+    this.enter('HALF_OPEN');
+  }
+
+  private close(slowStart: boolean): void {
+    this.clearTimers();
+    this.epoch++;
+    this.consecutiveFailures = 0;
+    const now = Date.now();
+    this.closedSince = now;
+    if (slowStart && this.options.slowStartMs > 0) {
+      this.rampFrom = now;
+      this.rampUntil = now + this.options.slowStartMs;
+      this.rampSeen = 0;
+      this.rampAdmitted = 0;
+    } else {
+      this.rampUntil = 0;
+    }
+    this.enter('CLOSED');
+  }
+
+  private clearTimers(): void {
+    clearTimeout(this.halfOpenTimer);
+    clearTimeout(this.probeTimer);
+    this.halfOpenTimer = undefined;
+    this.probeTimer = undefined;
+  }
+
+  private enter(state: CircuitState): void {
+    const previous = this.current;
+    this.current = state;
+    // A forced open of an open circuit restarts its time, but is no change of state.
+    if (state !== previous) this.hooks.onStateChange?.(state, previous);
   }
 }
 
-/** opossum's action: an upstream failure rejects; anything else resolves with the attempt. */
-async function runAttempt(attempt: Attempt): Promise<Attempt> {
-  try {
-    attempt.result = await attempt.work(attempt.cancellation);
-  } catch (err) {
-    if (err instanceof UpstreamUnavailableError) throw err;
-    attempt.error = { value: err };
-    // A 4xx is the service answering; a client that left or a bug of ours says nothing about it.
-    attempt.verdict = err instanceof HttpError && err.status < 500 ? 'success' : 'neutral';
-  }
-  return attempt;
+// Timer callbacks without a closure per call.
+function onTimeout(breaker: ServiceBreaker, running: RunningCall<unknown>): void {
+  breaker.timedOut(running);
+}
+function halfOpenNow(breaker: ServiceBreaker): void {
+  breaker.halfOpen();
+}
+function probeNow(breaker: ServiceBreaker): void {
+  void breaker.probe();
 }

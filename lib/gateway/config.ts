@@ -50,7 +50,21 @@ export const GatewayConfigSchema = z.object({
   CB_RESET_TIMEOUT_MS: intVar(30_000, 10, MAX_TIMER_MS),
   // Trial requests a half-open circuit lets through; all must succeed to close it.
   CB_HALF_OPEN_REQUESTS: intVar(2, 1, 100),
-  // Time to the upstream's response headers (and whole answer for aggregation calls).
+  // Each trip soon after the last doubles the open time, up to this.
+  CB_MAX_RESET_TIMEOUT_MS: intVar(300_000, 10, MAX_TIMER_MS),
+  // Closed this long, a circuit forgets its earlier trips: the next one opens for CB_RESET_TIMEOUT_MS again.
+  CB_STABLE_PERIOD_MS: intVar(60_000, 0, MAX_TIMER_MS),
+  // While open, the service's /health is asked this often; an answer half-opens the circuit before
+  // the open time ends. 0: wait for the open time.
+  CB_PROBE_INTERVAL_MS: intVar(2000, 0, MAX_TIMER_MS),
+  // After a circuit closes, the share of requests let through ramps from 10 % to all over this time
+  // (the rest get 503 with Retry-After). 0: all at once.
+  CB_SLOW_START_MS: intVar(5000, 0, MAX_TIMER_MS),
+  // At most this many retries per 100 proxied requests (a retry goes out only when the request
+  // never reached the service and is safe to repeat).
+  RETRY_BUDGET_PERCENT: intVar(20, 0, 100),
+  // Time to the upstream's response headers (and whole answer for aggregation calls); the service
+  // is told how long is left in the Request-Timeout header.
   UPSTREAM_TIMEOUT_MS: intVar(5000, 10, 600_000),
   // POST /api/auth/login attempts per client address per window (the user service also limits failures per email).
   LOGIN_RATE_LIMIT: intVar(20, 1, 1_000_000),

@@ -22,6 +22,8 @@ export interface GatewayMetrics {
   observeProxied: RequestObserver;
   upstreamFailure(service: string, kind: UpstreamFailure): void;
   circuitRejected(service: string): void;
+  /** A request sent to the service a second time, after failing before it reached it. */
+  upstreamRetry(service: string): void;
   circuitState(service: string, state: CircuitState): void;
   rateLimited(): void;
   staleResponse(service: string): void;
@@ -56,6 +58,12 @@ export function createGatewayMetrics(registry: Registry): GatewayMetrics {
     labelNames: ['service'] as const,
     registers,
   });
+  const retries = new Counter({
+    name: 'gateway_upstream_retries_total',
+    help: 'Requests sent again on a fresh connection after failing before they reached the service.',
+    labelNames: ['service'] as const,
+    registers,
+  });
   const state = new Gauge({
     name: 'gateway_circuit_state',
     help: 'Circuit breaker state per service: 0 closed, 1 half-open, 2 open.',
@@ -85,6 +93,7 @@ export function createGatewayMetrics(registry: Registry): GatewayMetrics {
     },
     upstreamFailure: (service, kind) => failures.inc({ service, kind }),
     circuitRejected: (service) => rejections.inc({ service }),
+    upstreamRetry: (service) => retries.inc({ service }),
     circuitState: (service, s) => state.set({ service }, STATE_VALUE[s]),
     rateLimited: () => limited.inc(),
     staleResponse: (service) => stale.inc({ service }),

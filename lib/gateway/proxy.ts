@@ -5,11 +5,11 @@ import type { Request, RequestHandler, Response } from 'express';
 import { HttpError, sendError } from '../platform/errors.js';
 import type { Logger } from '../platform/logger.js';
 import { hasBody } from '../platform/http.js';
-import { UpstreamUnavailableError } from '../platform/service-client.js';
-import { classifyUpstreamError } from '../platform/upstream-errors.js';
+import { DEPENDENCY_HEADER, UpstreamUnavailableError } from '../platform/service-client.js';
+import { classifyUpstreamError, type UpstreamFailure } from '../platform/upstream-errors.js';
 import { ATTR_HTTP_REQUEST_METHOD } from '@opentelemetry/semantic-conventions';
 import { ATTR_PEER_SERVICE, startClientSpan, type ClientSpan } from '../platform/span-recorder.js';
-import { CircuitOpenError, ClientGoneError, type Cancellation } from './breakers.js';
+import { CircuitOpenError, ClientGoneError, type BreakerCall } from './breakers.js';
 import { identityOf } from './auth.js';
 import type { GatewayMetrics } from './metrics.js';
 import { staleCacheKey, type StaleCache } from './stale-cache.js';
@@ -44,7 +44,7 @@ const CLIENT_ONLY_HEADERS = new Set([
   'content-length', 'transfer-encoding', 'host', 'expect',
   'forwarded', 'x-forwarded-for', 'x-forwarded-proto', 'x-forwarded-host', 'x-forwarded-port', 'x-forwarded-prefix',
   'x-real-ip', 'true-client-ip', 'x-client-ip', 'cf-connecting-ip', 'x-original-url', 'x-rewrite-url',
-  'x-trace-id', 'traceparent',
+  'x-trace-id', 'traceparent', 'request-timeout',
 ]);
 // Connection options that name no header; anything else in `Connection` names a header to drop.
 const CONNECTION_OPTIONS = new Set(['keep-alive', 'close', 'upgrade', '']);
@@ -59,8 +59,20 @@ class Exchange {
   responded = false;
   servedStale = false;
   clientGone = false;
+  /** The breaker gave up on the call (timeout): nothing more goes out for it. */
+  aborted = false;
   /** The client span of the call to the service, once the breaker let it through. */
   span?: ClientSpan;
+  /** The breaker's call: its one outcome is reported when the response ends. */
+  call?: BreakerCall;
+  /** The answer blames a dependency of the service (DEPENDENCY_HEADER): no outcome for the service. */
+  dependencyFault = false;
+  /** Sent again once, on a fresh connection, after failing before reaching the service. */
+  retried = false;
+  /** The request body read so far, kept while it may have to be sent again (undefined: not kept). */
+  keptBody?: Buffer[];
+  /** performance.now() when the call went out, for the time left on a retry. */
+  startedAt = 0;
   private resolve: () => void = noop;
   private reject: (err: Error) => void = noop;
 
@@ -71,7 +83,7 @@ class Exchange {
   ) {}
 
   /** Settles when the service's response headers arrive (or the call fails). */
-  start(cancellation: Cancellation, forward: (ex: Exchange) => void, service: string): Promise<void> {
+  start(cancellation: BreakerCall, forward: (ex: Exchange) => void, service: string): Promise<void> {
     return new Promise<void>((resolve, reject) => {
       this.resolve = resolve;
       this.reject = reject;
@@ -81,6 +93,8 @@ class Exchange {
         reject(new ClientGoneError());
         return;
       }
+      this.call = cancellation;
+      this.startedAt = performance.now();
       cancellation.onAbort(() => this.abortUpstream());
       this.res.once('close', () => this.onClientClose());
       // One client span per call that really goes out (not for circuit-open answers): the
@@ -100,6 +114,7 @@ class Exchange {
   }
 
   abortUpstream(): void {
+    this.aborted = true;
     this.proxyReq?.destroy();
   }
 
@@ -114,6 +129,62 @@ class Exchange {
 }
 
 function noop(): void {}
+
+// Outcome and retry rules of the breaker, kept apart from the proxying itself.
+const RETRY_JITTER_MS = 25;
+const IDEMPOTENT = new Set(['GET', 'HEAD', 'OPTIONS', 'PUT', 'DELETE']);
+
+/** Reports the call's one outcome once its response has ended (complete or cut short). */
+function reportOutcome(ex: Exchange, complete: boolean): void {
+  const call = ex.call;
+  if (!call || call.settled) return;
+  if (ex.clientGone || ex.dependencyFault) call.neutral();
+  else if (complete) call.succeed();
+  else call.fail('reset');
+}
+
+/**
+ * A failed call may go out once more when it never reached the service (refused, or a pooled
+ * socket found closed), repeating it is safe (an idempotent method, or a POST with an
+ * Idempotency-Key) and its body, if any, was kept for it (keepBody).
+ */
+function mayRetry(ex: Exchange, failure: UpstreamFailure): boolean {
+  if (ex.retried || ex.aborted || ex.proxyRes) return false;
+  if (failure !== 'refused' && !(failure === 'reset' && ex.proxyReq?.reusedSocket)) return false;
+  return isSafeToRepeat(ex.req) && (!hasBody(ex.req.headers) || ex.keptBody !== undefined);
+}
+
+function isSafeToRepeat(req: Request): boolean {
+  return IDEMPOTENT.has(req.method) || (req.method === 'POST' && req.headers['idempotency-key'] !== undefined);
+}
+
+// A body larger than this is not kept, and its request not retried.
+const MAX_KEPT_BODY_BYTES = 64 * 1024;
+
+/** Keeps a copy of the body as it streams to the service, for a retry. */
+function keepBody(ex: Exchange): void {
+  const kept: Buffer[] = [];
+  let size = 0;
+  ex.keptBody = kept;
+  const onData = (chunk: Buffer) => {
+    size += chunk.length;
+    if (size <= MAX_KEPT_BODY_BYTES) return void kept.push(chunk);
+    ex.keptBody = undefined;
+    ex.req.off('data', onData);
+  };
+  ex.req.on('data', onData);
+  ex.req.once('end', () => ex.req.off('data', onData));
+}
+
+/** The retry's body: what was read already, then the rest as it arrives. */
+function resendBody(ex: Exchange, proxyReq: ClientRequest): void {
+  const { req } = ex;
+  req.unpipe();
+  for (const chunk of ex.keptBody ?? []) proxyReq.write(chunk);
+  ex.keptBody = undefined;
+  if (req.readableEnded) proxyReq.end();
+  else req.pipe(proxyReq);
+}
 
 export function createServiceProxy({ upstream, cache, metrics, logger, trustsProxies }: ServiceProxyOptions): RequestHandler {
   const log = logger.child({ component: 'proxy', service: upstream.name });
@@ -150,6 +221,8 @@ export function createServiceProxy({ upstream, cache, metrics, logger, trustsPro
   };
   const targetHostname = target.hostname;
   const targetPort = target.port || '80';
+  const timeoutMs = upstream.timeoutMs;
+  const requestTimeout = String(timeoutMs);
 
   const onResponse = (ex: Exchange, proxyRes: IncomingMessage) => {
     const { req, res } = ex;
@@ -164,21 +237,27 @@ export function createServiceProxy({ upstream, cache, metrics, logger, trustsPro
     const status = proxyRes.statusCode ?? 502;
     proxyRes.once('close', () => {
       ex.span?.end({ status, error: proxyRes.complete ? undefined : 'reset' });
+      // The call's one outcome, now that it has ended (a 5xx was counted already): a body cut
+      // short is the service's failure, whatever its headers said.
+      reportOutcome(ex, proxyRes.complete);
       if (proxyRes.complete || ex.clientGone || ex.servedStale) return;
       // The service died after its headers: cut the client off rather than let it wait for
       // the rest of a body that will never come.
       log.warn({ status }, 'service broke off its response');
       ex.res.destroy();
-      if (status < 500) upstream.breaker.recordLateFailure('reset');
     });
-    if (status >= 500) {
+    ex.dependencyFault = status >= 500 && proxyRes.headers[DEPENDENCY_HEADER] !== undefined;
+    if (status >= 500 && !ex.dependencyFault) {
       // Passed through unchanged, but a failure for the breaker.
       if (req.method === 'GET' && STALE_STATUSES.has(status) && serveStale(ex)) proxyRes.resume();
       ex.responded = true;
+      // Counted now: the response's end may come before the rejection below reaches the breaker.
+      ex.call?.fail('server_error');
       ex.fail(new UpstreamUnavailableError(upstream.name, 'server_error', status));
     } else {
       ex.responded = true;
       if (ex.cacheKey !== undefined && cache.wants(ex.cacheKey, proxyRes)) cache.capture(ex.cacheKey, proxyRes);
+      ex.call?.defer();
       ex.succeed();
     }
     if (ex.servedStale || res.headersSent) return;
@@ -196,12 +275,25 @@ export function createServiceProxy({ upstream, cache, metrics, logger, trustsPro
   const onError = (ex: Exchange, err: Error) => {
     // A client that hung up makes the upstream call fail too: that is no upstream failure.
     if (ex.clientGone || ex.req.socket.destroyed) return ex.fail(new ClientGoneError());
-    ex.fail(new UpstreamUnavailableError(upstream.name, classifyUpstreamError(err)));
+    const failure = classifyUpstreamError(err);
+    if (mayRetry(ex, failure) && upstream.breaker.tryRetry()) return retry(ex);
+    ex.fail(new UpstreamUnavailableError(upstream.name, failure));
+  };
+
+  // Retry hook: once, after a random pause, on a connection of its own (a pooled one may be the
+  // next to be found closed).
+  const retry = (ex: Exchange) => {
+    ex.retried = true;
+    metrics.upstreamRetry(upstream.name);
+    setTimeout(forward, Math.random() * RETRY_JITTER_MS, ex);
   };
 
   const forward = (ex: Exchange) => {
     const { req } = ex;
+    if (ex.aborted || ex.clientGone) return;
     const headers = upstreamHeaders(req, trustsProxies, targetHost, ex.span!.headers);
+    // Deadline: how long we will still wait, so the service can give up (and undo) before we do.
+    headers.push('request-timeout', ex.retried ? String(Math.max(1, timeoutMs - Math.round(performance.now() - ex.startedAt))) : requestTimeout);
     const proxyReq = httpRequest({
       hostname: targetHostname,
       port: targetPort,
@@ -209,13 +301,17 @@ export function createServiceProxy({ upstream, cache, metrics, logger, trustsPro
       // The route keeps the full path; the service's is /api/users/1?x -> /users/1?x.
       path: servicePrefix + req.url.slice(mount.length),
       headers,
-      agent: upstream.agent,
+      agent: ex.retried ? false : upstream.agent,
     });
     ex.proxyReq = proxyReq;
     proxyReq.once('response', (proxyRes: IncomingMessage) => onResponse(ex, proxyRes));
     proxyReq.on('error', (err: Error) => onError(ex, err));
-    if (hasBody(req.headers)) req.pipe(proxyReq);
-    else proxyReq.end();
+    if (!hasBody(req.headers)) proxyReq.end();
+    else if (ex.retried) resendBody(ex, proxyReq);
+    else {
+      if (isSafeToRepeat(req)) keepBody(ex);
+      req.pipe(proxyReq);
+    }
   };
 
   return async (req, res) => {

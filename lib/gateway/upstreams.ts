@@ -23,6 +23,8 @@ export interface Upstream {
   /** Where the proxy sends requests: `localhost` pinned to 127.0.0.1 (Node may try ::1 first). */
   target: string;
   agent: Agent;
+  /** UPSTREAM_TIMEOUT_MS: how long a call may wait for the service's answer. */
+  timeoutMs: number;
   client: ServiceClient;
   breaker: ServiceBreaker;
   /** GET <service>/health with a short timeout, outside the breaker; concurrent callers share one probe. */
@@ -47,6 +49,14 @@ export function createUpstreams(config: GatewayConfig, logger: Logger, metrics: 
   return SERVICE_NAMES.map((name) => {
     const url = config[URL_VARS[name]];
     const target = pinLoopback(url);
+    const probeClient = new ServiceClient({ name, baseUrl: target, timeoutMs: config.HEALTH_PROBE_TIMEOUT_MS, maxResponseBytes: 64 * 1024 });
+    let probing: Promise<ProbeResult> | undefined;
+    const probe = (): Promise<ProbeResult> => {
+      probing ??= runProbe(probeClient).finally(() => {
+        probing = undefined;
+      });
+      return probing;
+    };
     const breaker = new ServiceBreaker(
       name,
       {
@@ -54,6 +64,11 @@ export function createUpstreams(config: GatewayConfig, logger: Logger, metrics: 
         resetTimeoutMs: config.CB_RESET_TIMEOUT_MS,
         halfOpenRequests: config.CB_HALF_OPEN_REQUESTS,
         timeoutMs: config.UPSTREAM_TIMEOUT_MS,
+        maxResetTimeoutMs: Math.max(config.CB_MAX_RESET_TIMEOUT_MS, config.CB_RESET_TIMEOUT_MS),
+        stablePeriodMs: config.CB_STABLE_PERIOD_MS,
+        probeIntervalMs: config.CB_PROBE_INTERVAL_MS,
+        slowStartMs: config.CB_SLOW_START_MS,
+        retryBudgetRatio: config.RETRY_BUDGET_PERCENT / 100,
       },
       {
         onStateChange: (state: CircuitState, previous: CircuitState) => {
@@ -64,22 +79,17 @@ export function createUpstreams(config: GatewayConfig, logger: Logger, metrics: 
         },
         onFailure: (kind) => metrics.upstreamFailure(name, kind),
         onReject: () => metrics.circuitRejected(name),
+        // An open circuit half-opens as soon as the service answers its /health again.
+        probe: async () => (await probe()).ok,
       },
     );
     metrics.circuitState(name, breaker.state);
-    const probeClient = new ServiceClient({ name, baseUrl: target, timeoutMs: config.HEALTH_PROBE_TIMEOUT_MS, maxResponseBytes: 64 * 1024 });
-    let probing: Promise<ProbeResult> | undefined;
-    const probe = (): Promise<ProbeResult> => {
-      probing ??= runProbe(probeClient).finally(() => {
-        probing = undefined;
-      });
-      return probing;
-    };
     return {
       name,
       url,
       target,
       agent: new Agent({ keepAlive: true, maxSockets: MAX_SOCKETS, maxFreeSockets: MAX_FREE_SOCKETS, timeout: IDLE_SOCKET_MS, scheduling: 'lifo' }),
+      timeoutMs: config.UPSTREAM_TIMEOUT_MS,
       client: new ServiceClient({ name, baseUrl: target, timeoutMs: config.UPSTREAM_TIMEOUT_MS }),
       breaker,
       probe,

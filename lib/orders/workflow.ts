@@ -5,7 +5,7 @@
 import { randomUUID } from 'node:crypto';
 import type { Logger } from 'pino';
 import { HttpError, notFound } from '../platform/errors.js';
-import { UpstreamUnavailableError } from '../platform/service-client.js';
+import { deadlinePassed, DeadlineExceededError, UpstreamUnavailableError, withoutDeadline } from '../platform/service-client.js';
 import type { Page } from '../platform/validation.js';
 import type { ProductsClient, Reservation } from '../products/client.js';
 import type { UsersClient } from '../users/client.js';
@@ -42,13 +42,26 @@ export const listOrders = ({ store }: OrderDeps, query: ListOrdersQuery): Page<O
 export const orderStats = ({ store }: OrderDeps): OrderStats => store.stats();
 
 export async function createOrder(deps: OrderDeps, input: CreateOrderInput, idempotencyKey?: string): Promise<Created> {
-  if (idempotencyKey === undefined) return placeOrder(deps, input);
-  const bodyHash = hashOrderRequest(input);
-  return deps.keys.run(idempotencyKey, async () => {
-    const earlier = deps.store.findIdempotencyKey(idempotencyKey);
-    if (earlier) return replay(earlier, bodyHash);
-    return placeOrder(deps, input, { key: idempotencyKey, bodyHash });
-  });
+  try {
+    if (idempotencyKey === undefined) return await placeOrder(deps, input);
+    const bodyHash = hashOrderRequest(input);
+    return await deps.keys.run(idempotencyKey, async () => {
+      const earlier = deps.store.findIdempotencyKey(idempotencyKey);
+      if (earlier) return replay(earlier, bodyHash);
+      return placeOrder(deps, input, { key: idempotencyKey, bodyHash });
+    });
+  } catch (err) {
+    throw err instanceof UpstreamUnavailableError ? dependencyUnavailable(err.service) : err;
+  }
+}
+
+/**
+ * The user or product service could not answer: our client hears that it is a dependency's
+ * outage, not ours, so that callers' breakers keep this service's circuit closed for the requests
+ * that do not need the dependency.
+ */
+function dependencyUnavailable(service: string): HttpError {
+  return new HttpError(503, 'DEPENDENCY_UNAVAILABLE', `Service ${service} is unavailable, retry shortly`, undefined, { retryAfter: 1, dependency: service });
 }
 
 function replay(record: IdempotencyRecord, bodyHash: string): Created {
@@ -74,6 +87,12 @@ async function placeOrder(deps: OrderDeps, input: CreateOrderInput, idempotency?
   try {
     reservation = await products.reserve(reservationId, input.items);
   } catch (err) {
+    // Our caller stops waiting: give up now and give the stock back (a reserve that lands later
+    // takes nothing once its id was released).
+    if (err instanceof DeadlineExceededError) {
+      compensate(deps, reservationId);
+      throw err;
+    }
     // No answer: the reservation may still land after our timeout. The outbox row stays, and
     // the worker releases it once no create can be waiting for it any more.
     if (err instanceof UpstreamUnavailableError) throw err;
@@ -97,6 +116,11 @@ async function placeOrder(deps: OrderDeps, input: CreateOrderInput, idempotency?
     items: priced,
     totalCents: priced.reduce((sum, i) => sum + i.unitPriceCents * i.quantity, 0),
   };
+  // Never commit an order whose caller was told (or is about to be told) that it failed.
+  if (deadlinePassed()) {
+    compensate(deps, reservationId);
+    throw new DeadlineExceededError();
+  }
   let result: FinishCreateResult;
   try {
     result = store.finishCreate(newOrder, idempotency);
@@ -152,6 +176,11 @@ export async function deleteOrder(deps: OrderDeps, id: number): Promise<void> {
   }
   deps.logger.info({ orderId: id }, 'order deleted');
   await releaseNow(deps, result.reservationId);
+}
+
+/** releaseNow after the caller's deadline, without waiting for it: the answer is due now. */
+function compensate(deps: OrderDeps, reservationId: string): void {
+  void withoutDeadline(() => releaseNow(deps, reservationId));
 }
 
 /**

@@ -40,6 +40,9 @@ export const commonShape = {
   // Finished spans each process keeps for /traces: at most this many, none older than the age.
   TRACE_BUFFER_SPANS: intVar(10_000, 100, 1_000_000),
   TRACE_BUFFER_MAX_AGE_MS: intVar(15 * 60_000, 1000),
+  // On SIGTERM/SIGINT: in-flight requests are answered (Connection: close) and the process exits
+  // within this time; what is still open by then is cut.
+  STOP_TIMEOUT_MS: intVar(10_000, 100, 600_000),
 };
 
 /** Settings every data-owning service has. */

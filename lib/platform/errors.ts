@@ -112,6 +112,8 @@ export function errorHandler(logger: Logger): ErrorRequestHandler {
       res.destroy();
       return;
     }
+    // The answer is a dependency's fault, not this service's: callers' breakers read this header.
+    if (typeof httpError.extra?.dependency === 'string') res.setHeader('X-Dependency-Failure', httpError.extra.dependency);
     if (httpError.status === 503 || httpError.status === 429) {
       const retry = httpError.extra?.retryAfter;
       if (typeof retry === 'number' && !res.getHeader('retry-after')) res.setHeader('Retry-After', String(retry));

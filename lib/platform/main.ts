@@ -40,6 +40,7 @@ export async function runService<C extends ServiceConfig>({ service, schema, ope
     port: config.PORT,
     host: config.HOST,
     logger,
+    timeoutMs: config.STOP_TIMEOUT_MS,
     cleanup: async () => {
       await close?.();
       await tracing?.shutdown();

@@ -1,6 +1,6 @@
 // Listening and stopping, the same way for all four processes.
-import { createServer, type RequestListener, type Server } from 'node:http';
-import type { AddressInfo } from 'node:net';
+import { createServer, type IncomingMessage, type RequestListener, type Server, type ServerResponse } from 'node:http';
+import type { AddressInfo, Socket } from 'node:net';
 import type { Express } from 'express';
 import type { Logger } from 'pino';
 import { answerClientError } from './errors.js';
@@ -30,6 +30,7 @@ export function listen(target: Express | FrontedApp, port: number, host = '127.0
     server.keepAliveTimeout = 65_000;
     server.headersTimeout = 15_000;
     server.requestTimeout = 60_000;
+    trackConnections(server);
     server.once('error', reject);
     server.once('listening', () => {
       server.off('error', reject);
@@ -39,26 +40,93 @@ export function listen(target: Express | FrontedApp, port: number, host = '127.0
   });
 }
 
+/** Open connections of the servers made by `listen`, for the drain. */
+const connections = new WeakMap<Server, Set<Socket>>();
+
+function trackConnections(server: Server): void {
+  const open = new Set<Socket>();
+  connections.set(server, open);
+  server.on('connection', (socket: Socket) => {
+    open.add(socket);
+    socket.once('close', () => open.delete(socket));
+  });
+}
+
+/** The response a connection is writing now (Node's own field; what closeIdleConnections reads too). */
+const responseOn = (socket: Socket): ServerResponse | null | undefined => (socket as Socket & { _httpMessage?: ServerResponse | null })._httpMessage;
+
 /**
- * Stops accepting, lets in-flight requests finish, closes idle keep-alive sockets; after
- * `timeoutMs` cuts whatever is left.
+ * Connections on which no request has begun to arrive, as Node's own parser bookkeeping knows them
+ * (what closeIdleConnections reads; not public, so undefined if a Node version lacks it).
+ */
+function parserIdle(server: Server): Set<Socket> | undefined {
+  const key = Object.getOwnPropertySymbols(server).find((k) => k.description === 'http.server.connections');
+  const list = key === undefined ? undefined : (server as unknown as Record<symbol, { idle?: () => { socket: Socket }[] }>)[key];
+  if (typeof list?.idle !== 'function') return undefined;
+  return new Set(list.idle().map((parser) => parser.socket));
+}
+
+// Shared listener (no closure per request): while draining, every answer closes its connection.
+function closeAfterResponse(_req: IncomingMessage, res: ServerResponse): void {
+  if (!res.headersSent) res.setHeader('Connection', 'close');
+}
+
+/**
+ * Drains like Envoy: stops accepting; every response from now on (and every one in progress whose
+ * headers are not out yet) says `Connection: close`, so each keep-alive connection closes right
+ * after its current response and no client sends another request on it. A connection left idle
+ * by an earlier keep-alive answer is closed only once it has stayed idle, with not a byte of a new
+ * request read, for a sweep period (`timeoutMs / 40`, 10..250 ms): a client about to reuse it gets
+ * its request answered (with `close`) instead of a reset. A connection on which a request has
+ * begun to arrive is never closed here. After `timeoutMs` whatever is left is cut.
  */
 export function closeServer(server: Server, timeoutMs = 10_000): Promise<void> {
   return new Promise((resolve) => {
     if (!server.listening) return resolve();
+    const open = connections.get(server);
     const timer = setTimeout(() => server.closeAllConnections(), timeoutMs);
     timer.unref();
-    // A keep-alive connection busy now turns idle when its request ends; close those as they do.
-    const sweep = setInterval(() => server.closeIdleConnections(), 100);
-    sweep.unref();
+    server.prependListener('request', closeAfterResponse);
+    const sweepMs = Math.min(250, Math.max(10, Math.round(timeoutMs / 40)));
+    // bytesRead of each connection found idle at the last sweep.
+    const idleAt = new Map<Socket, number>();
+    const sweep = () => {
+      if (!open) return server.closeIdleConnections();
+      const notParsing = parserIdle(server);
+      for (const socket of open) {
+        const res = responseOn(socket);
+        if (res) {
+          closeAfterResponse(res.req, res);
+          idleAt.delete(socket);
+        } else if (socket.writableEnded) {
+          continue;
+        } else if (idleAt.get(socket) === socket.bytesRead && (notParsing === undefined || notParsing.has(socket) || socket.bytesRead === 0)) {
+          // Idle for a whole sweep period, and no request under way (Node counts a connection
+          // that never sent a byte as busy: it is not, for us).
+          socket.end();
+          // A client that never reads our FIN must not hold the drain up.
+          socket.setTimeout(sweepMs, () => socket.destroy());
+        } else {
+          idleAt.set(socket, socket.bytesRead);
+        }
+      }
+    };
+    const sweeper = setInterval(sweep, sweepMs);
+    sweeper.unref();
+    // http.Server#close also destroys every idle connection at once, racing clients whose next
+    // request is already on the wire; net.Server#close (reached through it) only stops accepting.
+    server.closeIdleConnections = noop;
     server.close(() => {
       clearTimeout(timer);
-      clearInterval(sweep);
+      clearInterval(sweeper);
       resolve();
     });
-    server.closeIdleConnections();
+    delete (server as Partial<Server>).closeIdleConnections;
+    sweep();
   });
 }
+
+function noop(): void {}
 
 const DUPLICATE_SIGNAL_MS = 1000;
 
@@ -71,10 +139,12 @@ export interface StopOptions {
 }
 
 /**
- * SIGINT/SIGTERM: drain and exit 0. A second signal exits at once (1). An uncaught error logs and
- * exits 1.
+ * SIGINT/SIGTERM: drain (closeServer) and exit 0, within `timeoutMs` whatever happens (else exit
+ * 1). A second signal exits at once (1). An uncaught error logs and exits 1.
  */
 export function stopOnSignals({ logger, server, cleanup, timeoutMs = 10_000 }: StopOptions): void {
+  // The drain gets most of the stop timeout; the cleanup (workers, database, logs) the rest.
+  const drainMs = Math.max(1, timeoutMs - Math.min(1000, Math.round(timeoutMs / 5)));
   let stoppingSince = 0;
   const stop = async (signal: string) => {
     if (stoppingSince) {
@@ -87,8 +157,14 @@ export function stopOnSignals({ logger, server, cleanup, timeoutMs = 10_000 }: S
     }
     stoppingSince = Date.now();
     logger.info({ signal }, 'stopping');
+    // Whatever hangs, the process is gone within the stop timeout.
+    setTimeout(() => {
+      logger.error({ timeoutMs }, 'stop timeout reached, exiting');
+      logger.flush();
+      process.exit(1);
+    }, timeoutMs).unref();
     try {
-      await closeServer(server, timeoutMs);
+      await closeServer(server, drainMs);
       await cleanup?.();
       logger.info('stopped');
       logger.flush();

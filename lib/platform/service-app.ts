@@ -8,6 +8,7 @@ import { createBaseApp, jsonBody, requestContext } from './http.js';
 import type { Metrics } from './metrics.js';
 import { buildOpenApi, openApiHandler, type ApiRoute } from './openapi/document.js';
 import { PROCESS_API, serviceHealthApi, TRACE_API } from './openapi/common.js';
+import { requestDeadline } from './service-client.js';
 import { createTraceRoutes } from './trace-endpoints.js';
 import { createTracing, type Tracing } from './span-recorder.js';
 import { packageVersion } from './version.js';
@@ -57,6 +58,8 @@ export function createServiceApp({ service, logger, metrics, db, routes, api, gu
   // Faults reach the API routes only: the routes above keep answering under any switch.
   if (faults) app.use(FAULTS_PATH, faults.routes).use(faults.middleware);
   app.use(jsonBody());
+  // The caller's Request-Timeout bounds every call the routes make to other services.
+  app.use(requestDeadline);
   app.use(routes);
   app.use(notFoundHandler);
   app.use(errorHandler(logger));

@@ -1,11 +1,19 @@
 // The one HTTP client our processes use to call each other: timeout, trace headers, bounded
 // bodies, and errors that keep the upstream's status and code.
+import { AsyncLocalStorage } from 'node:async_hooks';
+import type { RequestHandler } from 'express';
 import { HttpError } from './errors.js';
 import { ATTR_HTTP_REQUEST_METHOD, ATTR_URL_PATH } from '@opentelemetry/semantic-conventions';
 import { ATTR_PEER_SERVICE, startClientSpan } from './span-recorder.js';
 import { classifyUpstreamError, RESPONSE_TOO_LARGE, type UpstreamFailure } from './upstream-errors.js';
 
 export type { UpstreamFailure };
+
+/**
+ * Set on a 5xx answer that is a dependency's fault, not the answering service's (its value names
+ * the dependency): callers' breakers do not count it against the service.
+ */
+export const DEPENDENCY_HEADER = 'x-dependency-failure';
 
 /** The callee could not give an answer we can use. Always a 503 to our own clients. */
 export class UpstreamUnavailableError extends HttpError {
@@ -18,6 +26,44 @@ export class UpstreamUnavailableError extends HttpError {
     this.name = 'UpstreamUnavailableError';
   }
 }
+
+/** The caller's deadline passed while we waited for `service`: answered 504, and not the service's fault. */
+export class DeadlineExceededError extends HttpError {
+  constructor(readonly service?: string) {
+    super(504, 'DEADLINE_EXCEEDED', 'The request could not be completed within its deadline', undefined, service === undefined ? undefined : { dependency: service });
+    this.name = 'DeadlineExceededError';
+  }
+}
+
+/** How long a caller will still wait, in ms: sent on every call between our processes. */
+const REQUEST_TIMEOUT_HEADER = 'request-timeout';
+
+const deadlines = new AsyncLocalStorage<number>();
+
+/** The current request's deadline (Date.now() ms), when its caller sent Request-Timeout. */
+const currentDeadline = (): number | undefined => deadlines.getStore();
+
+/** True when the current request's caller has stopped waiting (or is about to). */
+export function deadlinePassed(): boolean {
+  const deadline = deadlines.getStore();
+  return deadline !== undefined && Date.now() >= deadline;
+}
+
+/** Runs `fn` with no deadline: work that must go on after the caller gave up (compensation). */
+export const withoutDeadline = <T>(fn: () => T): T => deadlines.exit(fn);
+
+/**
+ * Reads `Request-Timeout: <ms>` and runs the rest of the request inside its deadline, a little
+ * before the caller's (a tenth of it, at most 100 ms), so that our answer reaches the caller
+ * before it gives up. Every ServiceClient call made meanwhile waits no longer than that. Must run
+ * after the body parser (its callbacks leave the async context).
+ */
+export const requestDeadline: RequestHandler = (req, _res, next) => {
+  const value = req.headers[REQUEST_TIMEOUT_HEADER];
+  const ms = typeof value === 'string' && /^\d{1,9}$/.test(value) ? Number(value) : 0;
+  if (ms === 0) return next();
+  deadlines.run(Date.now() + ms - Math.min(100, Math.ceil(ms / 10)), next);
+};
 
 export interface ServiceClientOptions {
   /** Short name used in messages and logs: `users`, `products`. */
@@ -62,10 +108,16 @@ export class ServiceClient {
    * UpstreamUnavailableError.
    */
   async request<T>(method: string, path: string, options: RequestOptions = {}): Promise<ServiceResponse<T>> {
-    const timeout = AbortSignal.timeout(this.timeoutMs);
+    // The smaller of our own timeout and what is left of the caller's deadline.
+    const deadline = currentDeadline();
+    const left = deadline === undefined ? this.timeoutMs : deadline - Date.now();
+    if (left <= 0) throw new DeadlineExceededError(this.name);
+    const byDeadline = left < this.timeoutMs;
+    const timeoutMs = byDeadline ? left : this.timeoutMs;
+    const timeout = AbortSignal.timeout(timeoutMs);
     const signal = options.signal ? AbortSignal.any([timeout, options.signal]) : timeout;
     const span = startClientSpan(`${method} ${this.name}`, { [ATTR_PEER_SERVICE]: this.name, [ATTR_HTTP_REQUEST_METHOD]: method, [ATTR_URL_PATH]: path.split('?')[0].slice(0, 256) });
-    const headers: Record<string, string> = { accept: 'application/json', ...span.headers, ...options.headers };
+    const headers: Record<string, string> = { accept: 'application/json', ...span.headers, ...options.headers, [REQUEST_TIMEOUT_HEADER]: String(timeoutMs) };
     let payload: string | undefined;
     if (options.body !== undefined) {
       payload = JSON.stringify(options.body);
@@ -80,6 +132,7 @@ export class ServiceClient {
       const failure = options.signal?.aborted ? 'aborted' : classifyUpstreamError(err, timeout.aborted);
       span.end({ error: failure });
       if (options.signal?.aborted) throw err;
+      if (failure === 'timeout' && byDeadline) throw new DeadlineExceededError(this.name);
       throw new UpstreamUnavailableError(this.name, failure as UpstreamFailure);
     }
     span.end({ status: res.status });
@@ -92,7 +145,8 @@ export class ServiceClient {
     if ((res.status >= 200 && res.status < 300) || options.accept?.includes(res.status)) {
       return { status: res.status, body: body as T, headers: res.headers };
     }
-    if (res.status >= 500) throw new UpstreamUnavailableError(this.name, 'server_error', res.status);
+    // A dependency's fault is the callee's answer, not its failure: an HttpError keeping its status.
+    if (res.status >= 500 && !res.headers.has(DEPENDENCY_HEADER)) throw new UpstreamUnavailableError(this.name, 'server_error', res.status);
     const b = (body ?? {}) as { error?: unknown; code?: unknown; details?: unknown };
     throw new HttpError(
       res.status,

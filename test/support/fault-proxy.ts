@@ -1,0 +1,176 @@
+// A TCP proxy that puts upstream faults between two of our processes, on demand: latency, a
+// blackhole, a reset before the response or after its headers, a 5xx storm, flapping, refusal.
+// It works on bytes, not HTTP objects, so what the caller sees is what a real network or a dying
+// process would show it.
+import { createServer, connect, type AddressInfo, type Server, type Socket } from 'node:net';
+
+export type Fault =
+  /** Bytes pass unchanged. */
+  | { kind: 'pass' }
+  /** Every chunk, both ways, waits this long. */
+  | { kind: 'latency'; ms: number }
+  /** Connections are accepted and requests read, but nothing ever comes back. */
+  | { kind: 'blackhole' }
+  /**
+   * The connection (a new one, or one already open) is reset as soon as a request starts to
+   * arrive: nothing reaches the service. With `times`, only the next that many requests; then bytes pass.
+   */
+  | { kind: 'reset-before-response'; times?: number }
+  /** The service's response headers (and any body bytes in the same chunk) pass, then both sides are reset. */
+  | { kind: 'reset-after-headers' }
+  /** Every request is answered here with this status (a 5xx storm); the service is not asked. */
+  | { kind: 'status'; status: number }
+  /** Passes for `upMs`, then for `downMs` resets new connections at once and old ones at their next byte; and again. */
+  | { kind: 'flap'; upMs: number; downMs: number };
+
+export interface FaultProxy {
+  url: string;
+  port: number;
+  /** Where connections are forwarded: `http://host:port`. May change at any time (a restarted service). */
+  target: string;
+  fault: Fault;
+  /** Connections accepted so far. */
+  readonly accepted: number;
+  /** HTTP/1.1 request lines seen passing towards the service so far. */
+  readonly requestsSeen: number;
+  /** Stops listening and resets every connection: callers now get connection refused. */
+  stop(): Promise<void>;
+  /** Listens again on the same port. */
+  start(): Promise<void>;
+  close(): Promise<void>;
+}
+
+const HEADER_END = Buffer.from('\r\n\r\n');
+const REQUEST_LINE_END = Buffer.from(' HTTP/1.1\r\n');
+
+export async function startFaultProxy(target = '', fault: Fault = { kind: 'pass' }): Promise<FaultProxy> {
+  const sockets = new Set<Socket>();
+  let server: Server | undefined;
+  let port = 0;
+  let accepted = 0;
+  let requestsSeen = 0;
+  let flapSince = Date.now();
+
+  const track = (socket: Socket) => {
+    sockets.add(socket);
+    socket.once('close', () => sockets.delete(socket));
+    // A peer's reset must not throw.
+    socket.on('error', () => undefined);
+  };
+  const reset = (socket: Socket) => {
+    if (!socket.destroyed) socket.resetAndDestroy();
+  };
+
+  /** Whether a request arriving now is to be reset (and counts it against `times`). */
+  const resetsNow = (): boolean => {
+    const f = proxy.fault;
+    if (f.kind !== 'reset-before-response') return false;
+    if (f.times === undefined) return true;
+    if (f.times <= 0) return false;
+    f.times--;
+    return true;
+  };
+  const storm = (client: Socket, status: number) => {
+    const body = JSON.stringify({ error: 'fault proxy storm', code: 'INTERNAL_ERROR' });
+    client.end(`HTTP/1.1 ${status} Storm\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`);
+  };
+  const flapIsDown = (f: Extract<Fault, { kind: 'flap' }>) => (Date.now() - flapSince) % (f.upMs + f.downMs) >= f.upMs;
+
+  const onConnection = (client: Socket) => {
+    accepted++;
+    track(client);
+    const f = proxy.fault;
+    if (f.kind === 'flap' && flapIsDown(f)) return reset(client);
+    if (f.kind === 'blackhole') {
+      client.resume();
+      return;
+    }
+    if (f.kind === 'status') {
+      client.on('data', () => storm(client, f.status));
+      return;
+    }
+    const { hostname, port: targetPort } = new URL(proxy.target);
+    const upstream = connect(Number(targetPort), hostname);
+    track(upstream);
+    // Faults other than the connection's own are read at each chunk: a pooled connection meets
+    // the fault of the moment too.
+    const relay = (from: Socket, to: Socket, onChunk?: (chunk: Buffer) => boolean) => {
+      from.on('data', (chunk: Buffer) => {
+        const now = proxy.fault;
+        if ((now.kind === 'flap' && flapIsDown(now)) || (from === client && resetsNow())) {
+          reset(client);
+          reset(upstream);
+          return;
+        }
+        if (from === client && now.kind === 'blackhole') return;
+        if (from === client && now.kind === 'status') return storm(client, now.status);
+        if (onChunk && !onChunk(chunk)) return;
+        const delay = now.kind === 'latency' ? now.ms : 0;
+        if (delay) setTimeout(() => to.destroyed || to.write(chunk), delay);
+        else if (!to.destroyed) to.write(chunk);
+      });
+      from.once('end', () => to.end());
+      from.once('close', () => setTimeout(() => to.destroyed || to.destroy(), proxy.fault.kind === 'latency' ? proxy.fault.ms : 0));
+    };
+    relay(client, upstream, (chunk) => {
+      for (let at = chunk.indexOf(REQUEST_LINE_END); at !== -1; at = chunk.indexOf(REQUEST_LINE_END, at + 1)) requestsSeen++;
+      return true;
+    });
+    if (f.kind === 'reset-after-headers') {
+      let seen = Buffer.alloc(0);
+      let cut = false;
+      relay(upstream, client, (chunk) => {
+        if (cut) return false;
+        seen = Buffer.concat([seen, chunk]);
+        const end = seen.indexOf(HEADER_END);
+        if (end === -1) return true;
+        // The headers and at most one byte of body, then the line goes dead.
+        cut = true;
+        client.write(seen.subarray(seen.length - chunk.length, end + HEADER_END.length + 1), () => {
+          reset(client);
+          reset(upstream);
+        });
+        return false;
+      });
+    } else {
+      relay(upstream, client);
+    }
+    upstream.once('error', () => reset(client));
+  };
+
+  const proxy: FaultProxy = {
+    url: '',
+    port: 0,
+    target,
+    fault,
+    get accepted() {
+      return accepted;
+    },
+    get requestsSeen() {
+      return requestsSeen;
+    },
+    stop: async () => {
+      const s = server;
+      server = undefined;
+      if (!s) return;
+      for (const socket of sockets) reset(socket);
+      await new Promise<void>((resolve) => s.close(() => resolve()));
+    },
+    start: async () => {
+      if (server) return;
+      const s = createServer(onConnection);
+      await new Promise<void>((resolve, reject) => {
+        s.once('error', reject);
+        s.listen(port, '127.0.0.1', () => resolve());
+      });
+      server = s;
+      port = (s.address() as AddressInfo).port;
+      proxy.port = port;
+      proxy.url = `http://127.0.0.1:${port}`;
+      flapSince = Date.now();
+    },
+    close: () => proxy.stop(),
+  };
+  await proxy.start();
+  return proxy;
+}
