@@ -30,7 +30,7 @@ export interface GatewayAuth {
    */
   adminOnly(kind: 'debug' | 'admin'): RequestHandler;
   /** Whether the request holds an admin token (for the detailed /health); never throws. */
-  isAdmin(req: Request): Promise<boolean>;
+  isAdmin: (req: Request) => Promise<boolean>;
 }
 
 /** The identity authenticate() verified for this request. */

@@ -245,13 +245,9 @@ export class ServiceBreaker {
    * Unless the work defers its outcome, the call is a success when the work resolves.
    */
   run<T>(work: (call: BreakerCall) => Promise<T>, { clientStalled }: RunOptions = {}): Promise<T> {
-    let call: BreakerCall;
-    try {
-      call = this.admit();
-    } catch (err) {
-      return Promise.reject(err);
-    }
+    // A refusal thrown by admit() inside the executor rejects the returned promise.
     return new Promise<T>((resolve, reject) => {
+      const call = this.admit();
       const running = { call, resolve, reject, clientStalled, finished: false } as RunningCall<T>;
       running.timer = setTimeout(onTimeout, this.options.timeoutMs, this, running as RunningCall<unknown>);
       work(call).then(
@@ -403,7 +399,7 @@ export class ServiceBreaker {
   async probe(): Promise<void> {
     this.probeTimer = undefined;
     const epoch = this.epoch;
-    let ok = false;
+    let ok: boolean;
     try {
       ok = await this.hooks.probe!();
     } catch {

@@ -72,7 +72,7 @@ export function createDebugRoutes({ upstreams, logger, guard, adminToken, faultC
   router.use('/debug', guard);
 
   router.post('/debug/circuit/:service/:action', (req, res) => {
-    const { service, action } = req.params as { service: string; action: string };
+    const { service, action } = req.params;
     const upstream = upstreamOf(service);
     if (!(CIRCUIT_ACTIONS as readonly string[]).includes(action)) {
       throw new HttpError(400, 'VALIDATION_ERROR', 'Unknown circuit action', [{ field: 'action', message: `must be one of ${CIRCUIT_ACTIONS.join(', ')}` }]);

@@ -19,7 +19,7 @@ export type Admission = (req: Request, res: Response) => HttpError | undefined;
 export interface ProxiedPipeline {
   context: RequestHandler;
   /** Runs authenticate and the steps, then `handler` when all let the request on, else `fail`. */
-  admit(req: Request, res: Response, handler: RequestHandler, fail: (err: unknown) => void): void;
+  admit: (req: Request, res: Response, handler: RequestHandler, fail: (err: unknown) => void) => void;
   middleware: RequestHandler;
 }
 
@@ -29,7 +29,7 @@ export function createProxiedPipeline(context: RequestHandler, authenticate: Aut
       const refused = step(req, res);
       if (refused) return fail(refused);
     }
-    const result = handler(req, res, fail) as unknown;
+    const result = handler(req, res, fail);
     if (result instanceof Promise) result.catch(fail);
   };
   const admit = (req: Request, res: Response, handler: RequestHandler, fail: (err: unknown) => void): void => {
@@ -75,7 +75,7 @@ function malformedRequest(req: IncomingMessage): HttpError | undefined {
   const raw = req.rawHeaders;
   let hosts = 0;
   for (let i = 0; i < raw.length; i += 2) {
-    const name = raw[i]!;
+    const name = raw[i];
     if (name.length === 4 && name.toLowerCase() === 'host' && ++hosts > 1) return badRequest('Host must be sent once');
   }
   const coding = req.headers['transfer-encoding'];
@@ -130,7 +130,7 @@ export function createFrontDoor({ app, pipeline, proxies, onError, maxInFlight }
     if (malformed) conn.refused = true;
     const overloaded = inFlight > maxInFlight;
     const m = malformed === undefined && !overloaded && url.charCodeAt(1) === 97 /* a */ ? PROXIED.exec(url) : null;
-    const handler = m ? proxies.get(m[1]!) : undefined;
+    const handler = m ? proxies.get(m[1]) : undefined;
     if (malformed === undefined && !overloaded && (!handler || isAggregateRequest(rawReq.method, url))) {
       app(rawReq, rawRes);
       return;

@@ -360,9 +360,9 @@ function upstreamHeaders(req: Request, trustsProxies: boolean, host: string, tra
   const incoming = req.headers;
   const named = connectionNamed(incoming.connection);
   for (let i = 0; i < raw.length; i += 2) {
-    const name = raw[i]!.toLowerCase();
+    const name = raw[i].toLowerCase();
     if (CLIENT_ONLY_HEADERS.has(name) || named?.has(name)) continue;
-    out.push(name, raw[i + 1]!);
+    out.push(name, raw[i + 1]);
   }
   out.push('host', host);
   const peer = req.socket.remoteAddress ?? '';
@@ -372,7 +372,7 @@ function upstreamHeaders(req: Request, trustsProxies: boolean, host: string, tra
   out.push('x-forwarded-proto', req.protocol);
   const forwardedHost = req.host;
   if (forwardedHost) out.push('x-forwarded-host', forwardedHost);
-  for (const name in trace) out.push(name, trace[name]!);
+  for (const name in trace) out.push(name, trace[name]);
   const length = incoming['content-length'];
   if (length !== undefined) out.push('content-length', length);
   else if (incoming['transfer-encoding'] !== undefined) out.push('transfer-encoding', 'chunked');

@@ -18,7 +18,7 @@ export interface RateLimiter {
    * Counts the request against its client and sets the rate-limit headers; returns the 429 to
    * answer when the client is over the limit.
    */
-  check(req: Request, res: Response): HttpError | undefined;
+  check: (req: Request, res: Response) => HttpError | undefined;
   /** check() as Express middleware, for the routes behind the router. */
   middleware: RequestHandler;
   /** Stops the window timer and forgets every client. */
@@ -72,7 +72,7 @@ class HitCounter {
   top(n: number, now: number): { client: string; hits: number }[] {
     const top: { client: string; hits: number }[] = [];
     for (const [client, { hits, resetMs }] of this.current) {
-      if (resetMs <= now || (top.length === n && hits <= top[n - 1]!.hits)) continue;
+      if (resetMs <= now || (top.length === n && hits <= top[n - 1].hits)) continue;
       top.push({ client, hits });
       top.sort((a, b) => b.hits - a.hits);
       if (top.length > n) top.pop();

@@ -188,7 +188,7 @@ export interface ServiceAuth {
    * The service's own admin surface (/metrics, /spans, /traces): open in open mode; in required
    * mode an admin's token or ADMIN_TOKEN as Bearer (none: 401, a user's: 403).
    */
-  requireAdminSurface(req: IncomingMessage, res: ServerResponse): Promise<void>;
+  requireAdminSurface: (req: IncomingMessage, res: ServerResponse) => Promise<void>;
 }
 
 export interface ServiceAuthOptions {

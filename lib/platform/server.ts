@@ -142,7 +142,7 @@ export interface StopOptions {
  * SIGINT/SIGTERM: drain (closeServer) and exit 0, within `timeoutMs` whatever happens (else exit
  * 1). A second signal exits at once (1). An uncaught error logs and exits 1.
  */
-export function stopOnSignals({ logger, server, cleanup, timeoutMs = 10_000 }: StopOptions): void {
+function stopOnSignals({ logger, server, cleanup, timeoutMs = 10_000 }: StopOptions): void {
   // The drain gets most of the stop timeout; the cleanup (workers, database, logs) the rest.
   const drainMs = Math.max(1, timeoutMs - Math.min(1000, Math.round(timeoutMs / 5)));
   let stoppingSince = 0;

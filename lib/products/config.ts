@@ -18,8 +18,6 @@ export const ProductConfigSchema = z
   .superRefine(requireInternalTokenWhenRequired)
   .transform(withDemoSeedRule);
 
-export type ProductConfig = z.output<typeof ProductConfigSchema>;
-
 /** Without a service credential, /internal/* would either be open or refuse the order service. */
 export function requireInternalTokenWhenRequired(c: { AUTH_MODE?: 'open' | 'required' | undefined; NODE_ENV: string; INTERNAL_TOKEN?: string | undefined }, ctx: z.RefinementCtx): void {
   if (authModeOf(c) === 'required' && c.INTERNAL_TOKEN === undefined) {

@@ -35,8 +35,8 @@ const DUMMY_HASH = encode(SCRYPT.N, SCRYPT.r, SCRYPT.p, randomBytes(SALT_BYTES),
 export async function verifyPassword(password: string, stored: string | null | undefined): Promise<boolean> {
   const parts = (stored ?? DUMMY_HASH).split('$');
   const [, n, r, p, salt, hash] = parts.length === 6 && parts[0] === 'scrypt' ? parts : DUMMY_HASH.split('$');
-  const expected = Buffer.from(hash!, 'base64url');
-  const actual = await scryptAsync(password, Buffer.from(salt!, 'base64url'), Number(n), Number(r), Number(p));
+  const expected = Buffer.from(hash, 'base64url');
+  const actual = await scryptAsync(password, Buffer.from(salt, 'base64url'), Number(n), Number(r), Number(p));
   return actual.length === expected.length && timingSafeEqual(actual, expected) && stored !== null && stored !== undefined;
 }
 

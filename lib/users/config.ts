@@ -25,5 +25,3 @@ export const UserConfigSchema = z
     const demoPassword = c.DEMO_PASSWORD ?? (c.NODE_ENV === 'production' ? undefined : DEFAULT_DEMO_PASSWORD);
     return { ...c, DEMO_PASSWORD: demoPassword, SEED_DATA: c.SEED_DATA && demoPassword !== undefined };
   });
-
-export type UserConfig = z.output<typeof UserConfigSchema>;

@@ -33,14 +33,6 @@ export const LoginSchema = z.strictObject({
   email: z.string().trim().min(1, 'is required').max(254, 'must be at most 254 characters'),
   password: z.string().min(1, 'is required').max(1024, 'is too long'),
 });
-export type Login = z.infer<typeof LoginSchema>;
-
-export interface AccessToken {
-  accessToken: string;
-  tokenType: 'Bearer';
-  /** Seconds. */
-  expiresIn: number;
-}
 
 export const ListUsersQuerySchema = z.strictObject({ ...PagingShape, role: RoleSchema.optional() });
 export type ListUsersQuery = z.infer<typeof ListUsersQuerySchema>;

@@ -77,7 +77,7 @@ export function createDashboard({ upstreams, limiter, registry, guard, controls,
     const status = res.statusCode;
     if (status === 429) return stats.record(limitedSeries, status, durationMs);
     const service = res.locals.proxiedTo;
-    if (service !== undefined && service !== 'aggregate') stats.record(index[service]!, status, durationMs);
+    if (service !== undefined && service !== 'aggregate') stats.record(index[service], status, durationMs);
   };
 
   const staleCounts = async (): Promise<Record<string, number>> => {
@@ -105,7 +105,8 @@ export function createDashboard({ upstreams, limiter, registry, guard, controls,
 
   const send = (res: Response, data: string) => {
     // A stream whose server is closing, or whose reader has fallen behind, is ended.
-    const server = (res.socket as (Socket & { server?: Server }) | null)?.server;
+    const socket: (Socket & { server?: Server }) | null = res.socket;
+    const server = socket?.server;
     if (server?.listening === false || res.writableLength > MAX_BUFFERED_BYTES) {
       clients.delete(res);
       res.end();

@@ -45,11 +45,11 @@ export class WindowStats {
   /** One answered request of series `index`: its status and time in milliseconds. */
   record(index: number, status: number, durationMs: number): void {
     const at = index * WINDOW_SECONDS + this.slot;
-    this.counts[at]!++;
-    if (status >= 500) this.errors[at]!++;
+    this.counts[at]++;
+    if (status >= 500) this.errors[at]++;
     let bucket = durationMs <= FIRST_MS ? 0 : Math.ceil(Math.log(durationMs / FIRST_MS) / LOG_GROWTH);
     if (bucket >= BUCKETS) bucket = BUCKETS - 1;
-    this.latencies[at * BUCKETS + bucket]!++;
+    this.latencies[at * BUCKETS + bucket]++;
   }
 
   /** Closes the current second: called once a second. */
@@ -70,17 +70,17 @@ export class WindowStats {
     // Completed seconds only, oldest first: the current slot is still filling.
     for (let back = WINDOW_SECONDS - 1; back >= 1; back--) {
       const at = base + ((this.slot - back + WINDOW_SECONDS) % WINDOW_SECONDS);
-      perSecond.push(this.counts[at]!);
-      errorsPerSecond.push(this.errors[at]!);
+      perSecond.push(this.counts[at]);
+      errorsPerSecond.push(this.errors[at]);
     }
     const merged = this.merged.fill(0);
     let requests = 0;
     let errors = 0;
     for (let back = 1; back <= RECENT_SECONDS; back++) {
       const at = base + ((this.slot - back + WINDOW_SECONDS) % WINDOW_SECONDS);
-      requests += this.counts[at]!;
-      errors += this.errors[at]!;
-      for (let b = 0; b < BUCKETS; b++) merged[b]! += this.latencies[at * BUCKETS + b]!;
+      requests += this.counts[at];
+      errors += this.errors[at];
+      for (let b = 0; b < BUCKETS; b++) merged[b] += this.latencies[at * BUCKETS + b];
     }
     return {
       rps: Math.round((requests / RECENT_SECONDS) * 10) / 10,
@@ -99,8 +99,8 @@ function percentile(buckets: Float64Array, total: number, q: number): number | n
   const rank = Math.ceil(total * q);
   let seen = 0;
   for (let b = 0; b < BUCKETS; b++) {
-    seen += buckets[b]!;
-    if (seen >= rank) return Math.round(UPPER_MS[b]! * 100) / 100;
+    seen += buckets[b];
+    if (seen >= rank) return Math.round(UPPER_MS[b] * 100) / 100;
   }
-  return Math.round(UPPER_MS[BUCKETS - 1]! * 100) / 100;
+  return Math.round(UPPER_MS[BUCKETS - 1] * 100) / 100;
 }
