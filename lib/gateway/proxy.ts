@@ -338,7 +338,7 @@ export function createServiceProxy({ upstream, cache, metrics, logger, trustsPro
       if (err instanceof CircuitOpenError) res.setHeader('Retry-After', String(err.retryAfterSeconds));
       // The rest of a stalled body is not worth reading.
       if (failure.status === 408) res.setHeader('Connection', 'close');
-      sendError(res, failure, res.locals.trace?.traceId);
+      sendError(res, failure);
     }
   };
 }

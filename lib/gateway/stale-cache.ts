@@ -2,6 +2,7 @@
 // It stores only what it may serve to anyone: see staleCacheKey (the request) and wants (the answer).
 import type { IncomingMessage } from 'node:http';
 import { LRUCache } from 'lru-cache';
+import { hasBody } from '../platform/http.js';
 
 export interface StaleEntry {
   status: 200;
@@ -21,9 +22,7 @@ export interface StaleEntry {
 export function staleCacheKey(req: IncomingMessage, callerKey: string | undefined): string | undefined {
   if (req.method !== 'GET') return undefined;
   const headers = req.headers;
-  if (headers.cookie !== undefined || headers['transfer-encoding'] !== undefined) return undefined;
-  const length = headers['content-length'];
-  if (length !== undefined && length !== '0') return undefined;
+  if (headers.cookie !== undefined || hasBody(headers)) return undefined;
   if (callerKey !== undefined) return `${callerKey} ${req.url}`;
   return headers.authorization === undefined ? req.url : undefined;
 }

@@ -4,7 +4,7 @@ import type { Duplex } from 'node:stream';
 import type { ErrorRequestHandler, RequestHandler, Response } from 'express';
 import { ZodError } from 'zod';
 import type { Logger } from 'pino';
-import { currentTrace, newTraceId } from './trace-context.js';
+import { newTraceId } from './trace-context.js';
 
 export interface ErrorDetail {
   field: string;
@@ -75,7 +75,7 @@ export function toHttpError(err: unknown): HttpError {
   return new HttpError(500, 'INTERNAL_ERROR', 'Internal server error');
 }
 
-export function errorBody(err: HttpError, traceId = currentTrace()?.traceId): Record<string, unknown> {
+function errorBody(err: HttpError, traceId: string | undefined): Record<string, unknown> {
   return {
     error: err.message,
     code: err.code,
@@ -87,12 +87,12 @@ export function errorBody(err: HttpError, traceId = currentTrace()?.traceId): Re
 
 /**
  * Answers `err` in the contract's shape. Error answers are never cached and never sniffed: they
- * may name what a client sent.
+ * may name what a client sent. The trace id is the request's, as requestContext set it.
  */
-export function sendError(res: Response, err: HttpError, traceId?: string): void {
+export function sendError(res: Response, err: HttpError): void {
   res.setHeader('X-Content-Type-Options', 'nosniff');
   res.setHeader('Cache-Control', 'no-store');
-  res.status(err.status).json(errorBody(err, traceId));
+  res.status(err.status).json(errorBody(err, res.locals.trace?.traceId));
 }
 
 /** JSON 404 for any route no router answered. */

@@ -2,7 +2,7 @@
 // HTTP by the gateway's /debug/faults and switched off by themselves after a time to live.
 import { Router, type RequestHandler } from 'express';
 import { z } from 'zod';
-import { errorBody, HttpError } from './errors.js';
+import { HttpError, sendError } from './errors.js';
 import { jsonBody } from './http.js';
 import { bearerMatches, secretDigest, unauthenticated } from './identity.js';
 import type { Logger } from './logger.js';
@@ -106,9 +106,9 @@ export function createFaultSwitches({ ttlMs = DEFAULT_FAULT_TTL_MS, adminToken, 
   const middleware: RequestHandler = (req, res, next) => {
     if (!active) return next();
     const f = current;
-    if (f.down) return void res.status(503).json(errorBody(new HttpError(503, 'SERVICE_DOWN', 'Service is switched down')));
+    if (f.down) return sendError(res, new HttpError(503, 'SERVICE_DOWN', 'Service is switched down'));
     if (f.resetRate > 0 && random() < f.resetRate) return void req.socket.destroy();
-    if (f.errorRate > 0 && random() < f.errorRate) return void res.status(500).json(errorBody(new HttpError(500, 'INJECTED_FAULT', 'Injected fault')));
+    if (f.errorRate > 0 && random() < f.errorRate) return sendError(res, new HttpError(500, 'INJECTED_FAULT', 'Injected fault'));
     if (f.latencyMs > 0) return void setTimeout(next, f.latencyMs);
     next();
   };
