@@ -5,7 +5,7 @@ import { Router } from 'express';
 import { HttpError } from '../platform/errors.js';
 import { jsonBody } from '../platform/http.js';
 import {
-  authModeOf, bearerMatches, forbidden, jwksUrlOf, secretDigest, unauthenticated, verifierFromConfig, type AuthMode, type Identity, type TokenVerifier,
+  authModeOf, forbidden, jwksUrlOf, requireAdminToken, secretDigest, unauthenticated, verifierFromConfig, type AuthMode, type Identity, type TokenVerifier,
 } from '../platform/identity.js';
 import type { Logger } from '../platform/logger.js';
 import type { GatewayConfig } from './config.js';
@@ -96,28 +96,15 @@ export function createGatewayAuth({ config, logger, verifier = verifierFromConfi
     );
   };
 
-  const isAdmin = async (req: Request): Promise<boolean> => {
-    const header = req.headers.authorization;
-    if (header === undefined) return false;
-    if (bearerMatches(header, adminToken)) return true;
-    try {
-      return (verifier.cached(header) ?? (await verifier.verify(header))).role === 'admin';
-    } catch {
-      return false;
-    }
-  };
+  // No response given: a refused token sets no challenge on the answer it only trims.
+  const isAdmin = (req: Request): Promise<boolean> => requireAdminToken(req.headers.authorization, adminToken, verifier).then(() => true, () => false);
 
   const adminOnly = (kind: 'debug' | 'admin'): RequestHandler => {
     // Without a lock the route is open, as it was before tokens (development, no ADMIN_TOKEN).
     const locked = required || (kind === 'debug' && adminToken !== undefined);
     if (!locked) return (_req, _res, next) => next();
     return async (req, res, next) => {
-      const header = req.headers.authorization;
-      // A cross-site form cannot set Authorization: it stops here.
-      if (header === undefined) throw unauthenticated(res, 'An admin token is required');
-      if (bearerMatches(header, adminToken)) return next();
-      const identity = verifier.cached(header) ?? (await verifier.verify(header, res));
-      if (identity.role !== 'admin') throw forbidden('An admin token is required');
+      await requireAdminToken(req.headers.authorization, adminToken, verifier, res);
       next();
     };
   };

@@ -168,6 +168,19 @@ export function bearerMatches(header: string | undefined, expected: Buffer | und
   return token !== undefined && timingSafeEqual(digest(token), expected);
 }
 
+/**
+ * Throws unless the Authorization header holds the admin secret (`adminToken`, a secretDigest) or
+ * an admin's token: none is 401, another caller's 403. `res`, when given, gets the 401's challenge.
+ */
+export async function requireAdminToken(header: string | undefined, adminToken: Buffer | undefined, verifier: TokenVerifier | undefined, res?: ServerResponse): Promise<void> {
+  // A cross-site form cannot set Authorization: it stops here.
+  if (header === undefined) throw unauthenticated(res, 'An admin token is required');
+  if (bearerMatches(header, adminToken)) return;
+  if (!verifier) throw unauthenticated(res);
+  const identity = verifier.cached(header) ?? (await verifier.verify(header, res));
+  if (identity.role !== 'admin') throw forbidden('An admin token is required');
+}
+
 /** What bearerMatches compares against; hashing both sides makes the lengths equal. */
 export const secretDigest = (secret: string | undefined): Buffer | undefined => (secret === undefined ? undefined : digest(secret));
 
@@ -227,12 +240,7 @@ export function createServiceAuth({ mode = 'open', verifier, internalToken, admi
       }
     },
     async requireAdminSurface(req, res) {
-      if (mode === 'open') return;
-      const header = req.headers.authorization;
-      if (header === undefined) throw unauthenticated(res, 'An admin token is required');
-      if (bearerMatches(header, admin)) return;
-      const identity = await identify(req, res);
-      if (identity?.role !== 'admin') throw forbidden('An admin token is required');
+      if (mode !== 'open') await requireAdminToken(req.headers.authorization, admin, verifier, res);
     },
   };
 }
