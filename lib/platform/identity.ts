@@ -6,6 +6,7 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import { createRemoteJWKSet, errors, jwtVerify, type JWTVerifyGetKey } from 'jose';
 import { z } from 'zod';
 import { HttpError } from './errors.js';
+import { setBounded } from './bounded-map.js';
 
 export type AuthMode = 'open' | 'required';
 
@@ -142,8 +143,7 @@ export function createTokenVerifier({ keys, issuer, audience, algorithms, maxCac
       const identity: Identity = {
         sub: payload.sub, role: typeof payload.role === 'string' ? payload.role : 'user', expMs: payload.exp * 1000, key: `user:${payload.sub}`,
       };
-      if (cache.size >= maxCached) cache.delete(cache.keys().next().value!);
-      cache.set(header, identity);
+      setBounded(cache, header, identity, maxCached);
       return identity;
     },
     get size() {

@@ -4,6 +4,7 @@ import { chmodSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { createLocalJWKSet, SignJWT, type JWK, type JWTVerifyGetKey } from 'jose';
 import { HttpError } from '../platform/errors.js';
+import { setBounded } from '../platform/bounded-map.js';
 
 /** Default of DEMO_PASSWORD outside production. */
 export const DEFAULT_DEMO_PASSWORD = 'microservices-demo';
@@ -160,9 +161,8 @@ export function createLoginThrottle({ maxFailures, windowMs, maxKeys = 10_000 }:
       let entry = failures.get(email);
       if (!entry || entry.resetMs <= now) {
         failures.delete(email);
-        if (failures.size >= maxKeys) failures.delete(failures.keys().next().value!);
         entry = { count: 0, resetMs: now + windowMs };
-        failures.set(email, entry);
+        setBounded(failures, email, entry, maxKeys);
       }
       entry.count++;
     },
