@@ -368,7 +368,8 @@ function upstreamHeaders(req: Request, trustsProxies: boolean, host: string, tra
   const peer = req.socket.remoteAddress ?? '';
   const trusted = trustsProxies ? req.ips : [];
   out.push('x-forwarded-for', trusted.length ? `${trusted.join(', ')}, ${peer}` : peer);
-  out.push('x-real-ip', trusted.length ? (req.ip ?? peer) : peer);
+  // req.ip is the nearest untrusted address: req.ips' first (farthest-first order), read once.
+  out.push('x-real-ip', trusted.length ? trusted[0] : peer);
   out.push('x-forwarded-proto', req.protocol);
   const forwardedHost = req.host;
   if (forwardedHost) out.push('x-forwarded-host', forwardedHost);

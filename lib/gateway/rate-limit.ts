@@ -52,8 +52,8 @@ class HitCounter {
     this.timer.unref();
   }
 
-  /** Counts one hit; the returned figures are this hit's. */
-  hit(key: string, now: number): { hits: number; resetMs: number } {
+  /** Counts one hit. The client's own record is returned (no copy per request): read it at once. */
+  hit(key: string, now: number): Readonly<Client> {
     let client = this.current.get(key);
     if (!client) {
       client = this.previous.get(key);
@@ -66,7 +66,7 @@ class HitCounter {
       client.resetMs = now + this.windowMs;
     }
     client.hits++;
-    return { hits: client.hits, resetMs: client.resetMs };
+    return client;
   }
 
   top(n: number, now: number): { client: string; hits: number }[] {
