@@ -23,6 +23,15 @@ export default defineConfig(
     },
   },
   {
+    // The dashboard's page script, served as a file to the browser: plain ES modules, no build.
+    files: ['lib/gateway/dashboard/public/*.js'],
+    extends: [js.configs.recommended],
+    languageOptions: {
+      sourceType: 'module',
+      globals: Object.fromEntries(['document', 'sessionStorage', 'fetch', 'AbortController', 'TextDecoderStream', 'FormData', 'URLSearchParams', 'setTimeout', 'clearTimeout', 'setInterval', 'clearInterval', 'console', 'location'].map((name) => [name, 'readonly'])),
+    },
+  },
+  {
     // Tests read answers of any shape (`body: any` in the HTTP helper) and assert on them.
     files: ['test/**/*.ts'],
     rules: {

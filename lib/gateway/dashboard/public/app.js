@@ -76,7 +76,7 @@ async function connect() {
         if (data) render(JSON.parse(data));
       }
     }
-  } catch (err) {
+  } catch {
     if (abort.signal.aborted) return;
   }
   if (abort.signal.aborted) return;
