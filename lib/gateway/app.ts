@@ -84,7 +84,7 @@ export function createGateway({ config, logger, metrics = createMetrics('gateway
   // Each of these asks every service: a budget of their own bounds what a flood of them costs.
   app.use('/health', concurrencyBudget(config.OBSERVABILITY_MAX_IN_FLIGHT));
   app.use('/traces', concurrencyBudget(config.OBSERVABILITY_MAX_IN_FLIGHT));
-  // The admin surface: open as before in open mode, an admin's token in required mode.
+  // The admin surface: open in open mode, an admin's token in required mode.
   const adminOnly = auth.adminOnly('admin');
   app.use(createStatusRoutes({
     upstreams: upstreamList,

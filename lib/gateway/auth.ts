@@ -100,7 +100,7 @@ export function createGatewayAuth({ config, logger, verifier = verifierFromConfi
   const isAdmin = (req: Request): Promise<boolean> => requireAdminToken(req.headers.authorization, adminToken, verifier).then(() => true, () => false);
 
   const adminOnly = (kind: 'debug' | 'admin'): RequestHandler => {
-    // Without a lock the route is open, as it was before tokens (development, no ADMIN_TOKEN).
+    // Without a lock the route is open (open mode without ADMIN_TOKEN: development).
     const locked = required || (kind === 'debug' && adminToken !== undefined);
     if (!locked) return (_req, _res, next) => next();
     return async (req, res, next) => {
@@ -140,7 +140,7 @@ export function createLoginRoute({ users, limiter }: LoginRouteOptions): Router 
   return router;
 }
 
-/** /api/dashboard: an admin's (in open mode an anonymous caller may still look, as before). */
+/** /api/dashboard: an admin's (in open mode an anonymous caller may look too). */
 export function requireAdminCaller(mode: AuthMode): RequestHandler {
   return (_req, res, next) => {
     const identity = identityOf(res);

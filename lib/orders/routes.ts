@@ -8,7 +8,7 @@ import { changeOrderStatus, createOrder, deleteOrder, getOrder, listOrders, orde
 import { asCaller } from '../platform/typed-client.js';
 
 /**
- * Who may do what (a null caller is an anonymous one in open mode, unrestricted as before): a user
+ * Who may do what (a null caller is an anonymous one in open mode, unrestricted): a user
  * places orders for itself, sees its own, and cancels or deletes its own while pending; an admin
  * does everything. Another user's order is 404, as if it did not exist.
  */

@@ -28,7 +28,7 @@ const httpUrl = z.url({ protocol: /^https?$/, message: 'must be an http(s) URL' 
 
 /** The settings every process reads to verify tokens. */
 export const authShape = {
-  // open: anonymous requests work as before (a valid token is still honoured); required: a valid
+  // open: anonymous requests are unrestricted (a valid token is still honoured); required: a valid
   // token for everything but the public routes. Unset: required when NODE_ENV=production.
   AUTH_MODE: z.enum(['open', 'required'], { message: 'must be open or required' }).optional(),
   // Where the signing keys are published; unset: the user service's /.well-known/jwks.json.
@@ -189,7 +189,7 @@ export interface ServiceAuth {
   readonly mode: AuthMode;
   /**
    * The caller of a request: its verified identity, or null for an anonymous request in open mode
-   * (which is unrestricted, as before tokens existed). A bad token is 401 in every mode, and so is
+   * (which is unrestricted). A bad token is 401 in every mode, and so is
    * no token in required mode.
    */
   caller(req: IncomingMessage, res: ServerResponse): Promise<Identity | null>;

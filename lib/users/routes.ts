@@ -29,7 +29,7 @@ export function createUserRoutes({ store, auth, ...loginDeps }: UserRoutesDeps):
     res.json(user);
   });
 
-  // Open sign-up; only an admin (or anyone in open mode without a token, as before) makes an admin.
+  // Open sign-up; only an admin (or, in open mode, anyone without a token) makes an admin.
   router.post('/users', async (req, res) => {
     const caller = await auth.optionalCaller(req, res);
     const { password, ...input } = parseBody(CreateUserSchema, req.body);
