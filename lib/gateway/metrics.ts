@@ -16,9 +16,10 @@ declare module 'express-serve-static-core' {
 }
 
 export interface GatewayMetrics {
-  /** One client request answered by a proxy or aggregation route. */
-  observeRequest(service: RouteGroup, method: string, status: number, seconds: number): void;
-  /** observeRequest for the proxy routes, from requestContext's one timing of the request. */
+  /**
+   * One client request answered by a proxy or aggregation route (the group in
+   * `res.locals.proxiedTo`), from requestContext's one timing of the request.
+   */
   observeProxied: RequestObserver;
   upstreamFailure(service: string, kind: UpstreamFailure): void;
   circuitRejected(service: string): void;
@@ -83,13 +84,11 @@ export function createGatewayMetrics(registry: Registry): GatewayMetrics {
   });
 
   const record = requestRecorder(requests, duration);
-  const observeRequest = (service: RouteGroup, method: string, status: number, seconds: number) => record(service, metricMethod(method), status, seconds);
 
   return {
-    observeRequest,
     observeProxied(req, res, durationMs) {
       const service = res.locals.proxiedTo;
-      if (service) observeRequest(service, req.method, res.statusCode, durationMs / 1000);
+      if (service) record(service, metricMethod(req.method), res.statusCode, durationMs / 1000);
     },
     upstreamFailure: (service, kind) => failures.inc({ service, kind }),
     circuitRejected: (service) => rejections.inc({ service }),

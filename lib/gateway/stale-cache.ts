@@ -47,7 +47,6 @@ export interface StaleCache {
   capture(key: string, proxyRes: IncomingMessage): void;
   get(key: string): StaleEntry | undefined;
   clear(): void;
-  readonly size: number;
 }
 
 const JSON_TYPE = /^application\/(?:[\w.+-]+\+)?json\b/i;
@@ -55,7 +54,7 @@ const PRIVATE = /\b(?:no-store|private)\b/i;
 
 export function createStaleCache({ maxEntries, maxAgeMs, maxBytes, maxEntryBytes = 256 * 1024, refreshAfterMs = 1000 }: StaleCacheOptions): StaleCache {
   if (maxEntries === 0) {
-    return { wants: () => false, capture: () => {}, get: () => undefined, clear: () => {}, size: 0 };
+    return { wants: () => false, capture: () => {}, get: () => undefined, clear: () => {} };
   }
   const lru = new LRUCache<string, StaleEntry>({
     max: maxEntries,
@@ -103,8 +102,5 @@ export function createStaleCache({ maxEntries, maxAgeMs, maxBytes, maxEntryBytes
     },
     get: (key) => lru.get(key),
     clear: () => lru.clear(),
-    get size() {
-      return lru.size;
-    },
   };
 }

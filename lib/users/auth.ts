@@ -169,9 +169,6 @@ export function createLoginThrottle({ maxFailures, windowMs, maxKeys = 10_000 }:
     succeed(email: string): void {
       failures.delete(email);
     },
-    get size() {
-      return failures.size;
-    },
   };
 }
 export type LoginThrottle = ReturnType<typeof createLoginThrottle>;
