@@ -139,13 +139,12 @@ const pick = <T>(list: readonly T[]): T => list[Math.floor(Math.random() * list.
 // Source addresses: one per simulated client on a loopback target where they can be bound.
 const sourceAddress = (i: number): string => `127.0.0.${2 + i}`;
 const targetAddress = new URL(origin).hostname;
-let sources: (string | undefined)[];
+// Where they cannot, the clients keep a connection each but share this machine's address.
+let sources: (string | undefined)[] = Array.from({ length: wantedClients }, () => undefined);
 let note = '';
 if (!isLoopbackV4(targetAddress)) {
-  sources = [undefined];
   note = `${base} is not an IPv4 loopback address, so every request comes from one client address: start that gateway with a higher RATE_LIMIT (e.g. RATE_LIMIT=100000) or most answers will be 429`;
 } else if (!(await canBind(sourceAddress(0))) || !(await canBind(sourceAddress(wantedClients - 1)))) {
-  sources = [undefined];
   note = `cannot bind ${sourceAddress(0)} here (on macOS: sudo ifconfig lo0 alias 127.0.0.2 up, and so on), so every request comes from one client address: start the gateway with a higher RATE_LIMIT (e.g. RATE_LIMIT=100000 npm start) or most answers will be 429`;
 } else {
   sources = Array.from({ length: wantedClients }, (_, i) => sourceAddress(i));
@@ -154,6 +153,10 @@ if (!isLoopbackV4(targetAddress)) {
     note = `each of the ${wantedClients} clients sends about ${Math.round(perMinute)} requests a minute, near or over the gateway's default limit (${DEFAULT_LIMIT_PER_MINUTE}): start it with a higher RATE_LIMIT`;
   }
 }
+
+const from = sources[0] === undefined
+  ? `${sources.length} connection${sources.length === 1 ? '' : 's'} from one client address`
+  : sources.length > 1 ? `${sources.length} clients (${sources[0]} to ${sources.at(-1)})` : `one client (${sources[0]})`;
 
 interface Step {
   method: 'GET' | 'POST' | 'DELETE';
@@ -291,7 +294,7 @@ const ticker = setInterval(() => {
   const limited = s.statuses.get('429') ?? 0;
   if (!warnedLimit && limited > s.count / 2) {
     warnedLimit = true;
-    console.log('      most requests are refused by the rate limit (429, per client per window): start the gateway with a higher RATE_LIMIT, or use more --clients');
+    console.log(`      most requests are refused by the rate limit (429, per client per window): start the gateway with a higher RATE_LIMIT${sources[0] === undefined ? '' : ', or use more --clients'}`);
   }
 }, 1000);
 
@@ -308,7 +311,7 @@ function finish(): Promise<void> {
     process.removeListener('SIGTERM', stop);
     const s = total.latency.summary();
     const seconds = (performance.now() - started) / 1000;
-    console.log(`\n${s.count} responses in ${seconds.toFixed(1)} s (${(s.count / seconds).toFixed(1)} req/s) from ${clients.length} client${clients.length === 1 ? '' : 's'}, ${total.errors} connection errors, ${total.timeouts} timeouts${total.missed ? `, ${total.missed} not sent (every client was waiting for an answer)` : ''}${unanswered ? `, ${unanswered} unanswered at the end` : ''}`);
+    console.log(`\n${s.count} responses in ${seconds.toFixed(1)} s (${(s.count / seconds).toFixed(1)} req/s) from ${from}, ${total.errors} connection errors, ${total.timeouts} timeouts${total.missed ? `, ${total.missed} not sent (every client was waiting for an answer)` : ''}${unanswered ? `, ${unanswered} unanswered at the end` : ''}`);
     console.log(`statuses: ${formatStatuses(total.statuses)}`);
     console.log(`latency ms: p50 ${s.p50Ms.toFixed(1)}  p90 ${s.p90Ms.toFixed(1)}  p99 ${s.p99Ms.toFixed(1)}  max ${s.maxMs.toFixed(1)}`);
   })();
@@ -321,7 +324,6 @@ function stop(): void {
 }
 process.once('SIGINT', stop);
 process.once('SIGTERM', stop);
-const from = sources.length > 1 ? `${sources.length} clients (${sources[0]} to ${sources.at(-1)})` : 'one client address';
 console.log(`load on ${base}: ${rate} req/s from ${from}, ${duration === 0 ? 'until Ctrl+C' : `${duration} s`} (Ctrl+C stops)`);
 if (note) console.log(note);
 tick();
