@@ -87,10 +87,13 @@ function malformedRequest(req: IncomingMessage): HttpError | undefined {
 export const MAX_PIPELINED = 8;
 /**
  * Requests parsed beyond MAX_PIPELINED that may wait on one connection. Reading stops at once, but
- * Node parses the rest of the chunk it already read (up to 64 kB, some 1 500 small requests); a
- * connection that still has more waiting is not waiting for its answers, and is closed.
+ * Node parses the rest of the chunk it already read (up to 64 kB, some 1 500 small requests). Each
+ * waiting request holds its request and response objects (a few kB): a connection with more
+ * waiting than this is not pipelining, it is flooding, and is closed. Requests the gateway answers
+ * itself at once (a 404, /health) never build up `busy`, so this cap is what bounds a client that
+ * sends them without reading its answers.
  */
-const MAX_WAITING = 2000;
+const MAX_WAITING = 64;
 
 /** One connection's share of the work. */
 interface Connection {

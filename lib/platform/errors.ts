@@ -104,9 +104,12 @@ export const notFoundHandler: RequestHandler = (req) => {
 export function errorHandler(logger: Logger): ErrorRequestHandler {
   return (err: unknown, req, res, _next) => {
     const httpError = toHttpError(err);
-    const logged = { err, req: { method: req.method, url: req.originalUrl.slice(0, 500) }, status: httpError.status };
-    if (httpError.status >= 500) logger.error(logged, 'request failed');
-    else logger.debug(logged, 'request rejected');
+    const request = { method: req.method, url: req.originalUrl.slice(0, 500) };
+    if (httpError.status < 500) logger.debug({ req: request, status: httpError.status, code: httpError.code }, 'request rejected');
+    // A failure we classified ourselves (an open circuit, a dependency down, a timeout) is one
+    // line without a stack; only what we did not expect (500) carries the error and its stack.
+    else if (err instanceof HttpError) logger.warn({ req: request, status: httpError.status, code: httpError.code, failure: err.message }, 'request failed');
+    else logger.error({ err, req: request, status: httpError.status }, 'request failed');
     if (res.headersSent) {
       // Too late for a clean answer: cut the connection so the client sees a failure, not a truncated 200.
       res.destroy();

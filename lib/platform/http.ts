@@ -154,6 +154,8 @@ export function routeOf(req: Request, res: Response): string | undefined {
 }
 
 const BODY_METHODS = new Set(['POST', 'PUT', 'PATCH']);
+// The charset parameter of a Content-Type, quoted or not.
+const CHARSET = /;\s*charset\s*=\s*"?([^";\s]*)/i;
 
 function jsonDepthExceeds(value: unknown, max: number): boolean {
   const stack: Array<[unknown, number]> = [[value, 1]];
@@ -179,6 +181,12 @@ export function jsonBody(limitBytes = BODY_LIMIT_BYTES): RequestHandler {
     if (!BODY_METHODS.has(req.method) || !hasBody(req.headers)) return next();
     if (!req.is(['application/json', 'application/*+json'])) {
       throw new HttpError(415, 'UNSUPPORTED_MEDIA_TYPE', 'Request body must be application/json');
+    }
+    // body-parser would decode any utf-* charset (UTF-16, UTF-7) into garbage that then reads as a
+    // client's JSON mistake; JSON is UTF-8 (RFC 8259 8.1), and anything else is refused as such.
+    const charset = CHARSET.exec(req.headers['content-type'] ?? '')?.[1];
+    if (charset !== undefined && charset.toLowerCase() !== 'utf-8') {
+      throw new HttpError(415, 'UNSUPPORTED_MEDIA_TYPE', 'Unsupported charset: JSON bodies are UTF-8');
     }
     // body-parser calls back from stream events, outside the request's trace: re-enter it.
     parse(req, res, bindToTrace((err?: unknown) => {
