@@ -1,8 +1,25 @@
 // The user service's routes as its OpenAPI document shows them: one entry per route of routes.ts
 // (a test checks the two agree), with the schemas that check each request.
+import { z } from 'zod';
 import type { ApiRoute } from '../platform/openapi/document.js';
 import { IdParamsSchema, pageOf } from '../platform/validation.js';
-import { CreateUserSchema, ListUsersQuerySchema, UpdateUserSchema, UserSchema, UserStatsSchema } from './schema.js';
+import { CreateUserSchema, ListUsersQuerySchema, LoginSchema, UpdateUserSchema, UserSchema, UserStatsSchema } from './schema.js';
+
+/** POST /auth/login's answer (lib/users/auth.ts login). */
+export const AccessTokenSchema = z.object({ accessToken: z.string(), tokenType: z.literal('Bearer'), expiresIn: z.number().int().describe('seconds') });
+
+/** POST /auth/login, as the user service and the gateway's /api/auth/login answer it. */
+export const LOGIN_API: Omit<ApiRoute, 'path'> = {
+  method: 'post', summary: 'A signed access token (JWT) for an email and password; Cache-Control: no-store', body: LoginSchema,
+  responses: {
+    200: { description: 'The token', body: AccessTokenSchema },
+    400: { description: 'VALIDATION_ERROR' },
+    401: { description: 'INVALID_CREDENTIALS: the same answer for an unknown email, a wrong password and a user without one' },
+    429: { description: 'RATE_LIMITED: too many failed logins for this email (Retry-After)' },
+  },
+};
+
+const JwksSchema = z.object({ keys: z.array(z.looseObject({ kty: z.string(), kid: z.string(), alg: z.string(), use: z.literal('sig') })) });
 
 export const USER_API: readonly ApiRoute[] = [
   {
@@ -28,5 +45,10 @@ export const USER_API: readonly ApiRoute[] = [
   {
     method: 'get', path: '/stats', summary: 'Counts of users by role',
     responses: { 200: { description: 'Stats', body: UserStatsSchema } },
+  },
+  { ...LOGIN_API, path: '/auth/login' },
+  {
+    method: 'get', path: '/.well-known/jwks.json', summary: 'The public key tokens are verified with (Cache-Control: public, max-age=300)',
+    responses: { 200: { description: 'A JSON Web Key Set', body: JwksSchema } },
   },
 ];

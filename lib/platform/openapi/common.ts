@@ -1,6 +1,7 @@
 // The routes every process serves beside its own: metrics, traces, the document itself, and (for
 // the services) the health check of createServiceApp.
 import { z } from 'zod';
+import { FAULTS_PATH, FaultSpecSchema } from '../faults.js';
 import { SpansQuery, TracesQuery } from '../trace-endpoints.js';
 import type { ApiRoute } from './document.js';
 
@@ -76,3 +77,33 @@ export const serviceHealthApi = (service: string): ApiRoute => ({
     503: { description: 'The database cannot be read', body: z.object({ status: z.literal('unhealthy'), service: z.literal(service) }) },
   },
 });
+
+/** The fault switches as GET and POST report them (lib/platform/faults.ts). */
+export const FaultStateSchema = z.object({
+  latencyMs: z.number().int(),
+  errorRate: z.number(),
+  resetRate: z.number(),
+  down: z.boolean(),
+  expiresAt: z.string().nullable().describe('when the switches turn off by themselves; null when all are off'),
+});
+
+const ADMIN_BEARER = { schema: z.string().optional(), description: '`Bearer <ADMIN_TOKEN>` (or an admin\'s JWT in required mode) when the route is guarded' };
+
+/** GET and POST /internal/faults, served by a service whose fault switches exist. */
+export const FAULTS_API: readonly ApiRoute[] = [
+  {
+    method: 'get', path: FAULTS_PATH, summary: "This service's fault switches",
+    headers: { Authorization: ADMIN_BEARER },
+    responses: { 200: { description: 'The switches', body: FaultStateSchema }, 401: { description: 'UNAUTHENTICATED: missing or wrong admin token' }, 403: { description: 'FORBIDDEN: a token that is not an admin\'s' } },
+  },
+  {
+    method: 'post', path: FAULTS_PATH, summary: 'Replace the fault switches (absent fields off); they switch off by themselves after FAULT_TTL_MS', body: FaultSpecSchema,
+    headers: { Authorization: ADMIN_BEARER },
+    responses: {
+      200: { description: 'The switches now', body: FaultStateSchema },
+      400: { description: 'VALIDATION_ERROR' },
+      401: { description: 'UNAUTHENTICATED: missing or wrong admin token' },
+      403: { description: 'FORBIDDEN: a token that is not an admin\'s' },
+    },
+  },
+];
