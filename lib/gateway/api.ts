@@ -31,7 +31,7 @@ const Unavailable = z.object({ status: z.literal('unavailable'), circuitState: C
 const GATEWAY_FAILURES: ApiRoute['responses'] = {
   429: { description: 'RATE_LIMITED (Retry-After)' },
   502: { description: 'BAD_GATEWAY: the service refused or broke the connection' },
-  503: { description: 'SERVICE_UNAVAILABLE: its circuit is open (Retry-After)' },
+  503: { description: 'SERVICE_UNAVAILABLE: its circuit is open; OVERLOADED: MAX_IN_FLIGHT reached (Retry-After)' },
   504: { description: 'GATEWAY_TIMEOUT: no answer within UPSTREAM_TIMEOUT_MS' },
 };
 

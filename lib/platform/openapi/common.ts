@@ -107,3 +107,14 @@ export const FAULTS_API: readonly ApiRoute[] = [
     },
   },
 ];
+
+/** A route that reads the caller's token: a bad one (or none, in required mode) is refused. */
+export const UNAUTHENTICATED: ApiRoute['responses'] = {
+  401: { description: 'UNAUTHENTICATED: no token (required mode), or one that does not verify (WWW-Authenticate: Bearer)' },
+};
+
+/** A route only some callers may use (required mode, or any caller with a token). */
+export const CALLER_REFUSALS: ApiRoute['responses'] = {
+  ...UNAUTHENTICATED,
+  403: { description: 'FORBIDDEN: this caller may not do this' },
+};
