@@ -4,7 +4,7 @@ import { z } from 'zod';
 import { ORDER_API } from '../orders/api.js';
 import type { ApiRoute } from '../platform/openapi/document.js';
 import { FaultSpecSchema } from '../platform/faults.js';
-import { FaultStateSchema, PROCESS_API, TRACE_API } from '../platform/openapi/common.js';
+import { CALLER_REFUSALS, FaultStateSchema, PROCESS_API, TRACE_API, UNAUTHENTICATED } from '../platform/openapi/common.js';
 import { IdParamsSchema } from '../platform/validation.js';
 import { PRODUCT_API } from '../products/api.js';
 import { LOGIN_API, USER_API } from '../users/api.js';
@@ -71,7 +71,8 @@ const OWN_API: readonly ApiRoute[] = [
     responses: {
       200: { description: 'orders is null, and meta says so, when the order service is unavailable', body: z.object({ user: UserSchema, orders: z.array(z.looseObject({})).nullable(), meta: Meta }) },
       400: { description: 'Not an id' },
-      404: { description: 'No such user' },
+      ...UNAUTHENTICATED,
+      404: { description: "No such user, or another user's" },
       429: GATEWAY_FAILURES[429],
       503: { description: 'The user service is unavailable' },
     },
@@ -88,6 +89,7 @@ const OWN_API: readonly ApiRoute[] = [
           meta: Meta,
         }),
       },
+      ...CALLER_REFUSALS,
       429: GATEWAY_FAILURES[429],
     },
   },

@@ -22,11 +22,28 @@ const PartialMeta = z.object({ complete: z.boolean(), unavailable: z.array(z.str
 
 const TraceIdParams = z.object({ traceId: z.string().regex(/^[A-Za-z0-9._:-]{1,128}$/) });
 
+/** A route that reads the caller's token: a bad one (or none, in required mode) is refused. */
+export const UNAUTHENTICATED: ApiRoute['responses'] = {
+  401: { description: 'UNAUTHENTICATED: no token (required mode), or one that does not verify (WWW-Authenticate: Bearer)' },
+};
+
+/** A route only some callers may use (required mode, or any caller with a token). */
+export const CALLER_REFUSALS: ApiRoute['responses'] = {
+  ...UNAUTHENTICATED,
+  403: { description: 'FORBIDDEN: this caller may not do this' },
+};
+
+/** The admin surface (/metrics, /spans, /traces) in required mode: an admin's JWT or ADMIN_TOKEN. */
+const ADMIN_SURFACE: ApiRoute['responses'] = {
+  401: { description: 'UNAUTHENTICATED (required mode): no token, or one that is neither an admin\'s JWT nor ADMIN_TOKEN' },
+  403: { description: "FORBIDDEN (required mode): a user's token" },
+};
+
 /** /metrics and /openapi.json, which every process serves. */
 export const PROCESS_API: readonly ApiRoute[] = [
   {
     method: 'get', path: '/metrics', summary: 'Prometheus metrics of this process',
-    responses: { 200: { description: 'Text exposition format', mediaType: 'text/plain' } },
+    responses: { 200: { description: 'Text exposition format', mediaType: 'text/plain' }, ...ADMIN_SURFACE },
   },
   {
     method: 'get', path: '/openapi.json', summary: 'This document',
@@ -41,6 +58,7 @@ export const TRACE_API: readonly ApiRoute[] = [
     responses: {
       200: { description: 'Spans', body: z.object({ service: z.string(), spans: z.array(SpanSchema.extend({ startMs: z.number() })) }) },
       400: { description: 'Bad query' },
+      ...ADMIN_SURFACE,
     },
   },
   {
@@ -57,6 +75,7 @@ export const TRACE_API: readonly ApiRoute[] = [
         }),
       },
       400: { description: 'Bad query' },
+      ...ADMIN_SURFACE,
     },
   },
   {
@@ -64,6 +83,7 @@ export const TRACE_API: readonly ApiRoute[] = [
     responses: {
       200: { description: 'The trace', body: z.object({ traceId: z.string(), w3cTraceId: z.string(), spans: z.array(SpanSchema), meta: PartialMeta }) },
       400: { description: 'Malformed trace id' },
+      ...ADMIN_SURFACE,
       404: { description: 'No such trace' },
     },
   },
@@ -108,13 +128,3 @@ export const FAULTS_API: readonly ApiRoute[] = [
   },
 ];
 
-/** A route that reads the caller's token: a bad one (or none, in required mode) is refused. */
-export const UNAUTHENTICATED: ApiRoute['responses'] = {
-  401: { description: 'UNAUTHENTICATED: no token (required mode), or one that does not verify (WWW-Authenticate: Bearer)' },
-};
-
-/** A route only some callers may use (required mode, or any caller with a token). */
-export const CALLER_REFUSALS: ApiRoute['responses'] = {
-  ...UNAUTHENTICATED,
-  403: { description: 'FORBIDDEN: this caller may not do this' },
-};
