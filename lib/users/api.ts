@@ -7,7 +7,7 @@ import { IdParamsSchema, pageOf } from '../platform/validation.js';
 import { CreateUserSchema, ListUsersQuerySchema, LoginSchema, UpdateUserSchema, UserSchema, UserStatsSchema } from './schema.js';
 
 /** POST /auth/login's answer (lib/users/auth.ts login). */
-export const AccessTokenSchema = z.object({ accessToken: z.string(), tokenType: z.literal('Bearer'), expiresIn: z.number().int().describe('seconds') });
+const AccessTokenSchema = z.object({ accessToken: z.string(), tokenType: z.literal('Bearer'), expiresIn: z.number().int().describe('seconds') });
 
 /** POST /auth/login, as the user service and the gateway's /api/auth/login answer it. */
 export const LOGIN_API: Omit<ApiRoute, 'path'> = {
