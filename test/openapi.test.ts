@@ -164,6 +164,21 @@ describe('GET /openapi.json', () => {
     assertMatchesRouter(gw.gateway.app, doc);
   });
 
+  test('when the debug routes and fault switches do not exist (production without ADMIN_TOKEN), then no document lists them', async () => {
+    const prod = await startGateway({ USERS_URL: dead.url, PRODUCTS_URL: dead.url, ORDERS_URL: dead.url, NODE_ENV: 'production' });
+    stops.push(prod.close);
+    const doc = await validDocument(prod.url);
+    assert.deepEqual(Object.keys(doc.paths).filter((p) => p.startsWith('/debug')), []);
+    assertMatchesRouter(prod.gateway.app, doc);
+
+    const app = createProductApp({ ...deps('product-service', openProductDatabase), faults: null });
+    const s = await startApp(app);
+    started.push(s);
+    const serviceDoc = await validDocument(s.url);
+    assert.equal(serviceDoc.paths['/internal/faults'], undefined);
+    assertMatchesRouter(app, serviceDoc);
+  });
+
   test('when a document is not OpenAPI 3.1, then the validator says so (the check can fail)', async () => {
     const result = await new Validator().validate({ openapi: '3.1.0', paths: { '/x': { get: { responses: { 200: {} } } } } });
     assert.equal(result.valid, false);
