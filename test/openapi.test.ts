@@ -27,23 +27,46 @@ interface Registered {
 interface RouterLayer {
   route?: { path: string; methods: Record<string, boolean> };
   handle?: { stack?: RouterLayer[] };
-  match(path: string): boolean;
+  /** The path the layer was registered at (`app.use(path, router)`), as router 2 keeps it. */
+  rawPath?: string | string[];
+  match(path: string): false | { path: string };
 }
 
-/** Every route the app's router (and the routers mounted in it) registers, as Express 5 keeps them. */
-function registeredRoutes(app: Express): Array<Registered & { layer: RouterLayer }> {
-  const out: Array<Registered & { layer: RouterLayer }> = [];
-  const walk = (stack: RouterLayer[]) => {
+/** A registered route with the routers it is mounted in, outermost first. */
+interface Found extends Registered {
+  mounts: RouterLayer[];
+  layer: RouterLayer;
+}
+
+/** `/internal/faults` + `/` -> `/internal/faults`; `/` + `/users` -> `/users`. */
+const joinPath = (prefix: string, path: string): string => (path === '/' ? prefix || '/' : `${prefix}${path}`);
+
+/** Every route the app's router (and the routers mounted in it, at their mount paths) registers, as Express 5 keeps them. */
+function registeredRoutes(app: Express): Found[] {
+  const out: Found[] = [];
+  const walk = (stack: RouterLayer[], prefix: string, mounts: RouterLayer[]) => {
     for (const layer of stack) {
       if (layer.route) {
-        for (const [method, on] of Object.entries(layer.route.methods)) if (on) out.push({ method, path: layer.route.path, layer });
+        for (const [method, on] of Object.entries(layer.route.methods)) if (on) out.push({ method, path: joinPath(prefix, layer.route.path), mounts, layer });
       } else if (layer.handle?.stack) {
-        walk(layer.handle.stack);
+        const mount = typeof layer.rawPath === 'string' && layer.rawPath !== '/' ? layer.rawPath : '';
+        walk(layer.handle.stack, `${prefix}${mount}`, [...mounts, layer]);
       }
     }
   };
-  walk((app as unknown as { router: { stack: RouterLayer[] } }).router.stack);
+  walk((app as unknown as { router: { stack: RouterLayer[] } }).router.stack, '', []);
   return out;
+}
+
+/** Whether a request for `path` reaches the route: each mount takes its prefix, the route matches the rest. */
+function serves(r: Found, path: string): boolean {
+  let rest = path;
+  for (const mount of r.mounts) {
+    const m = mount.match(rest);
+    if (!m) return false;
+    rest = rest.slice(m.path.length) || '/';
+  }
+  return r.layer.match(rest) !== false;
 }
 
 type Document = { openapi: string; paths: Record<string, Record<string, unknown>> };
@@ -80,7 +103,7 @@ function assertMatchesRouter(app: Express, doc: Document): void {
   }
   for (const d of documented) {
     const path = samplePath(d.path);
-    const found = registered.some((r) => r.method === d.method && r.layer.match(path));
+    const found = registered.some((r) => r.method === d.method && serves(r, path));
     assert.ok(found, `${d.method.toUpperCase()} ${d.path} is documented but no route serves it`);
   }
 }
@@ -139,6 +162,21 @@ describe('GET /openapi.json', () => {
     }
     assert.equal(doc.paths['/api/internal/reservations'], undefined, 'internal routes are not reachable through the gateway');
     assertMatchesRouter(gw.gateway.app, doc);
+  });
+
+  test('when the debug routes and fault switches do not exist (production without ADMIN_TOKEN), then no document lists them', async () => {
+    const prod = await startGateway({ USERS_URL: dead.url, PRODUCTS_URL: dead.url, ORDERS_URL: dead.url, NODE_ENV: 'production' });
+    stops.push(prod.close);
+    const doc = await validDocument(prod.url);
+    assert.deepEqual(Object.keys(doc.paths).filter((p) => p.startsWith('/debug')), []);
+    assertMatchesRouter(prod.gateway.app, doc);
+
+    const app = createProductApp({ ...deps('product-service', openProductDatabase), faults: null });
+    const s = await startApp(app);
+    started.push(s);
+    const serviceDoc = await validDocument(s.url);
+    assert.equal(serviceDoc.paths['/internal/faults'], undefined);
+    assertMatchesRouter(app, serviceDoc);
   });
 
   test('when a document is not OpenAPI 3.1, then the validator says so (the check can fail)', async () => {

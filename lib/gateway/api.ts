@@ -2,11 +2,12 @@
 // each service's public routes as reached through /api. A test checks them against the router.
 import { z } from 'zod';
 import { ORDER_API } from '../orders/api.js';
-import { PROCESS_API, TRACE_API } from '../platform/openapi/common.js';
 import type { ApiRoute } from '../platform/openapi/document.js';
+import { FaultSpecSchema } from '../platform/faults.js';
+import { CALLER_REFUSALS, FaultStateSchema, PROCESS_API, TRACE_API, UNAUTHENTICATED } from '../platform/openapi/common.js';
 import { IdParamsSchema } from '../platform/validation.js';
 import { PRODUCT_API } from '../products/api.js';
-import { USER_API } from '../users/api.js';
+import { LOGIN_API, USER_API } from '../users/api.js';
 import { UserSchema } from '../users/schema.js';
 import { CIRCUIT_ACTIONS } from './debug.js';
 import { GATEWAY_FEATURES } from './status.js';
@@ -30,7 +31,7 @@ const Unavailable = z.object({ status: z.literal('unavailable'), circuitState: C
 const GATEWAY_FAILURES: ApiRoute['responses'] = {
   429: { description: 'RATE_LIMITED (Retry-After)' },
   502: { description: 'BAD_GATEWAY: the service refused or broke the connection' },
-  503: { description: 'SERVICE_UNAVAILABLE: its circuit is open (Retry-After)' },
+  503: { description: 'SERVICE_UNAVAILABLE: its circuit is open; OVERLOADED: MAX_IN_FLIGHT reached (Retry-After)' },
   504: { description: 'GATEWAY_TIMEOUT: no answer within UPSTREAM_TIMEOUT_MS' },
 };
 
@@ -70,7 +71,8 @@ const OWN_API: readonly ApiRoute[] = [
     responses: {
       200: { description: 'orders is null, and meta says so, when the order service is unavailable', body: z.object({ user: UserSchema, orders: z.array(z.looseObject({})).nullable(), meta: Meta }) },
       400: { description: 'Not an id' },
-      404: { description: 'No such user' },
+      ...UNAUTHENTICATED,
+      404: { description: "No such user, or another user's" },
       429: GATEWAY_FAILURES[429],
       503: { description: 'The user service is unavailable' },
     },
@@ -87,21 +89,76 @@ const OWN_API: readonly ApiRoute[] = [
           meta: Meta,
         }),
       },
+      ...CALLER_REFUSALS,
       429: GATEWAY_FAILURES[429],
     },
   },
 ];
 
-const DEBUG_API: ApiRoute = {
-  method: 'post', path: '/debug/circuit/:service/:action', summary: 'Open, close or reset a circuit by hand',
-  params: z.object({ service: z.enum(SERVICE_NAMES), action: z.enum(CIRCUIT_ACTIONS) }),
-  headers: { Authorization: { schema: z.string().optional(), description: '`Bearer <ADMIN_TOKEN>` when ADMIN_TOKEN is set' } },
-  responses: {
-    200: { description: 'The new state', body: z.object({ service: z.enum(SERVICE_NAMES), action: z.enum(CIRCUIT_ACTIONS), newState: CircuitState }) },
-    400: { description: 'Unknown action' },
-    401: { description: 'Missing or wrong admin token' },
-    404: { description: 'Unknown service' },
+const ADMIN_BEARER = { Authorization: { schema: z.string().optional(), description: "`Bearer <ADMIN_TOKEN>` or an admin's JWT, when ADMIN_TOKEN is set or AUTH_MODE=required" } };
+const ADMIN_REFUSALS: ApiRoute['responses'] = {
+  401: { description: 'UNAUTHENTICATED: no or a wrong token' },
+  403: { description: "FORBIDDEN: a valid token that is not an admin's" },
+};
+
+const ServiceFaults = z.object({
+  service: z.enum(SERVICE_NAMES),
+  faults: FaultStateSchema.nullable().describe('the first instance to answer; null when none did'),
+  instances: z.number().int(),
+  reached: z.number().int(),
+});
+
+/** The debug routes (lib/gateway/debug.ts), present where debugging is allowed. */
+const DEBUG_API: readonly ApiRoute[] = [
+  {
+    method: 'post', path: '/debug/circuit/:service/:action', summary: 'Open, close or reset a circuit by hand',
+    params: z.object({ service: z.enum(SERVICE_NAMES), action: z.enum(CIRCUIT_ACTIONS) }),
+    headers: ADMIN_BEARER,
+    responses: {
+      200: { description: 'The new state', body: z.object({ service: z.enum(SERVICE_NAMES), action: z.enum(CIRCUIT_ACTIONS), newState: CircuitState }) },
+      400: { description: 'VALIDATION_ERROR: unknown action' },
+      ...ADMIN_REFUSALS,
+      404: { description: 'Unknown service' },
+    },
   },
+  {
+    method: 'get', path: '/debug/faults', summary: "Every service's fault switches",
+    headers: ADMIN_BEARER,
+    responses: { 200: { description: 'Per service', body: z.object({ services: z.array(ServiceFaults) }) }, ...ADMIN_REFUSALS },
+  },
+  {
+    method: 'post', path: '/debug/faults/:service', summary: "Set a service's fault switches on every instance (absent fields off)",
+    params: z.object({ service: z.enum(SERVICE_NAMES) }), body: FaultSpecSchema, headers: ADMIN_BEARER,
+    responses: {
+      200: { description: 'The switches and how many instances took them', body: ServiceFaults },
+      400: { description: 'VALIDATION_ERROR' },
+      ...ADMIN_REFUSALS,
+      404: { description: 'Unknown service' },
+      503: { description: 'SERVICE_UNAVAILABLE: no instance took them' },
+    },
+  },
+];
+
+/** The dashboard (lib/gateway/dashboard): a page, its assets, and its event stream. */
+const DASHBOARD_API: readonly ApiRoute[] = [
+  ...([['/dashboard', 'text/html', 'The live dashboard page'], ['/dashboard/app.js', 'text/javascript', "The dashboard's script"], ['/dashboard/style.css', 'text/css', "The dashboard's style sheet"]] as const)
+    .map(([path, mediaType, summary]): ApiRoute => ({ method: 'get', path, summary, responses: { 200: { description: summary, mediaType } } })),
+  {
+    method: 'get', path: '/dashboard/events', summary: "Server-Sent Events: every second, each service's circuit, windowed traffic and probe, and the rate limiter's refusals",
+    headers: ADMIN_BEARER,
+    responses: {
+      200: { description: 'An endless event stream, one JSON snapshot per `data:` event', mediaType: 'text/event-stream' },
+      ...ADMIN_REFUSALS,
+      503: { description: 'TOO_MANY_STREAMS (Retry-After: 5)' },
+    },
+  },
+];
+
+const GATEWAY_LOGIN: ApiRoute = {
+  ...LOGIN_API,
+  path: '/api/auth/login',
+  summary: `${LOGIN_API.summary} (relayed to the user service; LOGIN_RATE_LIMIT per client address)`,
+  responses: { ...LOGIN_API.responses, 429: { description: 'RATE_LIMITED: too many logins from this address, or failures for this email (Retry-After)' }, 502: GATEWAY_FAILURES[502], 503: GATEWAY_FAILURES[503], 504: GATEWAY_FAILURES[504] },
 };
 
 /** Every route of the gateway; the debug and trace routes only where the app mounts them. */
@@ -110,7 +167,9 @@ export function gatewayApi({ tracing, debug }: { tracing: boolean; debug: boolea
     ...OWN_API,
     ...PROCESS_API,
     ...(tracing ? TRACE_API : []),
-    ...(debug ? [DEBUG_API] : []),
+    ...DASHBOARD_API,
+    ...(debug ? DEBUG_API : []),
+    GATEWAY_LOGIN,
     ...SERVICE_NAMES.flatMap(proxied),
   ];
 }

@@ -7,7 +7,7 @@ import { createFaultSwitches, FAULTS_PATH, type FaultSwitches } from './faults.j
 import { createBaseApp, jsonBody, requestContext } from './http.js';
 import type { Metrics } from './metrics.js';
 import { buildOpenApi, openApiHandler, type ApiRoute } from './openapi/document.js';
-import { PROCESS_API, serviceHealthApi, TRACE_API } from './openapi/common.js';
+import { FAULTS_API, PROCESS_API, serviceHealthApi, TRACE_API } from './openapi/common.js';
 import { requestDeadline } from './service-client.js';
 import { createTraceRoutes } from './trace-endpoints.js';
 import { createTracing, type Tracing } from './span-recorder.js';
@@ -52,7 +52,7 @@ export function createServiceApp({ service, logger, metrics, db, routes, api, gu
     });
   }
   app.get('/metrics', metrics.handler);
-  const document = buildOpenApi({ title: service, version: packageVersion() }, [serviceHealthApi(service), ...PROCESS_API, ...(tracing ? TRACE_API : []), ...api]);
+  const document = buildOpenApi({ title: service, version: packageVersion() }, [serviceHealthApi(service), ...PROCESS_API, ...(tracing ? TRACE_API : []), ...(faults ? FAULTS_API : []), ...api]);
   app.get('/openapi.json', openApiHandler(document));
   if (tracing) app.use(createTraceRoutes({ tracing }));
   // Faults reach the API routes only: the routes above keep answering under any switch.
