@@ -11,7 +11,7 @@ const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const testFiles = (dir) => readdirSync(new URL(`../${dir}/`, import.meta.url)).filter((f) => f.endsWith('.test.ts')).sort().map((f) => `${dir}/${f}`);
 const files = process.argv.length > 2 ? process.argv.slice(2) : [...testFiles('test'), ...testFiles('test/attacks')];
 // Most tests wait on sockets and child processes, so more files than cores keep the cores busy.
-const concurrency = String(Math.max(2, availableParallelism() * 2));
+const concurrency = String(Math.max(2, availableParallelism() + 1));
 
 function run(command, args) {
   const child = spawn(command, args, { cwd: ROOT, stdio: 'inherit' });
