@@ -5,9 +5,10 @@ import assert from 'node:assert/strict';
 import { Agent, request } from 'node:http';
 import { connect } from 'node:net';
 import { http, tempDir } from './helpers.js';
-import { startGateway, type StartedGateway } from './gateway-helpers.js';
+import { startFakeUpstream, startGateway, type FakeUpstream, type StartedGateway } from './gateway-helpers.js';
 import { spawnService, type ChildService } from './process.js';
 import { startFaultProxy, type FaultProxy } from './support/fault-proxy.js';
+import { startServices, type System } from './system.js';
 
 interface LoopResult {
   answered: number;
@@ -61,6 +62,7 @@ async function loopThroughStop(target: ChildService, url: string): Promise<LoopR
 describe('graceful stop of a service and of the gateway', () => {
   const data = tempDir('msvc-drain-');
   const children: ChildService[] = [];
+  let upstream: FakeUpstream | undefined;
   const spawn = async (entry: string, env: Record<string, string> = {}) => {
     const child = await spawnService(entry, { DATA_DIR: data.dir, ...env });
     children.push(child);
@@ -68,6 +70,7 @@ describe('graceful stop of a service and of the gateway', () => {
   };
   after(async () => {
     await Promise.all(children.map((c) => c.stop('SIGKILL')));
+    await upstream?.stop();
     data.remove();
   });
 
@@ -102,40 +105,39 @@ describe('graceful stop of a service and of the gateway', () => {
   });
 
   test('when 10 keep-alive clients loop through the gateway\'s SIGTERM, then none sees a reset', async () => {
-    const products = await spawn('product-service.ts');
-    const gateway = await spawn('gateway.ts', { PRODUCTS_URL: products.url, RATE_LIMIT: '1000000' });
+    // The gateway process is under test; the service behind it can be a server in this process.
+    upstream = await startFakeUpstream();
+    const gateway = await spawn('gateway.ts', { PRODUCTS_URL: upstream.url, RATE_LIMIT: '1000000' });
     const results = await loopThroughStop(gateway, `${gateway.url}/api/products/1`);
     const errors = results.flatMap((r) => r.errors);
     assert.deepEqual(errors.filter((e) => e !== 'ECONNREFUSED'), [], `errors: ${errors.join(',')}`);
     assert.ok(results.every((r) => r.answered > 0));
-    await products.stop('SIGTERM');
   });
 });
 
 describe('graceful stop of the order service with orders in flight', () => {
   const data = tempDir('msvc-drain-orders-');
-  const children: ChildService[] = [];
+  let sys: System;
   let proxy: FaultProxy;
   let gw: StartedGateway;
   let orders: ChildService;
   let productId: number;
   before(async () => {
-    const env = { DATA_DIR: data.dir };
-    const started = await Promise.allSettled([spawnService('user-service.ts', env), spawnService('product-service.ts', env)]);
-    for (const s of started) if (s.status === 'fulfilled') children.push(s.value);
-    for (const s of started) if (s.status === 'rejected') throw s.reason;
-    const [users, products] = children as [ChildService, ChildService];
+    // The order service process is under test; the user and product services run in this process
+    // (with their demo rows; the in-process order service of `sys` is not used).
+    sys = await startServices({ seed: true });
+    const [users, products] = [sys.users, sys.products];
     // Each reserve waits here, so that every order is mid-workflow when the signal comes.
     proxy = await startFaultProxy(products.url, { kind: 'latency', ms: 300 });
-    orders = await spawnService('order-service.ts', { ...env, USERS_URL: users.url, PRODUCTS_URL: proxy.url, UPSTREAM_TIMEOUT_MS: '3000' });
-    children.push(orders);
+    orders = await spawnService('order-service.ts', { DATA_DIR: data.dir, USERS_URL: users.url, PRODUCTS_URL: proxy.url, UPSTREAM_TIMEOUT_MS: '3000' });
     gw = await startGateway({ ORDERS_URL: orders.url, PRODUCTS_URL: products.url, USERS_URL: users.url, RATE_LIMIT: '1000000' });
     productId = (await http(products.url, 'POST', '/products', { body: { name: 'Drained', price: 1, stock: 1000, category: 'test' } })).body.id;
   });
   after(async () => {
     await gw?.close();
     await proxy?.close();
-    await Promise.all(children.map((c) => c.stop('SIGKILL')));
+    await orders?.stop('SIGKILL');
+    await sys?.stop();
     data.remove();
   });
 

@@ -29,9 +29,10 @@ describe('breaker state machine (mock timers)', () => {
   /** A call whose response headers came (the work resolved) and whose body is still to end. */
   const headersIn = async (b: ServiceBreaker): Promise<BreakerCall> => {
     let admitted: BreakerCall | undefined;
-    await b.run(async (call) => {
+    await b.run((call) => {
       call.defer();
       admitted = call;
+      return Promise.resolve();
     });
     return admitted!;
   };
@@ -87,7 +88,7 @@ describe('breaker state machine (mock timers)', () => {
         waited += 100;
       }
       // Two good trials close it again.
-      for (let i = 0; i < 2; i++) await b.run(async () => 'ok');
+      for (let i = 0; i < 2; i++) await b.run(() => Promise.resolve('ok'));
       assert.equal(b.state, 'CLOSED');
       return waited;
     };
@@ -98,7 +99,7 @@ describe('breaker state machine (mock timers)', () => {
 
   test('when a probe of the service succeeds while open, then the circuit half-opens before its open time ends', async () => {
     let healthy = false;
-    const b = make({ resetTimeoutMs: 30_000, maxResetTimeoutMs: 30_000, probeIntervalMs: 200 }, async () => healthy);
+    const b = make({ resetTimeoutMs: 30_000, maxResetTimeoutMs: 30_000, probeIntervalMs: 200 }, () => Promise.resolve(healthy));
     b.forceOpen();
     mock.timers.tick(200);
     await flush();
@@ -110,7 +111,7 @@ describe('breaker state machine (mock timers)', () => {
     assert.deepEqual(changes, ['OPEN', 'HALF_OPEN']);
   });
 
-  test('when half-open, then a failed trial reopens it and a trial whose client left frees its slot', async () => {
+  test('when half-open, then a failed trial reopens it and a trial whose client left frees its slot', () => {
     const b = make();
     b.forceOpen();
     mock.timers.tick(1000);
@@ -128,7 +129,7 @@ describe('breaker state machine (mock timers)', () => {
     const b = make({ slowStartMs: 1000 });
     b.forceOpen();
     mock.timers.tick(1000);
-    for (let i = 0; i < 2; i++) await b.run(async () => 'ok');
+    for (let i = 0; i < 2; i++) await b.run(() => Promise.resolve('ok'));
     assert.equal(b.state, 'CLOSED');
     const shareAt = (n: number) => {
       let admitted = 0;
@@ -309,9 +310,11 @@ describe('circuit breakers', () => {
 
   test('when clients hang up before the service answers, then that is not counted against the service', async () => {
     up.behaviour = { kind: 'hang' };
-    for (let i = 0; i < 4; i++) await assert.rejects(fetch(quick.url + '/api/users/1', { signal: AbortSignal.timeout(40) }));
-    await new Promise((r) => setTimeout(r, 300));
-    const health = await http(quick.url, 'GET', '/health');
+    for (let i = 0; i < 4; i++) await assert.rejects(fetch(steady.url + '/api/users/1', { signal: AbortSignal.timeout(40) }));
+    // Past steady's UPSTREAM_TIMEOUT_MS (250): a call left running after its client hung up would
+    // have timed out by now and been counted. Waiting for something not to happen cannot be polled.
+    await new Promise((r) => setTimeout(r, 400));
+    const health = await http(steady.url, 'GET', '/health');
     assert.equal(health.body.services.users.circuitState, 'CLOSED');
     assert.equal(health.body.services.users.stats.failures, 0);
     assert.equal(health.body.services.users.stats.timeouts, 0);
@@ -514,7 +517,7 @@ describe('retries', () => {
     const r = await http(gw.url, 'POST', '/api/orders', { body: { userId: 1 }, headers: { 'idempotency-key': 'retry-1' } });
     assert.equal(r.status, 200);
     assert.equal(up.seen.length, 1);
-    assert.equal(up.seen[0]!.body, JSON.stringify({ userId: 1 }), 'the body arrived whole');
+    assert.equal(up.seen[0].body, JSON.stringify({ userId: 1 }), 'the body arrived whole');
   });
 
   test('when the service refuses many GETs, then at most a fifth of them are retried and each counts as one failure', async () => {

@@ -141,14 +141,21 @@ describe('recovery', () => {
     // Requests keep coming while another loop samples the circuit's state.
     let ok = 0;
     let sent = 0;
+    // Both loops pause 5 ms between requests: a few hundred requests and samples over the 2.4 s,
+    // without spinning a core for it.
+    const pause = () => new Promise((r) => setTimeout(r, 5));
     const load = (async () => {
-      while (Date.now() < end) if ((await http(gw.url, 'GET', `/api/users/flap-${sent++}`)).status === 200) ok++;
+      while (Date.now() < end) {
+        if ((await http(gw.url, 'GET', `/api/users/flap-${sent++}`)).status === 200) ok++;
+        await pause();
+      }
     })();
     let open = 0;
     let samples = 0;
     while (Date.now() < end) {
       if ((await circuitState(gw.url, 'users')) === 'OPEN') open++;
       samples++;
+      await pause();
     }
     await load;
     // Four up phases: each one serves requests again.

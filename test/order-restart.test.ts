@@ -1,15 +1,16 @@
-// The three services as child processes, as users run them: what the order service acknowledged
-// survives kill -9, and restarts never duplicate the demo orders.
+// The order service as a child process, as users run it, over the user and product services (in
+// this process, with their demo rows): what it acknowledged survives kill -9, and restarts never
+// duplicate the demo orders.
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { http, tempDir } from './helpers.js';
 import { spawnService, type ChildService } from './process.js';
+import { startServices, type System } from './system.js';
 
 describe('order service restarts', () => {
   const data = tempDir('msvc-order-restart-');
   const children: ChildService[] = [];
-  let users: ChildService;
-  let products: ChildService;
+  let sys: System;
   let orders: ChildService;
   let ordersEnv: Record<string, string>;
 
@@ -19,18 +20,15 @@ describe('order service restarts', () => {
   };
 
   before(async () => {
-    const env = { DATA_DIR: data.dir };
-    // allSettled: whatever did start is in `children`, so after() stops it even if the other failed.
-    const started = await Promise.allSettled([spawnService('user-service.ts', env), spawnService('product-service.ts', env)]);
-    for (const s of started) if (s.status === 'fulfilled') children.push(s.value);
-    for (const s of started) if (s.status === 'rejected') throw s.reason;
-    [users, products] = children as [ChildService, ChildService];
-    ordersEnv = { ...env, USERS_URL: users.url, PRODUCTS_URL: products.url, UPSTREAM_TIMEOUT_MS: '2000' };
+    // The in-process order service of `sys` (its own temp dir) is not used: the child is under test.
+    sys = await startServices({ seed: true });
+    ordersEnv = { DATA_DIR: data.dir, USERS_URL: sys.users.url, PRODUCTS_URL: sys.products.url, UPSTREAM_TIMEOUT_MS: '2000' };
     await startOrders();
   });
 
   after(async () => {
     await Promise.all(children.map((c) => c.stop('SIGKILL')));
+    await sys?.stop();
     data.remove();
   });
 
@@ -46,7 +44,7 @@ describe('order service restarts', () => {
     assert.equal(after.status, 200);
     assert.deepEqual(after.body, r.body);
     // The key survived too: a client retrying after the crash gets the same order, no new stock taken.
-    const stock = (await http(products.url, 'GET', '/products/2')).body.stock;
+    const stock = (await http(sys.products.url, 'GET', '/products/2')).body.stock;
     const retry = await http(orders.url, 'POST', '/orders', {
       body: { userId: 2, items: [{ productId: 2, quantity: 1 }] },
       headers: { 'idempotency-key': 'kill-9' },
@@ -54,7 +52,7 @@ describe('order service restarts', () => {
     assert.equal(retry.status, 201);
     assert.equal(retry.headers.get('idempotent-replayed'), 'true');
     assert.equal(retry.body.id, r.body.id);
-    assert.equal((await http(products.url, 'GET', '/products/2')).body.stock, stock);
+    assert.equal((await http(sys.products.url, 'GET', '/products/2')).body.stock, stock);
   });
 
   test('when restarted (SIGTERM and SIGKILL), then the demo orders are not duplicated', async () => {
