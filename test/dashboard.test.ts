@@ -26,7 +26,7 @@ function firstEvent(url: string, headers: Record<string, string> = {}): Promise<
       res.on('data', (chunk: string) => {
         text += chunk;
         const m = /^data: (.*)$/m.exec(text);
-        if (m && text.includes('\n\n', m.index)) resolve({ status: 200, snapshot: JSON.parse(m[1]!) as DashboardSnapshot, abort });
+        if (m && text.includes('\n\n', m.index)) resolve({ status: 200, snapshot: JSON.parse(m[1]) as DashboardSnapshot, abort });
       });
     });
     req.once('timeout', () => req.destroy(new Error('no event in time')));
@@ -82,7 +82,7 @@ describe('dashboard routes', () => {
     assert.equal(page.status, 200);
     assert.match(page.headers.get('content-type') ?? '', /^text\/html/);
     assert.match(page.headers.get('content-security-policy') ?? '', /default-src 'self'/);
-    for (const asset of page.text.match(/(?:src|href)="(\/dashboard\/[^"]+)"/g)!.map((m) => m.split('"')[1]!)) {
+    for (const asset of page.text.match(/(?:src|href)="(\/dashboard\/[^"]+)"/g)!.map((m) => m.split('"')[1])) {
       assert.equal((await http(gw.url, 'GET', asset)).status, 200, asset);
     }
     assert.doesNotMatch(page.text, /https?:\/\//, 'nothing is loaded from elsewhere');
@@ -95,10 +95,10 @@ describe('dashboard routes', () => {
     assert.equal(status, 200);
     assert.equal(snapshot!.controls, true);
     assert.deepEqual(snapshot!.services.map((s) => [s.name, s.state]), [['users', 'CLOSED'], ['products', 'CLOSED'], ['orders', 'CLOSED']]);
-    const users = snapshot!.services[0]!;
+    const users = snapshot!.services[0];
     assert.equal(users.spark.length, 119);
     assert.equal(users.probe?.ok, true);
-    assert.equal(snapshot!.services[2]!.probe?.ok, false);
+    assert.equal(snapshot!.services[2].probe?.ok, false);
     assert.deepEqual(Object.keys(users).sort(), ['errorPct', 'errorSpark', 'name', 'p50', 'p99', 'probe', 'rejected', 'rps', 'spark', 'stale', 'state', 'timeouts']);
     assert.deepEqual(snapshot!.rateLimit.topClients, [{ client: '127.0.0.1', hits: 1 }]);
   });
@@ -108,7 +108,7 @@ describe('dashboard routes', () => {
     await eventually(async () => {
       const { snapshot, abort } = await firstEvent(gw.url);
       abort();
-      return snapshot!.services[1]!.spark.reduce((a, b) => a + b) >= 5 && snapshot!.services[1]!.p50 !== null;
+      return snapshot!.services[1].spark.reduce((a, b) => a + b) >= 5 && snapshot!.services[1].p50 !== null;
     }, 4000, 'the products requests in the stats');
   });
 

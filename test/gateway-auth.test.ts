@@ -277,7 +277,7 @@ describe('AUTH_MODE=open', () => {
   });
   after(() => sys.stop());
 
-  test('when a gateway starts open, then it logs one warning saying so', async () => {
+  test('when a gateway starts open, then it logs one warning saying so', () => {
     const warnings = sys.gateway.logs().filter((l) => l.level === 40 && /AUTH_MODE=open/.test(String(l.msg)));
     assert.equal(warnings.length, 1);
   });

@@ -209,11 +209,11 @@ describe('proxy behaviour (controllable upstream)', () => {
       // Classified already: one warning line naming service, kind, time and trace, without a stack.
       const failed = dead.logs().filter((l) => l.msg === 'proxy failed');
       assert.equal(failed.length, 1);
-      assert.equal(failed[0]!.failure, 'refused');
-      assert.equal(failed[0]!.traceId, r.body.traceId);
-      assert.equal(typeof failed[0]!.durationMs, 'number');
+      assert.equal(failed[0].failure, 'refused');
+      assert.equal(failed[0].traceId, r.body.traceId);
+      assert.equal(typeof failed[0].durationMs, 'number');
       assert.ok(JSON.stringify(failed[0]).includes('"service":"users"'));
-      assert.equal(failed[0]!.err, undefined, 'no error object, so no stack');
+      assert.equal(failed[0].err, undefined, 'no error object, so no stack');
     } finally {
       await dead.close();
       await refusing.close();

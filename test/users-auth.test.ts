@@ -62,7 +62,7 @@ describe('user service logins', () => {
     for (const a of answers) {
       assert.equal(a.status, 401);
       assert.equal(a.body.code, 'INVALID_CREDENTIALS');
-      assert.equal(a.body.error, answers[0]!.body.error);
+      assert.equal(a.body.error, answers[0].body.error);
     }
   });
 

@@ -34,21 +34,21 @@ describe('request smuggling', () => {
           const bytes = `${method} ${prefix}/999999 HTTP/1.1\r\nHost: x\r\n${frame}GET ${prefix}/2 HTTP/1.1\r\nHost: x\r\n\r\n`;
           const first = await rawExchange(gw.url, bytes, 2, new Set(method === 'HEAD' ? [0] : []));
           assert.equal(first.responses.length, 2, first.bytes.toString('latin1'));
-          assert.equal(statusOf(first.responses[0]!), 200);
-          if (method !== 'HEAD') assert.deepEqual(jsonOf(first.responses[0]!), { method, url: '/users/999999', body: SMUGGLED });
-          assert.deepEqual(jsonOf(first.responses[1]!), { method: 'GET', url: '/users/2', body: '' });
+          assert.equal(statusOf(first.responses[0]), 200);
+          if (method !== 'HEAD') assert.deepEqual(jsonOf(first.responses[0]), { method, url: '/users/999999', body: SMUGGLED });
+          assert.deepEqual(jsonOf(first.responses[1]), { method: 'GET', url: '/users/2', body: '' });
 
           const next = await rawExchange(gw.url, `GET ${prefix}/3 HTTP/1.1\r\nHost: x\r\n\r\n`);
-          assert.deepEqual(jsonOf(next.responses[0]!), { method: 'GET', url: '/users/3', body: '' });
+          assert.deepEqual(jsonOf(next.responses[0]), { method: 'GET', url: '/users/3', body: '' });
 
           // Byte for byte: three messages (over one pooled connection or several, in any order), the
           // DELETE... with exactly the client's body, framed as the client framed it.
           const order = (line: string) => `${line.includes('/999999') ? 0 : 1}${line}`;
           const sent = upstream.messages().sort((a, b) => order(a.line).localeCompare(order(b.line)));
           assert.deepEqual(sent.map((m) => m.line), [`${method} /users/999999 HTTP/1.1`, 'GET /users/2 HTTP/1.1', 'GET /users/3 HTTP/1.1']);
-          assert.equal(sent[0]!.framing, framing);
-          assert.equal(sent[0]!.body.toString('latin1'), SMUGGLED);
-          if (framing === 'content-length') assert.equal(header(sent[0]!, 'content-length'), String(Buffer.byteLength(SMUGGLED)));
+          assert.equal(sent[0].framing, framing);
+          assert.equal(sent[0].body.toString('latin1'), SMUGGLED);
+          if (framing === 'content-length') assert.equal(header(sent[0], 'content-length'), String(Buffer.byteLength(SMUGGLED)));
           for (const m of sent.slice(1)) {
             assert.equal(m.framing, 'none', `${m.line} has no body`);
             assert.equal(header(m, 'content-length'), undefined);
@@ -65,10 +65,10 @@ describe('request smuggling', () => {
     assert.equal(r.responses.length, 2);
     const sent = upstream.messages();
     assert.equal(sent.length, 2);
-    assert.equal(sent[0]!.framing, 'chunked');
-    assert.equal(sent[0]!.body.toString(), body);
-    assert.equal(header(sent[1]!, 'content-length'), '0');
-    assert.equal(header(sent[1]!, 'transfer-encoding'), undefined);
+    assert.equal(sent[0].framing, 'chunked');
+    assert.equal(sent[0].body.toString(), body);
+    assert.equal(header(sent[1], 'content-length'), '0');
+    assert.equal(header(sent[1], 'transfer-encoding'), undefined);
   });
 
   const refusedByParser: Array<[string, string]> = [
@@ -84,12 +84,12 @@ describe('request smuggling', () => {
     test(`when a request has ${what}, then it is a 400, the connection is closed and nothing reaches the service`, async () => {
       const r = await rawExchange(gw.url, `${bytes}GET /api/users/2 HTTP/1.1\r\nHost: x\r\n\r\n`, 2);
       assert.equal(r.responses.length, 1, r.bytes.toString('latin1'));
-      assert.equal(statusOf(r.responses[0]!), 400);
-      assert.equal(jsonOf(r.responses[0]!).code, 'BAD_REQUEST', 'the contract\'s error shape');
+      assert.equal(statusOf(r.responses[0]), 400);
+      assert.equal(jsonOf(r.responses[0]).code, 'BAD_REQUEST', 'the contract\'s error shape');
       assert.ok(r.closed, 'connection closed');
       assert.deepEqual(upstream.requests, []);
       const next = await rawExchange(gw.url, 'GET /api/users/3 HTTP/1.1\r\nHost: x\r\n\r\n');
-      assert.deepEqual(jsonOf(next.responses[0]!), { method: 'GET', url: '/users/3', body: '' });
+      assert.deepEqual(jsonOf(next.responses[0]), { method: 'GET', url: '/users/3', body: '' });
     });
   }
 
@@ -105,8 +105,8 @@ describe('request smuggling', () => {
       test(`when a request with ${what} is sent to a service, then it is a 400 in the contract's shape, the connection closes, and nothing after it is read`, async () => {
         const r = await rawExchange(sys.users.url, `${bytes.replaceAll('/api/users', '/users')}POST /users HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}`, 2);
         assert.equal(r.responses.length, 1, r.bytes.toString('latin1'));
-        assert.equal(statusOf(r.responses[0]!), 400);
-        assert.equal(jsonOf(r.responses[0]!).code, 'BAD_REQUEST');
+        assert.equal(statusOf(r.responses[0]), 400);
+        assert.equal(jsonOf(r.responses[0]).code, 'BAD_REQUEST');
         assert.ok(r.closed);
       });
     }

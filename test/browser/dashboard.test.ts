@@ -114,10 +114,10 @@ describe('dashboard in a browser', { skip }, () => {
     assert.deepEqual(services, new Set(['gateway', 'order-service', 'user-service', 'product-service']));
     const depths = await page.locator('#waterfall .span-row').evaluateAll((rows) => rows.map((e) => Number(e.getAttribute('data-depth'))));
     assert.equal(depths[0], 0);
-    assert.ok(Math.max(...depths) >= 3, `nested spans expected, got depths ${depths}`);
+    assert.ok(Math.max(...depths) >= 3, `nested spans expected, got depths ${depths.join(", ")}`);
     // Every bar sits inside the shared axis.
     const bars = await page.locator('#waterfall .bar').evaluateAll((els) => els.map((b) => [parseFloat((b as HTMLElement).style.left), parseFloat((b as HTMLElement).style.width)]));
-    for (const [left, width] of bars) assert.ok(left! >= 0 && left! + width! <= 100.5, `bar at ${left}% + ${width}%`);
+    for (const [left, width] of bars) assert.ok(left >= 0 && left + width <= 100.5, `bar at ${left}% + ${width}%`);
     assert.match((await page.locator('#waterfall .span-row').first().getAttribute('title')) ?? '', /http\.request\.method = POST/);
     mkdirSync(ARTIFACTS, { recursive: true });
     await page.screenshot({ path: join(ARTIFACTS, 'dashboard.png'), fullPage: true });

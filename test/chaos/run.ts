@@ -94,7 +94,7 @@ const SERVICE_ENV = { UPSTREAM_TIMEOUT_MS: '600', RELEASE_RETRY_MS: '100', SEED_
 
 export async function runChaos({ seed, durationMs, concurrency = 16, log = () => undefined }: ChaosOptions): Promise<ChaosResult> {
   const random = prng(seed);
-  const pick = <T>(list: readonly T[]): T => list[Math.floor(random() * list.length)]!;
+  const pick = <T>(list: readonly T[]): T => list[Math.floor(random() * list.length)];
   const between = (lo: number, hi: number) => Math.floor(lo + random() * (hi - lo + 1));
   const dataDir = mkdtempSync(join(tmpdir(), `msvc-chaos-${seed}-`));
   const children = new Set<ChildService>();

@@ -58,7 +58,11 @@ export async function startFaultProxy(target = '', fault: Fault = { kind: 'pass'
     socket.on('error', () => undefined);
   };
   const reset = (socket: Socket) => {
-    if (!socket.destroyed) socket.resetAndDestroy();
+    if (socket.destroyed) return;
+    // A socket still connecting would keep its handle until the connection completes (to send
+    // the RST then): destroy it now, so nothing outlives the proxy.
+    if (socket.connecting) socket.destroy();
+    else socket.resetAndDestroy();
   };
 
   /** Whether a request arriving now is to be reset (and counts it against `times`). */

@@ -35,7 +35,7 @@ export function splitMessages(bytes: Buffer, bodyless: (index: number, m: Messag
       if (colon <= 0) throw new Error(`not a header line: ${JSON.stringify(l)}`);
       return [l.slice(0, colon).toLowerCase(), l.slice(colon + 1).trim()];
     });
-    const m: Message = { line: lines[0]!, headers, body: Buffer.alloc(0), framing: 'none' };
+    const m: Message = { line: lines[0], headers, body: Buffer.alloc(0), framing: 'none' };
     let next = end + 4;
     const length = headersNamed(m, 'content-length');
     const coding = header(m, 'transfer-encoding');
@@ -50,7 +50,7 @@ export function splitMessages(bytes: Buffer, bodyless: (index: number, m: Messag
       for (;;) {
         const lineEnd = bytes.indexOf(CRLF, next);
         if (lineEnd === -1) return { messages, rest: bytes.subarray(at) };
-        const size = Number.parseInt(bytes.subarray(next, lineEnd).toString('latin1').split(';')[0]!, 16);
+        const size = Number.parseInt(bytes.subarray(next, lineEnd).toString('latin1').split(';')[0], 16);
         if (!Number.isFinite(size)) throw new Error('bad chunk size');
         next = lineEnd + 2;
         if (size === 0) {
