@@ -4,9 +4,9 @@ import { connect } from 'node:net';
 import { ServiceBreaker, type BreakerCall, type BreakerOptions, type CircuitState } from '../lib/gateway/breakers.js';
 import { UpstreamUnavailableError } from '../lib/platform/service-client.js';
 import { http } from './helpers.js';
-import { circuit, circuitState, eventually, startFakeUpstream, startGateway, startGatewayFor, type FakeUpstream, type StartedGateway } from './gateway-helpers.js';
+import { circuit, circuitState, eventually, startFakeUpstream, startFaultedGateway, startGateway, startGatewayFor, type FakeUpstream, type FaultedGateway, type StartedGateway } from './gateway-helpers.js';
 import { createProduct, createUser, startServices, type System } from './system.js';
-import { startFaultProxy, type FaultProxy } from './support/fault-proxy.js';
+import type { FaultProxy } from './support/fault-proxy.js';
 
 const OPTIONS: BreakerOptions = {
   failureThreshold: 3,
@@ -469,16 +469,12 @@ describe('retries', () => {
   let up: FakeUpstream;
   let proxy: FaultProxy;
   let gw: StartedGateway;
+  let faulted: FaultedGateway | undefined;
   before(async () => {
-    up = await startFakeUpstream();
-    proxy = await startFaultProxy(up.url);
-    gw = await startGateway({ USERS_URL: proxy.url, PRODUCTS_URL: proxy.url, ORDERS_URL: proxy.url, CB_FAILURE_THRESHOLD: '1000' });
+    faulted = await startFaultedGateway(({ proxy }) => ({ USERS_URL: proxy, PRODUCTS_URL: proxy, ORDERS_URL: proxy, CB_FAILURE_THRESHOLD: '1000' }));
+    ({ up, proxy, gw } = faulted);
   });
-  after(async () => {
-    await gw?.close();
-    await proxy?.close();
-    await up?.stop();
-  });
+  after(() => faulted?.close());
   beforeEach(() => {
     up.behaviour = { kind: 'echo' };
     proxy.fault = { kind: 'pass' };

@@ -3,8 +3,8 @@
 import { after, before, beforeEach, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { http } from './helpers.js';
-import { circuit, circuitState, eventually, startFakeUpstream, startGateway, type FakeUpstream, type StartedGateway } from './gateway-helpers.js';
-import { startFaultProxy, type FaultProxy } from './support/fault-proxy.js';
+import { circuit, circuitState, eventually, startFaultedGateway, type FakeUpstream, type FaultedGateway, type StartedGateway } from './gateway-helpers.js';
+import type { FaultProxy } from './support/fault-proxy.js';
 
 const stats = async (gw: StartedGateway) => (await http(gw.url, 'GET', '/health')).body.services.users as { circuitState: string; stats: { failures: number; successes: number; timeouts: number } };
 
@@ -12,16 +12,12 @@ describe('upstream faults through the fault proxy', () => {
   let up: FakeUpstream;
   let proxy: FaultProxy;
   let gw: StartedGateway;
+  let faulted: FaultedGateway | undefined;
   before(async () => {
-    up = await startFakeUpstream();
-    proxy = await startFaultProxy(up.url);
-    gw = await startGateway({ USERS_URL: proxy.url, PRODUCTS_URL: up.url, ORDERS_URL: up.url, UPSTREAM_TIMEOUT_MS: '200', CB_RESET_TIMEOUT_MS: '60000', CB_PROBE_INTERVAL_MS: '0' });
+    faulted = await startFaultedGateway(({ proxy, up }) => ({ USERS_URL: proxy, PRODUCTS_URL: up, ORDERS_URL: up, UPSTREAM_TIMEOUT_MS: '200', CB_RESET_TIMEOUT_MS: '60000', CB_PROBE_INTERVAL_MS: '0' }));
+    ({ up, proxy, gw } = faulted);
   });
-  after(async () => {
-    await gw?.close();
-    await proxy?.close();
-    await up?.stop();
-  });
+  after(() => faulted?.close());
   beforeEach(async () => {
     proxy.fault = { kind: 'pass' };
     up.behaviour = { kind: 'echo' };
@@ -78,28 +74,23 @@ describe('upstream faults through the fault proxy', () => {
 });
 
 describe('recovery', () => {
-  let up: FakeUpstream;
   let proxy: FaultProxy;
   let gw: StartedGateway;
+  let faulted: FaultedGateway | undefined;
   before(async () => {
-    up = await startFakeUpstream();
-    proxy = await startFaultProxy(up.url);
-    gw = await startGateway({
-      USERS_URL: proxy.url,
-      PRODUCTS_URL: up.url,
-      ORDERS_URL: up.url,
+    faulted = await startFaultedGateway(({ proxy, up }) => ({
+      USERS_URL: proxy,
+      PRODUCTS_URL: up,
+      ORDERS_URL: up,
       UPSTREAM_TIMEOUT_MS: '200',
       CB_RESET_TIMEOUT_MS: '30000',
       CB_PROBE_INTERVAL_MS: '50',
       CB_SLOW_START_MS: '600',
       HEALTH_PROBE_TIMEOUT_MS: '100',
-    });
+    }));
+    ({ proxy, gw } = faulted);
   });
-  after(async () => {
-    await gw?.close();
-    await proxy?.close();
-    await up?.stop();
-  });
+  after(() => faulted?.close());
   beforeEach(async () => {
     proxy.fault = { kind: 'pass' };
     await proxy.start();

@@ -9,6 +9,7 @@ import { parseConfig } from '../lib/platform/config.js';
 import { createMetrics, type Metrics } from '../lib/platform/metrics.js';
 import { closeServer, listen } from '../lib/platform/server.js';
 import { http, memoryLogger, type TestResponse } from './helpers.js';
+import { startFaultProxy, type FaultProxy } from './support/fault-proxy.js';
 import type { System } from './system.js';
 
 export interface StartedGateway {
@@ -196,4 +197,29 @@ export async function deadUrl(): Promise<{ url: string; close: () => Promise<voi
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
   const { port } = server.address() as AddressInfo;
   return { url: `http://127.0.0.2:${port}`, close: () => new Promise<void>((resolve) => server.close(() => resolve())) };
+}
+
+/** A gateway whose calls reach a fake upstream through a fault proxy. */
+export interface FaultedGateway {
+  up: FakeUpstream;
+  proxy: FaultProxy;
+  gw: StartedGateway;
+  close(): Promise<void>;
+}
+
+/** `env` names which services go through the proxy (`proxy`) and which straight to the upstream (`up`). */
+export async function startFaultedGateway(env: (urls: { proxy: string; up: string }) => Record<string, string>): Promise<FaultedGateway> {
+  const up = await startFakeUpstream();
+  const proxy = await startFaultProxy(up.url);
+  const gw = await startGateway(env({ proxy: proxy.url, up: up.url }));
+  return {
+    up,
+    proxy,
+    gw,
+    close: async () => {
+      await gw.close();
+      await proxy.close();
+      await up.stop();
+    },
+  };
 }

@@ -50,6 +50,8 @@ export interface TestRequest {
   /** Sent as is (no JSON encoding). */
   raw?: string | Uint8Array;
   headers?: Record<string, string>;
+  /** How long to wait for the whole answer (default 15 s). */
+  timeoutMs?: number;
 }
 
 /** One HTTP request; `body` is parsed JSON when the answer is JSON. */
@@ -60,7 +62,7 @@ export async function http<T = any>(base: string, method: string, path: string, 
     body = JSON.stringify(req.body);
     headers['content-type'] ??= 'application/json';
   }
-  const res = await fetch(base + path, { method, headers, body: body as BodyInit | undefined, signal: AbortSignal.timeout(15_000) });
+  const res = await fetch(base + path, { method, headers, body: body as BodyInit | undefined, signal: AbortSignal.timeout(req.timeoutMs ?? 15_000) });
   const text = await res.text();
   let parsed: unknown;
   try {
