@@ -14,6 +14,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { spawnService, type ChildService } from '../process.js';
 import { startFaultProxy, type Fault, type FaultProxy } from '../support/fault-proxy.js';
+import { http } from '../helpers.js';
 
 export interface ChaosOptions {
   seed: number;
@@ -64,30 +65,12 @@ function prng(seed: number): () => number {
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-interface Answer {
-  status: number;
-  body: any;
-  headers: Headers;
-}
-
-async function call(base: string, method: string, path: string, body?: unknown, headers: Record<string, string> = {}, timeoutMs = 5_000): Promise<Answer> {
-  const res = await fetch(base + path, {
-    method,
-    headers: body === undefined ? headers : { 'content-type': 'application/json', ...headers },
-    body: body === undefined ? undefined : JSON.stringify(body),
-    signal: AbortSignal.timeout(timeoutMs),
-  });
-  const text = await res.text();
-  let parsed: unknown;
-  try {
-    parsed = text ? JSON.parse(text) : undefined;
-  } catch {
-    parsed = undefined;
-  }
-  return { status: res.status, body: parsed, headers: res.headers };
-}
+/** A call of the run's clients: a lost answer must not hold a client for long. */
+const call = (base: string, method: string, path: string, body?: unknown, headers: Record<string, string> = {}) =>
+  http(base, method, path, { body, headers, timeoutMs: 5_000 });
 
 const PRODUCTS = 4;
+const RETRY_GRACE_MS = 2_000;
 const INITIAL_STOCK = 500;
 // Short timeouts keep the release worker's wait (2 x UPSTREAM_TIMEOUT_MS) short.
 const SERVICE_ENV = { UPSTREAM_TIMEOUT_MS: '600', RELEASE_RETRY_MS: '100', SEED_DATA: 'false', STOP_TIMEOUT_MS: '2000' };
@@ -151,7 +134,9 @@ export async function runChaos({ seed, durationMs, concurrency = 16, log = () =>
         if (items.length === 0) items.push({ productId: pick(productIds), quantity: 1 });
         const body = { userId: pick(userIds), items };
         let settled = false;
-        for (let attempt = 0; attempt < 20 && !settled; attempt++) {
+        // Retries stop soon after the run's end: a key left unsettled counts as given up (the check
+        // below does not depend on it), and a client stuck behind timeouts cannot hold the run.
+        for (let attempt = 0; attempt < 20 && !settled && Date.now() < end + RETRY_GRACE_MS; attempt++) {
           counts.attempts++;
           try {
             const r = await call(toOrders.url, 'POST', '/orders', body, { 'idempotency-key': key });
@@ -243,7 +228,7 @@ export async function runChaos({ seed, durationMs, concurrency = 16, log = () =>
     // The release worker's wait: whatever a crash or a timeout left held goes back.
     const waitUntil = Date.now() + 20_000;
     for (;;) {
-      const metrics = await (await fetch(`${orders.url}/metrics`)).text();
+      const metrics = (await call(orders.url, 'GET', '/metrics')).text;
       counts.pendingReleasesLeft = Number(/^orders_pending_releases(?:\{[^}]*\})? (\d+)/m.exec(metrics)?.[1] ?? NaN);
       if (counts.pendingReleasesLeft === 0 || Date.now() > waitUntil) break;
       await sleep(100);
