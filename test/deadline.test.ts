@@ -34,7 +34,7 @@ describe('deadlines', () => {
     assert.equal(r.body.code, 'DEADLINE_EXCEEDED', 'answered by the order service, before the gateway gave up');
     proxy.fault = { kind: 'pass' };
     // The reserve lands late, after its release: it takes nothing.
-    await eventually(async () => (await stockOf(sys, productId)) === 50 && pendingReleases(sys) === 0, 5_000, 'the stock back');
+    await eventually(async () => (await stockOf(sys, productId)) === 50 && (await pendingReleases(sys)) === 0, 5_000, 'the stock back');
     assert.equal((await http(sys.orders.url, 'GET', `/orders?userId=${userId}`)).body.meta.total, 0);
   });
 
@@ -56,7 +56,7 @@ describe('deadlines', () => {
     proxy.fault = { kind: 'pass' };
     const created = statuses.filter((s) => s === 201).length;
     assert.ok(statuses.includes(504), 'some answers came too late');
-    await eventually(async () => pendingReleases(sys) === 0 && (await stockOf(sys, productId)) === 200 - created, 5_000, 'the stock of failed orders back');
+    await eventually(async () => (await pendingReleases(sys)) === 0 && (await stockOf(sys, productId)) === 200 - created, 5_000, 'the stock of failed orders back');
     const orders = await http(sys.orders.url, 'GET', `/orders?userId=${userId}&limit=100`);
     assert.equal(orders.body.meta.total, created, 'an order for every 201 and none for a 504');
   });
@@ -81,6 +81,6 @@ describe('Request-Timeout from the gateway', () => {
   });
 });
 
-function pendingReleases(sys: System): number {
-  return (sys.orders.db.prepare('SELECT COUNT(*) AS n FROM pending_releases').get() as { n: number }).n;
+async function pendingReleases(sys: System): Promise<number> {
+  return (await sys.orders.db.get<{ n: number }>('SELECT COUNT(*) AS n FROM pending_releases'))!.n;
 }

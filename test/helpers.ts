@@ -5,7 +5,8 @@ import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import assert from 'node:assert/strict';
 import type { Express } from 'express';
-import type { Db } from '../lib/platform/db.js';
+import type { ServiceDatabaseOptions } from '../lib/platform/config.js';
+import type { SqlDatabase } from '../lib/platform/sql.js';
 import { createMetrics } from '../lib/platform/metrics.js';
 import type { ServiceDeps } from '../lib/platform/service-app.js';
 import { createLogger, type Logger } from '../lib/platform/logger.js';
@@ -89,7 +90,7 @@ export function assertOneTree(spans: { spanId: string; parentSpanId: string | nu
 
 export interface CheckedService {
   url: string;
-  db: Db;
+  db: SqlDatabase;
   /** One request; every answer is checked for leaks, the trace header and the error body shape. */
   call: (method: string, path: string, req?: TestRequest) => Promise<TestResponse>;
   close: () => Promise<void>;
@@ -98,12 +99,12 @@ export interface CheckedService {
 /** A service app from its factory, on port 0 over its own temp-dir database. */
 export async function startCheckedService(
   service: string,
-  openDatabase: (dataDir: string, seed: boolean) => Db,
+  openDatabase: (options: ServiceDatabaseOptions) => Promise<SqlDatabase>,
   createApp: (deps: ServiceDeps) => Express,
   seed = false,
   dir = tempDir(),
 ): Promise<CheckedService> {
-  const db = openDatabase(dir.dir, seed);
+  const db = await openDatabase({ dataDir: dir.dir, seed });
   const started = await startApp(createApp({ logger: memoryLogger(service).logger, db, metrics: createMetrics(service) }));
   return {
     url: started.url,
@@ -117,7 +118,7 @@ export async function startCheckedService(
     },
     close: async () => {
       await started.close();
-      db.close();
+      await db.close();
       dir.remove();
     },
   };

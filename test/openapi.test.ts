@@ -8,7 +8,8 @@ import { OrderConfigSchema } from '../lib/orders/config.js';
 import { openOrderDatabase } from '../lib/orders/db.js';
 import { buildOrderService } from '../lib/orders/service.js';
 import { parseConfig } from '../lib/platform/config.js';
-import type { Db } from '../lib/platform/db.js';
+import type { ServiceDatabaseOptions } from '../lib/platform/config.js';
+import type { SqlDatabase } from '../lib/platform/sql.js';
 import { createMetrics } from '../lib/platform/metrics.js';
 import { openApiPath } from '../lib/platform/openapi/document.js';
 import type { ServiceDeps } from '../lib/platform/service-app.js';
@@ -110,13 +111,13 @@ function assertMatchesRouter(app: Express, doc: Document): void {
 
 describe('GET /openapi.json', () => {
   const dir = tempDir();
-  const dbs: Db[] = [];
+  const dbs: SqlDatabase[] = [];
   const started: Started[] = [];
   const stops: Array<() => Promise<void>> = [];
   let gw: StartedGateway;
   let dead: Awaited<ReturnType<typeof deadUrl>>;
-  const deps = (service: string, open: (dir: string, seed: boolean) => Db): ServiceDeps => {
-    const db = open(dir.dir, false);
+  const deps = async (service: string, open: (options: ServiceDatabaseOptions) => Promise<SqlDatabase>): Promise<ServiceDeps> => {
+    const db = await open({ dataDir: dir.dir, seed: false });
     dbs.push(db);
     return { logger: memoryLogger(service, 'warn').logger, db, metrics: createMetrics(service) };
   };
@@ -129,23 +130,23 @@ describe('GET /openapi.json', () => {
     for (const stop of stops) await stop();
     await gw?.close();
     await dead?.close();
-    for (const db of dbs) db.close();
+    for (const db of dbs) await db.close();
     dir.remove();
   });
 
-  const services: Array<[string, () => Express]> = [
-    ['user service', () => createUserApp(deps('user-service', openUserDatabase))],
-    ['product service', () => createProductApp(deps('product-service', openProductDatabase))],
-    ['order service', () => {
+  const services: Array<[string, () => Promise<Express>]> = [
+    ['user service', async () => createUserApp(await deps('user-service', openUserDatabase))],
+    ['product service', async () => createProductApp(await deps('product-service', openProductDatabase))],
+    ['order service', async () => {
       const config = parseConfig(OrderConfigSchema, { USERS_URL: dead.url, PRODUCTS_URL: dead.url, RELEASE_RETRY_MS: '3600000' });
-      const built = buildOrderService(deps('order-service', openOrderDatabase), config);
+      const built = buildOrderService(await deps('order-service', openOrderDatabase), config);
       stops.push(built.close);
       return built.app;
     }],
   ];
   for (const [name, build] of services) {
     test(`when the ${name} is asked, then the document is valid OpenAPI 3.1 and lists exactly its routes`, async () => {
-      const app = build();
+      const app = await build();
       const s = await startApp(app);
       started.push(s);
       const doc = await validDocument(s.url);
@@ -171,7 +172,7 @@ describe('GET /openapi.json', () => {
     assert.deepEqual(Object.keys(doc.paths).filter((p) => p.startsWith('/debug')), []);
     assertMatchesRouter(prod.gateway.app, doc);
 
-    const app = createProductApp({ ...deps('product-service', openProductDatabase), faults: null });
+    const app = createProductApp({ ...(await deps('product-service', openProductDatabase)), faults: null });
     const s = await startApp(app);
     started.push(s);
     const serviceDoc = await validDocument(s.url);

@@ -4,7 +4,7 @@ import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createServer, request, type IncomingMessage, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { openDatabase } from '../lib/platform/db.js';
+import { openSqlDatabase, sqliteHandle } from '../lib/platform/sql.js';
 import { ServiceClient } from '../lib/platform/service-client.js';
 import { createProductsClient, type ProductsClient } from '../lib/products/client.js';
 import { ORDER_MIGRATIONS } from '../lib/orders/db.js';
@@ -192,7 +192,7 @@ describe('order workflow against live services', () => {
     // What a create leaves behind when the process dies after the reserve: an outbox row and held
     // stock. The row is new, so the worker leaves it alone while the service drains (600 ms).
     const reservationId = `crashed-${Date.now()}`;
-    sys.orders.db.prepare('INSERT INTO pending_releases (reservation_id, created_at_ms) VALUES (?, ?)').run(reservationId, Date.now());
+    await sys.orders.db.run('INSERT INTO pending_releases (reservation_id, created_at_ms) VALUES ($1, $2)', [reservationId, Date.now()]);
     await sys.orders.close();
     await products.reserve(reservationId, [{ productId, quantity: 6 }]);
     assert.equal(await stockOf(sys, productId), 4);
@@ -227,7 +227,7 @@ describe('slow product service', () => {
     assert.equal(r.status, 503);
     assert.equal(r.body.code, 'DEPENDENCY_UNAVAILABLE');
     assert.ok(Date.now() - started < 2_000);
-    const [row] = sys.orders.db.prepare('SELECT reservation_id FROM pending_releases').all() as { reservation_id: string }[];
+    const [row] = await sys.orders.db.all<{ reservation_id: string }>('SELECT reservation_id FROM pending_releases');
     assert.ok(row, 'the outbox keeps the reservation id');
     proxy.delayMs = 0;
     await proxy.idle();
@@ -242,8 +242,8 @@ describe('slow product service', () => {
 });
 
 describe('release claims', () => {
-  test('when the worker claimed a reservation first, then the create commits no order for it', () => {
-    const db = openDatabase({ dataDir: ':memory:', name: 'orders', migrations: ORDER_MIGRATIONS });
+  test('when the worker claimed a reservation first, then the create commits no order for it', async () => {
+    const db = sqliteHandle(await openSqlDatabase({ dataDir: ':memory:', name: 'orders', migrations: ORDER_MIGRATIONS }));
     const store = createOrderStore(db);
     const order = { userId: 1, status: 'pending' as const, items: [{ productId: 1, quantity: 1, unitPriceCents: 100 }], totalCents: 100 };
     store.addPendingRelease('claimed');

@@ -5,7 +5,7 @@ import { z } from 'zod';
 import { parseConfig, portVar, intVar, boolVar, commonShape } from '../lib/platform/config.js';
 import { createServiceApp } from '../lib/platform/service-app.js';
 import { createMetrics } from '../lib/platform/metrics.js';
-import { openDatabase } from '../lib/platform/db.js';
+import { openSqlDatabase } from '../lib/platform/sql.js';
 import { HttpError } from '../lib/platform/errors.js';
 import { parseBody, parseId } from '../lib/platform/validation.js';
 import { currentTrace, traceFromHeaders } from '../lib/platform/trace-context.js';
@@ -55,9 +55,11 @@ describe('trace ids', () => {
   });
 });
 
+const serviceFrameDb = await openSqlDatabase({ dataDir: ':memory:', name: 't', migrations: { sqlite: ['CREATE TABLE t (x INTEGER)'], postgres: [] } });
+
 describe('service frame', () => {
   const { logger, lines } = memoryLogger('platform-test');
-  const db = openDatabase({ dataDir: ':memory:', name: 't', migrations: ['CREATE TABLE t (x INTEGER)'] });
+  const db = serviceFrameDb;
   const routes = Router();
   routes.post('/echo', (req, res) => {
     const body = parseBody(z.strictObject({ name: z.string().max(10) }), req.body);

@@ -1,4 +1,5 @@
 import { after, before, describe, test } from 'node:test';
+import { sqliteHandle } from '../lib/platform/sql.js';
 import assert from 'node:assert/strict';
 import { HttpError } from '../lib/platform/errors.js';
 import { ServiceClient, UpstreamUnavailableError } from '../lib/platform/service-client.js';
@@ -478,7 +479,7 @@ describe('DELETE /internal/reservations/:id', () => {
 describe('storage failures', () => {
   test('when the database refuses writes, then writes are 503 STORAGE_UNAVAILABLE, reads work, and writes recover without a restart', async () => {
     const p = await createProduct({ stock: 5 });
-    svc.db.pragma('query_only = ON');
+    sqliteHandle(svc.db).pragma('query_only = ON');
     try {
       const r = await svc.call('POST', '/products', { body: { name: 'Blocked', price: 1 } });
       assert.equal(r.status, 503);
@@ -489,7 +490,7 @@ describe('storage failures', () => {
       assert.equal((await svc.call('GET', '/stats')).status, 200);
       assert.equal((await svc.call('GET', '/health')).status, 200);
     } finally {
-      svc.db.pragma('query_only = OFF');
+      sqliteHandle(svc.db).pragma('query_only = OFF');
     }
     assert.equal(await stockOf(p.id), 5);
     assert.equal((await svc.call('POST', '/products', { body: { name: 'Writes Again', price: 1 } })).status, 201);
@@ -499,7 +500,7 @@ describe('storage failures', () => {
 describe('demo data', () => {
   test('when seeded, then 5 products and a held reservation per demo order, written once', async () => {
     const dir = tempDir();
-    openProductDatabase(dir.dir, true).close();
+    await (await openProductDatabase({ dataDir: dir.dir, seed: true })).close();
     const seeded = await startProductService(true, dir);
     try {
       const list = await seeded.call('GET', '/products');

@@ -11,7 +11,7 @@ import type { Express } from 'express';
 import { createOrderApp } from '../lib/orders/app.js';
 import { openOrderDatabase } from '../lib/orders/db.js';
 import { createServiceAuth, createTokenVerifier, DEFAULT_ALGORITHMS, DEFAULT_AUDIENCE, DEFAULT_ISSUER, remoteKeys, type AuthMode, type ServiceAuth } from '../lib/platform/identity.js';
-import type { Db } from '../lib/platform/db.js';
+import type { SqlDatabase } from '../lib/platform/sql.js';
 import { createMetrics } from '../lib/platform/metrics.js';
 import { closeServer, listen } from '../lib/platform/server.js';
 import { ServiceClient } from '../lib/platform/service-client.js';
@@ -45,9 +45,9 @@ export interface SecuredSystem {
   stop(): Promise<void>;
 }
 
-async function run(service: string, build: (logger: ReturnType<typeof memoryLogger>['logger']) => { app: Express; db: Db }, level: string): Promise<RunningApp> {
+async function run(service: string, build: (logger: ReturnType<typeof memoryLogger>['logger']) => Promise<{ app: Express; db: SqlDatabase }>, level: string): Promise<RunningApp> {
   const { logger, lines } = memoryLogger(service, level);
-  const { app, db } = build(logger);
+  const { app, db } = await build(logger);
   const { server, url } = await listen(app, 0, '127.0.0.1');
   let open: Server | undefined = server;
   return {
@@ -58,7 +58,7 @@ async function run(service: string, build: (logger: ReturnType<typeof memoryLogg
       const s = open;
       open = undefined;
       await closeServer(s, 2_000);
-      db.close();
+      await db.close();
     },
   };
 }
@@ -67,8 +67,8 @@ async function run(service: string, build: (logger: ReturnType<typeof memoryLogg
 export async function startSecuredSystem({ mode = 'required', gatewayEnv = {}, logLevel = 'warn' }: { mode?: AuthMode; gatewayEnv?: Record<string, string>; logLevel?: string } = {}): Promise<SecuredSystem> {
   const dir = tempDir('msvc-secured-');
   const key = loadSigningKey(dir.dir);
-  const users = await run('user-service', (logger) => {
-    const db = openUserDatabase(dir.dir, true);
+  const users = await run('user-service', async (logger) => {
+    const db = await openUserDatabase({ dataDir: dir.dir, seed: true });
     setDemoPasswords(db, hashPasswordSync(DEFAULT_DEMO_PASSWORD));
     return { app: createUserApp({ logger, db, metrics: createMetrics('user-service') }, { ...defaultUserAuth(), mode, key, adminToken: ADMIN_TOKEN }), db };
   }, logLevel);
@@ -78,12 +78,12 @@ export async function startSecuredSystem({ mode = 'required', gatewayEnv = {}, l
     internalToken: INTERNAL_TOKEN,
     adminToken: ADMIN_TOKEN,
   });
-  const products = await run('product-service', (logger) => {
-    const db = openProductDatabase(dir.dir, true);
+  const products = await run('product-service', async (logger) => {
+    const db = await openProductDatabase({ dataDir: dir.dir, seed: true });
     return { app: createProductApp({ logger, db, metrics: createMetrics('product-service') }, serviceAuth()), db };
   }, logLevel);
-  const orders = await run('order-service', (logger) => {
-    const db = openOrderDatabase(dir.dir, true);
+  const orders = await run('order-service', async (logger) => {
+    const db = await openOrderDatabase({ dataDir: dir.dir, seed: true });
     const usersClient = createUsersClient(new ServiceClient({ name: 'users', baseUrl: users.url, timeoutMs: 2000 }));
     const productsClient = createProductsClient(new ServiceClient({ name: 'products', baseUrl: products.url, timeoutMs: 2000 }), INTERNAL_TOKEN);
     return { app: createOrderApp({ logger, db, metrics: createMetrics('order-service'), users: usersClient, products: productsClient, auth: serviceAuth() }), db };

@@ -20,7 +20,7 @@ import type { Server } from 'node:http';
 import type { Express } from 'express';
 import type { Logger } from '../lib/platform/logger.js';
 import { parseConfig } from '../lib/platform/config.js';
-import type { Db } from '../lib/platform/db.js';
+import type { SqlDatabase } from '../lib/platform/sql.js';
 import { createMetrics } from '../lib/platform/metrics.js';
 import { closeServer, listen } from '../lib/platform/server.js';
 import { createUserApp } from '../lib/users/app.js';
@@ -42,7 +42,7 @@ export interface ServiceHandle {
   /** The current server (a new one after start()). */
   readonly server: Server;
   /** The current database; closed while the service is stopped. */
-  readonly db: Db;
+  readonly db: SqlDatabase;
   readonly running: boolean;
   /** Stops the server, then whatever runs beside it, then closes the database. Safe to repeat. */
   close(): Promise<void>;
@@ -69,12 +69,12 @@ export interface StartServicesOptions {
 
 interface Built {
   app: Express;
-  db: Db;
+  db: SqlDatabase;
   /** Stops what runs beside the server (the release worker); the handle closes the db. */
   stopExtras?: () => Promise<void>;
 }
 
-async function startHandle(name: ServiceName, build: (logger: Logger) => Built, level: string): Promise<ServiceHandle> {
+async function startHandle(name: ServiceName, build: (logger: Logger) => Promise<Built>, level: string): Promise<ServiceHandle> {
   // One logger for the handle's life, so logs() spans restarts.
   const { logger, lines } = memoryLogger(SERVICE_NAMES[name], level);
   let built: Built | undefined;
@@ -84,7 +84,7 @@ async function startHandle(name: ServiceName, build: (logger: Logger) => Built, 
 
   const start = async () => {
     if (server) return;
-    const next = build(logger);
+    const next = await build(logger);
     try {
       const listening = await listen(next.app, port, '127.0.0.1');
       ({ port, url } = listening);
@@ -92,7 +92,7 @@ async function startHandle(name: ServiceName, build: (logger: Logger) => Built, 
       built = next;
     } catch (err) {
       await next.stopExtras?.();
-      next.db.close();
+      await next.db.close();
       throw err;
     }
   };
@@ -102,7 +102,7 @@ async function startHandle(name: ServiceName, build: (logger: Logger) => Built, 
     if (s) await closeServer(s, 2_000);
     if (b) {
       await b.stopExtras?.();
-      b.db.close();
+      await b.db.close();
     }
   };
   const handle: ServiceHandle = {
@@ -143,20 +143,20 @@ export async function startServices({ dataDir, seed = false, env = {} }: StartSe
   };
 
   try {
-    const users = await startHandle('users', (logger) => {
-      const db = openUserDatabase(dir, seed);
+    const users = await startHandle('users', async (logger) => {
+      const db = await openUserDatabase({ dataDir: dir, seed });
       return { app: createUserApp({ logger, db, metrics: createMetrics('user-service') }), db };
     }, level);
     started.push(users);
-    const products = await startHandle('products', (logger) => {
-      const db = openProductDatabase(dir, seed);
+    const products = await startHandle('products', async (logger) => {
+      const db = await openProductDatabase({ dataDir: dir, seed });
       return { app: createProductApp({ logger, db, metrics: createMetrics('product-service') }), db };
     }, level);
     started.push(products);
 
     const config = parseConfig(OrderConfigSchema, { USERS_URL: users.url, PRODUCTS_URL: products.url, ...env, DATA_DIR: dir });
-    const orders = await startHandle('orders', (logger) => {
-      const db = openOrderDatabase(dir, seed);
+    const orders = await startHandle('orders', async (logger) => {
+      const db = await openOrderDatabase({ dataDir: dir, seed });
       const { app, close } = buildOrderService({ logger, db, metrics: createMetrics('order-service') }, config);
       return { app, db, stopExtras: close };
     }, level);

@@ -5,7 +5,7 @@ import type { AddressInfo } from 'node:net';
 import { Router } from 'express';
 import { createServiceApp } from '../lib/platform/service-app.js';
 import { createMetrics } from '../lib/platform/metrics.js';
-import { openDatabase } from '../lib/platform/db.js';
+import { openSqlDatabase } from '../lib/platform/sql.js';
 import { ServiceClient } from '../lib/platform/service-client.js';
 import { BasicTracerProvider, type ReadableSpan } from '@opentelemetry/sdk-trace-base';
 import { createTracing, SpanBuffer, type SpanRecord } from '../lib/platform/span-recorder.js';
@@ -16,7 +16,7 @@ import { errorHandler, notFoundHandler } from '../lib/platform/errors.js';
 import { assertOneTree, http, memoryLogger, startApp } from './helpers.js';
 import { rawRequest } from './gateway-helpers.js';
 
-const db = () => openDatabase({ dataDir: ':memory:', name: 't', migrations: [] });
+const db = () => openSqlDatabase({ dataDir: ':memory:', name: 't', migrations: { sqlite: [], postgres: [] } });
 
 /** A back service with GET /thing, and a front service whose GET /proxy calls it. */
 async function twoServices(otlpEndpoint?: string) {
@@ -25,7 +25,7 @@ async function twoServices(otlpEndpoint?: string) {
   const backRoutes = Router().get('/thing', (_req, res) => {
     res.json({ ok: true });
   });
-  const backApp = await startApp(createServiceApp({ service: 'back-service', logger: back.logger, metrics: createMetrics('back'), db: db(), routes: backRoutes, api: [], tracing: backTracing }));
+  const backApp = await startApp(createServiceApp({ service: 'back-service', logger: back.logger, metrics: createMetrics('back'), db: await db(), routes: backRoutes, api: [], tracing: backTracing }));
   const client = new ServiceClient({ name: 'back', baseUrl: backApp.url, timeoutMs: 2000 });
   const front = memoryLogger('front');
   const frontTracing = createTracing({ service: 'front-service', otlpEndpoint });
@@ -162,7 +162,7 @@ describe('span buffer', () => {
 
   test('a real app keeps its buffer within the cap under many requests', async () => {
     const tracing = createTracing({ service: 'capped', maxSpans: 50 });
-    const app = await startApp(createServiceApp({ service: 'capped', logger: memoryLogger('capped', 'warn').logger, metrics: createMetrics('capped'), db: db(), routes: Router(), api: [], tracing }));
+    const app = await startApp(createServiceApp({ service: 'capped', logger: memoryLogger('capped', 'warn').logger, metrics: createMetrics('capped'), db: await db(), routes: Router(), api: [], tracing }));
     try {
       for (let i = 0; i < 200; i++) await fetch(`${app.url}/nothing-${i}`).then((r) => r.text());
       assert.equal(tracing.buffer.size, 50);

@@ -1,4 +1,5 @@
 import assert from 'node:assert/strict';
+import type { SqlDatabase } from '../lib/platform/sql.js';
 import { statSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
@@ -14,14 +15,15 @@ describe('user service logins', () => {
   const dir = tempDir();
   const { logger, lines } = memoryLogger('user-service');
   let app: Started;
-  const db = openUserDatabase(dir.dir, false);
+  let db: SqlDatabase;
 
   before(async () => {
+    db = await openUserDatabase({ dataDir: dir.dir, seed: false });
     app = await startApp(createUserApp({ logger, db, metrics: createMetrics('user-service') }, { ...defaultUserAuth(), loginMaxFailures: 3 }));
   });
   after(async () => {
     await app.close();
-    db.close();
+    await db.close();
     dir.remove();
   });
 
@@ -113,14 +115,14 @@ describe('signing key and demo passwords', () => {
   test('when a file seeded before passwords existed is opened, then the demo rows without one get the demo password and others are left alone', async () => {
     const dir = tempDir();
     try {
-      const db = openUserDatabase(dir.dir, true);
-      db.prepare("UPDATE users SET password_hash = NULL").run();
-      db.prepare("UPDATE users SET password_hash = 'kept' WHERE email = 'carol@example.com'").run();
+      const db = await openUserDatabase({ dataDir: dir.dir, seed: true });
+      await db.run('UPDATE users SET password_hash = NULL');
+      await db.run("UPDATE users SET password_hash = 'kept' WHERE email = 'carol@example.com'");
       assert.equal(setDemoPasswords(db, hashPasswordSync('demo-password')), 2);
-      const hashOf = (email: string) => (db.prepare('SELECT password_hash AS h FROM users WHERE email = ?').get(email) as { h: string }).h;
-      assert.ok(await verifyPassword('demo-password', hashOf('alice@example.com')));
-      assert.equal(hashOf('carol@example.com'), 'kept');
-      db.close();
+      const hashOf = async (email: string) => (await db.get<{ h: string }>('SELECT password_hash AS h FROM users WHERE email = $1', [email]))!.h;
+      assert.ok(await verifyPassword('demo-password', await hashOf('alice@example.com')));
+      assert.equal(await hashOf('carol@example.com'), 'kept');
+      await db.close();
     } finally {
       dir.remove();
     }

@@ -1,4 +1,5 @@
 import { after, before, describe, test } from 'node:test';
+import { sqliteHandle } from '../lib/platform/sql.js';
 import assert from 'node:assert/strict';
 import { HttpError } from '../lib/platform/errors.js';
 import { ServiceClient, UpstreamUnavailableError } from '../lib/platform/service-client.js';
@@ -286,7 +287,7 @@ describe('GET /stats and GET /health', () => {
 describe('storage failures', () => {
   test('when the database refuses writes, then writes are 503 STORAGE_UNAVAILABLE, reads work, and writes recover without a restart', async () => {
     const user = await createUser();
-    svc.db.pragma('query_only = ON');
+    sqliteHandle(svc.db).pragma('query_only = ON');
     try {
       const r = await svc.call('POST', '/users', { body: { name: 'Blocked Write', email: uniqueEmail() } });
       assert.equal(r.status, 503);
@@ -297,7 +298,7 @@ describe('storage failures', () => {
       assert.equal((await svc.call('GET', '/users')).status, 200);
       assert.equal((await svc.call('GET', '/health')).status, 200);
     } finally {
-      svc.db.pragma('query_only = OFF');
+      sqliteHandle(svc.db).pragma('query_only = OFF');
     }
     assert.equal((await svc.call('POST', '/users', { body: { name: 'Write Again', email: uniqueEmail() } })).status, 201);
   });
@@ -306,8 +307,8 @@ describe('storage failures', () => {
 describe('demo data', () => {
   test('when seeded, then 3 users with one admin, written once however often the file is opened', async () => {
     const dir = tempDir();
-    openUserDatabase(dir.dir, true).close();
-    openUserDatabase(dir.dir, true).close();
+    await (await openUserDatabase({ dataDir: dir.dir, seed: true })).close();
+    await (await openUserDatabase({ dataDir: dir.dir, seed: true })).close();
     const seeded = await startUserService(true, dir);
     try {
       const r = await seeded.call('GET', '/users');
@@ -320,9 +321,9 @@ describe('demo data', () => {
 
   test('when the file already holds users, then a seeded start adds no demo rows', async () => {
     const dir = tempDir();
-    const db = openUserDatabase(dir.dir, false);
-    db.prepare("INSERT INTO users (name, email, role, created_at, updated_at) VALUES ('Own', 'alice@example.com', 'user', 'x', 'x')").run();
-    db.close();
+    const db = await openUserDatabase({ dataDir: dir.dir, seed: false });
+    await db.run("INSERT INTO users (name, email, role, created_at, updated_at) VALUES ('Own', 'alice@example.com', 'user', 'x', 'x')");
+    await db.close();
     const later = await startUserService(true, dir);
     try {
       assert.equal((await later.call('GET', '/users')).body.meta.total, 1);

@@ -1,3 +1,4 @@
+import { sqliteHandle } from '../platform/sql.js';
 import type { Express } from 'express';
 import { Gauge } from 'prom-client';
 import { createServiceAuth, type ServiceAuth } from '../platform/identity.js';
@@ -21,7 +22,7 @@ const MAX_KEYS_IN_FLIGHT = 1000;
 
 export function createOrderApp({ users, products, auth = createServiceAuth(), ...deps }: OrderAppDeps): Express {
   const { logger, db, metrics } = deps;
-  const store = createOrderStore(db);
+  const store = createOrderStore(sqliteHandle(db));
   new Gauge({
     name: 'orders_pending_releases',
     help: 'Stock reservations waiting to be given back to the product service.',

@@ -1,10 +1,11 @@
 // The order service's SQLite file: schema steps and the demo orders of a first start.
-import { openDatabase, seedOnce, type Db, type Migrations } from '../platform/db.js';
+import type { ServiceDatabaseOptions } from '../platform/config.js';
+import { openSqlDatabase, seedOnce, sqliteHandle, type Migrations, type SqlDatabase } from '../platform/sql.js';
 import { demoOrders } from '../demo/data.js';
 import { toCents } from '../platform/money.js';
 import { createOrderStore } from './store.js';
 
-export const ORDER_MIGRATIONS: Migrations = [
+export const ORDER_MIGRATIONS: Migrations = { sqlite: [
   `
   CREATE TABLE orders (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -50,13 +51,13 @@ export const ORDER_MIGRATIONS: Migrations = [
   ) WITHOUT ROWID;
   CREATE INDEX pending_releases_by_age ON pending_releases (created_at_ms);
   `,
-];
+], postgres: [] };
 
-export function openOrderDatabase(dataDir: string, seed: boolean): Db {
-  const db = openDatabase({ dataDir, name: 'orders', migrations: ORDER_MIGRATIONS });
-  if (seed) {
-    const store = createOrderStore(db);
-    seedOnce(db, () => {
+export async function openOrderDatabase(options: ServiceDatabaseOptions): Promise<SqlDatabase> {
+  const db = await openSqlDatabase({ ...options, name: 'orders', migrations: ORDER_MIGRATIONS });
+  if (options.seed) {
+    const store = createOrderStore(sqliteHandle(db));
+    await seedOnce(db, async () => {
       // A file that already has orders (started once with SEED_DATA=false) gets no demo rows.
       if (store.stats().totalOrders > 0) return;
       for (const demo of demoOrders) {

@@ -1,13 +1,13 @@
 // Gives back stock that no order owns, left behind by a crash, a timed-out reserve, or a cancel
 // while the product service was down. Runs at start and then every `intervalMs`.
 import type { Logger } from 'pino';
-import type { Db } from '../platform/db.js';
+import { sqliteHandle, type SqlDatabase } from '../platform/sql.js';
 import type { ProductsClient } from '../products/client.js';
 import { createOrderStore } from './store.js';
 import { releasePending } from './workflow.js';
 
 export interface ReleaseWorkerOptions {
-  db: Db;
+  db: SqlDatabase;
   products: ProductsClient;
   logger: Logger;
   /** RELEASE_RETRY_MS */
@@ -27,7 +27,7 @@ export interface ReleaseWorker {
 }
 
 export function startReleaseWorker({ db, products, logger, intervalMs, minAgeMs, batchSize = 100 }: ReleaseWorkerOptions): ReleaseWorker {
-  const store = createOrderStore(db);
+  const store = createOrderStore(sqliteHandle(db));
   const log = logger.child({ component: 'release-worker' });
   let stopped = false;
   let timer: NodeJS.Timeout | undefined;

@@ -50,12 +50,41 @@ export const serviceShape = {
   ...commonShape,
   DATA_DIR: z.string().min(1).default('./data'),
   SEED_DATA: boolVar(true),
+  // PostgreSQL instead of the SQLite file under DATA_DIR. The service keeps its tables in a schema
+  // of its own (DATABASE_SCHEMA, default its name: users, products, orders), so the three can
+  // share one database.
+  DATABASE_URL: z.string().regex(/^postgres(ql)?:\/\/\S+$/, 'must be a postgres:// or postgresql:// URL').optional(),
+  DATABASE_SCHEMA: z.string().regex(/^[a-z_][a-z0-9_]{0,62}$/, 'must be a lower-case SQL name (a-z, 0-9, _)').optional(),
+  // Most connections one instance opens, and the longest wait for a connection or a statement.
+  DATABASE_POOL_MAX: intVar(10, 1, 100),
+  DATABASE_TIMEOUT_MS: intVar(5000, 100, 600_000),
   // Bearer token for the fault switch route the gateway calls; without it the route is open in
   // development and absent in production.
   ADMIN_TOKEN: z.string().min(16, 'must be at least 16 characters').optional(),
   // Fault switches turn themselves off after this long, so a forgotten one cannot break a system for good.
   FAULT_TTL_MS: intVar(10 * 60_000, 1000, 2 ** 31 - 1),
 };
+
+/** Where a service keeps its data, as its open function takes it. */
+export interface ServiceDatabaseOptions {
+  dataDir: string;
+  seed: boolean;
+  databaseUrl?: string;
+  schema?: string;
+  poolMax?: number;
+  timeoutMs?: number;
+}
+
+export function databaseOptions(config: z.output<z.ZodObject<typeof serviceShape>>): ServiceDatabaseOptions {
+  return {
+    dataDir: config.DATA_DIR,
+    seed: config.SEED_DATA,
+    databaseUrl: config.DATABASE_URL,
+    schema: config.DATABASE_SCHEMA,
+    poolMax: config.DATABASE_POOL_MAX,
+    timeoutMs: config.DATABASE_TIMEOUT_MS,
+  };
+}
 
 export class ConfigError extends Error {}
 

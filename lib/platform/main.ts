@@ -2,8 +2,8 @@
 // listen, and a stop that drains requests before closing what the service opened.
 import type { Express } from 'express';
 import type { z } from 'zod';
-import { loadConfig, type serviceShape } from './config.js';
-import type { Db } from './db.js';
+import { databaseOptions, loadConfig, type serviceShape, type ServiceDatabaseOptions } from './config.js';
+import type { SqlDatabase } from './sql.js';
 import { createFaultSwitchesFromConfig } from './faults.js';
 import { createLogger } from './logger.js';
 import { createMetrics } from './metrics.js';
@@ -17,7 +17,7 @@ export interface ServiceMain<C extends ServiceConfig> {
   /** `user-service`, ...: the name in logs, metrics, spans and /health. */
   service: string;
   schema: z.ZodType<C>;
-  openDatabase: (dataDir: string, seed: boolean) => Db;
+  openDatabase: (options: ServiceDatabaseOptions) => Promise<SqlDatabase>;
   /** Builds the app; `close` stops whatever else it started (workers), before the database closes. */
   build: (deps: ServiceDeps, config: C) => { app: Express; close?: () => Promise<void> };
 }
@@ -25,11 +25,13 @@ export interface ServiceMain<C extends ServiceConfig> {
 export async function runService<C extends ServiceConfig>({ service, schema, openDatabase, build }: ServiceMain<C>): Promise<void> {
   const config = loadConfig(schema, service);
   const logger = createLogger({ service, level: config.LOG_LEVEL, pretty: config.LOG_PRETTY });
-  let db: Db;
+  let db: SqlDatabase;
   try {
-    db = openDatabase(config.DATA_DIR, config.SEED_DATA);
+    db = await openDatabase(databaseOptions(config));
   } catch (err) {
-    logger.fatal({ err, dataDir: config.DATA_DIR }, 'cannot open the database');
+    // The URL may hold a password: name the engine and where, never the whole URL.
+    const where = config.DATABASE_URL ? { database: 'postgres', schema: config.DATABASE_SCHEMA } : { dataDir: config.DATA_DIR };
+    logger.fatal({ err, ...where }, 'cannot open the database');
     logger.flush();
     process.exit(1);
   }
@@ -44,7 +46,7 @@ export async function runService<C extends ServiceConfig>({ service, schema, ope
     cleanup: async () => {
       await close?.();
       await tracing?.shutdown();
-      db.close();
+      await db.close();
     },
   });
 }

@@ -1,7 +1,7 @@
 // The frame every data-owning service shares: middleware order, /health, /metrics, 404, errors.
 import type { Express, Request, Response, Router } from 'express';
 import type { Logger } from 'pino';
-import { databaseIsHealthy, type Db } from './db.js';
+import type { SqlDatabase } from './sql.js';
 import { errorHandler, notFoundHandler } from './errors.js';
 import { createFaultSwitches, FAULTS_PATH, type FaultSwitches } from './faults.js';
 import { createBaseApp, jsonBody, requestContext } from './http.js';
@@ -16,7 +16,7 @@ import { packageVersion } from './version.js';
 /** What every service's app factory takes. */
 export interface ServiceDeps {
   logger: Logger;
-  db: Db;
+  db: SqlDatabase;
   metrics: Metrics;
   /** Spans of this app; one without export is made when absent (tests); null records none. */
   tracing?: Tracing | null;
@@ -41,8 +41,8 @@ export function createServiceApp({ service, logger, metrics, db, routes, api, gu
   const app = createBaseApp();
   // Metrics hang on the request's one 'close' listener, with the span and the log line.
   app.use(requestContext(logger, tracing ?? undefined, [metrics.observe]));
-  app.get('/health', (_req, res) => {
-    const healthy = databaseIsHealthy(db);
+  app.get('/health', async (_req, res) => {
+    const healthy = await db.healthy();
     res.status(healthy ? 200 : 503).json({ status: healthy ? 'healthy' : 'unhealthy', service });
   });
   if (guardAdmin) {

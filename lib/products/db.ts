@@ -1,10 +1,11 @@
 // The product service's SQLite file: schema steps and the demo rows of a first start.
 import { demoOrders, demoProducts } from '../demo/data.js';
-import { openDatabase, seedOnce, type Db, type Migrations } from '../platform/db.js';
+import type { ServiceDatabaseOptions } from '../platform/config.js';
+import { openSqlDatabase, seedOnce, sqliteHandle, type Migrations, type SqlDatabase } from '../platform/sql.js';
 import { toCents } from '../platform/money.js';
 import { createProductStore } from './store.js';
 
-export const PRODUCT_MIGRATIONS: Migrations = [
+export const PRODUCT_MIGRATIONS: Migrations = { sqlite: [
   // AUTOINCREMENT: a deleted product's id is never reused, so releasing an old reservation can
   // never credit stock to a different product.
   `CREATE TABLE products (
@@ -33,13 +34,13 @@ export const PRODUCT_MIGRATIONS: Migrations = [
      unit_price_cents INTEGER NOT NULL CHECK (unit_price_cents >= 0),
      PRIMARY KEY (reservation_id, position)
    ) STRICT, WITHOUT ROWID;`,
-];
+], postgres: [] };
 
-export function openProductDatabase(dataDir: string, seed: boolean): Db {
-  const db = openDatabase({ dataDir, name: 'products', migrations: PRODUCT_MIGRATIONS });
-  if (seed) {
-    seedOnce(db, () => {
-      const store = createProductStore(db);
+export async function openProductDatabase(options: ServiceDatabaseOptions): Promise<SqlDatabase> {
+  const db = await openSqlDatabase({ ...options, name: 'products', migrations: PRODUCT_MIGRATIONS });
+  if (options.seed) {
+    await seedOnce(db, async () => {
+      const store = createProductStore(sqliteHandle(db));
       // A file that already has a catalog (started once with SEED_DATA=false) gets no demo rows.
       if (store.count() > 0 || store.reservationCount() > 0) return;
       const ids = demoProducts.map((p) => store.create({ ...p }).id);

@@ -1,3 +1,4 @@
+import { sqliteHandle } from '../platform/sql.js';
 import type { Express } from 'express';
 import type { JWTVerifyGetKey } from 'jose';
 import { createServiceAuth, createTokenVerifier, DEFAULT_ALGORITHMS, DEFAULT_AUDIENCE, DEFAULT_ISSUER, type AuthMode } from '../platform/identity.js';
@@ -41,7 +42,7 @@ export function createUserApp(deps: ServiceDeps, options: UserAuthOptions = defa
   const verifier = createTokenVerifier({ keys: options.verifyKeys ?? localKeys(key), issuer, audience, algorithms });
   const auth = createServiceAuth({ mode, verifier, adminToken: options.adminToken });
   const routes = createUserRoutes({
-    store: createUserStore(deps.db),
+    store: createUserStore(sqliteHandle(deps.db)),
     auth,
     key,
     token: { issuer, audience, ttlS },

@@ -1,0 +1,411 @@
+// One small interface over the two engines a service can keep its data in: SQLite (a file under
+// DATA_DIR, the default) and PostgreSQL (DATABASE_URL). The stores write SQL once, with `$1`
+// placeholders; where the dialects differ they ask `db.engine`.
+import { mkdirSync } from 'node:fs';
+import { join } from 'node:path';
+import Database from 'better-sqlite3';
+import pg from 'pg';
+import { HttpError } from './errors.js';
+
+export type Engine = 'sqlite' | 'postgres';
+export type Params = readonly unknown[];
+
+/** What a store runs its statements on: the database, or the transaction it is inside. */
+export interface Db {
+  readonly engine: Engine;
+  all<T>(sql: string, params?: Params): Promise<T[]>;
+  get<T>(sql: string, params?: Params): Promise<T | undefined>;
+  /** Runs a write; resolves to the number of rows it changed. */
+  run(sql: string, params?: Params): Promise<number>;
+  /**
+   * Runs `fn` in one transaction: committed when it resolves, rolled back when it throws. Inside
+   * a transaction, `transaction` simply runs `fn` in the same one, so store methods compose.
+   * SQLite: BEGIN IMMEDIATE (one writer at a time). PostgreSQL: READ COMMITTED; make every check
+   * and write one guarded statement, or lock the rows first (FOR UPDATE).
+   */
+  transaction<T>(fn: (tx: Db) => Promise<T>): Promise<T>;
+}
+
+export interface SqlDatabase extends Db {
+  /** True when the database answers a query (for /health). */
+  healthy(): Promise<boolean>;
+  close(): Promise<void>;
+}
+
+/** Schema steps per engine; step N runs once, in order. Append only: never edit a step that shipped. */
+export interface Migrations {
+  sqlite: readonly string[];
+  postgres: readonly string[];
+}
+
+export interface OpenSqlOptions {
+  /** `postgres://...`: PostgreSQL; absent: SQLite under `dataDir`. */
+  databaseUrl?: string;
+  /** Folder for the SQLite file; `:memory:` keeps it in memory (tests). */
+  dataDir: string;
+  /** The service's name: its SQLite file's name and, by default, its PostgreSQL schema. */
+  name: string;
+  /** PostgreSQL schema to keep the tables in (default: `name`). */
+  schema?: string;
+  migrations: Migrations;
+  /** PostgreSQL: most connections this process opens. */
+  poolMax?: number;
+  /** PostgreSQL: longest wait for a connection and for one statement. */
+  timeoutMs?: number;
+}
+
+/** 503 STORAGE_UNAVAILABLE: the database cannot be reached or refused to work; the client may retry. */
+export class StorageUnavailableError extends HttpError {
+  constructor() {
+    super(503, 'STORAGE_UNAVAILABLE', 'The data store is unavailable; try again shortly');
+  }
+}
+
+/** True for an insert or update that broke a UNIQUE constraint (either engine). */
+export function isUniqueViolation(err: unknown): boolean {
+  if (err instanceof Database.SqliteError) return err.code === 'SQLITE_CONSTRAINT_UNIQUE' || err.code === 'SQLITE_CONSTRAINT_PRIMARYKEY';
+  return (err as { code?: unknown } | null)?.code === '23505';
+}
+
+export async function openSqlDatabase(options: OpenSqlOptions): Promise<SqlDatabase> {
+  const db = options.databaseUrl ? openPostgres(options.databaseUrl, options) : openSqlite(options);
+  try {
+    await migrate(db, options.migrations, options.schema ?? options.name);
+  } catch (err) {
+    await db.close().catch(() => {});
+    throw err;
+  }
+  return db;
+}
+
+/**
+ * Runs `seed` once for the life of the database, however many instances start at once: the flag
+ * is written in the same transaction, taken under a lock.
+ */
+export async function seedOnce(db: Db, seed: (tx: Db) => Promise<void>): Promise<boolean> {
+  return db.transaction(async (tx) => {
+    if (tx.engine === 'postgres') await tx.run("SELECT pg_advisory_xact_lock(hashtext(current_schema() || '.seed'))");
+    const done = await tx.get("SELECT 1 AS done FROM app_meta WHERE key = 'seeded'");
+    if (done) return false;
+    await seed(tx);
+    await tx.run("INSERT INTO app_meta (key, value) VALUES ('seeded', $1)", [new Date().toISOString()]);
+    return true;
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Migrations: a version table of our own, so both engines count steps the same way.
+
+async function migrate(db: SqlDatabase, migrations: Migrations, schema: string): Promise<void> {
+  const steps = db.engine === 'postgres' ? migrations.postgres : migrations.sqlite;
+  await db.transaction(async (tx) => {
+    if (tx.engine === 'postgres') {
+      // Instances starting together: the first migrates, the others wait here and find it done.
+      await tx.run('SELECT pg_advisory_xact_lock(hashtext($1))', [`migrate.${schema}`]);
+      await tx.run(`CREATE SCHEMA IF NOT EXISTS ${quoteIdent(schema)}`);
+    }
+    await tx.run('CREATE TABLE IF NOT EXISTS app_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)');
+    const row = await tx.get<{ value: string }>("SELECT value FROM app_meta WHERE key = 'schema_version'");
+    let version = row ? Number(row.value) : await legacyVersion(tx);
+    for (; version < steps.length; version++) {
+      await execScript(tx, steps[version]);
+      await tx.run(
+        "INSERT INTO app_meta (key, value) VALUES ('schema_version', $1) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        [String(version + 1)],
+      );
+    }
+  });
+}
+
+/** SQLite files made before the version table counted their steps in `user_version`. */
+async function legacyVersion(tx: Db): Promise<number> {
+  if (tx.engine !== 'sqlite') return 0;
+  const row = await tx.get<{ user_version: number }>('PRAGMA user_version');
+  return row?.user_version ?? 0;
+}
+
+function quoteIdent(name: string): string {
+  return `"${name.replace(/"/g, '""')}"`;
+}
+
+const scripts = new WeakMap<Db, (sql: string) => Promise<void>>();
+async function execScript(tx: Db, sql: string): Promise<void> {
+  const exec = scripts.get(tx);
+  if (!exec) throw new Error('not a transaction of this module');
+  await exec(sql);
+}
+
+// ---------------------------------------------------------------------------------------------
+// SQLite: one connection. Statements are synchronous, so a transaction that awaits must keep every
+// other statement out until it ends: they wait for it in `open`.
+
+/** `$1`-style SQL as SQLite runs it: `?` in order, with the parameters reordered to match. */
+interface SqliteStatement {
+  stmt: Database.Statement;
+  order: number[];
+}
+
+function openSqlite({ dataDir, name }: OpenSqlOptions): SqlDatabase {
+  let file = ':memory:';
+  if (dataDir !== ':memory:') {
+    mkdirSync(dataDir, { recursive: true });
+    file = join(dataDir, `${name}.db`);
+  }
+  const raw = new Database(file);
+  raw.pragma('journal_mode = WAL');
+  // FULL, not NORMAL: under WAL, NORMAL may lose transactions we already answered 201 for on a
+  // power cut. The cost is one fsync per commit (see README, "Durability").
+  raw.pragma('synchronous = FULL');
+  raw.pragma('foreign_keys = ON');
+  raw.pragma('busy_timeout = 5000');
+  // SQLite's lower() folds ASCII only; JavaScript folds "É" too, as PostgreSQL's lower() does.
+  raw.function('fold', { deterministic: true }, (s: unknown) => (typeof s === 'string' ? s.toLowerCase() : s));
+
+  // Static SQL only reaches here, so the cache is bounded by the code's statements.
+  const statements = new Map<string, SqliteStatement>();
+  const prepare = (sql: string): SqliteStatement => {
+    let prepared = statements.get(sql);
+    if (!prepared) {
+      const order: number[] = [];
+      const text = sql.replace(/\$(\d+)/g, (_m, n: string) => {
+        order.push(Number(n) - 1);
+        return '?';
+      });
+      prepared = { stmt: raw.prepare(text), order };
+      statements.set(sql, prepared);
+    }
+    return prepared;
+  };
+  const bind = ({ order }: SqliteStatement, params: Params): unknown[] => order.map((i) => sqliteValue(params[i]));
+
+  const direct = {
+    all: <T>(sql: string, params: Params = []): T[] => {
+      const p = prepare(sql);
+      return p.stmt.reader ? (p.stmt.all(...bind(p, params)) as T[]) : (p.stmt.run(...bind(p, params)), []);
+    },
+    get: <T>(sql: string, params: Params = []): T | undefined => {
+      const p = prepare(sql);
+      if (!p.stmt.reader) {
+        p.stmt.run(...bind(p, params));
+        return undefined;
+      }
+      return p.stmt.get(...bind(p, params)) as T | undefined;
+    },
+    run: (sql: string, params: Params = []): number => {
+      const p = prepare(sql);
+      return p.stmt.reader ? (p.stmt.all(...bind(p, params)), 0) : p.stmt.run(...bind(p, params)).changes;
+    },
+  };
+
+  // Transactions queue on `tail`; a statement outside one waits while one is open.
+  let tail: Promise<void> = Promise.resolve();
+  let open: Promise<void> | undefined;
+  const guarded = async <T>(work: () => T): Promise<T> => {
+    while (open) await open;
+    return settle(work);
+  };
+
+  const inside: Db = {
+    engine: 'sqlite',
+    all: (sql, params) => settle(() => direct.all(sql, params)),
+    get: (sql, params) => settle(() => direct.get(sql, params)),
+    run: (sql, params) => settle(() => direct.run(sql, params)),
+    transaction: (fn) => fn(inside),
+  };
+  scripts.set(inside, (sql) => settle(() => {
+    raw.exec(sql);
+  }));
+
+  const db: SqlDatabase = {
+    engine: 'sqlite',
+    all: (sql, params) => guarded(() => direct.all(sql, params)),
+    get: (sql, params) => guarded(() => direct.get(sql, params)),
+    run: (sql, params) => guarded(() => direct.run(sql, params)),
+    async transaction<T>(fn: (tx: Db) => Promise<T>): Promise<T> {
+      const previous = tail;
+      let release!: () => void;
+      const mine = new Promise<void>((resolve) => {
+        release = resolve;
+      });
+      tail = previous.then(() => mine);
+      await previous;
+      open = mine;
+      try {
+        raw.exec('BEGIN IMMEDIATE');
+        try {
+          const result = await fn(inside);
+          raw.exec('COMMIT');
+          return result;
+        } catch (err) {
+          if (raw.inTransaction) raw.exec('ROLLBACK');
+          throw err;
+        }
+      } catch (err) {
+        throw storageError(err);
+      } finally {
+        open = undefined;
+        release();
+      }
+    },
+    async healthy() {
+      try {
+        await guarded(() => direct.get('SELECT 1'));
+        return true;
+      } catch {
+        return false;
+      }
+    },
+    async close() {
+      await tail;
+      raw.close();
+    },
+  };
+  sqliteHandles.set(db, raw);
+  return db;
+}
+
+const sqliteHandles = new WeakMap<SqlDatabase, Database.Database>();
+/** The SQLite connection under `db`, for stores not yet written against Db. */
+export function sqliteHandle(db: SqlDatabase): Database.Database {
+  const raw = sqliteHandles.get(db);
+  if (!raw) throw new Error('not a SQLite database');
+  return raw;
+}
+
+/** Runs synchronous SQLite work as a promise, with storage failures turned into 503s. */
+function settle<T>(work: () => T): Promise<T> {
+  try {
+    return Promise.resolve(work());
+  } catch (err) {
+    const mapped = storageError(err);
+    return Promise.reject(mapped instanceof Error ? mapped : new Error(String(mapped)));
+  }
+}
+
+function sqliteValue(v: unknown): unknown {
+  if (typeof v === 'boolean') return v ? 1 : 0;
+  return v === undefined ? null : v;
+}
+
+// The disk is full, the file cannot be opened or written, another process holds the lock past
+// busy_timeout: the request may succeed later, so it is a 503, not a 500.
+const SQLITE_UNAVAILABLE = /^SQLITE_(BUSY|LOCKED|IOERR|FULL|CANTOPEN|READONLY|PROTOCOL|NOLFS)/;
+
+// ---------------------------------------------------------------------------------------------
+// PostgreSQL: a bounded pool; every connection works in the service's schema.
+
+// int8 (count, sum) and numeric arrive as strings by default; ours stay far below 2^53.
+const pgTypes = {
+  getTypeParser: (oid: number, format?: string): ((value: string) => unknown) => {
+    if (oid === 20 || oid === 1700) return (v: string) => Number(v);
+    return pg.types.getTypeParser(oid, format as 'text') as (value: string) => unknown;
+  },
+};
+
+function openPostgres(url: string, { name, schema = name, poolMax = 10, timeoutMs = 5000 }: OpenSqlOptions): SqlDatabase {
+  const pool = new pg.Pool({
+    connectionString: url,
+    max: poolMax,
+    connectionTimeoutMillis: timeoutMs,
+    idleTimeoutMillis: 30_000,
+    query_timeout: timeoutMs,
+    statement_timeout: timeoutMs,
+    options: `-c search_path=${quoteIdent(schema)}`,
+    application_name: name,
+    types: pgTypes,
+  });
+  // An idle connection the server dropped (restart, network): the pool discards it and opens a
+  // new one on the next query. Without a listener the error would end the process.
+  pool.on('error', () => {});
+
+  // Named statements are parsed once per connection; the name only has to be unique per text.
+  const names = new Map<string, string>();
+  const query = async <T>(client: pg.Pool | pg.PoolClient, sql: string, params: Params = []) => {
+    let statement = names.get(sql);
+    if (!statement) {
+      statement = `s${names.size}`;
+      names.set(sql, statement);
+    }
+    try {
+      return await client.query<T & pg.QueryResultRow>({ name: statement, text: sql, values: params as unknown[] });
+    } catch (err) {
+      throw storageError(err);
+    }
+  };
+
+  const onClient = (client: pg.Pool | pg.PoolClient): Db => {
+    const db: Db = {
+      engine: 'postgres',
+      all: async <T>(sql: string, params?: Params) => (await query<T>(client, sql, params)).rows,
+      get: async <T>(sql: string, params?: Params) => (await query<T>(client, sql, params)).rows[0],
+      run: async (sql, params) => (await query(client, sql, params)).rowCount ?? 0,
+      transaction: (fn) => fn(db),
+    };
+    return db;
+  };
+  const top = onClient(pool);
+
+  return {
+    ...top,
+    async transaction<T>(fn: (tx: Db) => Promise<T>): Promise<T> {
+      let client: pg.PoolClient;
+      try {
+        client = await pool.connect();
+      } catch (err) {
+        throw storageError(err);
+      }
+      const tx = onClient(client);
+      scripts.set(tx, async (sql) => {
+        await client.query(sql);
+      });
+      let broken = false;
+      try {
+        await client.query('BEGIN');
+        const result = await fn(tx);
+        await client.query('COMMIT');
+        return result;
+      } catch (err) {
+        try {
+          await client.query('ROLLBACK');
+        } catch {
+          broken = true;
+        }
+        throw storageError(err);
+      } finally {
+        // A connection whose rollback failed is in an unknown state: close it rather than reuse it.
+        client.release(broken);
+      }
+    },
+    async healthy() {
+      try {
+        await pool.query('SELECT 1');
+        return true;
+      } catch {
+        return false;
+      }
+    },
+    async close() {
+      await pool.end();
+    },
+  };
+}
+
+// Class 08 (connection exception), 53 (insufficient resources), 57P0x (shutdown, cannot connect
+// now), 57014 (statement timeout), 40001/40P01 (serialization failure, deadlock: the client may retry).
+const PG_UNAVAILABLE = /^(08|53|57P0|57014|40001|40P01)/;
+const NET_UNAVAILABLE = new Set(['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EHOSTUNREACH', 'ENETUNREACH', 'ENOTFOUND', 'EPIPE', 'EAI_AGAIN']);
+
+/** The error to throw for a failed statement: a 503 when the store itself is unavailable. */
+function storageError(err: unknown): unknown {
+  if (err instanceof HttpError) return err;
+  const e = err as { code?: unknown; message?: unknown } | null;
+  const code = typeof e?.code === 'string' ? e.code : '';
+  const message = typeof e?.message === 'string' ? e.message : '';
+  if (err instanceof Database.SqliteError) return SQLITE_UNAVAILABLE.test(code) ? new StorageUnavailableError() : err;
+  if (NET_UNAVAILABLE.has(code) || PG_UNAVAILABLE.test(code)) return new StorageUnavailableError();
+  // pg's own words for a pool or connection that gave up (no code is set on these).
+  if (/timeout exceeded when trying to connect|Connection terminated|Query read timeout|connection timeout/i.test(message)) {
+    return new StorageUnavailableError();
+  }
+  return err;
+}

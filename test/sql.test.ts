@@ -1,0 +1,100 @@
+// The engine layer under every store, on SQLite and on PostgreSQL: migrations and seeds that run
+// once however many instances start together, transactions, unique violations, and outages.
+import { after, describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { HttpError } from '../lib/platform/errors.js';
+import { isUniqueViolation, openSqlDatabase, seedOnce, type Migrations, type SqlDatabase } from '../lib/platform/sql.js';
+import { databaseRelay, ENGINES, testStorage } from './support/engines.js';
+
+const MIGRATIONS: Migrations = {
+  // No IF NOT EXISTS: a step run twice fails the open.
+  sqlite: ['CREATE TABLE things (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE)', 'ALTER TABLE things ADD COLUMN n INTEGER NOT NULL DEFAULT 0'],
+  postgres: ['CREATE TABLE things (id integer PRIMARY KEY, name text NOT NULL UNIQUE)', 'ALTER TABLE things ADD COLUMN n integer NOT NULL DEFAULT 0'],
+};
+
+for (const engine of ENGINES) {
+  describe(`sql on ${engine}`, () => {
+    const storage = testStorage(engine);
+    const opened: SqlDatabase[] = [];
+    const open = async (migrations = MIGRATIONS) => {
+      const db = await openSqlDatabase({ ...storage.options('things'), name: 'things', migrations });
+      opened.push(db);
+      return db;
+    };
+    after(async () => {
+      for (const db of opened) await db.close();
+      await storage.remove();
+    });
+
+    test('when four instances start at once, then each migration step runs once and the seed is written once', async () => {
+      // SQLite instances share a file only within one process here, where one connection's
+      // busy wait would block the others': they open one after the other.
+      const dbs = engine === 'postgres' ? await Promise.all([open(), open(), open(), open()]) : [await open(), await open(), await open(), await open()];
+      let seeded = 0;
+      const seed = (db: SqlDatabase) => seedOnce(db, async (tx) => {
+        seeded++;
+        await tx.run('INSERT INTO things (id, name) VALUES ($1, $2)', [1, 'seed']);
+      });
+      const results = engine === 'postgres' ? await Promise.all(dbs.map(seed)) : [await seed(dbs[0]), await seed(dbs[1]), await seed(dbs[2]), await seed(dbs[3])];
+      assert.equal(seeded, 1);
+      assert.deepEqual(results.filter(Boolean), [true]);
+      assert.deepEqual(await dbs[3].all('SELECT id, name, n FROM things'), [{ id: 1, name: 'seed', n: 0 }]);
+      // A later start with one more step runs just that step.
+      const more = await open({ sqlite: [...MIGRATIONS.sqlite, 'CREATE TABLE extra (x INTEGER)'], postgres: [...MIGRATIONS.postgres, 'CREATE TABLE extra (x integer)'] });
+      assert.equal(await more.run('INSERT INTO extra (x) VALUES ($1)', [1]), 1);
+    });
+
+    test('when parameters are numbered out of order or repeated, then each binds where it is named', async () => {
+      const db = await open();
+      const row = await db.get<{ a: string; b: string; c: string }>('SELECT $2 AS a, $1 AS b, $2 AS c', ['one', 'two']);
+      assert.deepEqual({ ...row }, { a: 'two', b: 'one', c: 'two' });
+      assert.equal((await db.get<{ n: number }>('SELECT count(*) AS n FROM things'))!.n, 1, 'count() is a number on both engines');
+    });
+
+    test('when a transaction throws, then none of its writes stay; when it resolves, all do', async () => {
+      const db = await open();
+      await assert.rejects(db.transaction(async (tx) => {
+        await tx.run('INSERT INTO things (id, name) VALUES ($1, $2)', [10, 'ten']);
+        throw new Error('stop');
+      }), /stop/);
+      assert.equal(await db.get('SELECT id FROM things WHERE id = $1', [10]), undefined);
+      await db.transaction(async (tx) => {
+        await tx.run('INSERT INTO things (id, name) VALUES ($1, $2)', [11, 'eleven']);
+        await tx.transaction(async (inner) => inner.run('UPDATE things SET n = n + 1 WHERE id = $1', [11]));
+      });
+      assert.deepEqual({ ...(await db.get<{ n: number }>('SELECT n FROM things WHERE id = $1', [11])) }, { n: 1 });
+    });
+
+    test('when two writes race for one unique value, then exactly one wins and the other is a unique violation', async () => {
+      const db = await open();
+      const results = await Promise.allSettled([20, 21].map((id) => db.transaction((tx) => tx.run('INSERT INTO things (id, name) VALUES ($1, $2)', [id, 'same']))));
+      assert.equal(results.filter((r) => r.status === 'fulfilled').length, 1);
+      const failed = results.find((r) => r.status === 'rejected');
+      assert.ok(failed && isUniqueViolation(failed.reason), String(failed?.reason));
+    });
+  });
+}
+
+describe('sql on postgres, while the database is unreachable', () => {
+  const storage = testStorage('postgres');
+  after(() => storage.remove());
+
+  test('when the connection is cut, then statements and transactions fail as 503 STORAGE_UNAVAILABLE, and work again once it is back', async () => {
+    const relay = await databaseRelay();
+    const db = await openSqlDatabase({ ...storage.options('outage'), databaseUrl: relay.url, timeoutMs: 500, name: 'outage', migrations: MIGRATIONS });
+    try {
+      await db.run('INSERT INTO things (id, name) VALUES ($1, $2)', [1, 'before']);
+      await relay.down();
+      const unavailable = (err: unknown) => err instanceof HttpError && err.status === 503 && err.code === 'STORAGE_UNAVAILABLE';
+      await assert.rejects(db.get('SELECT name FROM things WHERE id = $1', [1]), unavailable);
+      await assert.rejects(db.transaction((tx) => tx.run('UPDATE things SET n = 1')), unavailable);
+      assert.equal(await db.healthy(), false);
+      await relay.up();
+      assert.equal(await db.healthy(), true);
+      assert.deepEqual({ ...(await db.get<{ name: string }>('SELECT name FROM things WHERE id = $1', [1])) }, { name: 'before' });
+    } finally {
+      await db.close();
+      await relay.close();
+    }
+  });
+});
