@@ -102,9 +102,11 @@ export async function startCheckedService(
   openDatabase: (options: ServiceDatabaseOptions) => Promise<SqlDatabase>,
   createApp: (deps: ServiceDeps) => Express,
   seed = false,
-  dir = tempDir(),
+  dir: { dir: string; remove: () => void } | { options: (service: string, seed?: boolean) => ServiceDatabaseOptions; remove: () => Promise<void> } = tempDir(),
 ): Promise<CheckedService> {
-  const db = await openDatabase({ dataDir: dir.dir, seed });
+  // A temp dir (SQLite), or a TestStorage (test/support/engines.ts) the caller removes.
+  const owned = 'dir' in dir;
+  const db = await openDatabase(owned ? { dataDir: dir.dir, seed } : dir.options(service, seed));
   const started = await startApp(createApp({ logger: memoryLogger(service).logger, db, metrics: createMetrics(service) }));
   return {
     url: started.url,
@@ -119,7 +121,7 @@ export async function startCheckedService(
     close: async () => {
       await started.close();
       await db.close();
-      dir.remove();
+      if (owned) dir.remove();
     },
   };
 }

@@ -16,6 +16,7 @@
 // { UPSTREAM_TIMEOUT_MS: '300', RELEASE_RETRY_MS: '50', PRODUCTS_URL: 'http://127.0.0.1:1234' }.
 // USERS_URL / PRODUCTS_URL default to the in-process services. `seed` defaults to false (tests make
 // their own rows). Each service has its own metrics registry and an in-memory logger.
+import type { TestStorage } from './support/engines.js';
 import type { Server } from 'node:http';
 import type { Express } from 'express';
 import type { Logger } from '../lib/platform/logger.js';
@@ -62,6 +63,11 @@ export interface System {
 export interface StartServicesOptions {
   /** Where the three SQLite files go; default a temp dir removed by stop(). */
   dataDir?: string;
+  /**
+   * Where the three services keep their data instead (test/support/engines.ts: SQLite or
+   * PostgreSQL schemas); the caller removes it.
+   */
+  storage?: TestStorage;
   /** Demo rows on first start; default false. */
   seed?: boolean;
   env?: Record<string, string>;
@@ -132,10 +138,11 @@ async function startHandle(name: ServiceName, build: (logger: Logger) => Promise
   return handle;
 }
 
-export async function startServices({ dataDir, seed = false, env = {} }: StartServicesOptions = {}): Promise<System> {
+export async function startServices({ dataDir, storage, seed = false, env = {} }: StartServicesOptions = {}): Promise<System> {
   const temp = dataDir === undefined ? tempDir('msvc-system-') : undefined;
   const dir = dataDir ?? temp!.dir;
   const level = env.LOG_LEVEL ?? 'warn';
+  const where = (service: string) => storage?.options(service, seed) ?? { dataDir: dir, seed };
   const started: ServiceHandle[] = [];
   const stopAll = async () => {
     for (const h of started.reverse()) await h.close();
@@ -144,19 +151,19 @@ export async function startServices({ dataDir, seed = false, env = {} }: StartSe
 
   try {
     const users = await startHandle('users', async (logger) => {
-      const db = await openUserDatabase({ dataDir: dir, seed });
+      const db = await openUserDatabase(where('users'));
       return { app: createUserApp({ logger, db, metrics: createMetrics('user-service') }), db };
     }, level);
     started.push(users);
     const products = await startHandle('products', async (logger) => {
-      const db = await openProductDatabase({ dataDir: dir, seed });
+      const db = await openProductDatabase(where('products'));
       return { app: createProductApp({ logger, db, metrics: createMetrics('product-service') }), db };
     }, level);
     started.push(products);
 
     const config = parseConfig(OrderConfigSchema, { USERS_URL: users.url, PRODUCTS_URL: products.url, ...env, DATA_DIR: dir });
     const orders = await startHandle('orders', async (logger) => {
-      const db = await openOrderDatabase({ dataDir: dir, seed });
+      const db = await openOrderDatabase(where('orders'));
       const { app, close } = buildOrderService({ logger, db, metrics: createMetrics('order-service') }, config);
       return { app, db, stopExtras: close };
     }, level);
