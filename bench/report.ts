@@ -108,7 +108,7 @@ export interface Results {
   elapsedS: number;
   smoke: boolean;
   machine: Machine;
-  settings: { durationS: number; rounds: number; warmupS: number; clockTicksPerSecond: number; pinning: string; nginx: string };
+  settings: { durationS: number; rounds: number; warmupS: number; clockTicksPerSecond: number; pinning: string; nginx: string; storage?: string };
   fixedRate?: { gatewaySaturationRps: number; rate: number; mode: Mode };
   memory: GatewayMemory;
   keepAlive: { reused: boolean; connectionHeader: string | null };
@@ -384,7 +384,7 @@ export function notes(r: Results): string[] {
   const lines = [
     `Machine: ${machineLine(r)}`,
     `Rounds: ${r.settings.rounds} x ${r.settings.durationS} s each, interleaved (direct, gateway, untraced, bare, nginx, direct, ...) after ${r.settings.warmupS} s of warm-up per target; medians (min-max) of valid rounds.`,
-    `Pinning: ${r.settings.pinning}. nginx: ${r.settings.nginx}.`,
+    `Pinning: ${r.settings.pinning}. nginx: ${r.settings.nginx}. Storage: ${r.settings.storage ?? 'SQLite'}.`,
     'CPU: utime+stime from /proc/<pid>/stat before and after each round, divided by the responses of the round; "front" is the process the round went through (gateway, bare proxy or nginx); "untraced" is a second gateway process with OTEL_SDK_DISABLED=true and the same upstreams.',
   ];
   if (r.fixedRate) {

@@ -3,6 +3,7 @@
 // writes bench/results.json and bench/RESULTS.md. `--smoke` (or BENCH_SMOKE=1) is the quick
 // version the test suite runs so this cannot rot; `--profile` records the gateway's hot path;
 // `--soak` (npm run bench:soak) sends a million requests through the gateway and tracks its memory.
+import pg from 'pg';
 import { copyFileSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { Agent, request } from 'node:http';
 import { tmpdir } from 'node:os';
@@ -18,7 +19,7 @@ import {
   type GatewayMemory, type Mode, type Results, type RoundRecord, type Scenario, type SoakVerdict, type Target,
 } from './report.js';
 import { soak } from './soak.js';
-import { ROOT, startSystem, Supervisor, type BenchSystem, type ProcessName } from './system.js';
+import { BENCH_SERVICES, benchSchema, ROOT, startSystem, Supervisor, type BenchSystem, type ProcessName } from './system.js';
 
 const seconds = z.string().regex(/^\d+(\.\d+)?$/, 'must be a number of seconds')
   .transform(Number).refine((n) => n >= 0.5 && n <= 600, 'must be from 0.5 to 600 seconds').optional();
@@ -36,6 +37,9 @@ const OptionsSchema = z.object({
   // Another gateway implementation behind the same routes, to compare before choosing one.
   // Every request carries a demo admin's token (logged in through the gateway): what verifying costs.
   BENCH_TOKEN: z.enum(['0', '1', 'true', 'false']).optional().transform((v) => v === '1' || v === 'true'),
+  // The services keep their data in PostgreSQL at this URL (schemas of the run's own, dropped
+  // after it), to measure what the database costs the product service and the gateway.
+  BENCH_DATABASE_URL: z.string().regex(/^postgres(ql)?:\/\/\S+$/, 'must be a postgres:// URL').optional(),
   BENCH_GATEWAY_ENTRY: z.string().regex(/\.ts$/, 'must be a .ts entry file relative to the repository root').default('gateway.ts'),
 });
 
@@ -50,6 +54,7 @@ interface Options {
   outDir?: string;
   gatewayEntry: string;
   token: boolean;
+  databaseUrl?: string;
 }
 
 function readOptions(argv: string[], env: NodeJS.ProcessEnv): Options {
@@ -69,10 +74,12 @@ function readOptions(argv: string[], env: NodeJS.ProcessEnv): Options {
     outDir: raw.BENCH_OUT_DIR,
     gatewayEntry: raw.BENCH_GATEWAY_ENTRY,
     token: raw.BENCH_TOKEN,
+    databaseUrl: raw.BENCH_DATABASE_URL,
   };
 }
 
 const GET_CONNECTIONS = 50;
+const benchSchemaTag = `bench_${process.pid}`;
 const WRITE_CONNECTIONS = 10;
 const SWEEP_CONNECTIONS = [1, 10, 200];
 const STEAL_FLAG_PCT = 1;
@@ -332,7 +339,9 @@ async function bench(o: Options, supervisor: Supervisor, workDir: string, signal
   const clockTicks = clockTicksPerSecond();
   log(`Benchmark${o.smoke ? ' (smoke)' : ''}: ${machine.cores} cores, ${machine.cpuModel}, Node ${machine.node}`);
   log('Starting the gateway (with tracing and without), the three services, the bare proxy' + (o.smoke ? '' : ' and nginx') + '...');
-  const system = await startSystem(supervisor, { workDir, withNginx: !o.smoke, gatewayEntry: o.gatewayEntry, withUntraced: true });
+  const database = o.databaseUrl ? { url: o.databaseUrl, schemaTag: benchSchemaTag } : undefined;
+  if (database) log(`The services keep their data in PostgreSQL (BENCH_DATABASE_URL), schemas ${database.schemaTag}_*.`);
+  const system = await startSystem(supervisor, { workDir, withNginx: !o.smoke, gatewayEntry: o.gatewayEntry, withUntraced: true, database });
   const gateway = system.get('gateway')!;
   const products = system.get('products')!;
   const pin = pinning(system, supervisor, machine.cores);
@@ -448,7 +457,7 @@ async function bench(o: Options, supervisor: Supervisor, workDir: string, signal
     elapsedS: (finishedAt.getTime() - startedAt.getTime()) / 1000,
     smoke: o.smoke,
     machine,
-    settings: { durationS: o.durationS, rounds: o.rounds, warmupS: o.warmupS, clockTicksPerSecond: clockTicks, pinning: pin.note, nginx: system.nginxNote },
+    settings: { durationS: o.durationS, rounds: o.rounds, warmupS: o.warmupS, clockTicksPerSecond: clockTicks, pinning: pin.note, nginx: system.nginxNote, storage: database ? 'PostgreSQL' : 'SQLite' },
     ...(fixedRate ? { fixedRate } : {}),
     memory,
     keepAlive,
@@ -535,6 +544,7 @@ async function main(): Promise<void> {
     abort.abort();
     await supervisor.stopAll();
     rmSync(workDir, { recursive: true, force: true });
+    if (options.databaseUrl) await dropBenchSchemas(options.databaseUrl);
   })());
   // Last resort when something exits the process early: nothing may outlive the benchmark.
   process.on('exit', () => {
@@ -561,6 +571,19 @@ async function main(): Promise<void> {
     process.exitCode = 1;
   } finally {
     if (!abort.signal.aborted) await cleanup();
+  }
+}
+
+/** The run's PostgreSQL schemas (BENCH_DATABASE_URL) go with it. */
+async function dropBenchSchemas(url: string): Promise<void> {
+  const client = new pg.Client({ connectionString: url });
+  try {
+    await client.connect();
+    for (const service of BENCH_SERVICES) await client.query(`DROP SCHEMA IF EXISTS "${benchSchema(benchSchemaTag, service)}" CASCADE`);
+  } catch (err) {
+    process.stderr.write(`bench: could not drop the schemas ${benchSchemaTag}_*: ${(err as Error).message}\n`);
+  } finally {
+    await client.end().catch(() => {});
   }
 }
 

@@ -236,6 +236,8 @@ export interface SystemOptions {
   gatewayEntry?: string;
   /** Also start the gateway with tracing off (`untraced`). */
   withUntraced?: boolean;
+  /** The services keep their data in PostgreSQL here, each in its own schema named `<schemaTag>_<service>`. */
+  database?: { url: string; schemaTag: string };
 }
 
 export interface BenchSystem {
@@ -249,15 +251,17 @@ export interface BenchSystem {
  * Starts the three services, the gateway, the bare proxy and (when asked and installed) nginx.
  * The supervisor owns them all from the moment each is spawned.
  */
-export async function startSystem(supervisor: Supervisor, { workDir, withNginx, gatewayNodeFlags = [], gatewayEntry = 'gateway.ts', withUntraced = false }: SystemOptions): Promise<BenchSystem> {
+export async function startSystem(supervisor: Supervisor, { workDir, withNginx, gatewayNodeFlags = [], gatewayEntry = 'gateway.ts', withUntraced = false, database }: SystemOptions): Promise<BenchSystem> {
   const dataDir = join(workDir, 'data');
+  const storage = (service: string): Record<string, string> =>
+    database ? { DATA_DIR: dataDir, DATABASE_URL: database.url, DATABASE_SCHEMA: benchSchema(database.schemaTag, service) } : { DATA_DIR: dataDir };
   // Each process learns the others' URLs from its environment: the services it calls start first.
   const services = await Promise.all([
-    startNodeEntry(supervisor, 'users', 'user-service.ts', { DATA_DIR: dataDir }, '/health'),
-    startNodeEntry(supervisor, 'products', 'product-service.ts', { DATA_DIR: dataDir }, '/health'),
+    startNodeEntry(supervisor, 'users', 'user-service.ts', storage('users'), '/health'),
+    startNodeEntry(supervisor, 'products', 'product-service.ts', storage('products'), '/health'),
   ]);
   const [usersUrl, productsUrl] = services.map((p) => p.url) as [string, string];
-  const orders = await startNodeEntry(supervisor, 'orders', 'order-service.ts', { DATA_DIR: dataDir, USERS_URL: usersUrl, PRODUCTS_URL: productsUrl }, '/health');
+  const orders = await startNodeEntry(supervisor, 'orders', 'order-service.ts', { ...storage('orders'), USERS_URL: usersUrl, PRODUCTS_URL: productsUrl }, '/health');
   const gatewayEnv = {
     USERS_URL: usersUrl,
     PRODUCTS_URL: productsUrl,
@@ -285,6 +289,9 @@ export async function startSystem(supervisor: Supervisor, { workDir, withNginx, 
   }
   return { processes, get: (name) => processes.find((p) => p.name === name), nginxNote };
 }
+
+export const BENCH_SERVICES = ['users', 'products', 'orders'] as const;
+export const benchSchema = (tag: string, service: string) => `${tag}_${service}`;
 
 const NGINX_PATHS = ['/usr/sbin/nginx', '/usr/local/sbin/nginx', '/usr/local/nginx/sbin/nginx', '/opt/homebrew/bin/nginx', '/usr/local/bin/nginx'];
 
