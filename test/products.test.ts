@@ -188,6 +188,16 @@ for (const engine of ENGINES) describe(`products on ${engine}`, () => {
       assert.deepEqual(ids(combined), [3, 6]);
     });
 
+    test('when ?search= needs case folding beyond ASCII, then both engines fold as JavaScript does', async () => {
+      // A final capital sigma lowers to "ς", "İ" to "i" + a combining dot, "ẞ" to "ß": the cases
+      // where PostgreSQL's lower() under a libc locale and JavaScript part ways.
+      const category = `fold${++seq}`;
+      const p = await createProduct({ name: 'ΟΔΟΣ İSTANBUL', description: 'GROẞE Tasse', category });
+      const found = async (search: string) => ids(await svc.call('GET', `/products?category=${category}&search=${encodeURIComponent(search)}`));
+      for (const search of ['οδος', 'ΟΔΟΣ', 'Οδος', 'i̇stanbul', 'İstanbul', 'große', 'GROẞE']) assert.deepEqual(await found(search), [p.id], search);
+      for (const search of ['οδοσ', 'istanbul', 'grosse']) assert.deepEqual(await found(search), [], search);
+    });
+
     test('when ?search= holds % or _, then they match literally', async () => {
       assert.deepEqual(ids(await cat.call('GET', '/products?search=100%25')), [3]);
       assert.deepEqual(ids(await cat.call('GET', '/products?search=%25')), [3]);
