@@ -248,8 +248,18 @@ export function createProductStore(db: Db) {
       const now = new Date().toISOString();
       if (await tx.run(SQL.claimReservation, [request.id, 'held', now]) === 1) {
         const prices = await takeAll(tx, request.items, now);
-        await recordItems(tx, request.id, request.items.map((i) => ({ ...i, unitPriceCents: prices.get(i.productId)! })));
-        return { reservation: (await readReservation(tx, request.id))!, created: true };
+        const items = request.items.map((i) => ({ ...i, unitPriceCents: prices.get(i.productId)! }));
+        await recordItems(tx, request.id, items);
+        // Built from what was just written rather than read back: the product rows stay locked
+        // until the commit, so every round trip saved here is one less wait for the next racer.
+        const reservation: ReservationRecord = {
+          id: request.id,
+          status: 'held',
+          items: items.map((i) => ({ productId: i.productId, quantity: i.quantity, unitPrice: fromCents(i.unitPriceCents) })),
+          createdAt: now,
+          updatedAt: now,
+        };
+        return { reservation, created: true };
       }
       const existing = (await readReservation(tx, request.id))!;
       if (existing.status === 'released') {
