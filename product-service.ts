@@ -1,4 +1,4 @@
-// The product service: the catalog, its stock and stock reservations, in DATA_DIR/products.db.
+// The product service: the catalog, its stock and stock reservations, in DATA_DIR/products.db or PostgreSQL (DATABASE_URL).
 import { serviceAuthFromConfig } from './lib/platform/identity.js';
 import { runService } from './lib/platform/main.js';
 import { createProductApp } from './lib/products/app.js';

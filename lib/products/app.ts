@@ -1,4 +1,3 @@
-import { sqliteHandle } from '../platform/sql.js';
 import type { Express } from 'express';
 import { createServiceAuth, type ServiceAuth } from '../platform/identity.js';
 import { createServiceApp, type ServiceDeps } from '../platform/service-app.js';
@@ -10,7 +9,7 @@ export function createProductApp(deps: ServiceDeps, auth: ServiceAuth = createSe
   return createServiceApp({
     ...deps,
     service: 'product-service',
-    routes: createProductRoutes(createProductStore(sqliteHandle(deps.db)), auth),
+    routes: createProductRoutes(createProductStore(deps.db), auth),
     api: PRODUCT_API,
     ...(auth.mode === 'required' ? { guardAdmin: auth.requireAdminSurface } : {}),
   });

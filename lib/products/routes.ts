@@ -17,26 +17,26 @@ export function createProductRoutes(store: ProductStore, auth: ServiceAuth): Rou
     next();
   });
 
-  router.get('/products', (req, res) => {
-    res.json(store.list(parseQuery(ListProductsQuerySchema, req.query)));
+  router.get('/products', async (req, res) => {
+    res.json(await store.list(parseQuery(ListProductsQuerySchema, req.query)));
   });
 
-  router.get('/products/:id', (req, res) => {
-    const product = store.get(parseId(req.params));
+  router.get('/products/:id', async (req, res) => {
+    const product = await store.get(parseId(req.params));
     if (!product) throw notFound('Product');
     res.json(product);
   });
 
   router.post('/products', async (req, res) => {
     await admin(req, res);
-    const product = store.create(parseBody(CreateProductSchema, req.body));
+    const product = await store.create(parseBody(CreateProductSchema, req.body));
     res.status(201).location(`/products/${product.id}`).json(product);
   });
 
   router.put('/products/:id', async (req, res) => {
     await admin(req, res);
     const id = parseId(req.params);
-    const product = store.update(id, parseBody(UpdateProductSchema, req.body));
+    const product = await store.update(id, parseBody(UpdateProductSchema, req.body));
     if (!product) throw notFound('Product');
     res.json(product);
   });
@@ -44,36 +44,36 @@ export function createProductRoutes(store: ProductStore, auth: ServiceAuth): Rou
   router.patch('/products/:id/stock', async (req, res) => {
     await admin(req, res);
     const id = parseId(req.params);
-    res.json(store.adjustStock(id, parseBody(StockChangeSchema, req.body)));
+    res.json(await store.adjustStock(id, parseBody(StockChangeSchema, req.body)));
   });
 
   router.delete('/products/:id', async (req, res) => {
     await admin(req, res);
-    if (!store.remove(parseId(req.params))) throw notFound('Product');
+    if (!(await store.remove(parseId(req.params)))) throw notFound('Product');
     res.status(204).end();
   });
 
   router.get('/stats', async (req, res) => {
     await admin(req, res);
-    res.json(store.stats());
+    res.json(await store.stats());
   });
 
   // Internal: the order service takes and gives back stock here (see lib/products/client.ts).
-  router.post('/internal/reservations', (req, res) => {
-    const { reservation, created } = store.reserve(parseBody(ReserveSchema, req.body));
+  router.post('/internal/reservations', async (req, res) => {
+    const { reservation, created } = await store.reserve(parseBody(ReserveSchema, req.body));
     if (created) res.status(201).location(`/internal/reservations/${reservation.id}`);
     res.json(reservation);
   });
 
-  router.get('/internal/reservations/:id', (req, res) => {
-    const reservation = store.getReservation(parseParams(ReservationParamsSchema, req.params).id);
+  router.get('/internal/reservations/:id', async (req, res) => {
+    const reservation = await store.getReservation(parseParams(ReservationParamsSchema, req.params).id);
     if (!reservation) throw notFound('Reservation');
     res.json(reservation);
   });
 
-  router.delete('/internal/reservations/:id', (req, res) => {
+  router.delete('/internal/reservations/:id', async (req, res) => {
     const { id } = parseParams(ReservationParamsSchema, req.params);
-    res.json({ id, released: store.release(id) });
+    res.json({ id, released: await store.release(id) });
   });
 
   return router;

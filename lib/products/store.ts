@@ -1,5 +1,10 @@
 // The only place with the product service's SQL: the catalog, its stock, and stock reservations.
-import type { Db } from '../platform/db.js';
+// Written once for both engines (lib/platform/sql.ts). Under PostgreSQL several instances share
+// the tables at READ COMMITTED, so every check-and-write is one guarded statement, and a
+// reservation id is claimed by inserting its row first: a racer with the same id waits on that
+// row's key until the first commits (then it reads the reservation) or rolls back (then it
+// claims the id itself).
+import type { Db } from '../platform/sql.js';
 import { HttpError, type ErrorDetail } from '../platform/errors.js';
 import { fromCents, toCents } from '../platform/money.js';
 import type { Page } from '../platform/validation.js';
@@ -53,85 +58,80 @@ const toProduct = (r: ProductRow): Product => ({
 
 const productNotFound = () => new HttpError(404, 'NOT_FOUND', 'Product not found');
 
+/**
+ * How a search folds case, the same on both engines: the search text is lower-cased by
+ * JavaScript, and the stored text by SQLite's `fold` (JavaScript's toLowerCase, registered by the
+ * SQL layer) or by PostgreSQL's lower() under the ICU root collation, which maps every character
+ * as JavaScript does ("É", "İ", a final "Σ"), whatever the database's own locale. instr()/strpos()
+ * match `%` and `_` literally, with no LIKE escaping to get wrong.
+ */
+const folded = (db: Db, column: string) => (db.engine === 'postgres' ? `lower(${column} COLLATE "und-x-icu")` : `fold(${column})`);
+const position = (db: Db) => (db.engine === 'postgres' ? 'strpos' : 'instr');
+
+const COLUMNS = 'id, name, description, price_cents, stock, category, created_at, updated_at';
+
 export function createProductStore(db: Db) {
-  // SQLite's lower() and LIKE fold ASCII only; JavaScript folds "É" too. instr() on folded text
-  // also matches `%` and `_` literally, with no LIKE escaping to get wrong.
-  db.function('fold', { deterministic: true }, (s: unknown) => (typeof s === 'string' ? s.toLowerCase() : s));
+  // $1 category, $2 min cents, $3 max cents, $4 folded search text; null means no filter. The
+  // casts tell PostgreSQL each parameter's type where its first use (IS NULL) cannot.
+  const FILTER = `(CAST($1 AS TEXT) IS NULL OR category = $1)
+    AND (CAST($2 AS BIGINT) IS NULL OR price_cents >= $2)
+    AND (CAST($3 AS BIGINT) IS NULL OR price_cents <= $3)
+    AND (CAST($4 AS TEXT) IS NULL OR ${position(db)}(${folded(db, 'name')}, $4) > 0 OR ${position(db)}(${folded(db, 'description')}, $4) > 0)`;
+  // SQLite's total() is a float sum that cannot overflow; PostgreSQL's sum() of numeric is exact.
+  const VALUE = db.engine === 'postgres' ? 'coalesce(sum(price_cents::numeric * stock), 0)' : 'total(price_cents * stock)';
 
-  const COLUMNS = 'id, name, description, price_cents, stock, category, created_at, updated_at';
-  const FILTER = `(@category IS NULL OR category = @category)
-    AND (@minCents IS NULL OR price_cents >= @minCents)
-    AND (@maxCents IS NULL OR price_cents <= @maxCents)
-    AND (@search IS NULL OR instr(fold(name), @search) > 0 OR instr(fold(description), @search) > 0)`;
-  type Filter = { category: string | null; minCents: number | null; maxCents: number | null; search: string | null };
+  const SQL = {
+    list: `SELECT ${COLUMNS} FROM products WHERE ${FILTER} ORDER BY id LIMIT $5 OFFSET $6`,
+    count: `SELECT count(*) AS total FROM products WHERE ${FILTER}`,
+    get: `SELECT ${COLUMNS} FROM products WHERE id = $1`,
+    stockOf: 'SELECT stock FROM products WHERE id = $1',
+    insert: `INSERT INTO products (name, description, price_cents, stock, category, created_at, updated_at)
+      VALUES ($1, $2, $3, $4, $5, $6, $6) RETURNING ${COLUMNS}`,
+    update: `UPDATE products SET name = coalesce($2, name), description = coalesce($3, description),
+        price_cents = coalesce($4, price_cents), category = coalesce($5, category), updated_at = $6
+      WHERE id = $1 RETURNING ${COLUMNS}`,
+    delete: 'DELETE FROM products WHERE id = $1',
+    // Each change is one guarded statement: the check and the write cannot be split by another
+    // request, on either engine (PostgreSQL re-checks the WHERE on the row it waited for).
+    add: 'UPDATE products SET stock = stock + $2, updated_at = $4 WHERE id = $1 AND stock + $2 <= $3 RETURNING stock',
+    take: 'UPDATE products SET stock = stock - $2, updated_at = $3 WHERE id = $1 AND stock >= $2 RETURNING stock, price_cents',
+    set: 'UPDATE products SET stock = $2, updated_at = $3 WHERE id = $1 RETURNING stock',
+    // Giving back is never refused: a release must not lose units, even past MAX_STOCK.
+    giveBack: 'UPDATE products SET stock = stock + $2, updated_at = $3 WHERE id = $1',
+    stats: `SELECT count(*) AS total, count(DISTINCT category) AS categories, ${VALUE} AS value_cents,
+        count(CASE WHEN stock < ${LOW_STOCK_BELOW} THEN 1 END) AS low
+      FROM products`,
+    categories: 'SELECT DISTINCT category FROM products ORDER BY category',
+    reservation: 'SELECT id, status, created_at, updated_at FROM reservations WHERE id = $1',
+    reservationItems: 'SELECT product_id, quantity, unit_price_cents FROM reservation_items WHERE reservation_id = $1 ORDER BY position',
+    // Claims the id: 1 row for the first, 0 for every later one (after the first has committed).
+    claimReservation: 'INSERT INTO reservations (id, status, created_at, updated_at) VALUES ($1, $2, $3, $3) ON CONFLICT (id) DO NOTHING',
+    insertItem: `INSERT INTO reservation_items (reservation_id, position, product_id, quantity, unit_price_cents)
+      VALUES ($1, $2, $3, $4, $5)`,
+    markReleased: "UPDATE reservations SET status = 'released', updated_at = $2 WHERE id = $1 AND status = 'held'",
+    reservationCount: 'SELECT count(*) AS n FROM reservations',
+  };
 
-  const listStmt = db.prepare<Filter & { limit: number; offset: number }, ProductRow>(
-    `SELECT ${COLUMNS} FROM products WHERE ${FILTER} ORDER BY id LIMIT @limit OFFSET @offset`,
-  );
-  const countStmt = db.prepare<Filter, { total: number }>(`SELECT count(*) AS total FROM products WHERE ${FILTER}`);
-  const getStmt = db.prepare<[number], ProductRow>(`SELECT ${COLUMNS} FROM products WHERE id = ?`);
-  const stockOfStmt = db.prepare<[number], { stock: number }>('SELECT stock FROM products WHERE id = ?');
-  const insertStmt = db.prepare<{ name: string; description: string; priceCents: number; stock: number; category: string; now: string }, ProductRow>(
-    `INSERT INTO products (name, description, price_cents, stock, category, created_at, updated_at)
-     VALUES (@name, @description, @priceCents, @stock, @category, @now, @now) RETURNING ${COLUMNS}`,
-  );
-  const updateStmt = db.prepare<{ id: number; name: string | null; description: string | null; priceCents: number | null; category: string | null; now: string }, ProductRow>(
-    `UPDATE products SET name = coalesce(@name, name), description = coalesce(@description, description),
-       price_cents = coalesce(@priceCents, price_cents), category = coalesce(@category, category), updated_at = @now
-     WHERE id = @id RETURNING ${COLUMNS}`,
-  );
-  const deleteStmt = db.prepare<[number]>('DELETE FROM products WHERE id = ?');
-  // Each change is one guarded statement: the check and the write cannot be split by another request.
-  const addStmt = db.prepare<{ id: number; quantity: number; max: number; now: string }, { stock: number }>(
-    'UPDATE products SET stock = stock + @quantity, updated_at = @now WHERE id = @id AND stock + @quantity <= @max RETURNING stock',
-  );
-  const takeStmt = db.prepare<{ id: number; quantity: number; now: string }, { stock: number; price_cents: number }>(
-    'UPDATE products SET stock = stock - @quantity, updated_at = @now WHERE id = @id AND stock >= @quantity RETURNING stock, price_cents',
-  );
-  const setStmt = db.prepare<{ id: number; quantity: number; now: string }, { stock: number }>(
-    'UPDATE products SET stock = @quantity, updated_at = @now WHERE id = @id RETURNING stock',
-  );
-  // Giving back is never refused: a release must not lose units, even past MAX_STOCK.
-  const giveBackStmt = db.prepare<{ id: number; quantity: number; now: string }>(
-    'UPDATE products SET stock = stock + @quantity, updated_at = @now WHERE id = @id',
-  );
-  const statsStmt = db.prepare<[], { total: number; categories: number; valueCents: number; low: number }>(
-    `SELECT count(*) AS total, count(DISTINCT category) AS categories,
-       total(price_cents * stock) AS valueCents, coalesce(sum(stock < ${LOW_STOCK_BELOW}), 0) AS low
-     FROM products`,
-  );
-  const categoryListStmt = db.prepare<[], { category: string }>('SELECT DISTINCT category FROM products ORDER BY category');
-
-  const reservationStmt = db.prepare<[string], ReservationRow>('SELECT id, status, created_at, updated_at FROM reservations WHERE id = ?');
-  const reservationItemsStmt = db.prepare<[string], ReservationItemRow>(
-    'SELECT product_id, quantity, unit_price_cents FROM reservation_items WHERE reservation_id = ? ORDER BY position',
-  );
-  const insertReservationStmt = db.prepare<{ id: string; status: 'held' | 'released'; now: string }>(
-    'INSERT INTO reservations (id, status, created_at, updated_at) VALUES (@id, @status, @now, @now)',
-  );
-  const insertReservationItemStmt = db.prepare<{ reservationId: string; position: number; productId: number; quantity: number; unitPriceCents: number }>(
-    `INSERT INTO reservation_items (reservation_id, position, product_id, quantity, unit_price_cents)
-     VALUES (@reservationId, @position, @productId, @quantity, @unitPriceCents)`,
-  );
-  const markReleasedStmt = db.prepare<{ id: string; now: string }>(
-    "UPDATE reservations SET status = 'released', updated_at = @now WHERE id = @id AND status = 'held'",
-  );
-  const reservationCountStmt = db.prepare<[], { n: number }>('SELECT count(*) AS n FROM reservations');
-
-  const readReservation = (id: string): ReservationRecord | undefined => {
-    const row = reservationStmt.get(id);
+  const readReservation = async (on: Db, id: string): Promise<ReservationRecord | undefined> => {
+    const row = await on.get<ReservationRow>(SQL.reservation, [id]);
     if (!row) return undefined;
-    const items = reservationItemsStmt.all(id).map((i) => ({ productId: i.product_id, quantity: i.quantity, unitPrice: fromCents(i.unit_price_cents) }));
+    const items = (await on.all<ReservationItemRow>(SQL.reservationItems, [id]))
+      .map((i) => ({ productId: i.product_id, quantity: i.quantity, unitPrice: fromCents(i.unit_price_cents) }));
     return { id: row.id, status: row.status, items, createdAt: row.created_at, updatedAt: row.updated_at };
   };
 
-  const recordReservation = (id: string, status: 'held' | 'released', items: readonly PricedItem[], now: string): void => {
-    insertReservationStmt.run({ id, status, now });
-    items.forEach((item, position) => insertReservationItemStmt.run({ reservationId: id, position, ...item }));
+  const recordItems = async (tx: Db, id: string, items: readonly PricedItem[]): Promise<void> => {
+    for (const [i, item] of items.entries()) {
+      await tx.run(SQL.insertItem, [id, i, item.productId, item.quantity, item.unitPriceCents]);
+    }
   };
 
-  /** Takes every item's stock or none: any failure throws, which rolls the transaction back. */
-  const takeAll = (items: ReserveRequest['items'], now: string): Map<number, number> => {
+  /**
+   * Takes every item's stock or none: any failure throws, which rolls the transaction back.
+   * Products are taken in id order, so two reservations (or a reservation and a release) that
+   * share products lock them in the same order and cannot deadlock on PostgreSQL.
+   */
+  const takeAll = async (tx: Db, items: ReserveRequest['items'], now: string): Promise<Map<number, number>> => {
     const wanted = new Map<number, { quantity: number; index: number }>();
     items.forEach(({ productId, quantity }, index) => {
       const w = wanted.get(productId);
@@ -140,68 +140,39 @@ export function createProductStore(db: Db) {
     });
     const prices = new Map<number, number>();
     const unknown = new Set<number>();
-    const short: ErrorDetail[] = [];
-    for (const [productId, { quantity, index }] of wanted) {
-      const taken = takeStmt.get({ id: productId, quantity, now });
+    const short: (ErrorDetail & { index: number })[] = [];
+    for (const [productId, { quantity, index }] of [...wanted].sort(([a], [b]) => a - b)) {
+      const taken = await tx.get<{ stock: number; price_cents: number }>(SQL.take, [productId, quantity, now]);
       if (taken) {
         prices.set(productId, taken.price_cents);
         continue;
       }
-      const current = stockOfStmt.get(productId);
+      const current = await tx.get<{ stock: number }>(SQL.stockOf, [productId]);
       if (!current) unknown.add(productId);
-      else short.push({ field: `items.${index}.quantity`, message: `product ${productId} has ${current.stock} in stock, ${quantity} requested` });
+      else short.push({ index, field: `items.${index}.quantity`, message: `product ${productId} has ${current.stock} in stock, ${quantity} requested` });
     }
     if (unknown.size > 0) {
       const details = items.flatMap((item, i) =>
         unknown.has(item.productId) ? [{ field: `items.${i}.productId`, message: `product ${item.productId} does not exist` }] : []);
       throw new HttpError(422, 'UNKNOWN_PRODUCT', 'Unknown product', details);
     }
-    if (short.length > 0) throw new HttpError(409, 'INSUFFICIENT_STOCK', 'Insufficient stock', short);
+    if (short.length > 0) {
+      throw new HttpError(409, 'INSUFFICIENT_STOCK', 'Insufficient stock', short.sort((a, b) => a.index - b.index).map(({ field, message }) => ({ field, message })));
+    }
     return prices;
   };
 
   const sameItems = (a: readonly { productId: number; quantity: number }[], b: readonly { productId: number; quantity: number }[]) =>
     a.length === b.length && a.every((x, i) => x.productId === b[i].productId && x.quantity === b[i].quantity);
 
-  const reserve = db.transaction((request: ReserveRequest): { reservation: ReservationRecord; created: boolean } => {
-    const existing = readReservation(request.id);
-    if (existing?.status === 'released') {
-      throw new HttpError(409, 'RESERVATION_RELEASED', 'This reservation was released; use a new id');
-    }
-    if (existing) {
-      if (!sameItems(existing.items, request.items)) {
-        throw new HttpError(409, 'RESERVATION_MISMATCH', 'A reservation with this id holds other items');
-      }
-      return { reservation: existing, created: false };
-    }
-    const now = new Date().toISOString();
-    const prices = takeAll(request.items, now);
-    recordReservation(request.id, 'held', request.items.map((i) => ({ ...i, unitPriceCents: prices.get(i.productId)! })), now);
-    return { reservation: readReservation(request.id)!, created: true };
-  });
-
-  const release = db.transaction((id: string): boolean => {
-    const now = new Date().toISOString();
-    const existing = reservationStmt.get(id);
-    if (!existing) {
-      // A tombstone: a reserve with this id that arrives after its release (a slow retry) takes nothing.
-      recordReservation(id, 'released', [], now);
-      return false;
-    }
-    if (markReleasedStmt.run({ id, now }).changes !== 1) return false;
-    // A product deleted since simply gets nothing back (the update matches no row).
-    for (const item of reservationItemsStmt.all(id)) giveBackStmt.run({ id: item.product_id, quantity: item.quantity, now });
-    return true;
-  });
-
-  const adjustStock = db.transaction((id: number, { operation, quantity }: StockChange): { id: number; stock: number } => {
+  const adjustStock = (id: number, { operation, quantity }: StockChange) => db.transaction(async (tx): Promise<{ id: number; stock: number }> => {
     const now = new Date().toISOString();
     const row =
-      operation === 'add' ? addStmt.get({ id, quantity, max: MAX_STOCK, now })
-      : operation === 'subtract' ? takeStmt.get({ id, quantity, now })
-      : setStmt.get({ id, quantity, now });
+      operation === 'add' ? await tx.get<{ stock: number }>(SQL.add, [id, quantity, MAX_STOCK, now])
+      : operation === 'subtract' ? await tx.get<{ stock: number }>(SQL.take, [id, quantity, now])
+      : await tx.get<{ stock: number }>(SQL.set, [id, quantity, now]);
     if (row) return { id, stock: row.stock };
-    const current = stockOfStmt.get(id);
+    const current = await tx.get<{ stock: number }>(SQL.stockOf, [id]);
     if (!current) throw productNotFound();
     if (operation === 'subtract') {
       throw new HttpError(409, 'INSUFFICIENT_STOCK', 'Insufficient stock', [
@@ -214,53 +185,56 @@ export function createProductStore(db: Db) {
   });
 
   return {
-    list({ page, limit, category, minPrice, maxPrice, search }: ListProductsQuery): Page<Product> {
-      const filter: Filter = { category: category ?? null, minCents: minPrice ?? null, maxCents: maxPrice ?? null, search: search?.toLowerCase() ?? null };
-      const rows = listStmt.all({ ...filter, limit, offset: (page - 1) * limit });
-      return { data: rows.map(toProduct), meta: { page, limit, total: countStmt.get(filter)!.total } };
+    async list({ page, limit, category, minPrice, maxPrice, search }: ListProductsQuery): Promise<Page<Product>> {
+      const filter = [category ?? null, minPrice ?? null, maxPrice ?? null, search?.toLowerCase() ?? null];
+      const rows = await db.all<ProductRow>(SQL.list, [...filter, limit, (page - 1) * limit]);
+      const { total } = (await db.get<{ total: number }>(SQL.count, filter))!;
+      return { data: rows.map(toProduct), meta: { page, limit, total } };
     },
 
-    get(id: number): Product | undefined {
-      const row = getStmt.get(id);
+    async get(id: number): Promise<Product | undefined> {
+      const row = await db.get<ProductRow>(SQL.get, [id]);
       return row && toProduct(row);
     },
 
-    create({ price, ...rest }: CreateProduct): Product {
-      return toProduct(insertStmt.get({ ...rest, priceCents: toCents(price), now: new Date().toISOString() })!);
+    async create({ name, description, price, stock, category }: CreateProduct): Promise<Product> {
+      const row = await db.get<ProductRow>(SQL.insert, [name, description, toCents(price), stock, category, new Date().toISOString()]);
+      return toProduct(row!);
     },
 
     /** undefined when there is no such product. */
-    update(id: number, patch: UpdateProduct): Product | undefined {
-      const row = updateStmt.get({
+    async update(id: number, patch: UpdateProduct): Promise<Product | undefined> {
+      const row = await db.get<ProductRow>(SQL.update, [
         id,
-        name: patch.name ?? null,
-        description: patch.description ?? null,
-        priceCents: patch.price === undefined ? null : toCents(patch.price),
-        category: patch.category ?? null,
-        now: new Date().toISOString(),
-      });
+        patch.name ?? null,
+        patch.description ?? null,
+        patch.price === undefined ? null : toCents(patch.price),
+        patch.category ?? null,
+        new Date().toISOString(),
+      ]);
       return row && toProduct(row);
     },
 
     /** Throws 404, 409 INSUFFICIENT_STOCK or 409 STOCK_LIMIT_EXCEEDED; the stock is unchanged then. */
-    adjustStock: (id: number, change: StockChange) => adjustStock.immediate(id, change),
+    adjustStock,
 
-    remove(id: number): boolean {
-      return deleteStmt.run(id).changes === 1;
+    async remove(id: number): Promise<boolean> {
+      return (await db.run(SQL.delete, [id])) === 1;
     },
 
-    count(): number {
-      return statsStmt.get()!.total;
+    async count(): Promise<number> {
+      return (await db.get<{ total: number }>(SQL.stats))!.total;
     },
 
-    stats(): ProductStats {
-      const s = statsStmt.get()!;
+    async stats(): Promise<ProductStats> {
+      const s = (await db.get<{ total: number; categories: number; value_cents: number; low: number }>(SQL.stats))!;
+      const categoryList = (await db.all<{ category: string }>(SQL.categories)).map((r) => r.category);
       return {
         service: 'product-service',
         totalProducts: s.total,
         categories: s.categories,
-        categoryList: categoryListStmt.all().map((r) => r.category),
-        totalInventoryValue: fromCents(Math.round(s.valueCents)),
+        categoryList,
+        totalInventoryValue: fromCents(Math.round(s.value_cents)),
         lowStockProducts: s.low,
       };
     },
@@ -268,21 +242,59 @@ export function createProductStore(db: Db) {
     /**
      * Takes the stock of every item in one transaction, or none (422 UNKNOWN_PRODUCT, 409
      * INSUFFICIENT_STOCK). A repeat of a held id returns it unchanged (`created: false`); a
-     * released id is 409 RESERVATION_RELEASED.
+     * released id is 409 RESERVATION_RELEASED; a held id with other items is 409 RESERVATION_MISMATCH.
      */
-    reserve: (request: ReserveRequest) => reserve.immediate(request),
+    reserve: (request: ReserveRequest) => db.transaction(async (tx): Promise<{ reservation: ReservationRecord; created: boolean }> => {
+      const now = new Date().toISOString();
+      if (await tx.run(SQL.claimReservation, [request.id, 'held', now]) === 1) {
+        const prices = await takeAll(tx, request.items, now);
+        const items = request.items.map((i) => ({ ...i, unitPriceCents: prices.get(i.productId)! }));
+        await recordItems(tx, request.id, items);
+        // Built from what was just written rather than read back: the product rows stay locked
+        // until the commit, so every round trip saved here is one less wait for the next racer.
+        const reservation: ReservationRecord = {
+          id: request.id,
+          status: 'held',
+          items: items.map((i) => ({ productId: i.productId, quantity: i.quantity, unitPrice: fromCents(i.unitPriceCents) })),
+          createdAt: now,
+          updatedAt: now,
+        };
+        return { reservation, created: true };
+      }
+      const existing = (await readReservation(tx, request.id))!;
+      if (existing.status === 'released') {
+        throw new HttpError(409, 'RESERVATION_RELEASED', 'This reservation was released; use a new id');
+      }
+      if (!sameItems(existing.items, request.items)) {
+        throw new HttpError(409, 'RESERVATION_MISMATCH', 'A reservation with this id holds other items');
+      }
+      return { reservation: existing, created: false };
+    }),
 
     /** Gives a held reservation's stock back exactly once; true only for the call that did. */
-    release: (id: string): boolean => release.immediate(id),
+    release: (id: string) => db.transaction(async (tx): Promise<boolean> => {
+      const now = new Date().toISOString();
+      // A tombstone: a reserve with this id that arrives after its release (a slow retry) takes nothing.
+      if (await tx.run(SQL.claimReservation, [id, 'released', now]) === 1) return false;
+      // Only one release moves the row from held; a racer waits for its row lock, then finds it released.
+      if (await tx.run(SQL.markReleased, [id, now]) !== 1) return false;
+      const items = await tx.all<ReservationItemRow>(SQL.reservationItems, [id]);
+      const back = new Map<number, number>();
+      for (const item of items) back.set(item.product_id, (back.get(item.product_id) ?? 0) + item.quantity);
+      // A product deleted since simply gets nothing back (the update matches no row).
+      for (const [productId, quantity] of [...back].sort(([a], [b]) => a - b)) await tx.run(SQL.giveBack, [productId, quantity, now]);
+      return true;
+    }),
 
-    getReservation: (id: string): ReservationRecord | undefined => readReservation(id),
+    getReservation: (id: string): Promise<ReservationRecord | undefined> => readReservation(db, id),
 
     /** For the demo seed: a reservation whose stock is already accounted for. */
-    recordHeldReservation(id: string, items: readonly PricedItem[]): void {
-      db.transaction(() => recordReservation(id, 'held', items, new Date().toISOString()))();
-    },
+    recordHeldReservation: (id: string, items: readonly PricedItem[]) => db.transaction(async (tx) => {
+      await tx.run(SQL.claimReservation, [id, 'held', new Date().toISOString()]);
+      await recordItems(tx, id, items);
+    }),
 
-    reservationCount: (): number => reservationCountStmt.get()!.n,
+    reservationCount: async (): Promise<number> => (await db.get<{ n: number }>(SQL.reservationCount))!.n,
   };
 }
 
