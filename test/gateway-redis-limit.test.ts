@@ -4,7 +4,7 @@ import { randomUUID } from 'node:crypto';
 import { connect } from 'node:net';
 import { Redis } from 'ioredis';
 import { http, type TestResponse } from './helpers.js';
-import { eventually, startFakeUpstream, startGateway, type FakeUpstream, type StartedGateway } from './gateway-helpers.js';
+import { deadUrl, eventually, startFakeUpstream, startGateway, type FakeUpstream, type StartedGateway } from './gateway-helpers.js';
 import { startFaultProxy, type FaultProxy } from './support/fault-proxy.js';
 
 const REDIS = 'redis://127.0.0.1:6379';
@@ -188,6 +188,18 @@ describe('rate limits shared in Redis', () => {
       // Redis counted one request before the outage; both gateways add to it again.
       assert.equal((await http(gw.url, 'GET', '/api/products/7')).headers.get('x-ratelimit-remaining'), '18');
       assert.equal((await http(direct.url, 'GET', '/api/products/8')).headers.get('x-ratelimit-remaining'), '17');
+    });
+
+    test('when nothing listens at REDIS_URL from the start, then requests are served on the local limit and /health says degraded', async () => {
+      const dead = await deadUrl();
+      closers.push(dead.close);
+      const gw = await gatewayWith({ REDIS_URL: dead.url.replace('http:', 'redis:'), RATE_LIMIT_REDIS_PREFIX: newPrefix(), RATE_LIMIT: '2' });
+      const statuses: number[] = [];
+      for (let i = 1; i <= 3; i++) statuses.push((await http(gw.url, 'GET', `/api/products/${i}`)).status);
+      assert.deepEqual(statuses, [200, 200, 429]);
+      await untilStoreIs(gw, 'degraded');
+      assert.equal(await metric(gw, 'gateway_rate_limit_store_up'), 0);
+      assert.equal(storeLogs(gw, 40).length, 1);
     });
 
     test('with RATE_LIMIT_STORE_FAILURE=deny, then requests get 503 RATE_LIMIT_UNAVAILABLE until it is back', async () => {

@@ -84,6 +84,8 @@ export function createRedisLimitStore({ url, prefix, commandTimeoutMs, connectTi
     enableOfflineQueue: true,
     retryStrategy: (attempt: number) => Math.min(50 * 2 ** Math.min(attempt, 16), reconnectMaxMs),
     lazyConnect: false,
+    // How long close() lets a socket end before destroying it (a refused one never says it closed).
+    disconnectTimeout: commandTimeoutMs,
   }) as HitClient;
   client.defineCommand('gatewayHit', { numberOfKeys: 1, lua: HIT_SCRIPT });
   metrics.rateLimitStoreUp(false);
