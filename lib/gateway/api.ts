@@ -62,7 +62,12 @@ const OWN_API: readonly ApiRoute[] = [
     responses: {
       200: {
         description: 'Healthy, or degraded when a circuit is not closed or a probe failed',
-        body: z.object({ status: z.enum(['healthy', 'degraded']), timestamp: z.string(), services: z.record(z.enum(SERVICE_NAMES), ServiceHealth) }),
+        body: z.object({
+          status: z.enum(['healthy', 'degraded']),
+          timestamp: z.string(),
+          services: z.record(z.enum(SERVICE_NAMES), ServiceHealth),
+          rateLimitStore: z.object({ kind: z.literal('redis'), state: z.enum(['connecting', 'up', 'degraded']) }).optional(),
+        }),
       },
     },
   },

@@ -22,6 +22,7 @@ import { createFrontDoor, createProxiedPipeline } from './front-door.js';
 import { guardPath } from './path-guard.js';
 import { createServiceProxy, proxyRoute } from './proxy.js';
 import { createRateLimiter } from './rate-limit.js';
+import { createRedisLimitStore } from './redis-limit-store.js';
 import { createStaleCache } from './stale-cache.js';
 import { createStatusRoutes } from './status.js';
 import { createUpstreams, type ServiceName, type Upstream } from './upstreams.js';
@@ -51,9 +52,20 @@ export function createGateway({ config, logger, metrics = createMetrics('gateway
   const upstreamList = createUpstreams(config, logger, gatewayMetrics);
   const upstreams = Object.fromEntries(upstreamList.map((u) => [u.name, u])) as Record<ServiceName, Upstream>;
   const cache = createStaleCache({ maxEntries: config.CACHE_MAX_ENTRIES, maxAgeMs: config.CACHE_MAX_AGE_MS, maxBytes: config.CACHE_MAX_BYTES });
-  const limiter = createRateLimiter({ limit: config.RATE_LIMIT, windowMs: config.RATE_WINDOW_MS, metrics: gatewayMetrics });
+  // With REDIS_URL both limits are counted in Redis, shared by every gateway replica.
+  const limitStore = config.REDIS_URL === undefined ? undefined : createRedisLimitStore({
+    url: config.REDIS_URL,
+    prefix: config.RATE_LIMIT_REDIS_PREFIX,
+    commandTimeoutMs: config.REDIS_COMMAND_TIMEOUT_MS,
+    connectTimeoutMs: config.REDIS_CONNECT_TIMEOUT_MS,
+    reconnectMaxMs: config.REDIS_RECONNECT_MAX_MS,
+    logger,
+    metrics: gatewayMetrics,
+  });
+  const sharedAs = (name: string) => limitStore && { store: limitStore, name, onFailure: config.RATE_LIMIT_STORE_FAILURE };
+  const limiter = createRateLimiter({ limit: config.RATE_LIMIT, windowMs: config.RATE_WINDOW_MS, metrics: gatewayMetrics, shared: sharedAs('api') });
   const auth = createGatewayAuth({ config, logger });
-  const loginLimiter = createRateLimiter({ limit: config.LOGIN_RATE_LIMIT, windowMs: config.LOGIN_RATE_WINDOW_MS, metrics: gatewayMetrics, byAddress: true });
+  const loginLimiter = createRateLimiter({ limit: config.LOGIN_RATE_LIMIT, windowMs: config.LOGIN_RATE_WINDOW_MS, metrics: gatewayMetrics, byAddress: true, shared: sharedAs('login') });
 
   const app = createBaseApp();
   app.set('trust proxy', config.TRUST_PROXY);
@@ -92,6 +104,7 @@ export function createGateway({ config, logger, metrics = createMetrics('gateway
     version: packageVersion(),
     showAddresses: config.NODE_ENV !== 'production',
     detailedHealth: auth.mode === 'open' ? undefined : auth.isAdmin,
+    rateLimitStore: limitStore?.status,
   }));
   app.get('/metrics', adminOnly, metrics.handler);
   app.use(['/traces', '/spans'], adminOnly);
@@ -125,6 +138,7 @@ export function createGateway({ config, logger, metrics = createMetrics('gateway
       dashboard.close();
       limiter.close();
       loginLimiter.close();
+      await limitStore?.close();
       cache.clear();
       for (const u of upstreamList) {
         u.breaker.shutdown();

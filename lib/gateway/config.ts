@@ -69,6 +69,19 @@ export const GatewayConfigSchema = z.object({
   // POST /api/auth/login attempts per client address per window (the user service also limits failures per email).
   LOGIN_RATE_LIMIT: intVar(20, 1, 1_000_000),
   LOGIN_RATE_WINDOW_MS: intVar(60_000, 100, MAX_TIMER_MS),
+  // Redis that keeps both rate limits, shared by every gateway replica (redis:// or rediss://,
+  // user, password and db number as Redis URLs give them). Unset: each gateway counts on its own.
+  REDIS_URL: z.url({ protocol: /^rediss?$/, message: 'must be a redis:// or rediss:// URL' }).optional(),
+  // Put before every rate-limit key in Redis, to keep several systems (or test runs) apart on one.
+  RATE_LIMIT_REDIS_PREFIX: z.string().min(1).max(100).default('gw:rl:'),
+  // While Redis cannot be reached: `local` counts in each gateway (limits per replica); `deny`
+  // answers 503 RATE_LIMIT_UNAVAILABLE.
+  RATE_LIMIT_STORE_FAILURE: z.enum(['local', 'deny'], { message: 'must be local or deny' }).default('local'),
+  // A Redis command slower than this fails: the request is decided as RATE_LIMIT_STORE_FAILURE says.
+  REDIS_COMMAND_TIMEOUT_MS: intVar(200, 1, 60_000),
+  REDIS_CONNECT_TIMEOUT_MS: intVar(1000, 1, 60_000),
+  // Reconnect attempts wait 50 ms, doubling up to this; a stalled Redis is asked this often too.
+  REDIS_RECONNECT_MAX_MS: intVar(2000, 10, 600_000),
   // Bearer token for the admin surface (/debug/*, /traces, /metrics, the detailed /health) besides
   // an admin's JWT. Without it, in open mode, the debug route is open in development and absent in production.
   ADMIN_TOKEN: z.string().min(16, 'must be at least 16 characters').optional(),

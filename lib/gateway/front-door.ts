@@ -7,14 +7,21 @@ import { HttpError } from '../platform/errors.js';
 import { isAggregateRequest } from './aggregate.js';
 import type { Authenticate } from './auth.js';
 
-/** One step of the proxied pipeline after the request context: undefined lets the request on, an error answers it. */
-export type Admission = (req: Request, res: Response) => HttpError | undefined;
+/**
+ * One step of the proxied pipeline after the request context: undefined lets the request on, an
+ * error answers it. A promise of either when the step must ask elsewhere (the rate limit's shared
+ * store); the next steps wait for it.
+ */
+export type Admission = (req: Request, res: Response) => HttpError | undefined | Promise<HttpError | undefined>;
 
 /**
  * The proxied pipeline: the request context, the caller's identity (`authenticate`: synchronous
  * but for the first sight of a token), then `steps` in order (the first to refuse answers), then
  * the service's proxy handler. The front door runs it for the requests it takes; the router runs
  * the same context (app-wide) and the same steps (`middleware`, on /api) for the rest.
+ * A step that answers a promise holds only its own request: pipelined requests on the connection
+ * go on being admitted (and counted) in their arrival order, and Node sends their answers in that
+ * order whichever is ready first.
  */
 export interface ProxiedPipeline {
   context: RequestHandler;
@@ -24,10 +31,15 @@ export interface ProxiedPipeline {
 }
 
 export function createProxiedPipeline(context: RequestHandler, authenticate: Authenticate, steps: readonly Admission[]): ProxiedPipeline {
-  const proceed = (req: Request, res: Response, handler: RequestHandler, fail: (err: unknown) => void): void => {
-    for (const step of steps) {
-      const refused = step(req, res);
-      if (refused) return fail(refused);
+  const proceed = (req: Request, res: Response, handler: RequestHandler, fail: (err: unknown) => void, from = 0): void => {
+    for (let i = from; i < steps.length; i++) {
+      const refused = steps[i](req, res);
+      if (refused === undefined) continue;
+      if (refused instanceof Promise) {
+        refused.then((err) => (err ? fail(err) : proceed(req, res, handler, fail, i + 1)), fail);
+        return;
+      }
+      return fail(refused);
     }
     const result = handler(req, res, fail);
     if (result instanceof Promise) result.catch(fail);

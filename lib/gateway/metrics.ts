@@ -27,6 +27,10 @@ export interface GatewayMetrics {
   upstreamRetry(service: string): void;
   circuitState(service: string, state: CircuitState): void;
   rateLimited(): void;
+  /** The rate limiters' shared store answers (1) or not (0); the gauge exists only with a store. */
+  rateLimitStoreUp(up: boolean): void;
+  /** A command to the shared store that failed or timed out. */
+  rateLimitStoreFailure(): void;
   staleResponse(service: string): void;
 }
 
@@ -84,6 +88,13 @@ export function createGatewayMetrics(registry: Registry): GatewayMetrics {
   });
 
   const record = requestRecorder(requests, duration);
+  // Made on first use: without a shared store a gauge at 0 would read as a store that is down.
+  let store: { up: Gauge; failures: Counter } | undefined;
+  const storeMetrics = () =>
+    (store ??= {
+      up: new Gauge({ name: 'gateway_rate_limit_store_up', help: "1 while the rate limiters' shared store (Redis) answers, 0 while each gateway limits on its own.", registers }),
+      failures: new Counter({ name: 'gateway_rate_limit_store_failures_total', help: "Commands to the rate limiters' shared store (Redis) that failed or timed out.", registers }),
+    });
 
   return {
     observeProxied(req, res, durationMs) {
@@ -95,6 +106,8 @@ export function createGatewayMetrics(registry: Registry): GatewayMetrics {
     upstreamRetry: (service) => retries.inc({ service }),
     circuitState: (service, s) => state.set({ service }, STATE_VALUE[s]),
     rateLimited: () => limited.inc(),
+    rateLimitStoreUp: (up) => storeMetrics().up.set(up ? 1 : 0),
+    rateLimitStoreFailure: () => storeMetrics().failures.inc(),
     staleResponse: (service) => stale.inc({ service }),
   };
 }

@@ -1,9 +1,21 @@
 // The /api/* rate limit: RATE_LIMIT requests per RATE_WINDOW_MS per client: per user id for a
-// verified caller, per address for anonymous ones.
+// verified caller, per address for anonymous ones. Counted in this process, or in Redis (shared by
+// every gateway) when a store is given.
 import type { Request, RequestHandler, Response } from 'express';
 import { ipKeyGenerator } from 'express-rate-limit';
 import { HttpError } from '../platform/errors.js';
 import type { GatewayMetrics } from './metrics.js';
+import type { LimitStore } from './redis-limit-store.js';
+
+/** What a limiter does while its shared store is unreachable: count in this process, or refuse with 503. */
+export type StoreFailureMode = 'local' | 'deny';
+
+export interface SharedCounting {
+  store: LimitStore;
+  /** Keeps this limiter's keys apart from the other limiters' in the store ('api', 'login'). */
+  name: string;
+  onFailure: StoreFailureMode;
+}
 
 export interface RateLimiterOptions {
   limit: number;
@@ -11,17 +23,20 @@ export interface RateLimiterOptions {
   metrics: GatewayMetrics;
   /** Count every request by its address, verified caller or not (login attempts). */
   byAddress?: boolean;
+  /** Absent: counted in this process only, synchronously. */
+  shared?: SharedCounting;
 }
 
 export interface RateLimiter {
   /**
    * Counts the request against its client and sets the rate-limit headers; returns the 429 to
-   * answer when the client is over the limit.
+   * answer when the client is over the limit. Synchronous without a shared store; with one, a
+   * promise while the store is reachable.
    */
-  check: (req: Request, res: Response) => HttpError | undefined;
+  check: (req: Request, res: Response) => HttpError | undefined | Promise<HttpError | undefined>;
   /** check() as Express middleware, for the routes behind the router. */
   middleware: RequestHandler;
-  /** Stops the window timer and forgets every client. */
+  /** Stops the window timer and forgets every client (the shared store is closed by its owner). */
   close(): void;
   /** The `n` clients with the most requests in their current window, most first (the dashboard). */
   topClients(n: number): { client: string; hits: number }[];
@@ -94,18 +109,24 @@ class HitCounter {
  * `standardHeaders: 'draft-7'`: `X-RateLimit-Limit`, `-Remaining`, `-Reset` (Unix seconds),
  * `RateLimit-Policy: 100;w=60` and `RateLimit: limit=100, remaining=99, reset=60`. Its middleware
  * is not used: it awaits five times per request, and proxied requests skip Express's router.
+ *
+ * With a shared store the window and headers are the same, counted by the store; every hit is
+ * counted here too (this gateway's share), which is what decides while the store is unreachable
+ * (or a 503 with `onFailure: 'deny'`) and what the dashboard's top clients show.
  */
-export function createRateLimiter({ limit, windowMs, metrics, byAddress = false }: RateLimiterOptions): RateLimiter {
+export function createRateLimiter({ limit, windowMs, metrics, byAddress = false, shared }: RateLimiterOptions): RateLimiter {
   const counter = new HitCounter(windowMs);
   const limitHeader = String(limit);
   const policy = `${limit};w=${Math.ceil(windowMs / 1000)}`;
 
-  const check = (req: Request, res: Response): HttpError | undefined => {
-    const now = Date.now();
-    // A verified caller (set by the authenticate step) is one client wherever it calls from;
-    // `user:` keys cannot collide with addresses.
+  // A verified caller (set by the authenticate step) is one client wherever it calls from;
+  // `user:` keys cannot collide with addresses.
+  const clientOf = (req: Request, res: Response): string => {
     const identity = byAddress ? undefined : (res.locals.identity as { key: string } | undefined);
-    const { hits, resetMs } = counter.hit(identity === undefined ? ipKeyGenerator(req.ip ?? '') : identity.key, now);
+    return identity === undefined ? ipKeyGenerator(req.ip ?? '') : identity.key;
+  };
+
+  const decide = (res: Response, hits: number, resetMs: number, now: number): HttpError | undefined => {
     const resetSeconds = Math.max(0, Math.ceil((resetMs - now) / 1000));
     const remaining = Math.max(limit - hits, 0);
     if (!res.headersSent) {
@@ -122,8 +143,40 @@ export function createRateLimiter({ limit, windowMs, metrics, byAddress = false 
     return new HttpError(429, 'RATE_LIMITED', 'Too many requests', undefined, { retryAfter });
   };
 
+  const checkLocally = (req: Request, res: Response): HttpError | undefined => {
+    const now = Date.now();
+    const { hits, resetMs } = counter.hit(clientOf(req, res), now);
+    return decide(res, hits, resetMs, now);
+  };
+
+  const check = shared === undefined ? checkLocally : checkShared(shared, counter, clientOf, decide, windowMs);
+
   const middleware: RequestHandler = (req, res, next) => {
-    next(check(req, res));
+    const refused = check(req, res);
+    if (refused instanceof Promise) refused.then(next, next);
+    else next(refused);
   };
   return { check, middleware, close: () => counter.close(), topClients: (n) => counter.top(n, Date.now()) };
+}
+
+const storeUnavailable = (): HttpError =>
+  new HttpError(503, 'RATE_LIMIT_UNAVAILABLE', 'The rate limiter is unavailable; retry shortly', undefined, { retryAfter: 1 });
+
+/** check() over a shared store, falling back to this process's count (or a 503) while it is unreachable. */
+function checkShared(
+  { store, name, onFailure }: SharedCounting,
+  counter: HitCounter,
+  clientOf: (req: Request, res: Response) => string,
+  decide: (res: Response, hits: number, resetMs: number, now: number) => HttpError | undefined,
+  windowMs: number,
+): (req: Request, res: Response) => HttpError | undefined | Promise<HttpError | undefined> {
+  return (req, res) => {
+    const now = Date.now();
+    const client = clientOf(req, res);
+    // The counter's record is live: read it now.
+    const { hits, resetMs } = counter.hit(client, now);
+    const fallBack = (): HttpError | undefined => (onFailure === 'deny' ? storeUnavailable() : decide(res, hits, resetMs, Date.now()));
+    if (!store.usable) return fallBack();
+    return store.increment(`${name}:${client}`, windowMs).then((shared) => decide(res, shared.hits, shared.resetMs, Date.now()), fallBack);
+  };
 }

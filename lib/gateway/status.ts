@@ -1,6 +1,7 @@
 // GET / (what this gateway is and routes to) and GET /health (each service's circuit and a probe).
 import { Router, type Request, type Response } from 'express';
 import type { CircuitState } from './breakers.js';
+import type { LimitStoreStatus } from './redis-limit-store.js';
 import type { ProbeResult, Upstream } from './upstreams.js';
 
 export type ServiceStatus = 'healthy' | 'recovering' | 'unhealthy';
@@ -34,9 +35,11 @@ export interface StatusRoutesOptions {
   showAddresses: boolean;
   /** Who sees the detailed /health; absent: everyone. Others get only `{status}`. */
   detailedHealth?: (req: Request, res: Response) => Promise<boolean>;
+  /** The rate limiters' shared store, when there is one; degraded makes the gateway degraded. */
+  rateLimitStore?: () => LimitStoreStatus;
 }
 
-export function createStatusRoutes({ upstreams, name, version, showAddresses, detailedHealth }: StatusRoutesOptions): Router {
+export function createStatusRoutes({ upstreams, name, version, showAddresses, detailedHealth, rateLimitStore }: StatusRoutesOptions): Router {
   const router = Router();
 
   router.get('/', (_req, res) => {
@@ -60,8 +63,10 @@ export function createStatusRoutes({ upstreams, name, version, showAddresses, de
       if (circuitState !== 'CLOSED' || !probe.ok) degraded = true;
       services[u.name] = { status: serviceStatus(circuitState, probe), circuitState, stats: u.breaker.stats, probe };
     });
+    const store = rateLimitStore?.();
+    if (store?.state === 'degraded') degraded = true;
     const status = degraded ? 'degraded' : 'healthy';
-    res.json(detailed ? { status, timestamp: new Date().toISOString(), services } : { status });
+    res.json(detailed ? { status, timestamp: new Date().toISOString(), services, ...(store && { rateLimitStore: store }) } : { status });
   });
 
   return router;
