@@ -118,7 +118,7 @@ describe('signing key and demo passwords', () => {
       const db = await openUserDatabase({ dataDir: dir.dir, seed: true });
       await db.run('UPDATE users SET password_hash = NULL');
       await db.run("UPDATE users SET password_hash = 'kept' WHERE email = 'carol@example.com'");
-      assert.equal(setDemoPasswords(db, hashPasswordSync('demo-password')), 2);
+      assert.equal(await setDemoPasswords(db, hashPasswordSync('demo-password')), 2);
       const hashOf = async (email: string) => (await db.get<{ h: string }>('SELECT password_hash AS h FROM users WHERE email = $1', [email]))!.h;
       assert.ok(await verifyPassword('demo-password', await hashOf('alice@example.com')));
       assert.equal(await hashOf('carol@example.com'), 'kept');

@@ -1,5 +1,4 @@
 import { after, before, describe, test } from 'node:test';
-import { sqliteHandle } from '../lib/platform/sql.js';
 import assert from 'node:assert/strict';
 import { HttpError } from '../lib/platform/errors.js';
 import { ServiceClient, UpstreamUnavailableError } from '../lib/platform/service-client.js';
@@ -287,7 +286,7 @@ describe('GET /stats and GET /health', () => {
 describe('storage failures', () => {
   test('when the database refuses writes, then writes are 503 STORAGE_UNAVAILABLE, reads work, and writes recover without a restart', async () => {
     const user = await createUser();
-    sqliteHandle(svc.db).pragma('query_only = ON');
+    await svc.db.run('PRAGMA query_only = ON');
     try {
       const r = await svc.call('POST', '/users', { body: { name: 'Blocked Write', email: uniqueEmail() } });
       assert.equal(r.status, 503);
@@ -298,7 +297,7 @@ describe('storage failures', () => {
       assert.equal((await svc.call('GET', '/users')).status, 200);
       assert.equal((await svc.call('GET', '/health')).status, 200);
     } finally {
-      sqliteHandle(svc.db).pragma('query_only = OFF');
+      await svc.db.run('PRAGMA query_only = OFF');
     }
     assert.equal((await svc.call('POST', '/users', { body: { name: 'Write Again', email: uniqueEmail() } })).status, 201);
   });
