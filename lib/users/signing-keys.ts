@@ -73,7 +73,7 @@ export interface StoredKeyRingOptions {
  * keys read last stay in use.
  */
 export async function startStoredKeyRing(db: Db, { refreshMs, retainMs, logger }: StoredKeyRingOptions): Promise<KeyRing> {
-  const parsed = new Map<string, SigningKey & StoredKey>();
+  const parsed = new Map<string, SigningKey>();
   let keys: (SigningKey & StoredKey)[] = [];
   let failing = false;
 
@@ -83,7 +83,8 @@ export async function startStoredKeyRing(db: Db, { refreshMs, retainMs, logger }
       await createFirstKey(db);
       rows = await db.all<KeyRow>('SELECT kid, private_key, active_from_ms FROM signing_keys ORDER BY active_from_ms DESC, kid DESC LIMIT $1', [MAX_KEYS_READ]);
     }
-    const next = rows.map((r) => parsed.get(r.kid) ?? { ...toSigningKey(createPrivateKey(r.private_key)), activeFromMs: r.active_from_ms });
+    // A key is parsed once; its time is taken from each read.
+    const next = rows.map((r) => ({ ...(parsed.get(r.kid) ?? toSigningKey(createPrivateKey(r.private_key))), activeFromMs: r.active_from_ms }));
     parsed.clear();
     for (const k of next) parsed.set(k.kid, k);
     keys = next;
