@@ -17,7 +17,7 @@ import { keysInUse, rotateSigningKey, startStoredKeyRing, type KeyRing } from '.
 import { startGateway, type StartedGateway } from './gateway-helpers.js';
 import { http, memoryLogger, startApp } from './helpers.js';
 import { spawnService, TS_LOADER } from './process.js';
-import { TEST_DATABASE_URL, testStorage } from './support/engines.js';
+import { databaseRelay, TEST_DATABASE_URL, testStorage } from './support/engines.js';
 
 interface Instance {
   url: string;
@@ -185,6 +185,31 @@ describe('signing keys in PostgreSQL', () => {
     assert.deepEqual(at(10_999), ['k3', 'k2,k3']);
     assert.deepEqual(at(11_000), ['k3', 'k3']);
     assert.deepEqual(at(500), ['k1', 'k1,k2,k3'], 'a clock behind every key: the oldest signs');
+  });
+});
+
+describe('signing keys while PostgreSQL is unreachable', () => {
+  test('when the database goes away, then the JWKS still lists the keys read last and one warn line says so; logins are 503; when it is back, the keys are read again', async () => {
+    const relay = await databaseRelay();
+    const svc = await startInstance({ ...where, databaseUrl: relay.url });
+    try {
+      const kids = await kidsOf(svc);
+      await relay.down();
+      const warned = () => svc.logs().filter((l) => l.msg === 'cannot read the signing keys; the last ones read stay in use').length;
+      await until('a warn line', () => Promise.resolve(warned() === 1));
+      assert.deepEqual(await kidsOf(svc), kids);
+      const login = await http(svc.url, 'POST', '/auth/login', { body: { email: 'keys@example.com', password: PASSWORD } });
+      assert.equal(login.body.code, 'STORAGE_UNAVAILABLE');
+      await relay.up();
+      await until('the keys are read again', () => Promise.resolve(svc.logs().some((l) => l.msg === 'signing keys read again')));
+      assert.equal(warned(), 1, 'one line per outage');
+      assert.ok(!JSON.stringify(svc.logs()).includes('PRIVATE'), 'no key in the logs');
+      assert.equal((await http(svc.url, 'POST', '/auth/login', { body: { email: 'keys@example.com', password: PASSWORD } })).status, 200);
+    } finally {
+      await relay.up().catch(() => {});
+      await svc.close();
+      await relay.close();
+    }
   });
 });
 
