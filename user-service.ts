@@ -23,7 +23,6 @@ await runService({
       : staticKeyRing(loadSigningKey(config.DATA_DIR, config.JWT_PRIVATE_KEY));
     const app = createUserApp(deps, {
       mode: authModeOf(config),
-      key: await keys.signingKey(),
       keys,
       issuer: config.JWT_ISSUER,
       audience: config.JWT_AUDIENCE,

@@ -32,7 +32,7 @@ async function startInstance(options: ServiceDatabaseOptions, { refreshMs = 50, 
   const { logger, lines } = memoryLogger('user-service');
   const keys = await startStoredKeyRing(db, { refreshMs, retainMs, logger });
   const app = await startApp(createUserApp({ logger, db, metrics: createMetrics('user-service') }, {
-    ...defaultUserAuth(), mode: 'required', key: await keys.signingKey(), keys,
+    ...defaultUserAuth(), mode: 'required', keys,
   }));
   return {
     url: app.url,

@@ -10,8 +10,8 @@ import { createUserStore } from './store.js';
 
 export interface UserAuthOptions {
   mode: AuthMode;
-  /** The one key tokens are signed with, unless `keys` is given. */
-  key: SigningKey;
+  /** The one key tokens are signed with; or `keys`. */
+  key?: SigningKey;
   /** The keys kept in the database (signing-keys.ts); absent: `key` alone. */
   keys?: KeyRing;
   issuer: string;
@@ -42,7 +42,8 @@ export const defaultUserAuth = (): UserAuthOptions => ({
 
 export function createUserApp(deps: ServiceDeps, options: UserAuthOptions = defaultUserAuth()): Express {
   const { mode, issuer, audience, algorithms, ttlS } = options;
-  const keys = options.keys ?? staticKeyRing(options.key);
+  if (!options.keys && !options.key) throw new Error('createUserApp needs a signing key (key or keys)');
+  const keys = options.keys ?? staticKeyRing(options.key!);
   const verifier = createTokenVerifier({ keys: options.verifyKeys ?? keys.verifyKeys, issuer, audience, algorithms });
   const auth = createServiceAuth({ mode, verifier, adminToken: options.adminToken });
   const routes = createUserRoutes({
