@@ -67,9 +67,9 @@ export interface StoredKeyRingOptions {
 }
 
 /**
- * The keys kept in the database's `signing_keys` table, shared by every instance. `start()` reads
- * them (making the first one when there is none: one instance does it, under a lock, and the
- * others read it), then reads them again every `refreshMs`. While the database cannot be read the
+ * The keys kept in the database's `signing_keys` table, shared by every instance. Reads them once
+ * before it resolves (making the first one when there is none: one instance does it, under a lock,
+ * and the others read it), then again every `refreshMs`. While the database cannot be read the
  * keys read last stay in use.
  */
 export async function startStoredKeyRing(db: Db, { refreshMs, retainMs, logger }: StoredKeyRingOptions): Promise<KeyRing> {
