@@ -1,21 +1,29 @@
-// The user service: users and their roles, in DATA_DIR/users.db; logins and the token signing key.
-import { authModeOf, remoteKeys } from './lib/platform/identity.js';
+// The user service: users and their roles (DATA_DIR/users.db or PostgreSQL), logins, and the token
+// signing keys.
+import { authModeOf, CLOCK_TOLERANCE_S, remoteKeys } from './lib/platform/identity.js';
 import { runService } from './lib/platform/main.js';
 import { createUserApp } from './lib/users/app.js';
-import { hashPasswordSync, loadSigningKey } from './lib/users/auth.js';
+import { hashPassword, loadSigningKey } from './lib/users/auth.js';
 import { UserConfigSchema } from './lib/users/config.js';
 import { openUserDatabase, setDemoPasswords } from './lib/users/db.js';
+import { staticKeyRing, startStoredKeyRing } from './lib/users/signing-keys.js';
 
 await runService({
   service: 'user-service',
   schema: UserConfigSchema,
   openDatabase: openUserDatabase,
-  build: (deps, config) => {
+  build: async (deps, config) => {
     // Demo rows of files made before passwords existed get the demo password here (see setDemoPasswords).
-    if (config.SEED_DATA && config.DEMO_PASSWORD !== undefined) setDemoPasswords(deps.db, hashPasswordSync(config.DEMO_PASSWORD));
+    if (config.SEED_DATA && config.DEMO_PASSWORD !== undefined) await setDemoPasswords(deps.db, await hashPassword(config.DEMO_PASSWORD));
+    // JWT_PRIVATE_KEY, else with PostgreSQL the keys every instance shares, else the file under DATA_DIR.
+    const keys = config.JWT_PRIVATE_KEY === undefined && config.DATABASE_URL !== undefined
+      ? await startStoredKeyRing(deps.db, {
+        refreshMs: config.JWT_KEY_REFRESH_MS, retainMs: (config.TOKEN_TTL_S + CLOCK_TOLERANCE_S) * 1000, logger: deps.logger.child({ component: 'signing-keys' }),
+      })
+      : staticKeyRing(loadSigningKey(config.DATA_DIR, config.JWT_PRIVATE_KEY));
     const app = createUserApp(deps, {
       mode: authModeOf(config),
-      key: loadSigningKey(config.DATA_DIR, config.JWT_PRIVATE_KEY),
+      keys,
       issuer: config.JWT_ISSUER,
       audience: config.JWT_AUDIENCE,
       algorithms: config.JWT_ALGORITHMS,
@@ -25,6 +33,6 @@ await runService({
       loginMaxFailures: config.LOGIN_MAX_FAILURES,
       loginWindowMs: config.LOGIN_WINDOW_MS,
     });
-    return { app };
+    return { app, close: () => keys.close() };
   },
 });

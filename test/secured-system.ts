@@ -69,7 +69,7 @@ export async function startSecuredSystem({ mode = 'required', gatewayEnv = {}, l
   const key = loadSigningKey(dir.dir);
   const users = await run('user-service', async (logger) => {
     const db = await openUserDatabase({ dataDir: dir.dir, seed: true });
-    setDemoPasswords(db, hashPasswordSync(DEFAULT_DEMO_PASSWORD));
+    await setDemoPasswords(db, hashPasswordSync(DEFAULT_DEMO_PASSWORD));
     return { app: createUserApp({ logger, db, metrics: createMetrics('user-service') }, { ...defaultUserAuth(), mode, key, adminToken: ADMIN_TOKEN }), db };
   }, logLevel);
   const serviceAuth = (): ServiceAuth => createServiceAuth({

@@ -7,9 +7,11 @@ import { createLocalJWKSet, decodeProtectedHeader, jwtVerify } from 'jose';
 import { createMetrics } from '../lib/platform/metrics.js';
 import { DEFAULT_AUDIENCE, DEFAULT_ISSUER } from '../lib/platform/identity.js';
 import { createUserApp, defaultUserAuth } from '../lib/users/app.js';
-import { hashPasswordSync, loadSigningKey, SIGNING_KEY_FILE, verifyPassword } from '../lib/users/auth.js';
+import { HttpError } from '../lib/platform/errors.js';
+import { createLoginThrottle, hashPasswordSync, loadSigningKey, SIGNING_KEY_FILE, verifyPassword } from '../lib/users/auth.js';
 import { openUserDatabase, setDemoPasswords } from '../lib/users/db.js';
 import { http, memoryLogger, startApp, tempDir, type Started } from './helpers.js';
+import { ENGINES, testStorage } from './support/engines.js';
 
 describe('user service logins', () => {
   const dir = tempDir();
@@ -118,7 +120,7 @@ describe('signing key and demo passwords', () => {
       const db = await openUserDatabase({ dataDir: dir.dir, seed: true });
       await db.run('UPDATE users SET password_hash = NULL');
       await db.run("UPDATE users SET password_hash = 'kept' WHERE email = 'carol@example.com'");
-      assert.equal(setDemoPasswords(db, hashPasswordSync('demo-password')), 2);
+      assert.equal(await setDemoPasswords(db, hashPasswordSync('demo-password')), 2);
       const hashOf = async (email: string) => (await db.get<{ h: string }>('SELECT password_hash AS h FROM users WHERE email = $1', [email]))!.h;
       assert.ok(await verifyPassword('demo-password', await hashOf('alice@example.com')));
       assert.equal(await hashOf('carol@example.com'), 'kept');
@@ -128,3 +130,30 @@ describe('signing key and demo passwords', () => {
     }
   });
 });
+
+for (const engine of ENGINES) {
+  describe(`failed-login limit on ${engine}`, () => {
+    test('when the window ends, then the count starts again; the emails kept are bounded and the oldest windows go first', async () => {
+      const storage = testStorage(engine);
+      const db = await openUserDatabase(storage.options('user-service'));
+      try {
+        const throttle = createLoginThrottle(db, { maxFailures: 2, windowMs: 1000, maxKeys: 10 });
+        await throttle.attempt('a@example.com', 0);
+        await throttle.attempt('a@example.com', 1);
+        await assert.rejects(throttle.attempt('a@example.com', 2), (e: unknown) => e instanceof HttpError && e.status === 429 && e.extra?.retryAfter === 1);
+        await throttle.attempt('a@example.com', 1000);
+        await throttle.succeed('a@example.com');
+        await throttle.attempt('a@example.com', 1001);
+        await throttle.attempt('a@example.com', 1002);
+        for (let i = 0; i < 130; i++) await throttle.attempt(`guess${i}@example.com`, 2000 + i);
+        const rows = await db.all<{ email: string }>('SELECT email FROM login_failures');
+        // Pruned every 64 new rows: at most maxKeys + 1 then, plus the rows made since.
+        assert.ok(rows.length <= 10 + 1 + 63, `${rows.length} rows kept`);
+        assert.ok(!rows.some((r) => r.email === 'a@example.com'), 'the oldest window went first');
+      } finally {
+        await db.close();
+        await storage.remove();
+      }
+    });
+  });
+}

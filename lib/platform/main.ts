@@ -11,6 +11,11 @@ import { serve } from './server.js';
 import type { ServiceDeps } from './service-app.js';
 import { createTracingFromConfig } from './span-recorder.js';
 
+interface Built {
+  app: Express;
+  close?: () => Promise<void>;
+}
+
 type ServiceConfig = z.output<z.ZodObject<typeof serviceShape>> & { PORT: number };
 
 export interface ServiceMain<C extends ServiceConfig> {
@@ -19,7 +24,7 @@ export interface ServiceMain<C extends ServiceConfig> {
   schema: z.ZodType<C>;
   openDatabase: (options: ServiceDatabaseOptions) => Promise<SqlDatabase>;
   /** Builds the app; `close` stops whatever else it started (workers), before the database closes. */
-  build: (deps: ServiceDeps, config: C) => { app: Express; close?: () => Promise<void> };
+  build: (deps: ServiceDeps, config: C) => Built | Promise<Built>;
 }
 
 export async function runService<C extends ServiceConfig>({ service, schema, openDatabase, build }: ServiceMain<C>): Promise<void> {
@@ -36,7 +41,7 @@ export async function runService<C extends ServiceConfig>({ service, schema, ope
     process.exit(1);
   }
   const tracing = createTracingFromConfig(service, config, logger);
-  const { app, close } = build({ logger, db, metrics: createMetrics(service), tracing, faults: createFaultSwitchesFromConfig(config, logger) }, config);
+  const { app, close } = await build({ logger, db, metrics: createMetrics(service), tracing, faults: createFaultSwitchesFromConfig(config, logger) }, config);
   await serve({
     app,
     port: config.PORT,

@@ -49,7 +49,7 @@ export const USER_API: readonly ApiRoute[] = [
   },
   { ...LOGIN_API, path: '/auth/login' },
   {
-    method: 'get', path: '/.well-known/jwks.json', summary: 'The public key tokens are verified with (Cache-Control: public, max-age=300)',
+    method: 'get', path: '/.well-known/jwks.json', summary: 'The public keys tokens are verified with: every key a valid token may carry, and the next one (Cache-Control: public, max-age=300)',
     responses: { 200: { description: 'A JSON Web Key Set', body: JwksSchema } },
   },
 ];

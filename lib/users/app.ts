@@ -1,16 +1,19 @@
-import { sqliteHandle } from '../platform/sql.js';
 import type { Express } from 'express';
 import type { JWTVerifyGetKey } from 'jose';
 import { createServiceAuth, createTokenVerifier, DEFAULT_ALGORITHMS, DEFAULT_AUDIENCE, DEFAULT_ISSUER, type AuthMode } from '../platform/identity.js';
 import { createServiceApp, type ServiceDeps } from '../platform/service-app.js';
 import { USER_API } from './api.js';
-import { createLoginThrottle, loadSigningKey, localKeys, type SigningKey } from './auth.js';
+import { createLoginThrottle, loadSigningKey, type SigningKey } from './auth.js';
 import { createUserRoutes } from './routes.js';
+import { staticKeyRing, type KeyRing } from './signing-keys.js';
 import { createUserStore } from './store.js';
 
 export interface UserAuthOptions {
   mode: AuthMode;
-  key: SigningKey;
+  /** The one key tokens are signed with; or `keys`. */
+  key?: SigningKey;
+  /** The keys kept in the database (signing-keys.ts); absent: `key` alone. */
+  keys?: KeyRing;
   issuer: string;
   audience: string;
   algorithms: readonly string[];
@@ -38,15 +41,17 @@ export const defaultUserAuth = (): UserAuthOptions => ({
 });
 
 export function createUserApp(deps: ServiceDeps, options: UserAuthOptions = defaultUserAuth()): Express {
-  const { mode, key, issuer, audience, algorithms, ttlS } = options;
-  const verifier = createTokenVerifier({ keys: options.verifyKeys ?? localKeys(key), issuer, audience, algorithms });
+  const { mode, issuer, audience, algorithms, ttlS } = options;
+  if (!options.keys && !options.key) throw new Error('createUserApp needs a signing key (key or keys)');
+  const keys = options.keys ?? staticKeyRing(options.key!);
+  const verifier = createTokenVerifier({ keys: options.verifyKeys ?? keys.verifyKeys, issuer, audience, algorithms });
   const auth = createServiceAuth({ mode, verifier, adminToken: options.adminToken });
   const routes = createUserRoutes({
-    store: createUserStore(sqliteHandle(deps.db)),
+    store: createUserStore(deps.db),
     auth,
-    key,
+    keys,
     token: { issuer, audience, ttlS },
-    throttle: createLoginThrottle({ maxFailures: options.loginMaxFailures, windowMs: options.loginWindowMs }),
+    throttle: createLoginThrottle(deps.db, { maxFailures: options.loginMaxFailures, windowMs: options.loginWindowMs }),
   });
   return createServiceApp({ ...deps, service: 'user-service', routes, api: USER_API, ...(mode === 'required' ? { guardAdmin: auth.requireAdminSurface } : {}) });
 }

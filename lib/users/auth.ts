@@ -4,7 +4,8 @@ import { chmodSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { createLocalJWKSet, SignJWT, type JWK, type JWTVerifyGetKey } from 'jose';
 import { HttpError } from '../platform/errors.js';
-import { setBounded } from '../platform/bounded-map.js';
+import type { Db } from '../platform/sql.js';
+import type { KeyRing } from './signing-keys.js';
 
 /** Default of DEMO_PASSWORD outside production. */
 export const DEFAULT_DEMO_PASSWORD = 'microservices-demo';
@@ -97,7 +98,8 @@ export function isUsableSigningKey(pem: string): boolean {
   }
 }
 
-function toSigningKey(privateKey: KeyObject): SigningKey {
+/** A private key as the service signs with it; its kid is the RFC 7638 thumbprint of the public key. */
+export function toSigningKey(privateKey: KeyObject): SigningKey {
   const type = privateKey.asymmetricKeyType;
   const jwk = createPublicKey(privateKey).export({ format: 'jwk' }) as JWK;
   let alg: SigningKey['alg'];
@@ -137,37 +139,43 @@ export function issueToken(key: SigningKey, user: { id: number; role: string }, 
 }
 
 /**
- * Failed logins per email in a fixed window; beyond `maxFailures` every attempt is 429 until the
- * window ends (a correct password too: it would tell the guesser it was right). At most `maxKeys`
- * emails are tracked; the oldest is forgotten first.
+ * Failed logins per email in a fixed window, kept in the database so that every instance of the
+ * service counts against one limit. Each attempt is counted before its password is checked (one
+ * guarded upsert), so racing attempts on several instances cannot pass `maxFailures` together; a
+ * right password clears the count. Beyond `maxFailures` every attempt is 429 until the window ends
+ * (a correct password too: it would tell the guesser it was right). Rows of windows that ended are
+ * deleted, and at most about `maxKeys` emails are kept (the ones whose windows end first go first).
  */
-export function createLoginThrottle({ maxFailures, windowMs, maxKeys = 10_000 }: { maxFailures: number; windowMs: number; maxKeys?: number }) {
-  const failures = new Map<string, { count: number; resetMs: number }>();
+export function createLoginThrottle(db: Db, { maxFailures, windowMs, maxKeys = 10_000 }: { maxFailures: number; windowMs: number; maxKeys?: number }) {
+  let freshRows = 0;
+  const refuse = (resetMs: number, now: number) => {
+    const retryAfter = Math.max(1, Math.ceil((resetMs - now) / 1000));
+    return new HttpError(429, 'RATE_LIMITED', 'Too many failed logins for this account, retry later', undefined, { retryAfter });
+  };
+  const prune = async (now: number) => {
+    await db.run('DELETE FROM login_failures WHERE reset_ms <= $1', [now]);
+    await db.run('DELETE FROM login_failures WHERE reset_ms < (SELECT reset_ms FROM login_failures ORDER BY reset_ms DESC LIMIT 1 OFFSET $1)', [maxKeys]);
+  };
   return {
-    /** Throws 429 when `email` is over its limit. */
-    check(email: string, now = Date.now()): void {
-      const entry = failures.get(email);
-      if (!entry) return;
-      if (entry.resetMs <= now) {
-        failures.delete(email);
-        return;
-      }
-      if (entry.count >= maxFailures) {
-        const retryAfter = Math.max(1, Math.ceil((entry.resetMs - now) / 1000));
-        throw new HttpError(429, 'RATE_LIMITED', 'Too many failed logins for this account, retry later', undefined, { retryAfter });
-      }
+    /** Counts an attempt for `email` (lower-cased by the caller); throws 429 when it is over the limit. */
+    async attempt(email: string, now = Date.now()): Promise<void> {
+      // A read first, so that a guesser already refused costs no write.
+      const seen = await db.get<{ failures: number; reset_ms: number }>('SELECT failures, reset_ms FROM login_failures WHERE email = $1', [email]);
+      if (seen && seen.reset_ms > now && seen.failures >= maxFailures) throw refuse(seen.reset_ms, now);
+      const row = (await db.get<{ failures: number; reset_ms: number }>(
+        `INSERT INTO login_failures (email, failures, reset_ms) VALUES ($1, 1, $3)
+         ON CONFLICT (email) DO UPDATE SET
+           failures = CASE WHEN login_failures.reset_ms <= $2 THEN 1 ELSE login_failures.failures + 1 END,
+           reset_ms = CASE WHEN login_failures.reset_ms <= $2 THEN $3 ELSE login_failures.reset_ms END
+         RETURNING failures, reset_ms`,
+        [email, now, now + windowMs],
+      ))!;
+      if (row.failures === 1 && ++freshRows % 64 === 0) await prune(now);
+      if (row.failures > maxFailures) throw refuse(row.reset_ms, now);
     },
-    fail(email: string, now = Date.now()): void {
-      let entry = failures.get(email);
-      if (!entry || entry.resetMs <= now) {
-        failures.delete(email);
-        entry = { count: 0, resetMs: now + windowMs };
-        setBounded(failures, email, entry, maxKeys);
-      }
-      entry.count++;
-    },
-    succeed(email: string): void {
-      failures.delete(email);
+    /** The password was right: the email's count starts again. */
+    async succeed(email: string): Promise<void> {
+      await db.run('DELETE FROM login_failures WHERE email = $1', [email]);
     },
   };
 }
@@ -176,8 +184,8 @@ export type LoginThrottle = ReturnType<typeof createLoginThrottle>;
 export const invalidCredentials = (): HttpError => new HttpError(401, 'INVALID_CREDENTIALS', 'Email or password is wrong');
 
 export interface LoginDeps {
-  store: { credentials(email: string): { id: number; role: string; passwordHash: string | null } | undefined };
-  key: SigningKey;
+  store: { credentials(email: string): Promise<{ id: number; role: string; passwordHash: string | null } | undefined> };
+  keys: KeyRing;
   token: TokenSettings;
   throttle: LoginThrottle;
 }
@@ -187,15 +195,12 @@ export interface LoginDeps {
  * a password all get the same 401 after the same scrypt work, so the answer tells no one which
  * emails exist.
  */
-export async function login({ store, key, token, throttle }: LoginDeps, email: string, password: string): Promise<{ accessToken: string; tokenType: 'Bearer'; expiresIn: number }> {
+export async function login({ store, keys, token, throttle }: LoginDeps, email: string, password: string): Promise<{ accessToken: string; tokenType: 'Bearer'; expiresIn: number }> {
   const throttleKey = email.toLowerCase();
-  throttle.check(throttleKey);
-  const credentials = store.credentials(email);
+  await throttle.attempt(throttleKey);
+  const credentials = await store.credentials(email);
   const matches = await verifyPassword(password, credentials?.passwordHash);
-  if (!credentials || !matches) {
-    throttle.fail(throttleKey);
-    throw invalidCredentials();
-  }
-  throttle.succeed(throttleKey);
-  return { accessToken: await issueToken(key, credentials, token), tokenType: 'Bearer', expiresIn: token.ttlS };
+  if (!credentials || !matches) throw invalidCredentials();
+  await throttle.succeed(throttleKey);
+  return { accessToken: await issueToken(await keys.signingKey(), credentials, token), tokenType: 'Bearer', expiresIn: token.ttlS };
 }

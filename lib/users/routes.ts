@@ -2,29 +2,27 @@ import { Router } from 'express';
 import { notFound } from '../platform/errors.js';
 import { forbidden, isAdmin, mayActFor, requireAdmin, type ServiceAuth } from '../platform/identity.js';
 import { parseBody, parseId, parseQuery } from '../platform/validation.js';
-import { hashPassword, login, type LoginDeps, type SigningKey } from './auth.js';
+import { hashPassword, login, type LoginDeps } from './auth.js';
 import { CreateUserSchema, ListUsersQuerySchema, LoginSchema, UpdateUserSchema } from './schema.js';
 import type { UserStore } from './store.js';
 
 export interface UserRoutesDeps extends Omit<LoginDeps, 'store'> {
   store: UserStore;
   auth: ServiceAuth;
-  key: SigningKey;
 }
 
 export function createUserRoutes({ store, auth, ...loginDeps }: UserRoutesDeps): Router {
   const router = Router();
-  const jwks = { keys: [loginDeps.key.publicJwk] };
 
   router.get('/users', async (req, res) => {
     requireAdmin(await auth.caller(req, res));
-    res.json(store.list(parseQuery(ListUsersQuerySchema, req.query)));
+    res.json(await store.list(parseQuery(ListUsersQuerySchema, req.query)));
   });
 
   router.get('/users/:id', async (req, res) => {
     const caller = await auth.caller(req, res);
     const id = parseId(req.params);
-    const user = mayActFor(caller, id) ? store.get(id) : undefined;
+    const user = mayActFor(caller, id) ? await store.get(id) : undefined;
     if (!user) throw notFound('User');
     res.json(user);
   });
@@ -34,7 +32,7 @@ export function createUserRoutes({ store, auth, ...loginDeps }: UserRoutesDeps):
     const caller = await auth.optionalCaller(req, res);
     const { password, ...input } = parseBody(CreateUserSchema, req.body);
     if (input.role === 'admin' && !isAdmin(caller) && !(caller === null && auth.mode === 'open')) throw forbidden('Only an admin may create an admin');
-    const user = store.create({ ...input, ...(password === undefined ? {} : { passwordHash: await hashPassword(password) }) });
+    const user = await store.create({ ...input, ...(password === undefined ? {} : { passwordHash: await hashPassword(password) }) });
     res.status(201).location(`/users/${user.id}`).json(user);
   });
 
@@ -44,20 +42,20 @@ export function createUserRoutes({ store, auth, ...loginDeps }: UserRoutesDeps):
     const { password, ...patch } = parseBody(UpdateUserSchema, req.body);
     if (!mayActFor(caller, id)) throw notFound('User');
     if (patch.role !== undefined) requireAdmin(caller);
-    const user = store.update(id, { ...patch, ...(password === undefined ? {} : { passwordHash: await hashPassword(password) }) });
+    const user = await store.update(id, { ...patch, ...(password === undefined ? {} : { passwordHash: await hashPassword(password) }) });
     if (!user) throw notFound('User');
     res.json(user);
   });
 
   router.delete('/users/:id', async (req, res) => {
     requireAdmin(await auth.caller(req, res));
-    if (!store.remove(parseId(req.params))) throw notFound('User');
+    if (!(await store.remove(parseId(req.params)))) throw notFound('User');
     res.status(204).end();
   });
 
   router.get('/stats', async (req, res) => {
     requireAdmin(await auth.caller(req, res));
-    res.json(store.stats());
+    res.json(await store.stats());
   });
 
   router.post('/auth/login', async (req, res) => {
@@ -67,9 +65,10 @@ export function createUserRoutes({ store, auth, ...loginDeps }: UserRoutesDeps):
     res.json(await login({ store, ...loginDeps }, email, password));
   });
 
-  router.get('/.well-known/jwks.json', (_req, res) => {
+  // Every key a valid token may carry, and the next one before it signs (see signing-keys.ts).
+  router.get('/.well-known/jwks.json', async (_req, res) => {
     res.setHeader('Cache-Control', 'public, max-age=300');
-    res.json(jwks);
+    res.json({ keys: await loginDeps.keys.publicKeys() });
   });
 
   return router;
