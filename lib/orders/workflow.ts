@@ -31,22 +31,23 @@ export interface Created {
 // The product service's refusals that our client should hear as they are.
 const PASSED_ON = new Set(['INSUFFICIENT_STOCK', 'UNKNOWN_PRODUCT']);
 
-export function getOrder({ store }: OrderDeps, id: number): Order {
-  const order = store.getOrder(id);
+export async function getOrder({ store }: OrderDeps, id: number): Promise<Order> {
+  const order = await store.getOrder(id);
   if (!order) throw notFound('Order');
   return order;
 }
 
-export const listOrders = ({ store }: OrderDeps, query: ListOrdersQuery): Page<Order> => store.listOrders(query);
+export const listOrders = ({ store }: OrderDeps, query: ListOrdersQuery): Promise<Page<Order>> => store.listOrders(query);
 
-export const orderStats = ({ store }: OrderDeps): OrderStats => store.stats();
+export const orderStats = ({ store }: OrderDeps): Promise<OrderStats> => store.stats();
 
 export async function createOrder(deps: OrderDeps, input: CreateOrderInput, idempotencyKey?: string): Promise<Created> {
   try {
     if (idempotencyKey === undefined) return await placeOrder(deps, input);
     const bodyHash = hashOrderRequest(input);
-    return await deps.keys.run(idempotencyKey, async () => {
-      const earlier = deps.store.findIdempotencyKey(idempotencyKey);
+    // Keys are the user's: one user's key never answers, or blocks, another user's create.
+    return await deps.keys.run(`${input.userId}:${idempotencyKey}`, async () => {
+      const earlier = await deps.store.findIdempotencyKey(input.userId, idempotencyKey);
       if (earlier) return replay(earlier, bodyHash);
       return placeOrder(deps, input, { key: idempotencyKey, bodyHash });
     });
@@ -82,7 +83,7 @@ async function placeOrder(deps: OrderDeps, input: CreateOrderInput, idempotency?
 
   const reservationId = randomUUID();
   // Durable before the stock is taken: if we die from here on, the release worker gives it back.
-  store.addPendingRelease(reservationId);
+  await store.addPendingRelease(reservationId);
   let reservation: Reservation;
   try {
     reservation = await products.reserve(reservationId, input.items);
@@ -123,7 +124,7 @@ async function placeOrder(deps: OrderDeps, input: CreateOrderInput, idempotency?
   }
   let result: FinishCreateResult;
   try {
-    result = store.finishCreate(newOrder, idempotency);
+    result = await store.finishCreate(newOrder, idempotency);
   } catch (err) {
     // Nothing was committed, so no order owns this stock.
     await releaseNow(deps, reservationId);
@@ -158,7 +159,7 @@ function priceItems(input: CreateOrderInput, reservation: Reservation): NewOrder
 /** `onlyFrom`: the change is made only from this status (a user cancels a pending order, nothing else). */
 export async function changeOrderStatus(deps: OrderDeps, id: number, to: OrderStatus, onlyFrom?: OrderStatus): Promise<Order> {
   const releaseStock = to === 'cancelled';
-  const result = deps.store.changeStatus(id, to, (from) => (onlyFrom === undefined || from === onlyFrom) && NEXT_STATUSES[from].includes(to), releaseStock);
+  const result = await deps.store.changeStatus(id, to, (from) => (onlyFrom === undefined || from === onlyFrom) && NEXT_STATUSES[from].includes(to), releaseStock);
   if (result.kind === 'not_found') throw notFound('Order');
   if (result.kind === 'rejected') {
     throw new HttpError(409, 'INVALID_TRANSITION', `An order cannot go from ${result.from} to ${to}`);
@@ -169,7 +170,7 @@ export async function changeOrderStatus(deps: OrderDeps, id: number, to: OrderSt
 }
 
 export async function deleteOrder(deps: OrderDeps, id: number): Promise<void> {
-  const result = deps.store.deletePendingOrder(id);
+  const result = await deps.store.deletePendingOrder(id);
   if (result.kind === 'not_found') throw notFound('Order');
   if (result.kind === 'not_pending') {
     throw new HttpError(409, 'ORDER_NOT_PENDING', `Only pending orders can be deleted; this one is ${result.status}`);
@@ -183,19 +184,31 @@ function compensate(deps: OrderDeps, reservationId: string): void {
   void withoutDeadline(() => releaseNow(deps, reservationId));
 }
 
+// How long a release started from a request keeps its outbox row from the release workers: longer
+// than any release call may take, short enough that a crash mid-release is soon retried.
+const RELEASE_NOW_LEASE_MS = 60_000;
+
 /**
  * Gives a reservation's stock back now, for a caller that knows no live order owns it (its own
- * failed create, or an order it just cancelled or deleted). On any failure the outbox row stays
+ * failed create, or an order it just cancelled or deleted). The outbox row is claimed first, so
+ * no release worker of any instance releases it at the same time. On any failure the row stays
  * and the release worker retries: the client's answer does not depend on it.
  */
 async function releaseNow({ store, products, logger }: OrderDeps, reservationId: string): Promise<void> {
+  let claimed = false;
   try {
+    claimed = await store.claimPendingRelease(reservationId, RELEASE_NOW_LEASE_MS);
+    // Not ours to release now (a worker holds it): the worker finishes it.
+    if (!claimed) return;
     await products.release(reservationId);
-    store.deletePendingRelease(reservationId);
+    await store.deletePendingRelease(reservationId);
   } catch (err) {
     logger.warn({ err, reservationId }, 'release failed; the release worker will retry');
+    if (claimed) await store.notePendingReleaseFailure(reservationId, errorText(err)).catch(() => undefined);
   }
 }
+
+const errorText = (err: unknown): string => (err instanceof Error ? err.message : String(err));
 
 export interface ReleaseRound {
   released: number;
@@ -204,8 +217,9 @@ export interface ReleaseRound {
 
 /**
  * One pass of the release worker over outbox rows at least `minAgeMs` old. A row is first
- * claimed (after which no create can commit an order for it), then released, then deleted.
- * A row whose reservation a live order owns is just deleted.
+ * claimed (after which no create can commit an order for it, and no other worker or instance
+ * takes it for `minAgeMs`), then released, then deleted. A row whose reservation a live order
+ * owns is just deleted; one that another worker holds is left to it.
  */
 export async function releasePending(
   { store, products, logger }: Pick<OrderDeps, 'store' | 'products' | 'logger'>,
@@ -214,19 +228,19 @@ export async function releasePending(
   shouldStop: () => boolean = () => false,
 ): Promise<ReleaseRound> {
   const round: ReleaseRound = { released: 0, failed: 0 };
-  for (const reservationId of store.dueReleases(Date.now() - minAgeMs, batchSize)) {
+  for (const reservationId of await store.dueReleases(Date.now() - minAgeMs, batchSize)) {
     if (shouldStop()) break;
-    if (!store.claimPendingRelease(reservationId)) {
-      store.deletePendingRelease(reservationId);
+    if (!(await store.claimPendingRelease(reservationId, minAgeMs))) {
+      await store.dropOwnedRelease(reservationId);
       continue;
     }
     try {
       await products.release(reservationId);
-      store.deletePendingRelease(reservationId);
+      await store.deletePendingRelease(reservationId);
       round.released++;
     } catch (err) {
       round.failed++;
-      store.notePendingReleaseFailure(reservationId, err instanceof Error ? err.message : String(err));
+      await store.notePendingReleaseFailure(reservationId, errorText(err));
       logger.warn({ err, reservationId }, 'release failed; will retry');
       // The product service is down: the rest of the batch would fail the same way.
       if (err instanceof UpstreamUnavailableError) break;
