@@ -7,9 +7,9 @@ import type { AddressInfo } from 'node:net';
 import { openSqlDatabase } from '../lib/platform/sql.js';
 import { ServiceClient } from '../lib/platform/service-client.js';
 import { createProductsClient, type ProductsClient } from '../lib/products/client.js';
-import { ORDER_MIGRATIONS } from '../lib/orders/db.js';
+import { openOrderDatabase, ORDER_MIGRATIONS } from '../lib/orders/db.js';
 import { createOrderStore } from '../lib/orders/store.js';
-import { assertNoLeak, http, type TestResponse } from './helpers.js';
+import { assertNoLeak, http, tempDir, type TestResponse } from './helpers.js';
 import { createProduct, createUser, startServices, stockOf, type System } from './system.js';
 import { ENGINES, testStorage } from './support/engines.js';
 
@@ -270,6 +270,32 @@ for (const engine of ENGINES) {
     });
   });
 }
+
+describe('order database upgrade', () => {
+  test('when a SQLite file of the first schema is opened, then its keys belong to their orders\' users and its outbox rows are claimable', async () => {
+    const dir = tempDir('msvc-order-upgrade-');
+    try {
+      const old = await openSqlDatabase({ dataDir: dir.dir, name: 'orders', migrations: { sqlite: ORDER_MIGRATIONS.sqlite.slice(0, 1), postgres: [] } });
+      const response = JSON.stringify({ id: 9, userId: 7, items: [], status: 'pending', total: 0, createdAt: 'x', updatedAt: 'x' });
+      await old.run("INSERT INTO idempotency_keys (key, body_hash, order_id, response, created_at) VALUES ('user:7:abc', 'h', 9, $1, 'x')", [response]);
+      await old.run("INSERT INTO pending_releases (reservation_id, created_at_ms) VALUES ('old-row', 1)");
+      await old.close();
+
+      const db = await openOrderDatabase({ dataDir: dir.dir, seed: false });
+      try {
+        const store = createOrderStore(db);
+        assert.equal((await store.findIdempotencyKey(7, 'user:7:abc'))?.orderId, 9);
+        assert.equal(await store.findIdempotencyKey(8, 'user:7:abc'), undefined, "another user's key space");
+        assert.deepEqual(await store.dueReleases(Date.now(), 10), ['old-row']);
+        assert.equal(await store.claimPendingRelease('old-row', 60_000), true);
+      } finally {
+        await db.close();
+      }
+    } finally {
+      dir.remove();
+    }
+  });
+});
 
 interface DelayProxy {
   url: string;

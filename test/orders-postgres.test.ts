@@ -124,6 +124,33 @@ describe('orders on PostgreSQL, two instances on one schema', () => {
     assert.deepEqual((await call(b.url, 'GET', '/orders?limit=100')).body, list.body);
   });
 
+  test('when both engines hold the same orders, then the list and the stats are the same, item order and cents included', async () => {
+    const sqlite = testStorage('sqlite');
+    const lite = await startOrderInstance(sqlite.options('orders', true), env);
+    try {
+      const userId = await createUser(sys);
+      const [p1, p2] = [await createProduct(sys, { stock: 10, price: 0.1 }), await createProduct(sys, { stock: 10, price: 0.2 })];
+      const body = { userId, items: [{ productId: p2, quantity: 3 }, { productId: p1, quantity: 1 }] };
+      // Runs right after the seed: both hold the demo orders only, then one more each.
+      const stats = async (base: string) => (await call(base, 'GET', '/stats')).body;
+      assert.deepEqual(await stats(a.url), await stats(lite.url));
+      const onLite = await call(lite.url, 'POST', '/orders', body);
+      const onPg = await call(a.url, 'POST', '/orders', body);
+      assert.deepEqual(await stats(a.url), await stats(lite.url));
+      assert.equal(onLite.body.total, 0.7);
+      const shape = (o: Record<string, unknown>) => ({ ...o, id: undefined, createdAt: undefined, updatedAt: undefined });
+      assert.deepEqual(shape(onPg.body), shape(onLite.body));
+      const demo = async (base: string) => (await call(base, 'GET', '/orders?userId=1&limit=100')).body;
+      assert.deepEqual((await demo(a.url)).data.map(shape), (await demo(lite.url)).data.map(shape));
+      assert.deepEqual((await demo(a.url)).meta, (await demo(lite.url)).meta);
+      const mine = async (base: string) => (await call(base, 'GET', `/orders?userId=${userId}`)).body.data.map(shape);
+      assert.deepEqual(await mine(a.url), await mine(lite.url));
+    } finally {
+      await lite.close();
+      await sqlite.remove();
+    }
+  });
+
   test('when an order is placed, replayed, moved along and cancelled, then each answer is as on SQLite and the stock comes back', async () => {
     const userId = await createUser(sys);
     const p1 = await createProduct(sys, { stock: 10, price: 19.99 });
