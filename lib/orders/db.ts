@@ -52,8 +52,9 @@ export const ORDER_MIGRATIONS: Migrations = { sqlite: [
   CREATE INDEX pending_releases_by_age ON pending_releases (created_at_ms);
   `,
   // Idempotency keys belong to the user the order is for: the same key for two users is two keys.
-  // Earlier keys take their user from the order they answered. Release claims get a lease, so
-  // several release workers never work one row at once.
+  // Earlier keys take their user from the order they answered. A create in progress claims its
+  // key, so instances racing with one key make one order. Release claims get a lease, so several
+  // release workers never work one row at once.
   `
   CREATE TABLE idempotency_keys_by_user (
     user_id INTEGER NOT NULL,
@@ -71,6 +72,15 @@ export const ORDER_MIGRATIONS: Migrations = { sqlite: [
 
   -- Until then the row is being released by one worker; 0: free to claim.
   ALTER TABLE pending_releases ADD COLUMN lease_until_ms INTEGER NOT NULL DEFAULT 0;
+
+  -- A create in progress with this key (on any instance), until it ends or until_ms passes.
+  CREATE TABLE idempotency_claims (
+    user_id INTEGER NOT NULL,
+    key TEXT NOT NULL,
+    holder TEXT NOT NULL,
+    until_ms INTEGER NOT NULL,
+    PRIMARY KEY (user_id, key)
+  ) WITHOUT ROWID;
   `,
 ], postgres: [
   `
@@ -102,6 +112,14 @@ export const ORDER_MIGRATIONS: Migrations = { sqlite: [
     order_id integer NOT NULL,
     response text NOT NULL,
     created_at text NOT NULL,
+    PRIMARY KEY (user_id, key)
+  );
+
+  CREATE TABLE idempotency_claims (
+    user_id integer NOT NULL,
+    key text NOT NULL,
+    holder text NOT NULL,
+    until_ms bigint NOT NULL,
     PRIMARY KEY (user_id, key)
   );
 

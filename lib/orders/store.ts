@@ -1,4 +1,5 @@
 // Every SQL statement of the order service, written once for SQLite and PostgreSQL.
+import { randomUUID } from 'node:crypto';
 import { isUniqueViolation, type Db } from '../platform/sql.js';
 import type { ListOrdersQuery, Order, OrderStats, OrderStatus } from './schema.js';
 import { ORDER_STATUSES } from './schema.js';
@@ -101,6 +102,10 @@ export function createOrderStore(db: Db) {
     statusTotals: 'SELECT status, COUNT(*) AS n, COALESCE(SUM(total_cents), 0) AS cents FROM orders GROUP BY status',
     selectKey: 'SELECT user_id, key, body_hash, order_id, response FROM idempotency_keys WHERE user_id = $1 AND key = $2',
     insertKey: 'INSERT INTO idempotency_keys (user_id, key, body_hash, order_id, response, created_at) VALUES ($1, $2, $3, $4, $5, $6)',
+    // Taken when free or when its holder's lease ran out; a holder still inside keeps it.
+    claimKey: `INSERT INTO idempotency_claims (user_id, key, holder, until_ms) VALUES ($1, $2, $3, $4)
+      ON CONFLICT (user_id, key) DO UPDATE SET holder = excluded.holder, until_ms = excluded.until_ms WHERE idempotency_claims.until_ms <= $5`,
+    releaseKey: 'DELETE FROM idempotency_claims WHERE user_id = $1 AND key = $2 AND holder = $3',
     insertRelease: 'INSERT INTO pending_releases (reservation_id, created_at_ms) VALUES ($1, $2) ON CONFLICT (reservation_id) DO NOTHING',
     takeUnclaimedRelease: 'DELETE FROM pending_releases WHERE reservation_id = $1 AND claimed = 0',
     // One guarded statement: on PostgreSQL a racing claim waits for this row's lock, then finds
@@ -170,6 +175,20 @@ export function createOrderStore(db: Db) {
 
     /** The key as `userId` used it; another user's same key is another key. */
     findIdempotencyKey: (userId: number, key: string): Promise<IdempotencyRecord | undefined> => findKey(userId, key),
+
+    /**
+     * Claims the user's key for one create, across instances, for at most `leaseMs`: resolves to
+     * the claim's token, or undefined while another create holds it.
+     */
+    async claimIdempotencyKey(userId: number, key: string, leaseMs: number): Promise<string | undefined> {
+      const holder = randomUUID();
+      const now = Date.now();
+      return (await db.run(sql.claimKey, [userId, key, holder, now + leaseMs, now])) === 1 ? holder : undefined;
+    },
+
+    async releaseIdempotencyKey(userId: number, key: string, holder: string): Promise<void> {
+      await db.run(sql.releaseKey, [userId, key, holder]);
+    },
 
     /** In one transaction: the order, its idempotency key, and the end of its outbox row. */
     async finishCreate(o: NewOrder, idempotency?: { key: string; bodyHash: string }): Promise<FinishCreateResult> {

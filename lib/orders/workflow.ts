@@ -46,13 +46,45 @@ export async function createOrder(deps: OrderDeps, input: CreateOrderInput, idem
     if (idempotencyKey === undefined) return await placeOrder(deps, input);
     const bodyHash = hashOrderRequest(input);
     // Keys are the user's: one user's key never answers, or blocks, another user's create.
-    return await deps.keys.run(`${input.userId}:${idempotencyKey}`, async () => {
-      const earlier = await deps.store.findIdempotencyKey(input.userId, idempotencyKey);
-      if (earlier) return replay(earlier, bodyHash);
-      return placeOrder(deps, input, { key: idempotencyKey, bodyHash });
-    });
+    return await deps.keys.run(`${input.userId}:${idempotencyKey}`, () => createOnce(deps, input, { key: idempotencyKey, bodyHash }));
   } catch (err) {
     throw err instanceof UpstreamUnavailableError ? dependencyUnavailable(err.service) : err;
+  }
+}
+
+// A create holds its key in the database for at most this long (a holder that died frees it then),
+// and a second create with the key waits at most this long for the first to finish.
+const KEY_LEASE_MS = 60_000;
+const KEY_WAIT_MS = 10_000;
+const KEY_POLL_MS = 25;
+
+/**
+ * One create per user and key across every instance: the key is claimed in the database before
+ * any stock is taken, so a racer on another instance waits for the first and answers its order,
+ * rather than taking stock of its own (and failing for lack of it).
+ */
+async function createOnce(deps: OrderDeps, input: CreateOrderInput, idempotency: { key: string; bodyHash: string }): Promise<Created> {
+  const { store } = deps;
+  const giveUpAt = Date.now() + KEY_WAIT_MS;
+  for (;;) {
+    const earlier = await store.findIdempotencyKey(input.userId, idempotency.key);
+    if (earlier) return replay(earlier, idempotency.bodyHash);
+    const claim = await store.claimIdempotencyKey(input.userId, idempotency.key, KEY_LEASE_MS);
+    if (claim) {
+      try {
+        // The holder before us may have finished between the look-up and the claim.
+        const finished = await store.findIdempotencyKey(input.userId, idempotency.key);
+        if (finished) return replay(finished, idempotency.bodyHash);
+        return await placeOrder(deps, input, idempotency);
+      } finally {
+        await store.releaseIdempotencyKey(input.userId, idempotency.key, claim).catch(() => undefined);
+      }
+    }
+    if (deadlinePassed()) throw new DeadlineExceededError();
+    if (Date.now() > giveUpAt) {
+      throw new HttpError(503, 'SERVICE_UNAVAILABLE', 'An order with this Idempotency-Key is still in progress, retry shortly', undefined, { retryAfter: 1 });
+    }
+    await new Promise((resolve) => setTimeout(resolve, KEY_POLL_MS));
   }
 }
 
