@@ -23,6 +23,21 @@ export interface IdempotencyRecord {
   response: Order;
 }
 
+/** A create with an Idempotency-Key, holding the key's claim. */
+export interface KeyedCreate {
+  key: string;
+  bodyHash: string;
+  holder: string;
+}
+
+export type BeginKeyedCreateResult =
+  /** The key is this create's until it commits or releases it; the outbox row is written. */
+  | { kind: 'claimed'; holder: string }
+  /** Another create with the key is in progress (on any instance). */
+  | { kind: 'busy' }
+  /** Another create with the key has finished: its answer is the answer. */
+  | { kind: 'finished'; record: IdempotencyRecord };
+
 export type FinishCreateResult =
   | { kind: 'created'; order: Order }
   /** Another request committed this key first. */
@@ -177,13 +192,19 @@ export function createOrderStore(db: Db) {
     findIdempotencyKey: (userId: number, key: string): Promise<IdempotencyRecord | undefined> => findKey(userId, key),
 
     /**
-     * Claims the user's key for one create, across instances, for at most `leaseMs`: resolves to
-     * the claim's token, or undefined while another create holds it.
+     * In one transaction, before stock is taken for a create with a key: claims the user's key
+     * for at most `leaseMs` (across instances) and writes the reservation's outbox row.
      */
-    async claimIdempotencyKey(userId: number, key: string, leaseMs: number): Promise<string | undefined> {
-      const holder = randomUUID();
-      const now = Date.now();
-      return (await db.run(sql.claimKey, [userId, key, holder, now + leaseMs, now])) === 1 ? holder : undefined;
+    beginKeyedCreate(reservationId: string, userId: number, key: string, leaseMs: number): Promise<BeginKeyedCreateResult> {
+      return db.transaction(async (tx): Promise<BeginKeyedCreateResult> => {
+        const finished = await findKey(userId, key, tx);
+        if (finished) return { kind: 'finished', record: finished };
+        const holder = randomUUID();
+        const now = Date.now();
+        if ((await tx.run(sql.claimKey, [userId, key, holder, now + leaseMs, now])) !== 1) return { kind: 'busy' };
+        await tx.run(sql.insertRelease, [reservationId, now]);
+        return { kind: 'claimed', holder };
+      });
     },
 
     async releaseIdempotencyKey(userId: number, key: string, holder: string): Promise<void> {
@@ -191,7 +212,7 @@ export function createOrderStore(db: Db) {
     },
 
     /** In one transaction: the order, its idempotency key, and the end of its outbox row. */
-    async finishCreate(o: NewOrder, idempotency?: { key: string; bodyHash: string }): Promise<FinishCreateResult> {
+    async finishCreate(o: NewOrder, idempotency?: KeyedCreate): Promise<FinishCreateResult> {
       try {
         return await db.transaction(async (tx): Promise<FinishCreateResult> => {
           if (idempotency) {
@@ -203,6 +224,7 @@ export function createOrderStore(db: Db) {
           const order = (await getOrder(await insertOrder(o, tx), tx))!;
           if (idempotency) {
             await tx.run(sql.insertKey, [o.userId, idempotency.key, idempotency.bodyHash, order.id, JSON.stringify(order), order.createdAt]);
+            await tx.run(sql.releaseKey, [o.userId, idempotency.key, idempotency.holder]);
           }
           return { kind: 'created', order };
         });

@@ -12,7 +12,7 @@ import type { UsersClient } from '../users/client.js';
 import { hashOrderRequest, type KeyGate } from './idempotency.js';
 import { NEXT_STATUSES, type CreateOrderInput, type ListOrdersQuery, type Order, type OrderStats, type OrderStatus } from './schema.js';
 import { toCents } from '../platform/money.js';
-import { type FinishCreateResult, type IdempotencyRecord, type NewOrder, type OrderStore } from './store.js';
+import { type FinishCreateResult, type IdempotencyRecord, type KeyedCreate, type NewOrder, type OrderStore } from './store.js';
 
 export interface OrderDeps {
   store: OrderStore;
@@ -46,45 +46,13 @@ export async function createOrder(deps: OrderDeps, input: CreateOrderInput, idem
     if (idempotencyKey === undefined) return await placeOrder(deps, input);
     const bodyHash = hashOrderRequest(input);
     // Keys are the user's: one user's key never answers, or blocks, another user's create.
-    return await deps.keys.run(`${input.userId}:${idempotencyKey}`, () => createOnce(deps, input, { key: idempotencyKey, bodyHash }));
+    return await deps.keys.run(`${input.userId}:${idempotencyKey}`, async () => {
+      const earlier = await deps.store.findIdempotencyKey(input.userId, idempotencyKey);
+      if (earlier) return replay(earlier, bodyHash);
+      return placeOrder(deps, input, { key: idempotencyKey, bodyHash });
+    });
   } catch (err) {
     throw err instanceof UpstreamUnavailableError ? dependencyUnavailable(err.service) : err;
-  }
-}
-
-// A create holds its key in the database for at most this long (a holder that died frees it then),
-// and a second create with the key waits at most this long for the first to finish.
-const KEY_LEASE_MS = 60_000;
-const KEY_WAIT_MS = 10_000;
-const KEY_POLL_MS = 25;
-
-/**
- * One create per user and key across every instance: the key is claimed in the database before
- * any stock is taken, so a racer on another instance waits for the first and answers its order,
- * rather than taking stock of its own (and failing for lack of it).
- */
-async function createOnce(deps: OrderDeps, input: CreateOrderInput, idempotency: { key: string; bodyHash: string }): Promise<Created> {
-  const { store } = deps;
-  const giveUpAt = Date.now() + KEY_WAIT_MS;
-  for (;;) {
-    const earlier = await store.findIdempotencyKey(input.userId, idempotency.key);
-    if (earlier) return replay(earlier, idempotency.bodyHash);
-    const claim = await store.claimIdempotencyKey(input.userId, idempotency.key, KEY_LEASE_MS);
-    if (claim) {
-      try {
-        // The holder before us may have finished between the look-up and the claim.
-        const finished = await store.findIdempotencyKey(input.userId, idempotency.key);
-        if (finished) return replay(finished, idempotency.bodyHash);
-        return await placeOrder(deps, input, idempotency);
-      } finally {
-        await store.releaseIdempotencyKey(input.userId, idempotency.key, claim).catch(() => undefined);
-      }
-    }
-    if (deadlinePassed()) throw new DeadlineExceededError();
-    if (Date.now() > giveUpAt) {
-      throw new HttpError(503, 'SERVICE_UNAVAILABLE', 'An order with this Idempotency-Key is still in progress, retry shortly', undefined, { retryAfter: 1 });
-    }
-    await new Promise((resolve) => setTimeout(resolve, KEY_POLL_MS));
   }
 }
 
@@ -106,8 +74,14 @@ function replay(record: IdempotencyRecord, bodyHash: string): Created {
   return { order: record.response, replayed: true };
 }
 
+// A create holds its key in the database for at most this long (a holder that died frees it then),
+// and a second create with the key waits at most this long for the first to finish.
+const KEY_LEASE_MS = 60_000;
+const KEY_WAIT_MS = 10_000;
+const KEY_POLL_MS = 25;
+
 async function placeOrder(deps: OrderDeps, input: CreateOrderInput, idempotency?: { key: string; bodyHash: string }): Promise<Created> {
-  const { store, users, products, logger } = deps;
+  const { store, users } = deps;
   const user = await users.getUser(input.userId);
   if (!user) {
     throw new HttpError(422, 'UNKNOWN_USER', `User ${input.userId} does not exist`, [{ field: 'userId', message: 'no such user' }]);
@@ -115,7 +89,38 @@ async function placeOrder(deps: OrderDeps, input: CreateOrderInput, idempotency?
 
   const reservationId = randomUUID();
   // Durable before the stock is taken: if we die from here on, the release worker gives it back.
-  await store.addPendingRelease(reservationId);
+  if (!idempotency) {
+    await store.addPendingRelease(reservationId);
+    return reserveAndFinish(deps, input, reservationId);
+  }
+  // With a key, the key is claimed in the same write, so that one create per user and key takes
+  // stock across every instance: a racer waits for the first and answers its order, rather than
+  // taking stock of its own (and failing for lack of it).
+  const giveUpAt = Date.now() + KEY_WAIT_MS;
+  for (;;) {
+    const begun = await store.beginKeyedCreate(reservationId, input.userId, idempotency.key, KEY_LEASE_MS);
+    if (begun.kind === 'finished') return replay(begun.record, idempotency.bodyHash);
+    if (begun.kind === 'claimed') {
+      let created = false;
+      try {
+        const result = await reserveAndFinish(deps, input, reservationId, { ...idempotency, holder: begun.holder });
+        created = !result.replayed;
+        return result;
+      } finally {
+        // Committed with the order otherwise; a failed create frees the key for a retry now.
+        if (!created) await store.releaseIdempotencyKey(input.userId, idempotency.key, begun.holder).catch(() => undefined);
+      }
+    }
+    if (deadlinePassed()) throw new DeadlineExceededError();
+    if (Date.now() > giveUpAt) {
+      throw new HttpError(503, 'SERVICE_UNAVAILABLE', 'An order with this Idempotency-Key is still in progress, retry shortly', undefined, { retryAfter: 1 });
+    }
+    await new Promise((resolve) => setTimeout(resolve, KEY_POLL_MS));
+  }
+}
+
+async function reserveAndFinish(deps: OrderDeps, input: CreateOrderInput, reservationId: string, idempotency?: KeyedCreate): Promise<Created> {
+  const { store, products, logger } = deps;
   let reservation: Reservation;
   try {
     reservation = await products.reserve(reservationId, input.items);
