@@ -242,6 +242,28 @@ describe('orders on PostgreSQL, two instances on one schema', () => {
     assert.equal(await stockOf(sys, productId), 0);
   });
 
+  test('when a key is held by a create that died, then a retry waits while its claim lasts and takes it over after', async () => {
+    const userId = await createUser(sys);
+    const productId = await createProduct(sys, { stock: 10 });
+    const body = { userId, items: [{ productId, quantity: 1 }] };
+    const claim = 'INSERT INTO idempotency_claims (user_id, key, holder, until_ms) VALUES ($1, $2, $3, $4)';
+    // Ran out long ago: taken over at once.
+    await a.db.run(claim, [userId, 'dead-holder', 'gone', 1]);
+    const first = await call(b.url, 'POST', '/orders', body, { 'idempotency-key': 'dead-holder' });
+    assert.equal(first.status, 201, first.text);
+    // Still held: the retry waits, and goes on once the claim is gone.
+    await a.db.run(claim, [userId, 'live-holder', 'other', Date.now() + 60_000]);
+    let answered = false;
+    const waiting = call(b.url, 'POST', '/orders', body, { 'idempotency-key': 'live-holder' }).finally(() => (answered = true));
+    await new Promise((r) => setTimeout(r, 300));
+    assert.equal(answered, false, 'waits for the holder');
+    await a.db.run('DELETE FROM idempotency_claims WHERE user_id = $1 AND key = $2', [userId, 'live-holder']);
+    const second = await waiting;
+    assert.equal(second.status, 201, second.text);
+    assert.equal(second.headers.get('idempotent-replayed'), null);
+    assert.equal(await stockOf(sys, productId), 8);
+  });
+
   test('when both instances cancel one order at once, then one 200 and one 409, and the stock comes back once', async () => {
     const userId = await createUser(sys);
     const productId = await createProduct(sys, { stock: 10 });
