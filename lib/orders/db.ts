@@ -137,6 +137,9 @@ export const ORDER_MIGRATIONS: Migrations = { sqlite: [
 
 export async function openOrderDatabase(options: ServiceDatabaseOptions): Promise<SqlDatabase> {
   const db = await openSqlDatabase({ ...options, name: 'orders', migrations: ORDER_MIGRATIONS });
+  // One process owns a SQLite file: a claim on a key found at start belonged to a create that died
+  // with the previous process, and a client retrying it should not wait for the claim to run out.
+  if (db.engine === 'sqlite') await db.run('DELETE FROM idempotency_claims');
   if (options.seed) {
     try {
       await seedOnce(db, async (tx) => {

@@ -74,10 +74,12 @@ function replay(record: IdempotencyRecord, bodyHash: string): Created {
   return { order: record.response, replayed: true };
 }
 
-// A create holds its key in the database for at most this long (a holder that died frees it then),
-// and a second create with the key waits at most this long for the first to finish.
-const KEY_LEASE_MS = 60_000;
-const KEY_WAIT_MS = 10_000;
+// A create holds its key in the database for at most this long, so a retry after its instance
+// died is soon served; a create that outlasts it is still safe (a racer then takes stock of its
+// own, and the key's unique row still allows one order). A second create with the key waits at
+// most KEY_WAIT_MS for the first to finish.
+const KEY_LEASE_MS = 15_000;
+const KEY_WAIT_MS = 5_000;
 const KEY_POLL_MS = 25;
 
 async function placeOrder(deps: OrderDeps, input: CreateOrderInput, idempotency?: { key: string; bodyHash: string }): Promise<Created> {
