@@ -223,8 +223,10 @@ function compensate(deps: OrderDeps, reservationId: string): void {
   void withoutDeadline(() => releaseNow(deps, reservationId));
 }
 
-// How long a release started from a request keeps its outbox row from the release workers: longer
-// than any release call may take, short enough that a crash mid-release is soon retried.
+// How long a release started from a request keeps its outbox row from the release workers: far
+// longer than a release call takes (UPSTREAM_TIMEOUT_MS, 5 s by default), short enough that a
+// crash mid-release is soon retried. A call that outlasted it could be repeated by a worker, which
+// the product service answers without giving the stock back twice.
 const RELEASE_NOW_LEASE_MS = 60_000;
 
 /**
