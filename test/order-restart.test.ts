@@ -3,6 +3,8 @@
 // duplicate the demo orders.
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
+import { openSqlDatabase } from '../lib/platform/sql.js';
+import { ORDER_MIGRATIONS } from '../lib/orders/db.js';
 import { http, tempDir } from './helpers.js';
 import { spawnService, type ChildService } from './process.js';
 import { startServices, type System } from './system.js';
@@ -53,6 +55,21 @@ describe('order service restarts', () => {
     assert.equal(retry.headers.get('idempotent-replayed'), 'true');
     assert.equal(retry.body.id, r.body.id);
     assert.equal((await http(sys.products.url, 'GET', '/products/2')).body.stock, stock);
+  });
+
+  test('when a keyed create died with the process, then a retry with its key after the restart is served at once', async () => {
+    assert.equal(await orders.stop('SIGKILL'), 'SIGKILL');
+    // What the killed process left behind: its claim on the key, valid for a while yet.
+    const db = await openSqlDatabase({ dataDir: data.dir, name: 'orders', migrations: ORDER_MIGRATIONS });
+    await db.run('INSERT INTO idempotency_claims (user_id, key, holder, until_ms) VALUES (2, $1, $2, $3)', ['died-with-it', 'dead', Date.now() + 60_000]);
+    await db.close();
+    await startOrders();
+    const r = await http(orders.url, 'POST', '/orders', {
+      body: { userId: 2, items: [{ productId: 2, quantity: 1 }] },
+      headers: { 'idempotency-key': 'died-with-it' },
+      timeoutMs: 4_000,
+    });
+    assert.equal(r.status, 201, r.text);
   });
 
   test('when restarted (SIGTERM and SIGKILL), then the demo orders are not duplicated', async () => {

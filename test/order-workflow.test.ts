@@ -4,13 +4,14 @@ import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createServer, request, type IncomingMessage, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { openSqlDatabase, sqliteHandle } from '../lib/platform/sql.js';
+import { openSqlDatabase } from '../lib/platform/sql.js';
 import { ServiceClient } from '../lib/platform/service-client.js';
 import { createProductsClient, type ProductsClient } from '../lib/products/client.js';
-import { ORDER_MIGRATIONS } from '../lib/orders/db.js';
+import { openOrderDatabase, ORDER_MIGRATIONS } from '../lib/orders/db.js';
 import { createOrderStore } from '../lib/orders/store.js';
-import { assertNoLeak, http, type TestResponse } from './helpers.js';
+import { assertNoLeak, http, tempDir, type TestResponse } from './helpers.js';
 import { createProduct, createUser, startServices, stockOf, type System } from './system.js';
+import { ENGINES, testStorage } from './support/engines.js';
 
 // Short, so a timed-out reserve is old enough for the release worker after 2 x 300 ms.
 const FAST_ENV = { UPSTREAM_TIMEOUT_MS: '300', RELEASE_RETRY_MS: '50' };
@@ -241,21 +242,58 @@ describe('slow product service', () => {
   });
 });
 
-describe('release claims', () => {
-  test('when the worker claimed a reservation first, then the create commits no order for it', async () => {
-    const db = sqliteHandle(await openSqlDatabase({ dataDir: ':memory:', name: 'orders', migrations: ORDER_MIGRATIONS }));
-    const store = createOrderStore(db);
-    const order = { userId: 1, status: 'pending' as const, items: [{ productId: 1, quantity: 1, unitPriceCents: 100 }], totalCents: 100 };
-    store.addPendingRelease('claimed');
-    assert.equal(store.claimPendingRelease('claimed'), true);
-    assert.deepEqual(store.finishCreate({ ...order, reservationId: 'claimed' }), { kind: 'release_claimed' });
-    assert.equal(store.stats().totalOrders, 0);
+for (const engine of ENGINES) {
+  describe(`release claims (${engine})`, () => {
+    const storage = testStorage(engine);
+    after(() => storage.remove());
 
-    store.addPendingRelease('owned');
-    assert.equal(store.finishCreate({ ...order, reservationId: 'owned' }).kind, 'created');
-    store.addPendingRelease('owned');
-    assert.equal(store.claimPendingRelease('owned'), false, 'a live order owns it: never released');
-    db.close();
+    test('when the worker claimed a reservation first, then the create commits no order for it', async () => {
+      const db = await openSqlDatabase({ ...storage.options('claims'), name: 'orders', migrations: ORDER_MIGRATIONS });
+      try {
+        const store = createOrderStore(db);
+        const order = { userId: 1, status: 'pending' as const, items: [{ productId: 1, quantity: 1, unitPriceCents: 100 }], totalCents: 100 };
+        await store.addPendingRelease('claimed');
+        assert.equal(await store.claimPendingRelease('claimed', 60_000), true);
+        assert.equal(await store.claimPendingRelease('claimed', 60_000), false, 'leased: nobody else releases it meanwhile');
+        assert.deepEqual(await store.finishCreate({ ...order, reservationId: 'claimed' }), { kind: 'release_claimed' });
+        assert.equal((await store.stats()).totalOrders, 0);
+
+        await store.addPendingRelease('owned');
+        assert.equal((await store.finishCreate({ ...order, reservationId: 'owned' })).kind, 'created');
+        await store.addPendingRelease('owned');
+        assert.equal(await store.claimPendingRelease('owned', 60_000), false, 'a live order owns it: never released');
+        assert.equal(await store.dropOwnedRelease('owned'), true);
+        assert.equal(await store.countPendingReleases(), 1, 'only the claimed row is left');
+      } finally {
+        await db.close();
+      }
+    });
+  });
+}
+
+describe('order database upgrade', () => {
+  test('when a SQLite file of the first schema is opened, then its keys belong to their orders\' users and its outbox rows are claimable', async () => {
+    const dir = tempDir('msvc-order-upgrade-');
+    try {
+      const old = await openSqlDatabase({ dataDir: dir.dir, name: 'orders', migrations: { sqlite: ORDER_MIGRATIONS.sqlite.slice(0, 1), postgres: [] } });
+      const response = JSON.stringify({ id: 9, userId: 7, items: [], status: 'pending', total: 0, createdAt: 'x', updatedAt: 'x' });
+      await old.run("INSERT INTO idempotency_keys (key, body_hash, order_id, response, created_at) VALUES ('user:7:abc', 'h', 9, $1, 'x')", [response]);
+      await old.run("INSERT INTO pending_releases (reservation_id, created_at_ms) VALUES ('old-row', 1)");
+      await old.close();
+
+      const db = await openOrderDatabase({ dataDir: dir.dir, seed: false });
+      try {
+        const store = createOrderStore(db);
+        assert.equal((await store.findIdempotencyKey(7, 'user:7:abc'))?.orderId, 9);
+        assert.equal(await store.findIdempotencyKey(8, 'user:7:abc'), undefined, "another user's key space");
+        assert.deepEqual(await store.dueReleases(Date.now(), 10), ['old-row']);
+        assert.equal(await store.claimPendingRelease('old-row', 60_000), true);
+      } finally {
+        await db.close();
+      }
+    } finally {
+      dir.remove();
+    }
   });
 });
 

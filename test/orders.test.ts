@@ -151,6 +151,20 @@ describe('POST /orders', () => {
     assertError(other, 422, 'IDEMPOTENCY_KEY_REUSED');
     assert.equal(await stockOf(sys, productId), 3);
   });
+
+  test('when another user sends the same key, then it is that user\'s own key: a new order, no replay, no 422', async () => {
+    const [first, second] = [await createUser(sys), await createUser(sys)];
+    const productId = await createProduct(sys, { stock: 5 });
+    const headers = { 'idempotency-key': `shared-${Date.now()}` };
+    const a = await orders('POST', '/orders', { body: { userId: first, items: [{ productId, quantity: 1 }] }, headers });
+    const b = await orders('POST', '/orders', { body: { userId: second, items: [{ productId, quantity: 2 }] }, headers });
+    assert.equal(a.status, 201, a.text);
+    assert.equal(b.status, 201, b.text);
+    assert.equal(b.headers.get('idempotent-replayed'), null);
+    assert.equal(b.body.userId, second);
+    assert.notEqual(b.body.id, a.body.id);
+    assert.equal(await stockOf(sys, productId), 2);
+  });
 });
 
 describe('GET /orders', () => {

@@ -1,4 +1,3 @@
-import { sqliteHandle } from '../platform/sql.js';
 import type { Express } from 'express';
 import { Gauge } from 'prom-client';
 import { createServiceAuth, type ServiceAuth } from '../platform/identity.js';
@@ -22,13 +21,15 @@ const MAX_KEYS_IN_FLIGHT = 1000;
 
 export function createOrderApp({ users, products, auth = createServiceAuth(), ...deps }: OrderAppDeps): Express {
   const { logger, db, metrics } = deps;
-  const store = createOrderStore(sqliteHandle(db));
+  const store = createOrderStore(db);
   new Gauge({
     name: 'orders_pending_releases',
     help: 'Stock reservations waiting to be given back to the product service.',
     registers: [metrics.registry],
-    collect() {
-      this.set(store.countPendingReleases());
+    async collect() {
+      // While the database is unreachable the last count stays: /metrics keeps answering.
+      const n = await store.countPendingReleases().catch(() => undefined);
+      if (n !== undefined) this.set(n);
     },
   });
   const routes = createOrderRoutes(auth, {

@@ -1,7 +1,8 @@
 // Gives back stock that no order owns, left behind by a crash, a timed-out reserve, or a cancel
-// while the product service was down. Runs at start and then every `intervalMs`.
+// while the product service was down. Runs at start and then `intervalMs` after each pass ends,
+// so passes never overlap; several instances may run one each over the same database.
 import type { Logger } from 'pino';
-import { sqliteHandle, type SqlDatabase } from '../platform/sql.js';
+import type { SqlDatabase } from '../platform/sql.js';
 import type { ProductsClient } from '../products/client.js';
 import { createOrderStore } from './store.js';
 import { releasePending } from './workflow.js';
@@ -27,7 +28,7 @@ export interface ReleaseWorker {
 }
 
 export function startReleaseWorker({ db, products, logger, intervalMs, minAgeMs, batchSize = 100 }: ReleaseWorkerOptions): ReleaseWorker {
-  const store = createOrderStore(sqliteHandle(db));
+  const store = createOrderStore(db);
   const log = logger.child({ component: 'release-worker' });
   let stopped = false;
   let timer: NodeJS.Timeout | undefined;
@@ -36,9 +37,9 @@ export function startReleaseWorker({ db, products, logger, intervalMs, minAgeMs,
   const pass = async () => {
     try {
       const { released, failed } = await releasePending({ store, products, logger: log }, minAgeMs, batchSize, () => stopped);
-      if (released || failed) log.info({ released, failed, left: store.countPendingReleases() }, 'release pass');
+      if (released || failed) log.info({ released, failed, left: await store.countPendingReleases() }, 'release pass');
     } catch (err) {
-      // The database could not be read or written (disk full): try again next pass.
+      // The database could not be read or written (disk full, unreachable): try again next pass.
       log.error({ err }, 'release pass failed');
     }
   };

@@ -16,8 +16,8 @@ export function createOrderRoutes(auth: ServiceAuth, deps: OrderDeps): Router {
   const routes = Router();
 
   /** The order, if the caller may see it. */
-  const visibleOrder = (caller: Identity | null, id: number) => {
-    const order = getOrder(deps, id);
+  const visibleOrder = async (caller: Identity | null, id: number) => {
+    const order = await getOrder(deps, id);
     if (!mayActFor(caller, order.userId)) throw notFound('Order');
     return order;
   };
@@ -29,12 +29,12 @@ export function createOrderRoutes(auth: ServiceAuth, deps: OrderDeps): Router {
       if (query.userId !== undefined && String(query.userId) !== caller.sub) throw forbidden('Only an admin may list other users\' orders');
       query.userId = ownId(caller);
     }
-    res.json(listOrders(deps, query));
+    res.json(await listOrders(deps, query));
   });
 
   routes.get('/orders/:id', async (req, res) => {
     const caller = await auth.caller(req, res);
-    res.json(visibleOrder(caller, parseId(req.params)));
+    res.json(await visibleOrder(caller, parseId(req.params)));
   });
 
   routes.post('/orders', async (req, res) => {
@@ -54,7 +54,7 @@ export function createOrderRoutes(auth: ServiceAuth, deps: OrderDeps): Router {
     const caller = await auth.caller(req, res);
     const id = parseId(req.params);
     const { status } = parseBody(UpdateStatusSchema, req.body);
-    const order = visibleOrder(caller, id);
+    const order = await visibleOrder(caller, id);
     if (caller === null || isAdmin(caller)) {
       res.json(await changeOrderStatus(deps, id, status));
       return;
@@ -67,14 +67,14 @@ export function createOrderRoutes(auth: ServiceAuth, deps: OrderDeps): Router {
   routes.delete('/orders/:id', async (req, res) => {
     const caller = await auth.caller(req, res);
     const id = parseId(req.params);
-    visibleOrder(caller, id);
+    await visibleOrder(caller, id);
     await deleteOrder(deps, id);
     res.status(204).end();
   });
 
   routes.get('/stats', async (req, res) => {
     requireAdmin(await auth.caller(req, res));
-    res.json(orderStats(deps));
+    res.json(await orderStats(deps));
   });
 
   return routes;

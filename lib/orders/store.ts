@@ -1,5 +1,6 @@
-// Every SQL statement of the order service, prepared once per store.
-import type { Db } from '../platform/db.js';
+// Every SQL statement of the order service, written once for SQLite and PostgreSQL.
+import { randomUUID } from 'node:crypto';
+import { isUniqueViolation, type Db } from '../platform/sql.js';
 import type { ListOrdersQuery, Order, OrderStats, OrderStatus } from './schema.js';
 import { ORDER_STATUSES } from './schema.js';
 import type { Page } from '../platform/validation.js';
@@ -14,12 +15,28 @@ export interface NewOrder {
 }
 
 export interface IdempotencyRecord {
+  userId: number;
   key: string;
   bodyHash: string;
   orderId: number;
   /** The order as the first request's 201 showed it. */
   response: Order;
 }
+
+/** A create with an Idempotency-Key, holding the key's claim. */
+export interface KeyedCreate {
+  key: string;
+  bodyHash: string;
+  holder: string;
+}
+
+export type BeginKeyedCreateResult =
+  /** The key is this create's until it commits or releases it; the outbox row is written. */
+  | { kind: 'claimed'; holder: string }
+  /** Another create with the key is in progress (on any instance). */
+  | { kind: 'busy' }
+  /** Another create with the key has finished: its answer is the answer. */
+  | { kind: 'finished'; record: IdempotencyRecord };
 
 export type FinishCreateResult =
   | { kind: 'created'; order: Order }
@@ -49,18 +66,26 @@ interface OrderRow {
 }
 
 interface KeyRow {
+  user_id: number;
   key: string;
   body_hash: string;
   order_id: number;
   response: string;
 }
 
-const ORDER_COLUMNS = `
-  o.id, o.user_id, o.status, o.total_cents, o.created_at, o.updated_at,
-  (SELECT json_group_array(json_object('productId', i.product_id, 'quantity', i.quantity, 'unitPriceCents', i.unit_price_cents) ORDER BY i.position)
-     FROM order_items i WHERE i.order_id = o.id) AS items`;
+// The items as a JSON array in position order, built by the database in one round trip.
+const ITEMS_JSON = {
+  sqlite: `(SELECT json_group_array(json_object('productId', i.product_id, 'quantity', i.quantity, 'unitPriceCents', i.unit_price_cents) ORDER BY i.position)
+     FROM order_items i WHERE i.order_id = o.id)`,
+  postgres: `(SELECT COALESCE(json_agg(json_build_object('productId', i.product_id, 'quantity', i.quantity, 'unitPriceCents', i.unit_price_cents) ORDER BY i.position), '[]')::text
+     FROM order_items i WHERE i.order_id = o.id)`,
+} as const;
 
-const LIST_FILTER = `(@userId IS NULL OR o.user_id = @userId) AND (@status IS NULL OR o.status = @status)`;
+// The casts let PostgreSQL type a parameter that is only compared with NULL.
+const LIST_FILTER = '(CAST($1 AS INTEGER) IS NULL OR o.user_id = $1) AND (CAST($2 AS TEXT) IS NULL OR o.status = $2)';
+
+// A live order owns its reservation: its stock must never be released.
+const OWNED_BY_LIVE_ORDER = "EXISTS (SELECT 1 FROM orders WHERE reservation_id = $1 AND status <> 'cancelled')";
 
 function toOrder(row: OrderRow): Order {
   const items = JSON.parse(row.items) as { productId: number; quantity: number; unitPriceCents: number }[];
@@ -77,111 +102,76 @@ function toOrder(row: OrderRow): Order {
 
 export type OrderStore = ReturnType<typeof createOrderStore>;
 
+/** `db` may be the database or a transaction on it (the demo seed). */
 export function createOrderStore(db: Db) {
-  const q = {
-    selectOrder: db.prepare<[number], OrderRow>(`SELECT ${ORDER_COLUMNS} FROM orders o WHERE o.id = ?`),
-    listOrders: db.prepare<{ userId: number | null; status: string | null; limit: number; offset: number }, OrderRow>(
-      `SELECT ${ORDER_COLUMNS} FROM orders o WHERE ${LIST_FILTER} ORDER BY o.id DESC LIMIT @limit OFFSET @offset`,
-    ),
-    countOrders: db.prepare<{ userId: number | null; status: string | null }, { n: number }>(`SELECT COUNT(*) AS n FROM orders o WHERE ${LIST_FILTER}`),
-    selectStatus: db.prepare<[number], { status: OrderStatus; reservation_id: string }>('SELECT status, reservation_id FROM orders WHERE id = ?'),
-    insertOrder: db.prepare<[number, string, number, string, string, string]>(
-      'INSERT INTO orders (user_id, status, total_cents, reservation_id, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?)',
-    ),
-    insertItem: db.prepare<[number | bigint, number, number, number, number]>(
-      'INSERT INTO order_items (order_id, position, product_id, quantity, unit_price_cents) VALUES (?, ?, ?, ?, ?)',
-    ),
-    setStatusIf: db.prepare<[string, string, number, string]>('UPDATE orders SET status = ?, updated_at = ? WHERE id = ? AND status = ?'),
-    deleteIfPending: db.prepare<[number]>("DELETE FROM orders WHERE id = ? AND status = 'pending'"),
-    statusTotals: db.prepare<[], { status: OrderStatus; n: number; cents: number }>(
-      'SELECT status, COUNT(*) AS n, COALESCE(SUM(total_cents), 0) AS cents FROM orders GROUP BY status',
-    ),
-    selectKey: db.prepare<[string], KeyRow>('SELECT key, body_hash, order_id, response FROM idempotency_keys WHERE key = ?'),
-    insertKey: db.prepare<[string, string, number, string, string]>(
-      'INSERT INTO idempotency_keys (key, body_hash, order_id, response, created_at) VALUES (?, ?, ?, ?, ?)',
-    ),
-    insertRelease: db.prepare<[string, number]>('INSERT OR IGNORE INTO pending_releases (reservation_id, created_at_ms) VALUES (?, ?)'),
-    takeUnclaimedRelease: db.prepare<[string]>('DELETE FROM pending_releases WHERE reservation_id = ? AND claimed = 0'),
-    claimRelease: db.prepare<{ id: string }>(
-      `UPDATE pending_releases SET claimed = 1 WHERE reservation_id = @id
-         AND NOT EXISTS (SELECT 1 FROM orders WHERE reservation_id = @id AND status <> 'cancelled')`,
-    ),
-    deleteRelease: db.prepare<[string]>('DELETE FROM pending_releases WHERE reservation_id = ?'),
-    noteReleaseFailure: db.prepare<[string, string]>('UPDATE pending_releases SET attempts = attempts + 1, last_error = ? WHERE reservation_id = ?'),
-    dueReleases: db.prepare<[number, number], { reservation_id: string }>(
-      // Fewest failed attempts first, so rows the product service keeps refusing cannot starve the rest.
-      'SELECT reservation_id FROM pending_releases WHERE created_at_ms <= ? ORDER BY attempts, created_at_ms LIMIT ?',
-    ),
-    countReleases: db.prepare<[], { n: number }>('SELECT COUNT(*) AS n FROM pending_releases'),
+  const columns = `o.id, o.user_id, o.status, o.total_cents, o.created_at, o.updated_at, ${ITEMS_JSON[db.engine]} AS items`;
+  const sql = {
+    selectOrder: `SELECT ${columns} FROM orders o WHERE o.id = $1`,
+    listOrders: `SELECT ${columns} FROM orders o WHERE ${LIST_FILTER} ORDER BY o.id DESC LIMIT $3 OFFSET $4`,
+    countOrders: `SELECT COUNT(*) AS n FROM orders o WHERE ${LIST_FILTER}`,
+    selectStatus: 'SELECT status, reservation_id FROM orders WHERE id = $1',
+    insertOrder: 'INSERT INTO orders (user_id, status, total_cents, reservation_id, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $5) RETURNING id',
+    insertItem: 'INSERT INTO order_items (order_id, position, product_id, quantity, unit_price_cents) VALUES ($1, $2, $3, $4, $5)',
+    setStatusIf: 'UPDATE orders SET status = $1, updated_at = $2 WHERE id = $3 AND status = $4',
+    deleteIfPending: "DELETE FROM orders WHERE id = $1 AND status = 'pending'",
+    statusTotals: 'SELECT status, COUNT(*) AS n, COALESCE(SUM(total_cents), 0) AS cents FROM orders GROUP BY status',
+    selectKey: 'SELECT user_id, key, body_hash, order_id, response FROM idempotency_keys WHERE user_id = $1 AND key = $2',
+    insertKey: 'INSERT INTO idempotency_keys (user_id, key, body_hash, order_id, response, created_at) VALUES ($1, $2, $3, $4, $5, $6)',
+    // Taken when free or when its holder's lease ran out; a holder still inside keeps it.
+    claimKey: `INSERT INTO idempotency_claims (user_id, key, holder, until_ms) VALUES ($1, $2, $3, $4)
+      ON CONFLICT (user_id, key) DO UPDATE SET holder = excluded.holder, until_ms = excluded.until_ms WHERE idempotency_claims.until_ms <= $5`,
+    releaseKey: 'DELETE FROM idempotency_claims WHERE user_id = $1 AND key = $2 AND holder = $3',
+    insertRelease: 'INSERT INTO pending_releases (reservation_id, created_at_ms) VALUES ($1, $2) ON CONFLICT (reservation_id) DO NOTHING',
+    takeUnclaimedRelease: 'DELETE FROM pending_releases WHERE reservation_id = $1 AND claimed = 0',
+    // One guarded statement: on PostgreSQL a racing claim waits for this row's lock, then finds
+    // the lease taken (or the row gone with the order that took it) and changes nothing.
+    claimRelease: `UPDATE pending_releases SET claimed = 1, lease_until_ms = $2 WHERE reservation_id = $1 AND lease_until_ms <= $3 AND NOT ${OWNED_BY_LIVE_ORDER}`,
+    dropOwnedRelease: `DELETE FROM pending_releases WHERE reservation_id = $1 AND claimed = 0 AND ${OWNED_BY_LIVE_ORDER}`,
+    deleteRelease: 'DELETE FROM pending_releases WHERE reservation_id = $1',
+    noteReleaseFailure: 'UPDATE pending_releases SET attempts = attempts + 1, last_error = $1, lease_until_ms = 0 WHERE reservation_id = $2',
+    // Fewest failed attempts first, so rows the product service keeps refusing cannot starve the rest.
+    dueReleases: 'SELECT reservation_id FROM pending_releases WHERE created_at_ms <= $1 AND lease_until_ms <= $2 ORDER BY attempts, created_at_ms LIMIT $3',
+    countReleases: 'SELECT COUNT(*) AS n FROM pending_releases',
   };
 
-  const getOrder = (id: number): Order | undefined => {
-    const row = q.selectOrder.get(id);
+  const getOrder = async (id: number, on: Db = db): Promise<Order | undefined> => {
+    const row = await on.get<OrderRow>(sql.selectOrder, [id]);
     return row && toOrder(row);
   };
 
-  const insertOrder = db.transaction((o: NewOrder): number => {
-    const now = new Date().toISOString();
-    const id = Number(q.insertOrder.run(o.userId, o.status, o.totalCents, o.reservationId, now, now).lastInsertRowid);
-    o.items.forEach((item, position) => q.insertItem.run(id, position, item.productId, item.quantity, item.unitPriceCents));
-    return id;
-  });
-
-  const finishCreate = db.transaction((o: NewOrder, idempotency?: { key: string; bodyHash: string }): FinishCreateResult => {
-    if (idempotency) {
-      const existing = q.selectKey.get(idempotency.key);
-      if (existing) return { kind: 'key_taken', record: toRecord(existing) };
-    }
-    // Taking the outbox row is what makes the stock this order's; the worker can't have it after.
-    if (q.takeUnclaimedRelease.run(o.reservationId).changes !== 1) return { kind: 'release_claimed' };
-    const order = getOrder(insertOrder(o))!;
-    if (idempotency) q.insertKey.run(idempotency.key, idempotency.bodyHash, order.id, JSON.stringify(order), order.createdAt);
-    return { kind: 'created', order };
-  });
-
-  const changeStatus = db.transaction(
-    (id: number, to: OrderStatus, allowed: (from: OrderStatus) => boolean, releaseStock: boolean): StatusChangeResult => {
-      const current = q.selectStatus.get(id);
-      if (!current) return { kind: 'not_found' };
-      if (!allowed(current.status)) return { kind: 'rejected', from: current.status };
-      if (q.setStatusIf.run(to, new Date().toISOString(), id, current.status).changes !== 1) {
-        const now = q.selectStatus.get(id);
-        return now ? { kind: 'rejected', from: now.status } : { kind: 'not_found' };
+  const insertOrder = (o: NewOrder, on: Db = db): Promise<number> =>
+    on.transaction(async (tx) => {
+      const now = new Date().toISOString();
+      const { id } = (await tx.get<{ id: number }>(sql.insertOrder, [o.userId, o.status, o.totalCents, o.reservationId, now]))!;
+      for (const [position, item] of o.items.entries()) {
+        await tx.run(sql.insertItem, [id, position, item.productId, item.quantity, item.unitPriceCents]);
       }
-      if (releaseStock) q.insertRelease.run(current.reservation_id, Date.now());
-      return { kind: 'changed', order: getOrder(id)!, reservationId: current.reservation_id };
-    },
-  );
+      return id;
+    });
 
-  const deletePendingOrder = db.transaction((id: number): DeleteResult => {
-    const current = q.selectStatus.get(id);
-    if (!current) return { kind: 'not_found' };
-    if (current.status !== 'pending') return { kind: 'not_pending', status: current.status };
-    if (q.deleteIfPending.run(id).changes !== 1) {
-      const now = q.selectStatus.get(id);
-      return now ? { kind: 'not_pending', status: now.status } : { kind: 'not_found' };
-    }
-    q.insertRelease.run(current.reservation_id, Date.now());
-    return { kind: 'deleted', reservationId: current.reservation_id };
-  });
+  const findKey = async (userId: number, key: string, on: Db = db): Promise<IdempotencyRecord | undefined> => {
+    const row = await on.get<KeyRow>(sql.selectKey, [userId, key]);
+    return row && toRecord(row);
+  };
 
   return {
-    getOrder,
+    getOrder: (id: number): Promise<Order | undefined> => getOrder(id),
     /** Inserts a finished order as is (demo data). */
-    insertOrder: (o: NewOrder): number => insertOrder.immediate(o),
+    insertOrder: (o: NewOrder): Promise<number> => insertOrder(o),
 
-    listOrders(query: ListOrdersQuery): Page<Order> {
-      const filter = { userId: query.userId ?? null, status: query.status ?? null };
-      const rows = q.listOrders.all({ ...filter, limit: query.limit, offset: (query.page - 1) * query.limit });
-      return { data: rows.map(toOrder), meta: { page: query.page, limit: query.limit, total: q.countOrders.get(filter)!.n } };
+    async listOrders(query: ListOrdersQuery): Promise<Page<Order>> {
+      const filter = [query.userId ?? null, query.status ?? null];
+      const rows = await db.all<OrderRow>(sql.listOrders, [...filter, query.limit, (query.page - 1) * query.limit]);
+      const count = await db.get<{ n: number }>(sql.countOrders, filter);
+      return { data: rows.map(toOrder), meta: { page: query.page, limit: query.limit, total: count!.n } };
     },
 
-    stats(): OrderStats {
+    async stats(): Promise<OrderStats> {
       const statusBreakdown = Object.fromEntries(ORDER_STATUSES.map((s) => [s, 0])) as Record<OrderStatus, number>;
       let totalOrders = 0;
       let revenueCents = 0;
       let paidOrders = 0;
-      for (const row of q.statusTotals.all()) {
+      for (const row of await db.all<{ status: OrderStatus; n: number; cents: number }>(sql.statusTotals)) {
         statusBreakdown[row.status] = row.n;
         totalOrders += row.n;
         if (row.status !== 'cancelled') {
@@ -198,49 +188,126 @@ export function createOrderStore(db: Db) {
       };
     },
 
-    findIdempotencyKey(key: string): IdempotencyRecord | undefined {
-      const row = q.selectKey.get(key);
-      return row && toRecord(row);
+    /** The key as `userId` used it; another user's same key is another key. */
+    findIdempotencyKey: (userId: number, key: string): Promise<IdempotencyRecord | undefined> => findKey(userId, key),
+
+    /**
+     * In one transaction, before stock is taken for a create with a key: claims the user's key
+     * for at most `leaseMs` (across instances) and writes the reservation's outbox row.
+     */
+    beginKeyedCreate(reservationId: string, userId: number, key: string, leaseMs: number): Promise<BeginKeyedCreateResult> {
+      return db.transaction(async (tx): Promise<BeginKeyedCreateResult> => {
+        const finished = await findKey(userId, key, tx);
+        if (finished) return { kind: 'finished', record: finished };
+        const holder = randomUUID();
+        const now = Date.now();
+        if ((await tx.run(sql.claimKey, [userId, key, holder, now + leaseMs, now])) !== 1) return { kind: 'busy' };
+        await tx.run(sql.insertRelease, [reservationId, now]);
+        return { kind: 'claimed', holder };
+      });
+    },
+
+    async releaseIdempotencyKey(userId: number, key: string, holder: string): Promise<void> {
+      await db.run(sql.releaseKey, [userId, key, holder]);
     },
 
     /** In one transaction: the order, its idempotency key, and the end of its outbox row. */
-    finishCreate: (o: NewOrder, idempotency?: { key: string; bodyHash: string }): FinishCreateResult => finishCreate.immediate(o, idempotency),
+    async finishCreate(o: NewOrder, idempotency?: KeyedCreate): Promise<FinishCreateResult> {
+      try {
+        return await db.transaction(async (tx): Promise<FinishCreateResult> => {
+          if (idempotency) {
+            const existing = await findKey(o.userId, idempotency.key, tx);
+            if (existing) return { kind: 'key_taken', record: existing };
+          }
+          // Taking the outbox row is what makes the stock this order's; the worker can't have it after.
+          if ((await tx.run(sql.takeUnclaimedRelease, [o.reservationId])) !== 1) return { kind: 'release_claimed' };
+          const order = (await getOrder(await insertOrder(o, tx), tx))!;
+          if (idempotency) {
+            await tx.run(sql.insertKey, [o.userId, idempotency.key, idempotency.bodyHash, order.id, JSON.stringify(order), order.createdAt]);
+            await tx.run(sql.releaseKey, [o.userId, idempotency.key, idempotency.holder]);
+          }
+          return { kind: 'created', order };
+        });
+      } catch (err) {
+        // Another instance committed the same key while we were inside (PostgreSQL): everything
+        // above was rolled back, and its order is the answer.
+        if (idempotency && isUniqueViolation(err)) {
+          const record = await findKey(o.userId, idempotency.key);
+          if (record) return { kind: 'key_taken', record };
+        }
+        throw err;
+      }
+    },
 
     /** Compare-and-set of the status; with `releaseStock`, an outbox row for its reservation in the same transaction. */
-    changeStatus: (id: number, to: OrderStatus, allowed: (from: OrderStatus) => boolean, releaseStock: boolean): StatusChangeResult =>
-      changeStatus.immediate(id, to, allowed, releaseStock),
+    changeStatus(id: number, to: OrderStatus, allowed: (from: OrderStatus) => boolean, releaseStock: boolean): Promise<StatusChangeResult> {
+      return db.transaction(async (tx): Promise<StatusChangeResult> => {
+        const current = await tx.get<{ status: OrderStatus; reservation_id: string }>(sql.selectStatus, [id]);
+        if (!current) return { kind: 'not_found' };
+        if (!allowed(current.status)) return { kind: 'rejected', from: current.status };
+        if ((await tx.run(sql.setStatusIf, [to, new Date().toISOString(), id, current.status])) !== 1) {
+          const now = await tx.get<{ status: OrderStatus }>(sql.selectStatus, [id]);
+          return now ? { kind: 'rejected', from: now.status } : { kind: 'not_found' };
+        }
+        if (releaseStock) await tx.run(sql.insertRelease, [current.reservation_id, Date.now()]);
+        return { kind: 'changed', order: (await getOrder(id, tx))!, reservationId: current.reservation_id };
+      });
+    },
 
     /** Deletes a pending order and writes the outbox row for its reservation, in one transaction. */
-    deletePendingOrder: (id: number): DeleteResult => deletePendingOrder.immediate(id),
-
-    addPendingRelease(reservationId: string): void {
-      q.insertRelease.run(reservationId, Date.now());
+    deletePendingOrder(id: number): Promise<DeleteResult> {
+      return db.transaction(async (tx): Promise<DeleteResult> => {
+        const current = await tx.get<{ status: OrderStatus; reservation_id: string }>(sql.selectStatus, [id]);
+        if (!current) return { kind: 'not_found' };
+        if (current.status !== 'pending') return { kind: 'not_pending', status: current.status };
+        if ((await tx.run(sql.deleteIfPending, [id])) !== 1) {
+          const now = await tx.get<{ status: OrderStatus }>(sql.selectStatus, [id]);
+          return now ? { kind: 'not_pending', status: now.status } : { kind: 'not_found' };
+        }
+        await tx.run(sql.insertRelease, [current.reservation_id, Date.now()]);
+        return { kind: 'deleted', reservationId: current.reservation_id };
+      });
     },
 
-    /** True when the reservation may be released now: no live order owns it, and no order can take it any more. */
-    claimPendingRelease(reservationId: string): boolean {
-      return q.claimRelease.run({ id: reservationId }).changes === 1;
+    async addPendingRelease(reservationId: string): Promise<void> {
+      await db.run(sql.insertRelease, [reservationId, Date.now()]);
     },
 
-    deletePendingRelease(reservationId: string): void {
-      q.deleteRelease.run(reservationId);
+    /**
+     * True when this caller may release the reservation now: no live order owns it, no order can
+     * take it any more, and nobody else is releasing it for the next `leaseMs` (a caller that dies
+     * meanwhile leaves it to the next claim after that).
+     */
+    async claimPendingRelease(reservationId: string, leaseMs: number): Promise<boolean> {
+      const now = Date.now();
+      return (await db.run(sql.claimRelease, [reservationId, now + leaseMs, now])) === 1;
     },
 
-    notePendingReleaseFailure(reservationId: string, reason: string): void {
-      q.noteReleaseFailure.run(reason.slice(0, 500), reservationId);
+    /** Forgets an unclaimed outbox row whose reservation a live order owns; true if it did. */
+    async dropOwnedRelease(reservationId: string): Promise<boolean> {
+      return (await db.run(sql.dropOwnedRelease, [reservationId])) === 1;
     },
 
-    /** Reservation ids of outbox rows written at or before `beforeMs`, least tried and oldest first. */
-    dueReleases(beforeMs: number, limit: number): string[] {
-      return q.dueReleases.all(beforeMs, limit).map((r) => r.reservation_id);
+    async deletePendingRelease(reservationId: string): Promise<void> {
+      await db.run(sql.deleteRelease, [reservationId]);
     },
 
-    countPendingReleases(): number {
-      return q.countReleases.get()!.n;
+    /** Counts a failed release and frees the row's lease, so the next pass tries again. */
+    async notePendingReleaseFailure(reservationId: string, reason: string): Promise<void> {
+      await db.run(sql.noteReleaseFailure, [reason.slice(0, 500), reservationId]);
+    },
+
+    /** Unleased outbox rows written at or before `beforeMs`, least tried and oldest first. */
+    async dueReleases(beforeMs: number, limit: number): Promise<string[]> {
+      return (await db.all<{ reservation_id: string }>(sql.dueReleases, [beforeMs, Date.now(), limit])).map((r) => r.reservation_id);
+    },
+
+    async countPendingReleases(): Promise<number> {
+      return (await db.get<{ n: number }>(sql.countReleases))!.n;
     },
   };
 }
 
 function toRecord(row: KeyRow): IdempotencyRecord {
-  return { key: row.key, bodyHash: row.body_hash, orderId: row.order_id, response: JSON.parse(row.response) as Order };
+  return { userId: row.user_id, key: row.key, bodyHash: row.body_hash, orderId: row.order_id, response: JSON.parse(row.response) as Order };
 }

@@ -12,7 +12,7 @@ import type { UsersClient } from '../users/client.js';
 import { hashOrderRequest, type KeyGate } from './idempotency.js';
 import { NEXT_STATUSES, type CreateOrderInput, type ListOrdersQuery, type Order, type OrderStats, type OrderStatus } from './schema.js';
 import { toCents } from '../platform/money.js';
-import { type FinishCreateResult, type IdempotencyRecord, type NewOrder, type OrderStore } from './store.js';
+import { type FinishCreateResult, type IdempotencyRecord, type KeyedCreate, type NewOrder, type OrderStore } from './store.js';
 
 export interface OrderDeps {
   store: OrderStore;
@@ -31,22 +31,23 @@ export interface Created {
 // The product service's refusals that our client should hear as they are.
 const PASSED_ON = new Set(['INSUFFICIENT_STOCK', 'UNKNOWN_PRODUCT']);
 
-export function getOrder({ store }: OrderDeps, id: number): Order {
-  const order = store.getOrder(id);
+export async function getOrder({ store }: OrderDeps, id: number): Promise<Order> {
+  const order = await store.getOrder(id);
   if (!order) throw notFound('Order');
   return order;
 }
 
-export const listOrders = ({ store }: OrderDeps, query: ListOrdersQuery): Page<Order> => store.listOrders(query);
+export const listOrders = ({ store }: OrderDeps, query: ListOrdersQuery): Promise<Page<Order>> => store.listOrders(query);
 
-export const orderStats = ({ store }: OrderDeps): OrderStats => store.stats();
+export const orderStats = ({ store }: OrderDeps): Promise<OrderStats> => store.stats();
 
 export async function createOrder(deps: OrderDeps, input: CreateOrderInput, idempotencyKey?: string): Promise<Created> {
   try {
     if (idempotencyKey === undefined) return await placeOrder(deps, input);
     const bodyHash = hashOrderRequest(input);
-    return await deps.keys.run(idempotencyKey, async () => {
-      const earlier = deps.store.findIdempotencyKey(idempotencyKey);
+    // Keys are the user's: one user's key never answers, or blocks, another user's create.
+    return await deps.keys.run(`${input.userId}:${idempotencyKey}`, async () => {
+      const earlier = await deps.store.findIdempotencyKey(input.userId, idempotencyKey);
       if (earlier) return replay(earlier, bodyHash);
       return placeOrder(deps, input, { key: idempotencyKey, bodyHash });
     });
@@ -73,8 +74,16 @@ function replay(record: IdempotencyRecord, bodyHash: string): Created {
   return { order: record.response, replayed: true };
 }
 
+// A create holds its key in the database for at most this long, so a retry after its instance
+// died is soon served; a create that outlasts it is still safe (a racer then takes stock of its
+// own, and the key's unique row still allows one order). A second create with the key waits at
+// most KEY_WAIT_MS for the first to finish.
+const KEY_LEASE_MS = 15_000;
+const KEY_WAIT_MS = 5_000;
+const KEY_POLL_MS = 25;
+
 async function placeOrder(deps: OrderDeps, input: CreateOrderInput, idempotency?: { key: string; bodyHash: string }): Promise<Created> {
-  const { store, users, products, logger } = deps;
+  const { store, users } = deps;
   const user = await users.getUser(input.userId);
   if (!user) {
     throw new HttpError(422, 'UNKNOWN_USER', `User ${input.userId} does not exist`, [{ field: 'userId', message: 'no such user' }]);
@@ -82,7 +91,38 @@ async function placeOrder(deps: OrderDeps, input: CreateOrderInput, idempotency?
 
   const reservationId = randomUUID();
   // Durable before the stock is taken: if we die from here on, the release worker gives it back.
-  store.addPendingRelease(reservationId);
+  if (!idempotency) {
+    await store.addPendingRelease(reservationId);
+    return reserveAndFinish(deps, input, reservationId);
+  }
+  // With a key, the key is claimed in the same write, so that one create per user and key takes
+  // stock across every instance: a racer waits for the first and answers its order, rather than
+  // taking stock of its own (and failing for lack of it).
+  const giveUpAt = Date.now() + KEY_WAIT_MS;
+  for (;;) {
+    const begun = await store.beginKeyedCreate(reservationId, input.userId, idempotency.key, KEY_LEASE_MS);
+    if (begun.kind === 'finished') return replay(begun.record, idempotency.bodyHash);
+    if (begun.kind === 'claimed') {
+      let created = false;
+      try {
+        const result = await reserveAndFinish(deps, input, reservationId, { ...idempotency, holder: begun.holder });
+        created = !result.replayed;
+        return result;
+      } finally {
+        // Committed with the order otherwise; a failed create frees the key for a retry now.
+        if (!created) await store.releaseIdempotencyKey(input.userId, idempotency.key, begun.holder).catch(() => undefined);
+      }
+    }
+    if (deadlinePassed()) throw new DeadlineExceededError();
+    if (Date.now() > giveUpAt) {
+      throw new HttpError(503, 'SERVICE_UNAVAILABLE', 'An order with this Idempotency-Key is still in progress, retry shortly', undefined, { retryAfter: 1 });
+    }
+    await new Promise((resolve) => setTimeout(resolve, KEY_POLL_MS));
+  }
+}
+
+async function reserveAndFinish(deps: OrderDeps, input: CreateOrderInput, reservationId: string, idempotency?: KeyedCreate): Promise<Created> {
+  const { store, products, logger } = deps;
   let reservation: Reservation;
   try {
     reservation = await products.reserve(reservationId, input.items);
@@ -123,7 +163,7 @@ async function placeOrder(deps: OrderDeps, input: CreateOrderInput, idempotency?
   }
   let result: FinishCreateResult;
   try {
-    result = store.finishCreate(newOrder, idempotency);
+    result = await store.finishCreate(newOrder, idempotency);
   } catch (err) {
     // Nothing was committed, so no order owns this stock.
     await releaseNow(deps, reservationId);
@@ -158,7 +198,7 @@ function priceItems(input: CreateOrderInput, reservation: Reservation): NewOrder
 /** `onlyFrom`: the change is made only from this status (a user cancels a pending order, nothing else). */
 export async function changeOrderStatus(deps: OrderDeps, id: number, to: OrderStatus, onlyFrom?: OrderStatus): Promise<Order> {
   const releaseStock = to === 'cancelled';
-  const result = deps.store.changeStatus(id, to, (from) => (onlyFrom === undefined || from === onlyFrom) && NEXT_STATUSES[from].includes(to), releaseStock);
+  const result = await deps.store.changeStatus(id, to, (from) => (onlyFrom === undefined || from === onlyFrom) && NEXT_STATUSES[from].includes(to), releaseStock);
   if (result.kind === 'not_found') throw notFound('Order');
   if (result.kind === 'rejected') {
     throw new HttpError(409, 'INVALID_TRANSITION', `An order cannot go from ${result.from} to ${to}`);
@@ -169,7 +209,7 @@ export async function changeOrderStatus(deps: OrderDeps, id: number, to: OrderSt
 }
 
 export async function deleteOrder(deps: OrderDeps, id: number): Promise<void> {
-  const result = deps.store.deletePendingOrder(id);
+  const result = await deps.store.deletePendingOrder(id);
   if (result.kind === 'not_found') throw notFound('Order');
   if (result.kind === 'not_pending') {
     throw new HttpError(409, 'ORDER_NOT_PENDING', `Only pending orders can be deleted; this one is ${result.status}`);
@@ -183,19 +223,33 @@ function compensate(deps: OrderDeps, reservationId: string): void {
   void withoutDeadline(() => releaseNow(deps, reservationId));
 }
 
+// How long a release started from a request keeps its outbox row from the release workers: far
+// longer than a release call takes (UPSTREAM_TIMEOUT_MS, 5 s by default), short enough that a
+// crash mid-release is soon retried. A call that outlasted it could be repeated by a worker, which
+// the product service answers without giving the stock back twice.
+const RELEASE_NOW_LEASE_MS = 60_000;
+
 /**
  * Gives a reservation's stock back now, for a caller that knows no live order owns it (its own
- * failed create, or an order it just cancelled or deleted). On any failure the outbox row stays
+ * failed create, or an order it just cancelled or deleted). The outbox row is claimed first, so
+ * no release worker of any instance releases it at the same time. On any failure the row stays
  * and the release worker retries: the client's answer does not depend on it.
  */
 async function releaseNow({ store, products, logger }: OrderDeps, reservationId: string): Promise<void> {
+  let claimed = false;
   try {
+    claimed = await store.claimPendingRelease(reservationId, RELEASE_NOW_LEASE_MS);
+    // Not ours to release now (a worker holds it): the worker finishes it.
+    if (!claimed) return;
     await products.release(reservationId);
-    store.deletePendingRelease(reservationId);
+    await store.deletePendingRelease(reservationId);
   } catch (err) {
     logger.warn({ err, reservationId }, 'release failed; the release worker will retry');
+    if (claimed) await store.notePendingReleaseFailure(reservationId, errorText(err)).catch(() => undefined);
   }
 }
+
+const errorText = (err: unknown): string => (err instanceof Error ? err.message : String(err));
 
 export interface ReleaseRound {
   released: number;
@@ -204,8 +258,9 @@ export interface ReleaseRound {
 
 /**
  * One pass of the release worker over outbox rows at least `minAgeMs` old. A row is first
- * claimed (after which no create can commit an order for it), then released, then deleted.
- * A row whose reservation a live order owns is just deleted.
+ * claimed (after which no create can commit an order for it, and no other worker or instance
+ * takes it for `minAgeMs`), then released, then deleted. A row whose reservation a live order
+ * owns is just deleted; one that another worker holds is left to it.
  */
 export async function releasePending(
   { store, products, logger }: Pick<OrderDeps, 'store' | 'products' | 'logger'>,
@@ -214,19 +269,19 @@ export async function releasePending(
   shouldStop: () => boolean = () => false,
 ): Promise<ReleaseRound> {
   const round: ReleaseRound = { released: 0, failed: 0 };
-  for (const reservationId of store.dueReleases(Date.now() - minAgeMs, batchSize)) {
+  for (const reservationId of await store.dueReleases(Date.now() - minAgeMs, batchSize)) {
     if (shouldStop()) break;
-    if (!store.claimPendingRelease(reservationId)) {
-      store.deletePendingRelease(reservationId);
+    if (!(await store.claimPendingRelease(reservationId, minAgeMs))) {
+      await store.dropOwnedRelease(reservationId);
       continue;
     }
     try {
       await products.release(reservationId);
-      store.deletePendingRelease(reservationId);
+      await store.deletePendingRelease(reservationId);
       round.released++;
     } catch (err) {
       round.failed++;
-      store.notePendingReleaseFailure(reservationId, err instanceof Error ? err.message : String(err));
+      await store.notePendingReleaseFailure(reservationId, errorText(err));
       logger.warn({ err, reservationId }, 'release failed; will retry');
       // The product service is down: the rest of the batch would fail the same way.
       if (err instanceof UpstreamUnavailableError) break;
