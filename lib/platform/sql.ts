@@ -216,7 +216,7 @@ function openSqlite({ dataDir, name }: OpenSqlOptions): SqlDatabase {
     raw.exec(sql);
   }));
 
-  const db: SqlDatabase = {
+  return {
     engine: 'sqlite',
     all: (sql, params) => guarded(() => direct.all(sql, params)),
     get: (sql, params) => guarded(() => direct.get(sql, params)),
@@ -260,16 +260,6 @@ function openSqlite({ dataDir, name }: OpenSqlOptions): SqlDatabase {
       raw.close();
     },
   };
-  sqliteHandles.set(db, raw);
-  return db;
-}
-
-const sqliteHandles = new WeakMap<SqlDatabase, Database.Database>();
-/** The SQLite connection under `db`, for stores not yet written against Db. */
-export function sqliteHandle(db: SqlDatabase): Database.Database {
-  const raw = sqliteHandles.get(db);
-  if (!raw) throw new Error('not a SQLite database');
-  return raw;
 }
 
 /** Runs synchronous SQLite work as a promise, with storage failures turned into 503s. */
