@@ -1,6 +1,7 @@
 // GET / (what this gateway is and routes to) and GET /health (each service's circuit and a probe).
 import { Router, type Request, type Response } from 'express';
 import type { CircuitState } from './breakers.js';
+import { instancesOf } from './dashboard/upstream-view.js';
 import type { ProbeResult, Upstream } from './upstreams.js';
 
 export type ServiceStatus = 'healthy' | 'recovering' | 'unhealthy';
@@ -43,7 +44,9 @@ export function createStatusRoutes({ upstreams, name, version, showAddresses, de
     res.json({
       name,
       version,
-      services: upstreams.map((u) => (showAddresses ? { name: u.name, url: u.url, status: serviceStatus(u.breaker.state) } : { name: u.name, status: serviceStatus(u.breaker.state) })),
+      services: upstreams.map((u) => (showAddresses
+        ? { name: u.name, url: u.url, status: serviceStatus(u.breaker.state), instances: u.instances.list.map((i) => i.url) }
+        : { name: u.name, status: serviceStatus(u.breaker.state) })),
       features: GATEWAY_FEATURES,
     });
   });
@@ -57,8 +60,9 @@ export function createStatusRoutes({ upstreams, name, version, showAddresses, de
     upstreams.forEach((u, i) => {
       const probe = probes[i];
       const circuitState = u.breaker.state;
-      if (circuitState !== 'CLOSED' || !probe.ok) degraded = true;
-      services[u.name] = { status: serviceStatus(circuitState, probe), circuitState, stats: u.breaker.stats, probe };
+      const instances = instancesOf(u);
+      if (circuitState !== 'CLOSED' || !probe.ok || instances.some((i) => i.state !== 'up')) degraded = true;
+      services[u.name] = { status: serviceStatus(circuitState, probe), circuitState, stats: u.breaker.stats, probe, instances };
     });
     const status = degraded ? 'degraded' : 'healthy';
     res.json(detailed ? { status, timestamp: new Date().toISOString(), services } : { status });
