@@ -71,8 +71,6 @@ export interface Upstream {
    * answers), short and outside the breaker.
    */
   probe(): Promise<ProbeResult>;
-  /** The last probe of each instance, in the order of `instances.list` (after a probe()). */
-  lastProbes(): (ProbeResult | undefined)[];
   /** Stops timers and closes the pools. */
   close(): void;
 }
@@ -99,16 +97,15 @@ export function createUpstreams(config: GatewayConfig, logger: Logger, metrics: 
     const url = config[URL_VARS[name]];
     const list = urlList(url).map((u) => new GatewayInstance(u, name, config, metrics));
     const single = list.length === 1;
-    const last: (ProbeResult | undefined)[] = list.map(() => undefined);
     const probeAll = async (upOnly: boolean): Promise<ProbeResult> => {
-      const results = await Promise.all(list.map((i, n) => (upOnly && i.state !== 'up' ? Promise.resolve(undefined) : i.probe().then((r) => (last[n] = r)))));
+      const results = await Promise.all(list.map((i) => (upOnly && i.state !== 'up' ? Promise.resolve(undefined) : i.probe())));
       const answered = results.filter((r): r is ProbeResult => r !== undefined);
       if (answered.length === 0) return { ok: false, latencyMs: 0, failure: 'refused' };
       const ok = answered.filter((r) => r.ok);
       if (ok.length) return { ok: true, latencyMs: Math.min(...ok.map((r) => r.latencyMs)) };
       return answered[0];
     };
-    const probe = single ? () => list[0].probe().then((r) => (last[0] = r)) : () => probeAll(false);
+    const probe = single ? list[0].probe : () => probeAll(false);
     // With several instances the breaker follows them: it opens when the last one is ejected
     // (not after its own count of failures), and half-opens when one is back.
     const instances = new InstanceSet<GatewayInstance>(
@@ -169,7 +166,6 @@ export function createUpstreams(config: GatewayConfig, logger: Logger, metrics: 
       client: new ServiceClient({ name, instances: instances as unknown as InstanceSet, timeoutMs: config.UPSTREAM_TIMEOUT_MS }),
       breaker,
       probe,
-      lastProbes: () => last,
       close: () => {
         breaker.shutdown();
         instances.shutdown();
