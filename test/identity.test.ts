@@ -7,7 +7,9 @@ import { OrderConfigSchema } from '../lib/orders/config.js';
 import { parseConfig } from '../lib/platform/config.js';
 import { ProductConfigSchema } from '../lib/products/config.js';
 import { UserConfigSchema } from '../lib/users/config.js';
-import { authModeOf, bearerToken, createTokenVerifier, DEFAULT_ALGORITHMS, DEFAULT_AUDIENCE, DEFAULT_ISSUER } from '../lib/platform/identity.js';
+import { authModeOf, bearerToken, createTokenVerifier, DEFAULT_ALGORITHMS, DEFAULT_AUDIENCE, DEFAULT_ISSUER, verifierFromConfig } from '../lib/platform/identity.js';
+import { createServer } from 'node:http';
+import { deadUrl } from './gateway-helpers.js';
 import { createLogger } from '../lib/platform/logger.js';
 import { issueToken, loadSigningKey, localKeys } from '../lib/users/auth.js';
 import { Writable } from 'node:stream';
@@ -127,5 +129,32 @@ describe('auth configuration', () => {
     assert.equal('DEMO_PASSWORD' in parseConfig(ProductConfigSchema, { DEMO_PASSWORD: 'a-demo-password' }), false, 'only the user service keeps the password');
     assert.equal(authModeOf(parseConfig(GatewayConfigSchema, { NODE_ENV: 'production' })), 'required');
     assert.equal(authModeOf(parseConfig(GatewayConfigSchema, {})), 'open');
+  });
+});
+
+describe('JWKS of several user-service instances', () => {
+  test('when the first instance is down, then a token verifies with the next one; a JWKS without the key is a 401, not a failover', async () => {
+    const key = loadSigningKey(':memory:');
+    const other = loadSigningKey(':memory:');
+    const settings = { issuer: DEFAULT_ISSUER, audience: DEFAULT_AUDIENCE, ttlS: 60 };
+    let asked = 0;
+    const server = createServer((_req, res) => {
+      asked++;
+      res.setHeader('content-type', 'application/json').end(JSON.stringify({ keys: [key.publicJwk] }));
+    });
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    const live = `http://127.0.0.1:${(server.address() as { port: number }).port}`;
+    const dead = await deadUrl();
+    try {
+      const config = { NODE_ENV: 'test', JWT_ISSUER: DEFAULT_ISSUER, JWT_AUDIENCE: DEFAULT_AUDIENCE, JWT_ALGORITHMS: [...DEFAULT_ALGORITHMS] };
+      const verifier = verifierFromConfig(config, `${dead.url},${live}`);
+      const identity = await verifier.verify(`Bearer ${await issueToken(key, { id: 3, role: 'user' }, settings)}`);
+      assert.equal(identity.sub, '3');
+      assert.equal(asked, 1);
+      await assert.rejects(verifier.verify(`Bearer ${await issueToken(other, { id: 4, role: 'user' }, settings)}`), { status: 401 });
+    } finally {
+      server.close();
+      await dead.close();
+    }
   });
 });

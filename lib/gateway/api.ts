@@ -22,6 +22,8 @@ const ServiceHealth = z.object({
   circuitState: CircuitState,
   stats: z.object({ failures: z.number().int(), successes: z.number().int(), rejects: z.number().int(), timeouts: z.number().int(), lastFailure: z.string().nullable() }),
   probe: z.object({ ok: z.boolean(), latencyMs: z.number(), failure: z.enum(FAILURES).optional() }),
+  // One per configured URL; with one instance its state follows the circuit (ejected while OPEN).
+  instances: z.array(z.object({ url: z.string(), state: z.enum(['up', 'ejected']), outstanding: z.number().int(), consecutiveFailures: z.number().int() })),
 });
 
 const Meta = z.object({ complete: z.boolean(), unavailable: z.array(z.enum(SERVICE_NAMES)) });
@@ -51,7 +53,7 @@ const OWN_API: readonly ApiRoute[] = [
         description: 'Name, version, services, features',
         body: z.object({
           name: z.string(), version: z.string(),
-          services: z.array(z.object({ name: z.enum(SERVICE_NAMES), url: z.string(), status: ServiceStatus })),
+          services: z.array(z.object({ name: z.enum(SERVICE_NAMES), url: z.string(), status: ServiceStatus, instances: z.array(z.string()) })),
           features: z.array(z.enum(GATEWAY_FEATURES)),
         }),
       },
@@ -61,7 +63,7 @@ const OWN_API: readonly ApiRoute[] = [
     method: 'get', path: '/health', summary: "Each service's circuit and a fresh probe; always 200",
     responses: {
       200: {
-        description: 'Healthy, or degraded when a circuit is not closed or a probe failed',
+        description: 'Healthy, or degraded when a circuit is not closed, a probe failed, an instance is ejected or the shared rate-limit store is unreachable',
         body: z.object({
           status: z.enum(['healthy', 'degraded']),
           timestamp: z.string(),

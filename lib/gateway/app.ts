@@ -5,6 +5,7 @@ import { errorHandler, notFoundHandler } from '../platform/errors.js';
 import { createBaseApp, requestContext } from '../platform/http.js';
 import type { Logger } from '../platform/logger.js';
 import { createMetrics, type Metrics } from '../platform/metrics.js';
+import { urlList } from '../platform/config.js';
 import { ServiceClient } from '../platform/service-client.js';
 import { createTraceRoutes } from '../platform/trace-endpoints.js';
 import { createTracing, type Tracing } from '../platform/span-recorder.js';
@@ -109,8 +110,13 @@ export function createGateway({ config, logger, metrics = createMetrics('gateway
   app.get('/metrics', adminOnly, metrics.handler);
   app.use(['/traces', '/spans'], adminOnly);
   if (tracing) {
-    // /traces merges the gateway's spans with every service's, each asked with a short timeout.
-    const remotes = upstreamList.map((u) => new ServiceClient({ name: u.name, baseUrl: u.target, timeoutMs: config.HEALTH_PROBE_TIMEOUT_MS }));
+    // /traces merges the gateway's spans with every process's, each asked with a short timeout.
+    // Every instance of every service, and each peer gateway (its own spans only).
+    const timeoutMs = config.HEALTH_PROBE_TIMEOUT_MS;
+    const remotes = [
+      ...upstreamList.flatMap((u) => u.instances.list.map((i) => new ServiceClient({ name: u.instances.single ? u.name : `${u.name}@${i.host}`, baseUrl: i.target, timeoutMs }))),
+      ...urlList(config.GATEWAY_PEERS).map((peer) => new ServiceClient({ name: `gateway@${new URL(peer).host}`, baseUrl: peer, timeoutMs })),
+    ];
     app.use(createTraceRoutes({ tracing, remotes }));
   }
   app.use(dashboard.router);
@@ -140,10 +146,7 @@ export function createGateway({ config, logger, metrics = createMetrics('gateway
       loginLimiter.close();
       await limitStore?.close();
       cache.clear();
-      for (const u of upstreamList) {
-        u.breaker.shutdown();
-        u.agent.destroy();
-      }
+      for (const u of upstreamList) u.close();
     },
   };
 }

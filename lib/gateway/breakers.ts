@@ -24,6 +24,8 @@ export interface BreakerOptions {
   slowStartMs: number;
   /** Retries allowed per call admitted (0.2: at most one retry per five calls, over time). */
   retryBudgetRatio: number;
+  /** Unspent retries a quiet service can save up for a burst of failures; default 10. */
+  retryTokenCap?: number;
 }
 
 export interface BreakerHooks {
@@ -70,7 +72,7 @@ type Outcome = 'success' | 'failure' | 'neutral';
 
 // Slow start lets at least this share through from its first moment.
 const SLOW_START_FLOOR = 0.1;
-// Unspent retries a quiet service can save up for a burst of failures.
+// Unspent retries a quiet service can save up for a burst of failures, unless told otherwise.
 const RETRY_TOKEN_CAP = 10;
 
 /**
@@ -82,6 +84,8 @@ const RETRY_TOKEN_CAP = 10;
  */
 export class BreakerCall {
   aborted = false;
+  /** Given up on because the service did not answer in time (not because the client stalled). */
+  timedOut = false;
   /** The outcome was counted; later reports are ignored. */
   settled = false;
   /** The breaker's epoch when admitted; an outcome from an earlier epoch says nothing about now. */
@@ -191,6 +195,7 @@ export class ServiceBreaker {
   private rampSeen = 0;
   private rampAdmitted = 0;
   private retryTokens = 1;
+  private readonly retryTokenCap: number;
   private stopped = false;
   private readonly counts: BreakerStats = { failures: 0, successes: 0, rejects: 0, timeouts: 0, lastFailure: null };
 
@@ -198,6 +203,7 @@ export class ServiceBreaker {
     this.name = name;
     this.options = options;
     this.hooks = hooks;
+    this.retryTokenCap = options.retryTokenCap ?? RETRY_TOKEN_CAP;
   }
 
   get state(): CircuitState {
@@ -234,7 +240,7 @@ export class ServiceBreaker {
       case 'CLOSED':
         if (this.rampUntil !== 0 && !this.rampAdmits()) return this.refuse();
     }
-    if (this.retryTokens < RETRY_TOKEN_CAP) this.retryTokens += this.options.retryBudgetRatio;
+    if (this.retryTokens < this.retryTokenCap) this.retryTokens += this.options.retryBudgetRatio;
     return new BreakerCall(this, this.epoch);
   }
 
@@ -321,6 +327,7 @@ export class ServiceBreaker {
       this.settle(call, 'neutral');
       running.reject(new ClientGoneError(true));
     } else {
+      call.timedOut = true;
       call.fail('timeout');
       running.reject(new UpstreamUnavailableError(this.name, 'timeout'));
     }

@@ -1,7 +1,7 @@
 // The gateway's configuration: one zod schema over the environment, parsed once at start.
 import express from 'express';
 import { z } from 'zod';
-import { commonShape, intVar, portVar, urlVar } from '../platform/config.js';
+import { commonShape, intVar, portVar, urlListVar } from '../platform/config.js';
 import { authShape } from '../platform/identity.js';
 
 /** Largest value setTimeout/setInterval accept; timers and windows above it fire at once. */
@@ -37,9 +37,20 @@ export const GatewayConfigSchema = z.object({
   ...commonShape,
   ...authShape,
   PORT: portVar(3010),
-  USERS_URL: urlVar('http://127.0.0.1:3011'),
-  PRODUCTS_URL: urlVar('http://127.0.0.1:3012'),
-  ORDERS_URL: urlVar('http://127.0.0.1:3013'),
+  // Each service's instances: one base URL or a comma-separated list (at most 16, no repeats).
+  USERS_URL: urlListVar('http://127.0.0.1:3011'),
+  PRODUCTS_URL: urlListVar('http://127.0.0.1:3012'),
+  ORDERS_URL: urlListVar('http://127.0.0.1:3013'),
+  // With several instances: consecutive failures (refused, reset, timeout, 5xx) that take one out
+  // of the rotation. The circuit opens only when every instance is out.
+  OUTLIER_CONSECUTIVE_FAILURES: intVar(5, 1, 1000),
+  // How long an instance stays out after its first ejection; each ejection soon after the last
+  // doubles it, up to OUTLIER_MAX_EJECTION_MS. It comes back once its /health answers.
+  OUTLIER_EJECTION_MS: intVar(10_000, 10, MAX_TIMER_MS),
+  OUTLIER_MAX_EJECTION_MS: intVar(300_000, 10, MAX_TIMER_MS),
+  // Other gateways (comma-separated base URLs): /traces asks them for their own spans, so any
+  // gateway shows a whole trace whichever gateway served it. Empty: none.
+  GATEWAY_PEERS: urlListVar('', { allowEmpty: true }),
   // Requests per client per window on /api/*.
   RATE_LIMIT: intVar(100, 1, 1_000_000),
   RATE_WINDOW_MS: intVar(60_000, 100, MAX_TIMER_MS),

@@ -21,7 +21,8 @@ export interface GatewayMetrics {
    * `res.locals.proxiedTo`), from requestContext's one timing of the request.
    */
   observeProxied: RequestObserver;
-  upstreamFailure(service: string, kind: UpstreamFailure): void;
+  /** `instance`: given with several instances (one label per configured URL), absent with one. */
+  upstreamFailure(service: string, kind: UpstreamFailure, instance?: string): void;
   circuitRejected(service: string): void;
   /** A request sent to the service a second time, after failing before it reached it. */
   upstreamRetry(service: string): void;
@@ -32,6 +33,10 @@ export interface GatewayMetrics {
   /** A command to the shared store that failed or timed out. */
   rateLimitStoreFailure(): void;
   staleResponse(service: string): void;
+  /** Whether an instance takes requests (1) or is ejected (0). */
+  instanceUp(service: string, instance: string, up: boolean): void;
+  /** The counter of requests sent to one instance, bound once (no label lookup per request). */
+  instanceRequests(service: string, instance: string): { inc(): void };
 }
 
 const STATE_VALUE: Record<CircuitState, number> = { CLOSED: 0, HALF_OPEN: 1, OPEN: 2 };
@@ -54,7 +59,7 @@ export function createGatewayMetrics(registry: Registry): GatewayMetrics {
   const failures = new Counter({
     name: 'gateway_upstream_failures_total',
     help: 'Calls to a service that failed, by kind: refused, reset, timeout, bad_response, server_error.',
-    labelNames: ['service', 'kind'] as const,
+    labelNames: ['service', 'kind', 'instance'] as const,
     registers,
   });
   const rejections = new Counter({
@@ -87,6 +92,26 @@ export function createGatewayMetrics(registry: Registry): GatewayMetrics {
     registers,
   });
 
+  const instanceUp = new Gauge({
+    name: 'gateway_upstream_instance_up',
+    help: 'Per instance of a service (its configured URL): 1 takes requests, 0 ejected after failures.',
+    labelNames: ['service', 'instance'] as const,
+    registers,
+  });
+  // Counted in plain numbers on the proxy's path and handed to prom-client at scrape time: a
+  // labelled inc() would build its label key on every request.
+  const sentCounts: { labels: { service: string; instance: string }; count: number }[] = [];
+  new Counter({
+    name: 'gateway_upstream_requests_total',
+    help: 'Requests sent to each instance of a service (retries included).',
+    labelNames: ['service', 'instance'] as const,
+    registers,
+    collect() {
+      this.reset();
+      for (const s of sentCounts) this.inc(s.labels, s.count);
+    },
+  });
+
   const record = requestRecorder(requests, duration);
   // Made on first use: without a shared store a gauge at 0 would read as a store that is down.
   let store: { up: Gauge; failures: Counter } | undefined;
@@ -101,7 +126,7 @@ export function createGatewayMetrics(registry: Registry): GatewayMetrics {
       const service = res.locals.proxiedTo;
       if (service) record(service, metricMethod(req.method), res.statusCode, durationMs / 1000);
     },
-    upstreamFailure: (service, kind) => failures.inc({ service, kind }),
+    upstreamFailure: (service, kind, instance) => failures.inc(instance === undefined ? { service, kind } : { service, kind, instance }),
     circuitRejected: (service) => rejections.inc({ service }),
     upstreamRetry: (service) => retries.inc({ service }),
     circuitState: (service, s) => state.set({ service }, STATE_VALUE[s]),
@@ -109,5 +134,11 @@ export function createGatewayMetrics(registry: Registry): GatewayMetrics {
     rateLimitStoreUp: (up) => storeMetrics().up.set(up ? 1 : 0),
     rateLimitStoreFailure: () => storeMetrics().failures.inc(),
     staleResponse: (service) => stale.inc({ service }),
+    instanceUp: (service, instance, up) => instanceUp.set({ service, instance }, up ? 1 : 0),
+    instanceRequests: (service, instance) => {
+      const entry = { labels: { service, instance }, count: 0 };
+      sentCounts.push(entry);
+      return { inc: () => void entry.count++ };
+    },
   };
 }

@@ -13,7 +13,7 @@ import { CircuitOpenError, ClientGoneError, type BreakerCall } from './breakers.
 import { identityOf } from './auth.js';
 import type { GatewayMetrics } from './metrics.js';
 import { staleCacheKey, type StaleCache } from './stale-cache.js';
-import type { Upstream } from './upstreams.js';
+import type { GatewayInstance, Upstream } from './upstreams.js';
 
 export interface ServiceProxyOptions {
   upstream: Upstream;
@@ -67,8 +67,14 @@ class Exchange {
   call?: BreakerCall;
   /** The answer blames a dependency of the service (DEPENDENCY_HEADER): no outcome for the service. */
   dependencyFault = false;
-  /** Sent again once, on a fresh connection, after failing before reaching the service. */
+  /** Sent again once, after failing before reaching the service. */
   retried = false;
+  /** The retry goes to the same instance, on a connection of its own. */
+  freshConnection = false;
+  /** The instance the current attempt goes to. */
+  instance?: GatewayInstance;
+  /** The attempt is counted in its instance's outstanding requests and has no outcome yet. */
+  attemptOpen = false;
   /** The request body read so far, kept while it may have to be sent again (undefined: not kept). */
   keptBody?: Buffer[];
   /** performance.now() when the call went out, for the time left on a retry. */
@@ -80,7 +86,18 @@ class Exchange {
     readonly req: Request,
     readonly res: Response,
     readonly cacheKey: string | undefined,
+    readonly upstream: Upstream,
   ) {}
+
+  /** The current attempt's outcome for its instance (its outlier state), once. */
+  endAttempt(outcome: 'success' | 'failure' | 'neutral', kind: UpstreamFailure = 'reset'): void {
+    if (!this.attemptOpen) return;
+    this.attemptOpen = false;
+    const { instances, breaker } = this.upstream;
+    instances.end(this.instance!, outcome === 'success');
+    // While the circuit tests the service, one failure takes the instance out again.
+    if (outcome === 'failure') instances.fail(this.instance!, kind, breaker.state !== 'CLOSED');
+  }
 
   /** Settles when the service's response headers arrive (or the call fails). */
   start(cancellation: BreakerCall, forward: (ex: Exchange) => void, service: string): Promise<void> {
@@ -115,6 +132,7 @@ class Exchange {
 
   abortUpstream(): void {
     this.aborted = true;
+    this.endAttempt(this.call?.timedOut ? 'failure' : 'neutral', 'timeout');
     this.proxyReq?.destroy();
   }
 
@@ -122,6 +140,7 @@ class Exchange {
     this.span?.end({ status: this.proxyRes?.statusCode, error: this.res.writableFinished ? undefined : 'client_closed' });
     if (this.res.writableFinished) return;
     this.clientGone = true;
+    this.endAttempt('neutral');
     if (!this.responded) this.reject(new ClientGoneError());
     this.proxyReq?.destroy();
     this.proxyRes?.destroy();
@@ -146,11 +165,13 @@ function reportOutcome(ex: Exchange, complete: boolean): void {
 /**
  * A failed call may go out once more when it never reached the service (refused, or a pooled
  * socket found closed), repeating it is safe (an idempotent method, or a POST with an
- * Idempotency-Key) and its body, if any, was kept for it (keepBody).
+ * Idempotency-Key) and its body, if any, was kept for it (keepBody). With several instances, a
+ * reset before any answer is enough (the retry goes to another instance: an instance killed
+ * mid-request costs its clients nothing).
  */
 function mayRetry(ex: Exchange, failure: UpstreamFailure): boolean {
   if (ex.retried || ex.aborted || ex.proxyRes) return false;
-  if (failure !== 'refused' && !(failure === 'reset' && ex.proxyReq?.reusedSocket)) return false;
+  if (failure !== 'refused' && !(failure === 'reset' && (ex.proxyReq?.reusedSocket || !ex.upstream.instances.single))) return false;
   return isSafeToRepeat(ex.req) && (!hasBody(ex.req.headers) || ex.keptBody !== undefined);
 }
 
@@ -208,19 +229,18 @@ export function createServiceProxy({ upstream, cache, metrics, logger, trustsPro
     return true;
   };
 
-  const target = new URL(upstream.target);
-  const targetHost = target.host;
-  /** A Location into the service (`/users/4`, or absolute at its address) as the client must follow it: `/api/users/4`. */
+  const instances = upstream.instances;
+  const origins = instances.list.map((i) => i.origin);
+  /** A Location into the service (`/users/4`, or absolute at an instance's address) as the client must follow it: `/api/users/4`. */
   const gatewayLocation = (location: string): string => {
-    const path = location.startsWith(target.origin) ? location.slice(target.origin.length) || '/' : location;
+    const origin = origins.find((o) => location.startsWith(o));
+    const path = origin ? location.slice(origin.length) || '/' : location;
     if (!path.startsWith(servicePrefix)) return location;
     const after = path.charCodeAt(servicePrefix.length);
     // Only the service's own prefix: `/users`, `/users/4`, `/users?x`, never `/usersfoo`.
     if (Number.isNaN(after) || after === 47 /* / */ || after === 63 /* ? */ || after === 35 /* # */) return mount + path.slice(servicePrefix.length);
     return location;
   };
-  const targetHostname = target.hostname;
-  const targetPort = target.port || '80';
   const timeoutMs = upstream.timeoutMs;
   const requestTimeout = String(timeoutMs);
 
@@ -237,6 +257,7 @@ export function createServiceProxy({ upstream, cache, metrics, logger, trustsPro
     const status = proxyRes.statusCode ?? 502;
     proxyRes.once('close', () => {
       ex.span?.end({ status, error: proxyRes.complete ? undefined : 'reset' });
+      ex.endAttempt(proxyRes.complete ? 'success' : ex.clientGone ? 'neutral' : 'failure');
       // The call's one outcome, now that it has ended (a 5xx was counted already): a body cut
       // short is the service's failure, whatever its headers said.
       reportOutcome(ex, proxyRes.complete);
@@ -252,6 +273,7 @@ export function createServiceProxy({ upstream, cache, metrics, logger, trustsPro
       if (req.method === 'GET' && STALE_STATUSES.has(status) && serveStale(ex)) proxyRes.resume();
       ex.responded = true;
       // Counted now: the response's end may come before the rejection below reaches the breaker.
+      ex.endAttempt('failure', 'server_error');
       ex.call?.fail('server_error');
       ex.fail(new UpstreamUnavailableError(upstream.name, 'server_error', status));
     } else {
@@ -274,36 +296,51 @@ export function createServiceProxy({ upstream, cache, metrics, logger, trustsPro
 
   const onError = (ex: Exchange, err: Error) => {
     // A client that hung up makes the upstream call fail too: that is no upstream failure.
-    if (ex.clientGone || ex.req.socket.destroyed) return ex.fail(new ClientGoneError());
+    if (ex.clientGone || ex.req.socket.destroyed) {
+      ex.endAttempt('neutral');
+      return ex.fail(new ClientGoneError());
+    }
     const failure = classifyUpstreamError(err);
+    ex.endAttempt('failure', failure);
     if (mayRetry(ex, failure) && upstream.breaker.tryRetry()) return retry(ex);
     ex.fail(new UpstreamUnavailableError(upstream.name, failure));
   };
 
-  // Retry hook: once, after a random pause, on a connection of its own (a pooled one may be the
-  // next to be found closed).
+  // Retry hook: once, to another instance when there is one; else after a random pause, on a
+  // connection of its own (a pooled one may be the next to be found closed).
   const retry = (ex: Exchange) => {
     ex.retried = true;
     metrics.upstreamRetry(upstream.name);
-    setTimeout(forward, Math.random() * RETRY_JITTER_MS, ex);
+    const other = instances.pick(ex.instance);
+    if (other) {
+      ex.instance = other;
+      setImmediate(forward, ex);
+    } else {
+      ex.freshConnection = true;
+      setTimeout(forward, Math.random() * RETRY_JITTER_MS, ex);
+    }
   };
 
   const forward = (ex: Exchange) => {
     const { req } = ex;
     if (ex.aborted || ex.clientGone) return;
-    const headers = upstreamHeaders(req, trustsProxies, targetHost, ex.span!.headers);
+    const instance = (ex.instance ??= instances.pick()!);
+    const headers = upstreamHeaders(req, trustsProxies, instance.host, ex.span!.headers);
     // Deadline: how long we will still wait, so the service can give up (and undo) before we do.
     headers.push('request-timeout', ex.retried ? String(Math.max(1, timeoutMs - Math.round(performance.now() - ex.startedAt))) : requestTimeout);
     const proxyReq = httpRequest({
-      hostname: targetHostname,
-      port: targetPort,
+      hostname: instance.hostname,
+      port: instance.port,
       method: req.method,
       // The route keeps the full path; the service's is /api/users/1?x -> /users/1?x.
       path: servicePrefix + req.url.slice(mount.length),
       headers,
-      agent: ex.retried ? false : upstream.agent,
+      agent: ex.freshConnection ? false : instance.agent,
     });
     ex.proxyReq = proxyReq;
+    instances.begin(instance);
+    ex.attemptOpen = true;
+    instance.sent.inc();
     proxyReq.once('response', (proxyRes: IncomingMessage) => onResponse(ex, proxyRes));
     proxyReq.on('error', (err: Error) => onError(ex, err));
     if (!hasBody(req.headers)) proxyReq.end();
@@ -319,7 +356,7 @@ export function createServiceProxy({ upstream, cache, metrics, logger, trustsPro
     res.locals.proxiedTo = upstream.name;
     // A verified caller's answer is kept under its id: it may be that caller's alone.
     const cacheKey = staleCacheKey(req, identityOf(res)?.key);
-    const ex = new Exchange(req, res, cacheKey);
+    const ex = new Exchange(req, res, cacheKey, upstream);
     const started = performance.now();
     try {
       // A timeout while the client is still sending its body is the client's doing, unless the

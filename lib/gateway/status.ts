@@ -2,6 +2,7 @@
 import { Router, type Request, type Response } from 'express';
 import type { CircuitState } from './breakers.js';
 import type { LimitStoreStatus } from './redis-limit-store.js';
+import { instancesOf } from './dashboard/upstream-view.js';
 import type { ProbeResult, Upstream } from './upstreams.js';
 
 export type ServiceStatus = 'healthy' | 'recovering' | 'unhealthy';
@@ -46,7 +47,9 @@ export function createStatusRoutes({ upstreams, name, version, showAddresses, de
     res.json({
       name,
       version,
-      services: upstreams.map((u) => (showAddresses ? { name: u.name, url: u.url, status: serviceStatus(u.breaker.state) } : { name: u.name, status: serviceStatus(u.breaker.state) })),
+      services: upstreams.map((u) => (showAddresses
+        ? { name: u.name, url: u.url, status: serviceStatus(u.breaker.state), instances: u.instances.list.map((i) => i.url) }
+        : { name: u.name, status: serviceStatus(u.breaker.state) })),
       features: GATEWAY_FEATURES,
     });
   });
@@ -60,8 +63,9 @@ export function createStatusRoutes({ upstreams, name, version, showAddresses, de
     upstreams.forEach((u, i) => {
       const probe = probes[i];
       const circuitState = u.breaker.state;
-      if (circuitState !== 'CLOSED' || !probe.ok) degraded = true;
-      services[u.name] = { status: serviceStatus(circuitState, probe), circuitState, stats: u.breaker.stats, probe };
+      const instances = instancesOf(u);
+      if (circuitState !== 'CLOSED' || !probe.ok || instances.some((i) => i.state !== 'up')) degraded = true;
+      services[u.name] = { status: serviceStatus(circuitState, probe), circuitState, stats: u.breaker.stats, probe, instances };
     });
     const store = rateLimitStore?.();
     if (store?.state === 'degraded') degraded = true;

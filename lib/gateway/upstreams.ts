@@ -1,6 +1,9 @@
-// The three services as the gateway sees them, each built once at start: its URL, one keep-alive
-// agent for the proxy, one ServiceClient for aggregation, one for health probes, one breaker.
+// The three services as the gateway sees them, each built once at start: its instances (each
+// with its own keep-alive agent, outlier state and /health probe), one ServiceClient for
+// aggregation over them, and one breaker.
 import { Agent } from 'node:http';
+import { Instance, InstanceSet, pinLoopback } from '../platform/balancer.js';
+import { urlList } from '../platform/config.js';
 import type { Logger } from '../platform/logger.js';
 import { ServiceClient, UpstreamUnavailableError, type UpstreamFailure } from '../platform/service-client.js';
 import { ServiceBreaker, type CircuitState } from './breakers.js';
@@ -16,27 +19,71 @@ export interface ProbeResult {
   failure?: UpstreamFailure;
 }
 
-export interface Upstream {
-  name: ServiceName;
-  /** Base URL as configured (shown by GET /). */
-  url: string;
-  /** Where the proxy sends requests: `localhost` pinned to 127.0.0.1 (Node may try ::1 first). */
-  target: string;
-  agent: Agent;
-  /** UPSTREAM_TIMEOUT_MS: how long a call may wait for the service's answer. */
-  timeoutMs: number;
-  client: ServiceClient;
-  breaker: ServiceBreaker;
-  /** GET <service>/health with a short timeout, outside the breaker; concurrent callers share one probe. */
-  probe(): Promise<ProbeResult>;
+/** One instance of a service: where the proxy connects, its pool, and its probe. */
+export class GatewayInstance extends Instance {
+  readonly hostname: string;
+  readonly port: string;
+  /** The Host header the instance is sent. */
+  readonly host: string;
+  readonly origin: string;
+  readonly agent: Agent;
+  /** Counts requests sent to it (gateway_upstream_requests_total). */
+  readonly sent: { inc(): void };
+  /** GET <instance>/health with a short timeout, outside the breaker; concurrent callers share one probe. */
+  readonly probe: () => Promise<ProbeResult>;
+
+  constructor(url: string, name: string, config: GatewayConfig, metrics: GatewayMetrics) {
+    const target = pinLoopback(url);
+    super(url, target);
+    const u = new URL(target);
+    this.hostname = u.hostname;
+    this.port = u.port || '80';
+    this.host = u.host;
+    this.origin = u.origin;
+    this.agent = new Agent({ keepAlive: true, maxSockets: MAX_SOCKETS, maxFreeSockets: MAX_FREE_SOCKETS, timeout: IDLE_SOCKET_MS, scheduling: 'lifo' });
+    this.sent = metrics.instanceRequests(name, url);
+    const probeClient = new ServiceClient({ name, baseUrl: target, timeoutMs: config.HEALTH_PROBE_TIMEOUT_MS, maxResponseBytes: 64 * 1024 });
+    let probing: Promise<ProbeResult> | undefined;
+    this.probe = () => {
+      probing ??= runProbe(probeClient).finally(() => {
+        probing = undefined;
+      });
+      return probing;
+    };
+  }
 }
 
-// Per service. Enough sockets for a busy gateway, few enough that a stuck service cannot take
+export interface Upstream {
+  name: ServiceName;
+  /** Base URL(s) as configured, comma-separated (shown by GET /). */
+  url: string;
+  /** The first instance's address: `localhost` pinned to 127.0.0.1 (Node may try ::1 first). */
+  target: string;
+  /** Its instances; with one, the breaker alone decides and nothing is ever ejected. */
+  instances: InstanceSet<GatewayInstance>;
+  /** UPSTREAM_TIMEOUT_MS: how long a call may wait for the service's answer. */
+  timeoutMs: number;
+  /** Calls over the instances, balanced and sharing their outlier state. */
+  client: ServiceClient;
+  breaker: ServiceBreaker;
+  /**
+   * The service's probe: its instance's, or with several, every instance's at once (ok when one
+   * answers), short and outside the breaker.
+   */
+  probe(): Promise<ProbeResult>;
+  /** Stops timers and closes the pools. */
+  close(): void;
+}
+
+// Per instance. Enough sockets for a busy gateway, few enough that a stuck service cannot take
 // every file descriptor; idle sockets close after 30 s, well before the services' 65 s
 // keepAliveTimeout, so we never write to a socket the service is closing (ECONNRESET).
 const MAX_SOCKETS = 256;
 const MAX_FREE_SOCKETS = 64;
 const IDLE_SOCKET_MS = 30_000;
+// Retries a quiet service saves up, per instance: losing one of several instances at once fails
+// every request in flight on it, and each must be able to go to another.
+const RETRY_TOKENS_PER_INSTANCE = 10;
 
 const URL_VARS: Record<ServiceName, 'USERS_URL' | 'PRODUCTS_URL' | 'ORDERS_URL'> = {
   users: 'USERS_URL',
@@ -48,19 +95,40 @@ export function createUpstreams(config: GatewayConfig, logger: Logger, metrics: 
   const log = logger.child({ component: 'breaker' });
   return SERVICE_NAMES.map((name) => {
     const url = config[URL_VARS[name]];
-    const target = pinLoopback(url);
-    const probeClient = new ServiceClient({ name, baseUrl: target, timeoutMs: config.HEALTH_PROBE_TIMEOUT_MS, maxResponseBytes: 64 * 1024 });
-    let probing: Promise<ProbeResult> | undefined;
-    const probe = (): Promise<ProbeResult> => {
-      probing ??= runProbe(probeClient).finally(() => {
-        probing = undefined;
-      });
-      return probing;
+    const list = urlList(url).map((u) => new GatewayInstance(u, name, config, metrics));
+    const single = list.length === 1;
+    const probeAll = async (upOnly: boolean): Promise<ProbeResult> => {
+      const results = await Promise.all(list.map((i) => (upOnly && i.state !== 'up' ? Promise.resolve(undefined) : i.probe())));
+      const answered = results.filter((r): r is ProbeResult => r !== undefined);
+      if (answered.length === 0) return { ok: false, latencyMs: 0, failure: 'refused' };
+      const ok = answered.filter((r) => r.ok);
+      if (ok.length) return { ok: true, latencyMs: Math.min(...ok.map((r) => r.latencyMs)) };
+      return answered[0];
     };
+    const probe = single ? list[0].probe : () => probeAll(false);
+    // With several instances the breaker follows them: it opens when the last one is ejected
+    // (not after its own count of failures), and half-opens when one is back.
+    const instances = new InstanceSet<GatewayInstance>(
+      list,
+      { consecutiveFailures: config.OUTLIER_CONSECUTIVE_FAILURES, ejectionMs: config.OUTLIER_EJECTION_MS, maxEjectionMs: Math.max(config.OUTLIER_EJECTION_MS, config.OUTLIER_MAX_EJECTION_MS) },
+      {
+        probe: async (i) => (await i.probe()).ok,
+        onStateChange: (i) => {
+          metrics.instanceUp(name, i.url, i.state === 'up');
+          if (i.state === 'up') log.info({ service: name, instance: i.url }, 'instance back');
+          else log.warn({ service: name, instance: i.url, consecutiveFailures: i.consecutiveFailures }, 'instance ejected');
+        },
+        onAllOut: () => {
+          if (breaker.state !== 'OPEN') breaker.forceOpen();
+        },
+        onBack: () => breaker.halfOpen(),
+        onFailure: single ? undefined : (i, kind) => metrics.upstreamFailure(name, kind, i.url),
+      },
+    );
     const breaker = new ServiceBreaker(
       name,
       {
-        failureThreshold: config.CB_FAILURE_THRESHOLD,
+        failureThreshold: single ? config.CB_FAILURE_THRESHOLD : Number.POSITIVE_INFINITY,
         resetTimeoutMs: config.CB_RESET_TIMEOUT_MS,
         halfOpenRequests: config.CB_HALF_OPEN_REQUESTS,
         timeoutMs: config.UPSTREAM_TIMEOUT_MS,
@@ -69,6 +137,7 @@ export function createUpstreams(config: GatewayConfig, logger: Logger, metrics: 
         probeIntervalMs: config.CB_PROBE_INTERVAL_MS,
         slowStartMs: config.CB_SLOW_START_MS,
         retryBudgetRatio: config.RETRY_BUDGET_PERCENT / 100,
+        retryTokenCap: RETRY_TOKENS_PER_INSTANCE * list.length,
       },
       {
         onStateChange: (state: CircuitState, previous: CircuitState) => {
@@ -77,22 +146,31 @@ export function createUpstreams(config: GatewayConfig, logger: Logger, metrics: 
           if (state === 'OPEN') log.warn(line, 'circuit opened');
           else log.info(line, state === 'CLOSED' ? 'circuit closed' : 'circuit half-open');
         },
-        onFailure: (kind) => metrics.upstreamFailure(name, kind),
+        // With several instances, failures are counted per instance (with its label) instead.
+        onFailure: single ? (kind) => metrics.upstreamFailure(name, kind) : undefined,
         onReject: () => metrics.circuitRejected(name),
-        // An open circuit half-opens as soon as the service answers its /health again.
-        probe: async () => (await probe()).ok,
+        // An open circuit half-opens as soon as the service answers its /health again; with
+        // several instances, as soon as an instance still in the rotation does (one that was
+        // ejected comes back through its own probe).
+        probe: single ? async () => (await probe()).ok : async () => (await probeAll(true)).ok,
       },
     );
     metrics.circuitState(name, breaker.state);
+    for (const i of list) metrics.instanceUp(name, i.url, true);
     return {
       name,
       url,
-      target,
-      agent: new Agent({ keepAlive: true, maxSockets: MAX_SOCKETS, maxFreeSockets: MAX_FREE_SOCKETS, timeout: IDLE_SOCKET_MS, scheduling: 'lifo' }),
+      target: list[0].target,
+      instances,
       timeoutMs: config.UPSTREAM_TIMEOUT_MS,
-      client: new ServiceClient({ name, baseUrl: target, timeoutMs: config.UPSTREAM_TIMEOUT_MS }),
+      client: new ServiceClient({ name, instances: instances as unknown as InstanceSet, timeoutMs: config.UPSTREAM_TIMEOUT_MS }),
       breaker,
       probe,
+      close: () => {
+        breaker.shutdown();
+        instances.shutdown();
+        for (const i of list) i.agent.destroy();
+      },
     };
   });
 }
@@ -106,10 +184,4 @@ async function runProbe(client: ServiceClient): Promise<ProbeResult> {
   } catch (err) {
     return { ok: false, latencyMs: latency(), failure: err instanceof UpstreamUnavailableError ? err.failure : 'bad_response' };
   }
-}
-
-function pinLoopback(url: string): string {
-  const u = new URL(url);
-  if (u.hostname === 'localhost') u.hostname = '127.0.0.1';
-  return u.toString().replace(/\/+$/, '');
 }

@@ -1,5 +1,5 @@
 import { z } from 'zod';
-import { intVar, portVar, serviceShape, urlVar } from '../platform/config.js';
+import { intVar, portVar, serviceShape, urlListVar } from '../platform/config.js';
 import { adminTokenVar, authShape, demoSeedShape, internalTokenVar, withDemoSeedRule } from '../platform/identity.js';
 import { requireInternalTokenWhenRequired } from '../products/config.js';
 
@@ -12,8 +12,16 @@ export const OrderConfigSchema = z.object({
   ADMIN_TOKEN: adminTokenVar,
   ...demoSeedShape,
   PORT: portVar(3013),
-  USERS_URL: urlVar('http://127.0.0.1:3011'),
-  PRODUCTS_URL: urlVar('http://127.0.0.1:3012'),
+  // Each service's instances: one base URL or a comma-separated list (at most 16, no repeats).
+  // Calls are balanced over them; a call refused by one (or reset before any answer, when it is
+  // safe to repeat) goes to another. The first user-service URL also serves the JWKS.
+  USERS_URL: urlListVar('http://127.0.0.1:3011'),
+  PRODUCTS_URL: urlListVar('http://127.0.0.1:3012'),
+  // With several instances: consecutive failures that take one out of the rotation, and how long
+  // it stays out (doubling per repeated ejection, up to the max; back once its /health answers).
+  OUTLIER_CONSECUTIVE_FAILURES: intVar(5, 1, 1000),
+  OUTLIER_EJECTION_MS: intVar(10_000, 10, 2 ** 31 - 1),
+  OUTLIER_MAX_EJECTION_MS: intVar(300_000, 10, 2 ** 31 - 1),
   // Each call to the user or product service gives up after this long (503 to our client).
   UPSTREAM_TIMEOUT_MS: intVar(5000, 1, 600_000),
   // How often stock reservations left behind (products down during a cancel, a timed-out

@@ -4,7 +4,8 @@
 import type { Express } from 'express';
 import { serviceAuthFromConfig, type AuthConfig } from '../platform/identity.js';
 import type { ServiceDeps } from '../platform/service-app.js';
-import { ServiceClient } from '../platform/service-client.js';
+import { urlList } from '../platform/config.js';
+import { ServiceClient, serviceInstances } from '../platform/service-client.js';
 import { createProductsClient } from '../products/client.js';
 import { createUsersClient } from '../users/client.js';
 import { createOrderApp } from './app.js';
@@ -17,14 +18,34 @@ export interface OrderService {
   close: () => Promise<void>;
 }
 
-type OrderServiceConfig = Pick<OrderConfig, 'USERS_URL' | 'PRODUCTS_URL' | 'UPSTREAM_TIMEOUT_MS' | 'RELEASE_RETRY_MS' | 'INTERNAL_TOKEN'> & AuthConfig;
+type OrderServiceConfig = Pick<OrderConfig, 'USERS_URL' | 'PRODUCTS_URL' | 'UPSTREAM_TIMEOUT_MS' | 'RELEASE_RETRY_MS' | 'INTERNAL_TOKEN'
+  | 'OUTLIER_CONSECUTIVE_FAILURES' | 'OUTLIER_EJECTION_MS' | 'OUTLIER_MAX_EJECTION_MS'> & AuthConfig;
+
+// An instance's /health must answer this fast for it to come back after an ejection.
+const PROBE_TIMEOUT_MS = 1000;
 
 export function buildOrderService(deps: ServiceDeps, config: OrderServiceConfig): OrderService {
   const timeoutMs = config.UPSTREAM_TIMEOUT_MS;
-  const users = createUsersClient(new ServiceClient({ name: 'users', baseUrl: config.USERS_URL, timeoutMs }));
-  const products = createProductsClient(new ServiceClient({ name: 'products', baseUrl: config.PRODUCTS_URL, timeoutMs }), config.INTERNAL_TOKEN);
+  const outlier = {
+    consecutiveFailures: config.OUTLIER_CONSECUTIVE_FAILURES,
+    ejectionMs: config.OUTLIER_EJECTION_MS,
+    maxEjectionMs: Math.max(config.OUTLIER_EJECTION_MS, config.OUTLIER_MAX_EJECTION_MS),
+  };
+  const clientOf = (name: string, urls: string) => new ServiceClient({ name, instances: serviceInstances(urlList(urls), outlier, Math.min(PROBE_TIMEOUT_MS, timeoutMs)), timeoutMs });
+  const usersClient = clientOf('users', config.USERS_URL);
+  const productsClient = clientOf('products', config.PRODUCTS_URL);
+  const users = createUsersClient(usersClient);
+  const products = createProductsClient(productsClient, config.INTERNAL_TOKEN);
   // Stock left held by a create that died or timed out goes back from here, at start and on a
   // timer; only rows older than any create could still be waiting on.
   const releases = startReleaseWorker({ db: deps.db, products, logger: deps.logger, intervalMs: config.RELEASE_RETRY_MS, minAgeMs: 2 * timeoutMs });
-  return { app: createOrderApp({ ...deps, users, products, auth: serviceAuthFromConfig(config, config.USERS_URL) }), close: () => releases.stop() };
+  const auth = serviceAuthFromConfig(config, config.USERS_URL);
+  return {
+    app: createOrderApp({ ...deps, users, products, auth }),
+    close: async () => {
+      await releases.stop();
+      usersClient.instances.shutdown();
+      productsClient.instances.shutdown();
+    },
+  };
 }

@@ -25,6 +25,48 @@ export const urlVar = (fallback: string) =>
     .transform((u) => u.replace(/\/+$/, ''))
     .default(fallback);
 
+/** Most instances a URL list may name: each gets its own pool, outlier state and metric labels. */
+export const MAX_URL_LIST = 16;
+
+const HTTP_URL = z.url({ protocol: /^https?$/ });
+
+/**
+ * One base URL or several, comma-separated (the instances of one service): each an http(s) URL,
+ * no two alike, at most MAX_URL_LIST. Read back as the same list, trimmed and without trailing
+ * slashes, so one URL reads as urlVar would read it; `urlList` splits it.
+ */
+export const urlListVar = (fallback: string, { allowEmpty = false } = {}) =>
+  z.string()
+    .transform((value, ctx) => {
+      const urls = value.split(',').map((u) => u.trim()).filter((u) => u !== '');
+      if (urls.length === 0 && !allowEmpty) {
+        ctx.addIssue({ code: 'custom', message: 'must be an http(s) URL or a comma-separated list of them' });
+        return z.NEVER;
+      }
+      if (urls.length > MAX_URL_LIST) {
+        ctx.addIssue({ code: 'custom', message: `must list at most ${MAX_URL_LIST} URLs (got ${urls.length})` });
+        return z.NEVER;
+      }
+      const seen = new Set<string>();
+      for (const [i, url] of urls.entries()) {
+        if (!HTTP_URL.safeParse(url).success) {
+          ctx.addIssue({ code: 'custom', message: urls.length === 1 ? 'must be an http(s) URL' : `entry ${i + 1} must be an http(s) URL` });
+          return z.NEVER;
+        }
+        const key = new URL(url).href.replace(/\/+$/, '');
+        if (seen.has(key)) {
+          ctx.addIssue({ code: 'custom', message: `entry ${i + 1} repeats an earlier URL` });
+          return z.NEVER;
+        }
+        seen.add(key);
+      }
+      return urls.map((u) => u.replace(/\/+$/, '')).join(',');
+    })
+    .default(fallback);
+
+/** The URLs of a urlListVar value. */
+export const urlList = (value: string): string[] => (value === '' ? [] : value.split(','));
+
 export const logLevelVar = z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info');
 
 /** Settings every process has. */

@@ -5,6 +5,7 @@ import { createHash, timingSafeEqual } from 'node:crypto';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { createRemoteJWKSet, errors, jwtVerify, type JWTVerifyGetKey } from 'jose';
 import { z } from 'zod';
+import { urlList } from './config.js';
 import { HttpError } from './errors.js';
 import { setBounded } from './bounded-map.js';
 
@@ -159,6 +160,32 @@ export function remoteKeys(url: string, timeoutMs = 5000): JWTVerifyGetKey {
   return createRemoteJWKSet(new URL(url), { timeoutDuration: timeoutMs, cooldownDuration: 30_000, cacheMaxAge: 60 * 60_000 });
 }
 
+/**
+ * The same JWKS published by several instances (every user-service instance serves every key):
+ * asked in turn, starting with the one that answered last, so one instance down costs nothing.
+ * An answer without the token's key is final; only a JWKS that could not be fetched is skipped.
+ */
+export function failoverKeys(urls: readonly string[], timeoutMs = 5000): JWTVerifyGetKey {
+  const sets = urls.map((url) => remoteKeys(url, timeoutMs));
+  if (sets.length === 1) return sets[0];
+  let preferred = 0;
+  return async (...args: Parameters<JWTVerifyGetKey>) => {
+    let failure: unknown;
+    for (let n = 0; n < sets.length; n++) {
+      const i = (preferred + n) % sets.length;
+      try {
+        const key = await sets[i](...args);
+        preferred = i;
+        return key;
+      } catch (err) {
+        if (err instanceof errors.JWKSNoMatchingKey || err instanceof errors.JWKSMultipleMatchingKeys) throw err;
+        failure = err;
+      }
+    }
+    throw failure;
+  };
+}
+
 const digest = (value: string): Buffer => createHash('sha256').update(value).digest();
 
 /** Constant-time check of an Authorization header against `Bearer <secret>`. */
@@ -267,14 +294,18 @@ export interface AuthConfig {
   ADMIN_TOKEN?: string | undefined;
 }
 
-/** A verifier over the JWKS the configuration names (the user service at `usersUrl` by default). */
-export function verifierFromConfig(config: AuthConfig, usersUrl: string): TokenVerifier {
-  return createTokenVerifier({ keys: remoteKeys(jwksUrlOf(config, usersUrl)), issuer: config.JWT_ISSUER, audience: config.JWT_AUDIENCE, algorithms: config.JWT_ALGORITHMS });
+/**
+ * A verifier over the JWKS the configuration names: JWKS_URL, or by default every instance of our
+ * user service in `usersUrls` (a USERS_URL list), each one's /.well-known/jwks.json.
+ */
+export function verifierFromConfig(config: AuthConfig, usersUrls: string): TokenVerifier {
+  const keys = config.JWKS_URL === undefined ? failoverKeys(urlList(usersUrls).map((u) => jwksUrlOf(config, u))) : remoteKeys(config.JWKS_URL);
+  return createTokenVerifier({ keys, issuer: config.JWT_ISSUER, audience: config.JWT_AUDIENCE, algorithms: config.JWT_ALGORITHMS });
 }
 
 /** A service's ServiceAuth from its configuration. */
-export function serviceAuthFromConfig(config: AuthConfig, usersUrl: string): ServiceAuth {
+export function serviceAuthFromConfig(config: AuthConfig, usersUrls: string): ServiceAuth {
   return createServiceAuth({
-    mode: authModeOf(config), verifier: verifierFromConfig(config, usersUrl), internalToken: config.INTERNAL_TOKEN, adminToken: config.ADMIN_TOKEN,
+    mode: authModeOf(config), verifier: verifierFromConfig(config, usersUrls), internalToken: config.INTERNAL_TOKEN, adminToken: config.ADMIN_TOKEN,
   });
 }

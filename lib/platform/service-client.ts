@@ -2,6 +2,7 @@
 // bodies, and errors that keep the upstream's status and code.
 import { AsyncLocalStorage } from 'node:async_hooks';
 import type { RequestHandler } from 'express';
+import { Instance, InstanceSet, pinLoopback, type OutlierOptions } from './balancer.js';
 import { HttpError } from './errors.js';
 import { ATTR_HTTP_REQUEST_METHOD, ATTR_URL_PATH } from '@opentelemetry/semantic-conventions';
 import { ATTR_PEER_SERVICE, startClientSpan } from './span-recorder.js';
@@ -68,7 +69,10 @@ export const requestDeadline: RequestHandler = (req, _res, next) => {
 export interface ServiceClientOptions {
   /** Short name used in messages and logs: `users`, `products`. */
   name: string;
-  baseUrl: string;
+  /** The service's one instance; or give `instances`. */
+  baseUrl?: string;
+  /** The service's instances (shared with other callers of the same service, e.g. the gateway's proxy). */
+  instances?: InstanceSet;
   timeoutMs: number;
   /** Largest response body read; a larger one is a bad response. */
   maxResponseBytes?: number;
@@ -88,15 +92,44 @@ export interface RequestOptions {
   accept?: readonly number[];
 }
 
+// Methods a retry on another instance may repeat after a reset; a refused call never reached one.
+const IDEMPOTENT = new Set(['GET', 'HEAD', 'OPTIONS', 'PUT', 'DELETE']);
+
+/**
+ * The instances of a service from its URL list, for a ServiceClient: an instance whose ejection
+ * time is over comes back once its GET /health answers 2xx within `probeTimeoutMs`.
+ */
+export function serviceInstances(urls: string[], outlier: OutlierOptions, probeTimeoutMs: number): InstanceSet {
+  return new InstanceSet(urls.map((u) => new Instance(u, pinLoopback(u))), outlier, {
+    probe: async (instance) => {
+      try {
+        const res = await fetch(`${instance.target}/health`, { signal: AbortSignal.timeout(probeTimeoutMs) });
+        await res.body?.cancel();
+        return res.ok;
+      } catch {
+        return false;
+      }
+    },
+  });
+}
+
 export class ServiceClient {
   readonly name: string;
+  /** The first instance's base URL. */
   readonly baseUrl: string;
+  readonly instances: InstanceSet;
   private readonly timeoutMs: number;
   private readonly maxResponseBytes: number;
 
-  constructor({ name, baseUrl, timeoutMs, maxResponseBytes = 4 * 1024 * 1024 }: ServiceClientOptions) {
+  constructor({ name, baseUrl, instances, timeoutMs, maxResponseBytes = 4 * 1024 * 1024 }: ServiceClientOptions) {
     this.name = name;
-    this.baseUrl = baseUrl.replace(/\/+$/, '');
+    if (instances) this.instances = instances;
+    else if (baseUrl !== undefined) {
+      const url = baseUrl.replace(/\/+$/, '');
+      // One instance is never ejected: the options are not read.
+      this.instances = new InstanceSet([new Instance(url, url)], { consecutiveFailures: 1, ejectionMs: 1, maxEjectionMs: 1 });
+    } else throw new Error('a ServiceClient needs a baseUrl or instances');
+    this.baseUrl = this.instances.list[0].target;
     this.timeoutMs = timeoutMs;
     this.maxResponseBytes = maxResponseBytes;
   }
@@ -123,17 +156,37 @@ export class ServiceClient {
       payload = JSON.stringify(options.body);
       headers['content-type'] = 'application/json';
     }
-    let res: Response;
+    let res: Response | undefined;
     let text: string;
-    try {
-      res = await fetch(this.baseUrl + path, { method, headers, body: payload, signal });
-      text = await readBounded(res, this.maxResponseBytes);
-    } catch (err) {
-      const failure = options.signal?.aborted ? 'aborted' : classifyUpstreamError(err, timeout.aborted);
-      span.end({ error: failure });
-      if (options.signal?.aborted) throw err;
-      if (failure === 'timeout' && byDeadline) throw new DeadlineExceededError(this.name);
-      throw new UpstreamUnavailableError(this.name, failure as UpstreamFailure);
+    const set = this.instances;
+    let instance = set.pick()!;
+    let retried = false;
+    for (;;) {
+      set.begin(instance);
+      try {
+        res = await fetch(instance.target + path, { method, headers, body: payload, signal });
+        text = await readBounded(res, this.maxResponseBytes);
+        set.end(instance, res.status < 500 || res.headers.has(DEPENDENCY_HEADER));
+        if (res.status >= 500 && !res.headers.has(DEPENDENCY_HEADER)) set.fail(instance, 'server_error');
+        break;
+      } catch (err) {
+        set.end(instance, false);
+        const failure = options.signal?.aborted ? 'aborted' : classifyUpstreamError(err, timeout.aborted);
+        if (failure !== 'aborted' && !(failure === 'timeout' && byDeadline)) set.fail(instance, failure);
+        // Failed before any answer: another instance takes it when that cannot do harm twice.
+        if (!retried && res === undefined && (failure === 'refused' || (failure === 'reset' && (IDEMPOTENT.has(method) || headers['idempotency-key'] !== undefined)))) {
+          const next = set.pick(instance);
+          if (next) {
+            retried = true;
+            instance = next;
+            continue;
+          }
+        }
+        span.end({ error: failure });
+        if (options.signal?.aborted) throw err;
+        if (failure === 'timeout' && byDeadline) throw new DeadlineExceededError(this.name);
+        throw new UpstreamUnavailableError(this.name, failure as UpstreamFailure);
+      }
     }
     span.end({ status: res.status });
     let body: unknown;

@@ -1,5 +1,7 @@
 // GET /spans (this process's finished spans), GET /traces and GET /traces/:traceId (this
 // process's spans merged with those of `remotes`, fetched in parallel; partial when one is down).
+// Remotes are asked for their own spans only (/spans), so gateways may list each other as peers
+// without a request going round in circles.
 import { Router } from 'express';
 import { z } from 'zod';
 import { HttpError } from './errors.js';
@@ -39,6 +41,10 @@ interface Gathered {
   unavailable: string[];
 }
 
+/**
+ * `remotes`: one client per process to merge, i.e. per instance of each service and per peer
+ * gateway (a span that two of them return, say a gateway listed as its own peer, counts once).
+ */
 export function createTraceRoutes({ tracing, remotes = [] }: { tracing: Tracing; remotes?: ServiceClient[] }): Router {
   const router = Router();
 
@@ -49,10 +55,15 @@ export function createTraceRoutes({ tracing, remotes = [] }: { tracing: Tracing;
     const options = authorization === undefined ? undefined : { headers: { authorization } };
     const results = await Promise.allSettled(remotes.map((r) => r.get<{ spans: SpanRecord[] }>(`/spans?${qs}`, options)));
     const spans = tracing.buffer.query(query);
+    const seen = new Set(spans.map((s) => s.spanId));
     const unavailable: string[] = [];
     results.forEach((r, i) => {
-      if (r.status === 'fulfilled' && Array.isArray(r.value.body?.spans)) spans.push(...r.value.body.spans.slice(0, query.limit));
-      else unavailable.push(remotes[i].name);
+      if (r.status !== 'fulfilled' || !Array.isArray(r.value.body?.spans)) return void unavailable.push(remotes[i].name);
+      for (const span of r.value.body.spans.slice(0, query.limit)) {
+        if (seen.has(span.spanId)) continue;
+        seen.add(span.spanId);
+        spans.push(span);
+      }
     });
     return { spans, unavailable };
   }

@@ -1,5 +1,5 @@
 import { z } from 'zod';
-import { portVar, serviceShape, urlVar } from '../platform/config.js';
+import { portVar, serviceShape, urlListVar } from '../platform/config.js';
 import { adminTokenVar, authModeOf, authShape, demoSeedShape, internalTokenVar, withDemoSeedRule } from '../platform/identity.js';
 
 export const ProductConfigSchema = z
@@ -7,8 +7,9 @@ export const ProductConfigSchema = z
     ...serviceShape,
     ...authShape,
     PORT: portVar(3012),
-    // The user service, whose /.well-known/jwks.json verifies tokens unless JWKS_URL says otherwise.
-    USERS_URL: urlVar('http://127.0.0.1:3011'),
+    // The user service's instances, whose /.well-known/jwks.json verifies tokens unless JWKS_URL
+    // says otherwise (asked in turn when one is down).
+    USERS_URL: urlListVar('http://127.0.0.1:3011'),
     // The credential the order service shows on /internal/*; required when AUTH_MODE=required.
     INTERNAL_TOKEN: internalTokenVar,
     // Opens /metrics, /spans and /traces in required mode (scrapers), beside an admin's JWT.
