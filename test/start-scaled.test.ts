@@ -1,0 +1,106 @@
+// npm run start:scaled refuses to start, with one line saying what is missing, before it starts
+// any process: PostgreSQL or Redis unreachable, a port of its layout taken, a bad setting.
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { once } from 'node:events';
+import { createServer, type AddressInfo, type Server } from 'node:net';
+import { after, describe, test } from 'node:test';
+import { fileURLToPath } from 'node:url';
+import { TS_LOADER } from './process.js';
+
+const ROOT = fileURLToPath(new URL('..', import.meta.url));
+const POSTGRES = 'postgres://postgres@127.0.0.1:5432/test';
+const REDIS = 'redis://127.0.0.1:6379';
+
+/** A port nothing listens on: bound by the OS, then released. */
+async function closedPort(): Promise<number> {
+  const server = createServer().listen(0, '127.0.0.1');
+  await once(server, 'listening');
+  const { port } = server.address() as AddressInfo;
+  await new Promise((resolve) => server.close(resolve));
+  return port;
+}
+
+const servers: Server[] = [];
+after(() => Promise.all(servers.map((s) => new Promise((resolve) => s.close(resolve)))));
+
+/** A listener on a port the OS chooses, answering every connection with `reply` (or nothing). */
+async function listener(reply?: string): Promise<number> {
+  const server = createServer((socket) => {
+    socket.on('error', () => {});
+    socket.once('data', () => { if (reply !== undefined) socket.end(reply); });
+  }).listen(0, '127.0.0.1');
+  servers.push(server);
+  await once(server, 'listening');
+  return (server.address() as AddressInfo).port;
+}
+
+async function startScaled(env: Record<string, string>): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  const child = spawn(process.execPath, ['--import', TS_LOADER, 'scripts/start-scaled.ts'], {
+    cwd: ROOT,
+    env: { ...process.env, LOG_PRETTY: 'false', ...env },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let stdout = '';
+  let stderr = '';
+  child.stdout.on('data', (c: Buffer) => (stdout += c.toString()));
+  child.stderr.on('data', (c: Buffer) => (stderr += c.toString()));
+  const timer = setTimeout(() => child.kill('SIGKILL'), 60_000);
+  const [code] = (await once(child, 'exit')) as [number | null];
+  clearTimeout(timer);
+  return { code, stdout, stderr };
+}
+
+function assertOneLine(result: { code: number | null; stdout: string; stderr: string }): string {
+  assert.equal(result.code, 1, `exit code (stderr: ${result.stderr})`);
+  assert.equal(result.stdout, '', 'nothing started, nothing printed to stdout');
+  const lines = result.stderr.split('\n').filter(Boolean);
+  assert.equal(lines.length, 1, `one line, got:\n${result.stderr}`);
+  assert.match(lines[0], /^start:scaled: /);
+  return lines[0];
+}
+
+describe('npm run start:scaled refuses to start', { concurrency: true }, () => {
+  test('when neither PostgreSQL nor Redis answers, one line names both and the variables to set', async () => {
+    const [pgPort, redisPort] = [await closedPort(), await closedPort()];
+    const line = assertOneLine(await startScaled({
+      DATABASE_URL: `postgres://postgres:secret-password@127.0.0.1:${pgPort}/test`,
+      REDIS_URL: `redis://127.0.0.1:${redisPort}`,
+      SCALED_BASE_PORT: String(await closedPort()),
+    }));
+    assert.match(line, new RegExp(`PostgreSQL at 127\\.0\\.0\\.1:${pgPort}: refused the connection .*DATABASE_URL=`));
+    assert.match(line, new RegExp(`Redis at 127\\.0\\.0\\.1:${redisPort}: refused the connection .*REDIS_URL=`));
+    assert.doesNotMatch(line, /secret-password/, 'the password of the URL is not printed');
+  });
+
+  test('when only Redis is unreachable, the line names Redis alone', async () => {
+    const redisPort = await closedPort();
+    const line = assertOneLine(await startScaled({ DATABASE_URL: POSTGRES, REDIS_URL: `redis://127.0.0.1:${redisPort}`, SCALED_BASE_PORT: String(await closedPort()) }));
+    assert.match(line, /Redis at .*REDIS_URL=/);
+    assert.doesNotMatch(line, /PostgreSQL at/);
+  });
+
+  test('when the database does not exist, PostgreSQL\'s own reason is given', async () => {
+    const line = assertOneLine(await startScaled({ DATABASE_URL: 'postgres://postgres@127.0.0.1:5432/no_such_database_for_scaled', REDIS_URL: REDIS, SCALED_BASE_PORT: String(await closedPort()) }));
+    assert.match(line, /PostgreSQL at 127\.0\.0\.1:5432: database "no_such_database_for_scaled" does not exist/);
+    assert.doesNotMatch(line, /Redis at/);
+  });
+
+  test('when REDIS_URL names something that is not Redis, it says so', async () => {
+    const port = await listener('HTTP/1.1 400 Bad Request\r\n\r\n');
+    const line = assertOneLine(await startScaled({ DATABASE_URL: POSTGRES, REDIS_URL: `redis://127.0.0.1:${port}`, SCALED_BASE_PORT: String(await closedPort()) }));
+    assert.match(line, new RegExp(`Redis at 127\\.0\\.0\\.1:${port}: answered something that is not Redis`));
+  });
+
+  test('when a port of the layout is taken, the line names it and SCALED_BASE_PORT', async () => {
+    // The held port is the second products instance's: base + 12.
+    const held = await listener();
+    const line = assertOneLine(await startScaled({ DATABASE_URL: POSTGRES, REDIS_URL: REDIS, SCALED_BASE_PORT: String(held - 12) }));
+    assert.match(line, new RegExp(`port .*${held} \\(products-2\\).* already in use.*SCALED_BASE_PORT`));
+  });
+
+  test('when SCALED_BASE_PORT leaves no room for the 24 ports, the line names the variable', async () => {
+    const line = assertOneLine(await startScaled({ SCALED_BASE_PORT: '65530' }));
+    assert.match(line, /invalid configuration: SCALED_BASE_PORT: must be a whole number from 1 to 65522/);
+  });
+});
