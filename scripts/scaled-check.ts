@@ -1,0 +1,260 @@
+// npm run scaled:check: the acceptance checks of the scaled-out system that can be made from outside,
+// against a running `npm run start:scaled` (open mode): orders racing for the last units through both
+// gateways, one client's rate limit across both gateways, and a kill -9 of a product-service instance
+// under looping clients. Prints a table; exits 0 when every check passed.
+// Linux: each client sends from an address of its own in 127.0.0.0/8, as the gateways limit per address.
+import { randomInt } from 'node:crypto';
+import { existsSync, readFileSync } from 'node:fs';
+import { Agent, request, type IncomingHttpHeaders } from 'node:http';
+import { z } from 'zod';
+import { ConfigError, intVar, parseConfig } from '../lib/platform/config.js';
+import { DEFAULT_BASE_PORT, LAST_PORT_OFFSET, portOf, stateFileOf, type ScaledState } from './scaled-layout.js';
+
+const Schema = z.object({
+  SCALED_BASE_PORT: intVar(DEFAULT_BASE_PORT, 1, 65_535 - LAST_PORT_OFFSET),
+  // The gateways' base URLs, comma-separated; unset: the two of start:scaled's layout.
+  SCALED_GATEWAYS: z.string().optional(),
+  // Where start:scaled wrote its processes' pids; unset: its default for SCALED_BASE_PORT.
+  SCALED_STATE_FILE: z.string().optional(),
+  // How long the looping clients run; the kill comes after a third of it.
+  SCALED_CHECK_LOOP_MS: intVar(6000, 1000, 600_000),
+});
+
+let config: z.output<typeof Schema>;
+try {
+  config = parseConfig(Schema);
+} catch (err) {
+  if (err instanceof ConfigError) {
+    process.stderr.write(`scaled:check: invalid configuration: ${err.message}\n`);
+    process.exit(1);
+  }
+  throw err;
+}
+
+const gateways = (config.SCALED_GATEWAYS ?? [0, 1].map((i) => `http://127.0.0.1:${portOf(config.SCALED_BASE_PORT, 'gateway', i)}`).join(','))
+  .split(',').map((u) => u.trim().replace(/\/+$/, '')).filter(Boolean);
+const stateFile = config.SCALED_STATE_FILE ?? stateFileOf(config.SCALED_BASE_PORT);
+const runId = `${Date.now().toString(36)}${randomInt(1000)}`;
+
+interface Answer { status: number; headers: IncomingHttpHeaders; body: unknown }
+interface CallOptions { body?: unknown; localAddress?: string; agent?: Agent; timeoutMs?: number }
+
+/** One HTTP call; rejects on a network error or after `timeoutMs`. */
+function call(base: string, method: string, path: string, { body, localAddress, agent, timeoutMs = 10_000 }: CallOptions = {}): Promise<Answer> {
+  return new Promise((resolve, reject) => {
+    const payload = body === undefined ? undefined : JSON.stringify(body);
+    const req = request(`${base}${path}`, {
+      method,
+      localAddress,
+      agent: agent ?? false,
+      timeout: timeoutMs,
+      headers: payload === undefined ? {} : { 'content-type': 'application/json', 'content-length': Buffer.byteLength(payload) },
+    }, (res) => {
+      const chunks: Buffer[] = [];
+      res.on('data', (c: Buffer) => chunks.push(c));
+      res.on('end', () => {
+        const text = Buffer.concat(chunks).toString();
+        let parsed: unknown = text;
+        try {
+          parsed = JSON.parse(text);
+        } catch { /* not JSON: kept as text */ }
+        resolve({ status: res.statusCode ?? 0, headers: res.headers, body: parsed });
+      });
+      res.on('error', reject);
+    });
+    req.once('timeout', () => req.destroy(Object.assign(new Error('timed out'), { code: 'TIMEOUT' })));
+    req.once('error', reject);
+    req.end(payload);
+  });
+}
+
+/** An address of 127.0.0.0/8 no earlier client of this run had: a client of its own for the rate limit. */
+const usedAddresses = new Set<string>(['127.0.0.1']);
+function freshAddress(): string {
+  for (;;) {
+    const address = `127.${randomInt(1, 255)}.${randomInt(0, 256)}.${randomInt(1, 255)}`;
+    if (!usedAddresses.has(address)) {
+      usedAddresses.add(address);
+      return address;
+    }
+  }
+}
+
+const countBy = <T>(items: T[], key: (item: T) => string): Record<string, number> => {
+  const counts: Record<string, number> = {};
+  for (const item of items) counts[key(item)] = (counts[key(item)] ?? 0) + 1;
+  return counts;
+};
+const showCounts = (counts: Record<string, number>) => Object.entries(counts).sort().map(([k, n]) => `${n}x${k}`).join(' ') || 'none';
+const errorName = (err: unknown) => (err as NodeJS.ErrnoException).code ?? (err as Error).message;
+const field = (body: unknown, key: string): unknown => (body !== null && typeof body === 'object' ? (body as Record<string, unknown>)[key] : undefined);
+const codeOf = (body: unknown): string => {
+  const code = field(body, 'code');
+  return typeof code === 'string' ? code : '';
+};
+
+interface Row { check: string; expected: string; got: string; pass: boolean | null }
+const rows: Row[] = [];
+
+function fatal(line: string): never {
+  process.stderr.write(`scaled:check: ${line}\n`);
+  process.exit(1);
+}
+
+// ---- The gateways answer, in open mode.
+
+for (const gateway of gateways) {
+  try {
+    const health = await call(gateway, 'GET', '/health', { timeoutMs: 5000 });
+    if (health.status !== 200) fatal(`${gateway}/health answered ${health.status}`);
+  } catch (err) {
+    fatal(`no gateway answers at ${gateway} (${errorName(err)}): start one with npm run start:scaled, or set SCALED_GATEWAYS`);
+  }
+}
+if (gateways.length < 2) fatal(`SCALED_GATEWAYS names ${gateways.length} gateway; the checks need two`);
+const [gwA, gwB] = gateways as [string, string];
+const via = (i: number) => gateways[i % gateways.length];
+
+// ---- 40 orders racing for 10 units, through both gateways.
+
+const setupAddress = freshAddress();
+const user = await call(gwA, 'POST', '/api/users', { body: { name: 'Scaled Check', email: `scaled-check-${runId}@example.com` }, localAddress: setupAddress });
+if (user.status === 401) fatal('the gateway wants a token (AUTH_MODE=required): run start:scaled in open mode for this check');
+if (user.status !== 201) fatal(`POST /api/users answered ${user.status} ${JSON.stringify(user.body).slice(0, 200)}`);
+const product = await call(gwB, 'POST', '/api/products', { body: { name: `Scaled check ${runId}`, price: 1.5, stock: 10, category: 'scaled-check' }, localAddress: setupAddress });
+if (product.status !== 201) fatal(`POST /api/products answered ${product.status} ${JSON.stringify(product.body).slice(0, 200)}`);
+const userId = field(user.body, 'id') as number;
+const productId = field(product.body, 'id') as number;
+
+{
+  const orderAddress = freshAddress();
+  const outcomes = await Promise.all(Array.from({ length: 40 }, (_, i) =>
+    call(via(i), 'POST', '/api/orders', { body: { userId, items: [{ productId, quantity: 1 }] }, localAddress: orderAddress })
+      .then((a) => (a.status === 409 ? `409 ${codeOf(a.body)}` : String(a.status)), errorName)));
+  const counts = countBy(outcomes, (o) => o);
+  const stocks = await Promise.all([gwA, gwB].map((g) => call(g, 'GET', `/api/products/${productId}`, { localAddress: orderAddress }).then((a) => field(a.body, 'stock'), errorName)));
+  const listed = await call(gwA, 'GET', `/api/orders?userId=${userId}&limit=100`, { localAddress: orderAddress }).then((a) => field(field(a.body, 'meta'), 'total'), errorName);
+  rows.push({
+    check: '40 racing orders for 10 units, both gateways',
+    expected: '10x201 30x409 INSUFFICIENT_STOCK; stock 0 on both; 10 orders listed',
+    got: `${showCounts(counts)}; stock ${stocks.map(String).join('/')}; ${String(listed)} listed`,
+    pass: counts['201'] === 10 && counts['409 INSUFFICIENT_STOCK'] === 30 && stocks.every((s) => s === 0) && listed === 10,
+  });
+}
+
+// ---- One client's rate limit across both gateways.
+
+let limit = 100;
+{
+  const address = freshAddress();
+  const agents = [new Agent({ keepAlive: true, maxSockets: 5 }), new Agent({ keepAlive: true, maxSockets: 5 })];
+  const first = await call(gwA, 'GET', '/api/products?limit=1', { localAddress: address, agent: agents[0] });
+  limit = Number(first.headers['x-ratelimit-limit']);
+  if (!Number.isInteger(limit) || limit < 1) {
+    rows.push({ check: 'RATE_LIMIT across both gateways, one client', expected: 'an X-RateLimit-Limit header', got: `none (status ${first.status})`, pass: false });
+    limit = 100;
+  } else if (limit > 1000) {
+    rows.push({ check: 'RATE_LIMIT across both gateways, one client', expected: 'RATE_LIMIT=100', got: `RATE_LIMIT is ${limit}: start start:scaled with RATE_LIMIT=100 for this check`, pass: false });
+  } else {
+    const extra = 20;
+    const statuses = [String(first.status)];
+    let next = 1;
+    // Ten at a time, alternating gateways, so both count the same client concurrently.
+    await Promise.all(Array.from({ length: 10 }, async () => {
+      while (next < limit + extra) {
+        const i = next++;
+        statuses.push(await call(via(i), 'GET', '/api/products?limit=1', { localAddress: address, agent: agents[i % 2] }).then((a) => String(a.status), errorName));
+      }
+    }));
+    for (const agent of agents) agent.destroy();
+    const counts = countBy(statuses, (s) => s);
+    rows.push({
+      check: `RATE_LIMIT=${limit} across both gateways, one client, ${limit + extra} requests`,
+      expected: `${limit}x200 ${extra}x429`,
+      got: showCounts(counts),
+      pass: counts['200'] === limit && counts['429'] === extra && Object.keys(counts).length === 2,
+    });
+  }
+}
+
+// ---- kill -9 of a product-service instance under 20 looping clients.
+
+const readState = (): ScaledState | undefined => (existsSync(stateFile) ? (JSON.parse(readFileSync(stateFile, 'utf8')) as ScaledState) : undefined);
+const alive = (pid: number | null): pid is number => {
+  if (pid === null) return false;
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+};
+const healthy = (url: string) => call(url, 'GET', '/health', { timeoutMs: 2000 }).then((a) => a.status === 200, () => false);
+
+const killCheck = 'kill -9 of one product-service instance under 20 looping clients';
+const state = readState();
+const productsUp = state === undefined ? [] : (await Promise.all(state.processes.filter((p) => p.service === 'products' && alive(p.pid)).map(async (p) => ((await healthy(p.url)) ? p : undefined)))).filter((p) => p !== undefined);
+if (state === undefined) {
+  rows.push({ check: killCheck, expected: '0 failed GETs', got: `not run: no state file at ${stateFile} (npm run start:scaled writes it; or set SCALED_STATE_FILE)`, pass: false });
+} else if (productsUp.length < 2) {
+  rows.push({ check: killCheck, expected: '0 failed GETs', got: `not run: ${productsUp.length} product-service instance(s) up, two needed`, pass: false });
+} else {
+  const victim = productsUp[0];
+  // Paced so that no client reaches its rate limit within the run.
+  const intervalMs = Math.max(20, Math.ceil(config.SCALED_CHECK_LOOP_MS / Math.max(1, Math.floor(limit * 0.8))));
+  const failures: string[] = [];
+  let ok = 0;
+  let stale = 0;
+  let running = true;
+  const clients = Array.from({ length: 20 }, async (_, c) => {
+    const address = freshAddress();
+    const agent = new Agent({ keepAlive: true, maxSockets: 1 });
+    // A search no one made before: never answered from the gateway's stale cache, so a failure shows.
+    for (let n = 0; running; n++) {
+      const started = Date.now();
+      try {
+        const a = await call(via(c), 'GET', `/api/products?search=scaled-${runId}-${c}-${n}&limit=1`, { localAddress: address, agent });
+        if (a.status === 200) ok++;
+        else failures.push(`${a.status} ${codeOf(a.body)}`.trim());
+        if (a.headers['x-cache'] === 'STALE') stale++;
+      } catch (err) {
+        failures.push(errorName(err));
+      }
+      await new Promise((resolve) => setTimeout(resolve, Math.max(0, intervalMs - (Date.now() - started))));
+    }
+    agent.destroy();
+  });
+  await new Promise((resolve) => setTimeout(resolve, Math.round(config.SCALED_CHECK_LOOP_MS / 3)));
+  process.kill(victim.pid!, 'SIGKILL');
+  const killedAt = Date.now();
+  await new Promise((resolve) => setTimeout(resolve, config.SCALED_CHECK_LOOP_MS - Math.round(config.SCALED_CHECK_LOOP_MS / 3)));
+  running = false;
+  await Promise.all(clients);
+  rows.push({
+    check: `${killCheck} (${victim.name}, pid ${victim.pid})`,
+    expected: '0 failed GETs',
+    got: `${ok} x 200, ${failures.length} failed${failures.length ? ` (${showCounts(countBy(failures, (f) => f))})` : ''}${stale ? `, ${stale} stale` : ''}`,
+    pass: failures.length === 0 && ok > 0,
+  });
+  // start:scaled starts a dead process again; how long that took, for the record.
+  let back = 'not back within 60 s';
+  while (Date.now() - killedAt < 60_000) {
+    const again = readState()?.processes.find((p) => p.name === victim.name);
+    if (again && again.pid !== victim.pid && alive(again.pid) && (await healthy(again.url))) {
+      back = `back after ${((Date.now() - killedAt) / 1000).toFixed(1)} s (pid ${again.pid})`;
+      break;
+    }
+    await new Promise((resolve) => setTimeout(resolve, 250));
+  }
+  rows.push({ check: `${victim.name} started again by start:scaled`, expected: 'back, answering /health', got: back, pass: back.startsWith('back') });
+}
+
+// ---- The table.
+
+const headers = ['check', 'expected', 'got', 'result'];
+const cells = rows.map((r) => [r.check, r.expected, r.got, r.pass === null ? '-' : r.pass ? 'PASS' : 'FAIL']);
+const widths = headers.map((h, i) => Math.max(h.length, ...cells.map((c) => c[i].length)));
+const line = (c: string[]) => `| ${c.map((v, i) => v.padEnd(widths[i])).join(' | ')} |`;
+process.stdout.write(`${[line(headers), `|${widths.map((w) => '-'.repeat(w + 2)).join('|')}|`, ...cells.map(line)].join('\n')}\n`);
+process.stdout.write('Not checked from outside: PostgreSQL stopped and started again (503 STORAGE_UNAVAILABLE, then healing), and acknowledged orders after a kill -9 of everything.\n');
+process.exitCode = rows.every((r) => r.pass !== false) ? 0 : 1;
