@@ -35,9 +35,10 @@ async function listener(reply?: string): Promise<number> {
   return (server.address() as AddressInfo).port;
 }
 
-async function startScaled(env: Record<string, string>): Promise<{ code: number | null; stdout: string; stderr: string }> {
+async function startScaled(env: Record<string, string>, { detached = false } = {}): Promise<{ code: number | null; stdout: string; stderr: string; pid: number }> {
   const child = spawn(process.execPath, ['--import', TS_LOADER, 'scripts/start-scaled.ts'], {
     cwd: ROOT,
+    detached,
     env: { ...process.env, LOG_PRETTY: 'false', ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
@@ -48,7 +49,7 @@ async function startScaled(env: Record<string, string>): Promise<{ code: number 
   const timer = setTimeout(() => child.kill('SIGKILL'), 60_000);
   const [code] = (await once(child, 'exit')) as [number | null];
   clearTimeout(timer);
-  return { code, stdout, stderr };
+  return { code, stdout, stderr, pid: child.pid! };
 }
 
 function assertOneLine(result: { code: number | null; stdout: string; stderr: string }): string {
@@ -97,6 +98,21 @@ describe('npm run start:scaled refuses to start', { concurrency: true }, () => {
     const held = await listener();
     const line = assertOneLine(await startScaled({ DATABASE_URL: POSTGRES, REDIS_URL: REDIS, SCALED_BASE_PORT: String(held - 12) }));
     assert.match(line, new RegExp(`port .*${held} \\(products-2\\).* already in use.*SCALED_BASE_PORT`));
+  });
+
+  test('when a process dies while starting, every other one is stopped and it exits 1', async () => {
+    // LOGIN_MAX_FAILURES=0 is refused by the user service alone: both of its instances exit at once.
+    let result;
+    // A base port whose 24 ports happen to hold something of another program's is tried again.
+    for (let attempt = 0; attempt < 3; attempt++) {
+      result = await startScaled({ DATABASE_URL: POSTGRES, REDIS_URL: REDIS, SCALED_BASE_PORT: String(await closedPort()), LOGIN_MAX_FAILURES: '0' }, { detached: true });
+      if (!/already in use/.test(result.stderr)) break;
+    }
+    assert.ok(result);
+    assert.equal(result.code, 1, result.stdout + result.stderr);
+    assert.match(result.stdout, /\[scaled +\] [a-z]+-\d exited with code 1 while starting; stopping the others/);
+    // Its process group (it led one) is empty: no process it started outlives it.
+    assert.throws(() => process.kill(-result.pid, 0), { code: 'ESRCH' });
   });
 
   test('when SCALED_BASE_PORT leaves no room for the 24 ports, the line names the variable', async () => {
