@@ -1,15 +1,19 @@
 // npm run start:scaled refuses to start, with one line saying what is missing, before it starts
-// any process: PostgreSQL or Redis unreachable, a port of its layout taken, a bad setting.
+// any process (PostgreSQL or Redis unreachable, a port of its layout taken, a bad setting), and
+// stops every process it started when one dies while they start.
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
 import { once } from 'node:events';
 import { createServer, type AddressInfo, type Server } from 'node:net';
 import { after, describe, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
+import pg from 'pg';
 import { TS_LOADER } from './process.js';
+import { TEST_DATABASE_URL } from './support/engines.js';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
-const POSTGRES = 'postgres://postgres@127.0.0.1:5432/test';
+const POSTGRES = TEST_DATABASE_URL;
 const REDIS = 'redis://127.0.0.1:6379';
 
 /** A port nothing listens on: bound by the OS, then released. */
@@ -100,12 +104,23 @@ describe('npm run start:scaled refuses to start', { concurrency: true }, () => {
     assert.match(line, new RegExp(`port .*${held} \\(products-2\\).* already in use.*SCALED_BASE_PORT`));
   });
 
-  test('when a process dies while starting, every other one is stopped and it exits 1', async () => {
+  test('when a process dies while starting, every other one is stopped and it exits 1', async (t) => {
+    // The services get as far as their migrations: in a database of this test's own, dropped after it.
+    const admin = new pg.Client({ connectionString: TEST_DATABASE_URL });
+    await admin.connect();
+    const database = `t_${randomBytes(5).toString('hex')}_scaled`;
+    await admin.query(`CREATE DATABASE ${database}`);
+    t.after(async () => {
+      await admin.query(`DROP DATABASE IF EXISTS ${database} WITH (FORCE)`);
+      await admin.end();
+    });
+    const url = new URL(TEST_DATABASE_URL);
+    url.pathname = `/${database}`;
     // LOGIN_MAX_FAILURES=0 is refused by the user service alone: both of its instances exit at once.
     let result;
-    // A base port whose 24 ports happen to hold something of another program's is tried again.
+    // A base port whose ports happen to hold something of another program's is tried again.
     for (let attempt = 0; attempt < 3; attempt++) {
-      result = await startScaled({ DATABASE_URL: POSTGRES, REDIS_URL: REDIS, SCALED_BASE_PORT: String(await closedPort()), LOGIN_MAX_FAILURES: '0' }, { detached: true });
+      result = await startScaled({ DATABASE_URL: url.href, REDIS_URL: REDIS, SCALED_BASE_PORT: String(await closedPort()), LOGIN_MAX_FAILURES: '0' }, { detached: true });
       if (!/already in use/.test(result.stderr)) break;
     }
     assert.ok(result);
@@ -115,7 +130,7 @@ describe('npm run start:scaled refuses to start', { concurrency: true }, () => {
     assert.throws(() => process.kill(-result.pid, 0), { code: 'ESRCH' });
   });
 
-  test('when SCALED_BASE_PORT leaves no room for the 24 ports, the line names the variable', async () => {
+  test('when SCALED_BASE_PORT leaves no room for the ports above it, the line names the variable', async () => {
     const line = assertOneLine(await startScaled({ SCALED_BASE_PORT: '65530' }));
     assert.match(line, /invalid configuration: SCALED_BASE_PORT: must be a whole number from 1 to 65522/);
   });
