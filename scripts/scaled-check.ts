@@ -1,7 +1,8 @@
 // npm run scaled:check: the acceptance checks of the scaled-out system that can be made from outside,
 // against a running `npm run start:scaled` (open mode): orders racing for the last units through both
-// gateways, one client's rate limit across both gateways, and a kill -9 of a product-service instance
-// under looping clients. Prints a table; exits 0 when every check passed.
+// gateways, one client's rate limit across both gateways, tokens and traces across instances, and a
+// kill -9 of a product-service instance under looping clients. Prints a table; exits 0 when every
+// check passed.
 // Linux: each client sends from an address of its own in 127.0.0.0/8, as the gateways limit per address.
 import { randomInt } from 'node:crypto';
 import { existsSync, readFileSync } from 'node:fs';
@@ -37,10 +38,10 @@ const stateFile = config.SCALED_STATE_FILE ?? stateFileOf(config.SCALED_BASE_POR
 const runId = `${Date.now().toString(36)}${randomInt(1000)}`;
 
 interface Answer { status: number; headers: IncomingHttpHeaders; body: unknown }
-interface CallOptions { body?: unknown; localAddress?: string; agent?: Agent; timeoutMs?: number }
+interface CallOptions { body?: unknown; headers?: Record<string, string>; localAddress?: string; agent?: Agent; timeoutMs?: number }
 
 /** One HTTP call; rejects on a network error or after `timeoutMs`. */
-function call(base: string, method: string, path: string, { body, localAddress, agent, timeoutMs = 10_000 }: CallOptions = {}): Promise<Answer> {
+function call(base: string, method: string, path: string, { body, headers = {}, localAddress, agent, timeoutMs = 10_000 }: CallOptions = {}): Promise<Answer> {
   return new Promise((resolve, reject) => {
     const payload = body === undefined ? undefined : JSON.stringify(body);
     const req = request(`${base}${path}`, {
@@ -48,7 +49,7 @@ function call(base: string, method: string, path: string, { body, localAddress, 
       localAddress,
       agent: agent ?? false,
       timeout: timeoutMs,
-      headers: payload === undefined ? {} : { 'content-type': 'application/json', 'content-length': Buffer.byteLength(payload) },
+      headers: payload === undefined ? headers : { ...headers, 'content-type': 'application/json', 'content-length': Buffer.byteLength(payload) },
     }, (res) => {
       const chunks: Buffer[] = [];
       res.on('data', (c: Buffer) => chunks.push(c));
@@ -175,6 +176,47 @@ let limit = 100;
       pass: counts['200'] === limit && counts['429'] === extra && Object.keys(counts).length === 2,
     });
   }
+}
+
+// ---- A token from either user-service instance works through both gateways.
+
+{
+  const address = freshAddress();
+  const password = process.env.DEMO_PASSWORD || 'microservices-demo';
+  // Four logins, balanced over the user-service instances; each token used on both gateways.
+  const logins = await Promise.all([0, 1, 2, 3].map((i) => call(via(i), 'POST', '/api/auth/login', { body: { email: 'alice@example.com', password }, localAddress: address }).catch(() => undefined)));
+  const tokens = logins.map((a) => field(a?.body, 'accessToken')).filter((t): t is string => typeof t === 'string');
+  const decode = (part: string | undefined): unknown => JSON.parse(Buffer.from(part ?? '', 'base64url').toString() || '{}');
+  const kids = new Set(tokens.map((t) => String(field(decode(t.split('.')[0]), 'kid'))));
+  const uses = await Promise.all(tokens.flatMap((token) => gateways.map((g) =>
+    call(g, 'GET', `/api/users/${String(field(decode(token.split('.')[1]), 'sub'))}`, { headers: { authorization: `Bearer ${token}` }, localAddress: address }).then((a) => String(a.status), errorName))));
+  rows.push({
+    check: 'tokens from 4 logins (demo user alice), each used through both gateways',
+    expected: '4 logins, 8x200',
+    got: `${tokens.length} logins (${logins.map((a) => a?.status ?? 'error').join(' ')}), ${showCounts(countBy(uses, (u) => u))}; ${kids.size} signing key(s)`,
+    pass: tokens.length === 4 && uses.length === 8 && uses.every((u) => u === '200'),
+  });
+}
+
+// ---- A trace served through one gateway, shown whole by the other.
+
+{
+  const traceId = `scaled-check-${runId}`;
+  await call(gwA, 'GET', `/api/products/${productId}`, { headers: { 'x-trace-id': traceId }, localAddress: setupAddress });
+  let services: string[] = [];
+  for (const until = Date.now() + 5000; Date.now() < until;) {
+    const trace = await call(gwB, 'GET', `/traces/${traceId}`).catch(() => undefined);
+    const spans = field(trace?.body, 'spans');
+    services = Array.isArray(spans) ? [...new Set(spans.map((span) => String(field(span, 'service'))))].sort() : [];
+    if (services.includes('gateway') && services.includes('product-service')) break;
+    await new Promise((resolve) => setTimeout(resolve, 200));
+  }
+  rows.push({
+    check: 'a trace through the first gateway, read from the second',
+    expected: 'spans of gateway and product-service',
+    got: services.length ? `spans of ${services.join(', ')}` : 'not found',
+    pass: services.includes('gateway') && services.includes('product-service'),
+  });
 }
 
 // ---- kill -9 of a product-service instance under 20 looping clients.
