@@ -1,0 +1,137 @@
+// npm run start:scaled refuses to start, with one line saying what is missing, before it starts
+// any process (PostgreSQL or Redis unreachable, a port of its layout taken, a bad setting), and
+// stops every process it started when one dies while they start.
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { once } from 'node:events';
+import { createServer, type AddressInfo, type Server } from 'node:net';
+import { after, describe, test } from 'node:test';
+import { fileURLToPath } from 'node:url';
+import pg from 'pg';
+import { TS_LOADER } from './process.js';
+import { TEST_DATABASE_URL } from './support/engines.js';
+
+const ROOT = fileURLToPath(new URL('..', import.meta.url));
+const POSTGRES = TEST_DATABASE_URL;
+const REDIS = 'redis://127.0.0.1:6379';
+
+/** A port nothing listens on: bound by the OS, then released. */
+async function closedPort(): Promise<number> {
+  const server = createServer().listen(0, '127.0.0.1');
+  await once(server, 'listening');
+  const { port } = server.address() as AddressInfo;
+  await new Promise((resolve) => server.close(resolve));
+  return port;
+}
+
+const servers: Server[] = [];
+after(() => Promise.all(servers.map((s) => new Promise((resolve) => s.close(resolve)))));
+
+/** A listener on a port the OS chooses, answering every connection with `reply` (or nothing). */
+async function listener(reply?: string): Promise<number> {
+  const server = createServer((socket) => {
+    socket.on('error', () => {});
+    socket.once('data', () => { if (reply !== undefined) socket.end(reply); });
+  }).listen(0, '127.0.0.1');
+  servers.push(server);
+  await once(server, 'listening');
+  return (server.address() as AddressInfo).port;
+}
+
+async function startScaled(env: Record<string, string>, { detached = false } = {}): Promise<{ code: number | null; stdout: string; stderr: string; pid: number }> {
+  const child = spawn(process.execPath, ['--import', TS_LOADER, 'scripts/start-scaled.ts'], {
+    cwd: ROOT,
+    detached,
+    env: { ...process.env, LOG_PRETTY: 'false', ...env },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let stdout = '';
+  let stderr = '';
+  child.stdout.on('data', (c: Buffer) => (stdout += c.toString()));
+  child.stderr.on('data', (c: Buffer) => (stderr += c.toString()));
+  const timer = setTimeout(() => child.kill('SIGKILL'), 60_000);
+  const [code] = (await once(child, 'exit')) as [number | null];
+  clearTimeout(timer);
+  return { code, stdout, stderr, pid: child.pid! };
+}
+
+function assertOneLine(result: { code: number | null; stdout: string; stderr: string }): string {
+  assert.equal(result.code, 1, `exit code (stderr: ${result.stderr})`);
+  assert.equal(result.stdout, '', 'nothing started, nothing printed to stdout');
+  const lines = result.stderr.split('\n').filter(Boolean);
+  assert.equal(lines.length, 1, `one line, got:\n${result.stderr}`);
+  assert.match(lines[0], /^start:scaled: /);
+  return lines[0];
+}
+
+describe('npm run start:scaled refuses to start', { concurrency: true }, () => {
+  test('when neither PostgreSQL nor Redis answers, one line names both and the variables to set', async () => {
+    const [pgPort, redisPort] = [await closedPort(), await closedPort()];
+    const line = assertOneLine(await startScaled({
+      DATABASE_URL: `postgres://postgres:secret-password@127.0.0.1:${pgPort}/test`,
+      REDIS_URL: `redis://127.0.0.1:${redisPort}`,
+      SCALED_BASE_PORT: String(await closedPort()),
+    }));
+    assert.match(line, new RegExp(`PostgreSQL at 127\\.0\\.0\\.1:${pgPort}: refused the connection .*DATABASE_URL=`));
+    assert.match(line, new RegExp(`Redis at 127\\.0\\.0\\.1:${redisPort}: refused the connection .*REDIS_URL=`));
+    assert.doesNotMatch(line, /secret-password/, 'the password of the URL is not printed');
+  });
+
+  test('when only Redis is unreachable, the line names Redis alone', async () => {
+    const redisPort = await closedPort();
+    const line = assertOneLine(await startScaled({ DATABASE_URL: POSTGRES, REDIS_URL: `redis://127.0.0.1:${redisPort}`, SCALED_BASE_PORT: String(await closedPort()) }));
+    assert.match(line, /Redis at .*REDIS_URL=/);
+    assert.doesNotMatch(line, /PostgreSQL at/);
+  });
+
+  test('when the database does not exist, PostgreSQL\'s own reason is given', async () => {
+    const line = assertOneLine(await startScaled({ DATABASE_URL: 'postgres://postgres@127.0.0.1:5432/no_such_database_for_scaled', REDIS_URL: REDIS, SCALED_BASE_PORT: String(await closedPort()) }));
+    assert.match(line, /PostgreSQL at 127\.0\.0\.1:5432: database "no_such_database_for_scaled" does not exist/);
+    assert.doesNotMatch(line, /Redis at/);
+  });
+
+  test('when REDIS_URL names something that is not Redis, it says so', async () => {
+    const port = await listener('HTTP/1.1 400 Bad Request\r\n\r\n');
+    const line = assertOneLine(await startScaled({ DATABASE_URL: POSTGRES, REDIS_URL: `redis://127.0.0.1:${port}`, SCALED_BASE_PORT: String(await closedPort()) }));
+    assert.match(line, new RegExp(`Redis at 127\\.0\\.0\\.1:${port}: answered something that is not Redis`));
+  });
+
+  test('when a port of the layout is taken, the line names it and SCALED_BASE_PORT', async () => {
+    // The held port is the second products instance's: base + 12.
+    const held = await listener();
+    const line = assertOneLine(await startScaled({ DATABASE_URL: POSTGRES, REDIS_URL: REDIS, SCALED_BASE_PORT: String(held - 12) }));
+    assert.match(line, new RegExp(`port .*${held} \\(products-2\\).* already in use.*SCALED_BASE_PORT`));
+  });
+
+  test('when a process dies while starting, every other one is stopped and it exits 1', async (t) => {
+    // The services get as far as their migrations: in a database of this test's own, dropped after it.
+    const admin = new pg.Client({ connectionString: TEST_DATABASE_URL });
+    await admin.connect();
+    const database = `t_${randomBytes(5).toString('hex')}_scaled`;
+    await admin.query(`CREATE DATABASE ${database}`);
+    t.after(async () => {
+      await admin.query(`DROP DATABASE IF EXISTS ${database} WITH (FORCE)`);
+      await admin.end();
+    });
+    const url = new URL(TEST_DATABASE_URL);
+    url.pathname = `/${database}`;
+    // LOGIN_MAX_FAILURES=0 is refused by the user service alone: both of its instances exit at once.
+    let result;
+    // A base port whose ports happen to hold something of another program's is tried again.
+    for (let attempt = 0; attempt < 3; attempt++) {
+      result = await startScaled({ DATABASE_URL: url.href, REDIS_URL: REDIS, SCALED_BASE_PORT: String(await closedPort()), LOGIN_MAX_FAILURES: '0' }, { detached: true });
+      if (!/already in use/.test(result.stderr)) break;
+    }
+    assert.ok(result);
+    assert.equal(result.code, 1, result.stdout + result.stderr);
+    assert.match(result.stdout, /\[scaled +\] [a-z]+-\d exited with code 1 while starting; stopping the others/);
+    // Its process group (it led one) is empty: no process it started outlives it.
+    assert.throws(() => process.kill(-result.pid, 0), { code: 'ESRCH' });
+  });
+
+  test('when SCALED_BASE_PORT leaves no room for the ports above it, the line names the variable', async () => {
+    const line = assertOneLine(await startScaled({ SCALED_BASE_PORT: '65530' }));
+    assert.match(line, /invalid configuration: SCALED_BASE_PORT: must be a whole number from 1 to 65522/);
+  });
+});
