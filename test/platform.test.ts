@@ -37,6 +37,13 @@ describe('config', () => {
     assert.throws(() => parseConfig(schema, { SEED_DATA: 'maybe' }), /SEED_DATA: /);
     assert.equal(parseConfig(schema, { SEED_DATA: 'false' }).SEED_DATA, false);
   });
+
+  test('when a bad value holds a secret, then the error names the variable but shows neither the secret nor a URL password', () => {
+    const secrets = z.object({ ADMIN_TOKEN: z.string().min(16), DATABASE_URL: z.string().regex(/^postgres:\/\/\S+$/) });
+    assert.throws(() => parseConfig(secrets, { ADMIN_TOKEN: 'short-secret' }), (err: Error) => err.message.startsWith('ADMIN_TOKEN: ') && !err.message.includes('short-secret'));
+    assert.throws(() => parseConfig(secrets, { ADMIN_TOKEN: 'x'.repeat(16), DATABASE_URL: 'mysql://app:hunter2@db/x' }),
+      (err: Error) => err.message.includes('mysql://***@db/x') && !err.message.includes('hunter2'));
+  });
 });
 
 describe('trace ids', () => {

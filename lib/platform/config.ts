@@ -130,6 +130,11 @@ export function databaseOptions(config: z.output<z.ZodObject<typeof serviceShape
 
 export class ConfigError extends Error {}
 
+// The one line a bad value prints goes to terminals and log collectors: never a secret, and never
+// the password of a URL (postgres://user:pw@host, redis://:pw@host).
+const SECRET_KEY = /TOKEN|PASSWORD|SECRET|PRIVATE_KEY/;
+const URL_CREDENTIALS = /^([a-z][a-z0-9+.-]*:\/\/)[^@/\s]*@/i;
+
 /**
  * Parses `env` with `schema`. A bad value throws a ConfigError whose message is one line naming
  * the variable, e.g. `PORT: must be a port number (0-65535) (got "abc")`.
@@ -143,7 +148,8 @@ export function parseConfig<S extends z.ZodType>(schema: S, env: NodeJS.ProcessE
   const issue = result.error.issues[0];
   const key = String(issue?.path[0] ?? 'config');
   const got = cleaned[key];
-  throw new ConfigError(`${key}: ${issue?.message ?? 'invalid'}${got === undefined ? '' : ` (got ${JSON.stringify(got.slice(0, 60))})`}`);
+  const shown = got === undefined || SECRET_KEY.test(key) ? undefined : got.replace(URL_CREDENTIALS, '$1***@').slice(0, 60);
+  throw new ConfigError(`${key}: ${issue?.message ?? 'invalid'}${shown === undefined ? '' : ` (got ${JSON.stringify(shown)})`}`);
 }
 
 /** For mains: parse or print the one line and exit 1. */
