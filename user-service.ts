@@ -12,7 +12,7 @@ await runService({
   openDatabase: openUserDatabase,
   build: (deps, config) => {
     // Demo rows of files made before passwords existed get the demo password here (see setDemoPasswords).
-    if (config.SEED_DATA && config.DEMO_PASSWORD !== undefined) setDemoPasswords(deps.db, hashPasswordSync(config.DEMO_PASSWORD));
+    if (config.SEED_DATA && config.DEMO_PASSWORD !== undefined) setDemoPasswords(deps.db, hashPasswordSync(config.DEMO_PASSWORD, config.PASSWORD_HASH_COST));
     const app = createUserApp(deps, {
       mode: authModeOf(config),
       key: loadSigningKey(config.DATA_DIR, config.JWT_PRIVATE_KEY),
@@ -24,6 +24,7 @@ await runService({
       adminToken: config.ADMIN_TOKEN,
       loginMaxFailures: config.LOGIN_MAX_FAILURES,
       loginWindowMs: config.LOGIN_WINDOW_MS,
+      passwordHashCost: config.PASSWORD_HASH_COST,
     });
     return { app };
   },

@@ -23,7 +23,8 @@ export interface ChildService {
 export async function spawnService(entry: string, env: Record<string, string>): Promise<ChildService> {
   const child = spawn(process.execPath, ['--import', TS_LOADER, entry], {
     cwd: ROOT,
-    env: { ...process.env, PORT: '0', LOG_PRETTY: 'false', LOG_LEVEL: 'info', ...env },
+    // The lowest password hash cost: scrypt's work at each seeded start is not what tests test.
+    env: { ...process.env, PORT: '0', LOG_PRETTY: 'false', LOG_LEVEL: 'info', PASSWORD_HASH_COST: '1024', ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   let out = '';

@@ -3,7 +3,7 @@ import type { JWTVerifyGetKey } from 'jose';
 import { createServiceAuth, createTokenVerifier, DEFAULT_ALGORITHMS, DEFAULT_AUDIENCE, DEFAULT_ISSUER, type AuthMode } from '../platform/identity.js';
 import { createServiceApp, type ServiceDeps } from '../platform/service-app.js';
 import { USER_API } from './api.js';
-import { createLoginThrottle, loadSigningKey, localKeys, type SigningKey } from './auth.js';
+import { createLoginThrottle, DEFAULT_PASSWORD_HASH_COST, loadSigningKey, localKeys, MIN_PASSWORD_HASH_COST, type SigningKey } from './auth.js';
 import { createUserRoutes } from './routes.js';
 import { createUserStore } from './store.js';
 
@@ -22,9 +22,14 @@ export interface UserAuthOptions {
   /** Failed logins per email per window before 429. */
   loginMaxFailures: number;
   loginWindowMs: number;
+  /** scrypt's N for new password hashes (PASSWORD_HASH_COST); unset: the default, 2^14. */
+  passwordHashCost?: number;
 }
 
-/** Open mode, a key for the life of the process, the defaults of the configuration: for tests. */
+/**
+ * Open mode, a key for the life of the process, the defaults of the configuration but the lowest
+ * password hash cost (scrypt's work is not what tests test): for tests.
+ */
 export const defaultUserAuth = (): UserAuthOptions => ({
   mode: 'open',
   key: loadSigningKey(':memory:'),
@@ -34,6 +39,7 @@ export const defaultUserAuth = (): UserAuthOptions => ({
   ttlS: 900,
   loginMaxFailures: 10,
   loginWindowMs: 15 * 60_000,
+  passwordHashCost: MIN_PASSWORD_HASH_COST,
 });
 
 export function createUserApp(deps: ServiceDeps, options: UserAuthOptions = defaultUserAuth()): Express {
@@ -46,6 +52,7 @@ export function createUserApp(deps: ServiceDeps, options: UserAuthOptions = defa
     key,
     token: { issuer, audience, ttlS },
     throttle: createLoginThrottle({ maxFailures: options.loginMaxFailures, windowMs: options.loginWindowMs }),
+    passwordHashCost: options.passwordHashCost ?? DEFAULT_PASSWORD_HASH_COST,
   });
   return createServiceApp({ ...deps, service: 'user-service', routes, api: USER_API, ...(mode === 'required' ? { guardAdmin: auth.requireAdminSurface } : {}) });
 }
