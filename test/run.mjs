@@ -14,6 +14,7 @@ import { spawn } from 'node:child_process';
 import { mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { availableParallelism, setPriority } from 'node:os';
 import { fileURLToPath } from 'node:url';
+import { buildForChildren } from './support/build.mjs';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const CACHE = `${ROOT}node_modules/.cache/`;
@@ -56,6 +57,8 @@ try {
   // not allowed here: it runs at the same priority
 }
 
+// The processes the tests start run from JavaScript built once here (test/support/build.mjs).
+const buildDir = buildForChildren();
 const times = readTimes();
 // A file never timed goes first: it may be a long one.
 const queue = [...files].sort((a, b) => (times[b] ?? Infinity) - (times[a] ?? Infinity) || a.localeCompare(b));
@@ -75,7 +78,7 @@ function paintLine(line) {
 function startWorker() {
   const child = spawn(process.execPath, ['--import', './test/support/ts-register.mjs', '--test-reporter=spec', 'test/support/worker.mjs'], {
     cwd: ROOT,
-    env: { ...process.env, TEST_FILE_TIMEOUT_MS: String(FILE_TIMEOUT_MS) },
+    env: { ...process.env, TEST_FILE_TIMEOUT_MS: String(FILE_TIMEOUT_MS), TEST_BUILD_DIR: buildDir },
     stdio: ['ignore', 'pipe', 'inherit', 'ipc'],
   });
   const worker = { child, current: undefined, ran: [], summary: false, block: [], failing: null, silentSince: performance.now() };

@@ -7,7 +7,7 @@ import { once } from 'node:events';
 import { fileURLToPath } from 'node:url';
 import { demoProducts } from '../lib/demo/data.js';
 import { http, tempDir } from './helpers.js';
-import { spawnService, TS_LOADER, type ChildService } from './process.js';
+import { nodeArgs, spawnService, type ChildService } from './process.js';
 
 const running = new Set<ChildService>();
 const dirs: Array<{ remove: () => void }> = [];
@@ -37,7 +37,7 @@ function newDataDir(): string {
 
 /** Runs an entry file that is expected to exit before listening; resolves with code and output. */
 async function runToExit(entry: string, env: Record<string, string>): Promise<{ code: number | null; stderr: string; stdout: string }> {
-  const child = spawn(process.execPath, ['--import', TS_LOADER, entry], {
+  const child = spawn(process.execPath, nodeArgs(entry), {
     cwd: fileURLToPath(new URL('..', import.meta.url)),
     env: { ...process.env, LOG_PRETTY: 'false', ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
