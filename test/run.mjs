@@ -60,8 +60,11 @@ try {
 // The processes the tests start run from JavaScript built once here (test/support/build.mjs).
 const buildDir = buildForChildren();
 const times = readTimes();
-// A file never timed goes first: it may be a long one.
-const queue = [...files].sort((a, b) => (times[b] ?? Infinity) - (times[a] ?? Infinity) || a.localeCompare(b));
+// A file never timed (a fresh clone) goes first, and first among those one that starts processes:
+// those are the long ones, and a long file that starts last makes the run end late.
+const startsProcesses = (file) => /\b(spawn|spawnService)\(/.test(readFileSync(`${ROOT}${file}`, 'utf8'));
+const guess = (file) => times[file] ?? (startsProcesses(file) ? Infinity : Number.MAX_VALUE);
+const queue = [...files].sort((a, b) => guess(b) - guess(a) || a.localeCompare(b));
 const totals = { tests: 0, suites: 0, pass: 0, fail: 0, cancelled: 0, skipped: 0, todo: 0 };
 const failures = [];
 const problems = [];
