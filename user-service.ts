@@ -14,7 +14,7 @@ await runService({
   openDatabase: openUserDatabase,
   build: async (deps, config) => {
     // Demo rows of files made before passwords existed get the demo password here (see setDemoPasswords).
-    if (config.SEED_DATA && config.DEMO_PASSWORD !== undefined) await setDemoPasswords(deps.db, await hashPassword(config.DEMO_PASSWORD));
+    if (config.SEED_DATA && config.DEMO_PASSWORD !== undefined) await setDemoPasswords(deps.db, await hashPassword(config.DEMO_PASSWORD, config.PASSWORD_HASH_COST));
     // JWT_PRIVATE_KEY, else with PostgreSQL the keys every instance shares, else the file under DATA_DIR.
     const keys = config.JWT_PRIVATE_KEY === undefined && config.DATABASE_URL !== undefined
       ? await startStoredKeyRing(deps.db, {
@@ -32,6 +32,7 @@ await runService({
       adminToken: config.ADMIN_TOKEN,
       loginMaxFailures: config.LOGIN_MAX_FAILURES,
       loginWindowMs: config.LOGIN_WINDOW_MS,
+      passwordHashCost: config.PASSWORD_HASH_COST,
     });
     return { app, close: () => keys.close() };
   },

@@ -8,12 +8,12 @@ import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { once } from 'node:events';
 import { fileURLToPath } from 'node:url';
-import { TS_LOADER } from './process.js';
+import { nodeArgs } from './process.js';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 
 test('when orders race through faults, kills and restarts, then stock + live orders = initial stock and every 201 is kept', async () => {
-  const child = spawn(process.execPath, ['--import', TS_LOADER, 'test/chaos/run.ts', '--seed', '1', '--duration', '2000', '--concurrency', '8'], {
+  const child = spawn(process.execPath, [...nodeArgs('test/chaos/run.ts'), '--seed', '1', '--duration', '2000', '--concurrency', '8'], {
     cwd: ROOT,
     stdio: ['ignore', 'pipe', 'pipe'],
   });

@@ -7,6 +7,7 @@ import { spawn } from 'node:child_process';
 import { once } from 'node:events';
 import { fileURLToPath } from 'node:url';
 import { startGatewayFor, type StartedGateway } from './gateway-helpers.js';
+import { nodeArgs } from './process.js';
 import { startServices, type System } from './system.js';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
@@ -25,7 +26,7 @@ after(async () => {
 });
 
 test(`npm run load at ${RATE} req/s for ${SECONDS} s gets through the default rate limit and exits 0`, async () => {
-  const child = spawn(process.execPath, ['--import', 'tsx', 'bench/traffic.ts', '--rate', String(RATE), '--duration', String(SECONDS), '--target', gw.url], {
+  const child = spawn(process.execPath, [...nodeArgs('bench/traffic.ts'), '--rate', String(RATE), '--duration', String(SECONDS), '--target', gw.url], {
     cwd: ROOT,
     stdio: ['ignore', 'pipe', 'pipe'],
   });

@@ -45,7 +45,7 @@ describe('logs for people', () => {
     });
     await new Promise<void>((resolve) => collector.listen(0, '127.0.0.1', resolve));
     const endpoint = `http://127.0.0.1:${(collector.address() as AddressInfo).port}`;
-    const tracing = createTracing({ service: 'gateway', otlpEndpoint: endpoint, logger });
+    const tracing = createTracing({ service: 'gateway', otlpEndpoint: endpoint, logger, exportDelayMs: 20 });
     const oneSpan = () => tracing.runServerSpan({ traceId: '', w3cTraceId: newTraceId(), spanId: '' }, 'GET /x', {}, (span) => span.end());
     const warnings = () => lines().filter((l) => l.level === WARN && /span export failed/.test(String(l.msg))).length;
     try {

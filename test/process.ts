@@ -1,11 +1,24 @@
 // Runs one of the entry files as a child process, as a user would, on port 0.
 import { spawn, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
+import { existsSync } from 'node:fs';
+import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 /** The TypeScript loader the tests run under (tsx's job, at a fraction of its start-up cost). */
 export const TS_LOADER = new URL('./support/ts-register.mjs', import.meta.url).href;
+
+/**
+ * Node's arguments to run the .ts file `entry` (relative to the project): its JavaScript from
+ * TEST_BUILD_DIR when `npm test` built it there (test/support/build.mjs: no module hooks to pay
+ * for at start), else the .ts file under the TypeScript loader.
+ */
+export function nodeArgs(entry: string): string[] {
+  const dir = process.env.TEST_BUILD_DIR;
+  const built = dir ? join(dir, entry.replace(/\.ts$/, '.js')) : undefined;
+  return built && existsSync(built) ? ['--enable-source-maps', built] : ['--import', TS_LOADER, entry];
+}
 
 export interface ChildService {
   child: ChildProcess;
@@ -21,9 +34,10 @@ export interface ChildService {
  * with its URL. Rejects if it exits first or takes longer than 20 s.
  */
 export async function spawnService(entry: string, env: Record<string, string>): Promise<ChildService> {
-  const child = spawn(process.execPath, ['--import', TS_LOADER, entry], {
+  const child = spawn(process.execPath, nodeArgs(entry), {
     cwd: ROOT,
-    env: { ...process.env, PORT: '0', LOG_PRETTY: 'false', LOG_LEVEL: 'info', ...env },
+    // The lowest password hash cost: scrypt's work at each seeded start is not what tests test.
+    env: { ...process.env, PORT: '0', LOG_PRETTY: 'false', LOG_LEVEL: 'info', PASSWORD_HASH_COST: '1024', ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   let out = '';

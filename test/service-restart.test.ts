@@ -7,7 +7,7 @@ import { once } from 'node:events';
 import { fileURLToPath } from 'node:url';
 import { demoProducts } from '../lib/demo/data.js';
 import { http, tempDir } from './helpers.js';
-import { spawnService, TS_LOADER, type ChildService } from './process.js';
+import { nodeArgs, spawnService, type ChildService } from './process.js';
 
 const running = new Set<ChildService>();
 const dirs: Array<{ remove: () => void }> = [];
@@ -37,7 +37,7 @@ function newDataDir(): string {
 
 /** Runs an entry file that is expected to exit before listening; resolves with code and output. */
 async function runToExit(entry: string, env: Record<string, string>): Promise<{ code: number | null; stderr: string; stdout: string }> {
-  const child = spawn(process.execPath, ['--import', TS_LOADER, entry], {
+  const child = spawn(process.execPath, nodeArgs(entry), {
     cwd: fileURLToPath(new URL('..', import.meta.url)),
     env: { ...process.env, LOG_PRETTY: 'false', ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
@@ -52,7 +52,9 @@ async function runToExit(entry: string, env: Record<string, string>): Promise<{ 
   return { code, stdout, stderr };
 }
 
-describe('user service process', () => {
+// Each test has its own data dir and processes: they run side by side, as most of their time is
+// spent waiting for a process to start or stop.
+describe('user service process', { concurrency: true }, () => {
   test('restarts keep the 3 demo users without duplicating them; SIGTERM exits 0', async () => {
     const dataDir = newDataDir();
     // A first start and a restart: a restart that does not seed again leaves what a third would find.
@@ -95,7 +97,7 @@ describe('user service process', () => {
   });
 });
 
-describe('product service process', () => {
+describe('product service process', { concurrency: true }, () => {
   test('restarts keep the 5 demo products and their reservations without taking stock again; SIGTERM exits 0', async () => {
     const dataDir = newDataDir();
     for (let i = 0; i < 2; i++) {

@@ -8,7 +8,9 @@ import { createMetrics } from '../lib/platform/metrics.js';
 import { DEFAULT_AUDIENCE, DEFAULT_ISSUER } from '../lib/platform/identity.js';
 import { createUserApp, defaultUserAuth } from '../lib/users/app.js';
 import { HttpError } from '../lib/platform/errors.js';
-import { createLoginThrottle, hashPasswordSync, loadSigningKey, SIGNING_KEY_FILE, verifyPassword } from '../lib/users/auth.js';
+import { createLoginThrottle, DEFAULT_PASSWORD_HASH_COST, hashPassword, hashPasswordSync, loadSigningKey, MIN_PASSWORD_HASH_COST, SIGNING_KEY_FILE, verifyPassword } from '../lib/users/auth.js';
+import { UserConfigSchema } from '../lib/users/config.js';
+import { ConfigError, parseConfig } from '../lib/platform/config.js';
 import { openUserDatabase, setDemoPasswords } from '../lib/users/db.js';
 import { http, memoryLogger, startApp, tempDir, type Started } from './helpers.js';
 import { ENGINES, testStorage } from './support/engines.js';
@@ -157,3 +159,27 @@ for (const engine of ENGINES) {
     });
   });
 }
+
+describe('password hash cost', () => {
+  test('when a hash was made at one cost, then it verifies under another, and a wrong password fails at either', async () => {
+    const cheap = await hashPassword('correct horse', MIN_PASSWORD_HASH_COST);
+    const dear = hashPasswordSync('correct horse', DEFAULT_PASSWORD_HASH_COST);
+    assert.match(cheap, /^scrypt\$1024\$8\$1\$/);
+    assert.match(dear, /^scrypt\$16384\$8\$1\$/);
+    for (const [stored, cost] of [[cheap, DEFAULT_PASSWORD_HASH_COST], [dear, MIN_PASSWORD_HASH_COST]] as const) {
+      assert.equal(await verifyPassword('correct horse', stored, cost), true);
+      assert.equal(await verifyPassword('wrong horse', stored, cost), false);
+    }
+  });
+
+  test('when a stored hash asks for a cost out of bounds or not a power of two, then no password matches it', async () => {
+    const [, , r, p, salt, hash] = (await hashPassword('pw-123456', MIN_PASSWORD_HASH_COST)).split('$');
+    for (const n of [512, 1000, 2 ** 18]) assert.equal(await verifyPassword('pw-123456', ['scrypt', n, r, p, salt, hash].join('$')), false, `N=${n}`);
+  });
+
+  test('when PASSWORD_HASH_COST is set, then it must be a power of two from 1024 to 131072', () => {
+    assert.equal(parseConfig(UserConfigSchema, {}).PASSWORD_HASH_COST, 16384);
+    assert.equal(parseConfig(UserConfigSchema, { PASSWORD_HASH_COST: '1024' }).PASSWORD_HASH_COST, 1024);
+    for (const bad of ['512', '3000', '262144', 'x']) assert.throws(() => parseConfig(UserConfigSchema, { PASSWORD_HASH_COST: bad }), (err: Error) => err instanceof ConfigError && err.message.startsWith('PASSWORD_HASH_COST: '));
+  });
+});

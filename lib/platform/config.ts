@@ -79,6 +79,8 @@ export const commonShape = {
   OTEL_EXPORTER_OTLP_ENDPOINT: z.url({ protocol: /^https?$/, message: 'must be an http(s) URL' }).optional(),
   // OpenTelemetry's own switch: true records no spans (trace ids and headers still work).
   OTEL_SDK_DISABLED: boolVar(false),
+  // OpenTelemetry's name for how long finished spans wait to be exported in one batch (ours defaults to 1 s, not its 5 s).
+  OTEL_BSP_SCHEDULE_DELAY: intVar(1000, 1, 60_000),
   // Finished spans each process keeps for /traces: at most this many, none older than the age.
   TRACE_BUFFER_SPANS: intVar(10_000, 100, 1_000_000),
   TRACE_BUFFER_MAX_AGE_MS: intVar(15 * 60_000, 1000),

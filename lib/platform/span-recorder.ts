@@ -189,6 +189,8 @@ export interface TracingOptions {
   otlpEndpoint?: string;
   maxSpans?: number;
   maxAgeMs?: number;
+  /** How long finished spans wait to be exported in a batch (OTEL_BSP_SCHEDULE_DELAY); default 1 s. */
+  exportDelayMs?: number;
   /** Says where spans are exported, and warns once when an export fails (again after one succeeds). */
   logger?: Logger;
 }
@@ -208,7 +210,7 @@ interface TracingWithTracer extends Tracing {
   tracer: Tracer;
 }
 
-export function createTracing({ service, otlpEndpoint, maxSpans = 10_000, maxAgeMs = 15 * 60_000, logger }: TracingOptions): Tracing {
+export function createTracing({ service, otlpEndpoint, maxSpans = 10_000, maxAgeMs = 15 * 60_000, exportDelayMs = 1000, logger }: TracingOptions): Tracing {
   ensureContextManager();
   const buffer = new SpanBuffer(maxSpans, maxAgeMs);
   const spanProcessors: SpanProcessor[] = [new BufferProcessor(buffer, service)];
@@ -216,7 +218,7 @@ export function createTracing({ service, otlpEndpoint, maxSpans = 10_000, maxAge
     const url = `${otlpEndpoint.replace(/\/+$/, '')}/v1/traces`;
     const exporter = new OTLPTraceExporter({ url });
     if (logger) watchExports(exporter, url, logger.child({ component: 'tracing' }));
-    spanProcessors.push(new BatchSpanProcessor(exporter, { maxQueueSize: 4096, scheduledDelayMillis: 1000 }));
+    spanProcessors.push(new BatchSpanProcessor(exporter, { maxQueueSize: 4096, scheduledDelayMillis: exportDelayMs }));
   }
   const provider = new BasicTracerProvider({
     resource: resourceFromAttributes({ [ATTR_SERVICE_NAME]: service }),
@@ -274,11 +276,18 @@ function watchExports(exporter: OTLPTraceExporter, url: string, log: Logger): vo
 /** The process's tracing as its config says: none when OTEL_SDK_DISABLED is true. */
 export function createTracingFromConfig(
   service: string,
-  config: { OTEL_SDK_DISABLED: boolean; OTEL_EXPORTER_OTLP_ENDPOINT?: string; TRACE_BUFFER_SPANS: number; TRACE_BUFFER_MAX_AGE_MS: number },
+  config: { OTEL_SDK_DISABLED: boolean; OTEL_EXPORTER_OTLP_ENDPOINT?: string; OTEL_BSP_SCHEDULE_DELAY: number; TRACE_BUFFER_SPANS: number; TRACE_BUFFER_MAX_AGE_MS: number },
   logger?: Logger,
 ): Tracing | null {
   if (config.OTEL_SDK_DISABLED) return null;
-  return createTracing({ service, otlpEndpoint: config.OTEL_EXPORTER_OTLP_ENDPOINT, maxSpans: config.TRACE_BUFFER_SPANS, maxAgeMs: config.TRACE_BUFFER_MAX_AGE_MS, logger });
+  return createTracing({
+    service,
+    otlpEndpoint: config.OTEL_EXPORTER_OTLP_ENDPOINT,
+    exportDelayMs: config.OTEL_BSP_SCHEDULE_DELAY,
+    maxSpans: config.TRACE_BUFFER_SPANS,
+    maxAgeMs: config.TRACE_BUFFER_MAX_AGE_MS,
+    logger,
+  });
 }
 
 export interface ClientSpan {

@@ -3,7 +3,7 @@ import type { JWTVerifyGetKey } from 'jose';
 import { createServiceAuth, createTokenVerifier, DEFAULT_ALGORITHMS, DEFAULT_AUDIENCE, DEFAULT_ISSUER, type AuthMode } from '../platform/identity.js';
 import { createServiceApp, type ServiceDeps } from '../platform/service-app.js';
 import { USER_API } from './api.js';
-import { createLoginThrottle, loadSigningKey, type SigningKey } from './auth.js';
+import { createLoginThrottle, DEFAULT_PASSWORD_HASH_COST, loadSigningKey, MIN_PASSWORD_HASH_COST, type SigningKey } from './auth.js';
 import { createUserRoutes } from './routes.js';
 import { staticKeyRing, type KeyRing } from './signing-keys.js';
 import { createUserStore } from './store.js';
@@ -26,9 +26,14 @@ export interface UserAuthOptions {
   /** Failed logins per email per window before 429. */
   loginMaxFailures: number;
   loginWindowMs: number;
+  /** scrypt's N for new password hashes (PASSWORD_HASH_COST); unset: the default, 2^14. */
+  passwordHashCost?: number;
 }
 
-/** Open mode, a key for the life of the process, the defaults of the configuration: for tests. */
+/**
+ * Open mode, a key for the life of the process, the defaults of the configuration but the lowest
+ * password hash cost (scrypt's work is not what tests test): for tests.
+ */
 export const defaultUserAuth = (): UserAuthOptions => ({
   mode: 'open',
   key: loadSigningKey(':memory:'),
@@ -38,6 +43,7 @@ export const defaultUserAuth = (): UserAuthOptions => ({
   ttlS: 900,
   loginMaxFailures: 10,
   loginWindowMs: 15 * 60_000,
+  passwordHashCost: MIN_PASSWORD_HASH_COST,
 });
 
 export function createUserApp(deps: ServiceDeps, options: UserAuthOptions = defaultUserAuth()): Express {
@@ -52,6 +58,7 @@ export function createUserApp(deps: ServiceDeps, options: UserAuthOptions = defa
     keys,
     token: { issuer, audience, ttlS },
     throttle: createLoginThrottle(deps.db, { maxFailures: options.loginMaxFailures, windowMs: options.loginWindowMs }),
+    passwordHashCost: options.passwordHashCost ?? DEFAULT_PASSWORD_HASH_COST,
   });
   return createServiceApp({ ...deps, service: 'user-service', routes, api: USER_API, ...(mode === 'required' ? { guardAdmin: auth.requireAdminSurface } : {}) });
 }

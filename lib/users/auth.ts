@@ -10,36 +10,55 @@ import type { KeyRing } from './signing-keys.js';
 /** Default of DEMO_PASSWORD outside production. */
 export const DEFAULT_DEMO_PASSWORD = 'microservices-demo';
 
-// scrypt at N=2^14, r=8, p=1 (OWASP's minimum for scrypt is N=2^17 with r=8 p=1 or an equivalent;
-// 2^14 with 16 MB of memory keeps a login near 50 ms on the demo's shared cores).
-const SCRYPT = { N: 2 ** 14, r: 8, p: 1, maxmem: 64 * 1024 * 1024 } as const;
+// scrypt with r=8, p=1 and a cost N (PASSWORD_HASH_COST) of 2^14 by default: 16 MB of memory,
+// near 50 ms a login on the demo's shared cores (OWASP's minimum for scrypt is N=2^17 with r=8 p=1
+// or an equivalent). Each hash records its own N, r and p, so a hash made at one cost verifies
+// under another, and raising the cost only affects hashes made from then on.
+export const DEFAULT_PASSWORD_HASH_COST = 2 ** 14;
+export const MIN_PASSWORD_HASH_COST = 2 ** 10;
+export const MAX_PASSWORD_HASH_COST = 2 ** 17;
+const R = 8;
+const P = 1;
 const KEY_LENGTH = 32;
 const SALT_BYTES = 16;
 
+/** Whether `n` is a cost scrypt takes here: a power of two within the bounds above. */
+export const isPasswordHashCost = (n: number): boolean => Number.isInteger(n) && n >= MIN_PASSWORD_HASH_COST && n <= MAX_PASSWORD_HASH_COST && (n & (n - 1)) === 0;
+
+// scrypt needs 128 * N * r bytes; twice that leaves room for its own bookkeeping.
+const scryptOptions = (N: number, r: number, p: number) => ({ N, r, p, maxmem: 256 * N * r });
+
 /** `scrypt$N$r$p$salt$hash`, salt and hash in base64url: a new per-user salt every time. */
-export async function hashPassword(password: string): Promise<string> {
+export async function hashPassword(password: string, cost = DEFAULT_PASSWORD_HASH_COST): Promise<string> {
   const salt = randomBytes(SALT_BYTES);
-  const hash = await scryptAsync(password, salt, SCRYPT.N, SCRYPT.r, SCRYPT.p);
-  return encode(SCRYPT.N, SCRYPT.r, SCRYPT.p, salt, hash);
+  const hash = await scryptAsync(password, salt, cost, R, P);
+  return encode(cost, R, P, salt, hash);
 }
 
 /** The same, blocking: for the demo rows at start. */
-export function hashPasswordSync(password: string): string {
+export function hashPasswordSync(password: string, cost = DEFAULT_PASSWORD_HASH_COST): string {
   const salt = randomBytes(SALT_BYTES);
-  return encode(SCRYPT.N, SCRYPT.r, SCRYPT.p, salt, scryptSync(password, salt, KEY_LENGTH, SCRYPT));
+  return encode(cost, R, P, salt, scryptSync(password, salt, KEY_LENGTH, scryptOptions(cost, R, P)));
 }
 
-// A hash no password matches, of the same cost as a real one: an unknown email takes as long as a
-// wrong password.
-const DUMMY_HASH = encode(SCRYPT.N, SCRYPT.r, SCRYPT.p, randomBytes(SALT_BYTES), randomBytes(KEY_LENGTH));
+/**
+ * Whether `password` matches `stored`. A missing or unreadable hash is checked against a random one
+ * of `cost` (the cost new hashes get), so it takes as long as a wrong password, and fails.
+ */
+export async function verifyPassword(password: string, stored: string | null | undefined, cost = DEFAULT_PASSWORD_HASH_COST): Promise<boolean> {
+  const parsed = parseHash(stored);
+  const { n, r, p, salt, hash } = parsed ?? { n: cost, r: R, p: P, salt: randomBytes(SALT_BYTES), hash: randomBytes(KEY_LENGTH) };
+  const actual = await scryptAsync(password, salt, n, r, p);
+  return actual.length === hash.length && timingSafeEqual(actual, hash) && parsed !== undefined;
+}
 
-/** Whether `password` matches `stored`; a missing hash is checked against a dummy, in the same time, and fails. */
-export async function verifyPassword(password: string, stored: string | null | undefined): Promise<boolean> {
-  const parts = (stored ?? DUMMY_HASH).split('$');
-  const [, n, r, p, salt, hash] = parts.length === 6 && parts[0] === 'scrypt' ? parts : DUMMY_HASH.split('$');
-  const expected = Buffer.from(hash, 'base64url');
-  const actual = await scryptAsync(password, Buffer.from(salt, 'base64url'), Number(n), Number(r), Number(p));
-  return actual.length === expected.length && timingSafeEqual(actual, expected) && stored !== null && stored !== undefined;
+function parseHash(stored: string | null | undefined): { n: number; r: number; p: number; salt: Buffer; hash: Buffer } | undefined {
+  const parts = stored?.split('$');
+  if (parts?.length !== 6 || parts[0] !== 'scrypt') return undefined;
+  const [n, r, p] = parts.slice(1, 4).map(Number);
+  // Bounds on what a stored hash may ask for: no row can make a login take a second or a gigabyte.
+  if (!isPasswordHashCost(n) || r !== R || p !== P) return undefined;
+  return { n, r, p, salt: Buffer.from(parts[4], 'base64url'), hash: Buffer.from(parts[5], 'base64url') };
 }
 
 function encode(n: number, r: number, p: number, salt: Buffer, hash: Buffer): string {
@@ -48,7 +67,7 @@ function encode(n: number, r: number, p: number, salt: Buffer, hash: Buffer): st
 
 function scryptAsync(password: string, salt: Buffer, N: number, r: number, p: number): Promise<Buffer> {
   return new Promise((resolve, reject) => {
-    scrypt(password, salt, KEY_LENGTH, { N, r, p, maxmem: SCRYPT.maxmem }, (err, key) => (err ? reject(err) : resolve(key)));
+    scrypt(password, salt, KEY_LENGTH, scryptOptions(N, r, p), (err, key) => (err ? reject(err) : resolve(key)));
   });
 }
 
@@ -188,6 +207,8 @@ export interface LoginDeps {
   keys: KeyRing;
   token: TokenSettings;
   throttle: LoginThrottle;
+  /** scrypt's N for new hashes (PASSWORD_HASH_COST), and for the stand-in hash of an unknown email. */
+  passwordHashCost: number;
 }
 
 /**
@@ -195,11 +216,11 @@ export interface LoginDeps {
  * a password all get the same 401 after the same scrypt work, so the answer tells no one which
  * emails exist.
  */
-export async function login({ store, keys, token, throttle }: LoginDeps, email: string, password: string): Promise<{ accessToken: string; tokenType: 'Bearer'; expiresIn: number }> {
+export async function login({ store, keys, token, throttle, passwordHashCost }: LoginDeps, email: string, password: string): Promise<{ accessToken: string; tokenType: 'Bearer'; expiresIn: number }> {
   const throttleKey = email.toLowerCase();
   await throttle.attempt(throttleKey);
   const credentials = await store.credentials(email);
-  const matches = await verifyPassword(password, credentials?.passwordHash);
+  const matches = await verifyPassword(password, credentials?.passwordHash, passwordHashCost);
   if (!credentials || !matches) throw invalidCredentials();
   await throttle.succeed(throttleKey);
   return { accessToken: await issueToken(await keys.signingKey(), credentials, token), tokenType: 'Bearer', expiresIn: token.ttlS };

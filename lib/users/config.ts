@@ -1,7 +1,7 @@
 import { z } from 'zod';
 import { intVar, portVar, serviceShape } from '../platform/config.js';
 import { adminTokenVar, authShape } from '../platform/identity.js';
-import { DEFAULT_DEMO_PASSWORD, isUsableSigningKey } from './auth.js';
+import { DEFAULT_DEMO_PASSWORD, DEFAULT_PASSWORD_HASH_COST, isPasswordHashCost, isUsableSigningKey, MAX_PASSWORD_HASH_COST, MIN_PASSWORD_HASH_COST } from './auth.js';
 
 export const UserConfigSchema = z
   .object({
@@ -26,6 +26,10 @@ export const UserConfigSchema = z
     // Failed logins per email within the window before every attempt is 429.
     LOGIN_MAX_FAILURES: intVar(10, 1, 10_000),
     LOGIN_WINDOW_MS: intVar(15 * 60_000, 1000, 2 ** 31 - 1),
+    // scrypt's N for new password hashes (each hash keeps its own, so old ones still verify); the
+    // tests set the minimum, production should keep the default or more.
+    PASSWORD_HASH_COST: intVar(DEFAULT_PASSWORD_HASH_COST, MIN_PASSWORD_HASH_COST, MAX_PASSWORD_HASH_COST)
+      .refine(isPasswordHashCost, `must be a power of two from ${MIN_PASSWORD_HASH_COST} to ${MAX_PASSWORD_HASH_COST}`),
   })
   .transform((c) => {
     const demoPassword = c.DEMO_PASSWORD ?? (c.NODE_ENV === 'production' ? undefined : DEFAULT_DEMO_PASSWORD);

@@ -32,7 +32,7 @@ export function createUserRoutes({ store, auth, ...loginDeps }: UserRoutesDeps):
     const caller = await auth.optionalCaller(req, res);
     const { password, ...input } = parseBody(CreateUserSchema, req.body);
     if (input.role === 'admin' && !isAdmin(caller) && !(caller === null && auth.mode === 'open')) throw forbidden('Only an admin may create an admin');
-    const user = await store.create({ ...input, ...(password === undefined ? {} : { passwordHash: await hashPassword(password) }) });
+    const user = await store.create({ ...input, ...(password === undefined ? {} : { passwordHash: await hashPassword(password, loginDeps.passwordHashCost) }) });
     res.status(201).location(`/users/${user.id}`).json(user);
   });
 
@@ -42,7 +42,7 @@ export function createUserRoutes({ store, auth, ...loginDeps }: UserRoutesDeps):
     const { password, ...patch } = parseBody(UpdateUserSchema, req.body);
     if (!mayActFor(caller, id)) throw notFound('User');
     if (patch.role !== undefined) requireAdmin(caller);
-    const user = await store.update(id, { ...patch, ...(password === undefined ? {} : { passwordHash: await hashPassword(password) }) });
+    const user = await store.update(id, { ...patch, ...(password === undefined ? {} : { passwordHash: await hashPassword(password, loginDeps.passwordHashCost) }) });
     if (!user) throw notFound('User');
     res.json(user);
   });

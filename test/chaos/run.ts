@@ -99,8 +99,12 @@ export async function runChaos({ seed, durationMs, concurrency = 16, log = () =>
   };
 
   try {
-    const users = await spawn('user-service.ts', {});
-    let products = await spawn('product-service.ts', {});
+    // The two start side by side (each has its own database file in the data dir); both are
+    // waited for, so one that starts after the other failed is still stopped at the end.
+    const started = await Promise.allSettled([spawn('user-service.ts', {}), spawn('product-service.ts', {})]);
+    for (const s of started) if (s.status === 'rejected') throw s.reason;
+    const [users, firstProducts] = started.map((s) => (s as PromiseFulfilledResult<ChildService>).value);
+    let products = firstProducts;
     // Stable addresses for processes that restart on a new port: the order service reaches the
     // product service through the fault proxy, and the clients reach the order service through
     // a proxy that only passes bytes.

@@ -45,25 +45,26 @@ function createRequireTs() {
 
 export async function load(url, context, nextLoad) {
   if (!url.startsWith('file:') || !(url.endsWith('.ts') || url.endsWith('.mts'))) return nextLoad(url, context);
-  const path = fileURLToPath(url);
+  return { format: 'module', source: transpileFile(fileURLToPath(url)), shortCircuit: true };
+}
+
+/** The JavaScript of the .ts file at `path`, from the cache when its source has not changed. */
+export function transpileFile(path) {
   const source = readFileSync(path, 'utf8');
   const digest = createHash('sha1').update(source).digest('hex');
   const cached = `${CACHE}${createHash('sha1').update(path).digest('hex')}.js`;
-  let code;
   try {
     const text = readFileSync(cached, 'utf8');
     const header = `// ${digest}\n`;
-    if (text.startsWith(header)) code = text.slice(header.length);
+    if (text.startsWith(header)) return text.slice(header.length);
   } catch {
     // not cached yet
   }
-  if (code === undefined) {
-    code = transpile(path, source);
-    // Written whole under a unique name, then renamed: parallel test processes never read half a file.
-    mkdirSync(CACHE, { recursive: true });
-    const temp = `${cached}.${process.pid}.${Math.random().toString(36).slice(2)}`;
-    writeFileSync(temp, `// ${digest}\n${code}`);
-    renameSync(temp, cached);
-  }
-  return { format: 'module', source: code, shortCircuit: true };
+  const code = transpile(path, source);
+  // Written whole under a unique name, then renamed: parallel test processes never read half a file.
+  mkdirSync(CACHE, { recursive: true });
+  const temp = `${cached}.${process.pid}.${Math.random().toString(36).slice(2)}`;
+  writeFileSync(temp, `// ${digest}\n${code}`);
+  renameSync(temp, cached);
+  return code;
 }
