@@ -9,10 +9,10 @@ import { createServer, type AddressInfo, type Server } from 'node:net';
 import { after, describe, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import pg from 'pg';
-import { TS_LOADER } from './process.js';
-import { TEST_DATABASE_URL } from './support/engines.js';
+import { TS_LOADER } from '../process.js';
+import { TEST_DATABASE_URL } from '../support/engines.js';
 
-const ROOT = fileURLToPath(new URL('..', import.meta.url));
+const ROOT = fileURLToPath(new URL('../..', import.meta.url));
 const POSTGRES = TEST_DATABASE_URL;
 const REDIS = 'redis://127.0.0.1:6379';
 

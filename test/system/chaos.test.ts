@@ -8,9 +8,9 @@ import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { once } from 'node:events';
 import { fileURLToPath } from 'node:url';
-import { nodeArgs } from './process.js';
+import { nodeArgs } from '../process.js';
 
-const ROOT = fileURLToPath(new URL('..', import.meta.url));
+const ROOT = fileURLToPath(new URL('../..', import.meta.url));
 
 test('when orders race through faults, kills and restarts, then stock + live orders = initial stock and every 201 is kept', async () => {
   const child = spawn(process.execPath, [...nodeArgs('test/chaos/run.ts'), '--seed', '1', '--duration', '2000', '--concurrency', '8'], {
