@@ -86,8 +86,8 @@ export function scaledProcesses({ basePort, host, databaseUrl, redisUrl, interna
       case 'users':
         return { PORT: port, DATABASE_URL: databaseUrl, DATA_DIR: join(runDir, name) };
       case 'products':
-        // Its USERS_URL only serves the JWKS: each instance asks its own user-service instance.
-        return { PORT: port, DATABASE_URL: databaseUrl, DATA_DIR: join(runDir, name), USERS_URL: urlOf('users', i), INTERNAL_TOKEN: internalToken };
+        // Its USERS_URL only serves the JWKS, asked of each user-service instance in turn.
+        return { PORT: port, DATABASE_URL: databaseUrl, DATA_DIR: join(runDir, name), USERS_URL: all('users'), INTERNAL_TOKEN: internalToken };
       case 'orders':
         return { PORT: port, DATABASE_URL: databaseUrl, DATA_DIR: join(runDir, name), USERS_URL: all('users'), PRODUCTS_URL: all('products'), INTERNAL_TOKEN: internalToken };
     }

@@ -148,6 +148,9 @@ describe('deploy/compose.yaml', () => {
       assert.deepEqual(listed(env.ORDERS_URL), instances('order-service.ts'), `${name} ORDERS_URL`);
       assert.deepEqual(listed(env.GATEWAY_PEERS), instances('gateway.ts').filter((url) => !url.includes(`//${name}:`)), `${name} GATEWAY_PEERS`);
     }
+    for (const name of runningEntry('product-service.ts')) {
+      assert.deepEqual(listed(envOf.get(name)!.USERS_URL), instances('user-service.ts'), `${name} USERS_URL`);
+    }
     for (const name of runningEntry('order-service.ts')) {
       assert.deepEqual(listed(envOf.get(name)!.USERS_URL), instances('user-service.ts'), `${name} USERS_URL`);
       assert.deepEqual(listed(envOf.get(name)!.PRODUCTS_URL), instances('product-service.ts'), `${name} PRODUCTS_URL`);
