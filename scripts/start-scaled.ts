@@ -2,10 +2,10 @@
 // PostgreSQL database (DATABASE_URL) and one Redis (REDIS_URL). Checks both answer before starting
 // anything; prefixes each process's output with its name; restarts a process that dies once all are
 // up (as an orchestrator would); Ctrl+C or SIGTERM drains and stops every process and exits 0.
-import { spawn, type ChildProcess } from 'node:child_process';
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { once } from 'node:events';
-import { mkdirSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { request } from 'node:http';
 import { connect as netConnect, createServer, type Socket } from 'node:net';
 import { connect as tlsConnect } from 'node:tls';
@@ -26,6 +26,8 @@ const CHECK_TIMEOUT_MS = 3000;
 /** The children's own STOP_TIMEOUT_MS is 10 s by default; past this they are killed. */
 const STOP_GRACE_MS = 15_000;
 const DUPLICATE_SIGNAL_MS = 1000;
+/** After the kill at STOP_GRACE_MS, how long processes of theirs may take to be gone. */
+const LEFTOVER_WAIT_MS = 2000;
 
 const ScaledConfigSchema = z.object({
   HOST: z.string().min(1).default('127.0.0.1'),
@@ -272,18 +274,101 @@ function healthy(url: string): Promise<boolean> {
   });
 }
 
+// ---- What our processes started themselves.
+// A process run under tsx has a process of its own (esbuild's service), which exits only once it
+// sees its parent gone: it outlives the child we waited for by milliseconds (far more on a busy
+// machine), orphaned, in our process group. We exit only after those too.
+
+interface ProcessRow {
+  pid: number;
+  ppid: number;
+  pgid: number;
+}
+
+/** Every process's pid, parent and group (from /proc on Linux, else ps); undefined if neither can tell. */
+function processTable(): ProcessRow[] | undefined {
+  if (existsSync('/proc/self/stat')) {
+    const rows: ProcessRow[] = [];
+    for (const name of readdirSync('/proc')) {
+      if (!/^\d+$/.test(name)) continue;
+      let stat: string;
+      try {
+        stat = readFileSync(`/proc/${name}/stat`, 'utf8');
+      } catch {
+        continue; // gone meanwhile
+      }
+      // "pid (comm) state ppid pgrp ...", and comm may hold spaces and parentheses.
+      const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+      rows.push({ pid: Number(name), ppid: Number(fields[1]), pgid: Number(fields[2]) });
+    }
+    return rows;
+  }
+  const ps = spawnSync('ps', ['-A', '-o', 'pid=,ppid=,pgid='], { encoding: 'utf8', timeout: CHECK_TIMEOUT_MS });
+  if (ps.status !== 0 || typeof ps.stdout !== 'string') return undefined;
+  return ps.stdout.split('\n')
+    .map((line) => line.trim().split(/\s+/).map(Number))
+    .filter((f) => f.length === 3 && f.every(Number.isInteger) && f[0] !== ps.pid)
+    .map(([pid, ppid, pgid]) => ({ pid, ppid, pgid }));
+}
+
+/**
+ * The processes our children started, directly or not, that may outlive them: the descendants of
+ * `alive` (our children still running), and the orphans of our process group (parent gone, so
+ * adopted by init), which a child that already exited left behind.
+ */
+function grandchildren(alive: number[]): Set<number> {
+  const found = new Set<number>();
+  const table = processTable();
+  const self = table?.find((r) => r.pid === process.pid);
+  if (!table || !self) return found;
+  const ancestors = new Set(alive);
+  for (let grew = true; grew;) {
+    grew = false;
+    for (const r of table) {
+      if (ancestors.has(r.ppid) && !ancestors.has(r.pid)) {
+        ancestors.add(r.pid);
+        found.add(r.pid);
+        grew = true;
+      }
+    }
+  }
+  for (const r of table) if (r.pgid === self.pgid && r.ppid === 1 && r.pid !== process.pid) found.add(r.pid);
+  return found;
+}
+
+/** Whether `pid` is still there (a zombie not yet reaped by init counts, as it does for kill -0). */
+function exists(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
 let stopPromise: Promise<never> | undefined;
 function stopAll(exitCode: 0 | 1): Promise<never> {
   stopPromise ??= (async () => {
     stopping = true;
+    const startedAt = Date.now();
     for (const timer of restartTimers) clearTimeout(timer);
     const entries = [...running.values()];
-    for (const { child } of entries) if (child.exitCode === null && child.signalCode === null) child.kill('SIGTERM');
+    const alive = entries.map((e) => e.child).filter((child) => child.exitCode === null && child.signalCode === null);
+    // Found before our children exit: theirs are then adopted by init and no longer theirs.
+    const theirs = grandchildren(alive.flatMap((child) => (child.pid === undefined ? [] : [child.pid])));
+    for (const child of alive) child.kill('SIGTERM');
     const killer = setTimeout(() => {
-      say(`still running after ${STOP_GRACE_MS / 1000} s: killing ${[...running.keys()].join(', ')}`);
+      say(`still running after ${STOP_GRACE_MS / 1000} s: killing ${[...running.keys()].join(', ') || `${[...theirs].filter(exists).length} processes they started`}`);
       for (const { child } of running.values()) child.kill('SIGKILL');
+      for (const pid of theirs) if (exists(pid)) process.kill(pid, 'SIGKILL');
     }, STOP_GRACE_MS);
     const results = await Promise.all(entries.map(async (e) => ({ name: e.spec.name, how: await e.exited })));
+    // Those a child started after the first look (it was still loading) are orphans by now.
+    for (const pid of grandchildren([])) theirs.add(pid);
+    // Every process we started, and every one they started, is gone before we are.
+    while ([...theirs].some(exists) && Date.now() < startedAt + STOP_GRACE_MS + LEFTOVER_WAIT_MS) {
+      await new Promise((resolve) => setTimeout(resolve, 10));
+    }
     clearTimeout(killer);
     // A process stopped by our SIGTERM before it had its handlers (still loading) stopped cleanly too.
     const unclean = results.filter(({ how }) => how.code !== 0 && how.signal !== 'SIGTERM');

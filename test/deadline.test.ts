@@ -42,6 +42,7 @@ describe('deadlines', () => {
     const userId = await createUser(sys);
     const productId = await createProduct(sys, { stock: 200 });
     const statuses: number[] = [];
+    const answers: string[] = [];
     // Reserves that take about as long as the order service has left (a little under 1 s).
     for (const ms of [400, 460]) {
       proxy.fault = { kind: 'latency', ms };
@@ -50,13 +51,19 @@ describe('deadlines', () => {
       );
       for (const r of round) {
         statuses.push(r.status);
+        answers.push(`${r.status} ${r.body?.code ?? ''}`.trim());
         assert.ok([201, 504].includes(r.status), `${r.status} ${r.text}`);
       }
     }
     proxy.fault = { kind: 'pass' };
     const created = statuses.filter((s) => s === 201).length;
     assert.ok(statuses.includes(504), 'some answers came too late');
-    await eventually(async () => (await pendingReleases(sys)) === 0 && (await stockOf(sys, productId)) === 200 - created, 5_000, 'the stock of failed orders back');
+    try {
+      await eventually(async () => (await pendingReleases(sys)) === 0 && (await stockOf(sys, productId)) === 200 - created, 5_000, 'the stock of failed orders back');
+    } catch {
+      const orders = (await http(sys.orders.url, 'GET', `/orders?userId=${userId}&limit=100`)).body.meta.total;
+      assert.fail(`stock ${await stockOf(sys, productId)}, expected ${200 - created} (${created} answered 201, ${orders} orders; answers ${answers.join(', ')}); outbox rows ${JSON.stringify(await releaseRows(sys))}; order-service log lines other than "request failed" ${JSON.stringify(sys.orders.logs().filter((l) => l.msg !== 'request failed').map((l) => ({ msg: l.msg, err: (l.err as { message?: string } | undefined)?.message })))}`);
+    }
     const orders = await http(sys.orders.url, 'GET', `/orders?userId=${userId}&limit=100`);
     assert.equal(orders.body.meta.total, created, 'an order for every 201 and none for a 504');
   });
@@ -83,4 +90,8 @@ describe('Request-Timeout from the gateway', () => {
 
 async function pendingReleases(sys: System): Promise<number> {
   return (await sys.orders.db.get<{ n: number }>('SELECT COUNT(*) AS n FROM pending_releases'))!.n;
+}
+
+async function releaseRows(sys: System): Promise<unknown[]> {
+  return sys.orders.db.all('SELECT reservation_id, claimed, lease_until_ms, attempts, last_error FROM pending_releases');
 }

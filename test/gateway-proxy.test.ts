@@ -137,6 +137,24 @@ describe('proxy behaviour (controllable upstream)', () => {
     await up?.stop();
   });
 
+  test('when an answer comes just after UPSTREAM_TIMEOUT_MS, then a POST (it may have changed something) gets it and a GET is 504', async () => {
+    // UPSTREAM_TIMEOUT_MS 800: a request that may change something waits 200 ms longer.
+    const patient = await startGateway({ USERS_URL: up.url, PRODUCTS_URL: up.url, ORDERS_URL: up.url, UPSTREAM_TIMEOUT_MS: '800', CB_FAILURE_THRESHOLD: '1000' });
+    try {
+      up.behaviour = { kind: 'echo', delayMs: 850 };
+      const [post, get] = await Promise.all([
+        http(patient.url, 'POST', '/api/orders', { body: { userId: 1 } }),
+        http(patient.url, 'GET', '/api/orders/1'),
+      ]);
+      assert.equal(post.status, 200, `${post.status} ${post.text}`);
+      assert.equal(post.body.method, 'POST');
+      assert.equal(get.status, 504);
+      assert.equal(get.body.code, 'GATEWAY_TIMEOUT');
+    } finally {
+      await patient.close();
+    }
+  });
+
   test('when proxied, then the service sees its own path and query, our X-Forwarded-* and the trace, not the client\'s claims', async () => {
     up.behaviour = { kind: 'echo' };
     up.seen.length = 0;

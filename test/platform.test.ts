@@ -11,6 +11,8 @@ import { parseBody, parseId } from '../lib/platform/validation.js';
 import { currentTrace, traceFromHeaders } from '../lib/platform/trace-context.js';
 import { classifyUpstreamError, RESPONSE_TOO_LARGE } from '../lib/platform/upstream-errors.js';
 import { createBaseApp } from '../lib/platform/http.js';
+import { deadlinePassed } from '../lib/platform/service-client.js';
+import { eventually } from './gateway-helpers.js';
 import { assertNoLeak, http, memoryLogger, startApp } from './helpers.js';
 
 describe('config', () => {
@@ -79,12 +81,28 @@ describe('service frame', () => {
   routes.get('/boom', () => {
     throw new Error('secret at /work/main/lib/x.ts:12');
   });
+  // Waits for its caller's deadline to pass (at most 5 s) and notes when it saw it pass.
+  const deadlineSeen: number[] = [];
+  routes.get('/wait-for-deadline', async (_req, res) => {
+    const until = Date.now() + 5_000;
+    while (!deadlinePassed() && Date.now() < until) await new Promise((r) => setTimeout(r, 10));
+    if (deadlinePassed()) deadlineSeen.push(Date.now());
+    res.json({ passed: deadlinePassed() });
+  });
   routes.get('/teapot', () => {
     throw new HttpError(409, 'EMAIL_TAKEN', 'Email is taken');
   });
   const app = createServiceApp({ service: 'platform-test', logger, metrics: createMetrics('platform-test'), db, routes, api: [] });
   const started = startApp(app);
   after(async () => (await started).close());
+
+  test('when the caller closes the connection before its Request-Timeout, then its deadline has passed', async () => {
+    const { url } = await started;
+    // The caller says it waits 60 s, and gives up after 100 ms.
+    await assert.rejects(fetch(`${url}/wait-for-deadline`, { headers: { 'request-timeout': '60000' }, signal: AbortSignal.timeout(100) }));
+    // Well before the handler's own limit (5 s), let alone the 60 s.
+    await eventually(() => deadlineSeen.length > 0, 4_000, 'the handler to see its deadline pass');
+  });
 
   test('health answers with the service name and the trace headers', async () => {
     const { url } = await started;

@@ -66,6 +66,8 @@ export class ClientGoneError extends Error {
 export interface RunOptions {
   /** True when a timeout is the client's doing (its request body is still arriving). */
   clientStalled?: () => boolean;
+  /** Waited past the breaker's timeout before this call times out. */
+  graceMs?: number;
 }
 
 type Outcome = 'success' | 'failure' | 'neutral';
@@ -250,12 +252,12 @@ export class ServiceBreaker {
    * CircuitOpenError when the circuit refuses the call, UpstreamUnavailableError on a failure.
    * Unless the work defers its outcome, the call is a success when the work resolves.
    */
-  run<T>(work: (call: BreakerCall) => Promise<T>, { clientStalled }: RunOptions = {}): Promise<T> {
+  run<T>(work: (call: BreakerCall) => Promise<T>, { clientStalled, graceMs = 0 }: RunOptions = {}): Promise<T> {
     // A refusal thrown by admit() inside the executor rejects the returned promise.
     return new Promise<T>((resolve, reject) => {
       const call = this.admit();
       const running = { call, resolve, reject, clientStalled, finished: false } as RunningCall<T>;
-      running.timer = setTimeout(onTimeout, this.options.timeoutMs, this, running as RunningCall<unknown>);
+      running.timer = setTimeout(onTimeout, this.options.timeoutMs + graceMs, this, running as RunningCall<unknown>);
       work(call).then(
         (result) => this.workDone(running, result),
         (err: unknown) => this.workFailed(running, err),

@@ -152,6 +152,8 @@ function noop(): void {}
 // Outcome and retry rules of the breaker, kept apart from the proxying itself.
 const RETRY_JITTER_MS = 25;
 const IDEMPOTENT = new Set(['GET', 'HEAD', 'OPTIONS', 'PUT', 'DELETE']);
+// Methods that change nothing (RFC 9110 9.2.1): a late answer to them is only late.
+const SAFE_METHODS = new Set(['GET', 'HEAD', 'OPTIONS', 'TRACE']);
 
 /** Reports the call's one outcome once its response has ended (complete or cut short). */
 function reportOutcome(ex: Exchange, complete: boolean): void {
@@ -243,6 +245,11 @@ export function createServiceProxy({ upstream, cache, metrics, logger, trustsPro
   };
   const timeoutMs = upstream.timeoutMs;
   const requestTimeout = String(timeoutMs);
+  // The service is told timeoutMs and answers by then (a little before): a request that may change
+  // something waits this much longer for that answer, so that a change committed just in time (an
+  // order) is answered as done, not 504 while it exists. A busy machine can take that long to
+  // bring the answer back; a service that keeps no deadline is still cut off.
+  const answerGraceMs = Math.min(1000, Math.ceil(timeoutMs / 4));
 
   const onResponse = (ex: Exchange, proxyRes: IncomingMessage) => {
     const { req, res } = ex;
@@ -362,7 +369,8 @@ export function createServiceProxy({ upstream, cache, metrics, logger, trustsPro
       // A timeout while the client is still sending its body is the client's doing, unless the
       // body is stuck because the service stopped reading it.
       const clientStalled = () => !req.complete && !ex.proxyReq?.writableNeedDrain;
-      await upstream.breaker.run((cancellation) => ex.start(cancellation, forward, upstream.name), { clientStalled });
+      const graceMs = SAFE_METHODS.has(req.method) ? 0 : answerGraceMs;
+      await upstream.breaker.run((cancellation) => ex.start(cancellation, forward, upstream.name), { clientStalled, graceMs });
     } catch (err) {
       if (ex.responded || ex.clientGone) return;
       const failure = toProxyError(upstream.name, err);

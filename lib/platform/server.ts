@@ -76,11 +76,13 @@ function closeAfterResponse(_req: IncomingMessage, res: ServerResponse): void {
  * headers are not out yet) says `Connection: close`, so each keep-alive connection closes right
  * after its current response and no client sends another request on it. A connection left idle
  * by an earlier keep-alive answer is closed only once it has stayed idle, with not a byte of a new
- * request read, for a sweep period (`timeoutMs / 40`, 10..250 ms): a client about to reuse it gets
- * its request answered (with `close`) instead of a reset. A connection on which a request has
- * begun to arrive is never closed here. After `timeoutMs` whatever is left is cut.
+ * request read, for `idleGraceMs` (checked every `timeoutMs / 40`, 10..250 ms): closing an idle
+ * connection always races a client that is sending on it (its request is lost, and it sees a
+ * reset), so a client that is merely slow to send its next request gets it answered (with
+ * `close`) instead. A connection on which a request has begun to arrive is never closed here.
+ * After `timeoutMs` whatever is left is cut.
  */
-export function closeServer(server: Server, timeoutMs = 10_000): Promise<void> {
+export function closeServer(server: Server, timeoutMs = 10_000, idleGraceMs = 0): Promise<void> {
   return new Promise((resolve) => {
     if (!server.listening) return resolve();
     const open = connections.get(server);
@@ -88,26 +90,32 @@ export function closeServer(server: Server, timeoutMs = 10_000): Promise<void> {
     timer.unref();
     server.prependListener('request', closeAfterResponse);
     const sweepMs = Math.min(250, Math.max(10, Math.round(timeoutMs / 40)));
-    // bytesRead of each connection found idle at the last sweep.
-    const idleAt = new Map<Socket, number>();
+    const graceMs = Math.max(sweepMs, idleGraceMs);
+    // Each connection found idle: its bytesRead then, and since when it has read nothing more.
+    const idleSince = new Map<Socket, { bytesRead: number; at: number }>();
     const sweep = () => {
       if (!open) return server.closeIdleConnections();
       const notParsing = parserIdle(server);
+      const now = Date.now();
       for (const socket of open) {
         const res = responseOn(socket);
         if (res) {
           closeAfterResponse(res.req, res);
-          idleAt.delete(socket);
-        } else if (socket.writableEnded) {
+          idleSince.delete(socket);
           continue;
-        } else if (idleAt.get(socket) === socket.bytesRead && (notParsing === undefined || notParsing.has(socket) || socket.bytesRead === 0)) {
-          // Idle for a whole sweep period, and no request under way (Node counts a connection
-          // that never sent a byte as busy: it is not, for us).
+        }
+        if (socket.writableEnded) continue;
+        // No request under way (Node counts a connection that never sent a byte as busy: it is
+        // not, for us).
+        const idle = notParsing === undefined || notParsing.has(socket) || socket.bytesRead === 0;
+        const seen = idleSince.get(socket);
+        if (!idle || seen?.bytesRead !== socket.bytesRead) {
+          idleSince.set(socket, { bytesRead: socket.bytesRead, at: now });
+        } else if (now - seen.at >= graceMs - 1) {
+          // (- 1: the sweeps are graceMs apart by the timer's clock; Date.now may say 1 ms less.)
           socket.end();
           // A client that never reads our FIN must not hold the drain up.
           socket.setTimeout(sweepMs, () => socket.destroy());
-        } else {
-          idleAt.set(socket, socket.bytesRead);
         }
       }
     };
@@ -145,6 +153,10 @@ export interface StopOptions {
 function stopOnSignals({ logger, server, cleanup, timeoutMs = 10_000 }: StopOptions): void {
   // The drain gets most of the stop timeout; the cleanup (workers, database, logs) the rest.
   const drainMs = Math.max(1, timeoutMs - Math.min(1000, Math.round(timeoutMs / 5)));
+  // A keep-alive client looping through the stop sends its next request within milliseconds of
+  // its last answer, unless its machine is busy: its connection is left that long (a quarter of
+  // the drain, at most 1 s) to bring a request, which is answered with `close`.
+  const idleGraceMs = Math.min(1000, Math.round(drainMs / 4));
   let stoppingSince = 0;
   const stop = async (signal: string) => {
     if (stoppingSince) {
@@ -164,7 +176,7 @@ function stopOnSignals({ logger, server, cleanup, timeoutMs = 10_000 }: StopOpti
       process.exit(1);
     }, timeoutMs).unref();
     try {
-      await closeServer(server, drainMs);
+      await closeServer(server, drainMs, idleGraceMs);
       await cleanup?.();
       logger.info('stopped');
       logger.flush();

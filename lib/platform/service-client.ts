@@ -39,15 +39,16 @@ export class DeadlineExceededError extends HttpError {
 /** How long a caller will still wait, in ms: sent on every call between our processes. */
 const REQUEST_TIMEOUT_HEADER = 'request-timeout';
 
-const deadlines = new AsyncLocalStorage<number>();
+/** `at`: Date.now() ms; 0 once the caller hung up. */
+const deadlines = new AsyncLocalStorage<{ at: number }>();
 
 /** The current request's deadline (Date.now() ms), when its caller sent Request-Timeout. */
-const currentDeadline = (): number | undefined => deadlines.getStore();
+const currentDeadline = (): number | undefined => deadlines.getStore()?.at;
 
 /** True when the current request's caller has stopped waiting (or is about to). */
 export function deadlinePassed(): boolean {
   const deadline = deadlines.getStore();
-  return deadline !== undefined && Date.now() >= deadline;
+  return deadline !== undefined && Date.now() >= deadline.at;
 }
 
 /** Runs `fn` with no deadline: work that must go on after the caller gave up (compensation). */
@@ -56,14 +57,20 @@ export const withoutDeadline = <T>(fn: () => T): T => deadlines.exit(fn);
 /**
  * Reads `Request-Timeout: <ms>` and runs the rest of the request inside its deadline, a little
  * before the caller's (a tenth of it, at most 100 ms), so that our answer reaches the caller
- * before it gives up. Every ServiceClient call made meanwhile waits no longer than that. Must run
- * after the body parser (its callbacks leave the async context).
+ * before it gives up, or until the caller hangs up. Every ServiceClient call made meanwhile waits no
+ * longer than that. Must run after the body parser (its callbacks leave the async context).
  */
-export const requestDeadline: RequestHandler = (req, _res, next) => {
+export const requestDeadline: RequestHandler = (req, res, next) => {
   const value = req.headers[REQUEST_TIMEOUT_HEADER];
   const ms = typeof value === 'string' && /^\d{1,9}$/.test(value) ? Number(value) : 0;
   if (ms === 0) return next();
-  deadlines.run(Date.now() + ms - Math.min(100, Math.ceil(ms / 10)), next);
+  const deadline = { at: Date.now() + ms - Math.min(100, Math.ceil(ms / 10)) };
+  // A caller that closed the connection before our answer gave up on it (its own timeout, on a
+  // busy machine perhaps before ours): its deadline has passed.
+  res.once('close', () => {
+    if (!res.writableFinished) deadline.at = 0;
+  });
+  deadlines.run(deadline, next);
 };
 
 export interface ServiceClientOptions {
