@@ -197,11 +197,19 @@ export function createOrderStore(db: Db) {
      */
     beginKeyedCreate(reservationId: string, userId: number, key: string, leaseMs: number): Promise<BeginKeyedCreateResult> {
       return db.transaction(async (tx): Promise<BeginKeyedCreateResult> => {
-        const finished = await findKey(userId, key, tx);
-        if (finished) return { kind: 'finished', record: finished };
         const holder = randomUUID();
         const now = Date.now();
-        if ((await tx.run(sql.claimKey, [userId, key, holder, now + leaseMs, now])) !== 1) return { kind: 'busy' };
+        // The claim first, the finished key after: on PostgreSQL the claim waits for a create that
+        // holds the claim row, and a statement begun after it sees the key that create committed.
+        // Looked up before, the key of a create committing meanwhile was missed, and the racer took
+        // stock of its own.
+        const claimed = (await tx.run(sql.claimKey, [userId, key, holder, now + leaseMs, now])) === 1;
+        const finished = await findKey(userId, key, tx);
+        if (finished) {
+          if (claimed) await tx.run(sql.releaseKey, [userId, key, holder]);
+          return { kind: 'finished', record: finished };
+        }
+        if (!claimed) return { kind: 'busy' };
         await tx.run(sql.insertRelease, [reservationId, now]);
         return { kind: 'claimed', holder };
       });
