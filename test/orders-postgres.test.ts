@@ -13,10 +13,12 @@ import type { SqlDatabase } from '../lib/platform/sql.js';
 import { OrderConfigSchema } from '../lib/orders/config.js';
 import { openOrderDatabase } from '../lib/orders/db.js';
 import { buildOrderService } from '../lib/orders/service.js';
+import { createOrderStore } from '../lib/orders/store.js';
+import pg from 'pg';
 import { createProductsClient } from '../lib/products/client.js';
 import { assertNoLeak, http, memoryLogger, startApp, tempDir, type TestResponse } from './helpers.js';
 import { spawnService } from './process.js';
-import { databaseRelay, testStorage, type DatabaseOutage, type TestStorage } from './support/engines.js';
+import { databaseRelay, TEST_DATABASE_URL, testStorage, type DatabaseOutage, type TestStorage } from './support/engines.js';
 import { createProduct, createUser, startServices, stockOf, type System } from './system.js';
 
 interface OrderInstance {
@@ -362,5 +364,36 @@ describe('orders on PostgreSQL while the database is unreachable', () => {
     await waitFor('health', async () => (await call(svc.url, 'GET', '/health')).status === 200);
     assert.equal((await call(svc.url, 'GET', `/orders/${order.id}`)).body.status, 'pending', 'the failed status change did not happen');
     assert.equal((await call(svc.url, 'POST', '/orders', body)).status, 201);
+  });
+});
+
+describe('keyed creates on PostgreSQL, at the moment the first one commits', () => {
+  test('when a create commits its key while another begins, then the other finds the order, not a free key', async () => {
+    const storage = testStorage('postgres');
+    const options = storage.options('orders');
+    const db = await openOrderDatabase(options);
+    const raw = new pg.Client({ connectionString: TEST_DATABASE_URL, options: `-c search_path=${options.schema}` });
+    await raw.connect();
+    try {
+      const store = createOrderStore(db);
+      const claimed = await store.beginKeyedCreate('r-first', 7, 'k', 60_000);
+      assert.equal(claimed.kind, 'claimed');
+      // The first create's commit, held open: its key written and its claim deleted, as finishCreate does.
+      await raw.query('BEGIN');
+      await raw.query('DELETE FROM idempotency_claims WHERE user_id = 7 AND key = $1', ['k']);
+      const order = { id: 1, userId: 7, items: [], status: 'pending', total: 0, createdAt: 'x', updatedAt: 'x' };
+      await raw.query('INSERT INTO idempotency_keys (user_id, key, body_hash, order_id, response, created_at) VALUES (7, $1, $2, 1, $3, $4)', ['k', 'h', JSON.stringify(order), 'x']);
+      // The second begins now: its claim waits on the first's row until the commit below.
+      const second = store.beginKeyedCreate('r-second', 7, 'k', 60_000);
+      await new Promise((resolve) => setTimeout(resolve, 100));
+      await raw.query('COMMIT');
+      const result = await second;
+      assert.equal(result.kind, 'finished', 'the second sees the committed key instead of claiming it again');
+      assert.equal((await db.get<{ n: number }>('SELECT count(*) AS n FROM idempotency_claims'))!.n, 0, 'no claim is left behind');
+    } finally {
+      await raw.end();
+      await db.close();
+      await storage.remove();
+    }
   });
 });
