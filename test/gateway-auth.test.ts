@@ -294,13 +294,17 @@ describe('AUTH_MODE=open', () => {
 });
 
 describe('GET / in production', () => {
-  test('when NODE_ENV=production, then / names no internal address', async () => {
-    const gw = await startGateway({ NODE_ENV: 'production', USERS_URL: 'http://10.1.2.3:3011', PRODUCTS_URL: 'http://10.1.2.4:3012', ORDERS_URL: 'http://10.1.2.5:3013', CB_RESET_TIMEOUT_MS: '60000' });
+  test('when NODE_ENV=production, then neither / nor /health names an internal address', async () => {
+    // Open mode: /health's details are shown to anyone, so they must hold no address either.
+    const gw = await startGateway({ NODE_ENV: 'production', AUTH_MODE: 'open', USERS_URL: 'http://10.1.2.3:3011', PRODUCTS_URL: 'http://10.1.2.4:3012', ORDERS_URL: 'http://10.1.2.5:3013', CB_RESET_TIMEOUT_MS: '60000' });
     try {
       const r = await http(gw.url, 'GET', '/');
       assert.equal(r.status, 200);
       assert.ok(!r.text.includes('10.1.2.'), r.text);
       assert.deepEqual(r.body.services.map((s: { name: string }) => s.name), ['users', 'products', 'orders']);
+      const health = await http(gw.url, 'GET', '/health');
+      assert.ok(!health.text.includes('10.1.2.'), health.text);
+      assert.deepEqual(Object.keys(health.body.services.users.instances[0]).sort(), ['consecutiveFailures', 'outstanding', 'state']);
     } finally {
       await gw.close();
     }

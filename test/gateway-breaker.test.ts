@@ -516,6 +516,15 @@ describe('retries', () => {
     assert.equal(up.seen[0].body, JSON.stringify({ userId: 1 }), 'the body arrived whole');
   });
 
+  test('when a POST with Idempotency-Key to a service that ignores the key meets the same reset, then it is not retried', async () => {
+    await warmPool('/api/products/warm');
+    up.seen.length = 0;
+    proxy.fault = { kind: 'reset-before-response', times: 1 };
+    const r = await http(gw.url, 'POST', '/api/products', { body: { name: 'x' }, headers: { 'idempotency-key': 'retry-2' } });
+    assert.equal(r.status, 502, 'only the order service honours the key');
+    assert.equal(up.seen.length, 0);
+  });
+
   test('when the service refuses many GETs, then at most a fifth of them are retried and each counts as one failure', async () => {
     await proxy.stop();
     try {

@@ -100,6 +100,9 @@ describe('instance lists in the configuration', () => {
     assert.throws(() => parseConfig(GatewayConfigSchema, { PRODUCTS_URL: seventeen }), /^Error: PRODUCTS_URL: must list at most 16 URLs/);
     assert.throws(() => parseConfig(GatewayConfigSchema, { GATEWAY_PEERS: 'ftp://x' }), /^Error: GATEWAY_PEERS: /);
     assert.throws(() => parseConfig(OrderConfigSchema, { PRODUCTS_URL: 'http://a:1,http://a:1' }), /^Error: PRODUCTS_URL: entry 2 repeats/);
+    // Credentials would show in /health, metric labels and logs.
+    assert.throws(() => parseConfig(GatewayConfigSchema, { ORDERS_URL: 'http://127.0.0.1:4001,http://svc:s3cret@127.0.0.1:4002' }),
+      (err: Error) => /^ORDERS_URL: entry 2 must not hold a user name or password/.test(err.message) && !err.message.includes('s3cret'));
   });
 });
 

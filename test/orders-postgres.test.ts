@@ -119,6 +119,13 @@ describe('orders on PostgreSQL, two instances on one schema', () => {
     dir.remove();
   });
 
+  test('when an order or user id is above what a 32-bit column holds (the API takes up to 2^53), then it is not found, not a 500', async () => {
+    assert.equal((await call(a.url, 'GET', '/orders/3000000000')).status, 404);
+    const listed = await call(b.url, 'GET', `/orders?userId=${Number.MAX_SAFE_INTEGER}`);
+    assert.equal(listed.status, 200, listed.text);
+    assert.equal(listed.body.meta.total, 0);
+  });
+
   test('when two instances start at once with SEED_DATA, then the demo orders are there once', async () => {
     const list = await call(a.url, 'GET', '/orders?limit=100');
     assert.equal(list.status, 200);

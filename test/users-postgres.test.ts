@@ -96,6 +96,11 @@ describe('two instances on one schema', () => {
     const stats = await http(a.url, 'GET', '/stats');
     assert.equal(stats.body.totalUsers, listA.body.meta.total);
   });
+
+  test('when an id is above what a 32-bit column holds (the API takes up to 2^53), then it is not found, not a 500', async () => {
+    assert.equal((await http(a.url, 'GET', '/users/3000000000')).status, 404);
+    assert.equal((await http(a.url, 'GET', `/users/${Number.MAX_SAFE_INTEGER}`)).status, 404);
+  });
 });
 
 describe('PostgreSQL unreachable', () => {

@@ -174,11 +174,12 @@ function reportOutcome(ex: Exchange, complete: boolean): void {
 function mayRetry(ex: Exchange, failure: UpstreamFailure): boolean {
   if (ex.retried || ex.aborted || ex.proxyRes) return false;
   if (failure !== 'refused' && !(failure === 'reset' && (ex.proxyReq?.reusedSocket || !ex.upstream.instances.single))) return false;
-  return isSafeToRepeat(ex.req) && (!hasBody(ex.req.headers) || ex.keptBody !== undefined);
+  return isSafeToRepeat(ex.req, ex.upstream) && (!hasBody(ex.req.headers) || ex.keptBody !== undefined);
 }
 
-function isSafeToRepeat(req: Request): boolean {
-  return IDEMPOTENT.has(req.method) || (req.method === 'POST' && req.headers['idempotency-key'] !== undefined);
+/** Only the order service honours Idempotency-Key: a POST to another service is never sent twice. */
+function isSafeToRepeat(req: Request, upstream: Upstream): boolean {
+  return IDEMPOTENT.has(req.method) || (upstream.name === 'orders' && req.method === 'POST' && req.headers['idempotency-key'] !== undefined);
 }
 
 // A body larger than this is not kept, and its request not retried.
@@ -353,7 +354,7 @@ export function createServiceProxy({ upstream, cache, metrics, logger, trustsPro
     if (!hasBody(req.headers)) proxyReq.end();
     else if (ex.retried) resendBody(ex, proxyReq);
     else {
-      if (isSafeToRepeat(req)) keepBody(ex);
+      if (isSafeToRepeat(req, ex.upstream)) keepBody(ex);
       req.pipe(proxyReq);
     }
   };

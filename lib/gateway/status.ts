@@ -63,8 +63,10 @@ export function createStatusRoutes({ upstreams, name, version, showAddresses, de
     upstreams.forEach((u, i) => {
       const probe = probes[i];
       const circuitState = u.breaker.state;
-      const instances = instancesOf(u);
-      if (circuitState !== 'CLOSED' || !probe.ok || instances.some((i) => i.state !== 'up')) degraded = true;
+      const all = instancesOf(u);
+      if (circuitState !== 'CLOSED' || !probe.ok || all.some((i) => i.state !== 'up')) degraded = true;
+      // In production no internal address is shown, here as on GET /: instances in configured order.
+      const instances = showAddresses ? all : all.map(({ url: _url, ...rest }) => rest);
       services[u.name] = { status: serviceStatus(circuitState, probe), circuitState, stats: u.breaker.stats, probe, instances };
     });
     const store = rateLimitStore?.();

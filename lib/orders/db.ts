@@ -133,6 +133,12 @@ export const ORDER_MIGRATIONS: Migrations = { sqlite: [
   );
   CREATE INDEX pending_releases_by_age ON pending_releases (created_at_ms);
   `,
+  // Ids the API accepts (up to 2^53) that an integer column cannot hold were refused by the
+  // database with a 500 instead of being looked up and not found.
+  `ALTER TABLE orders ALTER COLUMN id TYPE bigint, ALTER COLUMN user_id TYPE bigint;
+   ALTER TABLE order_items ALTER COLUMN order_id TYPE bigint, ALTER COLUMN product_id TYPE bigint;
+   ALTER TABLE idempotency_keys ALTER COLUMN user_id TYPE bigint, ALTER COLUMN order_id TYPE bigint;
+   ALTER TABLE idempotency_claims ALTER COLUMN user_id TYPE bigint;`,
 ] };
 
 export async function openOrderDatabase(options: ServiceDatabaseOptions): Promise<SqlDatabase> {

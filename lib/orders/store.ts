@@ -82,7 +82,7 @@ const ITEMS_JSON = {
 } as const;
 
 // The casts let PostgreSQL type a parameter that is only compared with NULL.
-const LIST_FILTER = '(CAST($1 AS INTEGER) IS NULL OR o.user_id = $1) AND (CAST($2 AS TEXT) IS NULL OR o.status = $2)';
+const LIST_FILTER = '(CAST($1 AS BIGINT) IS NULL OR o.user_id = $1) AND (CAST($2 AS TEXT) IS NULL OR o.status = $2)';
 
 // A live order owns its reservation: its stock must never be released.
 const OWNED_BY_LIVE_ORDER = "EXISTS (SELECT 1 FROM orders WHERE reservation_id = $1 AND status <> 'cancelled')";

@@ -53,6 +53,12 @@ export const urlListVar = (fallback: string, { allowEmpty = false } = {}) =>
           ctx.addIssue({ code: 'custom', message: urls.length === 1 ? 'must be an http(s) URL' : `entry ${i + 1} must be an http(s) URL` });
           return z.NEVER;
         }
+        const parsed = new URL(url);
+        if (parsed.username !== '' || parsed.password !== '') {
+          // They would show in /health, metric labels and logs; services authenticate with tokens.
+          ctx.addIssue({ code: 'custom', message: urls.length === 1 ? 'must not hold a user name or password' : `entry ${i + 1} must not hold a user name or password` });
+          return z.NEVER;
+        }
         const key = new URL(url).href.replace(/\/+$/, '');
         if (seen.has(key)) {
           ctx.addIssue({ code: 'custom', message: `entry ${i + 1} repeats an earlier URL` });
@@ -135,7 +141,7 @@ export class ConfigError extends Error {}
 // The one line a bad value prints goes to terminals and log collectors: never a secret, and never
 // the password of a URL (postgres://user:pw@host, redis://:pw@host).
 const SECRET_KEY = /TOKEN|PASSWORD|SECRET|PRIVATE_KEY/;
-const URL_CREDENTIALS = /^([a-z][a-z0-9+.-]*:\/\/)[^@/\s]*@/i;
+const URL_CREDENTIALS = /([a-z][a-z0-9+.-]*:\/\/)[^@/\s,]*@/gi;
 
 /**
  * Parses `env` with `schema`. A bad value throws a ConfigError whose message is one line naming

@@ -58,6 +58,9 @@ export const USER_MIGRATIONS: Migrations = { sqlite: [
      reset_ms bigint NOT NULL
    );
    CREATE INDEX login_failures_reset ON login_failures (reset_ms);`,
+  // Ids the API accepts (up to 2^53) that an integer column cannot hold were refused by the
+  // database with a 500 instead of being looked up and not found.
+  'ALTER TABLE users ALTER COLUMN id TYPE bigint;',
 ] };
 
 export async function openUserDatabase(options: ServiceDatabaseOptions): Promise<SqlDatabase> {
