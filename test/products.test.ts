@@ -183,6 +183,9 @@ for (const engine of ENGINES) describe(`products on ${engine}`, () => {
       assert.deepEqual(ids(await cat.call('GET', '/products?search=water%20fast')), [2]);
       assert.deepEqual(ids(await cat.call('GET', '/products?search=caf%C3%89')), [5], 'non-ASCII letters fold too');
       assert.deepEqual(ids(await cat.call('GET', '/products?search=pen&category=office')), [4]);
+      // PostgreSQL cannot compare text holding a NUL: refused as input on both engines.
+      const nul = await cat.call('GET', '/products?search=a%00b');
+      assert.deepEqual([nul.status, nul.body.code], [400, 'VALIDATION_ERROR']);
       const combined = await cat.call('GET', '/products?search=e&minPrice=10&limit=2&page=2');
       assert.deepEqual(combined.body.meta, { page: 2, limit: 2, total: 4 });
       assert.deepEqual(ids(combined), [3, 6]);

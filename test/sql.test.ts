@@ -2,9 +2,11 @@
 // once however many instances start together, transactions, unique violations, and outages.
 import { after, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
 import { HttpError } from '../lib/platform/errors.js';
 import { isUniqueViolation, openSqlDatabase, seedOnce, type Migrations, type SqlDatabase } from '../lib/platform/sql.js';
-import { databaseRelay, ENGINES, testStorage } from './support/engines.js';
+import pg from 'pg';
+import { databaseRelay, ENGINES, TEST_DATABASE_URL, testStorage } from './support/engines.js';
 
 const MIGRATIONS: Migrations = {
   // No IF NOT EXISTS: a step run twice fails the open.
@@ -95,6 +97,46 @@ describe('sql on postgres, while the database is unreachable', () => {
     } finally {
       await db.close();
       await relay.close();
+    }
+  });
+});
+
+describe('sql on postgres, refusals and rights', () => {
+  const storage = testStorage('postgres');
+  after(() => storage.remove());
+
+  test('when PostgreSQL refuses a value (a NUL in text, a number out of range), then it is a 400 BAD_REQUEST, not a 500', async () => {
+    const db = await openSqlDatabase({ ...storage.options('values'), name: 'values', migrations: MIGRATIONS });
+    try {
+      const bad = (err: unknown) => err instanceof HttpError && err.status === 400 && err.code === 'BAD_REQUEST';
+      await assert.rejects(db.run('INSERT INTO things (id, name) VALUES ($1, $2)', [1, 'a\u0000b']), bad);
+      await assert.rejects(db.get('SELECT id FROM things WHERE id = $1', [3_000_000_000]), bad);
+    } finally {
+      await db.close();
+    }
+  });
+
+  test('when the role may use a schema made for it but not create schemas, then the service still opens it', async () => {
+    const admin = new pg.Client({ connectionString: TEST_DATABASE_URL });
+    await admin.connect();
+    const role = `r_${randomBytes(5).toString('hex')}`;
+    const schema = `${role}_own`;
+    try {
+      await admin.query(`CREATE ROLE ${role} NOLOGIN`);
+      await admin.query(`CREATE SCHEMA ${schema} AUTHORIZATION ${role}`);
+      const url = new URL(TEST_DATABASE_URL);
+      url.searchParams.set('options', `-c role=${role}`);
+      const db = await openSqlDatabase({ dataDir: ':memory:', databaseUrl: url.href, schema, name: 'things', migrations: MIGRATIONS });
+      try {
+        assert.equal(await db.run('INSERT INTO things (id, name) VALUES ($1, $2)', [1, 'mine']), 1);
+        assert.equal((await db.get<{ who: string }>('SELECT current_user AS who'))!.who, role);
+      } finally {
+        await db.close();
+      }
+    } finally {
+      await admin.query(`DROP SCHEMA IF EXISTS ${schema} CASCADE`);
+      await admin.query(`DROP ROLE IF EXISTS ${role}`);
+      await admin.end();
     }
   });
 });

@@ -97,6 +97,11 @@ describe('two instances on one schema', () => {
     assert.equal(stats.body.totalUsers, listA.body.meta.total);
   });
 
+  test('when a login email holds a NUL (PostgreSQL cannot store it in the failure count), then 400, not a 500', async () => {
+    const r = await http(a.url, 'POST', '/auth/login', { body: { email: 'a\u0000b@example.com', password: 'whatever12' } });
+    assert.deepEqual([r.status, r.body.code], [400, 'VALIDATION_ERROR']);
+  });
+
   test('when an id is above what a 32-bit column holds (the API takes up to 2^53), then it is not found, not a 500', async () => {
     assert.equal((await http(a.url, 'GET', '/users/3000000000')).status, 404);
     assert.equal((await http(a.url, 'GET', `/users/${Number.MAX_SAFE_INTEGER}`)).status, 404);

@@ -139,8 +139,9 @@ export function databaseOptions(config: z.output<z.ZodObject<typeof serviceShape
 export class ConfigError extends Error {}
 
 // The one line a bad value prints goes to terminals and log collectors: never a secret, and never
-// the password of a URL (postgres://user:pw@host, redis://:pw@host).
-const SECRET_KEY = /TOKEN|PASSWORD|SECRET|PRIVATE_KEY/;
+// the password of a URL (postgres://user:pw@host); the database and Redis URLs not at all, since
+// their passwords also come in forms no pattern catches (libpq's key=value, spaces).
+const SECRET_KEY = /TOKEN|PASSWORD|SECRET|PRIVATE_KEY|DATABASE_URL|REDIS_URL/;
 const URL_CREDENTIALS = /([a-z][a-z0-9+.-]*:\/\/)[^@/\s,]*@/gi;
 
 /**

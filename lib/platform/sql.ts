@@ -102,7 +102,10 @@ async function migrate(db: SqlDatabase, migrations: Migrations, schema: string):
     if (tx.engine === 'postgres') {
       // Instances starting together: the first migrates, the others wait here and find it done.
       await tx.run('SELECT pg_advisory_xact_lock(hashtext($1))', [`migrate.${schema}`]);
-      await tx.run(`CREATE SCHEMA IF NOT EXISTS ${quoteIdent(schema)}`);
+      // Created only when missing: a role that may use a schema made for it, but not create one in
+      // the database, is refused CREATE SCHEMA IF NOT EXISTS even when the schema exists.
+      const exists = await tx.get('SELECT 1 AS found FROM pg_namespace WHERE nspname = $1', [schema]);
+      if (!exists) await tx.run(`CREATE SCHEMA ${quoteIdent(schema)}`);
     }
     await tx.run('CREATE TABLE IF NOT EXISTS app_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)');
     const row = await tx.get<{ value: string }>("SELECT value FROM app_meta WHERE key = 'schema_version'");
@@ -293,14 +296,19 @@ const pgTypes = {
 };
 
 function openPostgres(url: string, { name, schema = name, poolMax = 10, timeoutMs = 5000 }: OpenSqlOptions): SqlDatabase {
+  // The URL's own `options` (libpq's: a role, a time zone) are kept and the schema added to them;
+  // left in the URL, they would replace the schema (pg lets the URL win over the settings).
+  const target = new URL(url);
+  const urlOptions = target.searchParams.get('options');
+  target.searchParams.delete('options');
   const pool = new pg.Pool({
-    connectionString: url,
+    connectionString: target.href,
     max: poolMax,
     connectionTimeoutMillis: timeoutMs,
     idleTimeoutMillis: 30_000,
     query_timeout: timeoutMs,
     statement_timeout: timeoutMs,
-    options: `-c search_path=${quoteIdent(schema)}`,
+    options: [urlOptions, `-c search_path=${quoteIdent(schema)}`].filter(Boolean).join(' '),
     application_name: name,
     types: pgTypes,
   });
@@ -393,6 +401,10 @@ function storageError(err: unknown): unknown {
   const message = typeof e?.message === 'string' ? e.message : '';
   if (err instanceof Database.SqliteError) return SQLITE_UNAVAILABLE.test(code) ? new StorageUnavailableError() : err;
   if (NET_UNAVAILABLE.has(code) || PG_UNAVAILABLE.test(code)) return new StorageUnavailableError();
+  // Class 22, data exception: a value PostgreSQL will not take (a NUL in text, a number out of a
+  // column's range). The request's fault, as SQLite would have stored or compared it: a 400, never
+  // a 500 that counts against the service's health at the gateway.
+  if (/^22/.test(code)) return new HttpError(400, 'BAD_REQUEST', 'A value in the request cannot be stored or compared');
   // pg's own words for a pool or connection that gave up (no code is set on these).
   if (/timeout exceeded when trying to connect|Connection terminated|Query read timeout|connection timeout/i.test(message)) {
     return new StorageUnavailableError();

@@ -63,7 +63,7 @@ export const ListProductsQuerySchema = z
     category: CategorySchema.optional(),
     minPrice: PriceQuery.optional(),
     maxPrice: PriceQuery.optional(),
-    search: z.string().trim().min(1, 'must be 1 to 200 characters').max(200, 'must be 1 to 200 characters').optional(),
+    search: z.string().trim().min(1, 'must be 1 to 200 characters').max(200, 'must be 1 to 200 characters').regex(PRINTABLE, CONTROL_MESSAGE).optional(),
   })
   .refine((q) => q.minPrice === undefined || q.maxPrice === undefined || q.minPrice <= q.maxPrice, {
     message: 'must not be greater than maxPrice',

@@ -30,7 +30,7 @@ export const UpdateUserSchema = z
 export type UpdateUser = z.infer<typeof UpdateUserSchema>;
 
 export const LoginSchema = z.strictObject({
-  email: z.string().trim().min(1, 'is required').max(254, 'must be at most 254 characters'),
+  email: z.string().trim().min(1, 'is required').max(254, 'must be at most 254 characters').regex(PRINTABLE, 'must not contain control characters'),
   password: z.string().min(1, 'is required').max(1024, 'is too long'),
 });
 
