@@ -41,10 +41,17 @@ describe('config', () => {
   });
 
   test('when a bad value holds a secret, then the error names the variable but shows neither the secret nor a URL password', () => {
-    const secrets = z.object({ ADMIN_TOKEN: z.string().min(16), DATABASE_URL: z.string().regex(/^postgres:\/\/\S+$/) });
+    const secrets = z.object({
+      ADMIN_TOKEN: z.string().min(16),
+      COLLECTOR_URL: z.string().regex(/^https?:\/\/\S+$/).optional(),
+      DATABASE_URL: z.string().regex(/^postgres:\/\/\S+$/).optional(),
+    });
     assert.throws(() => parseConfig(secrets, { ADMIN_TOKEN: 'short-secret' }), (err: Error) => err.message.startsWith('ADMIN_TOKEN: ') && !err.message.includes('short-secret'));
-    assert.throws(() => parseConfig(secrets, { ADMIN_TOKEN: 'x'.repeat(16), DATABASE_URL: 'mysql://app:hunter2@db/x' }),
-      (err: Error) => err.message.includes('mysql://***@db/x') && !err.message.includes('hunter2'));
+    assert.throws(() => parseConfig(secrets, { ADMIN_TOKEN: 'x'.repeat(16), COLLECTOR_URL: 'ftp://app:hunter2@db/x' }),
+      (err: Error) => err.message.includes('ftp://***@db/x') && !err.message.includes('hunter2'));
+    // libpq's key=value form has no URL shape to mask: the database URL is never shown.
+    assert.throws(() => parseConfig(secrets, { ADMIN_TOKEN: 'x'.repeat(16), DATABASE_URL: 'host=db password=hunter2' }),
+      (err: Error) => err.message.startsWith('DATABASE_URL: ') && !err.message.includes('hunter2'));
   });
 });
 
