@@ -3,14 +3,10 @@
 // minute must still come back 2xx, because the generator spreads its clients over addresses.
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
-import { once } from 'node:events';
-import { fileURLToPath } from 'node:url';
 import { startGatewayFor, type StartedGateway } from './gateway-helpers.js';
-import { nodeArgs } from './process.js';
+import { nodeArgs, runToExit } from './process.js';
 import { startServices, type System } from './system.js';
 
-const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const RATE = 75;
 const SECONDS = 2;
 
@@ -26,16 +22,9 @@ after(async () => {
 });
 
 test(`npm run load at ${RATE} req/s for ${SECONDS} s gets through the default rate limit and exits 0`, async () => {
-  const child = spawn(process.execPath, [...nodeArgs('bench/traffic.ts'), '--rate', String(RATE), '--duration', String(SECONDS), '--target', gw.url], {
-    cwd: ROOT,
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  let out = '';
-  child.stdout.on('data', (c: Buffer) => (out += c.toString()));
-  child.stderr.on('data', (c: Buffer) => (out += c.toString()));
-  const timer = setTimeout(() => child.kill('SIGKILL'), 20_000);
-  const [code] = (await once(child, 'exit')) as [number | null];
-  clearTimeout(timer);
+  const run = await runToExit([...nodeArgs('bench/traffic.ts'), '--rate', String(RATE), '--duration', String(SECONDS), '--target', gw.url]);
+  const { code } = run;
+  const out = run.stdout + run.stderr;
   assert.equal(code, 0, out);
 
   const line = /^statuses: (.*)$/m.exec(out);

@@ -69,3 +69,31 @@ export async function spawnService(entry: string, env: Record<string, string>): 
     },
   };
 }
+
+export interface Finished {
+  code: number | null;
+  stdout: string;
+  stderr: string;
+  pid: number;
+}
+
+/**
+ * Runs Node with `args` from the project's root until it exits (killed after `timeoutMs`), for
+ * scripts and entries a test expects to end by themselves; resolves with the code and the output.
+ */
+export async function runToExit(args: string[], { env = {}, timeoutMs = 20_000, detached = false }: { env?: Record<string, string>; timeoutMs?: number; detached?: boolean } = {}): Promise<Finished> {
+  const child = spawn(process.execPath, args, {
+    cwd: ROOT,
+    detached,
+    env: { ...process.env, LOG_PRETTY: 'false', ...env },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let stdout = '';
+  let stderr = '';
+  child.stdout.on('data', (c: Buffer) => (stdout += c.toString()));
+  child.stderr.on('data', (c: Buffer) => (stderr += c.toString()));
+  const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
+  const [code] = (await once(child, 'exit')) as [number | null];
+  clearTimeout(timer);
+  return { code, stdout, stderr, pid: child.pid! };
+}

@@ -2,12 +2,9 @@
 // demo rows, a kill -9 right after a 201 loses nothing, SIGTERM exits 0, bad config exits 1.
 import { after, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
-import { once } from 'node:events';
-import { fileURLToPath } from 'node:url';
 import { demoProducts } from '../lib/demo/data.js';
 import { http, tempDir } from './helpers.js';
-import { nodeArgs, spawnService, type ChildService } from './process.js';
+import { nodeArgs, runToExit, spawnService, type ChildService } from './process.js';
 
 const running = new Set<ChildService>();
 const dirs: Array<{ remove: () => void }> = [];
@@ -35,22 +32,6 @@ function newDataDir(): string {
   return d.dir;
 }
 
-/** Runs an entry file that is expected to exit before listening; resolves with code and output. */
-async function runToExit(entry: string, env: Record<string, string>): Promise<{ code: number | null; stderr: string; stdout: string }> {
-  const child = spawn(process.execPath, nodeArgs(entry), {
-    cwd: fileURLToPath(new URL('..', import.meta.url)),
-    env: { ...process.env, LOG_PRETTY: 'false', ...env },
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  let stdout = '';
-  let stderr = '';
-  child.stdout.on('data', (c: Buffer) => (stdout += c.toString()));
-  child.stderr.on('data', (c: Buffer) => (stderr += c.toString()));
-  const timer = setTimeout(() => child.kill('SIGKILL'), 20_000);
-  const [code] = (await once(child, 'exit')) as [number | null];
-  clearTimeout(timer);
-  return { code, stdout, stderr };
-}
 
 // Each test has its own data dir and processes: they run side by side, as most of their time is
 // spent waiting for a process to start or stop.
@@ -89,7 +70,7 @@ describe('user service process', { concurrency: true }, () => {
   });
 
   test('PORT=abc exits 1 with one line naming PORT', async () => {
-    const { code, stderr, stdout } = await runToExit('user-service.ts', { PORT: 'abc', DATA_DIR: newDataDir() });
+    const { code, stderr, stdout } = await runToExit(nodeArgs('user-service.ts'), { env: { PORT: 'abc', DATA_DIR: newDataDir() } });
     assert.equal(code, 1);
     const lines = (stderr + stdout).trim().split('\n');
     assert.equal(lines.length, 1, stderr + stdout);
@@ -131,7 +112,7 @@ describe('product service process', { concurrency: true }, () => {
   });
 
   test('PORT=abc exits 1 with one line naming PORT', async () => {
-    const { code, stderr, stdout } = await runToExit('product-service.ts', { PORT: 'abc', DATA_DIR: newDataDir() });
+    const { code, stderr, stdout } = await runToExit(nodeArgs('product-service.ts'), { env: { PORT: 'abc', DATA_DIR: newDataDir() } });
     assert.equal(code, 1);
     const lines = (stderr + stdout).trim().split('\n');
     assert.equal(lines.length, 1, stderr + stdout);

@@ -5,24 +5,13 @@
 // returned (cause not found), and that must not hold this file.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
-import { once } from 'node:events';
-import { fileURLToPath } from 'node:url';
-import { nodeArgs } from '../process.js';
+import { nodeArgs, runToExit } from '../process.js';
 
-const ROOT = fileURLToPath(new URL('../..', import.meta.url));
 
 test('when orders race through faults, kills and restarts, then stock + live orders = initial stock and every 201 is kept', async () => {
-  const child = spawn(process.execPath, [...nodeArgs('test/chaos/run.ts'), '--seed', '1', '--duration', '2000', '--concurrency', '8'], {
-    cwd: ROOT,
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  let out = '';
-  child.stdout.on('data', (chunk: Buffer) => (out += chunk.toString()));
-  child.stderr.on('data', (chunk: Buffer) => (out += chunk.toString()));
-  const killer = setTimeout(() => child.kill('SIGKILL'), 90_000);
-  const [code] = (await once(child, 'exit')) as [number | null];
-  clearTimeout(killer);
+  const run = await runToExit([...nodeArgs('test/chaos/run.ts'), '--seed', '1', '--duration', '2000', '--concurrency', '8'], { timeoutMs: 90_000 });
+  const { code } = run;
+  const out = run.stdout + run.stderr;
   assert.equal(code, 0, out.slice(-4000));
   assert.match(out, /seed 1: invariant held/);
   const counts = JSON.parse(/^\{.*\}$/m.exec(out)![0]) as { created: number; faults: number; ordersKilled: number; productsKilled: number };

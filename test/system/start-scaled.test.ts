@@ -2,17 +2,15 @@
 // any process (PostgreSQL or Redis unreachable, a port of its layout taken, a bad setting), and
 // stops every process it started when one dies while they start.
 import assert from 'node:assert/strict';
-import { execFileSync, spawn } from 'node:child_process';
+import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { once } from 'node:events';
 import { createServer, type AddressInfo, type Server } from 'node:net';
 import { after, describe, test } from 'node:test';
-import { fileURLToPath } from 'node:url';
 import pg from 'pg';
-import { TS_LOADER } from '../process.js';
+import { runToExit, TS_LOADER, type Finished } from '../process.js';
 import { TEST_DATABASE_URL } from '../support/engines.js';
 
-const ROOT = fileURLToPath(new URL('../..', import.meta.url));
 const POSTGRES = TEST_DATABASE_URL;
 const REDIS = 'redis://127.0.0.1:6379';
 
@@ -39,21 +37,8 @@ async function listener(reply?: string): Promise<number> {
   return (server.address() as AddressInfo).port;
 }
 
-async function startScaled(env: Record<string, string>, { detached = false } = {}): Promise<{ code: number | null; stdout: string; stderr: string; pid: number }> {
-  const child = spawn(process.execPath, ['--import', TS_LOADER, 'scripts/start-scaled.ts'], {
-    cwd: ROOT,
-    detached,
-    env: { ...process.env, LOG_PRETTY: 'false', ...env },
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  let stdout = '';
-  let stderr = '';
-  child.stdout.on('data', (c: Buffer) => (stdout += c.toString()));
-  child.stderr.on('data', (c: Buffer) => (stderr += c.toString()));
-  const timer = setTimeout(() => child.kill('SIGKILL'), 60_000);
-  const [code] = (await once(child, 'exit')) as [number | null];
-  clearTimeout(timer);
-  return { code, stdout, stderr, pid: child.pid! };
+function startScaled(env: Record<string, string>, { detached = false } = {}): Promise<Finished> {
+  return runToExit(['--import', TS_LOADER, 'scripts/start-scaled.ts'], { env, timeoutMs: 60_000, detached });
 }
 
 /** `pid, parent pid and command` of each process still in process group `pgid`. */
