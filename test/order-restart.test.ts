@@ -8,6 +8,7 @@ import { ORDER_MIGRATIONS } from '../lib/orders/db.js';
 import { http, tempDir } from './helpers.js';
 import { spawnService, type ChildService } from './process.js';
 import { startServices, type System } from './system.js';
+import { startFaultProxy } from './support/fault-proxy.js';
 
 describe('order service restarts', () => {
   const data = tempDir('msvc-order-restart-');
@@ -32,6 +33,43 @@ describe('order service restarts', () => {
     await Promise.all(children.map((c) => c.stop('SIGKILL')));
     await sys?.stop();
     data.remove();
+  });
+
+  test('when the process dies while a cancel gives the stock back, then a restart gives it back within 2 x UPSTREAM_TIMEOUT_MS', async (t) => {
+    // An order service of its own, whose calls to the product service can be held.
+    const own = tempDir('msvc-order-release-');
+    const toProducts = await startFaultProxy(sys.products.url);
+    t.after(async () => {
+      await toProducts.close();
+      own.remove();
+    });
+    const env = { DATA_DIR: own.dir, USERS_URL: sys.users.url, PRODUCTS_URL: toProducts.url, UPSTREAM_TIMEOUT_MS: '500', RELEASE_RETRY_MS: '50' };
+    let child = await spawnService('order-service.ts', env);
+    children.push(child);
+    const stockOf = async () => (await http(sys.products.url, 'GET', '/products/3')).body.stock as number;
+    const before = await stockOf();
+    const created = await http(child.url, 'POST', '/orders', { body: { userId: 2, items: [{ productId: 3, quantity: 2 }] } });
+    assert.equal(created.status, 201, created.text);
+    assert.equal(await stockOf(), before - 2);
+
+    // The cancel commits, then its release call gets no answer; the process dies meanwhile.
+    toProducts.fault = { kind: 'blackhole' };
+    const seen = toProducts.requestsSeen;
+    const cancel = http(child.url, 'PUT', `/orders/${created.body.id}/status`, { body: { status: 'cancelled' }, timeoutMs: 5_000 }).catch(() => undefined);
+    while (toProducts.requestsSeen === seen) await new Promise((r) => setTimeout(r, 5));
+    assert.equal(await child.stop('SIGKILL'), 'SIGKILL');
+    await cancel;
+    toProducts.fault = { kind: 'pass' };
+
+    child = await spawnService('order-service.ts', env);
+    children.push(child);
+    assert.equal((await http(child.url, 'GET', `/orders/${created.body.id}`)).body.status, 'cancelled');
+    // The dead process's claim on the release runs out after 2 x 500 ms; a worker then takes it over.
+    const giveUpAt = Date.now() + 5_000;
+    while ((await stockOf()) !== before && Date.now() < giveUpAt) await new Promise((r) => setTimeout(r, 50));
+    assert.equal(await stockOf(), before, 'the cancelled order\'s stock is back');
+    const metrics = (await http(child.url, 'GET', '/metrics')).text;
+    assert.match(metrics, /^orders_pending_releases(\{[^}]*\})? 0$/m);
   });
 
   test('when the order service is killed with SIGKILL right after a 201, then the order is there after the restart', async () => {

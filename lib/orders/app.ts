@@ -14,12 +14,18 @@ export interface OrderAppDeps extends ServiceDeps {
   products: ProductsClient;
   /** Who may see and change which orders; default open mode with no verifier (tests). */
   auth?: ServiceAuth;
+  /**
+   * How long a release started by a request (a failed create, a cancel) holds its outbox row
+   * before a release worker may take it over: the process may have died mid-call. The service
+   * passes 2 x UPSTREAM_TIMEOUT_MS, the age at which the worker takes rows up.
+   */
+  releaseLeaseMs?: number;
 }
 
 // Creates with an Idempotency-Key that may be in progress at once; more is a 503 with Retry-After.
 const MAX_KEYS_IN_FLIGHT = 1000;
 
-export function createOrderApp({ users, products, auth = createServiceAuth(), ...deps }: OrderAppDeps): Express {
+export function createOrderApp({ users, products, auth = createServiceAuth(), releaseLeaseMs = 10_000, ...deps }: OrderAppDeps): Express {
   const { logger, db, metrics } = deps;
   const store = createOrderStore(db);
   new Gauge({
@@ -38,6 +44,7 @@ export function createOrderApp({ users, products, auth = createServiceAuth(), ..
     products,
     logger: logger.child({ component: 'orders' }),
     keys: createKeyGate(MAX_KEYS_IN_FLIGHT),
+    releaseLeaseMs,
   });
   return createServiceApp({ ...deps, service: 'order-service', routes, api: ORDER_API, ...(auth.mode === 'required' ? { guardAdmin: auth.requireAdminSurface } : {}) });
 }

@@ -38,10 +38,11 @@ export function buildOrderService(deps: ServiceDeps, config: OrderServiceConfig)
   const products = createProductsClient(productsClient, config.INTERNAL_TOKEN);
   // Stock left held by a create that died or timed out goes back from here, at start and on a
   // timer; only rows older than any create could still be waiting on.
-  const releases = startReleaseWorker({ db: deps.db, products, logger: deps.logger, intervalMs: config.RELEASE_RETRY_MS, minAgeMs: 2 * timeoutMs });
+  const releaseAfterMs = 2 * timeoutMs;
+  const releases = startReleaseWorker({ db: deps.db, products, logger: deps.logger, intervalMs: config.RELEASE_RETRY_MS, minAgeMs: releaseAfterMs });
   const auth = serviceAuthFromConfig(config, config.USERS_URL);
   return {
-    app: createOrderApp({ ...deps, users, products, auth }),
+    app: createOrderApp({ ...deps, users, products, auth, releaseLeaseMs: releaseAfterMs }),
     close: async () => {
       await releases.stop();
       usersClient.instances.shutdown();

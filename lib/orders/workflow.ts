@@ -20,6 +20,11 @@ export interface OrderDeps {
   products: ProductsClient;
   logger: Logger;
   keys: KeyGate;
+  /**
+   * How long a release started from a request keeps its outbox row from the release workers:
+   * longer than a release call takes, short enough that a crash mid-release is soon retried.
+   */
+  releaseLeaseMs: number;
 }
 
 export interface Created {
@@ -223,22 +228,18 @@ function compensate(deps: OrderDeps, reservationId: string): void {
   void withoutDeadline(() => releaseNow(deps, reservationId));
 }
 
-// How long a release started from a request keeps its outbox row from the release workers: far
-// longer than a release call takes (UPSTREAM_TIMEOUT_MS, 5 s by default), short enough that a
-// crash mid-release is soon retried. A call that outlasted it could be repeated by a worker, which
-// the product service answers without giving the stock back twice.
-const RELEASE_NOW_LEASE_MS = 60_000;
-
 /**
  * Gives a reservation's stock back now, for a caller that knows no live order owns it (its own
  * failed create, or an order it just cancelled or deleted). The outbox row is claimed first, so
  * no release worker of any instance releases it at the same time. On any failure the row stays
  * and the release worker retries: the client's answer does not depend on it.
  */
-async function releaseNow({ store, products, logger }: OrderDeps, reservationId: string): Promise<void> {
+async function releaseNow({ store, products, logger, releaseLeaseMs }: OrderDeps, reservationId: string): Promise<void> {
   let claimed = false;
   try {
-    claimed = await store.claimPendingRelease(reservationId, RELEASE_NOW_LEASE_MS);
+    // A call that outlasts the lease may be repeated by a worker, which the product service
+    // answers without giving the stock back twice.
+    claimed = await store.claimPendingRelease(reservationId, releaseLeaseMs);
     // Not ours to release now (a worker holds it): the worker finishes it.
     if (!claimed) return;
     await products.release(reservationId);

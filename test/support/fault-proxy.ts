@@ -31,7 +31,7 @@ export interface FaultProxy {
   fault: Fault;
   /** Connections accepted so far. */
   readonly accepted: number;
-  /** HTTP/1.1 request lines seen passing towards the service so far. */
+  /** HTTP/1.1 request lines that arrived from callers so far, whatever the fault then did with them. */
   readonly requestsSeen: number;
   /** Stops listening and resets every connection: callers now get connection refused. */
   stop(): Promise<void>;
@@ -116,10 +116,10 @@ export async function startFaultProxy(target = '', fault: Fault = { kind: 'pass'
       from.once('end', () => to.end());
       from.once('close', () => setTimeout(() => to.destroyed || to.destroy(), proxy.fault.kind === 'latency' ? proxy.fault.ms : 0));
     };
-    relay(client, upstream, (chunk) => {
+    client.on('data', (chunk: Buffer) => {
       for (let at = chunk.indexOf(REQUEST_LINE_END); at !== -1; at = chunk.indexOf(REQUEST_LINE_END, at + 1)) requestsSeen++;
-      return true;
     });
+    relay(client, upstream);
     if (f.kind === 'reset-after-headers') {
       let seen = Buffer.alloc(0);
       let cut = false;
