@@ -76,9 +76,12 @@ const INITIAL_STOCK = 500;
 const SERVICE_ENV = { UPSTREAM_TIMEOUT_MS: '600', RELEASE_RETRY_MS: '100', SEED_DATA: 'false', STOP_TIMEOUT_MS: '2000' };
 
 export async function runChaos({ seed, durationMs, concurrency = 16, log = () => undefined }: ChaosOptions): Promise<ChaosResult> {
-  const random = prng(seed);
-  const pick = <T>(list: readonly T[]): T => list[Math.floor(random() * list.length)];
-  const between = (lo: number, hi: number) => Math.floor(lo + random() * (hi - lo + 1));
+  // Two streams: the disturbances draw from their own, so the clients' timing (how many orders a
+  // machine places meanwhile) does not change which faults and kills a seed brings.
+  const streams = { clients: prng(seed), chaos: prng(seed ^ 0x5bd1e995) };
+  const random = streams.clients;
+  const pick = <T>(list: readonly T[], from = random): T => list[Math.floor(from() * list.length)];
+  const between = (lo: number, hi: number, from = random) => Math.floor(lo + from() * (hi - lo + 1));
   const dataDir = mkdtempSync(join(tmpdir(), `msvc-chaos-${seed}-`));
   const children = new Set<ChildService>();
   const proxies: FaultProxy[] = [];
@@ -192,33 +195,36 @@ export async function runChaos({ seed, durationMs, concurrency = 16, log = () =>
     };
 
     const FAULTS: (() => Fault)[] = [
-      () => ({ kind: 'latency', ms: between(50, 500) }),
+      () => ({ kind: 'latency', ms: between(50, 500, streams.chaos) }),
       () => ({ kind: 'blackhole' }),
       () => ({ kind: 'reset-before-response' }),
       () => ({ kind: 'reset-after-headers' }),
       () => ({ kind: 'status', status: 503 }),
-      () => ({ kind: 'flap', upMs: between(100, 300), downMs: between(100, 300) }),
+      () => ({ kind: 'flap', upMs: between(100, 300, streams.chaos), downMs: between(100, 300, streams.chaos) }),
     ];
     // The disturbances, one after another: a fault for a while, or a kill -9 and a restart.
+    // Disturbances begin once the system has placed an order, so that a slow start-up does not
+    // leave a short run with nothing but a dead service to show.
     const chaos = async () => {
+      while (counts.created === 0 && Date.now() < end - 300) await sleep(10);
       while (Date.now() < end - 300) {
-        await sleep(between(100, 400));
-        const roll = random();
+        await sleep(between(100, 400, streams.chaos));
+        const roll = streams.chaos();
         if (roll < 0.5) {
           counts.faults++;
-          toProducts.fault = pick(FAULTS)();
-          await sleep(between(100, 600));
+          toProducts.fault = pick(FAULTS, streams.chaos)();
+          await sleep(between(100, 600, streams.chaos));
           toProducts.fault = { kind: 'pass' };
         } else if (roll < 0.75) {
           counts.ordersKilled++;
           await kill(orders);
-          await sleep(between(50, 300));
+          await sleep(between(50, 300, streams.chaos));
           orders = await spawn('order-service.ts', ordersEnv);
           toOrders.target = orders.url;
         } else {
           counts.productsKilled++;
           await kill(products);
-          await sleep(between(50, 300));
+          await sleep(between(50, 300, streams.chaos));
           products = await spawn('product-service.ts', {});
           toProducts.target = products.url;
         }
