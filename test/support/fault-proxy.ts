@@ -7,8 +7,12 @@ import { createServer, connect, type AddressInfo, type Server, type Socket } fro
 export type Fault =
   /** Bytes pass unchanged. */
   | { kind: 'pass' }
-  /** Every chunk, both ways, waits this long. */
-  | { kind: 'latency'; ms: number }
+  /**
+   * Every chunk, both ways, waits this long. With `matching`, only the chunks from callers that
+   * hold this text wait (a link, or a server, slow for one kind of command only); what follows
+   * them on the same connection waits behind them, so bytes never pass each other.
+   */
+  | { kind: 'latency'; ms: number; matching?: string }
   /** Connections are accepted and requests read, but nothing ever comes back. */
   | { kind: 'blackhole' }
   /**
@@ -99,6 +103,28 @@ export async function startFaultProxy(target = '', fault: Fault = { kind: 'pass'
     // Faults other than the connection's own are read at each chunk: a pooled connection meets
     // the fault of the moment too.
     const relay = (from: Socket, to: Socket, onChunk?: (chunk: Buffer) => boolean) => {
+      // Chunks held back, each with the time it may go; in order, so none passes another.
+      const held: Array<{ at: number; chunk: Buffer }> = [];
+      let timer: NodeJS.Timeout | undefined;
+      let ended = false;
+      const flush = () => {
+        timer = undefined;
+        const now = Date.now();
+        while (held.length && held[0].at <= now) {
+          const { chunk } = held.shift()!;
+          if (!to.destroyed) to.write(chunk);
+        }
+        if (held.length) timer = setTimeout(flush, held[0].at - now);
+        else if (ended) to.end();
+      };
+      const send = (chunk: Buffer, delay: number) => {
+        if (!held.length && delay <= 0) {
+          if (!to.destroyed) to.write(chunk);
+          return;
+        }
+        held.push({ at: Math.max(Date.now() + delay, held.length ? held[held.length - 1].at : 0), chunk });
+        timer ??= setTimeout(flush, Math.max(0, held[0].at - Date.now()));
+      };
       from.on('data', (chunk: Buffer) => {
         const now = proxy.fault;
         if ((now.kind === 'flap' && flapIsDown(now)) || (from === client && resetsNow())) {
@@ -109,11 +135,14 @@ export async function startFaultProxy(target = '', fault: Fault = { kind: 'pass'
         if (from === client && now.kind === 'blackhole') return;
         if (from === client && now.kind === 'status') return storm(client, now.status);
         if (onChunk && !onChunk(chunk)) return;
-        const delay = now.kind === 'latency' ? now.ms : 0;
-        if (delay) setTimeout(() => to.destroyed || to.write(chunk), delay);
-        else if (!to.destroyed) to.write(chunk);
+        const delayed = now.kind === 'latency' && (now.matching === undefined || (from === client && chunk.includes(now.matching)));
+        send(chunk, delayed ? now.ms : 0);
       });
-      from.once('end', () => to.end());
+      // The end follows the last held chunk, as it would on a slow link.
+      from.once('end', () => {
+        ended = true;
+        if (!held.length) to.end();
+      });
       from.once('close', () => setTimeout(() => to.destroyed || to.destroy(), proxy.fault.kind === 'latency' ? proxy.fault.ms : 0));
     };
     client.on('data', (chunk: Buffer) => {
