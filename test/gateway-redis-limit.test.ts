@@ -237,6 +237,33 @@ describe('rate limits shared in Redis', () => {
       proxy.fault = { kind: 'pass' };
       await untilStoreIs(gw, 'up');
     });
+
+    test('when Redis answers each new connection\'s handshake but not the limit script, then only the first request waits for it: reconnects are probed off the request path and the store stays degraded until the script is answered', async () => {
+      proxy.fault = { kind: 'pass' };
+      await proxy.start();
+      const gw = await gatewayWith({ REDIS_URL: `redis://127.0.0.1:${proxy.port}`, RATE_LIMIT_REDIS_PREFIX: newPrefix(), REDIS_COMMAND_TIMEOUT_MS: '100', RATE_LIMIT: '100000' });
+      await untilStoreIs(gw, 'up');
+      // The script's commands (EVAL, EVALSHA) wait a second; the handshake (INFO) passes at once.
+      proxy.fault = { kind: 'latency', ms: 1_000, matching: 'eval' };
+      const acceptedBefore = proxy.accepted;
+      const statuses = new Set<number>();
+      const states = new Set<string | undefined>();
+      const until = Date.now() + 1_500;
+      for (let i = 1; Date.now() < until; i++) {
+        statuses.add((await http(gw.url, 'GET', `/api/products/${i}`)).status);
+        states.add(await storeState(gw));
+      }
+      assert.deepEqual([...statuses], [200]);
+      assert.ok(proxy.accepted - acceptedBefore >= 2, `reconnected and probed ${proxy.accepted - acceptedBefore} times`);
+      // Each reconnect passed the handshake, yet no request was sent on it.
+      assert.deepEqual([...states], ['degraded']);
+      assert.equal(await metric(gw, 'gateway_rate_limit_store_failures_total'), 1);
+      assert.equal(storeLogs(gw, 40).length, 1);
+
+      proxy.fault = { kind: 'pass' };
+      await untilStoreIs(gw, 'up');
+      assert.equal(storeLogs(gw, 30).length, 1);
+    });
   });
 });
 

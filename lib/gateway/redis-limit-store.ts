@@ -68,12 +68,20 @@ const MAX_CLIENT_KEY = 200;
  * commands of the first connection attempt, each bounded by the command timeout and all by the
  * gateway's MAX_IN_FLIGHT. A command that times out on a live connection (Redis stalled, or a
  * network that drops packets) makes the store degraded too, and the connection is dropped and made
- * again: late replies on it cannot be trusted, and the next 'ready' says Redis answers again.
+ * again: late replies on it cannot be trusted.
+ *
+ * A new connection is not trusted either until it has answered one hit on a key of its own within
+ * the command timeout: a Redis that answers the handshake but not the script (stalled, or behind
+ * a link that is slow only for larger commands) would otherwise be declared up at every reconnect
+ * and make the next requests wait out the timeout, again and again. Each connection that fails
+ * that probe doubles the wait before the next one, as the reconnect back-off does.
  */
 export function createRedisLimitStore({ url, prefix, commandTimeoutMs, connectTimeoutMs, reconnectMaxMs, logger, metrics }: RedisLimitStoreOptions): LimitStore {
   const log = logger.child({ component: 'rate-limit-store' });
   let state: LimitStoreState = 'connecting';
   let closed = false;
+  /** Connections in a row that connected but did not answer the probe: they lengthen the back-off. */
+  let unansweredConnections = 0;
 
   const client = new Redis(url, {
     commandTimeout: commandTimeoutMs,
@@ -82,7 +90,7 @@ export function createRedisLimitStore({ url, prefix, commandTimeoutMs, connectTi
     maxRetriesPerRequest: 0,
     autoResendUnfulfilledCommands: false,
     enableOfflineQueue: true,
-    retryStrategy: (attempt: number) => Math.min(50 * 2 ** Math.min(attempt, 16), reconnectMaxMs),
+    retryStrategy: (attempt: number) => Math.min(50 * 2 ** Math.min(attempt + unansweredConnections, 16), reconnectMaxMs),
     lazyConnect: false,
     // How long close() lets a socket end before destroying it (a refused one never says it closed).
     disconnectTimeout: commandTimeoutMs,
@@ -108,7 +116,36 @@ export function createRedisLimitStore({ url, prefix, commandTimeoutMs, connectTi
     }
   };
 
-  client.on('ready', up);
+  const isTimeout = (err: unknown): boolean => (err as Error).message === 'Command timed out';
+  /** Drops a connection whose replies can no longer be matched to their commands. */
+  const dropStalled = (): void => {
+    // Several commands may time out on one connection: it counts once.
+    if (client.status !== 'ready') return;
+    unansweredConnections = Math.min(unansweredConnections + 1, 16);
+    client.disconnect(true);
+  };
+
+  // The probe is not a request: it is not counted as a failure, and no request waits for it.
+  const probe = (): void => {
+    client.gatewayHit(`${prefix}probe`, 1000).then(
+      () => {
+        unansweredConnections = 0;
+        up();
+      },
+      (err: unknown) => {
+        // An error reply still proves Redis answers.
+        if (err instanceof (ReplyError as new () => Error)) {
+          unansweredConnections = 0;
+          up();
+          return;
+        }
+        degraded(err);
+        if (isTimeout(err)) dropStalled();
+      },
+    );
+  };
+
+  client.on('ready', probe);
   // Every connection failure comes as 'error' (and ioredis prints unhandled ones to stderr).
   client.on('error', degraded);
   client.on('close', () => {
@@ -130,7 +167,7 @@ export function createRedisLimitStore({ url, prefix, commandTimeoutMs, connectTi
         // request falls back, but the store is reachable and stays in use.
         if (err instanceof (ReplyError as new () => Error)) throw err;
         degraded(err);
-        if (client.status === 'ready' && (err as Error).message === 'Command timed out') client.disconnect(true);
+        if (isTimeout(err)) dropStalled();
         throw err;
       }
     },
