@@ -286,6 +286,13 @@ const SQLITE_UNAVAILABLE = /^SQLITE_(BUSY|LOCKED|IOERR|FULL|CANTOPEN|READONLY|PR
 
 // ---------------------------------------------------------------------------------------------
 // PostgreSQL: a bounded pool; every connection works in the service's schema.
+//
+// `pg` rather than `postgres` (postgres.js): a pooled client checked out for the length of a
+// transaction is exactly what transaction(fn) needs, and the pool's bound, timeouts and dropped
+// connections are plain to set and to see. postgres.js spent less client CPU per primary-key
+// SELECT when measured side by side (about 30 µs against 40 µs with named statements, 50
+// concurrent callers, 10 connections): a few percent of what a product GET costs the service on
+// PostgreSQL, and not worth a second way of holding connections.
 
 // int8 (count, sum) and numeric arrive as strings by default; ours stay far below 2^53.
 const pgTypes = {
