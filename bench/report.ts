@@ -6,7 +6,8 @@ import type { Machine } from './proc.js';
 /** `untraced`: the gateway with OTEL_SDK_DISABLED=true. */
 export type Target = 'direct' | 'gateway' | 'untraced' | 'bare' | 'nginx';
 export type Mode = 'pinned' | 'unpinned';
-export type Scenario = 'get' | 'get-rate' | 'orders' | 'dashboard' | 'sweep';
+/** `get-postgres`: the saturation GET rounds again, with the services restarted on PostgreSQL. */
+export type Scenario = 'get' | 'get-rate' | 'orders' | 'dashboard' | 'sweep' | 'get-postgres';
 
 export const SCENARIO_LABEL: Record<Scenario, string> = {
   get: 'GET product',
@@ -14,7 +15,13 @@ export const SCENARIO_LABEL: Record<Scenario, string> = {
   orders: 'POST /api/orders',
   dashboard: 'GET /api/dashboard',
   sweep: 'GET product, conns sweep',
+  'get-postgres': 'GET product, products on PostgreSQL',
 };
+
+/** GET scenarios: their rows set the proxy's CPU against the product service's. */
+const GET_SCENARIOS: ReadonlySet<Scenario> = new Set(['get', 'get-rate', 'sweep', 'get-postgres']);
+/** Those whose passes have a direct round to set each proxy's throughput against. */
+const PAIRED_SCENARIOS: ReadonlySet<Scenario> = new Set(['get', 'get-rate', 'get-postgres']);
 
 /** CPU time per answered request, by process, in µs. */
 export interface CpuPerRequest {
@@ -101,6 +108,21 @@ export interface GatewayMemory {
   gatewayRequests: number;
 }
 
+/**
+ * The PostgreSQL rows of a run on SQLite: measured (the get-postgres rows), or why they are
+ * missing. Absent when the whole run is on PostgreSQL (BENCH_DATABASE_URL).
+ */
+export interface PostgresSection {
+  /** `off`: BENCH_POSTGRES_URL=off. */
+  status: 'measured' | 'unreachable' | 'off';
+  /** host:port/database, without credentials. */
+  server?: string;
+  /** The server's version when it answered, else its error. */
+  detail?: string;
+  /** The run's schemas were `<schemaTag>_<service>`, dropped after it. */
+  schemaTag?: string;
+}
+
 export interface Results {
   version: 1;
   startedAt: string;
@@ -110,6 +132,7 @@ export interface Results {
   machine: Machine;
   settings: { durationS: number; rounds: number; warmupS: number; clockTicksPerSecond: number; pinning: string; nginx: string; storage?: string };
   fixedRate?: { gatewaySaturationRps: number; rate: number; mode: Mode };
+  postgres?: PostgresSection;
   memory: GatewayMemory;
   keepAlive: { reused: boolean; connectionHeader: string | null };
   rows: Row[];
@@ -181,10 +204,10 @@ export function buildRows(rounds: RoundRecord[]): Row[] {
         users: spread(use.map((r) => r.cpuUs.users)),
         orders: spread(use.map((r) => r.cpuUs.orders)),
       },
-      frontPerProductCpu: hasFront && (first.scenario === 'get' || first.scenario === 'get-rate' || first.scenario === 'sweep')
+      frontPerProductCpu: hasFront && GET_SCENARIOS.has(first.scenario)
         ? spread(use.map((r) => (r.cpuUs.front ?? NaN) / r.cpuUs.products))
         : undefined,
-      ...(first.scenario === 'get' || first.scenario === 'get-rate' ? { vsDirect: pair('direct'), vsBare: pair('bare'), vsNginx: pair('nginx') } : {}),
+      ...(PAIRED_SCENARIOS.has(first.scenario) ? { vsDirect: pair('direct'), vsBare: pair('bare'), vsNginx: pair('nginx') } : {}),
       invalidReasons: list.filter((r) => !r.valid).map((r) => `round ${r.round}: ${r.invalidReason}`),
     });
   }
@@ -206,25 +229,33 @@ export interface GoalInputs {
   keepAlive: Results['keepAlive'];
   fixedRate?: Results['fixedRate'];
   soak?: SoakVerdict;
+  postgres?: PostgresSection;
 }
 
 const fmt = (n: number, digits = 2) => (Number.isFinite(n) ? n.toFixed(digits) : 'n/a');
 const signed = (n: number, digits = 2) => (n >= 0 ? `+${fmt(n, digits)}` : fmt(n, digits));
 
 /** The performance goals, each with its figure and pass or miss. */
-export function buildGoals({ rows, rounds, cpuMode, memory, keepAlive, fixedRate, soak }: GoalInputs): Goal[] {
+export function buildGoals({ rows, rounds, cpuMode, memory, keepAlive, fixedRate, soak, postgres }: GoalInputs): Goal[] {
   const row = (scenario: Scenario, target: Target, mode: Mode) =>
     rows.find((r) => r.scenario === scenario && r.target === target && r.mode === mode && r.validRounds > 0);
   const goals: Goal[] = [];
 
-  const cpu = row('get', 'gateway', cpuMode)?.frontPerProductCpu;
-  const other = row('get', 'gateway', cpuMode === 'pinned' ? 'unpinned' : 'pinned')?.frontPerProductCpu;
+  const otherMode: Mode = cpuMode === 'pinned' ? 'unpinned' : 'pinned';
+  /** The gateway's CPU over the product service's in `scenario`: its figure, or undefined without valid rounds. */
+  const cpuRatio = (scenario: Scenario) => {
+    const cpu = row(scenario, 'gateway', cpuMode)?.frontPerProductCpu;
+    const other = row(scenario, 'gateway', otherMode)?.frontPerProductCpu;
+    return cpu && { median: cpu.median, value: `${fmt(cpu.median)} (${cpuMode}, ${fmt(cpu.min)}-${fmt(cpu.max)})${other ? `; ${fmt(other.median)} ${otherMode}` : ''}` };
+  };
+  const cpu = cpuRatio('get');
   goals.push({
     name: 'gateway CPU per proxied GET / product service CPU per request',
-    value: cpu ? `${fmt(cpu.median)} (${cpuMode}, ${fmt(cpu.min)}-${fmt(cpu.max)})${other ? `; ${fmt(other.median)} ${cpuMode === 'pinned' ? 'unpinned' : 'pinned'}` : ''}` : 'no valid rounds',
+    value: cpu?.value ?? 'no valid rounds',
     goal: '<= 1.2, stretch 0.9',
     pass: cpu ? cpu.median <= 1.2 : undefined,
   });
+  goals.push(postgresCpu(cpuRatio('get-postgres'), postgres));
 
   goals.push(tracingCost(rounds, [...new Set(rounds.filter((r) => r.scenario === 'get').map((r) => r.mode))]));
 
@@ -275,6 +306,21 @@ export function buildGoals({ rows, rounds, cpuMode, memory, keepAlive, fixedRate
     pass: keepAlive.reused,
   });
   return goals;
+}
+
+/**
+ * The same ratio with the product service reading from PostgreSQL, a pooled query over a socket
+ * per GET, which costs it more CPU than SQLite's in-process read: the gateway's share must hold there too.
+ */
+function postgresCpu(cpu: { median: number; value: string } | undefined, postgres: PostgresSection | undefined): Goal {
+  const name = 'gateway CPU per proxied GET / product service CPU per request, products on PostgreSQL';
+  const goal = '<= 1.2';
+  const none = (value: string): Goal => ({ name, value, goal, pass: undefined });
+  if (!postgres) return none('the whole run is on PostgreSQL (BENCH_DATABASE_URL): the goal above is this one');
+  if (postgres.status === 'off') return none('left out (BENCH_POSTGRES_URL=off)');
+  if (postgres.status === 'unreachable') return none(`PostgreSQL did not answer at ${postgres.server} (${postgres.detail})`);
+  if (!cpu) return none('no valid rounds');
+  return { name, value: cpu.value, goal, pass: cpu.median <= 1.2 };
 }
 
 /**
@@ -390,6 +436,7 @@ export function notes(r: Results): string[] {
   if (r.fixedRate) {
     lines.push(`Fixed-rate rounds: ${Math.round(r.fixedRate.rate)} req/s, half the gateway's median saturation of ${Math.round(r.fixedRate.gatewaySaturationRps)} req/s (${r.fixedRate.mode}), open loop on keep-alive connections; latency per request, µs resolution.`);
   }
+  if (r.postgres) lines.push(postgresNote(r.postgres, r.settings.warmupS));
   if (r.invalidRounds.length) {
     lines.push(`INVALID rounds (left out of the medians): ${r.invalidRounds.length}`);
     for (const i of r.invalidRounds) lines.push(`  #${i.index} ${SCENARIO_LABEL[i.scenario]} via ${i.target} (${i.mode}, round ${i.round}): ${i.reason}`);
@@ -402,6 +449,19 @@ export function notes(r: Results): string[] {
   }
   lines.push(`Elapsed: ${r.elapsedS.toFixed(0)} s.`);
   return lines;
+}
+
+function postgresNote(p: PostgresSection, warmupS: number): string {
+  const label = `"${SCENARIO_LABEL['get-postgres']}" rows`;
+  if (p.status === 'off') return `${label}: left out (BENCH_POSTGRES_URL=off).`;
+  if (p.status === 'unreachable') return `${label}: none, PostgreSQL did not answer at ${p.server} (${p.detail}); start it, or set BENCH_POSTGRES_URL (off leaves them out).`;
+  return `${label}: after every other round, the system stopped and started again with the three services on PostgreSQL ${p.detail} at ${p.server} (schemas ${p.schemaTag}_*, dropped after the run); ${warmupS} s of warm-up per target, then the saturation GET rounds direct and through the gateway, interleaved, in the same modes.`;
+}
+
+/** The row that says why a SQLite run has no PostgreSQL rows, in the table's columns. */
+export function postgresMissingRow(p: PostgresSection | undefined, connections: number): string[] | undefined {
+  if (!p || p.status === 'measured') return undefined;
+  return [SCENARIO_LABEL['get-postgres'], 'gateway', '-', String(connections), p.status === 'off' ? 'off' : 'not reachable', ...Array<string>(TABLE_HEADER.length - 5).fill('-')];
 }
 
 export function roundLine(r: RoundRecord, total: number): string {

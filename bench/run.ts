@@ -1,5 +1,6 @@
 // `npm run bench`: what the gateway costs per request, measured beside the service alone, a bare
-// Express proxy and nginx, in interleaved rounds. Prints the table and the performance goals and
+// Express proxy and nginx, in interleaved rounds, then (on SQLite, when PostgreSQL answers) the GET
+// rounds again with the services on PostgreSQL. Prints the table and the performance goals and
 // writes bench/results.json and bench/RESULTS.md. `--smoke` (or BENCH_SMOKE=1) is the quick
 // version the test suite runs so this cannot rot; `--profile` records the gateway's hot path;
 // `--soak` (npm run bench:soak) sends a million requests through the gateway and tracks its memory.
@@ -15,8 +16,8 @@ import { closedLoop, pacedLoop, type LoadResult, type LoadSpec } from './load.js
 import { clockTicksPerSecond, cpuTicks, describeMachine, foreignPercent, hasTaskset, hostCpu, rssBytes, setAffinity, stealPercent } from './proc.js';
 import { hotFunctions } from './profile.js';
 import {
-  buildGoals, buildRows, goalLines, markdownReport, median, notes, roundLine, tableCells, textTable, TABLE_HEADER,
-  type GatewayMemory, type Mode, type Results, type RoundRecord, type Scenario, type SoakVerdict, type Target,
+  buildGoals, buildRows, goalLines, markdownReport, median, notes, postgresMissingRow, roundLine, tableCells, textTable, TABLE_HEADER,
+  type GatewayMemory, type Mode, type PostgresSection, type Results, type RoundRecord, type Scenario, type SoakVerdict, type Target,
 } from './report.js';
 import { soak } from './soak.js';
 import { BENCH_SERVICES, benchSchema, ROOT, startSystem, Supervisor, type BenchSystem, type ProcessName } from './system.js';
@@ -40,6 +41,10 @@ const OptionsSchema = z.object({
   // The services keep their data in PostgreSQL at this URL (schemas of the run's own, dropped
   // after it), to measure what the database costs the product service and the gateway.
   BENCH_DATABASE_URL: z.string().regex(/^postgres(ql)?:\/\/\S+$/, 'must be a postgres:// URL').optional(),
+  // A run on SQLite ends with the saturation GET rounds again, the services restarted on the
+  // PostgreSQL here, when it answers; `off` leaves them out. Unused with BENCH_DATABASE_URL.
+  BENCH_POSTGRES_URL: z.string().regex(/^(off|postgres(ql)?:\/\/\S+)$/, 'must be a postgres:// URL or off')
+    .default('postgres://postgres@127.0.0.1:5432/postgres').transform((v) => (v === 'off' ? undefined : v)),
   BENCH_GATEWAY_ENTRY: z.string().regex(/\.ts$/, 'must be a .ts entry file relative to the repository root').default('gateway.ts'),
 });
 
@@ -55,6 +60,8 @@ interface Options {
   gatewayEntry: string;
   token: boolean;
   databaseUrl?: string;
+  /** Where a run on SQLite measures the PostgreSQL rows; undefined: BENCH_POSTGRES_URL=off. */
+  postgresUrl?: string;
 }
 
 function readOptions(argv: string[], env: NodeJS.ProcessEnv): Options {
@@ -75,11 +82,18 @@ function readOptions(argv: string[], env: NodeJS.ProcessEnv): Options {
     gatewayEntry: raw.BENCH_GATEWAY_ENTRY,
     token: raw.BENCH_TOKEN,
     databaseUrl: raw.BENCH_DATABASE_URL,
+    postgresUrl: raw.BENCH_POSTGRES_URL,
   };
 }
 
 const GET_CONNECTIONS = 50;
 const benchSchemaTag = `bench_${process.pid}`;
+/** The PostgreSQL databases the run has made schemas in: dropped after it, however it ends. */
+const schemaUrls = new Set<string>();
+const POSTGRES_TARGETS = ['direct', 'gateway'] as const;
+const POSTGRES_PROBE_TIMEOUT_MS = 2_000;
+/** Stopping the system and starting it on PostgreSQL, for the time estimate. */
+const RESTART_S = 5;
 const WRITE_CONNECTIONS = 10;
 const SWEEP_CONNECTIONS = [1, 10, 200];
 const STEAL_FLAG_PCT = 1;
@@ -156,6 +170,13 @@ async function demoAdminToken(gatewayUrl: string): Promise<string> {
  * answer them fails here with its answer, rather than as rounds of errors.
  */
 async function preflight(getUrl: string, ordersUrl: string, orderBody: string): Promise<void> {
+  await preflightRead(getUrl);
+  const order = await json('POST', ordersUrl, JSON.parse(orderBody));
+  if (order.status !== 201) throw new Error(`POST /api/orders through the gateway answered ${order.status}: ${JSON.stringify(order.body).slice(0, 300)}`);
+}
+
+/** A proxied read through the gateway, waiting out breakers that saw a service still starting. */
+async function preflightRead(getUrl: string): Promise<void> {
   const deadline = Date.now() + 10_000;
   let read = await json('GET', getUrl);
   // Breakers may have seen a service still starting: give them a moment, not a failed run.
@@ -164,8 +185,32 @@ async function preflight(getUrl: string, ordersUrl: string, orderBody: string): 
     read = await json('GET', getUrl);
   }
   if (read.status !== 200) throw new Error(`GET ${new URL(getUrl).pathname} through the gateway answered ${read.status}: ${JSON.stringify(read.body).slice(0, 300)}`);
-  const order = await json('POST', ordersUrl, JSON.parse(orderBody));
-  if (order.status !== 201) throw new Error(`POST /api/orders through the gateway answered ${order.status}: ${JSON.stringify(order.body).slice(0, 300)}`);
+}
+
+/** host:port/database: where a PostgreSQL URL points, never its credentials. */
+function serverOf(url: string): string {
+  try {
+    const u = new URL(url);
+    return `${u.host}${u.pathname}`;
+  } catch {
+    return 'the URL given';
+  }
+}
+
+/** Whether PostgreSQL answers a query at `url` within a couple of seconds: its version, or why not. */
+async function probePostgres(url: string): Promise<{ ok: true; version: string } | { ok: false; reason: string }> {
+  const client = new pg.Client({ connectionString: url, connectionTimeoutMillis: POSTGRES_PROBE_TIMEOUT_MS, query_timeout: POSTGRES_PROBE_TIMEOUT_MS });
+  try {
+    await client.connect();
+    const { rows } = await client.query<{ version: string }>("SELECT current_setting('server_version') AS version");
+    // "15.20 (Debian 15.20-0+deb12u1)": the number is enough for the report.
+    return { ok: true, version: rows[0].version.split(' ')[0] };
+  } catch (err) {
+    const e = err as NodeJS.ErrnoException;
+    return { ok: false, reason: e.message.split('\n')[0] || e.code || e.name };
+  } finally {
+    await client.end().catch(() => {});
+  }
 }
 
 /** Two requests on one keep-alive socket: the second must reuse it. */
@@ -242,7 +287,6 @@ function invalidReason(load: LoadResult, expect: string): string | undefined {
 }
 
 class Runner {
-  readonly rounds: RoundRecord[] = [];
   private readonly tickUs: number;
 
   constructor(
@@ -251,6 +295,8 @@ class Runner {
     private readonly signal: AbortSignal,
     clockTicks: number,
     private readonly pauseMs: number,
+    /** Another runner's list, for a second system whose rounds continue the numbering. */
+    readonly rounds: RoundRecord[] = [],
   ) {
     this.tickUs = 1e6 / clockTicks;
   }
@@ -325,12 +371,13 @@ class Runner {
   }
 }
 
-function plannedRoundCount(o: Options, targets: number, modes: number): number {
+function plannedRoundCount(o: Options, targets: number, modes: number, withPostgres: boolean): number {
   const get = o.rounds * targets * modes;
   const rate = o.rounds * 3;
   const writes = o.rounds * 2;
   const sweep = o.smoke ? 0 : SWEEP_CONNECTIONS.length;
-  return get + rate + writes + sweep;
+  const postgres = withPostgres ? o.rounds * POSTGRES_TARGETS.length * modes : 0;
+  return get + rate + writes + sweep + postgres;
 }
 
 async function bench(o: Options, supervisor: Supervisor, workDir: string, signal: AbortSignal): Promise<void> {
@@ -341,15 +388,29 @@ async function bench(o: Options, supervisor: Supervisor, workDir: string, signal
   log('Starting the gateway (with tracing and without), the three services, the bare proxy' + (o.smoke ? '' : ' and nginx') + '...');
   const database = o.databaseUrl ? { url: o.databaseUrl, schemaTag: benchSchemaTag } : undefined;
   if (database) log(`The services keep their data in PostgreSQL (BENCH_DATABASE_URL), schemas ${database.schemaTag}_*.`);
+  if (database) schemaUrls.add(database.url);
+  // Asked before anything starts, so that the plan and the time estimate count its rounds.
+  const probe = !database && o.postgresUrl ? await probePostgres(o.postgresUrl) : undefined;
+  let postgres: PostgresSection | undefined;
+  if (!database) {
+    const server = o.postgresUrl ? serverOf(o.postgresUrl) : undefined;
+    postgres = !probe ? { status: 'off' }
+      : probe.ok ? { status: 'measured', server, detail: probe.version, schemaTag: benchSchemaTag }
+      : { status: 'unreachable', server, detail: probe.reason };
+  }
   const system = await startSystem(supervisor, { workDir, withNginx: !o.smoke, gatewayEntry: o.gatewayEntry, withUntraced: true, database });
   const gateway = system.get('gateway')!;
   const products = system.get('products')!;
   const pin = pinning(system, supervisor, machine.cores);
   const modes: Mode[] = pin.available ? ['pinned', 'unpinned'] : ['unpinned'];
   const targets: Target[] = ['direct', 'gateway', 'untraced', 'bare', ...(system.get('nginx') ? (['nginx'] as const) : [])];
-  const planned = plannedRoundCount(o, targets.length, modes.length);
-  const estimateS = planned * (o.durationS + (o.smoke ? SMOKE_PAUSE_MS : PAUSE_MS) / 1000 + 0.2) + (targets.length + 3) * o.warmupS + 5;
+  const withPostgres = postgres?.status === 'measured';
+  const planned = plannedRoundCount(o, targets.length, modes.length, withPostgres);
+  const estimateS = planned * (o.durationS + (o.smoke ? SMOKE_PAUSE_MS : PAUSE_MS) / 1000 + 0.2) + (targets.length + 3) * o.warmupS + 5
+    + (withPostgres ? POSTGRES_TARGETS.length * o.warmupS + RESTART_S : 0);
   log(`Pinning: ${pin.note}. nginx: ${system.nginxNote}.`);
+  if (postgres?.status === 'measured') log(`PostgreSQL ${postgres.detail} answers at ${postgres.server} (BENCH_POSTGRES_URL): its GET rounds come last, schemas ${benchSchemaTag}_*.`);
+  if (postgres?.status === 'unreachable') log(`PostgreSQL did not answer at ${postgres.server} (${postgres.detail}): no PostgreSQL rows (BENCH_POSTGRES_URL).`);
   log(`${planned} rounds of ${o.durationS} s (BENCH_DURATION_S), ${o.rounds} of each (BENCH_ROUNDS): about ${Math.ceil(estimateS / 10) * 10} s.`);
   log();
 
@@ -437,8 +498,8 @@ async function bench(o: Options, supervisor: Supervisor, workDir: string, signal
   }
   const rssSamples = rss.stop();
 
-  const rounds = runner.rounds;
-  const rows = buildRows(rounds);
+  // Every figure but the PostgreSQL rows and their goal comes from the rounds so far.
+  const sqliteRounds = [...runner.rounds];
   const quarter = Math.max(1, Math.floor(rssSamples.length / 4));
   const memory: GatewayMemory = {
     samples: rssSamples.length,
@@ -447,8 +508,18 @@ async function bench(o: Options, supervisor: Supervisor, workDir: string, signal
     firstQuarterFloorMb: Math.min(...rssSamples.slice(0, quarter)),
     lastQuarterFloorMb: Math.min(...rssSamples.slice(-quarter)),
     peakMb: Math.max(...rssSamples),
-    gatewayRequests: rounds.filter((r) => r.target === 'gateway').reduce((a, r) => a + r.load.requests, 0),
+    gatewayRequests: sqliteRounds.filter((r) => r.target === 'gateway').reduce((a, r) => a + r.load.requests, 0),
   };
+
+  if (withPostgres) {
+    await postgresRounds({
+      o, supervisor, signal, url: o.postgresUrl!, workDir: join(workDir, 'postgres'), cores: machine.cores, sqlite: system,
+      runner: (pgSystem) => new Runner(pgSystem, planned, signal, clockTicks, o.smoke ? SMOKE_PAUSE_MS : PAUSE_MS, runner.rounds),
+    });
+  }
+
+  const rounds = runner.rounds;
+  const rows = buildRows(rounds);
   const finishedAt = new Date();
   const results: Results = {
     version: 1,
@@ -459,10 +530,11 @@ async function bench(o: Options, supervisor: Supervisor, workDir: string, signal
     machine,
     settings: { durationS: o.durationS, rounds: o.rounds, warmupS: o.warmupS, clockTicksPerSecond: clockTicks, pinning: pin.note, nginx: system.nginxNote, storage: database ? 'PostgreSQL' : 'SQLite' },
     ...(fixedRate ? { fixedRate } : {}),
+    ...(postgres ? { postgres } : {}),
     memory,
     keepAlive,
     rows,
-    goals: buildGoals({ rows, rounds, cpuMode: modes[0], memory, keepAlive, fixedRate, soak: latestSoak() }),
+    goals: buildGoals({ rows, rounds: sqliteRounds, cpuMode: modes[0], memory, keepAlive, fixedRate, soak: latestSoak(), postgres }),
     invalidRounds: rounds.filter((r) => !r.valid).map((r) => ({ index: r.index, scenario: r.scenario, target: r.target, mode: r.mode, round: r.round, reason: r.invalidReason ?? '' })),
     stolenRounds: rounds.filter((r) => r.stolen).map((r) => r.index),
     disturbedRounds: rounds.filter((r) => r.disturbed).map((r) => r.index),
@@ -473,6 +545,8 @@ async function bench(o: Options, supervisor: Supervisor, workDir: string, signal
   if (!o.smoke && !system.get('nginx')) {
     body.push(['GET product', 'nginx', '-', String(GET_CONNECTIONS), system.nginxNote, ...Array<string>(TABLE_HEADER.length - 5).fill('-')]);
   }
+  const missing = postgresMissingRow(postgres, GET_CONNECTIONS);
+  if (missing) body.push(missing);
   log();
   log(textTable(TABLE_HEADER, body));
   log();
@@ -486,6 +560,55 @@ async function bench(o: Options, supervisor: Supervisor, workDir: string, signal
   writeFileSync(join(outDir, 'results.json'), `${JSON.stringify(results, null, 2)}\n`);
   writeFileSync(join(outDir, 'RESULTS.md'), markdownReport(results, body));
   log(`Wrote ${join(outDir, 'results.json')} and ${join(outDir, 'RESULTS.md')}.`);
+}
+
+interface PostgresRoundsSpec {
+  o: Options;
+  supervisor: Supervisor;
+  signal: AbortSignal;
+  url: string;
+  workDir: string;
+  cores: number;
+  /** The system on SQLite, stopped first. */
+  sqlite: BenchSystem;
+  runner: (system: BenchSystem) => Runner;
+}
+
+/**
+ * The saturation GET rounds, direct and through the gateway, with the services on PostgreSQL. The
+ * system on SQLite stops first: on 2 cores its idle processes' timers and garbage collections
+ * would land in these rounds' CPU figures.
+ */
+async function postgresRounds({ o, supervisor, signal, url, workDir, cores, sqlite, runner: makeRunner }: PostgresRoundsSpec): Promise<void> {
+  log();
+  log(`Restarting the system with the services on PostgreSQL (${serverOf(url)}, schemas ${benchSchemaTag}_*)...`);
+  await Promise.all(sqlite.processes.map((p) => p.stop()));
+  schemaUrls.add(url);
+  const system = await startSystem(supervisor, { workDir, withNginx: false, gatewayEntry: o.gatewayEntry, database: { url, schemaTag: benchSchemaTag } });
+  const gatewayUrl = system.get('gateway')!.url;
+  const urls: Record<(typeof POSTGRES_TARGETS)[number], string> = {
+    direct: `${system.get('products')!.url}/products/1`,
+    gateway: `${gatewayUrl}/api/products/1`,
+  };
+  // The user service on PostgreSQL signs with keys of its own: the first system's token is not valid here.
+  const headers: Record<string, string> = o.token ? { authorization: `Bearer ${await demoAdminToken(gatewayUrl)}` } : {};
+  const spec = (target: (typeof POSTGRES_TARGETS)[number]): LoadSpec => ({ url: urls[target], connections: GET_CONNECTIONS, durationS: o.durationS, headers });
+  await preflightRead(urls.gateway);
+  const pin = pinning(system, supervisor, cores);
+  const modes: Mode[] = pin.available ? ['pinned', 'unpinned'] : ['unpinned'];
+  log('Warming up...');
+  for (const t of POSTGRES_TARGETS) await closedLoop({ ...spec(t), durationS: o.warmupS }, signal);
+  if (signal.aborted) throw new Error('interrupted');
+  const runner = makeRunner(system);
+  for (const mode of modes) {
+    pin.apply(mode);
+    for (let round = 1; round <= o.rounds; round++) {
+      for (const target of POSTGRES_TARGETS) {
+        await runner.run({ scenario: 'get-postgres', target, mode, round, spec: spec(target), expectStatus: '200' });
+      }
+    }
+  }
+  pin.apply('unpinned');
 }
 
 /** The verdict of the last `npm run bench:soak`, when one is on record in bench/soak.json. */
@@ -544,7 +667,7 @@ async function main(): Promise<void> {
     abort.abort();
     await supervisor.stopAll();
     rmSync(workDir, { recursive: true, force: true });
-    if (options.databaseUrl) await dropBenchSchemas(options.databaseUrl);
+    for (const url of schemaUrls) await dropBenchSchemas(url);
   })());
   // Last resort when something exits the process early: nothing may outlive the benchmark.
   process.on('exit', () => {
@@ -574,7 +697,7 @@ async function main(): Promise<void> {
   }
 }
 
-/** The run's PostgreSQL schemas (BENCH_DATABASE_URL) go with it. */
+/** The run's PostgreSQL schemas (BENCH_DATABASE_URL, BENCH_POSTGRES_URL) go with it. */
 async function dropBenchSchemas(url: string): Promise<void> {
   const client = new pg.Client({ connectionString: url });
   try {

@@ -45,6 +45,7 @@ describe('config', () => {
       ADMIN_TOKEN: z.string().min(16),
       COLLECTOR_URL: z.string().regex(/^https?:\/\/\S+$/).optional(),
       DATABASE_URL: z.string().regex(/^postgres:\/\/\S+$/).optional(),
+      BENCH_POSTGRES_URL: z.string().regex(/^postgres:\/\/\S+$/).optional(),
     });
     assert.throws(() => parseConfig(secrets, { ADMIN_TOKEN: 'short-secret' }), (err: Error) => err.message.startsWith('ADMIN_TOKEN: ') && !err.message.includes('short-secret'));
     assert.throws(() => parseConfig(secrets, { ADMIN_TOKEN: 'x'.repeat(16), COLLECTOR_URL: 'ftp://app:hunter2@db/x' }),
@@ -52,6 +53,8 @@ describe('config', () => {
     // libpq's key=value form has no URL shape to mask: the database URL is never shown.
     assert.throws(() => parseConfig(secrets, { ADMIN_TOKEN: 'x'.repeat(16), DATABASE_URL: 'host=db password=hunter2' }),
       (err: Error) => err.message.startsWith('DATABASE_URL: ') && !err.message.includes('hunter2'));
+    assert.throws(() => parseConfig(secrets, { ADMIN_TOKEN: 'x'.repeat(16), BENCH_POSTGRES_URL: 'host=db password=hunter2' }),
+      (err: Error) => err.message.startsWith('BENCH_POSTGRES_URL: ') && !err.message.includes('hunter2'));
   });
 });
 

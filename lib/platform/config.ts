@@ -139,9 +139,10 @@ export function databaseOptions(config: z.output<z.ZodObject<typeof serviceShape
 export class ConfigError extends Error {}
 
 // The one line a bad value prints goes to terminals and log collectors: never a secret, and never
-// the password of a URL (postgres://user:pw@host); the database and Redis URLs not at all, since
-// their passwords also come in forms no pattern catches (libpq's key=value, spaces).
-const SECRET_KEY = /TOKEN|PASSWORD|SECRET|PRIVATE_KEY|DATABASE_URL|REDIS_URL/;
+// the password of a URL (postgres://user:pw@host); the database URLs (*DATABASE_URL, and
+// *POSTGRES_URL as the benchmark names one) and Redis URLs not at all, since their passwords also
+// come in forms no pattern catches (libpq's key=value, spaces).
+const SECRET_KEY = /TOKEN|PASSWORD|SECRET|PRIVATE_KEY|DATABASE_URL|POSTGRES_URL|REDIS_URL/;
 const URL_CREDENTIALS = /([a-z][a-z0-9+.-]*:\/\/)[^@/\s,]*@/gi;
 
 /**

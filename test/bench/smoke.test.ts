@@ -7,11 +7,26 @@ import { once } from 'node:events';
 import { existsSync, readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import pg from 'pg';
 import { LatencyHistogram } from '../../bench/histogram.js';
 import { buildRows, type Results } from '../../bench/report.js';
 import { tempDir } from '../helpers.js';
 
 const ROOT = fileURLToPath(new URL('../..', import.meta.url));
+/** Where the smoke run measures its PostgreSQL rows: CI has PostgreSQL here. */
+const POSTGRES_URL = process.env.BENCH_POSTGRES_URL || 'postgres://postgres@127.0.0.1:5432/postgres';
+
+/** The schemas in PostgreSQL whose names begin with `prefix`. */
+async function schemasStartingWith(prefix: string): Promise<string[]> {
+  const client = new pg.Client({ connectionString: POSTGRES_URL });
+  await client.connect();
+  try {
+    const { rows } = await client.query<{ name: string }>('SELECT schema_name AS name FROM information_schema.schemata WHERE starts_with(schema_name, $1)', [prefix]);
+    return rows.map((r) => r.name);
+  } finally {
+    await client.end();
+  }
+}
 
 describe('latency histogram', () => {
   test('when values are below 2 ms, then percentiles are exact to the microsecond', () => {
@@ -51,10 +66,11 @@ describe('npm run bench -- --smoke', () => {
   const out = tempDir('msvc-bench-smoke-test-');
   after(() => out.remove());
 
-  test('when run, then it prints the table and goals and writes results.json with every row', { timeout: 90_000 }, async () => {
+  test('when run, then it prints the table and goals and writes results.json with every row, the PostgreSQL ones last', { timeout: 90_000 }, async () => {
     const published = join(ROOT, 'bench', 'results.json');
     const publishedAt = existsSync(published) ? statSync(published).mtimeMs : undefined;
-    const stdout = await runBench('--smoke', { BENCH_OUT_DIR: out.dir });
+    // The default run on SQLite, which ends with the PostgreSQL rows.
+    const stdout = await runBench('--smoke', { BENCH_OUT_DIR: out.dir, BENCH_DATABASE_URL: '', BENCH_POSTGRES_URL: POSTGRES_URL });
 
     assert.match(stdout, /^scenario\s+via\s+mode\s+conns\s+ok\/rounds\s+req\/s\s+p50 ms\s+p99 ms/m);
     assert.match(stdout, /Goals:/);
@@ -69,13 +85,27 @@ describe('npm run bench -- --smoke', () => {
     assert.ok(has('orders', 'gateway'), 'orders row');
     assert.ok(has('dashboard', 'gateway'), 'dashboard row');
     assert.deepEqual(results.invalidRounds, [], 'every round answered with the expected status');
-    assert.equal(results.goals.length, 7);
+    assert.ok(has('get-postgres', 'direct') && has('get-postgres', 'gateway'), 'PostgreSQL rows');
+    assert.equal(results.postgres?.status, 'measured', `PostgreSQL at ${POSTGRES_URL}: ${results.postgres?.detail}`);
+    assert.match(stdout, /(PASS|MISS)\s+gateway CPU per proxied GET \/ product service CPU per request, products on PostgreSQL: \d/);
+    // The run's schemas go with it.
+    assert.match(results.postgres.schemaTag ?? '', /^bench_\d+$/);
+    assert.deepEqual(await schemasStartingWith(`${results.postgres.schemaTag}_`), []);
+    // The PostgreSQL rounds come last and stay out of the figures of the run on SQLite.
+    const firstPostgres = results.rounds.findIndex((r) => r.scenario === 'get-postgres');
+    assert.ok(results.rounds.slice(firstPostgres).every((r) => r.scenario === 'get-postgres'));
+    const sqliteGatewayRequests = results.rounds.filter((r) => r.target === 'gateway' && r.scenario !== 'get-postgres').reduce((a, r) => a + r.load.requests, 0);
+    assert.equal(results.memory.gatewayRequests, sqliteGatewayRequests);
+    assert.equal(results.goals.length, 8);
     assert.match(stdout, /(PASS|MISS)\s+tracing's cost/);
     assert.match(stdout, /(PASS|MISS|n\/a)\s+gateway memory stays flat over a million requests/);
     for (const row of results.rows.filter((r) => r.target !== 'direct')) assert.ok(row.cpuUs.front!.median > 0, `${row.scenario} ${row.target} front CPU`);
     // The rows written are the rows the rounds give: nothing is computed only at print time.
     assert.deepEqual(JSON.parse(JSON.stringify(buildRows(results.rounds))), results.rows);
-    assert.match(readFileSync(join(out.dir, 'RESULTS.md'), 'utf8'), /^# Benchmark results\n/);
+    const markdown = readFileSync(join(out.dir, 'RESULTS.md'), 'utf8');
+    assert.match(markdown, /^# Benchmark results\n/);
+    assert.match(markdown, /^\| GET product, products on PostgreSQL \| gateway \| (pinned|unpinned) \|/m);
+    assert.match(markdown, /^- \*\*(PASS|MISS)\*\* gateway CPU per proxied GET \/ product service CPU per request, products on PostgreSQL: /m);
     // A smoke run never overwrites the published figures.
     assert.equal(existsSync(published) ? statSync(published).mtimeMs : undefined, publishedAt);
   });
