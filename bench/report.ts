@@ -446,6 +446,9 @@ export function notes(r: Results): string[] {
   if (r.stolenRounds.length) lines.push(`The hypervisor stole CPU (> 1 %) during rounds ${r.stolenRounds.map((i) => `#${i}`).join(', ')}: their figures are less steady.`);
   if (r.disturbedRounds.length) {
     lines.push(`Other processes used over 5 % of the machine during ${r.disturbedRounds.length} of ${r.rounds.length} rounds (${r.disturbedRounds.map((i) => `#${i}`).join(', ')}): their figures are less steady.`);
+    // The server's processes are not ours to count, so its work shows up as someone else's.
+    const onPostgres = (i: number) => r.settings.storage === 'PostgreSQL' || r.rounds[i - 1]?.scenario === 'get-postgres';
+    if (r.disturbedRounds.some(onPostgres)) lines.push('In rounds with the services on PostgreSQL, the database server\'s own processes count among those others.');
   }
   lines.push(`Elapsed: ${r.elapsedS.toFixed(0)} s.`);
   return lines;
