@@ -457,14 +457,7 @@ async function bench(o: Options, supervisor: Supervisor, workDir: string, signal
   const runner = new Runner(system, planned, signal, clockTicks, o.smoke ? SMOKE_PAUSE_MS : PAUSE_MS);
   const rss = sampleRss(system.get('gateway')!.mainPid);
 
-  for (const mode of modes) {
-    pin.apply(mode);
-    for (let round = 1; round <= o.rounds; round++) {
-      for (const target of targets) {
-        await runner.run({ scenario: 'get', target, mode, round, spec: getSpec(target), expectStatus: '200' });
-      }
-    }
-  }
+  await saturationRounds({ runner, pin, modes, rounds: o.rounds, scenario: 'get', targets, spec: (t) => getSpec(t) });
 
   // The rest runs unpinned, as a user runs it: pinned, six processes share one core and every
   // garbage collection of one delays the others, which makes latency tails measure the sharing.
@@ -599,16 +592,28 @@ async function postgresRounds({ o, supervisor, signal, url, workDir, cores, sqli
   log('Warming up...');
   for (const t of POSTGRES_TARGETS) await closedLoop({ ...spec(t), durationS: o.warmupS }, signal);
   if (signal.aborted) throw new Error('interrupted');
-  const runner = makeRunner(system);
+  await saturationRounds({ runner: makeRunner(system), pin, modes, rounds: o.rounds, scenario: 'get-postgres', targets: POSTGRES_TARGETS, spec });
+  pin.apply('unpinned');
+}
+
+interface SaturationRoundsSpec<T extends Target> {
+  runner: Runner;
+  pin: Pinning;
+  modes: readonly Mode[];
+  rounds: number;
+  scenario: Scenario;
+  targets: readonly T[];
+  spec: (target: T) => LoadSpec;
+}
+
+/** The saturation GET rounds: in each pinning mode, `rounds` passes over the targets in turn. */
+async function saturationRounds<T extends Target>({ runner, pin, modes, rounds, scenario, targets, spec }: SaturationRoundsSpec<T>): Promise<void> {
   for (const mode of modes) {
     pin.apply(mode);
-    for (let round = 1; round <= o.rounds; round++) {
-      for (const target of POSTGRES_TARGETS) {
-        await runner.run({ scenario: 'get-postgres', target, mode, round, spec: spec(target), expectStatus: '200' });
-      }
+    for (let round = 1; round <= rounds; round++) {
+      for (const target of targets) await runner.run({ scenario, target, mode, round, spec: spec(target), expectStatus: '200' });
     }
   }
-  pin.apply('unpinned');
 }
 
 /** The verdict of the last `npm run bench:soak`, when one is on record in bench/soak.json. */
