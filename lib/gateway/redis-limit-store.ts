@@ -117,6 +117,8 @@ export function createRedisLimitStore({ url, prefix, commandTimeoutMs, connectTi
   };
 
   const isTimeout = (err: unknown): boolean => (err as Error).message === 'Command timed out';
+  // Redis answered, with an error (a key of the wrong type under our prefix, say): it is reachable.
+  const isReply = (err: unknown): boolean => err instanceof (ReplyError as new () => Error);
   /** Drops a connection whose replies can no longer be matched to their commands. */
   const dropStalled = (): void => {
     // Several commands may time out on one connection: it counts once.
@@ -127,22 +129,15 @@ export function createRedisLimitStore({ url, prefix, commandTimeoutMs, connectTi
 
   // The probe is not a request: it is not counted as a failure, and no request waits for it.
   const probe = (): void => {
-    client.gatewayHit(`${prefix}probe`, 1000).then(
-      () => {
-        unansweredConnections = 0;
-        up();
-      },
-      (err: unknown) => {
-        // An error reply still proves Redis answers.
-        if (err instanceof (ReplyError as new () => Error)) {
-          unansweredConnections = 0;
-          up();
-          return;
-        }
-        degraded(err);
-        if (isTimeout(err)) dropStalled();
-      },
-    );
+    const answered = (): void => {
+      unansweredConnections = 0;
+      up();
+    };
+    client.gatewayHit(`${prefix}probe`, 1000).then(answered, (err: unknown) => {
+      if (isReply(err)) return answered();
+      degraded(err);
+      if (isTimeout(err)) dropStalled();
+    });
   };
 
   client.on('ready', probe);
@@ -163,9 +158,8 @@ export function createRedisLimitStore({ url, prefix, commandTimeoutMs, connectTi
         return { hits, resetMs: Date.now() + ttl };
       } catch (err) {
         metrics.rateLimitStoreFailure();
-        // Redis answered with an error (a key of the wrong type under our prefix, say): this
-        // request falls back, but the store is reachable and stays in use.
-        if (err instanceof (ReplyError as new () => Error)) throw err;
+        // This request falls back, but the store stays in use.
+        if (isReply(err)) throw err;
         degraded(err);
         if (isTimeout(err)) dropStalled();
         throw err;
