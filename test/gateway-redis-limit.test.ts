@@ -7,10 +7,15 @@ import { Redis } from 'ioredis';
 import { http, type TestResponse } from './helpers.js';
 import { deadUrl, eventually, startFakeUpstream, startGateway, type FakeUpstream, type StartedGateway } from './gateway-helpers.js';
 import { startFaultProxy, type FaultProxy } from './support/fault-proxy.js';
+import { skipUnless, TEST_REDIS_URL } from './support/services.js';
 
-const REDIS = 'redis://127.0.0.1:6379';
+const REDIS = TEST_REDIS_URL;
+/** REDIS's address, for a fault proxy in front of it. */
+const REDIS_TARGET = `http://${new URL(REDIS).host}`;
+/** REDIS through a proxy on `port`: the same database and credentials. */
+const through = (port: number) => Object.assign(new URL(REDIS), { hostname: '127.0.0.1', port: String(port) }).href;
 
-describe('rate limits shared in Redis', () => {
+describe('rate limits shared in Redis', { skip: skipUnless('redis') }, () => {
   // Every key this file makes starts with this; they are deleted at the end (never the others').
   const root = `test:gw-rl:${randomUUID()}:`;
   let redis: Redis;
@@ -147,13 +152,13 @@ describe('rate limits shared in Redis', () => {
   describe('when Redis cannot be reached', () => {
     let proxy: FaultProxy;
     before(async () => {
-      proxy = await startFaultProxy('http://127.0.0.1:6379');
+      proxy = await startFaultProxy(REDIS_TARGET);
       closers.push(() => proxy.close());
     });
 
     test('then requests are still served on the local limit, /health and the gauge say degraded, one warn line, and shared counting resumes when it is back', async () => {
       const prefix = newPrefix();
-      const gw = await gatewayWith({ REDIS_URL: `redis://127.0.0.1:${proxy.port}`, RATE_LIMIT_REDIS_PREFIX: prefix, RATE_LIMIT: '20' });
+      const gw = await gatewayWith({ REDIS_URL: through(proxy.port), RATE_LIMIT_REDIS_PREFIX: prefix, RATE_LIMIT: '20' });
       // A second gateway straight to Redis: the shared count is visible through it.
       const direct = await gatewayWith({ REDIS_URL: REDIS, RATE_LIMIT_REDIS_PREFIX: prefix, RATE_LIMIT: '20' });
       await untilStoreIs(gw, 'up');
@@ -206,7 +211,7 @@ describe('rate limits shared in Redis', () => {
     test('with RATE_LIMIT_STORE_FAILURE=deny, then requests get 503 RATE_LIMIT_UNAVAILABLE until it is back', async () => {
       proxy.fault = { kind: 'pass' };
       await proxy.start();
-      const gw = await gatewayWith({ REDIS_URL: `redis://127.0.0.1:${proxy.port}`, RATE_LIMIT_REDIS_PREFIX: newPrefix(), RATE_LIMIT_STORE_FAILURE: 'deny' });
+      const gw = await gatewayWith({ REDIS_URL: through(proxy.port), RATE_LIMIT_REDIS_PREFIX: newPrefix(), RATE_LIMIT_STORE_FAILURE: 'deny' });
       await untilStoreIs(gw, 'up');
       assert.equal((await http(gw.url, 'GET', '/api/products/1')).status, 200);
 
@@ -226,7 +231,7 @@ describe('rate limits shared in Redis', () => {
     test('when Redis stops answering on a live connection, then the command timeout lets the request through on the local limit', async () => {
       proxy.fault = { kind: 'pass' };
       await proxy.start();
-      const gw = await gatewayWith({ REDIS_URL: `redis://127.0.0.1:${proxy.port}`, RATE_LIMIT_REDIS_PREFIX: newPrefix(), REDIS_COMMAND_TIMEOUT_MS: '100' });
+      const gw = await gatewayWith({ REDIS_URL: through(proxy.port), RATE_LIMIT_REDIS_PREFIX: newPrefix(), REDIS_COMMAND_TIMEOUT_MS: '100' });
       await untilStoreIs(gw, 'up');
       proxy.fault = { kind: 'blackhole' };
       const started = Date.now();
@@ -242,7 +247,7 @@ describe('rate limits shared in Redis', () => {
     test('when Redis answers each new connection\'s handshake but not the limit script, then only the first request waits for it: reconnects are probed off the request path and the store stays degraded until the script is answered', async () => {
       proxy.fault = { kind: 'pass' };
       await proxy.start();
-      const gw = await gatewayWith({ REDIS_URL: `redis://127.0.0.1:${proxy.port}`, RATE_LIMIT_REDIS_PREFIX: newPrefix(), REDIS_COMMAND_TIMEOUT_MS: '100', RATE_LIMIT: '100000' });
+      const gw = await gatewayWith({ REDIS_URL: through(proxy.port), RATE_LIMIT_REDIS_PREFIX: newPrefix(), REDIS_COMMAND_TIMEOUT_MS: '100', RATE_LIMIT: '100000' });
       await untilStoreIs(gw, 'up');
       // The script's commands (EVAL, EVALSHA) wait a second; the handshake (INFO) passes at once.
       proxy.fault = { kind: 'latency', ms: 1_000, matching: 'eval' };

@@ -12,6 +12,7 @@ import { createOrderStore } from '../lib/orders/store.js';
 import { assertNoLeak, http, tempDir, type TestResponse } from './helpers.js';
 import { createProduct, createUser, startServices, stockOf, type System } from './system.js';
 import { ENGINES, testStorage } from './support/engines.js';
+import { skipUnless } from './support/services.js';
 
 // Short, so a timed-out reserve is old enough for the release worker after 2 x 300 ms.
 const FAST_ENV = { UPSTREAM_TIMEOUT_MS: '300', RELEASE_RETRY_MS: '50' };
@@ -243,7 +244,7 @@ describe('slow product service', () => {
 });
 
 for (const engine of ENGINES) {
-  describe(`release claims (${engine})`, () => {
+  describe(`release claims (${engine})`, { skip: skipUnless(engine) }, () => {
     const storage = testStorage(engine);
     after(() => storage.remove());
 

@@ -19,6 +19,7 @@ import { createProductsClient } from '../lib/products/client.js';
 import { assertNoLeak, http, memoryLogger, startApp, tempDir, type TestResponse } from './helpers.js';
 import { spawnService } from './process.js';
 import { databaseRelay, TEST_DATABASE_URL, testStorage, type DatabaseOutage, type TestStorage } from './support/engines.js';
+import { skipUnless } from './support/services.js';
 import { createProduct, createUser, startServices, stockOf, type System } from './system.js';
 
 interface OrderInstance {
@@ -92,7 +93,7 @@ const call = async (base: string, method: string, path: string, body?: unknown, 
   return r;
 };
 
-describe('orders on PostgreSQL, two instances on one schema', () => {
+describe('orders on PostgreSQL, two instances on one schema', { skip: skipUnless('postgres') }, () => {
   let sys: System;
   let storage: TestStorage;
   let proxy: CountingProxy;
@@ -332,7 +333,7 @@ describe('orders on PostgreSQL, two instances on one schema', () => {
   });
 });
 
-describe('orders on PostgreSQL while the database is unreachable', () => {
+describe('orders on PostgreSQL while the database is unreachable', { skip: skipUnless('postgres') }, () => {
   let sys: System;
   let storage: TestStorage;
   let relay: DatabaseOutage;
@@ -374,7 +375,7 @@ describe('orders on PostgreSQL while the database is unreachable', () => {
   });
 });
 
-describe('keyed creates on PostgreSQL, at the moment the first one commits', () => {
+describe('keyed creates on PostgreSQL, at the moment the first one commits', { skip: skipUnless('postgres') }, () => {
   test('when a create commits its key while another begins, then the other finds the order, not a free key', async () => {
     const storage = testStorage('postgres');
     const options = storage.options('orders');

@@ -9,6 +9,7 @@ import { openProductDatabase } from '../lib/products/db.js';
 import { MAX_STOCK } from '../lib/products/schema.js';
 import { http, startCheckedService, type CheckedService, type TestResponse } from './helpers.js';
 import { databaseRelay, testStorage, type TestStorage } from './support/engines.js';
+import { skipUnless } from './support/services.js';
 
 const start = (storage: Pick<TestStorage, 'options' | 'remove'>, seed = false): Promise<CheckedService> =>
   startCheckedService('product-service', openProductDatabase, createProductApp, seed, storage);
@@ -19,7 +20,7 @@ const item = (productId: number, quantity = 1) => ({ productId, quantity });
 const codes = (rs: TestResponse[]) => rs.map((r) => (r.status >= 400 ? `${r.status} ${r.body.code}` : String(r.status)));
 const count = (rs: TestResponse[], what: string) => codes(rs).filter((c) => c === what).length;
 
-describe('products: two instances on one PostgreSQL schema', () => {
+describe('products: two instances on one PostgreSQL schema', { skip: skipUnless('postgres') }, () => {
   const storage = testStorage('postgres');
   let a: CheckedService;
   let b: CheckedService;
@@ -159,7 +160,7 @@ describe('products: two instances on one PostgreSQL schema', () => {
   });
 });
 
-describe('products while PostgreSQL is unreachable', () => {
+describe('products while PostgreSQL is unreachable', { skip: skipUnless('postgres') }, () => {
   const storage = testStorage('postgres');
   after(() => storage.remove());
 

@@ -8,6 +8,7 @@ import { openProductDatabase } from '../lib/products/db.js';
 import { demoOrders, demoProducts } from '../lib/demo/data.js';
 import { startCheckedService, type CheckedService, type TestResponse } from './helpers.js';
 import { ENGINES, testStorage, type EngineName, type TestStorage } from './support/engines.js';
+import { skipUnless } from './support/services.js';
 
 type Service = CheckedService;
 
@@ -44,7 +45,7 @@ const rid = (prefix = 'r') => `${prefix}-${process.pid}-${++seq}`;
 const ids = (r: TestResponse) => r.body.data.map((p: { id: number }) => p.id);
 
 // Every route on both engines: the same answers, byte for byte.
-for (const engine of ENGINES) describe(`products on ${engine}`, () => {
+for (const engine of ENGINES) describe(`products on ${engine}`, { skip: skipUnless(engine) }, () => {
   let svc: Service;
   before(async () => {
     svc = await startProductService(engine);

@@ -47,10 +47,14 @@ const guess = (file) => times[file] ?? (startsProcesses(file) ? Infinity : Numbe
 const queue = [...files].sort((a, b) => guess(b) - guess(a) || a.localeCompare(b));
 const totals = { tests: 0, suites: 0, pass: 0, fail: 0, cancelled: 0, skipped: 0, todo: 0 };
 const failures = [];
+// `{ what: 'file › suite', reason }` of each suite or test skipped (a missing PostgreSQL, Redis or Chromium:
+// test/support/services.ts), repeated after the totals so that a skip is never missed.
+const skips = [];
 const problems = [];
 const started = performance.now();
 
 const FILE_END = /^([✔✖]) (\S+\.test\.ts) \(([\d.]+)ms\)/;
+const SKIPPED = /^\s+﹣ (.+) \([\d.]+ms\) # (.+)$/u;
 const SUMMARY = /^ℹ (tests|suites|pass|fail|cancelled|skipped|todo) (\d+)$/;
 const ANSI = /\x1b\[[0-9;]*m/g;
 
@@ -79,7 +83,8 @@ function startWorker() {
     }
     const summary = SUMMARY.exec(line);
     if (summary) {
-      totals[summary[1]] += Number(summary[2]);
+      // node counts a skipped test but not a skipped suite: `skipped` is counted from the lines below.
+      if (summary[1] !== 'skipped') totals[summary[1]] += Number(summary[2]);
       worker.summary = true;
       return;
     }
@@ -89,6 +94,7 @@ function startWorker() {
     if (end) {
       // A file's lines are printed together, never mixed with another worker's.
       process.stdout.write(`${worker.block.map(paintLine).join('\n')}\n`);
+      for (const skipped of worker.block.map((l) => SKIPPED.exec(l)).filter(Boolean)) skips.push({ what: `${end[2]} › ${skipped[1]}`, reason: skipped[2] });
       worker.block = [];
       times[end[2]] = Math.round(Number(end[3]));
     }
@@ -153,8 +159,12 @@ try {
   // only a hint for the next run's order
 }
 
+totals.skipped = skips.length;
 console.log(Object.entries(totals).map(([k, v]) => paintLine(`ℹ ${k} ${v}`)).join('\n'));
 console.log(paintLine(`ℹ duration_ms ${Math.round(performance.now() - started)} (${workerCount} workers)`));
+const skipsByReason = new Map();
+for (const s of skips.sort((a, b) => a.what.localeCompare(b.what))) skipsByReason.set(s.reason, [...(skipsByReason.get(s.reason) ?? []), s]);
+for (const [reason, list] of skipsByReason) console.log(`\n${paint(90, '﹣')} skipped: ${reason}\n${list.map((s) => `    ${s.what}`).join('\n')}`);
 for (const f of failures) console.log(`\n${paint(31, '✖ failing tests:')}\n\n${f}`);
 for (const p of problems) console.error(`\n${paint(31, '✖')} ${p}`);
 

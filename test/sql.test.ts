@@ -7,6 +7,7 @@ import { HttpError } from '../lib/platform/errors.js';
 import { isUniqueViolation, openSqlDatabase, seedOnce, type Migrations, type SqlDatabase } from '../lib/platform/sql.js';
 import pg from 'pg';
 import { databaseRelay, ENGINES, TEST_DATABASE_URL, testStorage } from './support/engines.js';
+import { skipUnless } from './support/services.js';
 
 const MIGRATIONS: Migrations = {
   // No IF NOT EXISTS: a step run twice fails the open.
@@ -15,7 +16,7 @@ const MIGRATIONS: Migrations = {
 };
 
 for (const engine of ENGINES) {
-  describe(`sql on ${engine}`, () => {
+  describe(`sql on ${engine}`, { skip: skipUnless(engine) }, () => {
     const storage = testStorage(engine);
     const opened: SqlDatabase[] = [];
     const open = async (migrations = MIGRATIONS) => {
@@ -77,7 +78,7 @@ for (const engine of ENGINES) {
   });
 }
 
-describe('sql on postgres, while the database is unreachable', () => {
+describe('sql on postgres, while the database is unreachable', { skip: skipUnless('postgres') }, () => {
   const storage = testStorage('postgres');
   after(() => storage.remove());
 
@@ -101,7 +102,7 @@ describe('sql on postgres, while the database is unreachable', () => {
   });
 });
 
-describe('sql on postgres, refusals and rights', () => {
+describe('sql on postgres, refusals and rights', { skip: skipUnless('postgres') }, () => {
   const storage = testStorage('postgres');
   after(() => storage.remove());
 

@@ -14,6 +14,7 @@ import { ConfigError, parseConfig } from '../lib/platform/config.js';
 import { openUserDatabase, setDemoPasswords } from '../lib/users/db.js';
 import { http, memoryLogger, startApp, tempDir, type Started } from './helpers.js';
 import { ENGINES, testStorage } from './support/engines.js';
+import { skipUnless } from './support/services.js';
 
 describe('user service logins', () => {
   const dir = tempDir();
@@ -134,7 +135,7 @@ describe('signing key and demo passwords', () => {
 });
 
 for (const engine of ENGINES) {
-  describe(`failed-login limit on ${engine}`, () => {
+  describe(`failed-login limit on ${engine}`, { skip: skipUnless(engine) }, () => {
     test('when the window ends, then the count starts again; the emails kept are bounded and the oldest windows go first', async () => {
       const storage = testStorage(engine);
       const db = await openUserDatabase(storage.options('user-service'));

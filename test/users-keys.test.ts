@@ -18,6 +18,7 @@ import { startGateway, type StartedGateway } from './gateway-helpers.js';
 import { http, memoryLogger, startApp } from './helpers.js';
 import { spawnService, TS_LOADER } from './process.js';
 import { databaseRelay, TEST_DATABASE_URL, testStorage } from './support/engines.js';
+import { skipUnless } from './support/services.js';
 
 interface Instance {
   url: string;
@@ -47,6 +48,7 @@ async function startInstance(options: ServiceDatabaseOptions, { refreshMs = 50, 
   };
 }
 
+const skip = skipUnless('postgres');
 const storage = testStorage('postgres');
 const where = storage.options('user-service');
 let a: Instance;
@@ -76,20 +78,20 @@ async function until(what: string, check: () => Promise<boolean>, timeoutMs = 50
   }
 }
 
-before(async () => {
+if (!skip) before(async () => {
   // Both start at once on an empty schema: one of them makes the key, the other reads it.
   [a, b] = await Promise.all([startInstance(where), startInstance(where)]);
   const made = await http(a.url, 'POST', '/users', { body: { name: 'Key Holder', email: 'keys@example.com', password: PASSWORD } });
   assert.equal(made.status, 201);
   userId = made.body.id as number;
 });
-after(async () => {
+if (!skip) after(async () => {
   await a.close();
   await b.close();
   await storage.remove();
 });
 
-describe('signing keys in PostgreSQL', () => {
+describe('signing keys in PostgreSQL', { skip }, () => {
   test('when two instances start together on an empty schema, then one key is made and both publish only it, without its private part', async () => {
     assert.equal((await a.db.get<{ n: number }>('SELECT count(*) AS n FROM signing_keys'))!.n, 1);
     const [ka, kb] = [await jwksOf(a), await jwksOf(b)];
@@ -188,7 +190,7 @@ describe('signing keys in PostgreSQL', () => {
   });
 });
 
-describe('signing keys while PostgreSQL is unreachable', () => {
+describe('signing keys while PostgreSQL is unreachable', { skip }, () => {
   test('when the database goes away, then the JWKS still lists the keys read last and one warn line says so; logins are 503; when it is back, the keys are read again', async () => {
     const relay = await databaseRelay();
     const svc = await startInstance({ ...where, databaseUrl: relay.url });
@@ -213,7 +215,7 @@ describe('signing keys while PostgreSQL is unreachable', () => {
   });
 });
 
-describe('the processes', () => {
+describe('the processes', { skip }, () => {
   const ROTATE_KEY = fileURLToPath(new URL('../scripts/rotate-key.ts', import.meta.url));
   const env = { DATABASE_URL: TEST_DATABASE_URL, DATABASE_SCHEMA: where.schema!, JWT_KEY_REFRESH_MS: '100', SEED_DATA: 'false', LOG_LEVEL: 'info' };
 

@@ -9,6 +9,7 @@ import { createUserApp, defaultUserAuth } from '../lib/users/app.js';
 import { openUserDatabase } from '../lib/users/db.js';
 import { http, memoryLogger, startApp, type TestResponse } from './helpers.js';
 import { databaseRelay, testStorage, type DatabaseOutage } from './support/engines.js';
+import { skipUnless } from './support/services.js';
 
 interface Instance {
   url: string;
@@ -29,14 +30,15 @@ async function startInstance(options: ServiceDatabaseOptions): Promise<Instance>
   };
 }
 
+const skip = skipUnless('postgres');
 const storage = testStorage('postgres');
 let a: Instance;
 let b: Instance;
-before(async () => {
+if (!skip) before(async () => {
   // Both start at once on an empty schema: the migrations run once.
   [a, b] = await Promise.all([startInstance(storage.options('user-service')), startInstance(storage.options('user-service'))]);
 });
-after(async () => {
+if (!skip) after(async () => {
   await a.close();
   await b.close();
   await storage.remove();
@@ -45,7 +47,7 @@ after(async () => {
 let seq = 0;
 const email = (prefix: string) => `${prefix}.${process.pid}.${++seq}@example.com`;
 
-describe('two instances on one schema', () => {
+describe('two instances on one schema', { skip }, () => {
   test('when both create one email in different letter case at once, then exactly one 201 and one 409 EMAIL_TAKEN, every round', async () => {
     for (let round = 0; round < 8; round++) {
       const address = email('Race');
@@ -108,7 +110,7 @@ describe('two instances on one schema', () => {
   });
 });
 
-describe('PostgreSQL unreachable', () => {
+describe('PostgreSQL unreachable', { skip }, () => {
   let relay: DatabaseOutage;
   let svc: Instance;
   before(async () => {

@@ -7,6 +7,7 @@ import { createUsersClient } from '../lib/users/client.js';
 import { openUserDatabase } from '../lib/users/db.js';
 import { startCheckedService, type CheckedService } from './helpers.js';
 import { ENGINES, testStorage, type EngineName, type TestStorage } from './support/engines.js';
+import { skipUnless } from './support/services.js';
 
 type Service = CheckedService;
 
@@ -26,7 +27,7 @@ const isIso = (s: unknown) => typeof s === 'string' && new Date(s).toISOString()
 let seq = 0;
 const uniqueEmail = (prefix = 'user') => `${prefix}.${process.pid}.${++seq}@example.com`;
 
-for (const engine of ENGINES) describe(`user service on ${engine}`, () => {
+for (const engine of ENGINES) describe(`user service on ${engine}`, { skip: skipUnless(engine) }, () => {
   let svc: Service;
   before(async () => {
     svc = await startUserService(engine);

@@ -11,6 +11,7 @@ import pg from 'pg';
 import { LatencyHistogram } from '../../bench/histogram.js';
 import { buildRows, type Results } from '../../bench/report.js';
 import { tempDir } from '../helpers.js';
+import { skipUnless } from '../support/services.js';
 
 const ROOT = fileURLToPath(new URL('../..', import.meta.url));
 /** Where the smoke run measures its PostgreSQL rows: CI has PostgreSQL here. */
@@ -62,7 +63,7 @@ async function runBench(flag: string, env: Record<string, string>): Promise<stri
   return stdout;
 }
 
-describe('npm run bench -- --smoke', () => {
+describe('npm run bench -- --smoke', { skip: skipUnless('postgres') }, () => {
   const out = tempDir('msvc-bench-smoke-test-');
   after(() => out.remove());
 

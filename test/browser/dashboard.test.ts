@@ -2,18 +2,19 @@
 // processes' apps on port 0: tiles, the fault switches from the page, a trace's waterfall.
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { existsSync, mkdirSync, mkdtempSync, rmSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { chromium, type BrowserContext, type Page } from 'playwright-core';
 import { startGatewayFor, type StartedGateway } from '../gateway-helpers.js';
 import { http } from '../helpers.js';
 import { createProduct, createUser, startServices, type System } from '../system.js';
+import { CHROMIUM_PATH, skipUnless } from '../support/services.js';
 
-const CHROMIUM = '/usr/bin/chromium';
+const CHROMIUM = CHROMIUM_PATH;
 /** Where the screenshot goes; CI may point it elsewhere. */
 const ARTIFACTS = process.env.TEST_ARTIFACTS_DIR ?? join(import.meta.dirname, 'artifacts');
-const skip = existsSync(CHROMIUM) ? false : `${CHROMIUM} is not installed (apt-get install chromium); browser tests skipped`;
+const skip = skipUnless('chromium');
 
 describe('dashboard in a browser', { skip }, () => {
   let sys: System;

@@ -5,8 +5,9 @@ import { createServer, connect, type Server, type Socket } from 'node:net';
 import pg from 'pg';
 import type { ServiceDatabaseOptions } from '../../lib/platform/config.js';
 import { tempDir } from '../helpers.js';
+import { TEST_DATABASE_URL } from './services.js';
 
-export const TEST_DATABASE_URL = process.env.TEST_DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/test';
+export { TEST_DATABASE_URL };
 
 export type EngineName = 'sqlite' | 'postgres';
 export const ENGINES: readonly EngineName[] = ['sqlite', 'postgres'];

@@ -9,10 +9,12 @@ import { createServer, type AddressInfo, type Server } from 'node:net';
 import { after, describe, test } from 'node:test';
 import pg from 'pg';
 import { runToExit, TS_LOADER, type Finished } from '../process.js';
-import { TEST_DATABASE_URL } from '../support/engines.js';
+import { skipUnless, TEST_DATABASE_URL, TEST_REDIS_URL } from '../support/services.js';
 
 const POSTGRES = TEST_DATABASE_URL;
-const REDIS = 'redis://127.0.0.1:6379';
+const REDIS = TEST_REDIS_URL;
+/** The tests that get past the reachability checks need both. */
+const skip = skipUnless('postgres', 'redis');
 
 /** A port nothing listens on: bound by the OS, then released. */
 async function closedPort(): Promise<number> {
@@ -79,33 +81,33 @@ describe('npm run start:scaled refuses to start', { concurrency: true }, () => {
     assert.doesNotMatch(line, /secret-password/, 'the password of the URL is not printed');
   });
 
-  test('when only Redis is unreachable, the line names Redis alone', async () => {
+  test('when only Redis is unreachable, the line names Redis alone', { skip }, async () => {
     const redisPort = await closedPort();
     const line = assertOneLine(await startScaled({ DATABASE_URL: POSTGRES, REDIS_URL: `redis://127.0.0.1:${redisPort}`, SCALED_BASE_PORT: String(await closedPort()) }));
     assert.match(line, /Redis at .*REDIS_URL=/);
     assert.doesNotMatch(line, /PostgreSQL at/);
   });
 
-  test('when the database does not exist, PostgreSQL\'s own reason is given', async () => {
+  test('when the database does not exist, PostgreSQL\'s own reason is given', { skip }, async () => {
     const line = assertOneLine(await startScaled({ DATABASE_URL: 'postgres://postgres@127.0.0.1:5432/no_such_database_for_scaled', REDIS_URL: REDIS, SCALED_BASE_PORT: String(await closedPort()) }));
     assert.match(line, /PostgreSQL at 127\.0\.0\.1:5432: database "no_such_database_for_scaled" does not exist/);
     assert.doesNotMatch(line, /Redis at/);
   });
 
-  test('when REDIS_URL names something that is not Redis, it says so', async () => {
+  test('when REDIS_URL names something that is not Redis, it says so', { skip }, async () => {
     const port = await listener('HTTP/1.1 400 Bad Request\r\n\r\n');
     const line = assertOneLine(await startScaled({ DATABASE_URL: POSTGRES, REDIS_URL: `redis://127.0.0.1:${port}`, SCALED_BASE_PORT: String(await closedPort()) }));
     assert.match(line, new RegExp(`Redis at 127\\.0\\.0\\.1:${port}: answered something that is not Redis`));
   });
 
-  test('when a port of the layout is taken, the line names it and SCALED_BASE_PORT', async () => {
+  test('when a port of the layout is taken, the line names it and SCALED_BASE_PORT', { skip }, async () => {
     // The held port is the second products instance's: base + 12.
     const held = await listener();
     const line = assertOneLine(await startScaled({ DATABASE_URL: POSTGRES, REDIS_URL: REDIS, SCALED_BASE_PORT: String(held - 12) }));
     assert.match(line, new RegExp(`port .*${held} \\(products-2\\).* already in use.*SCALED_BASE_PORT`));
   });
 
-  test('when a process dies while starting, every other one is stopped and it exits 1', async (t) => {
+  test('when a process dies while starting, every other one is stopped and it exits 1', { skip }, async (t) => {
     // The services get as far as their migrations: in a database of this test's own, dropped after it.
     const admin = new pg.Client({ connectionString: TEST_DATABASE_URL });
     await admin.connect();
