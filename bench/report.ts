@@ -287,7 +287,7 @@ export function buildGoals({ rows, rounds, cpuMode, memory, keepAlive, fixedRate
   // flatness over a million is what `npm run bench:soak` measures, and its last verdict is quoted.
   goals.push({
     name: 'gateway memory stays flat over a million requests',
-    value: soak ? `${soak.verdict.replace(/^(PASS|MISS) /, '')}; npm run bench:soak, ${soak.finishedAt}` : 'no soak on record (bench/soak.json): run npm run bench:soak',
+    value: soak ? `${soak.verdict.replace(/^(PASS|MISS) /, '')}; npm run bench:soak, ${soak.finishedAt}` : 'no soak on record (bench/soak.json, bench/tmp/soak.json): run npm run bench:soak',
     goal: 'RSS and heap floors <= +10 % from 100k to 1M requests',
     pass: soak?.pass,
   });

@@ -1,7 +1,9 @@
 // `npm run bench`: what the gateway costs per request, measured beside the service alone, a bare
 // Express proxy and nginx, in interleaved rounds, then (on SQLite, when PostgreSQL answers) the GET
 // rounds again with the services on PostgreSQL. Prints the table and the performance goals and
-// writes bench/results.json and bench/RESULTS.md. `--smoke` (or BENCH_SMOKE=1) is the quick
+// writes results.json and RESULTS.md to bench/tmp/ (ignored by git); `--record` writes them to
+// bench/ instead, where the committed figures are, so that a run on a laptop never changes
+// tracked files by accident. `--smoke` (or BENCH_SMOKE=1) is the quick
 // version the test suite runs so this cannot rot; `--profile` records the gateway's hot path;
 // `--soak` (npm run bench:soak) sends a million requests through the gateway and tracks its memory.
 import pg from 'pg';
@@ -57,6 +59,8 @@ interface Options {
   warmupS: number;
   rounds: number;
   outDir?: string;
+  /** `--record`: the report replaces the committed one in bench/. */
+  record: boolean;
   gatewayEntry: string;
   token: boolean;
   databaseUrl?: string;
@@ -65,9 +69,9 @@ interface Options {
 }
 
 function readOptions(argv: string[], env: NodeJS.ProcessEnv): Options {
-  const known = new Set(['--smoke', '--profile', '--soak']);
+  const known = new Set(['--smoke', '--profile', '--soak', '--record']);
   const unknown = argv.filter((a) => !known.has(a));
-  if (unknown.length) throw new ConfigError(`unknown argument ${unknown[0]} (known: --smoke, --profile, --soak)`);
+  if (unknown.length) throw new ConfigError(`unknown argument ${unknown[0]} (known: --smoke, --profile, --soak, --record)`);
   const raw = parseConfig(OptionsSchema, env);
   const smoke = raw.BENCH_SMOKE || argv.includes('--smoke');
   return {
@@ -79,6 +83,7 @@ function readOptions(argv: string[], env: NodeJS.ProcessEnv): Options {
     warmupS: raw.BENCH_WARMUP_S ?? (smoke ? 0.5 : 2),
     rounds: raw.BENCH_ROUNDS ?? (smoke ? 1 : 3),
     outDir: raw.BENCH_OUT_DIR,
+    record: argv.includes('--record'),
     gatewayEntry: raw.BENCH_GATEWAY_ENTRY,
     token: raw.BENCH_TOKEN,
     databaseUrl: raw.BENCH_DATABASE_URL,
@@ -548,7 +553,7 @@ async function bench(o: Options, supervisor: Supervisor, workDir: string, signal
   log();
   for (const line of notes(results)) log(line);
 
-  const outDir = o.outDir ?? (o.smoke ? mkdtempSync(join(tmpdir(), 'msvc-bench-smoke-')) : join(ROOT, 'bench'));
+  const outDir = o.outDir ?? (o.smoke ? mkdtempSync(join(tmpdir(), 'msvc-bench-smoke-')) : reportDir(o));
   mkdirSync(outDir, { recursive: true });
   writeFileSync(join(outDir, 'results.json'), `${JSON.stringify(results, null, 2)}\n`);
   writeFileSync(join(outDir, 'RESULTS.md'), markdownReport(results, body));
@@ -616,15 +621,27 @@ async function saturationRounds<T extends Target>({ runner, pin, modes, rounds, 
   }
 }
 
-/** The verdict of the last `npm run bench:soak`, when one is on record in bench/soak.json. */
+/** Where a run's report goes: bench/ with `--record` (the committed one), else bench/tmp/ (ignored). */
+function reportDir(o: Options): string {
+  return o.record ? join(ROOT, 'bench') : join(ROOT, 'bench', 'tmp');
+}
+
+/**
+ * The verdict of the last `npm run bench:soak`: the later of the one on record (bench/soak.json)
+ * and the one a run without `--record` left in bench/tmp/soak.json.
+ */
 function latestSoak(): SoakVerdict | undefined {
-  try {
-    const raw = JSON.parse(readFileSync(join(ROOT, 'bench', 'soak.json'), 'utf8')) as Partial<SoakVerdict>;
-    if (typeof raw.pass !== 'boolean' || typeof raw.verdict !== 'string' || typeof raw.finishedAt !== 'string') return undefined;
-    return { pass: raw.pass, verdict: raw.verdict, finishedAt: raw.finishedAt };
-  } catch {
-    return undefined;
+  let latest: SoakVerdict | undefined;
+  for (const dir of [join(ROOT, 'bench'), join(ROOT, 'bench', 'tmp')]) {
+    try {
+      const raw = JSON.parse(readFileSync(join(dir, 'soak.json'), 'utf8')) as Partial<SoakVerdict>;
+      if (typeof raw.pass !== 'boolean' || typeof raw.verdict !== 'string' || typeof raw.finishedAt !== 'string') continue;
+      if (!latest || Date.parse(raw.finishedAt) > Date.parse(latest.finishedAt)) latest = { pass: raw.pass, verdict: raw.verdict, finishedAt: raw.finishedAt };
+    } catch {
+      // none there
+    }
   }
+  return latest;
 }
 
 /** `--profile`: the gateway under `node --cpu-prof` while it proxies GET /api/products/1. */
@@ -689,7 +706,7 @@ async function main(): Promise<void> {
   process.on('SIGTERM', interrupt);
   try {
     if (options.soak) {
-      await soak({ requests: options.soakRequests, chunks: 20, connections: GET_CONNECTIONS, outDir: options.outDir }, supervisor, workDir, abort.signal);
+      await soak({ requests: options.soakRequests, chunks: 20, connections: GET_CONNECTIONS, outDir: options.outDir ?? reportDir(options) }, supervisor, workDir, abort.signal);
     } else {
       await (options.profile ? profile : bench)(options, supervisor, workDir, abort.signal);
     }
