@@ -179,9 +179,9 @@ describe('deploy/compose.yaml', () => {
     }
   });
 
-  test('publishes the two gateways and Jaeger\'s UI on loopback only; every container of ours has a health check and waits for what it needs', () => {
+  test('publishes the two gateways and the UIs of Jaeger, Prometheus and Grafana on loopback only; every container of ours has a health check and waits for what it needs', () => {
     const published = Object.entries(services).flatMap(([name, s]) => (s.ports ?? []).map((port) => `${name} ${port}`)).sort();
-    assert.deepEqual(published, ['gateway-1 127.0.0.1:3010:3010', 'gateway-2 127.0.0.1:3020:3020', 'jaeger 127.0.0.1:16686:16686']);
+    assert.deepEqual(published, ['gateway-1 127.0.0.1:3010:3010', 'gateway-2 127.0.0.1:3020:3020', 'grafana 127.0.0.1:3000:3000', 'jaeger 127.0.0.1:16686:16686', 'prometheus 127.0.0.1:9090:9090']);
     for (const [name, s] of Object.entries(services)) {
       for (const dep of Object.keys(s.depends_on ?? {})) assert.ok(dep in services, `${name} depends on ${dep}, which the file does not define`);
     }
@@ -192,5 +192,14 @@ describe('deploy/compose.yaml', () => {
       if (entry === 'gateway.ts') for (const other of ours.filter((c) => c.entry !== 'gateway.ts')) assert.ok(deps.includes(other.name), `${name} waits for ${other.name}`);
     }
     for (const name of ['postgres', 'redis']) assert.ok(services[name].healthcheck, `${name} health check`);
+  });
+
+  test('Prometheus scrapes every container of ours, and every file or folder mounted from the repository exists', () => {
+    const scrape = parse(readFileSync(new URL('../deploy/prometheus-compose.yml', import.meta.url), 'utf8')) as { scrape_configs: { static_configs: { targets: string[] }[] }[] };
+    const targets = scrape.scrape_configs.flatMap((c) => c.static_configs.flatMap((s) => s.targets)).sort();
+    assert.deepEqual(targets, ours.map((c) => `${c.name}:${envOf.get(c.name)!.PORT}`).sort());
+    const mounts = Object.values(services).flatMap((s) => (s as { volumes?: string[] }).volumes ?? []).map((v) => v.split(':')[0]).filter((source) => source.startsWith('.'));
+    assert.ok(mounts.length >= 4, `mounts: ${mounts.join(', ')}`);
+    for (const source of mounts) assert.ok(existsSync(new URL(`../deploy/${source}`, import.meta.url)), `deploy/${source} exists`);
   });
 });
