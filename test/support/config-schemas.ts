@@ -1,0 +1,25 @@
+// The config schema of each entry file, and the variables each reads: for the tests that check a
+// deployment's variables (Kubernetes) against what the processes take.
+import assert from 'node:assert/strict';
+import { z } from 'zod';
+import { GatewayConfigSchema } from '../../lib/gateway/config.js';
+import { OrderConfigSchema } from '../../lib/orders/config.js';
+import { ProductConfigSchema } from '../../lib/products/config.js';
+import { UserConfigSchema } from '../../lib/users/config.js';
+
+export const SCHEMAS: Record<string, z.ZodType> = {
+  'gateway.ts': GatewayConfigSchema,
+  'user-service.ts': UserConfigSchema,
+  'product-service.ts': ProductConfigSchema,
+  'order-service.ts': OrderConfigSchema,
+};
+
+/** The keys a process's schema reads (zod objects drop every other key without a word). */
+export function keysOf(schema: z.ZodType): Set<string> {
+  let inner: z.ZodType = schema;
+  while (!(inner instanceof z.ZodObject)) {
+    assert.ok(inner instanceof z.ZodPipe, 'a config schema is an object, maybe refined or transformed');
+    inner = inner.in as z.ZodType;
+  }
+  return new Set(Object.keys(inner.shape));
+}
