@@ -1,7 +1,7 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { get as httpGet } from 'node:http';
-import { WindowStats } from '../lib/gateway/dashboard/window-stats.js';
+import { GrowthWindow, WindowStats } from '../lib/gateway/dashboard/window-stats.js';
 import type { DashboardSnapshot } from '../lib/gateway/dashboard/index.js';
 import { deadUrl, eventually, startFakeUpstream, startGateway, type FakeUpstream, type StartedGateway } from './gateway-helpers.js';
 import { http } from './helpers.js';
@@ -62,6 +62,52 @@ describe('windowed stats', () => {
   });
 });
 
+describe('counts over the window', () => {
+  test('when totals grow, then a count covers the last 10 samples only, from zero while fewer were taken', () => {
+    const window = new GrowthWindow();
+    window.sample(new Map([['stale users', 4]]));
+    assert.equal(window.growth('stale users'), 4, 'counted from start');
+    for (let i = 0; i < 10; i++) window.sample(new Map([['stale users', 4]]));
+    assert.equal(window.growth('stale users'), 0, 'ten seconds without growth');
+    window.sample(new Map([['stale users', 24]]));
+    assert.equal(window.growth('stale users'), 20);
+    assert.equal(window.rate('stale users'), 2);
+    assert.equal(window.growth('unknown'), 0);
+  });
+
+  test('when a stale copy answers in the service\'s place, then it counts as failed', () => {
+    const stats = new WindowStats(1);
+    stats.record(0, 200, 1, true);
+    stats.record(0, 200, 1);
+    stats.tick();
+    assert.equal(stats.summary(0).errorPct, 50);
+  });
+});
+
+describe('dashboard with several instances', () => {
+  test('when one of two instances refuses, then its row shows it ejected with its failures while the other serves', async () => {
+    const up = await startFakeUpstream();
+    const dead = await deadUrl();
+    const gw = await startGateway({ USERS_URL: up.url, PRODUCTS_URL: `${up.url},${dead.url}`, ORDERS_URL: up.url, OUTLIER_CONSECUTIVE_FAILURES: '1', RATE_LIMIT: '1000000' });
+    try {
+      for (let i = 0; i < 10; i++) assert.equal((await http(gw.url, 'GET', '/api/products')).status, 200);
+      // The stream's counts are sampled once a second: wait for a snapshot that has them.
+      let rows: DashboardSnapshot['services'][number]['instances'] = [];
+      await eventually(async () => {
+        const { snapshot, abort } = await firstEvent(gw.url);
+        abort();
+        rows = snapshot!.services[1].instances;
+        return rows.length === 2 && rows[0].rps > 0 && rows[1].errorPct > 0;
+      }, 5000, 'per-instance rates in a snapshot');
+      assert.deepEqual(rows.map((r) => [r.instance, r.state, r.errorPct]), [[new URL(up.url).host, 'up', 0], [new URL(dead.url).host, 'ejected', 100]]);
+    } finally {
+      await gw.close();
+      await up.stop();
+      await dead.close();
+    }
+  });
+});
+
 describe('dashboard routes', () => {
   let up: FakeUpstream;
   let gw: StartedGateway;
@@ -99,7 +145,8 @@ describe('dashboard routes', () => {
     assert.equal(users.spark.length, 119);
     assert.equal(users.probe?.ok, true);
     assert.equal(snapshot!.services[2].probe?.ok, false);
-    assert.deepEqual(Object.keys(users).sort(), ['errorPct', 'errorSpark', 'name', 'p50', 'p99', 'probe', 'rejected', 'rps', 'spark', 'stale', 'state', 'timeouts']);
+    assert.deepEqual(Object.keys(users).sort(), ['errorPct', 'errorSpark', 'instances', 'name', 'p50', 'p99', 'probe', 'rejected', 'rps', 'spark', 'stale', 'state', 'timeouts']);
+    assert.deepEqual(users.instances.map((i) => [i.instance, i.state]), [[new URL(up.url).host, 'up']]);
     assert.deepEqual(snapshot!.rateLimit.topClients, [{ client: '127.0.0.1', hits: 1 }]);
   });
 
@@ -144,6 +191,7 @@ describe('dashboard routes', () => {
       p.abort();
       assert.equal(p.snapshot!.controls, false);
       assert.deepEqual(p.snapshot!.rateLimit.topClients, []);
+      assert.equal(p.snapshot!.services[0].instances[0].instance, '#1', 'no addresses without the controls');
       assert.equal((await http(prod.url, 'POST', '/debug/faults/users', { body: {} })).status, 404);
     } finally {
       await guarded.close();

@@ -185,7 +185,9 @@ describe('AUTH_MODE=required', () => {
     assert.equal((await http(sys.products.url, 'PUT', '/products/1', { headers: { 'x-user-role': 'admin' }, body: { price: 0 } })).status, 401);
     const reserve = { id: 'direct-1', items: [{ productId: 1, quantity: 1 }] };
     assert.equal((await http(sys.products.url, 'POST', '/internal/reservations', { body: reserve })).status, 401);
-    assert.equal((await http(sys.products.url, 'POST', '/internal/reservations', { headers: bearer(alice), body: reserve })).status, 403, 'an admin is no service');
+    const asAdmin = await http(sys.products.url, 'POST', '/internal/reservations', { headers: bearer(alice), body: reserve });
+    assert.equal(asAdmin.status, 403, 'an admin is no service');
+    assert.equal(asAdmin.body.error, 'The service credential is wrong', 'a credential was sent: the answer says it is wrong, not missing');
     assert.equal((await http(sys.products.url, 'DELETE', '/internal/reservations/demo-order-2', { headers: bearer(bob) })).status, 403);
     assert.equal((await http(sys.products.url, 'GET', '/internal/reservations/demo-order-2', { headers: bearer(INTERNAL_TOKEN) })).status, 200);
     assert.equal((await http(sys.gateway.url, 'GET', '/api/products/1', { headers: bearer(INTERNAL_TOKEN) })).status, 401, 'the service credential is no token at the gateway');

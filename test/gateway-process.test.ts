@@ -1,5 +1,6 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
+import { createServer, type AddressInfo } from 'node:net';
 import { spawnService, type ChildService } from './process.js';
 import { eventually, rawRequest, startFakeUpstream, type FakeUpstream } from './gateway-helpers.js';
 
@@ -21,6 +22,26 @@ describe('gateway.ts as a process', () => {
       assert.equal(output, 'gateway: invalid configuration: RATE_LIMIT: must be a whole number from 1 to 1000000 (got "-1")');
       return true;
     });
+  });
+
+  test('when its port is taken, then it exits 1 with one line naming the port and PORT, without a stack', async () => {
+    const holder = createServer();
+    await new Promise<void>((resolve) => holder.listen(0, '127.0.0.1', resolve));
+    const { port } = holder.address() as AddressInfo;
+    try {
+      await assert.rejects(spawnService('gateway.ts', { PORT: String(port), HOST: '127.0.0.1' }), (err: Error) => {
+        assert.match(err.message, /exited \(1\) before listening/);
+        const lines = err.message.split('\n').slice(1).filter((line) => line.includes('"level":60'));
+        assert.equal(lines.length, 1, err.message);
+        const line = JSON.parse(lines[0]) as Record<string, unknown>;
+        assert.match(String(line.msg), new RegExp(`port ${port} is already in use: set PORT`));
+        assert.equal(line.err, undefined, 'no error object, so no stack');
+        assert.doesNotMatch(err.message, /\n\s+at /, 'no stack trace anywhere');
+        return true;
+      });
+    } finally {
+      holder.close();
+    }
   });
 
   test('when SIGTERM arrives with a request in flight, then the request finishes, new connections are refused and it exits 0', async () => {

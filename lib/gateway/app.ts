@@ -1,7 +1,7 @@
 // The gateway app: built once from config, with its breakers, agents, proxies, limiter and cache.
 import type { RequestListener } from 'node:http';
 import type { Express } from 'express';
-import { errorHandler, notFoundHandler } from '../platform/errors.js';
+import { errorHandler, routeNotFound } from '../platform/errors.js';
 import { createBaseApp, requestContext } from '../platform/http.js';
 import type { Logger } from '../platform/logger.js';
 import { createMetrics, type Metrics } from '../platform/metrics.js';
@@ -125,7 +125,8 @@ export function createGateway({ config, logger, metrics = createMetrics('gateway
   if (debugAllowed) {
     app.use(createDebugRoutes({ upstreams, logger, guard: debugGuard, adminToken: config.ADMIN_TOKEN, faultCallTimeoutMs: config.HEALTH_PROBE_TIMEOUT_MS }));
   }
-  app.get('/openapi.json', openApiHandler(buildOpenApi({ title: GATEWAY_NAME, version: packageVersion() }, gatewayApi({ tracing: tracing !== null, debug: debugAllowed }))));
+  const ownRoutes = gatewayApi({ tracing: tracing !== null, debug: debugAllowed });
+  app.get('/openapi.json', openApiHandler(buildOpenApi({ title: GATEWAY_NAME, version: packageVersion() }, ownRoutes)));
   app.use('/api', pipeline.middleware);
   app.use(createLoginRoute({ users: upstreams.users, limiter: loginLimiter }));
   app.get('/api/dashboard', requireAdminCaller(auth.mode));
@@ -133,7 +134,7 @@ export function createGateway({ config, logger, metrics = createMetrics('gateway
   app.use(createAggregateRoutes({ upstreams }));
   // What the fast path leaves (other letter case, say) still reaches the same handlers here.
   for (const upstream of upstreamList) app.all(proxyRoute(upstream), proxies.get(upstream.name)!);
-  app.use(notFoundHandler);
+  app.use(routeNotFound(ownRoutes));
   app.use(onError);
 
   return {

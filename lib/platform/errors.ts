@@ -95,10 +95,42 @@ export function sendError(res: Response, err: HttpError): void {
   res.status(err.status).json(errorBody(err, res.locals.trace?.traceId));
 }
 
-/** JSON 404 for any route no router answered. */
-export const notFoundHandler: RequestHandler = (req) => {
-  throw new HttpError(404, 'NOT_FOUND', `No route for ${req.method} ${req.path.slice(0, 200)}`);
-};
+interface KnownRoute {
+  method: string;
+  /** Express form: `/users/:id`. */
+  path: string;
+}
+
+// `/users/:id` -> /^\/users\/[^/]+$/: the route shapes our routers register (no wildcards).
+function pathMatcher(path: string): RegExp {
+  const pattern = path
+    .split('/')
+    .map((segment) => (segment.startsWith(':') ? '[^/]+' : segment.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')))
+    .join('/');
+  return new RegExp(`^${pattern}/?$`);
+}
+
+/**
+ * The last route of an app: 405 with `Allow` when the path exists under other methods (RFC 9110
+ * 15.5.6), else 404. Neither names the path: behind the gateway the service sees its own path,
+ * not the one the client sent, and internal paths are not the client's business.
+ */
+export function routeNotFound(routes: readonly KnownRoute[]): RequestHandler {
+  const known = routes.map((route) => ({ method: route.method.toUpperCase(), match: pathMatcher(route.path) }));
+  return (req, res) => {
+    const allowed = new Set(known.filter((route) => route.match.test(req.path)).map((route) => route.method));
+    if (allowed.size > 0 && !allowed.has(req.method)) {
+      if (allowed.has('GET')) allowed.add('HEAD');
+      const allow = [...allowed].sort().join(', ');
+      res.setHeader('Allow', allow);
+      throw new HttpError(405, 'METHOD_NOT_ALLOWED', `${req.method.slice(0, 20)} is not allowed here; allowed: ${allow}`);
+    }
+    throw new HttpError(404, 'NOT_FOUND', `No route for ${req.method.slice(0, 20)} on this path`);
+  };
+}
+
+/** JSON 404 for any route no router answered, where the app lists no routes. */
+export const notFoundHandler: RequestHandler = routeNotFound([]);
 
 /** The last middleware of every app. Never leaks stacks, SQL or paths: only the HttpError's message. */
 export function errorHandler(logger: Logger): ErrorRequestHandler {

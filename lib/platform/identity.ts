@@ -263,7 +263,7 @@ export function createServiceAuth({ mode = 'open', verifier, internalToken, admi
       }
       if (!bearerMatches(req.headers.authorization, internal)) {
         if (req.headers.authorization === undefined) throw unauthenticated(res, 'The service credential is required');
-        throw forbidden('The service credential is required');
+        throw forbidden('The service credential is wrong');
       }
     },
     async requireAdminSurface(req, res) {

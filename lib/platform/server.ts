@@ -216,7 +216,9 @@ export async function serve({ app, port, host, logger, cleanup, timeoutMs }: Ser
     listening = await listen(app, port, host);
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code;
-    logger.fatal({ err }, code === 'EADDRINUSE' ? `port ${port} is already in use` : 'cannot listen');
+    // A taken port is the operator's to fix, not a bug: one line that names the variable, no stack.
+    if (code === 'EADDRINUSE') logger.fatal({ port }, `port ${port} is already in use: set PORT, this process's own port, to a free one (npm start sets the four from GATEWAY_PORT, USERS_PORT, PRODUCTS_PORT and ORDERS_PORT)`);
+    else logger.fatal({ err }, 'cannot listen');
     logger.flush();
     await cleanup?.();
     process.exit(1);

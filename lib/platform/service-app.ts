@@ -2,7 +2,7 @@
 import type { Express, Request, Response, Router } from 'express';
 import type { Logger } from 'pino';
 import type { SqlDatabase } from './sql.js';
-import { errorHandler, notFoundHandler } from './errors.js';
+import { errorHandler, routeNotFound } from './errors.js';
 import { createFaultSwitches, FAULTS_PATH, type FaultSwitches } from './faults.js';
 import { createBaseApp, jsonBody, requestContext } from './http.js';
 import type { Metrics } from './metrics.js';
@@ -52,7 +52,8 @@ export function createServiceApp({ service, logger, metrics, db, routes, api, gu
     });
   }
   app.get('/metrics', metrics.handler);
-  const document = buildOpenApi({ title: service, version: packageVersion() }, [serviceHealthApi(service), ...PROCESS_API, ...(tracing ? TRACE_API : []), ...(faults ? FAULTS_API : []), ...api]);
+  const allRoutes = [serviceHealthApi(service), ...PROCESS_API, ...(tracing ? TRACE_API : []), ...(faults ? FAULTS_API : []), ...api];
+  const document = buildOpenApi({ title: service, version: packageVersion() }, allRoutes);
   app.get('/openapi.json', openApiHandler(document));
   if (tracing) app.use(createTraceRoutes({ tracing }));
   // Faults reach the API routes only: the routes above keep answering under any switch.
@@ -61,7 +62,7 @@ export function createServiceApp({ service, logger, metrics, db, routes, api, gu
   // The caller's Request-Timeout bounds every call the routes make to other services.
   app.use(requestDeadline);
   app.use(routes);
-  app.use(notFoundHandler);
+  app.use(routeNotFound(allRoutes));
   app.use(errorHandler(logger));
   return app;
 }

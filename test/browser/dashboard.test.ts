@@ -7,6 +7,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { chromium, type BrowserContext, type Page } from 'playwright-core';
 import { startGatewayFor, type StartedGateway } from '../gateway-helpers.js';
+import { startFaultProxy, type FaultProxy } from '../support/fault-proxy.js';
 import { http } from '../helpers.js';
 import { createProduct, createUser, startServices, type System } from '../system.js';
 import { CHROMIUM_PATH, skipUnless } from '../support/services.js';
@@ -19,6 +20,8 @@ const skip = skipUnless('chromium');
 describe('dashboard in a browser', { skip }, () => {
   let sys: System;
   let gw: StartedGateway;
+  /** A second address of the product service: its second instance, as the gateway sees it. */
+  let secondProducts: FaultProxy;
   let browser: BrowserContext;
   let page: Page;
   let profile: string;
@@ -26,9 +29,10 @@ describe('dashboard in a browser', { skip }, () => {
 
   before(async () => {
     sys = await startServices();
+    secondProducts = await startFaultProxy(sys.products.url);
     // Open for 2 s: long enough for at least two of the page's once-a-second updates to see it.
     // No slow start: once CLOSED, the next request goes through (the ramp has tests of its own).
-    gw = await startGatewayFor(sys, { CB_FAILURE_THRESHOLD: '3', CB_RESET_TIMEOUT_MS: '2000', CB_HALF_OPEN_REQUESTS: '1', CB_SLOW_START_MS: '0', CACHE_MAX_ENTRIES: '0', RATE_LIMIT: '100000' });
+    gw = await startGatewayFor(sys, { PRODUCTS_URL: `${sys.products.url},${secondProducts.url}`, OUTLIER_CONSECUTIVE_FAILURES: '1', CB_FAILURE_THRESHOLD: '3', CB_RESET_TIMEOUT_MS: '2000', CB_HALF_OPEN_REQUESTS: '1', CB_SLOW_START_MS: '0', CACHE_MAX_ENTRIES: '0', RATE_LIMIT: '100000' });
     profile = mkdtempSync(join(tmpdir(), 'msvc-chromium-'));
     // A fresh profile each run (playwright passes it as --user-data-dir).
     browser = await chromium.launchPersistentContext(profile, {
@@ -47,6 +51,7 @@ describe('dashboard in a browser', { skip }, () => {
   after(async () => {
     await browser?.close();
     await gw?.close();
+    await secondProducts?.close();
     await sys?.stop();
     if (profile) rmSync(profile, { recursive: true, force: true });
   });
@@ -121,6 +126,14 @@ describe('dashboard in a browser', { skip }, () => {
     const bars = await page.locator('#waterfall .bar').evaluateAll((els) => els.map((b) => [parseFloat((b as HTMLElement).style.left), parseFloat((b as HTMLElement).style.width)]));
     for (const [left, width] of bars) assert.ok(left >= 0 && left + width <= 100.5, `bar at ${left}% + ${width}%`);
     assert.match((await page.locator('#waterfall .span-row').first().getAttribute('title')) ?? '', /http\.request\.method = POST/);
+    // The products tile has a row per instance: the second one stopped is ejected, the first serves.
+    await secondProducts.stop();
+    const products = tile('products');
+    for (let i = 0; i < 40 && (await products.locator('tr[data-state="ejected"]').count()) === 0; i++) await traffic(1);
+    await products.locator('tr[data-state="ejected"]').waitFor({ timeout: 5000 });
+    const rows = await products.locator('table.instances tbody tr').evaluateAll((trs) => trs.map((tr) => [tr.getAttribute('data-instance'), tr.getAttribute('data-state')]));
+    assert.deepEqual(rows, [[new URL(sys.products.url).host, 'up'], [new URL(secondProducts.url).host, 'ejected']]);
+    await page.waitForFunction(() => Number(document.querySelector('.tile[data-service="products"] tr[data-state="up"] td:nth-child(4)')?.textContent) > 0, undefined, { timeout: 5000 });
     mkdirSync(ARTIFACTS, { recursive: true });
     await page.screenshot({ path: join(ARTIFACTS, 'dashboard.png'), fullPage: true });
     assert.deepEqual(consoleErrors, []);

@@ -9,8 +9,8 @@ import { HttpError } from '../../platform/errors.js';
 import type { RequestObserver } from '../../platform/http.js';
 import type { RateLimiter } from '../rate-limit.js';
 import type { ProbeResult, Upstream } from '../upstreams.js';
-import { viewOf } from './upstream-view.js';
-import { WindowStats, type WindowSummary } from './window-stats.js';
+import { instancesOf, viewOf } from './upstream-view.js';
+import { GrowthWindow, WindowStats, type WindowSummary } from './window-stats.js';
 
 export interface DashboardOptions {
   upstreams: Upstream[];
@@ -34,15 +34,30 @@ export interface Dashboard {
   close(): void;
 }
 
+/** One instance of a service, as the gateway sees it now and over the last 10 s. */
+interface InstanceRow {
+  /** host:port with the debug controls (an operator's gateway), else `#1`, `#2`, ...: no addresses. */
+  instance: string;
+  state: 'up' | 'ejected';
+  /** Requests the gateway has sent it and not yet had answered. */
+  outstanding: number;
+  /** Requests sent to it per second. */
+  rps: number;
+  /** Share of those that failed at it (refused, reset, timed out, 5xx), in percent. */
+  errorPct: number;
+}
+
 interface ServiceTile extends Omit<WindowSummary, 'perSecond' | 'errorsPerSecond'> {
   name: string;
   state: string;
   spark: number[];
   errorSpark: number[];
+  /** Like every count of a tile, over the last 10 s: refused by the circuit, stale answers, timeouts. */
   rejected: number;
   stale: number;
   timeouts: number;
   probe: ProbeResult | null;
+  instances: InstanceRow[];
 }
 
 export interface DashboardSnapshot {
@@ -77,22 +92,59 @@ export function createDashboard({ upstreams, limiter, registry, guard, controls,
     const status = res.statusCode;
     if (status === 429) return stats.record(limitedSeries, status, durationMs);
     const service = res.locals.proxiedTo;
-    if (service !== undefined && service !== 'aggregate') stats.record(index[service], status, durationMs);
+    // A stale copy answered in the service's place is a failure of the service, not a success.
+    if (service !== undefined && service !== 'aggregate') stats.record(index[service], status, durationMs, status >= 500 || res.getHeader('x-cache') === 'STALE');
   };
 
-  const staleCounts = async (): Promise<Record<string, number>> => {
-    const metric = registry.getSingleMetric('gateway_stale_responses_total') as Counter | undefined;
-    const out: Record<string, number> = {};
-    for (const v of (await metric?.get())?.values ?? []) out[String(v.labels.service)] = v.value;
-    return out;
+  // Totals since start (the breakers' and the metrics'), sampled each second for 10 s figures.
+  const growth = new GrowthWindow();
+  const counterValues = async (name: string) => (await (registry.getSingleMetric(name) as Counter | undefined)?.get())?.values ?? [];
+  const sampleTotals = async () => {
+    const totals = new Map<string, number>();
+    const add = (key: string, value: number) => totals.set(key, (totals.get(key) ?? 0) + value);
+    for (const u of upstreams) {
+      const { rejects, timeouts } = viewOf(u);
+      add(`rejected ${u.name}`, rejects);
+      add(`timeouts ${u.name}`, timeouts);
+    }
+    const single = new Map<string, string>(upstreams.filter((u) => u.instances.single).map((u) => [u.name, u.instances.list[0].url]));
+    const [stale, sent, failed] = await Promise.all(['gateway_stale_responses_total', 'gateway_upstream_requests_total', 'gateway_upstream_failures_total'].map(counterValues));
+    for (const v of stale) add(`stale ${v.labels.service}`, v.value);
+    for (const v of sent) add(`sent ${v.labels.service} ${v.labels.instance}`, v.value);
+    // With one instance, failures are counted per service: they are that instance's.
+    for (const v of failed) add(`failed ${v.labels.service} ${v.labels.instance ?? single.get(String(v.labels.service))}`, v.value);
+    growth.sample(totals);
   };
+
+  const instanceRows = (u: Upstream): InstanceRow[] =>
+    instancesOf(u).map((i, n) => {
+      const sent = growth.growth(`sent ${u.name} ${i.url}`);
+      const failed = growth.growth(`failed ${u.name} ${i.url}`);
+      return {
+        instance: controls ? new URL(i.url).host : `#${n + 1}`,
+        state: i.state === 'up' ? 'up' : 'ejected',
+        outstanding: i.outstanding,
+        rps: growth.rate(`sent ${u.name} ${i.url}`),
+        errorPct: sent === 0 ? 0 : Math.min(100, Math.round((failed / sent) * 1000) / 10),
+      };
+    });
 
   const snapshot = async (): Promise<DashboardSnapshot> => {
-    const [probes, stale] = await Promise.all([Promise.all(upstreams.map((u) => u.probe())), staleCounts()]);
+    const probes = await Promise.all(upstreams.map((u) => u.probe()));
     const services = upstreams.map((u, i): ServiceTile => {
       const { perSecond, errorsPerSecond, ...summary } = stats.summary(i);
-      const view = viewOf(u);
-      return { name: u.name, state: view.state, ...summary, spark: perSecond, errorSpark: errorsPerSecond, rejected: view.rejects, stale: stale[u.name] ?? 0, timeouts: view.timeouts, probe: probes[i] ?? null };
+      return {
+        name: u.name,
+        state: viewOf(u).state,
+        ...summary,
+        spark: perSecond,
+        errorSpark: errorsPerSecond,
+        rejected: growth.growth(`rejected ${u.name}`),
+        stale: growth.growth(`stale ${u.name}`),
+        timeouts: growth.growth(`timeouts ${u.name}`),
+        probe: probes[i] ?? null,
+        instances: instanceRows(u),
+      };
     });
     const limited = stats.summary(limitedSeries);
     return {
@@ -128,8 +180,10 @@ export function createDashboard({ upstreams, limiter, registry, guard, controls,
 
   const timer = setInterval(() => {
     stats.tick();
-    // A snapshot that cannot be made is skipped; the next second makes a new one.
-    broadcast().catch(() => undefined);
+    // A sample or snapshot that cannot be made is skipped; the next second makes a new one.
+    sampleTotals()
+      .then(broadcast)
+      .catch(() => undefined);
   }, intervalMs);
   timer.unref();
 

@@ -18,14 +18,14 @@ const UPPER_MS = Float64Array.from({ length: BUCKETS }, (_, i) => FIRST_MS * GRO
 export interface WindowSummary {
   /** Requests per second over the last RECENT_SECONDS completed seconds. */
   rps: number;
-  /** Share of those answered 5xx, in percent. */
+  /** Share of those the service did not answer (5xx, or stale in its place), in percent. */
   errorPct: number;
   /** Milliseconds; null with no request in the window. */
   p50: number | null;
   p99: number | null;
   /** Requests in each of the last WINDOW_SECONDS completed seconds, oldest first. */
   perSecond: number[];
-  /** 5xx answers in each of those seconds. */
+  /** Failed answers in each of those seconds. */
   errorsPerSecond: number[];
 }
 
@@ -42,11 +42,14 @@ export class WindowStats {
     this.latencies = new Uint32Array(series * WINDOW_SECONDS * BUCKETS);
   }
 
-  /** One answered request of series `index`: its status and time in milliseconds. */
-  record(index: number, status: number, durationMs: number): void {
+  /**
+   * One answered request of series `index`: its status and time in milliseconds. `failed` when
+   * the service did not give the answer (a 5xx, or a stale copy in its place).
+   */
+  record(index: number, status: number, durationMs: number, failed = status >= 500): void {
     const at = index * WINDOW_SECONDS + this.slot;
     this.counts[at]++;
-    if (status >= 500) this.errors[at]++;
+    if (failed) this.errors[at]++;
     let bucket = durationMs <= FIRST_MS ? 0 : Math.ceil(Math.log(durationMs / FIRST_MS) / LOG_GROWTH);
     if (bucket >= BUCKETS) bucket = BUCKETS - 1;
     this.latencies[at * BUCKETS + bucket]++;
@@ -103,4 +106,30 @@ function percentile(buckets: Float64Array, total: number, q: number): number | n
     if (seen >= rank) return Math.round(UPPER_MS[b] * 100) / 100;
   }
   return Math.round(UPPER_MS[BUCKETS - 1] * 100) / 100;
+}
+
+/**
+ * Counters that only grow (totals since start, as the breaker and the metrics keep them), sampled
+ * once a second: how much each grew over the last RECENT_SECONDS, so every figure of a tile covers
+ * the same ten seconds. Keys are fixed by the configuration (service, instance, kind).
+ */
+export class GrowthWindow {
+  // Oldest first; the first is all zeros, so a gateway younger than the window counts from start.
+  private readonly samples: ReadonlyMap<string, number>[] = [new Map()];
+
+  sample(totals: ReadonlyMap<string, number>): void {
+    this.samples.push(totals);
+    if (this.samples.length > RECENT_SECONDS + 1) this.samples.shift();
+  }
+
+  growth(key: string): number {
+    const first = this.samples[0].get(key) ?? 0;
+    const last = this.samples.at(-1)!.get(key) ?? 0;
+    return Math.max(0, last - first);
+  }
+
+  /** Growth per second over the window. */
+  rate(key: string): number {
+    return Math.round((this.growth(key) / RECENT_SECONDS) * 10) / 10;
+  }
 }

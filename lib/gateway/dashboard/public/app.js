@@ -101,7 +101,7 @@ function makeTile(name) {
   svg.append(rate, err);
   const figures = el('div', { class: 'figures' });
   const fields = {};
-  for (const [key, label] of [['rps', 'req/s'], ['errorPct', 'error %'], ['p50', 'p50 ms'], ['p99', 'p99 ms'], ['rejected', 'rejected'], ['stale', 'stale'], ['timeouts', 'timeouts'], ['probe', 'probe ms']]) {
+  for (const [key, label] of [['rps', 'req/s'], ['errorPct', 'failed %'], ['p50', 'p50 ms'], ['p99', 'p99 ms'], ['rejected', 'refused'], ['stale', 'stale'], ['timeouts', 'timeouts'], ['probe', 'probe ms (now)']]) {
     const value = el('strong', { 'data-field': key }, '–');
     const fig = el('div', { class: 'fig' });
     fig.append(value, el('span', {}, label));
@@ -109,11 +109,20 @@ function makeTile(name) {
     fields[key] = value;
   }
   const faults = el('p', { class: 'faults-active muted' });
-  tile.append(head, svg, el('p', { class: 'muted small' }, 'last 10 s · sparkline: 2 min'), figures, faults);
+  // Every count is over the same ten seconds; "failed" counts refused and stale answers too.
+  const caption = el('p', { class: 'muted small' }, 'last 10 s · failed %: 5xx, refused or stale · sparkline: 2 min');
+  const instances = el('table', { class: 'instances' });
+  const instHead = el('tr');
+  for (const h of ['instance', 'state', 'in flight', 'req/s', 'failed %']) instHead.append(el('th', {}, h));
+  const instBody = el('tbody');
+  const thead = el('thead');
+  thead.append(instHead);
+  instances.append(thead, instBody);
+  tile.append(head, svg, caption, figures, instances, faults);
   const box = el('div', { class: 'controls' });
   tile.append(box);
   $('tiles').append(tile);
-  const t = { tile, state: head.querySelector('.state'), rate, err, fields, faults, box, controlsBuilt: false };
+  const t = { tile, state: head.querySelector('.state'), rate, err, fields, faults, box, instBody, controlsBuilt: false };
   tiles.set(name, t);
   return t;
 }
@@ -173,6 +182,17 @@ async function post(path, body) {
   }
 }
 
+function renderInstances(body, instances) {
+  const rows = instances.map((i) => {
+    const row = el('tr', { 'data-instance': i.instance, 'data-state': i.state });
+    const failed = el('td', {}, i.errorPct.toFixed(1));
+    failed.classList.toggle('bad', i.errorPct > 0);
+    row.append(el('td', {}, i.instance), el('td', { class: 'inst-state' }, i.state), el('td', {}, String(i.outstanding)), el('td', {}, i.rps.toFixed(1)), failed);
+    return row;
+  });
+  body.replaceChildren(...rows);
+}
+
 function render(s) {
   controls = s.controls;
   $('clock').textContent = new Date(s.time).toLocaleTimeString();
@@ -194,6 +214,7 @@ function render(s) {
     t.fields.timeouts.textContent = String(svc.timeouts);
     t.fields.probe.textContent = svc.probe ? (svc.probe.ok ? fmtMs(svc.probe.latencyMs) : `failed (${svc.probe.failure ?? 'error'})`) : '–';
     t.fields.probe.classList.toggle('bad', svc.probe ? !svc.probe.ok : false);
+    renderInstances(t.instBody, svc.instances);
   }
   const rl = s.rateLimit;
   $('limited-rate').textContent = rl.limitedPerSecond.toFixed(1);
