@@ -92,7 +92,7 @@ function replay(record: IdempotencyRecord, bodyHash: string): Created {
 const KEY_POLL_MS = 25;
 // Left of the caller's deadline when a repeat stops waiting: time to answer before the caller
 // gives up (the service's own deadline is already up to 100 ms before the caller's).
-const KEY_ANSWER_MARGIN_MS = 50;
+const KEY_ANSWER_MARGIN_MS = 100;
 
 /** When a repeat stops waiting for its key: after `waitMs`, or just before the caller's deadline. */
 function keyWaitEnd(waitMs: number): number {
