@@ -26,8 +26,9 @@ import { createMetrics } from '../lib/platform/metrics.js';
 import { closeServer, listen } from '../lib/platform/server.js';
 import { createUserApp } from '../lib/users/app.js';
 import { openUserDatabase } from '../lib/users/db.js';
-import { createProductApp } from '../lib/products/app.js';
+import { ProductConfigSchema } from '../lib/products/config.js';
 import { openProductDatabase } from '../lib/products/db.js';
+import { buildProductService } from '../lib/products/service.js';
 import { OrderConfigSchema } from '../lib/orders/config.js';
 import { openOrderDatabase } from '../lib/orders/db.js';
 import { buildOrderService } from '../lib/orders/service.js';
@@ -155,9 +156,11 @@ export async function startServices({ dataDir, storage, seed = false, env = {} }
       return { app: createUserApp({ logger, db, metrics: createMetrics('user-service') }), db };
     }, level);
     started.push(users);
+    const productConfig = parseConfig(ProductConfigSchema, { ...env, DATA_DIR: dir });
     const products = await startHandle('products', async (logger) => {
       const db = await openProductDatabase(where('products'));
-      return { app: createProductApp({ logger, db, metrics: createMetrics('product-service') }), db };
+      const { app, close } = buildProductService({ logger, db, metrics: createMetrics('product-service') }, productConfig);
+      return { app, db, stopExtras: close };
     }, level);
     started.push(products);
 

@@ -21,7 +21,7 @@ export const ORDER_API: readonly ApiRoute[] = [
       201: { description: 'Created (Location: /orders/{id}); a replay carries Idempotent-Replayed: true', body: OrderSchema },
       400: { description: 'Invalid body or Idempotency-Key' },
       ...CALLER_REFUSALS,
-      409: { description: 'INSUFFICIENT_STOCK' },
+      409: { description: 'INSUFFICIENT_STOCK; IDEMPOTENCY_KEY_IN_USE (Retry-After): a create with this key is still in progress' },
       422: { description: 'UNKNOWN_USER, UNKNOWN_PRODUCT or IDEMPOTENCY_KEY_REUSED' },
       502: { description: 'BAD_GATEWAY: the product service answered something unexpected' },
       503: { description: 'DEPENDENCY_UNAVAILABLE (X-Dependency-Failure): the user or product service is unavailable; SERVICE_UNAVAILABLE: undone after running out of time, or too many keys in flight. Nothing was created' },

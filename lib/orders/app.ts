@@ -20,12 +20,16 @@ export interface OrderAppDeps extends ServiceDeps {
    * passes 2 x UPSTREAM_TIMEOUT_MS, the age at which the worker takes rows up.
    */
   releaseLeaseMs?: number;
+  /** IDEMPOTENCY_KEY_LEASE_MS (the config's default when not given). */
+  keyLeaseMs?: number;
+  /** IDEMPOTENCY_KEY_WAIT_MS (the config's default when not given). */
+  keyWaitMs?: number;
 }
 
 // Creates with an Idempotency-Key that may be in progress at once; more is a 503 with Retry-After.
 const MAX_KEYS_IN_FLIGHT = 1000;
 
-export function createOrderApp({ users, products, auth = createServiceAuth(), releaseLeaseMs = 10_000, ...deps }: OrderAppDeps): Express {
+export function createOrderApp({ users, products, auth = createServiceAuth(), releaseLeaseMs = 10_000, keyLeaseMs = 3000, keyWaitMs = 5000, ...deps }: OrderAppDeps): Express {
   const { logger, db, metrics } = deps;
   const store = createOrderStore(db);
   new Gauge({
@@ -45,6 +49,8 @@ export function createOrderApp({ users, products, auth = createServiceAuth(), re
     logger: logger.child({ component: 'orders' }),
     keys: createKeyGate(MAX_KEYS_IN_FLIGHT),
     releaseLeaseMs,
+    keyLeaseMs,
+    keyWaitMs,
   });
   return createServiceApp({ ...deps, service: 'order-service', routes, api: ORDER_API, ...(auth.mode === 'required' ? { guardAdmin: auth.requireAdminSurface } : {}) });
 }

@@ -82,6 +82,12 @@ export const ORDER_MIGRATIONS: Migrations = { sqlite: [
     PRIMARY KEY (user_id, key)
   ) WITHOUT ROWID;
   `,
+  // Retention deletes keys by age and claims by the end of their lease, a few hundred at a time:
+  // without these, every batch would read the whole table.
+  `
+  CREATE INDEX idempotency_keys_by_age ON idempotency_keys (created_at);
+  CREATE INDEX idempotency_claims_by_end ON idempotency_claims (until_ms);
+  `,
 ], postgres: [
   `
   CREATE TABLE orders (
@@ -139,6 +145,8 @@ export const ORDER_MIGRATIONS: Migrations = { sqlite: [
    ALTER TABLE order_items ALTER COLUMN order_id TYPE bigint, ALTER COLUMN product_id TYPE bigint;
    ALTER TABLE idempotency_keys ALTER COLUMN user_id TYPE bigint, ALTER COLUMN order_id TYPE bigint;
    ALTER TABLE idempotency_claims ALTER COLUMN user_id TYPE bigint;`,
+  `CREATE INDEX idempotency_keys_by_age ON idempotency_keys (created_at);
+   CREATE INDEX idempotency_claims_by_end ON idempotency_claims (until_ms);`,
 ] };
 
 export async function openOrderDatabase(options: ServiceDatabaseOptions): Promise<SqlDatabase> {

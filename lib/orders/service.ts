@@ -11,15 +11,17 @@ import { createUsersClient } from '../users/client.js';
 import { createOrderApp } from './app.js';
 import type { OrderConfig } from './config.js';
 import { startReleaseWorker } from './release-worker.js';
+import { startOrderRetention } from './retention.js';
 
 export interface OrderService {
   app: Express;
-  /** Stops the release worker (after the server has drained, before the database closes). */
+  /** Stops the release worker and retention (after the server has drained, before the database closes). */
   close: () => Promise<void>;
 }
 
 type OrderServiceConfig = Pick<OrderConfig, 'USERS_URL' | 'PRODUCTS_URL' | 'UPSTREAM_TIMEOUT_MS' | 'RELEASE_RETRY_MS' | 'INTERNAL_TOKEN'
-  | 'OUTLIER_CONSECUTIVE_FAILURES' | 'OUTLIER_EJECTION_MS' | 'OUTLIER_MAX_EJECTION_MS'> & AuthConfig;
+  | 'OUTLIER_CONSECUTIVE_FAILURES' | 'OUTLIER_EJECTION_MS' | 'OUTLIER_MAX_EJECTION_MS'
+  | 'IDEMPOTENCY_KEY_LEASE_MS' | 'IDEMPOTENCY_KEY_WAIT_MS' | 'IDEMPOTENCY_KEY_TTL_MS' | 'RETENTION_INTERVAL_MS'> & AuthConfig;
 
 // An instance's /health must answer this fast for it to come back after an ejection.
 const PROBE_TIMEOUT_MS = 1000;
@@ -40,11 +42,17 @@ export function buildOrderService(deps: ServiceDeps, config: OrderServiceConfig)
   // timer; only rows older than any create could still be waiting on.
   const releaseAfterMs = 2 * timeoutMs;
   const releases = startReleaseWorker({ db: deps.db, products, logger: deps.logger, intervalMs: config.RELEASE_RETRY_MS, minAgeMs: releaseAfterMs });
+  const retention = startOrderRetention(deps.db, deps.logger, config.RETENTION_INTERVAL_MS, { keyTtlMs: config.IDEMPOTENCY_KEY_TTL_MS });
   const auth = serviceAuthFromConfig(config, config.USERS_URL);
   return {
-    app: createOrderApp({ ...deps, users, products, auth, releaseLeaseMs: releaseAfterMs }),
+    app: createOrderApp({
+      ...deps, users, products, auth,
+      releaseLeaseMs: releaseAfterMs,
+      keyLeaseMs: config.IDEMPOTENCY_KEY_LEASE_MS,
+      keyWaitMs: config.IDEMPOTENCY_KEY_WAIT_MS,
+    }),
     close: async () => {
-      await releases.stop();
+      await Promise.all([releases.stop(), retention.stop()]);
       usersClient.instances.shutdown();
       productsClient.instances.shutdown();
     },

@@ -121,6 +121,13 @@ export function createOrderStore(db: Db) {
     claimKey: `INSERT INTO idempotency_claims (user_id, key, holder, until_ms) VALUES ($1, $2, $3, $4)
       ON CONFLICT (user_id, key) DO UPDATE SET holder = excluded.holder, until_ms = excluded.until_ms WHERE idempotency_claims.until_ms <= $5`,
     releaseKey: 'DELETE FROM idempotency_claims WHERE user_id = $1 AND key = $2 AND holder = $3',
+    renewKey: 'UPDATE idempotency_claims SET until_ms = $4 WHERE user_id = $1 AND key = $2 AND holder = $3',
+    // Batches by primary key; the outer condition is checked again on a row another transaction
+    // changed meanwhile (PostgreSQL), so a claim renewed since the SELECT is kept.
+    pruneKeys: `DELETE FROM idempotency_keys WHERE created_at < $1 AND (user_id, key) IN
+      (SELECT user_id, key FROM idempotency_keys WHERE created_at < $1 ORDER BY created_at LIMIT $2)`,
+    pruneClaims: `DELETE FROM idempotency_claims WHERE until_ms < $1 AND (user_id, key) IN
+      (SELECT user_id, key FROM idempotency_claims WHERE until_ms < $1 LIMIT $2)`,
     insertRelease: 'INSERT INTO pending_releases (reservation_id, created_at_ms) VALUES ($1, $2) ON CONFLICT (reservation_id) DO NOTHING',
     takeUnclaimedRelease: 'DELETE FROM pending_releases WHERE reservation_id = $1 AND claimed = 0',
     // One guarded statement: on PostgreSQL a racing claim waits for this row's lock, then finds
@@ -218,6 +225,17 @@ export function createOrderStore(db: Db) {
     async releaseIdempotencyKey(userId: number, key: string, holder: string): Promise<void> {
       await db.run(sql.releaseKey, [userId, key, holder]);
     },
+
+    /** Moves the end of a claim this holder still has; false when it is no longer this holder's. */
+    async renewIdempotencyKey(userId: number, key: string, holder: string, leaseMs: number): Promise<boolean> {
+      return (await db.run(sql.renewKey, [userId, key, holder, Date.now() + leaseMs])) === 1;
+    },
+
+    /** Deletes up to `limit` finished keys made before `before`; resolves to how many. */
+    pruneIdempotencyKeys: (before: Date, limit: number): Promise<number> => db.run(sql.pruneKeys, [before.toISOString(), limit]),
+
+    /** Deletes up to `limit` claims that ran out before `beforeMs` (their holder stopped renewing). */
+    pruneLapsedClaims: (beforeMs: number, limit: number): Promise<number> => db.run(sql.pruneClaims, [beforeMs, limit]),
 
     /** In one transaction: the order, its idempotency key, and the end of its outbox row. */
     async finishCreate(o: NewOrder, idempotency?: KeyedCreate): Promise<FinishCreateResult> {

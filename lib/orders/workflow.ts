@@ -5,11 +5,11 @@
 import { randomUUID } from 'node:crypto';
 import type { Logger } from 'pino';
 import { HttpError, notFound } from '../platform/errors.js';
-import { deadlinePassed, DeadlineExceededError, UpstreamUnavailableError, withoutDeadline } from '../platform/service-client.js';
+import { deadlineLeftMs, deadlinePassed, DeadlineExceededError, UpstreamUnavailableError, withoutDeadline } from '../platform/service-client.js';
 import type { Page } from '../platform/validation.js';
 import type { ProductsClient, Reservation } from '../products/client.js';
 import type { UsersClient } from '../users/client.js';
-import { hashOrderRequest, type KeyGate } from './idempotency.js';
+import { hashOrderRequest, keyInUse, renewClaim, type KeyGate } from './idempotency.js';
 import { NEXT_STATUSES, type CreateOrderInput, type ListOrdersQuery, type Order, type OrderStats, type OrderStatus } from './schema.js';
 import { toCents } from '../platform/money.js';
 import { type FinishCreateResult, type IdempotencyRecord, type KeyedCreate, type NewOrder, type OrderStore } from './store.js';
@@ -25,6 +25,10 @@ export interface OrderDeps {
    * longer than a release call takes, short enough that a crash mid-release is soon retried.
    */
   releaseLeaseMs: number;
+  /** IDEMPOTENCY_KEY_LEASE_MS: a create's claim on its key lasts this long past its last renewal. */
+  keyLeaseMs: number;
+  /** IDEMPOTENCY_KEY_WAIT_MS: the longest a repeat waits for the create holding its key. */
+  keyWaitMs: number;
 }
 
 export interface Created {
@@ -50,12 +54,13 @@ export async function createOrder(deps: OrderDeps, input: CreateOrderInput, idem
   try {
     if (idempotencyKey === undefined) return await placeOrder(deps, input);
     const bodyHash = hashOrderRequest(input);
+    const waitUntil = keyWaitEnd(deps.keyWaitMs);
     // Keys are the user's: one user's key never answers, or blocks, another user's create.
     return await deps.keys.run(`${input.userId}:${idempotencyKey}`, async () => {
       const earlier = await deps.store.findIdempotencyKey(input.userId, idempotencyKey);
       if (earlier) return replay(earlier, bodyHash);
-      return placeOrder(deps, input, { key: idempotencyKey, bodyHash });
-    });
+      return placeOrder(deps, input, { key: idempotencyKey, bodyHash, waitUntil });
+    }, waitUntil);
   } catch (err) {
     throw err instanceof UpstreamUnavailableError ? dependencyUnavailable(err.service) : err;
   }
@@ -79,15 +84,23 @@ function replay(record: IdempotencyRecord, bodyHash: string): Created {
   return { order: record.response, replayed: true };
 }
 
-// A create holds its key in the database for at most this long, so a retry after its instance
-// died is soon served; a create that outlasts it is still safe (a racer then takes stock of its
-// own, and the key's unique row still allows one order). A second create with the key waits at
-// most KEY_WAIT_MS for the first to finish.
-const KEY_LEASE_MS = 15_000;
-const KEY_WAIT_MS = 5_000;
+// A create holds its key in the database for keyLeaseMs past its last renewal, renewed every third
+// of it while it runs, so a retry after its instance died is served within keyLeaseMs; a create
+// that outlasts its claim is still safe (a racer then takes stock of its own, and the key's unique
+// row still allows one order). A second create with the key waits for the first until
+// keyWaitEnd(), then answers 409 IDEMPOTENCY_KEY_IN_USE.
 const KEY_POLL_MS = 25;
+// Left of the caller's deadline when a repeat stops waiting: time to answer before the caller
+// gives up (the service's own deadline is already up to 100 ms before the caller's).
+const KEY_ANSWER_MARGIN_MS = 100;
 
-async function placeOrder(deps: OrderDeps, input: CreateOrderInput, idempotency?: { key: string; bodyHash: string }): Promise<Created> {
+/** When a repeat stops waiting for its key: after `waitMs`, or just before the caller's deadline. */
+function keyWaitEnd(waitMs: number): number {
+  const left = deadlineLeftMs();
+  return Date.now() + Math.min(waitMs, left === undefined ? Infinity : left - KEY_ANSWER_MARGIN_MS);
+}
+
+async function placeOrder(deps: OrderDeps, input: CreateOrderInput, idempotency?: { key: string; bodyHash: string; waitUntil: number }): Promise<Created> {
   const { store, users } = deps;
   const user = await users.getUser(input.userId);
   if (!user) {
@@ -103,26 +116,30 @@ async function placeOrder(deps: OrderDeps, input: CreateOrderInput, idempotency?
   // With a key, the key is claimed in the same write, so that one create per user and key takes
   // stock across every instance: a racer waits for the first and answers its order, rather than
   // taking stock of its own (and failing for lack of it).
-  const giveUpAt = Date.now() + KEY_WAIT_MS;
+  const { key, bodyHash, waitUntil } = idempotency;
   for (;;) {
-    const begun = await store.beginKeyedCreate(reservationId, input.userId, idempotency.key, KEY_LEASE_MS);
-    if (begun.kind === 'finished') return replay(begun.record, idempotency.bodyHash);
+    const begun = await store.beginKeyedCreate(reservationId, input.userId, key, deps.keyLeaseMs);
+    if (begun.kind === 'finished') return replay(begun.record, bodyHash);
     if (begun.kind === 'claimed') {
+      const renewal = renewClaim(() => store.renewIdempotencyKey(input.userId, key, begun.holder, deps.keyLeaseMs), deps.keyLeaseMs / 3, (err) => {
+        deps.logger.warn({ err, reservationId }, err === undefined ? 'idempotency key claim lapsed while its create ran' : 'idempotency key claim not renewed');
+      });
       let created = false;
       try {
-        const result = await reserveAndFinish(deps, input, reservationId, { ...idempotency, holder: begun.holder });
+        const result = await reserveAndFinish(deps, input, reservationId, { key, bodyHash, holder: begun.holder });
         created = !result.replayed;
         return result;
       } finally {
+        renewal.stop();
         // Committed with the order otherwise; a failed create frees the key for a retry now.
-        if (!created) await store.releaseIdempotencyKey(input.userId, idempotency.key, begun.holder).catch(() => undefined);
+        if (!created) await store.releaseIdempotencyKey(input.userId, key, begun.holder).catch(() => undefined);
       }
     }
-    if (deadlinePassed()) throw new DeadlineExceededError();
-    if (Date.now() > giveUpAt) {
-      throw new HttpError(503, 'SERVICE_UNAVAILABLE', 'An order with this Idempotency-Key is still in progress, retry shortly', undefined, { retryAfter: 1 });
-    }
-    await new Promise((resolve) => setTimeout(resolve, KEY_POLL_MS));
+    // Still held: the holder may yet make the order, so this is no failure (never a 504), and
+    // the caller hears it while it still listens.
+    const left = waitUntil - Date.now();
+    if (left <= 0) throw keyInUse();
+    await new Promise((resolve) => setTimeout(resolve, Math.min(KEY_POLL_MS, left)));
   }
 }
 

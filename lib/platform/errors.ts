@@ -149,10 +149,9 @@ export function errorHandler(logger: Logger): ErrorRequestHandler {
     }
     // The answer is a dependency's fault, not this service's: callers' breakers read this header.
     if (typeof httpError.extra?.dependency === 'string') res.setHeader('X-Dependency-Failure', httpError.extra.dependency);
-    if (httpError.status === 503 || httpError.status === 429) {
-      const retry = httpError.extra?.retryAfter;
-      if (typeof retry === 'number' && !res.getHeader('retry-after')) res.setHeader('Retry-After', String(retry));
-    }
+    // 503, 429, and 409 IDEMPOTENCY_KEY_IN_USE: whichever names a retry time says it in the header too.
+    const retry = httpError.extra?.retryAfter;
+    if (typeof retry === 'number' && !res.getHeader('retry-after')) res.setHeader('Retry-After', String(retry));
     sendError(res, httpError);
   };
 }

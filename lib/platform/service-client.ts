@@ -51,6 +51,12 @@ export function deadlinePassed(): boolean {
   return deadline !== undefined && Date.now() >= deadline.at;
 }
 
+/** Milliseconds left before the current request's deadline; undefined without Request-Timeout. */
+export function deadlineLeftMs(): number | undefined {
+  const at = currentDeadline();
+  return at === undefined ? undefined : at - Date.now();
+}
+
 /** Runs `fn` with no deadline: work that must go on after the caller gave up (compensation). */
 export const withoutDeadline = <T>(fn: () => T): T => deadlines.exit(fn);
 

@@ -1,5 +1,5 @@
 import { z } from 'zod';
-import { portVar, serviceShape, urlListVar } from '../platform/config.js';
+import { intVar, portVar, serviceShape, urlListVar } from '../platform/config.js';
 import { adminTokenVar, authModeOf, authShape, demoSeedShape, internalTokenVar, withDemoSeedRule } from '../platform/identity.js';
 
 export const ProductConfigSchema = z
@@ -15,9 +15,18 @@ export const ProductConfigSchema = z
     // Opens /metrics, /spans and /traces in required mode (scrapers), beside an admin's JWT.
     ADMIN_TOKEN: adminTokenVar,
     ...demoSeedShape,
+    // A released reservation (or the tombstone of a release that came first) is kept this long,
+    // then deleted: a reserve of its id arriving later would take stock that no order owns. So
+    // it must outlast every reserve still on its way: the order service's UPSTREAM_TIMEOUT_MS
+    // (at most 10 min, retries included) and what a stalled process adds. 1 h leaves a margin.
+    RESERVATION_RETENTION_MS: intVar(3_600_000, 100, 365 * 24 * 3_600_000),
+    // How often released reservations past RESERVATION_RETENTION_MS are deleted, in batches.
+    RETENTION_INTERVAL_MS: intVar(60_000, 10, 3_600_000),
   })
   .superRefine(requireInternalTokenWhenRequired)
   .transform(withDemoSeedRule);
+
+export type ProductConfig = z.output<typeof ProductConfigSchema>;
 
 /** Without a service credential, /internal/* would either be open or refuse the order service. */
 export function requireInternalTokenWhenRequired(c: { AUTH_MODE?: 'open' | 'required' | undefined; NODE_ENV: string; INTERNAL_TOKEN?: string | undefined }, ctx: z.RefinementCtx): void {

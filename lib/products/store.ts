@@ -110,6 +110,10 @@ export function createProductStore(db: Db) {
       VALUES ($1, $2, $3, $4, $5)`,
     markReleased: "UPDATE reservations SET status = 'released', updated_at = $2 WHERE id = $1 AND status = 'held'",
     reservationCount: 'SELECT count(*) AS n FROM reservations',
+    // Released rows never change again, so the batch the subquery picks is the batch deleted;
+    // their items go with them (ON DELETE CASCADE).
+    pruneReleased: `DELETE FROM reservations WHERE status = 'released' AND updated_at < $1 AND id IN
+      (SELECT id FROM reservations WHERE status = 'released' AND updated_at < $1 ORDER BY updated_at LIMIT $2)`,
   };
 
   const readReservation = async (on: Db, id: string): Promise<ReservationRecord | undefined> => {
@@ -295,6 +299,9 @@ export function createProductStore(db: Db) {
     }),
 
     reservationCount: async (): Promise<number> => (await db.get<{ n: number }>(SQL.reservationCount))!.n,
+
+    /** Deletes up to `limit` reservations released before `before`, with their items; resolves to how many. */
+    pruneReleasedReservations: (before: Date, limit: number): Promise<number> => db.run(SQL.pruneReleased, [before.toISOString(), limit]),
   };
 }
 

@@ -31,6 +31,8 @@ export interface ChaosCounts {
   replayed: number;
   insufficientStock: number;
   unavailable: number;
+  /** 409 IDEMPOTENCY_KEY_IN_USE: the key's first create was still running; retried. */
+  keyInUse: number;
   deadline: number;
   otherStatus: number;
   networkErrors: number;
@@ -86,7 +88,7 @@ export async function runChaos({ seed, durationMs, concurrency = 16, log = () =>
   const children = new Set<ChildService>();
   const proxies: FaultProxy[] = [];
   const counts: ChaosCounts = {
-    seed, attempts: 0, created: 0, replayed: 0, insufficientStock: 0, unavailable: 0, deadline: 0, otherStatus: 0, networkErrors: 0,
+    seed, attempts: 0, created: 0, replayed: 0, insufficientStock: 0, unavailable: 0, keyInUse: 0, deadline: 0, otherStatus: 0, networkErrors: 0,
     gaveUp: 0, cancels: 0, faults: 0, ordersKilled: 0, productsKilled: 0, liveOrders: 0, cancelledOrders: 0, pendingReleasesLeft: 0,
     lowestStockSeen: INITIAL_STOCK,
   };
@@ -159,6 +161,8 @@ export async function runChaos({ seed, durationMs, concurrency = 16, log = () =>
             } else if (r.status === 409 && r.body?.code === 'INSUFFICIENT_STOCK') {
               counts.insufficientStock++;
               settled = true;
+            } else if (r.status === 409 && r.body?.code === 'IDEMPOTENCY_KEY_IN_USE') {
+              counts.keyInUse++;
             } else if (r.status === 503) {
               counts.unavailable++;
             } else if (r.status === 504) {
