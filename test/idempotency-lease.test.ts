@@ -15,6 +15,7 @@ import { buildOrderService } from '../lib/orders/service.js';
 import { assertNoLeak, http, memoryLogger, startApp, tempDir, type TestResponse } from './helpers.js';
 import { spawnService, type ChildService } from './process.js';
 import { testStorage, type TestStorage } from './support/engines.js';
+import { skipUnless } from './support/services.js';
 import { createProduct, createUser, startServices, stockOf, type System } from './system.js';
 
 // Short, so a lapse is quick; the renewals (every 200 ms) still have room on a busy machine.
@@ -119,7 +120,7 @@ async function waitFor(what: string, check: () => Promise<boolean>, timeoutMs = 
   }
 }
 
-describe('Idempotency-Key claims on PostgreSQL, several instances', () => {
+describe('Idempotency-Key claims on PostgreSQL, several instances', { skip: skipUnless('postgres') }, () => {
   let sys: System;
   let storage: TestStorage;
   let proxy: HoldingProxy;

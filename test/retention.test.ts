@@ -7,6 +7,7 @@ import { pruneProductRows } from '../lib/products/retention.js';
 import type { Db } from '../lib/platform/sql.js';
 import { assertNoLeak, http, type TestResponse } from './helpers.js';
 import { ENGINES, testStorage, type TestStorage } from './support/engines.js';
+import { skipUnless } from './support/services.js';
 import { createProduct, createUser, startServices, stockOf, type System } from './system.js';
 
 const count = async (db: Db, sql: string, params: readonly unknown[] = []): Promise<number> => Number((await db.get<{ n: number | string }>(sql, params))!.n);
@@ -53,7 +54,7 @@ async function waitFor(what: string, check: () => Promise<boolean>, timeoutMs = 
 }
 
 for (const engine of ENGINES) {
-  describe(`retention on ${engine}`, () => {
+  describe(`retention on ${engine}`, { skip: skipUnless(engine) }, () => {
     let sys: System;
     let storage: TestStorage;
 
@@ -143,7 +144,7 @@ for (const engine of ENGINES) {
     });
   });
 
-  describe(`retention on ${engine}, on the services' timers`, () => {
+  describe(`retention on ${engine}, on the services' timers`, { skip: skipUnless(engine) }, () => {
     let sys: System;
     let storage: TestStorage;
 
