@@ -190,7 +190,7 @@ export function createTokenVerifier({ keys, issuer, audience, algorithms, maxLif
       const hit = cached(header);
       if (hit) return hit;
       const identity = await signed(header, res);
-      if (versions !== undefined && (await versions.current(identity.sub)) !== identity.ver) {
+      if (versions !== undefined && (await versions.current(identity.sub, identity.ver)) !== identity.ver) {
         // Versions only go up and a gone account never comes back: this token is done for good.
         cache.delete(header);
         throw unauthenticated(res);

@@ -12,8 +12,12 @@ export type FetchTokenVersion = (sub: string) => Promise<number | null>;
 export interface TokenVersions {
   /** The version known from an answer younger than the TTL (null: no account), or undefined: ask. */
   fresh(sub: string): number | null | undefined;
-  /** The current version, asked when the one known is older than the TTL; one question per account at a time. */
-  current(sub: string): Promise<number | null>;
+  /**
+   * The current version, asked when the one known is older than the TTL or below `atLeast` (a
+   * token newer than the answer: versions only go up, so the answer is out of date); one question
+   * per account at a time.
+   */
+  current(sub: string, atLeast?: number): Promise<number | null>;
   readonly size: number;
 }
 
@@ -61,9 +65,9 @@ export function createTokenVersions({ fetch, ttlMs, maxStaleMs = 30_000, maxEntr
 
   return {
     fresh,
-    current(sub) {
+    current(sub, atLeast = 0) {
       const version = fresh(sub);
-      return version === undefined ? ask(sub) : Promise.resolve(version);
+      return version === undefined || (version !== null && version < atLeast) ? ask(sub) : Promise.resolve(version);
     },
     get size() {
       return known.size;
