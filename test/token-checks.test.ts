@@ -89,7 +89,7 @@ describe('remote JWKS', () => {
     // Known already: the key is found without a fetch.
     const before = fetches.length;
     const started = Date.now();
-    const [{ kid }] = [next];
+    const { kid } = next;
     assert.ok(await keys({ alg: 'ES256', kid }, { payload: '', signature: '' }));
     assert.ok(Date.now() - started < JWKS_MIN_REFETCH_MS / 2, 'no wait for a fetch');
     assert.ok(fetches.length - before <= 1);
