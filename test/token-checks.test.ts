@@ -4,9 +4,10 @@ import assert from 'node:assert/strict';
 import { createServer, type Server } from 'node:http';
 import { after, before, describe, mock, test } from 'node:test';
 import { createTokenVerifier, DEFAULT_ALGORITHMS, DEFAULT_AUDIENCE, DEFAULT_ISSUER, JWKS_MIN_REFETCH_MS, remoteKeys } from '../lib/platform/identity.js';
-import { createTokenVersions } from '../lib/platform/token-versions.js';
+import { createTokenVersions, remoteTokenVersions } from '../lib/platform/token-versions.js';
 import { issueToken, loadSigningKey, localKeys, type SigningKey } from '../lib/users/auth.js';
 import { eventually } from './gateway-helpers.js';
+import { memoryLogger } from './helpers.js';
 
 const settings = { issuer: DEFAULT_ISSUER, audience: DEFAULT_AUDIENCE, ttlS: 60 };
 const verifierOf = (keys: ReturnType<typeof remoteKeys>) => createTokenVerifier({ keys, issuer: DEFAULT_ISSUER, audience: DEFAULT_AUDIENCE, algorithms: DEFAULT_ALGORITHMS });
@@ -148,5 +149,36 @@ describe('token versions', () => {
     await assert.rejects(verifier.verify(await token(1, 1)), { status: 401 });
     await assert.rejects(verifier.verify(await token(9, 0)), { status: 401 });
     assert.equal(verifier.size, 1, 'only the valid token is held');
+  });
+});
+
+describe("the user service's token versions, asked over HTTP", () => {
+  test('when the user service refuses our credential, then each question fails and one warn line per outage says why, without the credential', async () => {
+    let refuse = true;
+    const seen: (string | undefined)[] = [];
+    const server = createServer((req, res) => {
+      seen.push(req.headers.authorization);
+      res.setHeader('content-type', 'application/json');
+      if (refuse) return res.writeHead(403).end(JSON.stringify({ error: 'The service credential is required', code: 'FORBIDDEN' }));
+      res.end(JSON.stringify({ id: 4, tokenVersion: 7 }));
+    });
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    const { logger, lines } = memoryLogger('gateway');
+    try {
+      const fetchVersion = remoteTokenVersions([`http://127.0.0.1:${(server.address() as { port: number }).port}`], 'internal-token-of-ours-0123456789', { logger });
+      await assert.rejects(fetchVersion('4'), { status: 403 });
+      await assert.rejects(fetchVersion('4'), { status: 403 });
+      assert.equal(await fetchVersion('not-a-user-id'), null, 'a subject that is no id of ours is not asked');
+      refuse = false;
+      assert.equal(await fetchVersion('4'), 7);
+      const messages = lines().map((l) => l.msg as string);
+      assert.equal(messages.filter((m) => m.startsWith('cannot ask the user service')).length, 1);
+      assert.ok(messages.includes('token versions answered again'));
+      assert.deepEqual(new Set(seen), new Set(['Bearer internal-token-of-ours-0123456789']));
+      assert.ok(!JSON.stringify(lines()).includes('internal-token-of-ours'), 'no credential in the logs');
+    } finally {
+      server.close();
+      server.closeAllConnections();
+    }
   });
 });

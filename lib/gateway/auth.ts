@@ -65,7 +65,7 @@ export interface GatewayAuthOptions {
   verifier?: TokenVerifier;
 }
 
-export function createGatewayAuth({ config, logger, verifier = verifierFromConfig(config, config.USERS_URL) }: GatewayAuthOptions): GatewayAuth {
+export function createGatewayAuth({ config, logger, verifier = verifierFromConfig(config, config.USERS_URL, logger) }: GatewayAuthOptions): GatewayAuth {
   const mode = authModeOf(config);
   const required = mode === 'required';
   const adminToken = secretDigest(config.ADMIN_TOKEN);

@@ -40,7 +40,7 @@ export function buildOrderService(deps: ServiceDeps, config: OrderServiceConfig)
   // timer; only rows older than any create could still be waiting on.
   const releaseAfterMs = 2 * timeoutMs;
   const releases = startReleaseWorker({ db: deps.db, products, logger: deps.logger, intervalMs: config.RELEASE_RETRY_MS, minAgeMs: releaseAfterMs });
-  const auth = serviceAuthFromConfig(config, config.USERS_URL);
+  const auth = serviceAuthFromConfig(config, config.USERS_URL, deps.logger);
   return {
     app: createOrderApp({ ...deps, users, products, auth, releaseLeaseMs: releaseAfterMs }),
     close: async () => {

@@ -8,6 +8,7 @@ import { z } from 'zod';
 import { intVar, urlList } from './config.js';
 import { HttpError } from './errors.js';
 import { setBounded } from './bounded-map.js';
+import type { Logger } from './logger.js';
 import { createTokenVersions, remoteTokenVersions, type TokenVersions } from './token-versions.js';
 
 export type AuthMode = 'open' | 'required';
@@ -424,12 +425,12 @@ export interface AuthConfig {
  * own user service (no JWKS_URL) are also checked against their account's current version, asked
  * of the same instances; an external identity provider's accounts are not ours to check.
  */
-export function verifierFromConfig(config: AuthConfig, usersUrls: string): TokenVerifier {
+export function verifierFromConfig(config: AuthConfig, usersUrls: string, logger?: Logger): TokenVerifier {
   const urls = urlList(usersUrls);
   const keyOptions = { refreshMs: config.JWT_KEY_REFRESH_MS };
   const keys = config.JWKS_URL === undefined ? failoverKeys(urls.map((u) => jwksUrlOf(config, u)), keyOptions) : remoteKeys(config.JWKS_URL, keyOptions);
   const versions = config.JWKS_URL === undefined
-    ? createTokenVersions({ fetch: remoteTokenVersions(urls, config.INTERNAL_TOKEN), ttlMs: config.TOKEN_VERSION_CACHE_MS })
+    ? createTokenVersions({ fetch: remoteTokenVersions(urls, config.INTERNAL_TOKEN, { logger: logger?.child({ component: 'token-versions' }) }), ttlMs: config.TOKEN_VERSION_CACHE_MS })
     : undefined;
   return createTokenVerifier({
     keys, issuer: config.JWT_ISSUER, audience: config.JWT_AUDIENCE, algorithms: config.JWT_ALGORITHMS, maxLifetimeS: config.TOKEN_TTL_S, versions,
@@ -437,8 +438,8 @@ export function verifierFromConfig(config: AuthConfig, usersUrls: string): Token
 }
 
 /** A service's ServiceAuth from its configuration. */
-export function serviceAuthFromConfig(config: AuthConfig, usersUrls: string): ServiceAuth {
+export function serviceAuthFromConfig(config: AuthConfig, usersUrls: string, logger?: Logger): ServiceAuth {
   return createServiceAuth({
-    mode: authModeOf(config), verifier: verifierFromConfig(config, usersUrls), internalToken: config.INTERNAL_TOKEN, adminToken: config.ADMIN_TOKEN,
+    mode: authModeOf(config), verifier: verifierFromConfig(config, usersUrls, logger), internalToken: config.INTERNAL_TOKEN, adminToken: config.ADMIN_TOKEN,
   });
 }

@@ -3,8 +3,9 @@
 // gone is refused. Verifiers ask the user service and remember the answer for a short time, which
 // bounds how long a revoked token still passes.
 import { HttpError } from './errors.js';
+import type { Logger } from './logger.js';
 import { setBounded } from './bounded-map.js';
-import { ServiceClient } from './service-client.js';
+import { ServiceClient, withoutDeadline } from './service-client.js';
 
 /** The current version of account `sub`; null when there is no such account. */
 export type FetchTokenVersion = (sub: string) => Promise<number | null>;
@@ -82,25 +83,35 @@ export const tokenVersionPath = (id: string): string => `/internal/users/${id}/t
  * Asks the user service's instances in turn, from the one that answered last; only an instance
  * that gave no usable answer is skipped. Subjects that are not user ids of ours have no account.
  */
-export function remoteTokenVersions(usersUrls: readonly string[], internalToken: string | undefined, timeoutMs = 2000): FetchTokenVersion {
+export function remoteTokenVersions(usersUrls: readonly string[], internalToken: string | undefined, { timeoutMs = 2000, logger }: { timeoutMs?: number; logger?: Logger | undefined } = {}): FetchTokenVersion {
   const clients = usersUrls.map((url) => new ServiceClient({ name: 'users', baseUrl: url, timeoutMs }));
   const headers: Record<string, string> = internalToken === undefined ? {} : { authorization: `Bearer ${internalToken}` };
   let preferred = 0;
+  let failing = false;
   return async (sub) => {
     if (!/^[1-9]\d{0,15}$/.test(sub)) return null;
     let failure: unknown;
     for (let n = 0; n < clients.length; n++) {
       const i = (preferred + n) % clients.length;
       try {
-        const res = await clients[i].get<{ tokenVersion?: unknown }>(tokenVersionPath(sub), { headers, accept: [404] });
+        // One answer serves every request waiting for it: none's deadline is its own.
+        const res = await withoutDeadline(() => clients[i].get<{ tokenVersion?: unknown }>(tokenVersionPath(sub), { headers, accept: [404] }));
         preferred = i;
         if (res.status === 404) return null;
         if (typeof res.body?.tokenVersion !== 'number') throw new Error('no tokenVersion in the answer');
+        if (failing) logger?.info('token versions answered again');
+        failing = false;
         return res.body.tokenVersion;
       } catch (err) {
         failure = err;
       }
     }
+    // One line per outage. A 401 or 403 here is a missing or different INTERNAL_TOKEN.
+    if (!failing) {
+      const { status, message } = failure as { status?: number; message?: string };
+      logger?.warn({ err: { status, message } }, 'cannot ask the user service for token versions (its INTERNAL_TOKEN and ours must match); tokens are refused with 503 once the last answers are 30 s old');
+    }
+    failing = true;
     throw failure;
   };
 }
