@@ -9,5 +9,5 @@ await runService({
   service: 'product-service',
   schema: ProductConfigSchema,
   openDatabase: openProductDatabase,
-  build: (deps, config) => buildProductService(deps, config, serviceAuthFromConfig(config, config.USERS_URL)),
+  build: (deps, config) => buildProductService(deps, config, serviceAuthFromConfig(config, config.USERS_URL, deps.logger)),
 });

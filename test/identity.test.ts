@@ -133,20 +133,24 @@ describe('auth configuration', () => {
 });
 
 describe('JWKS of several user-service instances', () => {
-  test('when the first instance is down, then a token verifies with the next one; a JWKS without the key is a 401, not a failover', async () => {
+  test('when the first instance is down, then a token verifies with the next one; a key no instance publishes is a 401', async () => {
     const key = loadSigningKey(':memory:');
     const other = loadSigningKey(':memory:');
     const settings = { issuer: DEFAULT_ISSUER, audience: DEFAULT_AUDIENCE, ttlS: 60 };
     let asked = 0;
-    const server = createServer((_req, res) => {
+    const server = createServer((req, res) => {
+      res.setHeader('content-type', 'application/json');
+      if (req.url === '/internal/users/3/token-version') return res.end(JSON.stringify({ id: 3, tokenVersion: 0 }));
       asked++;
-      res.setHeader('content-type', 'application/json').end(JSON.stringify({ keys: [key.publicJwk] }));
+      res.end(JSON.stringify({ keys: [key.publicJwk] }));
     });
     await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
     const live = `http://127.0.0.1:${(server.address() as { port: number }).port}`;
     const dead = await deadUrl();
     try {
-      const config = { NODE_ENV: 'test', JWT_ISSUER: DEFAULT_ISSUER, JWT_AUDIENCE: DEFAULT_AUDIENCE, JWT_ALGORITHMS: [...DEFAULT_ALGORITHMS] };
+      const config = {
+        NODE_ENV: 'test', JWT_ISSUER: DEFAULT_ISSUER, JWT_AUDIENCE: DEFAULT_AUDIENCE, JWT_ALGORITHMS: [...DEFAULT_ALGORITHMS], TOKEN_TTL_S: 900, JWT_KEY_REFRESH_MS: 30_000, TOKEN_VERSION_CACHE_MS: 1000,
+      };
       const verifier = verifierFromConfig(config, `${dead.url},${live}`);
       const identity = await verifier.verify(`Bearer ${await issueToken(key, { id: 3, role: 'user' }, settings)}`);
       assert.equal(identity.sub, '3');

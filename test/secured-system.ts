@@ -11,6 +11,7 @@ import type { Express } from 'express';
 import { createOrderApp } from '../lib/orders/app.js';
 import { openOrderDatabase } from '../lib/orders/db.js';
 import { createServiceAuth, createTokenVerifier, DEFAULT_ALGORITHMS, DEFAULT_AUDIENCE, DEFAULT_ISSUER, remoteKeys, type AuthMode, type ServiceAuth } from '../lib/platform/identity.js';
+import { createTokenVersions, remoteTokenVersions } from '../lib/platform/token-versions.js';
 import type { SqlDatabase } from '../lib/platform/sql.js';
 import { createMetrics } from '../lib/platform/metrics.js';
 import { closeServer, listen } from '../lib/platform/server.js';
@@ -63,18 +64,24 @@ async function run(service: string, build: (logger: ReturnType<typeof memoryLogg
   };
 }
 
-/** `mode`: every process's AUTH_MODE (the gateway's can be changed with `gatewayEnv`). */
-export async function startSecuredSystem({ mode = 'required', gatewayEnv = {}, logLevel = 'warn' }: { mode?: AuthMode; gatewayEnv?: Record<string, string>; logLevel?: string } = {}): Promise<SecuredSystem> {
+/**
+ * `mode`: every process's AUTH_MODE (the gateway's can be changed with `gatewayEnv`);
+ * `versionCacheMs`: every verifier's TOKEN_VERSION_CACHE_MS.
+ */
+export async function startSecuredSystem({ mode = 'required', gatewayEnv = {}, logLevel = 'warn', versionCacheMs = 2000 }: { mode?: AuthMode; gatewayEnv?: Record<string, string>; logLevel?: string; versionCacheMs?: number } = {}): Promise<SecuredSystem> {
   const dir = tempDir('msvc-secured-');
   const key = loadSigningKey(dir.dir);
   const users = await run('user-service', async (logger) => {
     const db = await openUserDatabase({ dataDir: dir.dir, seed: true });
     await setDemoPasswords(db, hashPasswordSync(DEFAULT_DEMO_PASSWORD, MIN_PASSWORD_HASH_COST));
-    return { app: createUserApp({ logger, db, metrics: createMetrics('user-service') }, { ...defaultUserAuth(), mode, key, adminToken: ADMIN_TOKEN }), db };
+    return { app: createUserApp({ logger, db, metrics: createMetrics('user-service') }, { ...defaultUserAuth(), mode, key, adminToken: ADMIN_TOKEN, internalToken: INTERNAL_TOKEN }), db };
   }, logLevel);
   const serviceAuth = (): ServiceAuth => createServiceAuth({
     mode,
-    verifier: createTokenVerifier({ keys: remoteKeys(`${users.url}/.well-known/jwks.json`), issuer: DEFAULT_ISSUER, audience: DEFAULT_AUDIENCE, algorithms: DEFAULT_ALGORITHMS }),
+    verifier: createTokenVerifier({
+      keys: remoteKeys(`${users.url}/.well-known/jwks.json`), issuer: DEFAULT_ISSUER, audience: DEFAULT_AUDIENCE, algorithms: DEFAULT_ALGORITHMS,
+      versions: createTokenVersions({ fetch: remoteTokenVersions([users.url], INTERNAL_TOKEN), ttlMs: versionCacheMs }),
+    }),
     internalToken: INTERNAL_TOKEN,
     adminToken: ADMIN_TOKEN,
   });
@@ -89,7 +96,7 @@ export async function startSecuredSystem({ mode = 'required', gatewayEnv = {}, l
     return { app: createOrderApp({ logger, db, metrics: createMetrics('order-service'), users: usersClient, products: productsClient, auth: serviceAuth() }), db };
   }, logLevel);
   const gateway = await startGateway({
-    USERS_URL: users.url, PRODUCTS_URL: products.url, ORDERS_URL: orders.url, AUTH_MODE: mode, ADMIN_TOKEN, LOG_LEVEL: logLevel, ...gatewayEnv,
+    USERS_URL: users.url, PRODUCTS_URL: products.url, ORDERS_URL: orders.url, AUTH_MODE: mode, ADMIN_TOKEN, INTERNAL_TOKEN, TOKEN_VERSION_CACHE_MS: String(versionCacheMs), LOG_LEVEL: logLevel, ...gatewayEnv,
   });
   return {
     gateway,

@@ -7,7 +7,7 @@ import { FaultSpecSchema } from '../platform/faults.js';
 import { CALLER_REFUSALS, FaultStateSchema, PROCESS_API, TRACE_API, UNAUTHENTICATED } from '../platform/openapi/common.js';
 import { IdParamsSchema } from '../platform/validation.js';
 import { PRODUCT_API } from '../products/api.js';
-import { LOGIN_API, USER_API } from '../users/api.js';
+import { LOGIN_API, LOGOUT_API, USER_API } from '../users/api.js';
 import { UserSchema } from '../users/schema.js';
 import { CIRCUIT_ACTIONS } from './debug.js';
 import { GATEWAY_FEATURES } from './status.js';
@@ -168,6 +168,13 @@ const GATEWAY_LOGIN: ApiRoute = {
   responses: { ...LOGIN_API.responses, 429: { description: 'RATE_LIMITED: too many logins from this address, or failures for this email (Retry-After)' }, 502: GATEWAY_FAILURES[502], 503: GATEWAY_FAILURES[503], 504: GATEWAY_FAILURES[504] },
 };
 
+const GATEWAY_LOGOUT: ApiRoute = {
+  ...LOGOUT_API,
+  path: '/api/auth/logout',
+  summary: `${LOGOUT_API.summary} (relayed to the user service)`,
+  responses: { ...LOGOUT_API.responses, ...GATEWAY_FAILURES },
+};
+
 /** Every route of the gateway; the debug and trace routes only where the app mounts them. */
 export function gatewayApi({ tracing, debug }: { tracing: boolean; debug: boolean }): ApiRoute[] {
   return [
@@ -177,6 +184,7 @@ export function gatewayApi({ tracing, debug }: { tracing: boolean; debug: boolea
     ...DASHBOARD_API,
     ...(debug ? DEBUG_API : []),
     GATEWAY_LOGIN,
+    GATEWAY_LOGOUT,
     ...SERVICE_NAMES.flatMap(proxied),
   ];
 }

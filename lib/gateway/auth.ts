@@ -65,7 +65,7 @@ export interface GatewayAuthOptions {
   verifier?: TokenVerifier;
 }
 
-export function createGatewayAuth({ config, logger, verifier = verifierFromConfig(config, config.USERS_URL) }: GatewayAuthOptions): GatewayAuth {
+export function createGatewayAuth({ config, logger, verifier = verifierFromConfig(config, config.USERS_URL, logger) }: GatewayAuthOptions): GatewayAuth {
   const mode = authModeOf(config);
   const required = mode === 'required';
   const adminToken = secretDigest(config.ADMIN_TOKEN);
@@ -125,7 +125,7 @@ export interface LoginRouteOptions {
 
 /**
  * POST /api/auth/login, relayed to the user service's POST /auth/login through its breaker. The
- * body is parsed here (it is small) and never logged.
+ * body is parsed here (it is small) and never logged. POST /api/auth/logout beside it.
  */
 export function createLoginRoute({ users, limiter }: LoginRouteOptions): Router {
   const router = Router();
@@ -136,6 +136,21 @@ export function createLoginRoute({ users, limiter }: LoginRouteOptions): Router 
     if (retryAfter) res.setHeader('Retry-After', retryAfter);
     res.setHeader('Cache-Control', 'no-store');
     res.status(answer.status).json(answer.body);
+  });
+  // Ends every token of the caller, at the user service (which raises the account's token
+  // version): each verifier refuses them within its TOKEN_VERSION_CACHE_MS. The caller's token
+  // was verified on the way in (required mode); the user service checks it in every mode.
+  router.post('/api/auth/logout', async (req, res) => {
+    res.locals.route = '/api/auth/logout';
+    const authorization = req.headers.authorization;
+    const answer = await users.breaker.run((c) => users.client.post<unknown>('/auth/logout', undefined, {
+      signal: c.signal, accept: [401], ...(authorization === undefined ? {} : { headers: { authorization } }),
+    }));
+    const challenge = answer.headers.get('www-authenticate');
+    if (challenge) res.setHeader('WWW-Authenticate', challenge);
+    res.setHeader('Cache-Control', 'no-store');
+    if (answer.status === 204) res.status(204).end();
+    else res.status(answer.status).json(answer.body);
   });
   return router;
 }

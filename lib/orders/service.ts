@@ -43,7 +43,7 @@ export function buildOrderService(deps: ServiceDeps, config: OrderServiceConfig)
   const releaseAfterMs = 2 * timeoutMs;
   const releases = startReleaseWorker({ db: deps.db, products, logger: deps.logger, intervalMs: config.RELEASE_RETRY_MS, minAgeMs: releaseAfterMs });
   const retention = startOrderRetention(deps.db, deps.logger, config.RETENTION_INTERVAL_MS, { keyTtlMs: config.IDEMPOTENCY_KEY_TTL_MS });
-  const auth = serviceAuthFromConfig(config, config.USERS_URL);
+  const auth = serviceAuthFromConfig(config, config.USERS_URL, deps.logger);
   return {
     app: createOrderApp({
       ...deps, users, products, auth,

@@ -5,9 +5,11 @@ import { createHash, timingSafeEqual } from 'node:crypto';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { createRemoteJWKSet, errors, jwtVerify, type JWTVerifyGetKey } from 'jose';
 import { z } from 'zod';
-import { urlList } from './config.js';
+import { intVar, urlList } from './config.js';
 import { HttpError } from './errors.js';
 import { setBounded } from './bounded-map.js';
+import type { Logger } from './logger.js';
+import { createTokenVersions, remoteTokenVersions, type TokenVersions } from './token-versions.js';
 
 export type AuthMode = 'open' | 'required';
 
@@ -15,6 +17,8 @@ export type AuthMode = 'open' | 'required';
 export interface Identity {
   sub: string;
   role: string;
+  /** The account's token version when the token was issued (0 for a token without `ver`). */
+  ver: number;
   /** When the token stops being valid, in ms since the epoch. */
   expMs: number;
   /** `user:<sub>`: the caller's key for per-user limits and caches, made once per token. */
@@ -24,6 +28,9 @@ export interface Identity {
 export const DEFAULT_ISSUER = 'microservices-demo';
 export const DEFAULT_AUDIENCE = 'microservices-demo-api';
 export const DEFAULT_ALGORITHMS = ['ES256', 'EdDSA'] as const;
+
+export const DEFAULT_TOKEN_TTL_S = 900;
+export const DEFAULT_JWT_KEY_REFRESH_MS = 30_000;
 
 const httpUrl = z.url({ protocol: /^https?$/, message: 'must be an http(s) URL' });
 
@@ -39,6 +46,20 @@ export const authShape = {
   // Accepted signing algorithms (comma-separated); never HS* or none.
   JWT_ALGORITHMS: z.string().default(DEFAULT_ALGORITHMS.join(',')).transform((v) => v.split(',').map((a) => a.trim()).filter(Boolean))
     .refine((algs) => algs.length > 0 && algs.every((a) => /^(ES256|ES384|ES512|EdDSA|Ed25519|RS256|RS384|RS512|PS256|PS384|PS512)$/.test(a)), 'must list asymmetric algorithms only (ES256, EdDSA, RS256, ...)'),
+  // Lifetime of an access token: the user service issues tokens of this lifetime, and every
+  // verifier refuses a token whose exp - iat is longer (a leaked key cannot mint ten-year tokens).
+  TOKEN_TTL_S: intVar(DEFAULT_TOKEN_TTL_S, 30, 24 * 3600),
+  // How often the signing keys are read again: by each user-service instance from the database
+  // (keys kept there), and by every verifier from the JWKS, so a rotated key is known everywhere
+  // before it signs (it signs 3 x this after `npm run rotate-key`).
+  JWT_KEY_REFRESH_MS: intVar(DEFAULT_JWT_KEY_REFRESH_MS, 100, 3_600_000),
+  // How long a verifier uses the user service's answer for an account's token version before
+  // asking again: the longest a token still passes after its role or password changed, its user
+  // logged out or was deleted. 0: asked for every request that is not already being asked.
+  TOKEN_VERSION_CACHE_MS: intVar(2000, 0, 60_000),
+  // The service credential: what the order service shows the product service's /internal/*
+  // routes, and what verifiers show the user service's token-version route.
+  INTERNAL_TOKEN: z.string().min(16, 'must be at least 16 characters').optional(),
 };
 
 /**
@@ -51,7 +72,7 @@ export function withDemoSeedRule<C extends { SEED_DATA: boolean; NODE_ENV: strin
 }
 
 /** The service credential the order service shows the product service's /internal/* routes. */
-export const internalTokenVar = z.string().min(16, 'must be at least 16 characters').optional();
+export const internalTokenVar = authShape.INTERNAL_TOKEN;
 
 /** A secret that opens a process's admin surface as Bearer, beside an admin's JWT (for scrapers). */
 export const adminTokenVar = z.string().min(16, 'must be at least 16 characters').optional();
@@ -94,14 +115,24 @@ export interface TokenVerifierOptions {
   issuer: string;
   audience: string;
   algorithms: readonly string[];
+  /** Longest accepted lifetime (exp - iat) in seconds: TOKEN_TTL_S. */
+  maxLifetimeS?: number;
+  /** Each account's current token version; absent: tokens are not checked against their account. */
+  versions?: TokenVersions;
   /** Verified tokens remembered until their exp; the oldest is forgotten beyond this. */
   maxCached?: number;
 }
 
 export interface TokenVerifier {
-  /** The identity of an Authorization header already verified and not expired, without any await. */
+  /**
+   * The identity of an Authorization header already verified, not expired, and whose account's
+   * version is known and matches, without any await.
+   */
   cached(header: string): Identity | undefined;
-  /** Verifies the header's bearer token (signature, alg, iss, aud, exp, nbf); throws 401 otherwise. */
+  /**
+   * Verifies the header's bearer token (signature, alg, iss, aud, exp, nbf, iat, lifetime) and its
+   * account's version; throws 401 otherwise.
+   */
   verify(header: string, res?: ServerResponse): Promise<Identity>;
   readonly size: number;
 }
@@ -110,16 +141,48 @@ export interface TokenVerifier {
  * Verifies JWTs with `keys`. The cache is keyed by the whole header value, so a hit costs one Map
  * lookup and one comparison; a token is only cached after its signature checked out.
  */
-export function createTokenVerifier({ keys, issuer, audience, algorithms, maxCached = 10_000 }: TokenVerifierOptions): TokenVerifier {
+export function createTokenVerifier({ keys, issuer, audience, algorithms, maxLifetimeS = DEFAULT_TOKEN_TTL_S, versions, maxCached = 10_000 }: TokenVerifierOptions): TokenVerifier {
   const cache = new Map<string, Identity>();
-  const options = { issuer, audience, algorithms: [...algorithms], clockTolerance: CLOCK_TOLERANCE_S, requiredClaims: ['sub', 'exp'] };
+  // maxTokenAge makes jose refuse an iat beyond the clock tolerance in the future (and require iat).
+  const options = {
+    issuer, audience, algorithms: [...algorithms], clockTolerance: CLOCK_TOLERANCE_S, requiredClaims: ['sub', 'exp', 'iat'], maxTokenAge: maxLifetimeS,
+  };
 
   const cached = (header: string): Identity | undefined => {
     const hit = cache.get(header);
     if (hit === undefined) return undefined;
-    if (hit.expMs > Date.now()) return hit;
-    cache.delete(header);
-    return undefined;
+    if (hit.expMs <= Date.now()) {
+      cache.delete(header);
+      return undefined;
+    }
+    return versions === undefined || versions.fresh(hit.sub) === hit.ver ? hit : undefined;
+  };
+
+  const signed = async (header: string, res: ServerResponse | undefined): Promise<Identity> => {
+    const hit = cache.get(header);
+    if (hit !== undefined && hit.expMs > Date.now()) return hit;
+    const token = bearerToken(header);
+    if (token === undefined) throw unauthenticated(res);
+    let payload;
+    try {
+      ({ payload } = await jwtVerify(token, keys, options));
+    } catch (err) {
+      // No keys to check against is our outage, not the client's fault.
+      if (!(err instanceof errors.JOSEError) || err.code === 'ERR_JWKS_TIMEOUT' || err.code === 'ERR_JWKS_INVALID') {
+        throw new HttpError(503, 'SERVICE_UNAVAILABLE', 'Tokens cannot be verified right now', undefined, { retryAfter: 5 });
+      }
+      // Why it failed (expired, bad signature, unknown key) is not the client's to probe.
+      throw unauthenticated(res);
+    }
+    const { sub, exp, iat, ver = 0 } = payload;
+    if (typeof sub !== 'string' || sub === '' || typeof exp !== 'number' || typeof iat !== 'number') throw unauthenticated(res);
+    // A token made to live longer than ours do was not made by our rules, whoever signed it.
+    if (exp - iat > maxLifetimeS || !Number.isSafeInteger(ver)) throw unauthenticated(res);
+    const identity: Identity = {
+      sub, role: typeof payload.role === 'string' ? payload.role : 'user', ver: ver as number, expMs: exp * 1000, key: `user:${sub}`,
+    };
+    setBounded(cache, header, identity, maxCached);
+    return identity;
   };
 
   return {
@@ -127,24 +190,12 @@ export function createTokenVerifier({ keys, issuer, audience, algorithms, maxCac
     async verify(header, res) {
       const hit = cached(header);
       if (hit) return hit;
-      const token = bearerToken(header);
-      if (token === undefined) throw unauthenticated(res);
-      let payload;
-      try {
-        ({ payload } = await jwtVerify(token, keys, options));
-      } catch (err) {
-        // No keys to check against is our outage, not the client's fault.
-        if (!(err instanceof errors.JOSEError) || err.code === 'ERR_JWKS_TIMEOUT' || err.code === 'ERR_JWKS_INVALID') {
-          throw new HttpError(503, 'SERVICE_UNAVAILABLE', 'Tokens cannot be verified right now', undefined, { retryAfter: 5 });
-        }
-        // Why it failed (expired, bad signature, unknown key) is not the client's to probe.
+      const identity = await signed(header, res);
+      if (versions !== undefined && (await versions.current(identity.sub, identity.ver)) !== identity.ver) {
+        // Versions only go up and a gone account never comes back: this token is done for good.
+        cache.delete(header);
         throw unauthenticated(res);
       }
-      if (typeof payload.sub !== 'string' || payload.sub === '' || typeof payload.exp !== 'number') throw unauthenticated(res);
-      const identity: Identity = {
-        sub: payload.sub, role: typeof payload.role === 'string' ? payload.role : 'user', expMs: payload.exp * 1000, key: `user:${payload.sub}`,
-      };
-      setBounded(cache, header, identity, maxCached);
       return identity;
     },
     get size() {
@@ -153,24 +204,74 @@ export function createTokenVerifier({ keys, issuer, audience, algorithms, maxCac
   };
 }
 
-/** A JWKS fetched over HTTP, cached, and fetched again when a token names an unknown kid. */
-export function remoteKeys(url: string, timeoutMs = 5000): JWTVerifyGetKey {
-  // A new key shows up at once (an unknown kid fetches again, at most every 30 s); the age bounds how
-  // long a withdrawn key is still trusted, and how long an outage of the key's publisher is ridden out.
-  return createRemoteJWKSet(new URL(url), { timeoutDuration: timeoutMs, cooldownDuration: 30_000, cacheMaxAge: 60 * 60_000 });
+/** How long an unknown key id waits for the JWKS to be fetched again since the last fetch. */
+export const JWKS_MIN_REFETCH_MS = 1000;
+
+export interface RemoteKeysOptions {
+  timeoutMs?: number;
+  /** Fetched again this often whatever tokens arrive (JWT_KEY_REFRESH_MS): a rotated key is known before it signs. */
+  refreshMs?: number;
 }
 
 /**
- * The same JWKS published by several instances (every user-service instance serves every key):
- * asked in turn, starting with the one that answered last, so one instance down costs nothing.
- * An answer without the token's key is final; only a JWKS that could not be fetched is skipped.
+ * A JWKS fetched over HTTP, cached, fetched again every `refreshMs`, and at once when a token
+ * names a key id it lacks: one fetch in flight, at most one a second (a token that arrives sooner
+ * waits for it rather than being refused; a made-up kid costs its sender that wait).
  */
-export function failoverKeys(urls: readonly string[], timeoutMs = 5000): JWTVerifyGetKey {
-  const sets = urls.map((url) => remoteKeys(url, timeoutMs));
+export function remoteKeys(url: string, { timeoutMs = 5000, refreshMs = DEFAULT_JWT_KEY_REFRESH_MS }: RemoteKeysOptions = {}): JWTVerifyGetKey {
+  // jose fetches on a missing key only after its cooldown; that is ours to decide (below), so its
+  // own never ends. The age bounds how long an outage of the key's publisher is ridden out.
+  const set = createRemoteJWKSet(new URL(url), { timeoutDuration: timeoutMs, cooldownDuration: Infinity, cacheMaxAge: 60 * 60_000 });
+  let lastFetch = 0;
+  let refetching: Promise<void> | undefined;
+  const fetchNow = (): Promise<void> => {
+    lastFetch = Date.now();
+    return set.reload();
+  };
+  const refetch = (): Promise<void> => {
+    refetching ??= (async () => {
+      const wait = lastFetch + JWKS_MIN_REFETCH_MS - Date.now();
+      if (wait > 0) await new Promise((r) => setTimeout(r, wait));
+      await fetchNow();
+    })().finally(() => {
+      refetching = undefined;
+    });
+    return refetching;
+  };
+  let timer: NodeJS.Timeout | undefined;
+  const startRefresh = () => {
+    // Started by the first use, so a verifier that never sees a token never fetches.
+    timer = setInterval(() => {
+      if (refetching === undefined && Date.now() - lastFetch >= refreshMs / 2) fetchNow().catch(() => {});
+    }, refreshMs);
+    timer.unref();
+  };
+  return async (header, token) => {
+    if (timer === undefined) startRefresh();
+    if (!set.fresh) lastFetch = Date.now();
+    try {
+      return await set(header, token);
+    } catch (err) {
+      if (!(err instanceof errors.JWKSNoMatchingKey)) throw err;
+      await refetch();
+      return set(header, token);
+    }
+  };
+}
+
+/**
+ * The same JWKS published by several instances (every user-service instance serves every key it
+ * has read): asked in turn, starting with the one that answered last, so one instance down costs
+ * nothing. An instance without the token's key sends the question on too: a key just rotated in
+ * may have been read by one instance and not yet by another.
+ */
+export function failoverKeys(urls: readonly string[], options: RemoteKeysOptions = {}): JWTVerifyGetKey {
+  const sets = urls.map((url) => remoteKeys(url, options));
   if (sets.length === 1) return sets[0];
   let preferred = 0;
   return async (...args: Parameters<JWTVerifyGetKey>) => {
     let failure: unknown;
+    let noMatch: unknown;
     for (let n = 0; n < sets.length; n++) {
       const i = (preferred + n) % sets.length;
       try {
@@ -178,11 +279,12 @@ export function failoverKeys(urls: readonly string[], timeoutMs = 5000): JWTVeri
         preferred = i;
         return key;
       } catch (err) {
-        if (err instanceof errors.JWKSNoMatchingKey || err instanceof errors.JWKSMultipleMatchingKeys) throw err;
-        failure = err;
+        if (err instanceof errors.JWKSMultipleMatchingKeys) throw err;
+        if (err instanceof errors.JWKSNoMatchingKey) noMatch = err;
+        else failure = err;
       }
     }
-    throw failure;
+    throw noMatch ?? failure;
   };
 }
 
@@ -206,6 +308,26 @@ export async function requireAdminToken(header: string | undefined, adminToken: 
   if (!verifier) throw unauthenticated(res);
   const identity = verifier.cached(header) ?? (await verifier.verify(header, res));
   if (identity.role !== 'admin') throw forbidden('An admin token is required');
+}
+
+const isLoopback = (address: string | undefined): boolean =>
+  address !== undefined && (address === '::1' || address.startsWith('127.') || address.startsWith('::ffff:127.'));
+
+/**
+ * A guard for a route only our own processes call: the service credential as Bearer when one is
+ * configured (none: 401, another: 403), else callers on this machine only (403 for the rest).
+ */
+export function internalCallerGuard(internalToken: string | undefined): (req: IncomingMessage, res: ServerResponse) => void {
+  const internal = secretDigest(internalToken);
+  return (req, res) => {
+    if (internal === undefined) {
+      if (!isLoopback(req.socket.remoteAddress)) throw forbidden('The service credential is required');
+      return;
+    }
+    if (bearerMatches(req.headers.authorization, internal)) return;
+    if (req.headers.authorization === undefined) throw unauthenticated(res, 'The service credential is required');
+    throw forbidden('The service credential is required');
+  };
 }
 
 /** What bearerMatches compares against; hashing both sides makes the lengths equal. */
@@ -292,20 +414,32 @@ export interface AuthConfig {
   JWT_ALGORITHMS: string[];
   INTERNAL_TOKEN?: string | undefined;
   ADMIN_TOKEN?: string | undefined;
+  TOKEN_TTL_S: number;
+  JWT_KEY_REFRESH_MS: number;
+  TOKEN_VERSION_CACHE_MS: number;
 }
 
 /**
  * A verifier over the JWKS the configuration names: JWKS_URL, or by default every instance of our
- * user service in `usersUrls` (a USERS_URL list), each one's /.well-known/jwks.json.
+ * user service in `usersUrls` (a USERS_URL list), each one's /.well-known/jwks.json. Tokens of our
+ * own user service (no JWKS_URL) are also checked against their account's current version, asked
+ * of the same instances; an external identity provider's accounts are not ours to check.
  */
-export function verifierFromConfig(config: AuthConfig, usersUrls: string): TokenVerifier {
-  const keys = config.JWKS_URL === undefined ? failoverKeys(urlList(usersUrls).map((u) => jwksUrlOf(config, u))) : remoteKeys(config.JWKS_URL);
-  return createTokenVerifier({ keys, issuer: config.JWT_ISSUER, audience: config.JWT_AUDIENCE, algorithms: config.JWT_ALGORITHMS });
+export function verifierFromConfig(config: AuthConfig, usersUrls: string, logger?: Logger): TokenVerifier {
+  const urls = urlList(usersUrls);
+  const keyOptions = { refreshMs: config.JWT_KEY_REFRESH_MS };
+  const keys = config.JWKS_URL === undefined ? failoverKeys(urls.map((u) => jwksUrlOf(config, u)), keyOptions) : remoteKeys(config.JWKS_URL, keyOptions);
+  const versions = config.JWKS_URL === undefined
+    ? createTokenVersions({ fetch: remoteTokenVersions(urls, config.INTERNAL_TOKEN, { logger: logger?.child({ component: 'token-versions' }) }), ttlMs: config.TOKEN_VERSION_CACHE_MS })
+    : undefined;
+  return createTokenVerifier({
+    keys, issuer: config.JWT_ISSUER, audience: config.JWT_AUDIENCE, algorithms: config.JWT_ALGORITHMS, maxLifetimeS: config.TOKEN_TTL_S, versions,
+  });
 }
 
 /** A service's ServiceAuth from its configuration. */
-export function serviceAuthFromConfig(config: AuthConfig, usersUrls: string): ServiceAuth {
+export function serviceAuthFromConfig(config: AuthConfig, usersUrls: string, logger?: Logger): ServiceAuth {
   return createServiceAuth({
-    mode: authModeOf(config), verifier: verifierFromConfig(config, usersUrls), internalToken: config.INTERNAL_TOKEN, adminToken: config.ADMIN_TOKEN,
+    mode: authModeOf(config), verifier: verifierFromConfig(config, usersUrls, logger), internalToken: config.INTERNAL_TOKEN, adminToken: config.ADMIN_TOKEN,
   });
 }

@@ -20,6 +20,15 @@ export const LOGIN_API: Omit<ApiRoute, 'path'> = {
   },
 };
 
+/** POST /auth/logout, as the user service and the gateway's /api/auth/logout answer it. */
+export const LOGOUT_API: Omit<ApiRoute, 'path'> = {
+  method: 'post', summary: "Ends every token of the caller (raises its account's token version); Cache-Control: no-store",
+  responses: {
+    204: { description: 'Logged out: the caller\'s tokens are refused everywhere within TOKEN_VERSION_CACHE_MS' },
+    ...UNAUTHENTICATED,
+  },
+};
+
 const JwksSchema = z.object({ keys: z.array(z.looseObject({ kty: z.string(), kid: z.string(), alg: z.string(), use: z.literal('sig') })) });
 
 export const USER_API: readonly ApiRoute[] = [
@@ -48,6 +57,17 @@ export const USER_API: readonly ApiRoute[] = [
     responses: { 200: { description: 'Stats', body: UserStatsSchema }, ...CALLER_REFUSALS },
   },
   { ...LOGIN_API, path: '/auth/login' },
+  { ...LOGOUT_API, path: '/auth/logout' },
+  {
+    method: 'get', path: '/internal/users/:id/token-version', summary: "The account's current token version, which verifiers compare with a token's ver (INTERNAL_TOKEN as Bearer; without one set, callers on this machine only)", params: IdParamsSchema,
+    responses: {
+      200: { description: 'The version', body: z.object({ id: z.number().int(), tokenVersion: z.number().int() }) },
+      400: { description: 'Not an id' },
+      401: { description: 'UNAUTHENTICATED: no Authorization (INTERNAL_TOKEN is set)' },
+      403: { description: 'FORBIDDEN: anything but Bearer <INTERNAL_TOKEN>; or, without INTERNAL_TOKEN, a caller on another machine' },
+      404: { description: 'No such user (deleted): none of its tokens is valid' },
+    },
+  },
   {
     method: 'get', path: '/.well-known/jwks.json', summary: 'The public keys tokens are verified with: every key a valid token may carry, and the next one (Cache-Control: public, max-age=300)',
     responses: { 200: { description: 'A JSON Web Key Set', body: JwksSchema } },

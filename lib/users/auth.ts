@@ -146,8 +146,9 @@ export interface TokenSettings {
   ttlS: number;
 }
 
-export function issueToken(key: SigningKey, user: { id: number; role: string }, { issuer, audience, ttlS }: TokenSettings): Promise<string> {
-  return new SignJWT({ role: user.role })
+/** `tokenVersion`: the user's token version (sessions.ts), the `ver` claim every verifier checks. */
+export function issueToken(key: SigningKey, user: { id: number; role: string; tokenVersion?: number }, { issuer, audience, ttlS }: TokenSettings): Promise<string> {
+  return new SignJWT({ role: user.role, ver: user.tokenVersion ?? 0 })
     .setProtectedHeader({ alg: key.alg, kid: key.kid, typ: 'JWT' })
     .setSubject(String(user.id))
     .setIssuer(issuer)
@@ -203,7 +204,7 @@ export type LoginThrottle = ReturnType<typeof createLoginThrottle>;
 export const invalidCredentials = (): HttpError => new HttpError(401, 'INVALID_CREDENTIALS', 'Email or password is wrong');
 
 export interface LoginDeps {
-  store: { credentials(email: string): Promise<{ id: number; role: string; passwordHash: string | null } | undefined> };
+  store: { credentials(email: string): Promise<{ id: number; role: string; passwordHash: string | null; tokenVersion?: number } | undefined> };
   keys: KeyRing;
   token: TokenSettings;
   throttle: LoginThrottle;

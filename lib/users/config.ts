@@ -14,12 +14,6 @@ export const UserConfigSchema = z
     // kept in the database (shared by every instance, rotated by `npm run rotate-key`), else
     // DATA_DIR/jwt-signing-key.pem, made on first start.
     JWT_PRIVATE_KEY: z.string().min(1).refine(isUsableSigningKey, 'must be a PKCS#8 PEM of a P-256 or Ed25519 private key').optional(),
-    // Lifetime of an access token.
-    TOKEN_TTL_S: intVar(900, 30, 24 * 3600),
-    // With the keys in the database: how often an instance reads them again, so a rotated key is
-    // published and then signs everywhere without a restart (a new key signs 2 x this after
-    // `npm run rotate-key`).
-    JWT_KEY_REFRESH_MS: intVar(30_000, 100, 3_600_000),
     // The demo users' password; default `microservices-demo` outside production. In production the
     // demo rows are only seeded when it is set.
     DEMO_PASSWORD: z.string().min(8, 'must be 8 to 128 characters').max(128, 'must be 8 to 128 characters').optional(),

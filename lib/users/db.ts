@@ -32,6 +32,8 @@ export const USER_MIGRATIONS: Migrations = { sqlite: [
      reset_ms INTEGER NOT NULL
    ) STRICT;
    CREATE INDEX login_failures_reset ON login_failures (reset_ms);`,
+  // The version of a user's tokens (sessions.ts): raised by a role or password change and by a logout.
+  'ALTER TABLE users ADD COLUMN token_version INTEGER NOT NULL DEFAULT 0;',
 ], postgres: [
   // The same tables as SQLite's steps 1-3 in one step. Emails are unique in any letter case through
   // the index on lower(email), which logins look up by too. Identity ids are never handed out twice.
@@ -61,6 +63,7 @@ export const USER_MIGRATIONS: Migrations = { sqlite: [
   // Ids the API accepts (up to 2^53) that an integer column cannot hold were refused by the
   // database with a 500 instead of being looked up and not found.
   'ALTER TABLE users ALTER COLUMN id TYPE bigint;',
+  'ALTER TABLE users ADD COLUMN token_version bigint NOT NULL DEFAULT 0;',
 ] };
 
 export async function openUserDatabase(options: ServiceDatabaseOptions): Promise<SqlDatabase> {

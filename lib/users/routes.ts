@@ -1,18 +1,23 @@
-import { Router } from 'express';
+import { Router, type Request, type Response } from 'express';
 import { notFound } from '../platform/errors.js';
-import { forbidden, isAdmin, mayActFor, requireAdmin, type ServiceAuth } from '../platform/identity.js';
+import { forbidden, isAdmin, mayActFor, requireAdmin, unauthenticated, type ServiceAuth } from '../platform/identity.js';
 import { parseBody, parseId, parseQuery } from '../platform/validation.js';
 import { hashPassword, login, type LoginDeps } from './auth.js';
 import { CreateUserSchema, ListUsersQuerySchema, LoginSchema, UpdateUserSchema } from './schema.js';
+import { withTokenVersion, type SessionStore } from './sessions.js';
 import type { UserStore } from './store.js';
 
 export interface UserRoutesDeps extends Omit<LoginDeps, 'store'> {
   store: UserStore;
+  sessions: SessionStore;
   auth: ServiceAuth;
+  /** Guards the routes only our own processes call (internalCallerGuard). */
+  internalOnly: (req: Request, res: Response) => void;
 }
 
-export function createUserRoutes({ store, auth, ...loginDeps }: UserRoutesDeps): Router {
+export function createUserRoutes({ store, sessions, auth, internalOnly, ...loginDeps }: UserRoutesDeps): Router {
   const router = Router();
+  const loginStore = { credentials: withTokenVersion(sessions, (email) => store.credentials(email)) };
 
   router.get('/users', async (req, res) => {
     requireAdmin(await auth.caller(req, res));
@@ -42,8 +47,11 @@ export function createUserRoutes({ store, auth, ...loginDeps }: UserRoutesDeps):
     const { password, ...patch } = parseBody(UpdateUserSchema, req.body);
     if (!mayActFor(caller, id)) throw notFound('User');
     if (patch.role !== undefined) requireAdmin(caller);
+    const before = patch.role === undefined ? undefined : await store.get(id);
     const user = await store.update(id, { ...patch, ...(password === undefined ? {} : { passwordHash: await hashPassword(password, loginDeps.passwordHashCost) }) });
     if (!user) throw notFound('User');
+    // After the write: a login racing it reads the version before the role (withTokenVersion).
+    if (password !== undefined || (before !== undefined && before.role !== user.role)) await sessions.revokeAll(id);
     res.json(user);
   });
 
@@ -62,7 +70,26 @@ export function createUserRoutes({ store, auth, ...loginDeps }: UserRoutesDeps):
     const { email, password } = parseBody(LoginSchema, req.body);
     // RFC 6749 5.1: a token answer is never stored by a cache.
     res.setHeader('Cache-Control', 'no-store');
-    res.json(await login({ store, ...loginDeps }, email, password));
+    res.json(await login({ store: loginStore, ...loginDeps }, email, password));
+  });
+
+  // Ends every token of the caller (all its sessions): one version per user, no list to keep.
+  router.post('/auth/logout', async (req, res) => {
+    const caller = await auth.optionalCaller(req, res);
+    if (caller === null) throw unauthenticated(res);
+    await sessions.revokeAll(Number(caller.sub));
+    res.setHeader('Cache-Control', 'no-store');
+    res.status(204).end();
+  });
+
+  // What every verifier asks to learn whether a token's `ver` is still its account's.
+  router.get('/internal/users/:id/token-version', async (req, res) => {
+    internalOnly(req, res);
+    const id = parseId(req.params);
+    const version = await sessions.version(id);
+    if (version === undefined) throw notFound('User');
+    res.setHeader('Cache-Control', 'no-store');
+    res.json({ id, tokenVersion: version });
   });
 
   // Every key a valid token may carry, and the next one before it signs (see signing-keys.ts).

@@ -1,7 +1,8 @@
 // The keys tokens are signed with: one fixed key (JWT_PRIVATE_KEY, or the PEM file under DATA_DIR),
 // or keys kept in the database, shared by every instance and rotated without logging anyone out.
 import { createPrivateKey, generateKeyPairSync } from 'node:crypto';
-import { createLocalJWKSet, type JWK, type JWTVerifyGetKey } from 'jose';
+import { createLocalJWKSet, errors, type JWK, type JWTVerifyGetKey } from 'jose';
+import { JWKS_MIN_REFETCH_MS } from '../platform/identity.js';
 import type { Logger } from '../platform/logger.js';
 import type { Db } from '../platform/sql.js';
 import { localKeys, toSigningKey, type SigningKey } from './auth.js';
@@ -64,7 +65,16 @@ export interface StoredKeyRingOptions {
   /** How long a key stays published after a newer one started signing: token lifetime + clock tolerance. */
   retainMs: number;
   logger?: Logger | undefined;
+  /** This instance's clock (tests give one that runs ahead). */
+  now?: () => number;
 }
+
+/**
+ * How long after `npm run rotate-key` a new key starts signing: one refresh for every instance to
+ * read and publish it, one for every verifier to fetch the JWKS again, and one more as a margin
+ * (a verifier that meets it earlier fetches at once anyway).
+ */
+export const activationDelayMs = (refreshMs: number): number => 3 * refreshMs;
 
 /**
  * The keys kept in the database's `signing_keys` table, shared by every instance. Reads them once
@@ -72,7 +82,7 @@ export interface StoredKeyRingOptions {
  * and the others read it), then again every `refreshMs`. While the database cannot be read the
  * keys read last stay in use.
  */
-export async function startStoredKeyRing(db: Db, { refreshMs, retainMs, logger }: StoredKeyRingOptions): Promise<KeyRing> {
+export async function startStoredKeyRing(db: Db, { refreshMs, retainMs, logger, now = Date.now }: StoredKeyRingOptions): Promise<KeyRing> {
   const parsed = new Map<string, SigningKey>();
   let keys: (SigningKey & StoredKey)[] = [];
   let failing = false;
@@ -92,7 +102,9 @@ export async function startStoredKeyRing(db: Db, { refreshMs, retainMs, logger }
 
   await load();
   let inFlight: Promise<void> | undefined;
-  const timer = setInterval(() => {
+  let lastLoad = Date.now();
+  const reload = () => {
+    lastLoad = Date.now();
     inFlight ??= load().then(
       () => {
         if (failing) logger?.info('signing keys read again');
@@ -106,18 +118,42 @@ export async function startStoredKeyRing(db: Db, { refreshMs, retainMs, logger }
     ).finally(() => {
       inFlight = undefined;
     });
-  }, refreshMs);
+    return inFlight;
+  };
+  const timer = setInterval(() => void reload(), refreshMs);
   timer.unref();
+  // A token of a key this instance has not read yet (another instance, its clock ahead, signs with
+  // it already): the keys are read again at once, at most once a second, and the token waits.
+  let rereading: Promise<void> | undefined;
+  const reread = (): Promise<void> => {
+    rereading ??= (async () => {
+      const wait = lastLoad + JWKS_MIN_REFETCH_MS - Date.now();
+      if (wait > 0) await new Promise((r) => setTimeout(r, wait));
+      await reload();
+    })().finally(() => {
+      rereading = undefined;
+    });
+    return rereading;
+  };
 
-  const inUse = () => keysInUse(keys, Date.now(), retainMs);
+  const inUse = () => keysInUse(keys, now(), retainMs);
   // The published keys change with time alone, so the set is looked at per call and made again
   // only when its members changed.
   let verifySet = { kids: '', get: createLocalJWKSet({ keys: [] }) };
-  const verifyKeys: JWTVerifyGetKey = (header, token) => {
+  const localKey: JWTVerifyGetKey = (header, token) => {
     const published = inUse().published;
     const kids = published.map((k) => k.kid).join(' ');
     if (kids !== verifySet.kids) verifySet = { kids, get: createLocalJWKSet({ keys: published.map((k) => k.publicJwk) }) };
     return verifySet.get(header, token);
+  };
+  const verifyKeys: JWTVerifyGetKey = async (header, token) => {
+    try {
+      return await localKey(header, token);
+    } catch (err) {
+      if (!(err instanceof errors.JWKSNoMatchingKey)) throw err;
+      await reread();
+      return localKey(header, token);
+    }
   };
   return {
     signingKey: () => Promise.resolve(inUse().signing!),
