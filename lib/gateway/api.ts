@@ -53,7 +53,8 @@ const OWN_API: readonly ApiRoute[] = [
         description: 'Name, version, services, features',
         body: z.object({
           name: z.string(), version: z.string(),
-          services: z.array(z.object({ name: z.enum(SERVICE_NAMES), url: z.string(), status: ServiceStatus, instances: z.array(z.string()) })),
+          // url and instances: for an admin only (the admin surface's rule).
+          services: z.array(z.object({ name: z.enum(SERVICE_NAMES), url: z.string().optional(), status: ServiceStatus, instances: z.array(z.string()).optional() })),
           features: z.array(z.enum(GATEWAY_FEATURES)),
         }),
       },
