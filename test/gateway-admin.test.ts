@@ -1,7 +1,7 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { GatewayConfigSchema } from '../lib/gateway/config.js';
+import { addressRateLimitOf, GatewayConfigSchema } from '../lib/gateway/config.js';
 import { parseConfig } from '../lib/platform/config.js';
 import { http } from './helpers.js';
 import { circuit, deadUrl, startFakeUpstream, startGateway, type FakeUpstream, type StartedGateway } from './gateway-helpers.js';
@@ -21,6 +21,11 @@ describe('gateway configuration', () => {
     assert.equal(c.CB_HALF_OPEN_REQUESTS, 2);
     assert.equal(c.UPSTREAM_TIMEOUT_MS, 5000);
     assert.equal(c.ADMIN_TOKEN, undefined);
+    assert.equal(addressRateLimitOf(c), 500, 'five clients\' worth per address');
+    assert.equal(addressRateLimitOf(parseConfig(GatewayConfigSchema, { RATE_LIMIT: '7' })), 35);
+    assert.equal(addressRateLimitOf(parseConfig(GatewayConfigSchema, { RATE_LIMIT: '7', ADDRESS_RATE_LIMIT: '9' })), 9);
+    assert.equal(c.ADMIN_ALLOW_ADDRESSES, 'loopback');
+    assert.equal(c.DASHBOARD_STREAMS_PER_CLIENT, 5);
   });
 
   test('when a value is bad, then one line names the variable', () => {
@@ -28,6 +33,8 @@ describe('gateway configuration', () => {
     assert.throws(() => parseConfig(GatewayConfigSchema, { USERS_URL: 'ftp://x' }), /^Error: USERS_URL: /);
     assert.throws(() => parseConfig(GatewayConfigSchema, { CB_HALF_OPEN_REQUESTS: '0' }), /^Error: CB_HALF_OPEN_REQUESTS: /);
     assert.throws(() => parseConfig(GatewayConfigSchema, { ADMIN_TOKEN: 'short' }), /^Error: ADMIN_TOKEN: /);
+    assert.throws(() => parseConfig(GatewayConfigSchema, { ADDRESS_RATE_LIMIT: '0' }), /^Error: ADDRESS_RATE_LIMIT: /);
+    assert.throws(() => parseConfig(GatewayConfigSchema, { ADMIN_ALLOW_ADDRESSES: 'the office' }), /^Error: ADMIN_ALLOW_ADDRESSES: /);
   });
 
   test('when TRUST_PROXY is true or not an address, then it is refused; hop counts and addresses are kept', () => {
