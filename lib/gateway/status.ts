@@ -32,7 +32,7 @@ export interface StatusRoutesOptions {
   upstreams: Upstream[];
   name: string;
   version: string;
-  /** Whether the detailed /health names the instances' internal addresses (not in production). */
+  /** Whether GET / (to an admin) and the detailed /health may name internal addresses (not in production). */
   showAddresses: boolean;
   /**
    * Whether the caller may use the admin surface: only such a caller sees the detailed /health
@@ -46,9 +46,9 @@ export interface StatusRoutesOptions {
 export function createStatusRoutes({ upstreams, name, version, showAddresses, isAdmin, rateLimitStore }: StatusRoutesOptions): Router {
   const router = Router();
 
-  // Names and states for anyone; where the services live, only for an admin.
+  // Names and states for anyone; where the services live, only for an admin, and never in production.
   router.get('/', async (req, res) => {
-    const admin = await isAdmin(req);
+    const admin = showAddresses && (await isAdmin(req));
     res.json({
       name,
       version,
