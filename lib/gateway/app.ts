@@ -2,6 +2,7 @@
 import type { RequestListener } from 'node:http';
 import type { Express } from 'express';
 import { errorHandler, notFoundHandler } from '../platform/errors.js';
+import { bearerMatches, secretDigest } from '../platform/identity.js';
 import { createBaseApp, requestContext } from '../platform/http.js';
 import type { Logger } from '../platform/logger.js';
 import { createMetrics, type Metrics } from '../platform/metrics.js';
@@ -151,7 +152,13 @@ export function createGateway({ config, logger, metrics = createMetrics('gateway
   app.get('/openapi.json', openApiHandler(buildOpenApi({ title: GATEWAY_NAME, version: packageVersion() }, gatewayApi({ tracing: tracing !== null, debug: debugAllowed }))));
   app.use('/api', pipeline.middleware);
   app.use(createLoginRoute({ users: upstreams.users, limiter: loginLimiter }));
-  app.get('/api/dashboard', admin.guard, requireAdminCaller(auth.mode));
+  // ADMIN_TOKEN is the gateway's secret, not a caller the services know: they are asked as an
+  // anonymous caller then (open mode; in required mode it is refused as no token before this).
+  const adminSecret = secretDigest(config.ADMIN_TOKEN);
+  app.get('/api/dashboard', admin.guard, requireAdminCaller(auth.mode), (req, _res, next) => {
+    if (bearerMatches(req.headers.authorization, adminSecret)) delete req.headers.authorization;
+    next();
+  });
   app.get('/api/users/:id/full', requireSelfOrAdmin);
   app.use(createAggregateRoutes({ upstreams }));
   // What the fast path leaves (other letter case, say) still reaches the same handlers here.

@@ -170,6 +170,15 @@ describe('the admin surface with ADMIN_TOKEN in open mode', () => {
     assert.equal((await rawRequest(gw.url, 'POST', '/debug/circuit/products/reset', auth)).status, 200);
   });
 
+  test('when /api/dashboard is asked with ADMIN_TOKEN, then the services are asked as an anonymous caller: the gateway\'s secret does not travel', async () => {
+    up.seen.length = 0;
+    const r = await rawRequest(gw.url, 'GET', '/api/dashboard', { authorization: `Bearer ${TOKEN}` });
+    assert.equal(r.status, 200, r.text);
+    const stats = up.seen.filter((s) => s.url === '/stats');
+    assert.equal(stats.length, 3);
+    assert.ok(stats.every((s) => s.headers.authorization === undefined));
+  });
+
   test('when /health and / are asked without the token, then only the status and names; with it, the details and addresses', async () => {
     assert.deepEqual(Object.keys(json(await rawRequest(gw.url, 'GET', '/health'))), ['status']);
     assert.equal(json(await rawRequest(gw.url, 'GET', '/')).services[0].url, undefined);
