@@ -176,9 +176,9 @@ export function circuit(base: string, service: string, action: string, headers: 
   return http(base, 'POST', `/debug/circuit/${service}/${action}`, { headers });
 }
 
-/** The circuit state /health reports for a service. */
-export async function circuitState(base: string, service: string): Promise<string> {
-  const r = await http(base, 'GET', '/health');
+/** The circuit state /health reports for a service (`headers`: the admin token, where one is needed to see it). */
+export async function circuitState(base: string, service: string, headers: Record<string, string> = {}): Promise<string> {
+  const r = await http(base, 'GET', '/health', { headers });
   return r.body.services[service].circuitState as string;
 }
 
