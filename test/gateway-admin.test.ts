@@ -1,7 +1,7 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { addressRateLimitOf, GatewayConfigSchema } from '../lib/gateway/config.js';
+import { addressCheck, addressRateLimitOf, GatewayConfigSchema } from '../lib/gateway/config.js';
 import { parseConfig } from '../lib/platform/config.js';
 import { http } from './helpers.js';
 import { circuit, deadUrl, startFakeUpstream, startGateway, type FakeUpstream, type StartedGateway } from './gateway-helpers.js';
@@ -35,6 +35,15 @@ describe('gateway configuration', () => {
     assert.throws(() => parseConfig(GatewayConfigSchema, { ADMIN_TOKEN: 'short' }), /^Error: ADMIN_TOKEN: /);
     assert.throws(() => parseConfig(GatewayConfigSchema, { ADDRESS_RATE_LIMIT: '0' }), /^Error: ADDRESS_RATE_LIMIT: /);
     assert.throws(() => parseConfig(GatewayConfigSchema, { ADMIN_ALLOW_ADDRESSES: 'the office' }), /^Error: ADMIN_ALLOW_ADDRESSES: /);
+    for (const everyone of ['1', 'true']) assert.throws(() => parseConfig(GatewayConfigSchema, { ADMIN_ALLOW_ADDRESSES: everyone }), /^Error: ADMIN_ALLOW_ADDRESSES: .*every address/);
+    assert.equal(parseConfig(GatewayConfigSchema, { ADMIN_ALLOW_ADDRESSES: 'loopback, 10.0.0.9, 192.168.0.0/16' }).ADMIN_ALLOW_ADDRESSES, 'loopback, 10.0.0.9, 192.168.0.0/16');
+  });
+
+  test('when the admin surface\'s address list is the default, then it holds 127/8 and ::1 (IPv4-mapped too), nothing else', () => {
+    const allowed = addressCheck(parseConfig(GatewayConfigSchema, {}).ADMIN_ALLOW_ADDRESSES);
+    for (const address of ['127.0.0.1', '127.0.0.2', '::1', '::ffff:127.0.0.1']) assert.equal(allowed(address), true, address);
+    for (const address of ['10.0.0.1', '192.0.2.2', '::ffff:192.0.2.2', '2001:db8::1', undefined]) assert.equal(allowed(address), false, String(address));
+    assert.equal(addressCheck('loopback, 10.0.0.0/8')('10.1.2.3'), true);
   });
 
   test('when TRUST_PROXY is true or not an address, then it is refused; hop counts and addresses are kept', () => {

@@ -39,6 +39,11 @@ const trustProxyVar = z
  */
 const addressListVar = (fallback: string) =>
   z.string().default(fallback).superRefine((value, ctx) => {
+    // Express reads these as "trust every address" (a hop count, or true): never a list of them.
+    if (/^\s*(\d+|true)\s*$/i.test(value)) {
+      ctx.addIssue({ code: 'custom', message: 'must list addresses or subnets; a number or true would let every address in' });
+      return;
+    }
     try {
       addressCheck(value);
     } catch {
