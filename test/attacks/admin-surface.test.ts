@@ -12,6 +12,7 @@ import { createMetrics } from '../../lib/platform/metrics.js';
 import { createProductApp } from '../../lib/products/app.js';
 import { openProductDatabase } from '../../lib/products/db.js';
 import { memoryLogger, tempDir } from '../helpers.js';
+import { startSecuredSystem, type SecuredSystem } from '../secured-system.js';
 import { circuitState, rawRequest, startFakeUpstream, startGateway, type FakeUpstream, type RawResponse, type StartedGateway } from '../gateway-helpers.js';
 
 const TOKEN = 'admin-surface-token-0123456789';
@@ -185,6 +186,29 @@ describe('the admin surface with ADMIN_TOKEN in open mode', () => {
     const auth = { authorization: `Bearer ${TOKEN}` };
     assert.ok(json(await rawRequest(gw.url, 'GET', '/health', auth)).services);
     assert.equal(json(await rawRequest(gw.url, 'GET', '/', auth)).services[0].url, up.url);
+  });
+});
+
+describe('the admin surface in open mode without ADMIN_TOKEN, for token holders elsewhere', () => {
+  let sys: SecuredSystem;
+  let alice: string;
+  let bob: string;
+  before(async () => {
+    // Open mode, no ADMIN_TOKEN at the gateway (an empty value is unset), only 127.0.0.1 let in bare.
+    sys = await startSecuredSystem({ mode: 'open', gatewayEnv: { ADMIN_TOKEN: '', ADMIN_ALLOW_ADDRESSES: '127.0.0.1' } });
+    [alice, bob] = await Promise.all(['alice@example.com', 'bob@example.com'].map((e) => sys.login(e)));
+  });
+  after(() => sys?.stop());
+
+  test('when an admin\'s JWT comes from another address, then it is let in; a user\'s is not', async () => {
+    for (const [method, path] of ADMIN_ROUTES.filter(([m]) => m === 'GET')) {
+      const admin = await rawRequest(sys.gateway.url, method, path, { authorization: `Bearer ${alice}` }, { from: ELSEWHERE });
+      assert.ok(admin.status === 200 || (path.startsWith('/traces/') && admin.status === 404), `${path} with an admin's token: ${admin.status} ${admin.text.slice(0, 200)}`);
+      const user = await rawRequest(sys.gateway.url, method, path, { authorization: `Bearer ${bob}` }, { from: ELSEWHERE });
+      assert.equal(user.status, 403, `${path} with a user's token`);
+    }
+    const dashboard = json(await rawRequest(sys.gateway.url, 'GET', '/api/dashboard', { authorization: `Bearer ${alice}` }, { from: ELSEWHERE }));
+    assert.deepEqual(dashboard.meta, { complete: true, unavailable: [] }, 'the services answered the admin');
   });
 });
 
