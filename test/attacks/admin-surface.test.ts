@@ -180,6 +180,18 @@ describe('the admin surface with ADMIN_TOKEN in open mode', () => {
     assert.ok(stats.every((s) => s.headers.authorization === undefined));
   });
 
+  test('when the gateway requires tokens, then an anonymous GET / names the services and their states, never where they live', async () => {
+    const required = await startGateway({ USERS_URL: up.url, PRODUCTS_URL: up.url, ORDERS_URL: up.url, AUTH_MODE: 'required' });
+    try {
+      const root = await rawRequest(required.url, 'GET', '/');
+      assert.equal(root.status, 200);
+      assert.deepEqual(json(root).services.map((s: Record<string, unknown>) => Object.keys(s)), [['name', 'status'], ['name', 'status'], ['name', 'status']]);
+      assert.ok(!root.text.includes(up.url), root.text);
+    } finally {
+      await required.close();
+    }
+  });
+
   test('when /health and / are asked without the token, then only the status and names; with it, the details and addresses', async () => {
     assert.deepEqual(Object.keys(json(await rawRequest(gw.url, 'GET', '/health'))), ['status']);
     assert.equal(json(await rawRequest(gw.url, 'GET', '/')).services[0].url, undefined);
