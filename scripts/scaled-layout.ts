@@ -82,7 +82,8 @@ export function scaledProcesses({ basePort, host, databaseUrl, redisUrl, interna
           ORDERS_URL: all('orders'),
           GATEWAY_PEERS: Array.from({ length: INSTANCES }, (_, j) => j).filter((j) => j !== i).map((j) => urlOf('gateway', j)).join(','),
           REDIS_URL: redisUrl,
-          // Shown to the user service when the gateway asks a token's account version.
+          // Shown to the user service when the gateway asks a token's account version, and to
+          // every service's fault switch route.
           INTERNAL_TOKEN: internalToken,
         };
       case 'users':

@@ -159,8 +159,8 @@ describe('deploy/compose.yaml', () => {
 
   test('the secrets every process must share are the same everywhere', () => {
     const values = (key: string, entries: string[]) => new Set(ours.filter((c) => entries.includes(c.entry)).map((c) => envOf.get(c.name)![key]));
-    const internal = values('INTERNAL_TOKEN', ['product-service.ts', 'order-service.ts']);
-    assert.equal(internal.size, 1, 'one INTERNAL_TOKEN for the product and order services');
+    const internal = values('INTERNAL_TOKEN', Object.keys(SCHEMAS));
+    assert.equal(internal.size, 1, 'one INTERNAL_TOKEN for all four');
     assert.ok([...internal][0].length >= 16);
     assert.equal(values('ADMIN_TOKEN', Object.keys(SCHEMAS)).size, 1, 'one ADMIN_TOKEN for all four');
     assert.equal(values('AUTH_MODE', Object.keys(SCHEMAS)).size, 1, 'one AUTH_MODE for all four');
@@ -171,7 +171,7 @@ describe('deploy/compose.yaml', () => {
     assert.deepEqual(ours.map((c) => c.name).sort(), layout.map((p) => p.name).sort());
     // What compose adds for every container (network, Jaeger, settings from your shell); DATA_DIR
     // is the image's own there.
-    const composeOnly = new Set(['HOST', 'LOG_PRETTY', 'AUTH_MODE', 'ADMIN_TOKEN', 'OTEL_EXPORTER_OTLP_ENDPOINT', 'RATE_LIMIT', 'RATE_LIMIT_STORE_FAILURE']);
+    const composeOnly = new Set(['HOST', 'LOG_PRETTY', 'AUTH_MODE', 'ADMIN_TOKEN', 'OTEL_EXPORTER_OTLP_ENDPOINT', 'RATE_LIMIT', 'RATE_LIMIT_STORE_FAILURE', 'ADMIN_ALLOW_ADDRESSES']);
     for (const p of layout) {
       const env = envOf.get(p.name)!;
       assert.equal(env.PORT, String(p.port), `${p.name} PORT`);

@@ -115,7 +115,8 @@ describe('dashboard routes', () => {
   before(async () => {
     up = await startFakeUpstream();
     dead = await deadUrl();
-    gw = await startGateway({ USERS_URL: up.url, PRODUCTS_URL: up.url, ORDERS_URL: dead.url });
+    // Every stream here comes from one address: the per-client cap is test/attacks/admin-surface's.
+    gw = await startGateway({ USERS_URL: up.url, PRODUCTS_URL: up.url, ORDERS_URL: dead.url, DASHBOARD_STREAMS_PER_CLIENT: '20' });
   });
   after(async () => {
     await gw?.close();

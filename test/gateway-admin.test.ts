@@ -1,7 +1,7 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { GatewayConfigSchema } from '../lib/gateway/config.js';
+import { addressCheck, addressRateLimitOf, GatewayConfigSchema } from '../lib/gateway/config.js';
 import { parseConfig } from '../lib/platform/config.js';
 import { http } from './helpers.js';
 import { circuit, deadUrl, startFakeUpstream, startGateway, type FakeUpstream, type StartedGateway } from './gateway-helpers.js';
@@ -21,6 +21,11 @@ describe('gateway configuration', () => {
     assert.equal(c.CB_HALF_OPEN_REQUESTS, 2);
     assert.equal(c.UPSTREAM_TIMEOUT_MS, 5000);
     assert.equal(c.ADMIN_TOKEN, undefined);
+    assert.equal(addressRateLimitOf(c), 500, 'five clients\' worth per address');
+    assert.equal(addressRateLimitOf(parseConfig(GatewayConfigSchema, { RATE_LIMIT: '7' })), 35);
+    assert.equal(addressRateLimitOf(parseConfig(GatewayConfigSchema, { RATE_LIMIT: '7', ADDRESS_RATE_LIMIT: '9' })), 9);
+    assert.equal(c.ADMIN_ALLOW_ADDRESSES, 'loopback');
+    assert.equal(c.DASHBOARD_STREAMS_PER_CLIENT, 5);
   });
 
   test('when a value is bad, then one line names the variable', () => {
@@ -28,6 +33,17 @@ describe('gateway configuration', () => {
     assert.throws(() => parseConfig(GatewayConfigSchema, { USERS_URL: 'ftp://x' }), /^Error: USERS_URL: /);
     assert.throws(() => parseConfig(GatewayConfigSchema, { CB_HALF_OPEN_REQUESTS: '0' }), /^Error: CB_HALF_OPEN_REQUESTS: /);
     assert.throws(() => parseConfig(GatewayConfigSchema, { ADMIN_TOKEN: 'short' }), /^Error: ADMIN_TOKEN: /);
+    assert.throws(() => parseConfig(GatewayConfigSchema, { ADDRESS_RATE_LIMIT: '0' }), /^Error: ADDRESS_RATE_LIMIT: /);
+    assert.throws(() => parseConfig(GatewayConfigSchema, { ADMIN_ALLOW_ADDRESSES: 'the office' }), /^Error: ADMIN_ALLOW_ADDRESSES: /);
+    for (const everyone of ['1', 'true']) assert.throws(() => parseConfig(GatewayConfigSchema, { ADMIN_ALLOW_ADDRESSES: everyone }), /^Error: ADMIN_ALLOW_ADDRESSES: .*every address/);
+    assert.equal(parseConfig(GatewayConfigSchema, { ADMIN_ALLOW_ADDRESSES: 'loopback, 10.0.0.9, 192.168.0.0/16' }).ADMIN_ALLOW_ADDRESSES, 'loopback, 10.0.0.9, 192.168.0.0/16');
+  });
+
+  test('when the admin surface\'s address list is the default, then it holds 127/8 and ::1 (IPv4-mapped too), nothing else', () => {
+    const allowed = addressCheck(parseConfig(GatewayConfigSchema, {}).ADMIN_ALLOW_ADDRESSES);
+    for (const address of ['127.0.0.1', '127.0.0.2', '::1', '::ffff:127.0.0.1']) assert.equal(allowed(address), true, address);
+    for (const address of ['10.0.0.1', '192.0.2.2', '::ffff:192.0.2.2', '2001:db8::1', undefined]) assert.equal(allowed(address), false, String(address));
+    assert.equal(addressCheck('loopback, 10.0.0.0/8')('10.1.2.3'), true);
   });
 
   test('when TRUST_PROXY is true or not an address, then it is refused; hop counts and addresses are kept', () => {

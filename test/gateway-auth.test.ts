@@ -297,7 +297,7 @@ describe('AUTH_MODE=open', () => {
 
 describe('GET / in production', () => {
   test('when NODE_ENV=production, then neither / nor /health names an internal address', async () => {
-    // Open mode: /health's details are shown to anyone, so they must hold no address either.
+    // Open mode: /health's details are shown on this machine without a token, so they must hold no address either.
     const gw = await startGateway({ NODE_ENV: 'production', AUTH_MODE: 'open', USERS_URL: 'http://10.1.2.3:3011', PRODUCTS_URL: 'http://10.1.2.4:3012', ORDERS_URL: 'http://10.1.2.5:3013', CB_RESET_TIMEOUT_MS: '60000' });
     try {
       const r = await http(gw.url, 'GET', '/');

@@ -150,12 +150,16 @@ export interface RawResponse {
   text: string;
 }
 
-/** A request whose path is sent exactly as given (fetch would resolve `..` and re-encode). */
-export function rawRequest(base: string, method: string, path: string, headers: Record<string, string> = {}): Promise<RawResponse> {
+/**
+ * A request whose path is sent exactly as given (fetch would resolve `..` and re-encode), and
+ * whose Origin and Sec-Fetch-* headers are sent as given. `from`: the local address to send from
+ * (another loopback address, 127.0.0.2..., is another client); `body`: sent as is.
+ */
+export function rawRequest(base: string, method: string, path: string, headers: Record<string, string> = {}, { from, body }: { from?: string; body?: string } = {}): Promise<RawResponse> {
   const { hostname, port } = new URL(base);
   return new Promise((resolve, reject) => {
     // agent: false sends Connection: close, so no idle socket outlives the exchange.
-    const req = httpRequest({ host: hostname, port, method, path, headers, timeout: 10_000, agent: false }, (res) => {
+    const req = httpRequest({ host: hostname, port, method, path, headers, timeout: 10_000, agent: false, ...(from === undefined ? {} : { localAddress: from }) }, (res) => {
       const chunks: Buffer[] = [];
       res.on('data', (c: Buffer) => chunks.push(c));
       res.once('end', () => resolve({ status: res.statusCode ?? 0, headers: res.headers, text: Buffer.concat(chunks).toString('utf8') }));
@@ -163,7 +167,7 @@ export function rawRequest(base: string, method: string, path: string, headers: 
     });
     req.once('timeout', () => req.destroy(new Error('raw request timed out')));
     req.once('error', reject);
-    req.end();
+    req.end(body);
   });
 }
 
@@ -172,9 +176,9 @@ export function circuit(base: string, service: string, action: string, headers: 
   return http(base, 'POST', `/debug/circuit/${service}/${action}`, { headers });
 }
 
-/** The circuit state /health reports for a service. */
-export async function circuitState(base: string, service: string): Promise<string> {
-  const r = await http(base, 'GET', '/health');
+/** The circuit state /health reports for a service (`headers`: the admin token, where one is needed to see it). */
+export async function circuitState(base: string, service: string, headers: Record<string, string> = {}): Promise<string> {
+  const r = await http(base, 'GET', '/health', { headers });
   return r.body.services[service].circuitState as string;
 }
 

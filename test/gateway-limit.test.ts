@@ -2,7 +2,8 @@ import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { connect } from 'node:net';
 import { http } from './helpers.js';
-import { startFakeUpstream, startGateway, type FakeUpstream, type StartedGateway } from './gateway-helpers.js';
+import { rawRequest, startFakeUpstream, startGateway, type FakeUpstream, type RawResponse, type StartedGateway } from './gateway-helpers.js';
+import { startSecuredSystem, type SecuredSystem } from './secured-system.js';
 
 describe('rate limiting', () => {
   let up: FakeUpstream;
@@ -99,5 +100,65 @@ describe('rate limiting', () => {
     assert.equal(first.headers.get('x-ratelimit-remaining'), '9');
     const second = await http(gw.url, 'GET', '/api/users/1/full');
     assert.equal(second.headers.get('x-ratelimit-remaining'), '8');
+  });
+});
+
+describe('the address limit, which accounts do not multiply', () => {
+  // Required mode, RATE_LIMIT 3 per client, ADDRESS_RATE_LIMIT 6 per address. Each test sends from
+  // an address of its own (127.0.0.x is another client).
+  let sys: SecuredSystem;
+  const tokens: string[] = [];
+  const bearer = (token: string) => ({ authorization: `Bearer ${token}` });
+  const send = (from: string, headers: Record<string, string> = {}, path = '/api/orders'): Promise<RawResponse> => rawRequest(sys.gateway.url, 'GET', path, headers, { from });
+  before(async () => {
+    sys = await startSecuredSystem({ gatewayEnv: { RATE_LIMIT: '3', ADDRESS_RATE_LIMIT: '6' } });
+    // Two self-made accounts beside the demo users, signed up and logged in at the user service
+    // itself, so that no gateway budget is spent on them.
+    const emails = ['alice@example.com', 'bob@example.com', 'carol@example.com'];
+    for (const n of [1, 2]) {
+      const email = `sock${n}@example.com`;
+      const made = await http(sys.users.url, 'POST', '/users', { body: { name: `Sock ${n}`, email, password: 'sock-puppet-password' } });
+      assert.equal(made.status, 201, made.text);
+      emails.push(email);
+    }
+    for (const email of emails) {
+      const password = email.startsWith('sock') ? 'sock-puppet-password' : 'microservices-demo';
+      const login = await http(sys.users.url, 'POST', '/auth/login', { body: { email, password } });
+      assert.equal(login.status, 200, login.text);
+      tokens.push(login.body.accessToken as string);
+    }
+  });
+  after(() => sys?.stop());
+
+  test('when five accounts call from one address, then together they get ADDRESS_RATE_LIMIT requests, and the address\'s next is 429 whoever sends it', async () => {
+    const from = '127.0.0.4';
+    const statuses: number[] = [];
+    for (const token of tokens) for (let i = 0; i < 2; i++) statuses.push((await send(from, bearer(token))).status);
+    // 6 for the address, though each account used only 2 of its 3.
+    assert.deepEqual(statuses, [200, 200, 200, 200, 200, 200, 429, 429, 429, 429]);
+    const refused = await send(from, bearer(tokens[4]));
+    assert.equal(refused.status, 429);
+    const body = JSON.parse(refused.text) as { code: string; retryAfter: number };
+    assert.equal(body.code, 'RATE_LIMITED');
+    assert.equal(refused.headers['retry-after'], String(body.retryAfter));
+    assert.equal(refused.headers['x-ratelimit-limit'], '6', 'the headers name the limit that refused');
+    assert.equal(refused.headers['x-ratelimit-remaining'], '0');
+    assert.equal((await send(from, {}, '/api/products/1')).status, 429, 'an anonymous request from there too');
+    // The accounts themselves are within their limits elsewhere.
+    const elsewhere = await send('127.0.0.5', bearer(tokens[4]));
+    assert.equal(elsewhere.status, 200);
+    assert.equal(elsewhere.headers['x-ratelimit-limit'], '3', 'the headers name the limit closest to refusing');
+    assert.equal(elsewhere.headers['x-ratelimit-remaining'], '2');
+  });
+
+  test('when an address sends refused tokens, then each costs it a request: after ADDRESS_RATE_LIMIT of them, 429 before any token is checked', async () => {
+    const from = '127.0.0.6';
+    const statuses: number[] = [];
+    for (let i = 0; i < 6; i++) statuses.push((await send(from, bearer(`not.a.token.${i}`))).status);
+    assert.deepEqual(statuses, [401, 401, 401, 401, 401, 401]);
+    assert.equal((await send(from, bearer('not.a.token.7'))).status, 429);
+    assert.equal((await send(from)).status, 429, 'no token: the same address budget');
+    assert.equal((await send(from, bearer(tokens[0]))).status, 429, 'a good token from that address waits its turn too');
+    assert.equal((await send('127.0.0.7', bearer('not.a.token.8'))).status, 401, 'another address is not charged');
   });
 });

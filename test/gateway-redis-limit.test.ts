@@ -116,6 +116,23 @@ describe('rate limits shared in Redis', { skip: skipUnless('redis') }, () => {
     assert.deepEqual(statuses, [200, 200, 200, 429, 429]);
   });
 
+  test('when one address sends through two gateways as different callers, then its address limit is shared in Redis too, refused tokens included', async () => {
+    const prefix = newPrefix();
+    const admin = { authorization: 'Bearer address-limit-admin-token-0123' };
+    const env = { REDIS_URL: REDIS, RATE_LIMIT_REDIS_PREFIX: prefix, AUTH_MODE: 'required', ADDRESS_RATE_LIMIT: '4', ADMIN_TOKEN: admin.authorization.slice(7) };
+    const gws = [await gatewayWith(env), await gatewayWith(env)];
+    // In required mode the detailed /health is an admin's.
+    for (const gw of gws) await eventually(async () => (await http(gw.url, 'GET', '/health', { headers: admin })).body.rateLimitStore?.state === 'up', 5_000, 'store up');
+    const statuses: number[] = [];
+    // Anonymous reads of the catalog and refused tokens, alternately through both gateways.
+    for (let i = 0; i < 6; i++) {
+      const headers: Record<string, string> = i % 2 ? { authorization: `Bearer not.a.token.${i}` } : {};
+      statuses.push((await http(gws[i % 2].url, 'GET', '/api/products/1', { headers })).status);
+    }
+    assert.deepEqual(statuses, [200, 401, 200, 401, 429, 429]);
+    assert.equal(await redis.get(`${prefix}addr:127.0.0.1`), '6');
+  });
+
   test('when a client pipelines five requests with a shared limit of 3, then the answers come in order: three 200 and two 429', async () => {
     const gw = await gatewayWith({ REDIS_URL: REDIS, RATE_LIMIT_REDIS_PREFIX: newPrefix(), RATE_LIMIT: '3' });
     await untilStoreIs(gw, 'up');

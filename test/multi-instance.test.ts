@@ -155,7 +155,7 @@ describe('a gateway in front of two product-service processes', () => {
     assert.ok(a > 5 && b > 5 && a + b >= 60, `split ${a}/${b}`);
     const instances = await instancesOf(gw, 'products');
     assert.deepEqual(instances.map((i) => [i.url, i.state, i.outstanding, i.consecutiveFailures]), [[urls[0], 'up', 0, 0], [urls[1], 'up', 0, 0]]);
-    const root = await http(gw.url, 'GET', '/');
+    const root = await http(gw.url, 'GET', '/', { headers: admin });
     assert.deepEqual(root.body.services[1].instances, urls);
     assert.match((await http(gw.url, 'GET', '/metrics', { headers: admin })).text, /gateway_upstream_instance_up\{service="products",instance="[^"]+"\} 1/);
   });
@@ -212,7 +212,7 @@ describe('a gateway in front of two product-service processes', () => {
     });
     assert.deepEqual(result.failed, [], `${result.failed.length} failed of ${result.ok + result.failed.length}`);
     assert.ok(result.ok > 100);
-    assert.equal(await circuitState(gw.url, 'products'), 'CLOSED');
+    assert.equal(await circuitState(gw.url, 'products', admin), 'CLOSED');
     const health = await http(gw.url, 'GET', '/health', { headers: admin });
     assert.equal(health.body.status, 'degraded');
     assert.equal(health.body.services.products.instances[1].state, 'ejected');
@@ -238,7 +238,7 @@ describe('a gateway in front of two product-service processes', () => {
       const r = await http(gw.url, 'GET', `/api/products/1?fresh=${n++}`);
       return r.status === 503 && r.body.code === 'SERVICE_UNAVAILABLE' && r.headers.get('retry-after') !== null;
     }, 5_000, '503 with an open circuit');
-    assert.equal(await circuitState(gw.url, 'products'), 'OPEN');
+    assert.equal(await circuitState(gw.url, 'products', admin), 'OPEN');
     assert.ok((await instancesOf(gw, 'products')).every((i) => i.state === 'ejected'));
   });
 });

@@ -53,7 +53,8 @@ const OWN_API: readonly ApiRoute[] = [
         description: 'Name, version, services, features',
         body: z.object({
           name: z.string(), version: z.string(),
-          services: z.array(z.object({ name: z.enum(SERVICE_NAMES), url: z.string(), status: ServiceStatus, instances: z.array(z.string()) })),
+          // url and instances: for an admin only (the admin surface's rule).
+          services: z.array(z.object({ name: z.enum(SERVICE_NAMES), url: z.string().optional(), status: ServiceStatus, instances: z.array(z.string()).optional() })),
           features: z.array(z.enum(GATEWAY_FEATURES)),
         }),
       },
@@ -102,10 +103,10 @@ const OWN_API: readonly ApiRoute[] = [
   },
 ];
 
-const ADMIN_BEARER = { Authorization: { schema: z.string().optional(), description: "`Bearer <ADMIN_TOKEN>` or an admin's JWT, when ADMIN_TOKEN is set or AUTH_MODE=required" } };
+const ADMIN_BEARER = { Authorization: { schema: z.string().optional(), description: "`Bearer <ADMIN_TOKEN>` or an admin's JWT, when ADMIN_TOKEN is set or AUTH_MODE=required; else callers in ADMIN_ALLOW_ADDRESSES (this machine) need none" } };
 const ADMIN_REFUSALS: ApiRoute['responses'] = {
   401: { description: 'UNAUTHENTICATED: no or a wrong token' },
-  403: { description: "FORBIDDEN: a valid token that is not an admin's" },
+  403: { description: "FORBIDDEN: a valid token that is not an admin's; ADDRESS_NOT_ALLOWED: open mode without ADMIN_TOKEN, from an address outside ADMIN_ALLOW_ADDRESSES; CROSS_SITE_REQUEST: a change sent for another site's page" },
 };
 
 const ServiceFaults = z.object({

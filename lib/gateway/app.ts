@@ -2,6 +2,7 @@
 import type { RequestListener } from 'node:http';
 import type { Express } from 'express';
 import { errorHandler, routeNotFound } from '../platform/errors.js';
+import { bearerMatches, secretDigest } from '../platform/identity.js';
 import { createBaseApp, requestContext } from '../platform/http.js';
 import type { Logger } from '../platform/logger.js';
 import { createMetrics, type Metrics } from '../platform/metrics.js';
@@ -11,11 +12,13 @@ import { createTraceRoutes } from '../platform/trace-endpoints.js';
 import { createTracing, type Tracing } from '../platform/span-recorder.js';
 import { packageVersion } from '../platform/version.js';
 import { buildOpenApi, openApiHandler } from '../platform/openapi/document.js';
+import { createAdminAccess } from './admin-access.js';
 import { createAggregateRoutes } from './aggregate.js';
-import { createGatewayAuth, createLoginRoute, requireAdminCaller, requireSelfOrAdmin } from './auth.js';
+import { createGatewayAuth, createLoginRoute, requireAdminCaller, requireSelfOrAdmin, type Authenticate } from './auth.js';
 import { concurrencyBudget } from './budget.js';
 import { gatewayApi } from './api.js';
-import type { GatewayConfig } from './config.js';
+import { addressCheck, addressRateLimitOf, type GatewayConfig } from './config.js';
+import { crossSiteRefusal } from './cross-site.js';
 import { createDashboard } from './dashboard/index.js';
 import { createDebugRoutes } from './debug.js';
 import { createGatewayMetrics } from './metrics.js';
@@ -65,6 +68,9 @@ export function createGateway({ config, logger, metrics = createMetrics('gateway
   });
   const sharedAs = (name: string) => limitStore && { store: limitStore, name, onFailure: config.RATE_LIMIT_STORE_FAILURE };
   const limiter = createRateLimiter({ limit: config.RATE_LIMIT, windowMs: config.RATE_WINDOW_MS, metrics: gatewayMetrics, shared: sharedAs('api') });
+  // Every /api request counts against its address too, before its token is looked at: accounts do
+  // not multiply what one address may send, and a refused token costs its address like any request.
+  const addressLimiter = createRateLimiter({ limit: addressRateLimitOf(config), windowMs: config.RATE_WINDOW_MS, metrics: gatewayMetrics, byAddress: true, shared: sharedAs('addr') });
   const auth = createGatewayAuth({ config, logger });
   const loginLimiter = createRateLimiter({ limit: config.LOGIN_RATE_LIMIT, windowMs: config.LOGIN_RATE_WINDOW_MS, metrics: gatewayMetrics, byAddress: true, shared: sharedAs('login') });
 
@@ -78,37 +84,54 @@ export function createGateway({ config, logger, metrics = createMetrics('gateway
   // One timing and one 'close' listener per request serve the log line, the span and both metrics.
   // The debug routes (and the dashboard's controls) exist in production only behind a token.
   const debugAllowed = config.ADMIN_TOKEN !== undefined || config.NODE_ENV !== 'production';
-  const debugGuard = auth.adminOnly('debug');
+  // One rule for the whole admin surface: an admin's token in required mode or once ADMIN_TOKEN is
+  // set; else (open mode, no ADMIN_TOKEN) the operator's own machine.
+  const admin = createAdminAccess({
+    locked: auth.mode === 'required' || config.ADMIN_TOKEN !== undefined,
+    requireToken: auth.adminOnly('debug'),
+    holdsAdminToken: auth.isAdmin,
+    allowedAddress: addressCheck(config.ADMIN_ALLOW_ADDRESSES),
+  });
   const dashboard = createDashboard({
     upstreams: upstreamList,
     limiter,
     registry: metrics.registry,
-    guard: debugGuard,
+    guard: admin.guard,
     controls: debugAllowed,
     rateLimit: { limit: config.RATE_LIMIT, windowMs: config.RATE_WINDOW_MS },
+    maxStreamsPerClient: config.DASHBOARD_STREAMS_PER_CLIENT,
   });
   const context = requestContext(logger, tracing ?? undefined, [metrics.observe, gatewayMetrics.observeProxied, dashboard.observe]);
-  // The proxied pipeline, defined once: context, the caller's identity, rate limit (per user or
-  // address), path guard, then the proxy.
-  const pipeline = createProxiedPipeline(context, auth.authenticate, [limiter.check, guardPath]);
+  // What comes before the caller's identity is known: a cross-site change is refused, and the
+  // request counts against its address (a refused token then costs its address too).
+  const authenticate: Authenticate = (req, res) => {
+    const refused = crossSiteRefusal(req) ?? addressLimiter.check(req, res);
+    if (refused === undefined) return auth.authenticate(req, res);
+    if (refused instanceof Promise) return refused.then((err) => err ?? auth.authenticate(req, res));
+    return refused;
+  };
+  // The proxied pipeline, defined once: context, cross-site check, address limit, the caller's
+  // identity, rate limit (per user or address), path guard, then the proxy.
+  const pipeline = createProxiedPipeline(context, authenticate, [limiter.check, guardPath]);
   const onError = errorHandler(logger);
   app.use(pipeline.context);
+  // No route of any kind takes a state change from another site's page (the /api ones are also
+  // checked in the pipeline, which proxied requests take without the router).
+  app.use((req, _res, next) => next(crossSiteRefusal(req)));
   const proxies = new Map(upstreamList.map((u) => [u.name, createServiceProxy({ upstream: u, cache, metrics: gatewayMetrics, logger, trustsProxies: config.TRUST_PROXY !== false })]));
   // Each of these asks every service: a budget of their own bounds what a flood of them costs.
   app.use('/health', concurrencyBudget(config.OBSERVABILITY_MAX_IN_FLIGHT));
   app.use('/traces', concurrencyBudget(config.OBSERVABILITY_MAX_IN_FLIGHT));
-  // The admin surface: open in open mode, an admin's token in required mode.
-  const adminOnly = auth.adminOnly('admin');
   app.use(createStatusRoutes({
     upstreams: upstreamList,
     name: GATEWAY_NAME,
     version: packageVersion(),
     showAddresses: config.NODE_ENV !== 'production',
-    detailedHealth: auth.mode === 'open' ? undefined : auth.isAdmin,
+    isAdmin: admin.allows,
     rateLimitStore: limitStore?.status,
   }));
-  app.get('/metrics', adminOnly, metrics.handler);
-  app.use(['/traces', '/spans'], adminOnly);
+  app.get('/metrics', admin.guard, metrics.handler);
+  app.use(['/traces', '/spans'], admin.guard);
   if (tracing) {
     // /traces merges the gateway's spans with every process's, each asked with a short timeout.
     // Every instance of every service, and each peer gateway (its own spans only).
@@ -120,16 +143,23 @@ export function createGateway({ config, logger, metrics = createMetrics('gateway
     app.use(createTraceRoutes({ tracing, remotes }));
   }
   app.use(dashboard.router);
-  // The debug routes exist in production only with ADMIN_TOKEN set; adminOnly('debug') asks for
-  // a bearer token (an admin's JWT or ADMIN_TOKEN) once ADMIN_TOKEN is set or in required mode.
+  // The debug routes exist in production only with ADMIN_TOKEN set.
   if (debugAllowed) {
-    app.use(createDebugRoutes({ upstreams, logger, guard: debugGuard, adminToken: config.ADMIN_TOKEN, faultCallTimeoutMs: config.HEALTH_PROBE_TIMEOUT_MS }));
+    app.use(createDebugRoutes({
+      upstreams, logger, guard: admin.guard, adminToken: config.ADMIN_TOKEN, internalToken: config.INTERNAL_TOKEN, faultCallTimeoutMs: config.HEALTH_PROBE_TIMEOUT_MS,
+    }));
   }
   const ownRoutes = gatewayApi({ tracing: tracing !== null, debug: debugAllowed });
   app.get('/openapi.json', openApiHandler(buildOpenApi({ title: GATEWAY_NAME, version: packageVersion() }, ownRoutes)));
   app.use('/api', pipeline.middleware);
   app.use(createLoginRoute({ users: upstreams.users, limiter: loginLimiter }));
-  app.get('/api/dashboard', requireAdminCaller(auth.mode));
+  // ADMIN_TOKEN is the gateway's secret, not a caller the services know: they are asked as an
+  // anonymous caller then (open mode; in required mode it is refused as no token before this).
+  const adminSecret = secretDigest(config.ADMIN_TOKEN);
+  app.get('/api/dashboard', admin.guard, requireAdminCaller(auth.mode), (req, _res, next) => {
+    if (bearerMatches(req.headers.authorization, adminSecret)) delete req.headers.authorization;
+    next();
+  });
   app.get('/api/users/:id/full', requireSelfOrAdmin);
   app.use(createAggregateRoutes({ upstreams }));
   // What the fast path leaves (other letter case, say) still reaches the same handlers here.
@@ -144,6 +174,7 @@ export function createGateway({ config, logger, metrics = createMetrics('gateway
       await tracing?.shutdown();
       dashboard.close();
       limiter.close();
+      addressLimiter.close();
       loginLimiter.close();
       await limitStore?.close();
       cache.clear();

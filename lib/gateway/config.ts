@@ -2,7 +2,7 @@
 import express from 'express';
 import { z } from 'zod';
 import { commonShape, intVar, portVar, urlListVar } from '../platform/config.js';
-import { authShape } from '../platform/identity.js';
+import { authShape, internalTokenVar } from '../platform/identity.js';
 
 /** Largest value setTimeout/setInterval accept; timers and windows above it fire at once. */
 const MAX_TIMER_MS = 2 ** 31 - 1;
@@ -33,6 +33,31 @@ const trustProxyVar = z
     return value;
   });
 
+/**
+ * Addresses in Express `trust proxy` syntax (`loopback`, addresses, subnets), compiled to a check.
+ * The value is kept as given; `addressCheck` compiles it where it is used.
+ */
+const addressListVar = (fallback: string) =>
+  z.string().default(fallback).superRefine((value, ctx) => {
+    // Express reads these as "trust every address" (a hop count, or true): never a list of them.
+    if (/^\s*(\d+|true)\s*$/i.test(value)) {
+      ctx.addIssue({ code: 'custom', message: 'must list addresses or subnets; a number or true would let every address in' });
+      return;
+    }
+    try {
+      addressCheck(value);
+    } catch {
+      ctx.addIssue({ code: 'custom', message: 'must be a comma-separated list of addresses, subnets or loopback/linklocal/uniquelocal' });
+    }
+  });
+
+/** Whether an address is in a list of addressListVar's syntax (IPv4-mapped IPv6 addresses match their IPv4 form). */
+export function addressCheck(list: string): (address: string | undefined) => boolean {
+  // Express compiles the list with proxy-addr, as it does TRUST_PROXY; it throws on a bad entry.
+  const trusts = express().set('trust proxy', list).get('trust proxy fn') as (address: string, hop: number) => boolean;
+  return (address) => address !== undefined && trusts(address, 0);
+}
+
 export const GatewayConfigSchema = z.object({
   ...commonShape,
   ...authShape,
@@ -54,6 +79,13 @@ export const GatewayConfigSchema = z.object({
   // Requests per client per window on /api/*.
   RATE_LIMIT: intVar(100, 1, 1_000_000),
   RATE_WINDOW_MS: intVar(60_000, 100, MAX_TIMER_MS),
+  // Requests per client address per window on /api/*, whoever the caller claims to be, counted
+  // before the token is checked: accounts made for the purpose (or refused tokens) do not buy an
+  // address more. Unset: 5 x RATE_LIMIT, so a few people behind one office address still work.
+  ADDRESS_RATE_LIMIT: z.string().regex(/^\d+$/, 'must be a whole number from 1 to 5000000')
+    .transform(Number)
+    .refine((n) => n >= 1 && n <= 5_000_000, 'must be a whole number from 1 to 5000000')
+    .optional(),
   TRUST_PROXY: trustProxyVar,
   // Consecutive failures (refused, reset, timeout, 5xx) that open a service's circuit.
   CB_FAILURE_THRESHOLD: intVar(3, 1, 1000),
@@ -96,6 +128,16 @@ export const GatewayConfigSchema = z.object({
   // Bearer token for the admin surface (/debug/*, /traces, /metrics, the detailed /health) besides
   // an admin's JWT. Without it, in open mode, the debug route is open in development and absent in production.
   ADMIN_TOKEN: z.string().min(16, 'must be at least 16 characters').optional(),
+  // Where a caller without a token may use the admin surface in open mode without ADMIN_TOKEN:
+  // the operator's own machine by default. Both the connection's peer and the client's address
+  // (as TRUST_PROXY reads it) must be in the list, so a proxy on this machine lets nobody in.
+  ADMIN_ALLOW_ADDRESSES: addressListVar('loopback'),
+  // Dashboard event streams one client address may hold open (besides 20 for the whole gateway),
+  // so one client cannot take every stream.
+  DASHBOARD_STREAMS_PER_CLIENT: intVar(5, 1, 20),
+  // The services' credential for their /internal/* routes; the gateway shows it to their fault
+  // switch routes. Give all four processes the same.
+  INTERNAL_TOKEN: internalTokenVar,
   // The stale cache: last good GET answers, served with X-Cache: STALE when the service fails. 0 entries turns it off.
   CACHE_MAX_ENTRIES: intVar(1000, 0, 1_000_000),
   CACHE_MAX_AGE_MS: intVar(5 * 60_000, 1000, MAX_TIMER_MS),
@@ -109,3 +151,6 @@ export const GatewayConfigSchema = z.object({
 });
 
 export type GatewayConfig = z.output<typeof GatewayConfigSchema>;
+
+/** ADDRESS_RATE_LIMIT, or its default: five clients' worth. */
+export const addressRateLimitOf = (config: Pick<GatewayConfig, 'ADDRESS_RATE_LIMIT' | 'RATE_LIMIT'>): number => config.ADDRESS_RATE_LIMIT ?? 5 * config.RATE_LIMIT;

@@ -19,8 +19,10 @@ export interface DebugRoutesOptions {
   logger: Logger;
   /** In front of every debug route: who may switch circuits and faults. */
   guard: RequestHandler;
-  /** ADMIN_TOKEN, when set: what the gateway shows the services' fault routes; else the caller's own token goes on. */
+  /** ADMIN_TOKEN, when set: what the gateway shows the services' fault routes without INTERNAL_TOKEN; else the caller's own token goes on. */
   adminToken?: string;
+  /** INTERNAL_TOKEN, when set: the services' credential for /internal/*, shown before anything else. */
+  internalToken?: string;
   /** How long the gateway waits for each instance's fault switch route. */
   faultCallTimeoutMs?: number;
 }
@@ -37,11 +39,12 @@ interface ServiceFaults {
  * `open` trips the circuit (half-open after the reset timeout, like a tripped one), `close` closes
  * it, `reset` closes it and clears its counters.
  */
-export function createDebugRoutes({ upstreams, logger, guard, adminToken, faultCallTimeoutMs = 1000 }: DebugRoutesOptions): Router {
+export function createDebugRoutes({ upstreams, logger, guard, adminToken, internalToken, faultCallTimeoutMs = 1000 }: DebugRoutesOptions): Router {
   const router = Router();
   const log = logger.child({ component: 'debug' });
   const names = Object.keys(upstreams) as ServiceName[];
-  const ownToken = adminToken === undefined ? undefined : `Bearer ${adminToken}`;
+  const own = internalToken ?? adminToken;
+  const ownToken = own === undefined ? undefined : `Bearer ${own}`;
   // One client per instance, made once.
   const instances = new Map(names.map((name) => [name, instanceUrls(upstreams[name]).map((baseUrl) => new ServiceClient({ name, baseUrl, timeoutMs: faultCallTimeoutMs, maxResponseBytes: 16 * 1024 }))]));
 
@@ -54,8 +57,8 @@ export function createDebugRoutes({ upstreams, logger, guard, adminToken, faultC
   /** Sends one fault-switch call to every instance of `service`; the first answer is the state. */
   const toInstances = async (service: ServiceName, callerAuth: string | undefined, method: 'GET' | 'POST', body?: unknown): Promise<ServiceFaults> => {
     const clients = instances.get(service)!;
-    // The services guard their fault routes as the gateway does: ADMIN_TOKEN, or else the admin's
-    // own token, which the guard in front of these routes has already checked.
+    // The services guard their fault routes with INTERNAL_TOKEN when it is set; else as the gateway
+    // does: ADMIN_TOKEN, or else the admin's own token, which the guard here has already checked.
     const authorization = ownToken ?? callerAuth;
     const headers: Record<string, string> = authorization === undefined ? {} : { authorization };
     const results = await Promise.allSettled(clients.map((c) => c.request<FaultState>(method, FAULTS_PATH, { body, headers })));

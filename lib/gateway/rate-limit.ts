@@ -1,5 +1,6 @@
-// The /api/* rate limit: RATE_LIMIT requests per RATE_WINDOW_MS per client: per user id for a
-// verified caller, per address for anonymous ones. Counted in this process, or in Redis (shared by
+// The /api/* rate limits: RATE_LIMIT requests per RATE_WINDOW_MS per client (per user id for a
+// verified caller, per address for anonymous ones), and ADDRESS_RATE_LIMIT per address whoever
+// the caller is (a limiter made `byAddress`). Counted in this process, or in Redis (shared by
 // every gateway) when a store is given.
 import type { Request, RequestHandler, Response } from 'express';
 import { ipKeyGenerator } from 'express-rate-limit';
@@ -129,7 +130,11 @@ export function createRateLimiter({ limit, windowMs, metrics, byAddress = false,
   const decide = (res: Response, hits: number, resetMs: number, now: number): HttpError | undefined => {
     const resetSeconds = Math.max(0, Math.ceil((resetMs - now) / 1000));
     const remaining = Math.max(limit - hits, 0);
-    if (!res.headersSent) {
+    // Several limits may count one request (its address's, its client's, the logins'): the
+    // headers show the one closest to refusing it, the later one on a tie.
+    const shown = res.locals.rateLimitRemaining as number | undefined;
+    if (!res.headersSent && (shown === undefined || remaining <= shown)) {
+      res.locals.rateLimitRemaining = remaining;
       res.setHeader('X-RateLimit-Limit', limitHeader);
       res.setHeader('X-RateLimit-Remaining', String(remaining));
       res.setHeader('X-RateLimit-Reset', String(Math.ceil(resetMs / 1000)));

@@ -1,5 +1,5 @@
 // GET / (what this gateway is and routes to) and GET /health (each service's circuit and a probe).
-import { Router, type Request, type Response } from 'express';
+import { Router, type Request } from 'express';
 import type { CircuitState } from './breakers.js';
 import type { LimitStoreStatus } from './redis-limit-store.js';
 import { instancesOf } from './dashboard/upstream-view.js';
@@ -32,22 +32,27 @@ export interface StatusRoutesOptions {
   upstreams: Upstream[];
   name: string;
   version: string;
-  /** Whether GET / names the services' internal addresses (not in production). */
+  /** Whether GET / (to an admin) and the detailed /health may name internal addresses (not in production). */
   showAddresses: boolean;
-  /** Who sees the detailed /health; absent: everyone. Others get only `{status}`. */
-  detailedHealth?: (req: Request, res: Response) => Promise<boolean>;
+  /**
+   * Whether the caller may use the admin surface: only such a caller sees the detailed /health
+   * (others get `{status}`, what a load balancer needs) and the addresses on GET /.
+   */
+  isAdmin: (req: Request) => Promise<boolean>;
   /** The rate limiters' shared store, when there is one; degraded makes the gateway degraded. */
   rateLimitStore?: () => LimitStoreStatus;
 }
 
-export function createStatusRoutes({ upstreams, name, version, showAddresses, detailedHealth, rateLimitStore }: StatusRoutesOptions): Router {
+export function createStatusRoutes({ upstreams, name, version, showAddresses, isAdmin, rateLimitStore }: StatusRoutesOptions): Router {
   const router = Router();
 
-  router.get('/', (_req, res) => {
+  // Names and states for anyone; where the services live, only for an admin, and never in production.
+  router.get('/', async (req, res) => {
+    const admin = showAddresses && (await isAdmin(req));
     res.json({
       name,
       version,
-      services: upstreams.map((u) => (showAddresses
+      services: upstreams.map((u) => (admin
         ? { name: u.name, url: u.url, status: serviceStatus(u.breaker.state), instances: u.instances.list.map((i) => i.url) }
         : { name: u.name, status: serviceStatus(u.breaker.state) })),
       features: GATEWAY_FEATURES,
@@ -56,7 +61,7 @@ export function createStatusRoutes({ upstreams, name, version, showAddresses, de
 
   // Always 200: the gateway itself is up; the body says how its services are.
   router.get('/health', async (req, res) => {
-    const detailed = detailedHealth === undefined || (await detailedHealth(req, res));
+    const detailed = await isAdmin(req);
     const probes = await Promise.all(upstreams.map((u) => u.probe()));
     let degraded = false;
     const services: Record<string, unknown> = {};
@@ -65,7 +70,7 @@ export function createStatusRoutes({ upstreams, name, version, showAddresses, de
       const circuitState = u.breaker.state;
       const all = instancesOf(u);
       if (circuitState !== 'CLOSED' || !probe.ok || all.some((i) => i.state !== 'up')) degraded = true;
-      // In production no internal address is shown, here as on GET /: instances in configured order.
+      // In production no internal address is shown here: instances in configured order.
       const instances = showAddresses ? all : all.map(({ url: _url, ...rest }) => rest);
       services[u.name] = { status: serviceStatus(circuitState, probe), circuitState, stats: u.breaker.stats, probe, instances };
     });

@@ -4,7 +4,7 @@ import { Router, type RequestHandler } from 'express';
 import { z } from 'zod';
 import { HttpError, sendError } from './errors.js';
 import { jsonBody } from './http.js';
-import { bearerMatches, secretDigest, unauthenticated } from './identity.js';
+import { bearerMatches, forbidden, secretDigest, unauthenticated } from './identity.js';
 import type { Logger } from './logger.js';
 import { parseBody } from './validation.js';
 
@@ -72,6 +72,35 @@ export function bearerGuard(token: string | undefined): RequestHandler {
   };
 }
 
+/** 127.0.0.0/8 and ::1, also as IPv4-mapped IPv6 addresses (a dual-stack listener's IPv4 clients). */
+export function isLoopback(address: string | undefined): boolean {
+  if (address === undefined) return false;
+  const v4 = address.startsWith('::ffff:') ? address.slice(7) : address;
+  return v4.startsWith('127.') || address === '::1';
+}
+
+/**
+ * In front of a service's /internal/* routes, which no client should reach: with INTERNAL_TOKEN
+ * set, `Authorization: Bearer <INTERNAL_TOKEN>` (none: 401, anything else: 403), and the request
+ * is marked as the service credential's (`res.locals.serviceCredential`: what else guards these
+ * routes steps aside); without it, callers on this machine only (403), the connection's own peer
+ * being what counts (no header can claim it).
+ */
+export function internalGuard(internalToken: string | undefined): RequestHandler {
+  const expected = secretDigest(internalToken);
+  if (expected === undefined) {
+    return (req, _res, next) => next(isLoopback(req.socket.remoteAddress) ? undefined : forbidden('Internal routes answer this machine only; set INTERNAL_TOKEN to call them from elsewhere'));
+  }
+  return (req, res, next) => {
+    if (bearerMatches(req.headers.authorization, expected)) {
+      res.locals.serviceCredential = true;
+      return next();
+    }
+    if (req.headers.authorization === undefined) return next(unauthenticated(res, 'The service credential is required'));
+    next(forbidden('The service credential is required'));
+  };
+}
+
 export function createFaultSwitches({ ttlMs = DEFAULT_FAULT_TTL_MS, adminToken, logger, random = Math.random }: FaultOptions = {}): FaultSwitches {
   let current: FaultState = OFF;
   let active = false;
@@ -115,7 +144,9 @@ export function createFaultSwitches({ ttlMs = DEFAULT_FAULT_TTL_MS, adminToken, 
 
   // Mounted at FAULTS_PATH, so other requests pass it with one prefix check.
   const routes = Router();
-  routes.use(bearerGuard(adminToken));
+  const adminGuard = bearerGuard(adminToken);
+  // The service credential (internalGuard, in front) stands for the gateway, which checked the admin.
+  routes.use((req, res, next) => (res.locals.serviceCredential === true ? next() : adminGuard(req, res, next)));
   routes.get('/', (_req, res) => {
     res.json(current);
   });

@@ -41,7 +41,7 @@ export async function runService<C extends ServiceConfig>({ service, schema, ope
     process.exit(1);
   }
   const tracing = createTracingFromConfig(service, config, logger);
-  const { app, close } = await build({ logger, db, metrics: createMetrics(service), tracing, faults: createFaultSwitchesFromConfig(config, logger) }, config);
+  const { app, close } = await build({ logger, db, metrics: createMetrics(service), tracing, faults: createFaultSwitchesFromConfig(config, logger), internalToken: config.INTERNAL_TOKEN }, config);
   await serve({
     app,
     port: config.PORT,

@@ -3,7 +3,7 @@ import type { Express, Request, Response, Router } from 'express';
 import type { Logger } from 'pino';
 import type { SqlDatabase } from './sql.js';
 import { errorHandler, routeNotFound } from './errors.js';
-import { createFaultSwitches, FAULTS_PATH, type FaultSwitches } from './faults.js';
+import { createFaultSwitches, FAULTS_PATH, internalGuard, type FaultSwitches } from './faults.js';
 import { createBaseApp, jsonBody, requestContext } from './http.js';
 import type { Metrics } from './metrics.js';
 import { buildOpenApi, openApiHandler, type ApiRoute } from './openapi/document.js';
@@ -22,6 +22,8 @@ export interface ServiceDeps {
   tracing?: Tracing | null;
   /** Fault switches; default ones (no token) are made when absent (tests); null has none. */
   faults?: FaultSwitches | null;
+  /** INTERNAL_TOKEN: what /internal/* needs; absent, they answer this machine only. */
+  internalToken?: string | undefined;
 }
 
 /** Throws when the caller may not read /metrics, /spans or /traces (lib/platform/identity.ts). */
@@ -37,7 +39,9 @@ export interface ServiceAppOptions extends ServiceDeps {
   api: readonly ApiRoute[];
 }
 
-export function createServiceApp({ service, logger, metrics, db, routes, api, guardAdmin, tracing = createTracing({ service }), faults = createFaultSwitches({ logger }) }: ServiceAppOptions): Express {
+export function createServiceApp({
+  service, logger, metrics, db, routes, api, guardAdmin, internalToken, tracing = createTracing({ service }), faults = createFaultSwitches({ logger }),
+}: ServiceAppOptions): Express {
   const app = createBaseApp();
   // Metrics hang on the request's one 'close' listener, with the span and the log line.
   app.use(requestContext(logger, tracing ?? undefined, [metrics.observe]));
@@ -45,9 +49,11 @@ export function createServiceApp({ service, logger, metrics, db, routes, api, gu
     const healthy = await db.healthy();
     res.status(healthy ? 200 : 503).json({ status: healthy ? 'healthy' : 'unhealthy', service });
   });
+  // Before anything else under /internal: the fault switches, and the routes' own (reservations).
+  app.use('/internal', internalGuard(internalToken));
   if (guardAdmin) {
     app.use(['/metrics', '/spans', '/traces', FAULTS_PATH], async (req, res, next) => {
-      await guardAdmin(req, res);
+      if (res.locals.serviceCredential !== true) await guardAdmin(req, res);
       next();
     });
   }

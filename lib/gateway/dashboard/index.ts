@@ -23,6 +23,8 @@ export interface DashboardOptions {
   controls: boolean;
   rateLimit: { limit: number; windowMs: number };
   maxClients?: number;
+  /** Streams one client address may hold at once, so that one client cannot take them all. */
+  maxStreamsPerClient?: number;
   /** Milliseconds between updates; one second unless a test wants faster. */
   intervalMs?: number;
 }
@@ -78,7 +80,7 @@ const CSP = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 's
 const MAX_BUFFERED_BYTES = 1024 * 1024;
 const TOP_CLIENTS = 10;
 
-export function createDashboard({ upstreams, limiter, registry, guard, controls, rateLimit, maxClients = 20, intervalMs = 1000 }: DashboardOptions): Dashboard {
+export function createDashboard({ upstreams, limiter, registry, guard, controls, rateLimit, maxClients = 20, maxStreamsPerClient = 5, intervalMs = 1000 }: DashboardOptions): Dashboard {
   const dir = new URL('./public/', import.meta.url);
   const assets = new Map(Object.entries(ASSETS).map(([path, { file, type }]) => [path, { body: readFileSync(new URL(file, dir)), type }]));
   // Series 0..n-1 are the services; the last counts 429s, the rate limiter's refusals.
@@ -86,6 +88,8 @@ export function createDashboard({ upstreams, limiter, registry, guard, controls,
   const limitedSeries = upstreams.length;
   const stats = new WindowStats(upstreams.length + 1);
   const clients = new Set<Response>();
+  // Open streams per client address; an entry goes with its last stream, so at most maxClients.
+  const streamsOf = new Map<string, number>();
   let building = false;
 
   const observe: RequestObserver = (_req, res, durationMs) => {
@@ -199,12 +203,19 @@ export function createDashboard({ upstreams, limiter, registry, guard, controls,
   }
   router.get('/dashboard/events', guard, async (req, res) => {
     if (clients.size >= maxClients) throw new HttpError(503, 'TOO_MANY_STREAMS', 'Too many dashboards are open; close one and retry', undefined, { retryAfter: 5 });
+    const address = req.ip ?? '';
+    const own = streamsOf.get(address) ?? 0;
+    if (own >= maxStreamsPerClient) throw new HttpError(429, 'TOO_MANY_STREAMS', 'This client has too many dashboards open; close one and retry', undefined, { retryAfter: 5 });
+    streamsOf.set(address, own + 1);
     res.writeHead(200, { 'Content-Type': 'text/event-stream; charset=utf-8', 'Cache-Control': 'no-cache, no-transform', 'X-Accel-Buffering': 'no' });
     clients.add(res);
     req.socket.setTimeout(0);
     const socket = req.socket;
     res.once('close', () => {
       clients.delete(res);
+      const left = (streamsOf.get(address) ?? 1) - 1;
+      if (left > 0) streamsOf.set(address, left);
+      else streamsOf.delete(address);
       // The stream never ends by itself: once its reader is gone the connection is of no use, and
       // a half-closed one would hold up the server's close.
       socket.destroy();

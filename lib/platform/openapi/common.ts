@@ -114,7 +114,7 @@ export const FAULTS_API: readonly ApiRoute[] = [
   {
     method: 'get', path: FAULTS_PATH, summary: "This service's fault switches",
     headers: { Authorization: ADMIN_BEARER },
-    responses: { 200: { description: 'The switches', body: FaultStateSchema }, 401: { description: 'UNAUTHENTICATED: missing or wrong admin token' }, 403: { description: 'FORBIDDEN: a token that is not an admin\'s' } },
+    responses: { 200: { description: 'The switches', body: FaultStateSchema }, 401: { description: 'UNAUTHENTICATED: no INTERNAL_TOKEN (when set), or a missing or wrong admin token' }, 403: { description: 'FORBIDDEN: another token than INTERNAL_TOKEN (when set); without it, a caller on another machine, or a token that is not an admin\'s' } },
   },
   {
     method: 'post', path: FAULTS_PATH, summary: 'Replace the fault switches (absent fields off); they switch off by themselves after FAULT_TTL_MS', body: FaultSpecSchema,

@@ -36,6 +36,8 @@ function setConn(state, text) {
   c.textContent = text;
 }
 
+// 401: no token or a wrong one; 403: a user's token, or (open mode without ADMIN_TOKEN) a browser on
+// another machine, which an admin's token lets in.
 function needToken() {
   setConn('error', 'admin token needed');
   $('auth').hidden = false;
@@ -59,7 +61,7 @@ async function connect() {
   streamAbort = abort;
   try {
     const res = await fetch('/dashboard/events', { headers: authHeaders({ accept: 'text/event-stream' }), signal: abort.signal, cache: 'no-store' });
-    if (res.status === 401) return needToken();
+    if (res.status === 401 || res.status === 403) return needToken();
     if (!res.ok || !res.body) throw new Error(`HTTP ${res.status}`);
     setConn('live', 'live');
     const reader = res.body.pipeThrough(new TextDecoderStream()).getReader();
@@ -175,7 +177,7 @@ async function post(path, body) {
   const init = { method: 'POST', headers: authHeaders(body === undefined ? {} : { 'content-type': 'application/json' }) };
   if (body !== undefined) init.body = JSON.stringify(body);
   const res = await fetch(path, init);
-  if (res.status === 401) needToken();
+  if (res.status === 401 || res.status === 403) needToken();
   else if (!res.ok) {
     const answer = await res.json().catch(() => ({}));
     setConn('error', `${path}: ${answer.error ?? res.status}`);
@@ -273,7 +275,7 @@ async function loadTraces() {
     const min = Number(f.get('minDurationMs'));
     if (min > 0) q.set('minDurationMs', String(Math.floor(min)));
     const res = await fetch(`/traces?${q}`, { headers: authHeaders() });
-    if (res.status === 401) return needToken();
+    if (res.status === 401 || res.status === 403) return needToken();
     if (!res.ok) return;
     const { traces } = await res.json();
     $('trace-rows').replaceChildren(...traces.map(traceRow));
