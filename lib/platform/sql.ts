@@ -359,6 +359,14 @@ function openPostgres(url: string, { name, schema = name, poolMax = 10, timeoutM
       } catch (err) {
         throw storageError(err);
       }
+      // pg-pool takes its own error listener off a client it hands out. Without ours, a connection
+      // reset while this transaction holds it (before BEGIN, between statements, while COMMIT's
+      // answer is on its way) would be an unhandled 'error' event, and end the process.
+      let lost: Error | undefined;
+      const onError = (err: Error) => {
+        lost ??= err;
+      };
+      client.on('error', onError);
       const tx = onClient(client);
       scripts.set(tx, async (sql) => {
         await client.query(sql);
@@ -370,15 +378,22 @@ function openPostgres(url: string, { name, schema = name, poolMax = 10, timeoutM
         await client.query('COMMIT');
         return result;
       } catch (err) {
-        try {
-          await client.query('ROLLBACK');
-        } catch {
-          broken = true;
+        if (!lost) {
+          try {
+            await client.query('ROLLBACK');
+          } catch {
+            broken = true;
+          }
         }
-        throw storageError(err);
+        // The connection is gone, whatever the statement in flight made of it: the store is
+        // unavailable (a refusal `fn` made of what it had read stands). A lost COMMIT may have
+        // committed: the caller reads back what did.
+        throw lost && !(err instanceof HttpError) ? new StorageUnavailableError() : storageError(err);
       } finally {
-        // A connection whose rollback failed is in an unknown state: close it rather than reuse it.
-        client.release(broken);
+        // A lost connection, or one whose rollback failed, is in an unknown state: the pool closes
+        // it rather than hand it out again. Ours comes off after the pool's is back on.
+        client.release(lost ?? broken);
+        client.removeListener('error', onError);
       }
     },
     async healthy() {
@@ -412,8 +427,9 @@ function storageError(err: unknown): unknown {
   // column's range). The request's fault, as SQLite would have stored or compared it: a 400, never
   // a 500 that counts against the service's health at the gateway.
   if (/^22/.test(code)) return new HttpError(400, 'BAD_REQUEST', 'A value in the request cannot be stored or compared');
-  // pg's own words for a pool or connection that gave up (no code is set on these).
-  if (/timeout exceeded when trying to connect|Connection terminated|Query read timeout|connection timeout/i.test(message)) {
+  // pg's own words for a pool or connection that gave up, or a client whose connection broke
+  // earlier (no code is set on these).
+  if (/timeout exceeded when trying to connect|Connection terminated|Query read timeout|connection timeout|not queryable/i.test(message)) {
     return new StorageUnavailableError();
   }
   return err;
