@@ -12,7 +12,8 @@ import type { UsersClient } from '../users/client.js';
 import { hashOrderRequest, type KeyGate } from './idempotency.js';
 import { NEXT_STATUSES, type CreateOrderInput, type ListOrdersQuery, type Order, type OrderStats, type OrderStatus } from './schema.js';
 import { toCents } from '../platform/money.js';
-import { type FinishCreateResult, type IdempotencyRecord, type KeyedCreate, type NewOrder, type OrderStore } from './store.js';
+import { StorageUnavailableError } from '../platform/sql.js';
+import { type BeginKeyedCreateResult, type FinishCreateResult, type IdempotencyRecord, type KeyedCreate, type NewOrder, type OrderStore } from './store.js';
 
 export interface OrderDeps {
   store: OrderStore;
@@ -105,7 +106,16 @@ async function placeOrder(deps: OrderDeps, input: CreateOrderInput, idempotency?
   // taking stock of its own (and failing for lack of it).
   const giveUpAt = Date.now() + KEY_WAIT_MS;
   for (;;) {
-    const begun = await store.beginKeyedCreate(reservationId, input.userId, idempotency.key, KEY_LEASE_MS);
+    const holder = randomUUID();
+    let begun: BeginKeyedCreateResult;
+    try {
+      begun = await store.beginKeyedCreate(reservationId, input.userId, idempotency.key, KEY_LEASE_MS, holder);
+    } catch (err) {
+      // What broke may have been the answer to its COMMIT, the claim committed: free it, or a
+      // retry with this key would wait out the lease. An outbox row goes to the release worker.
+      await freeKey(deps, input.userId, idempotency.key, holder);
+      throw err;
+    }
     if (begun.kind === 'finished') return replay(begun.record, idempotency.bodyHash);
     if (begun.kind === 'claimed') {
       let created = false;
@@ -115,7 +125,7 @@ async function placeOrder(deps: OrderDeps, input: CreateOrderInput, idempotency?
         return result;
       } finally {
         // Committed with the order otherwise; a failed create frees the key for a retry now.
-        if (!created) await store.releaseIdempotencyKey(input.userId, idempotency.key, begun.holder).catch(() => undefined);
+        if (!created) await freeKey(deps, input.userId, idempotency.key, begun.holder);
       }
     }
     if (deadlinePassed()) throw new DeadlineExceededError();
@@ -124,6 +134,32 @@ async function placeOrder(deps: OrderDeps, input: CreateOrderInput, idempotency?
     }
     await new Promise((resolve) => setTimeout(resolve, KEY_POLL_MS));
   }
+}
+
+// Claims still to free once the database answers again; past this many, their leases free them.
+const MAX_KEYS_BEING_FREED = 1000;
+let keysBeingFreed = 0;
+
+/**
+ * Frees a create's claim on its key, so that a retry with the key goes ahead now. While the
+ * database does not answer (a reset took this statement too), it tries again in the background,
+ * no longer than the lease, after which the claim lapses anyway.
+ */
+async function freeKey({ store }: OrderDeps, userId: number, key: string, holder: string): Promise<void> {
+  const attempt = () => store.releaseIdempotencyKey(userId, key, holder).then(() => true, () => false);
+  if ((await attempt()) || keysBeingFreed >= MAX_KEYS_BEING_FREED) return;
+  keysBeingFreed++;
+  void (async () => {
+    try {
+      const giveUpAt = Date.now() + KEY_LEASE_MS;
+      for (let wait = 100; Date.now() + wait < giveUpAt; wait = Math.min(2 * wait, 2000)) {
+        await new Promise((resolve) => setTimeout(resolve, wait).unref());
+        if (await attempt()) return;
+      }
+    } finally {
+      keysBeingFreed--;
+    }
+  })();
 }
 
 async function reserveAndFinish(deps: OrderDeps, input: CreateOrderInput, reservationId: string, idempotency?: KeyedCreate): Promise<Created> {
@@ -170,8 +206,18 @@ async function reserveAndFinish(deps: OrderDeps, input: CreateOrderInput, reserv
   try {
     result = await store.finishCreate(newOrder, idempotency);
   } catch (err) {
-    // Nothing was committed, so no order owns this stock.
+    // Nothing was committed, so no order owns this stock; unless the connection broke while the
+    // answer to COMMIT was on its way, and it was. The outbox row decides: releaseNow takes it
+    // only when no order did (waiting for a commit still in flight), so the order found after it
+    // is the truth, and is the answer.
     await releaseNow(deps, reservationId);
+    if (err instanceof StorageUnavailableError) {
+      const committed = await store.findOrderByReservation(reservationId).catch(() => undefined);
+      if (committed) {
+        logger.warn({ orderId: committed.id, reservationId }, 'order created; the answer to its commit was lost and read back');
+        return { order: committed, replayed: false };
+      }
+    }
     throw err;
   }
   switch (result.kind) {
