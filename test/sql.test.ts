@@ -4,7 +4,7 @@ import { after, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { HttpError } from '../lib/platform/errors.js';
-import { isUniqueViolation, openSqlDatabase, seedOnce, type Migrations, type SqlDatabase } from '../lib/platform/sql.js';
+import { CommitInDoubtError, isUniqueViolation, openSqlDatabase, seedOnce, type Migrations, type SqlDatabase } from '../lib/platform/sql.js';
 import pg from 'pg';
 import { databaseFaultProxy, databaseRelay, ENGINES, TEST_DATABASE_URL, testStorage } from './support/engines.js';
 
@@ -125,7 +125,7 @@ describe('sql on postgres, when a connection is reset while a transaction holds 
       ] as const;
       for (const [i, { fault, committed }] of cases.entries()) {
         proxy.fault = { ...fault };
-        await assert.rejects(insert(100 + i), unavailable, fault.at);
+        await assert.rejects(insert(100 + i), (err) => unavailable(err) && err instanceof CommitInDoubtError === committed, fault.at);
         assert.equal(proxy.fault.kind === 'reset-on-text' && proxy.fault.times, 0, `the ${fault.matching} reset happened`);
         assert.equal(await stored(100 + i), committed, fault.at);
         await insert(200 + i);

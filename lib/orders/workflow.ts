@@ -12,7 +12,7 @@ import type { UsersClient } from '../users/client.js';
 import { hashOrderRequest, type KeyGate } from './idempotency.js';
 import { NEXT_STATUSES, type CreateOrderInput, type ListOrdersQuery, type Order, type OrderStats, type OrderStatus } from './schema.js';
 import { toCents } from '../platform/money.js';
-import { StorageUnavailableError } from '../platform/sql.js';
+import { CommitInDoubtError } from '../platform/sql.js';
 import { type BeginKeyedCreateResult, type FinishCreateResult, type IdempotencyRecord, type KeyedCreate, type NewOrder, type OrderStore } from './store.js';
 
 export interface OrderDeps {
@@ -111,9 +111,9 @@ async function placeOrder(deps: OrderDeps, input: CreateOrderInput, idempotency?
     try {
       begun = await store.beginKeyedCreate(reservationId, input.userId, idempotency.key, KEY_LEASE_MS, holder);
     } catch (err) {
-      // What broke may have been the answer to its COMMIT, the claim committed: free it, or a
-      // retry with this key would wait out the lease. An outbox row goes to the release worker.
-      await freeKey(deps, input.userId, idempotency.key, holder);
+      // The claim may have committed unheard: free it, or a retry with this key would wait out
+      // the lease (the retry's wait for it ends once it is). Its outbox row goes to the release worker.
+      if (err instanceof CommitInDoubtError) void freeKey(deps, input.userId, idempotency.key, holder);
       throw err;
     }
     if (begun.kind === 'finished') return replay(begun.record, idempotency.bodyHash);
@@ -211,7 +211,7 @@ async function reserveAndFinish(deps: OrderDeps, input: CreateOrderInput, reserv
     // only when no order did (waiting for a commit still in flight), so the order found after it
     // is the truth, and is the answer.
     await releaseNow(deps, reservationId);
-    if (err instanceof StorageUnavailableError) {
+    if (err instanceof CommitInDoubtError) {
       const committed = await store.findOrderByReservation(reservationId).catch(() => undefined);
       if (committed) {
         logger.warn({ orderId: committed.id, reservationId }, 'order created; the answer to its commit was lost and read back');

@@ -61,6 +61,13 @@ export class StorageUnavailableError extends HttpError {
   }
 }
 
+/**
+ * A 503 STORAGE_UNAVAILABLE from a transaction whose connection broke, or gave up, while the answer
+ * to its COMMIT was on its way: it may have committed, or not. The caller reads back what did
+ * before it answers (PostgreSQL; SQLite's commit is never in doubt).
+ */
+export class CommitInDoubtError extends StorageUnavailableError {}
+
 /** True for an insert or update that broke a UNIQUE constraint (either engine). */
 export function isUniqueViolation(err: unknown): boolean {
   if (err instanceof Database.SqliteError) return err.code === 'SQLITE_CONSTRAINT_UNIQUE' || err.code === 'SQLITE_CONSTRAINT_PRIMARYKEY';
@@ -372,12 +379,20 @@ function openPostgres(url: string, { name, schema = name, poolMax = 10, timeoutM
         await client.query(sql);
       });
       let broken = false;
+      let committing = false;
       try {
         await client.query('BEGIN');
         const result = await fn(tx);
+        committing = true;
         await client.query('COMMIT');
         return result;
       } catch (err) {
+        // An answer from the server (a SQLSTATE: a serialization failure, a deferred constraint)
+        // is a rollback; no answer leaves the commit in doubt.
+        if (committing && (lost || !/^[0-9A-Z]{5}$/.test(String((err as { code?: unknown } | null)?.code)))) {
+          broken = true;
+          throw new CommitInDoubtError();
+        }
         if (!lost) {
           try {
             await client.query('ROLLBACK');
@@ -386,8 +401,7 @@ function openPostgres(url: string, { name, schema = name, poolMax = 10, timeoutM
           }
         }
         // The connection is gone, whatever the statement in flight made of it: the store is
-        // unavailable (a refusal `fn` made of what it had read stands). A lost COMMIT may have
-        // committed: the caller reads back what did.
+        // unavailable (a refusal `fn` made of what it had read stands).
         throw lost && !(err instanceof HttpError) ? new StorageUnavailableError() : storageError(err);
       } finally {
         // A lost connection, or one whose rollback failed, is in an unknown state: the pool closes
