@@ -162,7 +162,7 @@ export async function startFaultProxy(target = '', fault: Fault = { kind: 'pass'
         if (from === client) {
           const at = textReset(chunk);
           if (at === 'request') return cut();
-          armed = at;
+          if (at) armed = at;
         }
         if (from === client && now.kind === 'blackhole') return;
         if (from === client && now.kind === 'status') return storm(client, now.status);
