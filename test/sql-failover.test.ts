@@ -219,7 +219,7 @@ describe('orders on PostgreSQL while its connections are reset', () => {
     await assertInvariant(userId, productIds, clients.acks);
   });
 
-  test('when one reset meets one step of a create, then the create is answered as it ended: its own commit read back, or a 503 whose retry with the key creates the order at once', async () => {
+  test('when one reset meets one step of a create, then the create is answered as it ended: its own commit read back, or a 503 whose retry with the key creates the order at once; a cancel or delete whose commit went unheard is answered as done', async () => {
     const { userId, productIds } = await newCustomer(1);
     const cases: { proxy: ServiceName; fault: Fault; what: string; first: number }[] = [
       // The order, its key and the end of its outbox row committed; the answer read back.
@@ -261,7 +261,18 @@ describe('orders on PostgreSQL while its connections are reset', () => {
       assert.equal(r.headers.get('idempotent-replayed'), null, `${what}: created by the call that answered 201`);
       acks.push({ key, orderId: r.body.id, items, sentAt, at: Date.now() });
     }
-    assert.ok(sys.orders.logs().some((line) => String(line.msg).includes('answer to its commit was lost')), 'the lost commit was read back');
-    await assertInvariant(userId, productIds, acks);
+    assert.ok(sys.orders.logs().some((line) => String(line.msg).includes('order created; the answer to its commit was lost')), 'the lost commit was read back');
+
+    // A cancel and a delete whose commit's answer is lost answer as they ended too; the release
+    // worker gives their stock back.
+    const lostCommit = (): Fault => ({ kind: 'reset-on-text', matching: 'COMMIT', at: 'answer', times: 1 });
+    proxies.orders.fault = lostCommit();
+    const cancelled = await http<{ status: string }>(sys.orders.url, 'PUT', `/orders/${acks[0].orderId}/status`, { body: { status: 'cancelled' } });
+    assert.deepEqual([cancelled.status, cancelled.body.status, proxies.orders.fault.kind === 'reset-on-text' && proxies.orders.fault.times], [200, 'cancelled', 0], cancelled.text);
+    proxies.orders.fault = lostCommit();
+    const deleted = await http(sys.orders.url, 'DELETE', `/orders/${acks[1].orderId}`);
+    assert.deepEqual([deleted.status, proxies.orders.fault.kind === 'reset-on-text' && proxies.orders.fault.times], [204, 0], deleted.text);
+    assert.equal((await http(sys.orders.url, 'GET', `/orders/${acks[1].orderId}`)).status, 404);
+    await assertInvariant(userId, productIds, acks.filter((a) => a !== acks[1]));
   });
 });

@@ -13,7 +13,7 @@ import { hashOrderRequest, type KeyGate } from './idempotency.js';
 import { NEXT_STATUSES, type CreateOrderInput, type ListOrdersQuery, type Order, type OrderStats, type OrderStatus } from './schema.js';
 import { toCents } from '../platform/money.js';
 import { CommitInDoubtError } from '../platform/sql.js';
-import { type BeginKeyedCreateResult, type FinishCreateResult, type IdempotencyRecord, type KeyedCreate, type NewOrder, type OrderStore } from './store.js';
+import { type BeginKeyedCreateResult, type DeleteResult, type FinishCreateResult, type IdempotencyRecord, type KeyedCreate, type NewOrder, type OrderStore, type StatusChangeResult } from './store.js';
 
 export interface OrderDeps {
   store: OrderStore;
@@ -249,7 +249,17 @@ function priceItems(input: CreateOrderInput, reservation: Reservation): NewOrder
 /** `onlyFrom`: the change is made only from this status (a user cancels a pending order, nothing else). */
 export async function changeOrderStatus(deps: OrderDeps, id: number, to: OrderStatus, onlyFrom?: OrderStatus): Promise<Order> {
   const releaseStock = to === 'cancelled';
-  const result = await deps.store.changeStatus(id, to, (from) => (onlyFrom === undefined || from === onlyFrom) && NEXT_STATUSES[from].includes(to), releaseStock);
+  let result: StatusChangeResult;
+  try {
+    result = await deps.store.changeStatus(id, to, (from) => (onlyFrom === undefined || from === onlyFrom) && NEXT_STATUSES[from].includes(to), releaseStock);
+  } catch (err) {
+    // The change may have committed unheard: an order now in the status asked for is the answer.
+    // A cancel's outbox row committed with it, and the release worker gives its stock back.
+    const now = err instanceof CommitInDoubtError ? await deps.store.getOrder(id).catch(() => undefined) : undefined;
+    if (now?.status !== to) throw err;
+    deps.logger.warn({ orderId: id, status: to }, 'order status changed; the answer to its commit was lost and read back');
+    return now;
+  }
   if (result.kind === 'not_found') throw notFound('Order');
   if (result.kind === 'rejected') {
     throw new HttpError(409, 'INVALID_TRANSITION', `An order cannot go from ${result.from} to ${to}`);
@@ -260,7 +270,17 @@ export async function changeOrderStatus(deps: OrderDeps, id: number, to: OrderSt
 }
 
 export async function deleteOrder(deps: OrderDeps, id: number): Promise<void> {
-  const result = await deps.store.deletePendingOrder(id);
+  let result: DeleteResult;
+  try {
+    result = await deps.store.deletePendingOrder(id);
+  } catch (err) {
+    // The delete may have committed unheard: an order no longer there is deleted (its outbox row
+    // committed with it, and the release worker gives its stock back).
+    const gone = err instanceof CommitInDoubtError && (await deps.store.getOrder(id).then((o) => o === undefined, () => false));
+    if (!gone) throw err;
+    deps.logger.warn({ orderId: id }, 'order deleted; the answer to its commit was lost and read back');
+    return;
+  }
   if (result.kind === 'not_found') throw notFound('Order');
   if (result.kind === 'not_pending') {
     throw new HttpError(409, 'ORDER_NOT_PENDING', `Only pending orders can be deleted; this one is ${result.status}`);
