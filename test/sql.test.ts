@@ -4,9 +4,9 @@ import { after, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { HttpError } from '../lib/platform/errors.js';
-import { isUniqueViolation, openSqlDatabase, seedOnce, type Migrations, type SqlDatabase } from '../lib/platform/sql.js';
+import { CommitInDoubtError, isUniqueViolation, openSqlDatabase, seedOnce, type Migrations, type SqlDatabase } from '../lib/platform/sql.js';
 import pg from 'pg';
-import { databaseRelay, ENGINES, TEST_DATABASE_URL, testStorage } from './support/engines.js';
+import { databaseFaultProxy, databaseRelay, ENGINES, TEST_DATABASE_URL, testStorage } from './support/engines.js';
 import { skipUnless } from './support/services.js';
 
 const MIGRATIONS: Migrations = {
@@ -98,6 +98,56 @@ describe('sql on postgres, while the database is unreachable', { skip: skipUnles
     } finally {
       await db.close();
       await relay.close();
+    }
+  });
+});
+
+describe('sql on postgres, when a connection is reset while a transaction holds it', { skip: skipUnless('postgres') }, () => {
+  const storage = testStorage('postgres');
+  after(() => storage.remove());
+  const unavailable = (err: unknown) => err instanceof HttpError && err.status === 503 && err.code === 'STORAGE_UNAVAILABLE';
+
+  // Each reset fails its transaction with a 503 and never reaches uncaughtException (which would
+  // fail this file); the next transaction, at once, works on a new connection.
+  test('when the reset comes before BEGIN, mid-transaction, while the answer to COMMIT is on its way, or while the client waits between statements, then that call is a 503 and the next one works', async () => {
+    const { proxy, url } = await databaseFaultProxy();
+    const db = await openSqlDatabase({ ...storage.options('resets'), databaseUrl: url, name: 'resets', migrations: MIGRATIONS });
+    const insert = (id: number) => db.transaction(async (tx) => {
+      await tx.run('INSERT INTO things (id, name) VALUES ($1, $2)', [id, `thing ${id}`]);
+      await tx.run('UPDATE things SET n = n + 1 WHERE id = $1', [id]);
+    });
+    const stored = async (id: number) => (await db.get('SELECT id FROM things WHERE id = $1', [id])) !== undefined;
+    try {
+      const cases = [
+        { fault: { kind: 'reset-on-text', matching: 'BEGIN', at: 'request', times: 1 }, committed: false },
+        { fault: { kind: 'reset-on-text', matching: 'BEGIN', at: 'next', times: 1 }, committed: false },
+        // Committed, but the caller never heard so: in doubt, for the caller to read back.
+        { fault: { kind: 'reset-on-text', matching: 'COMMIT', at: 'answer', times: 1 }, committed: true },
+      ] as const;
+      for (const [i, { fault, committed }] of cases.entries()) {
+        proxy.fault = { ...fault };
+        await assert.rejects(insert(100 + i), (err) => unavailable(err) && err instanceof CommitInDoubtError === committed, fault.at);
+        assert.equal(proxy.fault.kind === 'reset-on-text' && proxy.fault.times, 0, `the ${fault.matching} reset happened`);
+        assert.equal(await stored(100 + i), committed, fault.at);
+        await insert(200 + i);
+        assert.equal(await stored(200 + i), true);
+      }
+
+      // Every connection reset while the transaction's client sits idle between two statements.
+      proxy.fault = { kind: 'pass' };
+      await assert.rejects(db.transaction(async (tx) => {
+        await tx.run('INSERT INTO things (id, name) VALUES ($1, $2)', [300, 'three hundred']);
+        proxy.resetAll();
+        // A new connection through the proxy: by its end, the reset of the old one has arrived.
+        assert.equal(await db.healthy(), true);
+        await tx.run('UPDATE things SET n = n + 1 WHERE id = $1', [300]);
+      }), unavailable);
+      assert.equal(await stored(300), false);
+      await insert(301);
+      assert.equal(await stored(301), true);
+    } finally {
+      await db.close();
+      await proxy.close();
     }
   });
 });

@@ -107,6 +107,7 @@ export function createOrderStore(db: Db) {
   const columns = `o.id, o.user_id, o.status, o.total_cents, o.created_at, o.updated_at, ${ITEMS_JSON[db.engine]} AS items`;
   const sql = {
     selectOrder: `SELECT ${columns} FROM orders o WHERE o.id = $1`,
+    selectOrderByReservation: `SELECT ${columns} FROM orders o WHERE o.reservation_id = $1`,
     listOrders: `SELECT ${columns} FROM orders o WHERE ${LIST_FILTER} ORDER BY o.id DESC LIMIT $3 OFFSET $4`,
     countOrders: `SELECT COUNT(*) AS n FROM orders o WHERE ${LIST_FILTER}`,
     selectStatus: 'SELECT status, reservation_id FROM orders WHERE id = $1',
@@ -163,6 +164,11 @@ export function createOrderStore(db: Db) {
 
   return {
     getOrder: (id: number): Promise<Order | undefined> => getOrder(id),
+    /** The order that took this reservation's stock, if one did. */
+    async findOrderByReservation(reservationId: string): Promise<Order | undefined> {
+      const row = await db.get<OrderRow>(sql.selectOrderByReservation, [reservationId]);
+      return row && toOrder(row);
+    },
     /** Inserts a finished order as is (demo data). */
     insertOrder: (o: NewOrder): Promise<number> => insertOrder(o),
 
@@ -200,11 +206,11 @@ export function createOrderStore(db: Db) {
 
     /**
      * In one transaction, before stock is taken for a create with a key: claims the user's key
-     * for at most `leaseMs` (across instances) and writes the reservation's outbox row.
+     * for at most `leaseMs` (across instances) and writes the reservation's outbox row. `holder`
+     * is the claim's name, known before the commit, so a caller that lost its answer can free it.
      */
-    beginKeyedCreate(reservationId: string, userId: number, key: string, leaseMs: number): Promise<BeginKeyedCreateResult> {
+    beginKeyedCreate(reservationId: string, userId: number, key: string, leaseMs: number, holder: string = randomUUID()): Promise<BeginKeyedCreateResult> {
       return db.transaction(async (tx): Promise<BeginKeyedCreateResult> => {
-        const holder = randomUUID();
         const now = Date.now();
         // The claim first, the finished key after: on PostgreSQL the claim waits for a create that
         // holds the claim row, and a statement begun after it sees the key that create committed.

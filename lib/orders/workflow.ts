@@ -12,7 +12,8 @@ import type { UsersClient } from '../users/client.js';
 import { hashOrderRequest, keyInUse, renewClaim, type KeyGate } from './idempotency.js';
 import { NEXT_STATUSES, type CreateOrderInput, type ListOrdersQuery, type Order, type OrderStats, type OrderStatus } from './schema.js';
 import { toCents } from '../platform/money.js';
-import { type FinishCreateResult, type IdempotencyRecord, type KeyedCreate, type NewOrder, type OrderStore } from './store.js';
+import { CommitInDoubtError } from '../platform/sql.js';
+import { type BeginKeyedCreateResult, type DeleteResult, type FinishCreateResult, type IdempotencyRecord, type KeyedCreate, type NewOrder, type OrderStore, type StatusChangeResult } from './store.js';
 
 export interface OrderDeps {
   store: OrderStore;
@@ -118,7 +119,16 @@ async function placeOrder(deps: OrderDeps, input: CreateOrderInput, idempotency?
   // taking stock of its own (and failing for lack of it).
   const { key, bodyHash, waitUntil } = idempotency;
   for (;;) {
-    const begun = await store.beginKeyedCreate(reservationId, input.userId, key, deps.keyLeaseMs);
+    const holder = randomUUID();
+    let begun: BeginKeyedCreateResult;
+    try {
+      begun = await store.beginKeyedCreate(reservationId, input.userId, key, deps.keyLeaseMs, holder);
+    } catch (err) {
+      // The claim may have committed unheard: free it, or a retry with this key would wait out
+      // the lease (the retry's wait for it ends once it is). Its outbox row goes to the release worker.
+      if (err instanceof CommitInDoubtError) void freeKey(deps, input.userId, key, holder);
+      throw err;
+    }
     if (begun.kind === 'finished') return replay(begun.record, bodyHash);
     if (begun.kind === 'claimed') {
       const renewal = renewClaim(() => store.renewIdempotencyKey(input.userId, key, begun.holder, deps.keyLeaseMs), deps.keyLeaseMs / 3, (err) => {
@@ -132,7 +142,7 @@ async function placeOrder(deps: OrderDeps, input: CreateOrderInput, idempotency?
       } finally {
         renewal.stop();
         // Committed with the order otherwise; a failed create frees the key for a retry now.
-        if (!created) await store.releaseIdempotencyKey(input.userId, key, begun.holder).catch(() => undefined);
+        if (!created) await freeKey(deps, input.userId, key, begun.holder);
       }
     }
     // Still held: the holder may yet make the order, so this is no failure (never a 504), and
@@ -141,6 +151,32 @@ async function placeOrder(deps: OrderDeps, input: CreateOrderInput, idempotency?
     if (left <= 0) throw keyInUse();
     await new Promise((resolve) => setTimeout(resolve, Math.min(KEY_POLL_MS, left)));
   }
+}
+
+// Claims still to free once the database answers again; past this many, their leases free them.
+const MAX_KEYS_BEING_FREED = 1000;
+let keysBeingFreed = 0;
+
+/**
+ * Frees a create's claim on its key, so that a retry with the key goes ahead now. While the
+ * database does not answer (a reset took this statement too), it tries again in the background,
+ * no longer than the lease, after which the claim lapses anyway.
+ */
+async function freeKey({ store, keyLeaseMs }: OrderDeps, userId: number, key: string, holder: string): Promise<void> {
+  const attempt = () => store.releaseIdempotencyKey(userId, key, holder).then(() => true, () => false);
+  if ((await attempt()) || keysBeingFreed >= MAX_KEYS_BEING_FREED) return;
+  keysBeingFreed++;
+  void (async () => {
+    try {
+      const giveUpAt = Date.now() + keyLeaseMs;
+      for (let wait = 100; Date.now() + wait < giveUpAt; wait = Math.min(2 * wait, 2000)) {
+        await new Promise((resolve) => setTimeout(resolve, wait).unref());
+        if (await attempt()) return;
+      }
+    } finally {
+      keysBeingFreed--;
+    }
+  })();
 }
 
 async function reserveAndFinish(deps: OrderDeps, input: CreateOrderInput, reservationId: string, idempotency?: KeyedCreate): Promise<Created> {
@@ -187,8 +223,18 @@ async function reserveAndFinish(deps: OrderDeps, input: CreateOrderInput, reserv
   try {
     result = await store.finishCreate(newOrder, idempotency);
   } catch (err) {
-    // Nothing was committed, so no order owns this stock.
+    // Nothing was committed, so no order owns this stock; unless the connection broke while the
+    // answer to COMMIT was on its way, and it was. The outbox row decides: releaseNow takes it
+    // only when no order did (waiting for a commit still in flight), so the order found after it
+    // is the truth, and is the answer.
     await releaseNow(deps, reservationId);
+    if (err instanceof CommitInDoubtError) {
+      const committed = await store.findOrderByReservation(reservationId).catch(() => undefined);
+      if (committed) {
+        logger.warn({ orderId: committed.id, reservationId }, 'order created; the answer to its commit was lost and read back');
+        return { order: committed, replayed: false };
+      }
+    }
     throw err;
   }
   switch (result.kind) {
@@ -220,7 +266,17 @@ function priceItems(input: CreateOrderInput, reservation: Reservation): NewOrder
 /** `onlyFrom`: the change is made only from this status (a user cancels a pending order, nothing else). */
 export async function changeOrderStatus(deps: OrderDeps, id: number, to: OrderStatus, onlyFrom?: OrderStatus): Promise<Order> {
   const releaseStock = to === 'cancelled';
-  const result = await deps.store.changeStatus(id, to, (from) => (onlyFrom === undefined || from === onlyFrom) && NEXT_STATUSES[from].includes(to), releaseStock);
+  let result: StatusChangeResult;
+  try {
+    result = await deps.store.changeStatus(id, to, (from) => (onlyFrom === undefined || from === onlyFrom) && NEXT_STATUSES[from].includes(to), releaseStock);
+  } catch (err) {
+    // The change may have committed unheard: an order now in the status asked for is the answer.
+    // A cancel's outbox row committed with it, and the release worker gives its stock back.
+    const now = err instanceof CommitInDoubtError ? await deps.store.getOrder(id).catch(() => undefined) : undefined;
+    if (now?.status !== to) throw err;
+    deps.logger.warn({ orderId: id, status: to }, 'order status changed; the answer to its commit was lost and read back');
+    return now;
+  }
   if (result.kind === 'not_found') throw notFound('Order');
   if (result.kind === 'rejected') {
     throw new HttpError(409, 'INVALID_TRANSITION', `An order cannot go from ${result.from} to ${to}`);
@@ -231,7 +287,17 @@ export async function changeOrderStatus(deps: OrderDeps, id: number, to: OrderSt
 }
 
 export async function deleteOrder(deps: OrderDeps, id: number): Promise<void> {
-  const result = await deps.store.deletePendingOrder(id);
+  let result: DeleteResult;
+  try {
+    result = await deps.store.deletePendingOrder(id);
+  } catch (err) {
+    // The delete may have committed unheard: an order no longer there is deleted (its outbox row
+    // committed with it, and the release worker gives its stock back).
+    const gone = err instanceof CommitInDoubtError && (await deps.store.getOrder(id).then((o) => o === undefined, () => false));
+    if (!gone) throw err;
+    deps.logger.warn({ orderId: id }, 'order deleted; the answer to its commit was lost and read back');
+    return;
+  }
   if (result.kind === 'not_found') throw notFound('Order');
   if (result.kind === 'not_pending') {
     throw new HttpError(409, 'ORDER_NOT_PENDING', `Only pending orders can be deleted; this one is ${result.status}`);

@@ -61,6 +61,13 @@ export class StorageUnavailableError extends HttpError {
   }
 }
 
+/**
+ * A 503 STORAGE_UNAVAILABLE from a transaction whose connection broke, or gave up, while the answer
+ * to its COMMIT was on its way: it may have committed, or not. The caller reads back what did
+ * before it answers (PostgreSQL; SQLite's commit is never in doubt).
+ */
+export class CommitInDoubtError extends StorageUnavailableError {}
+
 /** True for an insert or update that broke a UNIQUE constraint (either engine). */
 export function isUniqueViolation(err: unknown): boolean {
   if (err instanceof Database.SqliteError) return err.code === 'SQLITE_CONSTRAINT_UNIQUE' || err.code === 'SQLITE_CONSTRAINT_PRIMARYKEY';
@@ -359,26 +366,48 @@ function openPostgres(url: string, { name, schema = name, poolMax = 10, timeoutM
       } catch (err) {
         throw storageError(err);
       }
+      // pg-pool takes its own error listener off a client it hands out. Without ours, a connection
+      // reset while this transaction holds it (before BEGIN, between statements, while COMMIT's
+      // answer is on its way) would be an unhandled 'error' event, and end the process.
+      let lost: Error | undefined;
+      const onError = (err: Error) => {
+        lost ??= err;
+      };
+      client.on('error', onError);
       const tx = onClient(client);
       scripts.set(tx, async (sql) => {
         await client.query(sql);
       });
       let broken = false;
+      let committing = false;
       try {
         await client.query('BEGIN');
         const result = await fn(tx);
+        committing = true;
         await client.query('COMMIT');
         return result;
       } catch (err) {
-        try {
-          await client.query('ROLLBACK');
-        } catch {
+        // An answer from the server (a SQLSTATE: a serialization failure, a deferred constraint)
+        // is a rollback; no answer leaves the commit in doubt.
+        if (committing && (lost || !/^[0-9A-Z]{5}$/.test(String((err as { code?: unknown } | null)?.code)))) {
           broken = true;
+          throw new CommitInDoubtError();
         }
-        throw storageError(err);
+        if (!lost) {
+          try {
+            await client.query('ROLLBACK');
+          } catch {
+            broken = true;
+          }
+        }
+        // The connection is gone, whatever the statement in flight made of it: the store is
+        // unavailable (a refusal `fn` made of what it had read stands).
+        throw lost && !(err instanceof HttpError) ? new StorageUnavailableError() : storageError(err);
       } finally {
-        // A connection whose rollback failed is in an unknown state: close it rather than reuse it.
-        client.release(broken);
+        // A lost connection, or one whose rollback failed, is in an unknown state: the pool closes
+        // it rather than hand it out again. Ours comes off after the pool's is back on.
+        client.release(lost ?? broken);
+        client.removeListener('error', onError);
       }
     },
     async healthy() {
@@ -412,8 +441,9 @@ function storageError(err: unknown): unknown {
   // column's range). The request's fault, as SQLite would have stored or compared it: a 400, never
   // a 500 that counts against the service's health at the gateway.
   if (/^22/.test(code)) return new HttpError(400, 'BAD_REQUEST', 'A value in the request cannot be stored or compared');
-  // pg's own words for a pool or connection that gave up (no code is set on these).
-  if (/timeout exceeded when trying to connect|Connection terminated|Query read timeout|connection timeout/i.test(message)) {
+  // pg's own words for a pool or connection that gave up, or a client whose connection broke
+  // earlier (no code is set on these).
+  if (/timeout exceeded when trying to connect|Connection terminated|Query read timeout|connection timeout|not queryable/i.test(message)) {
     return new StorageUnavailableError();
   }
   return err;

@@ -5,6 +5,7 @@ import { createServer, connect, type Server, type Socket } from 'node:net';
 import pg from 'pg';
 import type { ServiceDatabaseOptions } from '../../lib/platform/config.js';
 import { tempDir } from '../helpers.js';
+import { startFaultProxy, type FaultProxy } from './fault-proxy.js';
 import { TEST_DATABASE_URL } from './services.js';
 
 export { TEST_DATABASE_URL };
@@ -98,4 +99,18 @@ export async function databaseRelay(databaseUrl = TEST_DATABASE_URL): Promise<Da
   url.hostname = '127.0.0.1';
   url.port = String(port);
   return { url: url.toString(), down, up: listen, close: down };
+}
+
+/**
+ * The fault proxy (test/support/fault-proxy.ts) in front of PostgreSQL, for faults finer than an
+ * outage: every connection reset at once, or one reset at a given command (BEGIN, COMMIT).
+ * `url` is the database URL through it.
+ */
+export async function databaseFaultProxy(databaseUrl = TEST_DATABASE_URL): Promise<{ proxy: FaultProxy; url: string }> {
+  const target = new URL(databaseUrl);
+  const proxy = await startFaultProxy(`tcp://${target.hostname}:${target.port || 5432}`);
+  const url = new URL(databaseUrl);
+  url.hostname = '127.0.0.1';
+  url.port = String(proxy.port);
+  return { proxy, url: url.toString() };
 }

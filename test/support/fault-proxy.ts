@@ -1,5 +1,6 @@
 // A TCP proxy that puts upstream faults between two of our processes, on demand: latency, a
-// blackhole, a reset before the response or after its headers, a 5xx storm, flapping, refusal.
+// blackhole, a reset before the response or after its headers, a 5xx storm, flapping, refusal;
+// and, between a service and its database, a reset at a given command or of every connection.
 // It works on bytes, not HTTP objects, so what the caller sees is what a real network or a dying
 // process would show it.
 import { createServer, connect, type AddressInfo, type Server, type Socket } from 'node:net';
@@ -25,7 +26,16 @@ export type Fault =
   /** Every request is answered here with this status (a 5xx storm); the service is not asked. */
   | { kind: 'status'; status: number }
   /** Passes for `upMs`, then for `downMs` resets new connections at once and old ones at their next byte; and again. */
-  | { kind: 'flap'; upMs: number; downMs: number };
+  | { kind: 'flap'; upMs: number; downMs: number }
+  /**
+   * Resets a connection where a chunk from the caller holds `matching` (a command of a protocol:
+   * a database's BEGIN or COMMIT): `request`, before that chunk passes (the command never
+   * arrives); `answer`, once it passed and its answer came back, which is dropped (done, and the
+   * caller never hears so); `next`, at the caller's next chunk on that connection, which is
+   * dropped (the command and its answer pass; what follows, inside a transaction just begun, is
+   * lost). The first `skip` matches pass; then `times` resets (counted down), then bytes pass.
+   */
+  | { kind: 'reset-on-text'; matching: string; at: 'request' | 'answer' | 'next'; times: number; skip?: number };
 
 export interface FaultProxy {
   url: string;
@@ -37,6 +47,8 @@ export interface FaultProxy {
   readonly accepted: number;
   /** HTTP/1.1 request lines that arrived from callers so far, whatever the fault then did with them. */
   readonly requestsSeen: number;
+  /** Resets every open connection (a failover, a pooler's restart); new ones are taken as before. */
+  resetAll(): void;
   /** Stops listening and resets every connection: callers now get connection refused. */
   stop(): Promise<void>;
   /** Listens again on the same port. */
@@ -83,6 +95,17 @@ export async function startFaultProxy(target = '', fault: Fault = { kind: 'pass'
     client.end(`HTTP/1.1 ${status} Storm\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`);
   };
   const flapIsDown = (f: Extract<Fault, { kind: 'flap' }>) => (Date.now() - flapSince) % (f.upMs + f.downMs) >= f.upMs;
+  /** The moment a chunk from a caller arms a reset at, if it is one (and counts it). */
+  const textReset = (chunk: Buffer): 'request' | 'answer' | 'next' | undefined => {
+    const f = proxy.fault;
+    if (f.kind !== 'reset-on-text' || f.times <= 0 || !chunk.includes(f.matching)) return undefined;
+    if (f.skip) {
+      f.skip--;
+      return undefined;
+    }
+    f.times--;
+    return f.at;
+  };
 
   const onConnection = (client: Socket) => {
     accepted++;
@@ -100,6 +123,12 @@ export async function startFaultProxy(target = '', fault: Fault = { kind: 'pass'
     const { hostname, port: targetPort } = new URL(proxy.target);
     const upstream = connect(Number(targetPort), hostname);
     track(upstream);
+    // A reset-on-text armed on this connection, waiting for its moment.
+    let armed: 'answer' | 'next' | undefined;
+    const cut = () => {
+      reset(client);
+      reset(upstream);
+    };
     // Faults other than the connection's own are read at each chunk: a pooled connection meets
     // the fault of the moment too.
     const relay = (from: Socket, to: Socket, onChunk?: (chunk: Buffer) => boolean) => {
@@ -127,10 +156,13 @@ export async function startFaultProxy(target = '', fault: Fault = { kind: 'pass'
       };
       from.on('data', (chunk: Buffer) => {
         const now = proxy.fault;
-        if ((now.kind === 'flap' && flapIsDown(now)) || (from === client && resetsNow())) {
-          reset(client);
-          reset(upstream);
-          return;
+        if ((now.kind === 'flap' && flapIsDown(now)) || (from === client && resetsNow())) return cut();
+        if (from === client && armed === 'next') return cut();
+        if (from === upstream && armed === 'answer') return cut();
+        if (from === client) {
+          const at = textReset(chunk);
+          if (at === 'request') return cut();
+          if (at) armed = at;
         }
         if (from === client && now.kind === 'blackhole') return;
         if (from === client && now.kind === 'status') return storm(client, now.status);
@@ -181,6 +213,9 @@ export async function startFaultProxy(target = '', fault: Fault = { kind: 'pass'
     },
     get requestsSeen() {
       return requestsSeen;
+    },
+    resetAll: () => {
+      for (const socket of sockets) reset(socket);
     },
     stop: async () => {
       const s = server;
