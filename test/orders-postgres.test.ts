@@ -264,14 +264,16 @@ describe('orders on PostgreSQL, two instances on one schema', { skip: skipUnless
     await a.db.run(claim, [userId, 'dead-holder', 'gone', 1]);
     const first = await call(b.url, 'POST', '/orders', body, { 'idempotency-key': 'dead-holder' });
     assert.equal(first.status, 201, first.text);
-    // Still held: the retry waits, and goes on once the claim is gone.
+    // Still held: the retry waits as long as its caller listens, answers that the key is in use
+    // (no order made, no stock taken), and goes on once the claim is gone.
     await a.db.run(claim, [userId, 'live-holder', 'other', Date.now() + 60_000]);
-    let answered = false;
-    const waiting = call(b.url, 'POST', '/orders', body, { 'idempotency-key': 'live-holder' }).finally(() => (answered = true));
-    await new Promise((r) => setTimeout(r, 300));
-    assert.equal(answered, false, 'waits for the holder');
+    const held = await call(b.url, 'POST', '/orders', body, { 'idempotency-key': 'live-holder', 'request-timeout': '600' });
+    assert.equal(held.status, 409, held.text);
+    assert.equal(held.body.code, 'IDEMPOTENCY_KEY_IN_USE');
+    assert.match(held.headers.get('retry-after') ?? '', /^\d+$/);
+    assert.equal(await stockOf(sys, productId), 9, 'the held key took no stock');
     await a.db.run('DELETE FROM idempotency_claims WHERE user_id = $1 AND key = $2', [userId, 'live-holder']);
-    const second = await waiting;
+    const second = await call(b.url, 'POST', '/orders', body, { 'idempotency-key': 'live-holder' });
     assert.equal(second.status, 201, second.text);
     assert.equal(second.headers.get('idempotent-replayed'), null);
     assert.equal(await stockOf(sys, productId), 8);
@@ -393,7 +395,9 @@ describe('keyed creates on PostgreSQL, at the moment the first one commits', { s
       await raw.query('INSERT INTO idempotency_keys (user_id, key, body_hash, order_id, response, created_at) VALUES (7, $1, $2, 1, $3, $4)', ['k', 'h', JSON.stringify(order), 'x']);
       // The second begins now: its claim waits on the first's row until the commit below.
       const second = store.beginKeyedCreate('r-second', 7, 'k', 60_000);
-      await new Promise((resolve) => setTimeout(resolve, 100));
+      // The second's claim is queued behind the first's row lock: seen by the server, not guessed.
+      const waiting = `SELECT count(*)::int AS n FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock' AND query LIKE '%idempotency_claims%'`;
+      await waitFor('the second claim to wait on the first', async () => (await raw.query<{ n: number }>(waiting)).rows[0].n > 0);
       await raw.query('COMMIT');
       const result = await second;
       assert.equal(result.kind, 'finished', 'the second sees the committed key instead of claiming it again');
