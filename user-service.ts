@@ -33,6 +33,19 @@ await runService({
       loginMaxFailures: config.LOGIN_MAX_FAILURES,
       loginWindowMs: config.LOGIN_WINDOW_MS,
       passwordHashCost: config.PASSWORD_HASH_COST,
+      internalToken: config.INTERNAL_TOKEN,
+      limits: {
+        loginMaxTracked: config.LOGIN_MAX_TRACKED,
+        loginSlowdownAfter: config.LOGIN_SLOWDOWN_AFTER,
+        loginSlowdownStepMs: config.LOGIN_SLOWDOWN_STEP_MS,
+        loginSlowdownMaxMs: config.LOGIN_SLOWDOWN_MAX_MS,
+        hashConcurrency: config.PASSWORD_HASH_CONCURRENCY,
+        hashMaxQueue: config.PASSWORD_HASH_MAX_QUEUE,
+        hashMaxWaitMs: config.PASSWORD_HASH_MAX_WAIT_MS,
+        signupLimit: config.SIGNUP_RATE_LIMIT,
+        signupWindowMs: config.SIGNUP_RATE_WINDOW_MS,
+        signupMaxTracked: config.SIGNUP_MAX_TRACKED,
+      },
     });
     return { app, close: () => keys.close() };
   },

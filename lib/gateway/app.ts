@@ -22,6 +22,7 @@ import { createGatewayMetrics } from './metrics.js';
 import { createFrontDoor, createProxiedPipeline } from './front-door.js';
 import { guardPath } from './path-guard.js';
 import { createServiceProxy, proxyRoute } from './proxy.js';
+import { clientAddressHeaders } from '../platform/client-address.js';
 import { createRateLimiter } from './rate-limit.js';
 import { createRedisLimitStore } from './redis-limit-store.js';
 import { createStaleCache } from './stale-cache.js';
@@ -66,6 +67,8 @@ export function createGateway({ config, logger, metrics = createMetrics('gateway
   const sharedAs = (name: string) => limitStore && { store: limitStore, name, onFailure: config.RATE_LIMIT_STORE_FAILURE };
   const limiter = createRateLimiter({ limit: config.RATE_LIMIT, windowMs: config.RATE_WINDOW_MS, metrics: gatewayMetrics, shared: sharedAs('api') });
   const auth = createGatewayAuth({ config, logger });
+  // The client's address as the user service must count it (logins, sign-ups), signed with INTERNAL_TOKEN.
+  const signAddress = (address: string) => clientAddressHeaders(address, config.INTERNAL_TOKEN);
   const loginLimiter = createRateLimiter({ limit: config.LOGIN_RATE_LIMIT, windowMs: config.LOGIN_RATE_WINDOW_MS, metrics: gatewayMetrics, byAddress: true, shared: sharedAs('login') });
 
   const app = createBaseApp();
@@ -93,7 +96,7 @@ export function createGateway({ config, logger, metrics = createMetrics('gateway
   const pipeline = createProxiedPipeline(context, auth.authenticate, [limiter.check, guardPath]);
   const onError = errorHandler(logger);
   app.use(pipeline.context);
-  const proxies = new Map(upstreamList.map((u) => [u.name, createServiceProxy({ upstream: u, cache, metrics: gatewayMetrics, logger, trustsProxies: config.TRUST_PROXY !== false })]));
+  const proxies = new Map(upstreamList.map((u) => [u.name, createServiceProxy({ upstream: u, cache, metrics: gatewayMetrics, logger, trustsProxies: config.TRUST_PROXY !== false, ...(u.name === 'users' ? { clientAddress: signAddress } : {}) })]));
   // Each of these asks every service: a budget of their own bounds what a flood of them costs.
   app.use('/health', concurrencyBudget(config.OBSERVABILITY_MAX_IN_FLIGHT));
   app.use('/traces', concurrencyBudget(config.OBSERVABILITY_MAX_IN_FLIGHT));
@@ -127,7 +130,7 @@ export function createGateway({ config, logger, metrics = createMetrics('gateway
   }
   app.get('/openapi.json', openApiHandler(buildOpenApi({ title: GATEWAY_NAME, version: packageVersion() }, gatewayApi({ tracing: tracing !== null, debug: debugAllowed }))));
   app.use('/api', pipeline.middleware);
-  app.use(createLoginRoute({ users: upstreams.users, limiter: loginLimiter }));
+  app.use(createLoginRoute({ users: upstreams.users, limiter: loginLimiter, clientAddress: signAddress }));
   app.get('/api/dashboard', requireAdminCaller(auth.mode));
   app.get('/api/users/:id/full', requireSelfOrAdmin);
   app.use(createAggregateRoutes({ upstreams }));

@@ -2,7 +2,7 @@
 import express from 'express';
 import { z } from 'zod';
 import { commonShape, intVar, portVar, urlListVar } from '../platform/config.js';
-import { authShape } from '../platform/identity.js';
+import { authShape, internalTokenVar } from '../platform/identity.js';
 
 /** Largest value setTimeout/setInterval accept; timers and windows above it fire at once. */
 const MAX_TIMER_MS = 2 ** 31 - 1;
@@ -80,6 +80,10 @@ export const GatewayConfigSchema = z.object({
   // POST /api/auth/login attempts per client address per window (the user service also limits failures per email).
   LOGIN_RATE_LIMIT: intVar(20, 1, 1_000_000),
   LOGIN_RATE_WINDOW_MS: intVar(60_000, 100, MAX_TIMER_MS),
+  // Signs the client address given to the user service (X-Client-Address), which counts failed
+  // logins and sign-ups by it; the user service's INTERNAL_TOKEN must be the same. Unset: the
+  // address goes unsigned, and the user service believes it only from loopback.
+  INTERNAL_TOKEN: internalTokenVar,
   // Redis that keeps both rate limits, shared by every gateway replica (redis:// or rediss://,
   // user, password and db number as Redis URLs give them). Unset: each gateway counts on its own.
   REDIS_URL: z.url({ protocol: /^rediss?$/, message: 'must be a redis:// or rediss:// URL' }).optional(),

@@ -3,7 +3,12 @@ import type { JWTVerifyGetKey } from 'jose';
 import { createServiceAuth, createTokenVerifier, DEFAULT_ALGORITHMS, DEFAULT_AUDIENCE, DEFAULT_ISSUER, type AuthMode } from '../platform/identity.js';
 import { createServiceApp, type ServiceDeps } from '../platform/service-app.js';
 import { USER_API } from './api.js';
-import { createLoginThrottle, DEFAULT_PASSWORD_HASH_COST, loadSigningKey, MIN_PASSWORD_HASH_COST, type SigningKey } from './auth.js';
+import { clientAddressOf, clientKeyOf } from '../platform/client-address.js';
+import { DEFAULT_PASSWORD_HASH_COST, loadSigningKey, MIN_PASSWORD_HASH_COST, type SigningKey } from './auth.js';
+import { createHashBudget } from './hash-budget.js';
+import { DEFAULT_USER_LIMITS, type UserLimits } from './limits.js';
+import { createLoginLockout } from './lockout.js';
+import { createSignupLimit } from './signup-limit.js';
 import { createUserRoutes } from './routes.js';
 import { staticKeyRing, type KeyRing } from './signing-keys.js';
 import { createUserStore } from './store.js';
@@ -28,11 +33,15 @@ export interface UserAuthOptions {
   loginWindowMs: number;
   /** scrypt's N for new password hashes (PASSWORD_HASH_COST); unset: the default, 2^14. */
   passwordHashCost?: number;
+  /** INTERNAL_TOKEN: the key of the gateway's signed X-Client-Address; unset: believed from loopback peers only. */
+  internalToken?: string | undefined;
+  /** Bounds against login and sign-up abuse; each unset one takes the configuration's default. */
+  limits?: Partial<UserLimits>;
 }
 
 /**
  * Open mode, a key for the life of the process, the defaults of the configuration but the lowest
- * password hash cost (scrypt's work is not what tests test): for tests.
+ * password hash cost (scrypt's work is not what tests test) and no practical sign-up limit: for tests.
  */
 export const defaultUserAuth = (): UserAuthOptions => ({
   mode: 'open',
@@ -44,6 +53,8 @@ export const defaultUserAuth = (): UserAuthOptions => ({
   loginMaxFailures: 10,
   loginWindowMs: 15 * 60_000,
   passwordHashCost: MIN_PASSWORD_HASH_COST,
+  // Tests sign many users up from one loopback address; the limit's own tests set theirs.
+  limits: { signupLimit: 1_000_000 },
 });
 
 export function createUserApp(deps: ServiceDeps, options: UserAuthOptions = defaultUserAuth()): Express {
@@ -52,12 +63,19 @@ export function createUserApp(deps: ServiceDeps, options: UserAuthOptions = defa
   const keys = options.keys ?? staticKeyRing(options.key!);
   const verifier = createTokenVerifier({ keys: options.verifyKeys ?? keys.verifyKeys, issuer, audience, algorithms });
   const auth = createServiceAuth({ mode, verifier, adminToken: options.adminToken });
+  const limits = { ...DEFAULT_USER_LIMITS, ...options.limits };
   const routes = createUserRoutes({
     store: createUserStore(deps.db),
     auth,
     keys,
     token: { issuer, audience, ttlS },
-    throttle: createLoginThrottle(deps.db, { maxFailures: options.loginMaxFailures, windowMs: options.loginWindowMs }),
+    lockout: createLoginLockout(deps.db, {
+      maxFailures: options.loginMaxFailures, windowMs: options.loginWindowMs, maxRows: limits.loginMaxTracked,
+      slowdownAfter: limits.loginSlowdownAfter, slowdownStepMs: limits.loginSlowdownStepMs, slowdownMaxMs: limits.loginSlowdownMaxMs,
+    }),
+    hashBudget: createHashBudget({ concurrency: limits.hashConcurrency, maxQueue: limits.hashMaxQueue, maxWaitMs: limits.hashMaxWaitMs }),
+    signups: createSignupLimit({ limit: limits.signupLimit, windowMs: limits.signupWindowMs, maxClients: limits.signupMaxTracked }),
+    clientOf: (req) => clientKeyOf(clientAddressOf(req, options.internalToken)),
     passwordHashCost: options.passwordHashCost ?? DEFAULT_PASSWORD_HASH_COST,
   });
   return createServiceApp({ ...deps, service: 'user-service', routes, api: USER_API, ...(mode === 'required' ? { guardAdmin: auth.requireAdminSurface } : {}) });
