@@ -82,9 +82,10 @@ export function scaledProcesses({ basePort, host, databaseUrl, redisUrl, interna
           ORDERS_URL: all('orders'),
           GATEWAY_PEERS: Array.from({ length: INSTANCES }, (_, j) => j).filter((j) => j !== i).map((j) => urlOf('gateway', j)).join(','),
           REDIS_URL: redisUrl,
+          INTERNAL_TOKEN: internalToken,
         };
       case 'users':
-        return { PORT: port, DATABASE_URL: databaseUrl, DATA_DIR: join(runDir, name) };
+        return { PORT: port, DATABASE_URL: databaseUrl, DATA_DIR: join(runDir, name), INTERNAL_TOKEN: internalToken };
       case 'products':
         // Its USERS_URL only serves the JWKS, asked of each user-service instance in turn.
         return { PORT: port, DATABASE_URL: databaseUrl, DATA_DIR: join(runDir, name), USERS_URL: all('users'), INTERNAL_TOKEN: internalToken };
