@@ -32,19 +32,35 @@ describe('password hashing budget', () => {
     assert.deepEqual(budget.load, { running: 0, waiting: 0 });
   });
 
-  test('when the queue is full of one address\'s checks, then another address takes that address\'s newest place, which gets the 503', async () => {
+  test('when the queue is full, then a client that asked for fewer checks takes the newest place of the one that asked for the most, which gets the 503', async () => {
     const budget = createHashBudget({ concurrency: 1, maxQueue: 2, maxWaitMs: 60_000 });
+    const order: string[] = [];
+    const ran = (name: string) => () => Promise.resolve(void order.push(name));
     const first = held();
     const running = budget.run('flood', first.hash);
-    const older = budget.run('flood', () => Promise.resolve('older'));
-    const newer = budget.run('flood', () => Promise.resolve('newer'));
-    const bystander = budget.run('bystander', () => Promise.resolve('bystander'));
+    const older = budget.run('flood', ran('older'));
+    const newer = budget.run('flood', ran('newer'));
+    const bystander = budget.run('bystander', ran('bystander'));
     await assert.rejects(newer, overloaded);
-    // Two waiting from different addresses: a third address has no one to displace.
-    await assert.rejects(budget.run('third', () => Promise.resolve(undefined)), overloaded);
+    const third = budget.run('third', ran('third'));
+    await assert.rejects(older, overloaded);
+    // Both waiting clients asked for one check, as a fourth does: no one to displace.
+    await assert.rejects(budget.run('fourth', ran('fourth')), overloaded);
     first.finish();
-    assert.deepEqual(await Promise.all([older, bystander]), ['older', 'bystander']);
-    await running;
+    await Promise.all([running, bystander, third]);
+    assert.deepEqual(order, ['bystander', 'third']);
+  });
+
+  test('when a turn comes, then it goes to the waiting client that asked for the fewest checks, the longest waiting among equals', async () => {
+    const budget = createHashBudget({ concurrency: 1, maxQueue: 4, maxWaitMs: 60_000 });
+    const order: string[] = [];
+    const ran = (name: string) => () => Promise.resolve(void order.push(name));
+    const first = held();
+    const running = budget.run('flood', first.hash);
+    const waiting = [budget.run('flood', ran('flood-1')), budget.run('flood', ran('flood-2')), budget.run('bystander', ran('bystander')), budget.run('other', ran('other'))];
+    first.finish();
+    await Promise.all([running, ...waiting]);
+    assert.deepEqual(order, ['bystander', 'other', 'flood-1', 'flood-2']);
   });
 
   test('when a check waits longer than its bound, then it is 503 OVERLOADED and leaves the queue', async () => {

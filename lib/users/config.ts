@@ -44,8 +44,9 @@ export const UserConfigSchema = z
     LOGIN_SLOWDOWN_MAX_MS: intVar(D.loginSlowdownMaxMs, 0, 60_000),
     // scrypt checks at once (logins, new passwords): default one core fewer than the machine has,
     // 1 to 4, so the other routes keep a core. Past it they queue, at most MAX_QUEUE, each at most
-    // MAX_WAIT_MS; beyond either, 503 OVERLOADED with Retry-After. 8 waiting at ~50 ms a check keep a
-    // bystander's login under half a second.
+    // MAX_WAIT_MS; beyond either, 503 OVERLOADED with Retry-After. The address that asked least goes
+    // first, so a bystander's login waits about one check (~50 ms) whatever the flood. A second's
+    // wait leaves room for checks slowed by a busy machine or a higher PASSWORD_HASH_COST.
     PASSWORD_HASH_CONCURRENCY: intVar(D.hashConcurrency, 1, 256),
     PASSWORD_HASH_MAX_QUEUE: intVar(D.hashMaxQueue, 0, 10_000),
     PASSWORD_HASH_MAX_WAIT_MS: intVar(D.hashMaxWaitMs, 1, 60_000),

@@ -2,6 +2,7 @@
 // tens of milliseconds a check: a flood of logins, each within its limits, would otherwise take
 // every core and the thread pool from the service's other routes and from everyone else's login.
 import { availableParallelism } from 'node:os';
+import { setBounded } from '../platform/bounded-map.js';
 import { HttpError } from '../platform/errors.js';
 
 /**
@@ -26,57 +27,77 @@ interface Waiter {
   timer: NodeJS.Timeout;
 }
 
+// A client's recent checks are counted over this long: long enough to see a flood, short enough
+// that a busy minute is soon forgiven.
+const RECENT_WINDOW_MS = 10_000;
+// Clients whose recent checks are remembered; one forgotten only loses its place in the order.
+const MAX_RECENT_CLIENTS = 10_000;
+
 // X-Dependency-Failure: the service itself is well, only its hashing is busy, so the gateway's
 // breaker and outlier detection count this neither for nor against it.
 const overloaded = (): HttpError =>
   new HttpError(503, 'OVERLOADED', 'Too many password checks at once, retry shortly', undefined, { retryAfter: 1, dependency: 'password-hashing' });
 
 /**
- * At most `concurrency` hashes at once and `maxQueue` waiting, first come first served, each for at
- * most `maxWaitMs`. When the queue is full, a client with fewer waiting than the client with the
- * most takes that one's newest place (which gets the 503): one flooding address cannot keep a
- * bystander out.
+ * At most `concurrency` hashes at once and `maxQueue` waiting, each for at most `maxWaitMs`. The
+ * next turn goes to the waiting client that asked for the fewest checks within the last 10 s (the
+ * longest waiting among equals), and when the queue is full a client that asked for fewer takes
+ * the place of the newest waiter of the client that asked for the most (which gets the 503): a
+ * flood from many addresses, each within its limits, cannot keep a bystander's login waiting
+ * behind it.
  */
 export function createHashBudget({ concurrency, maxQueue, maxWaitMs }: HashBudgetOptions) {
   let running = 0;
   const queue: Waiter[] = [];
-  // Waiting per client: at most maxQueue keys, since only waiting clients are in it.
-  const waiting = new Map<string, number>();
+  const recent = new Map<string, { count: number; resetMs: number }>();
 
+  const countRequest = (client: string, now: number) => {
+    const seen = recent.get(client);
+    if (seen !== undefined && seen.resetMs > now) seen.count++;
+    else setBounded(recent, client, { count: 1, resetMs: now + RECENT_WINDOW_MS }, MAX_RECENT_CLIENTS);
+  };
+  const weightOf = (client: string, now: number): number => {
+    const seen = recent.get(client);
+    return seen !== undefined && seen.resetMs > now ? seen.count : 0;
+  };
   const leave = (waiter: Waiter) => {
     queue.splice(queue.indexOf(waiter), 1);
     clearTimeout(waiter.timer);
-    const n = waiting.get(waiter.client)! - 1;
-    if (n === 0) waiting.delete(waiter.client);
-    else waiting.set(waiter.client, n);
+  };
+  /** The waiter of the lightest client, the oldest among equals; or of the heaviest, the newest among equals. */
+  const pick = (lightest: boolean, now: number): Waiter | undefined => {
+    let chosen: Waiter | undefined;
+    let weight = 0;
+    for (const waiter of queue) {
+      const w = weightOf(waiter.client, now);
+      if (chosen === undefined || (lightest ? w < weight : w >= weight)) [chosen, weight] = [waiter, w];
+    }
+    return chosen;
   };
   const release = () => {
     running--;
-    const next = queue[0];
-    if (next !== undefined && running < concurrency) {
+    const next = running < concurrency ? pick(true, Date.now()) : undefined;
+    if (next !== undefined) {
       leave(next);
       running++;
       next.start();
     }
   };
-  const makeRoomFor = (client: string): boolean => {
-    let heaviest: string | undefined;
-    let most = 0;
-    for (const [c, n] of waiting) if (n > most) [heaviest, most] = [c, n];
-    if (heaviest === undefined || most <= (waiting.get(client) ?? 0) + 1) return false;
-    let i = queue.length - 1;
-    while (queue[i].client !== heaviest) i--;
-    const newest = queue[i];
-    leave(newest);
-    newest.refuse(overloaded());
+  const makeRoomFor = (client: string, now: number): boolean => {
+    const heaviest = pick(false, now);
+    if (heaviest === undefined || weightOf(heaviest.client, now) <= weightOf(client, now)) return false;
+    leave(heaviest);
+    heaviest.refuse(overloaded());
     return true;
   };
   const acquire = (client: string): Promise<void> => {
+    const now = Date.now();
+    countRequest(client, now);
     if (running < concurrency && queue.length === 0) {
       running++;
       return Promise.resolve();
     }
-    if (queue.length >= maxQueue && !makeRoomFor(client)) return Promise.reject(overloaded());
+    if (queue.length >= maxQueue && !makeRoomFor(client, now)) return Promise.reject(overloaded());
     return new Promise<void>((resolve, reject) => {
       const waiter: Waiter = {
         client,
@@ -88,7 +109,6 @@ export function createHashBudget({ concurrency, maxQueue, maxWaitMs }: HashBudge
         }, maxWaitMs),
       };
       queue.push(waiter);
-      waiting.set(client, (waiting.get(client) ?? 0) + 1);
     });
   };
 

@@ -12,7 +12,7 @@ export const DEFAULT_USER_LIMITS = {
   /** PASSWORD_HASH_CONCURRENCY, PASSWORD_HASH_MAX_QUEUE, PASSWORD_HASH_MAX_WAIT_MS */
   hashConcurrency: defaultHashConcurrency(),
   hashMaxQueue: 8,
-  hashMaxWaitMs: 300,
+  hashMaxWaitMs: 1000,
   /** SIGNUP_RATE_LIMIT, SIGNUP_RATE_WINDOW_MS, SIGNUP_MAX_TRACKED */
   signupLimit: 20,
   signupWindowMs: 3_600_000,
