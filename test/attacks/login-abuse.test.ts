@@ -185,4 +185,17 @@ describe('password hashing with a budget', () => {
     assert.equal(refused.headers.get('x-dependency-failure'), 'password-hashing');
     assert.equal(refused.headers.get('retry-after'), '1');
   });
+
+  test('when a flood of sign-ups with passwords outruns the hashing, then the proxied 503 OVERLOADED reaches the client with Retry-After and the circuit stays closed', async () => {
+    const answers = await Promise.all(Array.from({ length: 16 }, (_, i) =>
+      http(rig.gw.url, 'POST', '/api/users', { body: { name: 'Flood Test', email: `signup-flood${i}@example.com`, password: PASSWORD }, headers: from('203.0.113.6') })));
+    assert.ok(answers.every((a) => a.status === 201 || a.status === 503), answers.map((a) => a.status).join(' '));
+    const overloaded = answers.filter((a) => a.status === 503);
+    assert.ok(overloaded.length > 0, 'some of the flood is turned away');
+    for (const a of overloaded) {
+      assert.equal(a.body.code, 'OVERLOADED');
+      assert.equal(a.headers.get('retry-after'), '1');
+    }
+    assert.equal(await circuitState(rig.gw.url, 'users'), 'CLOSED');
+  });
 });
