@@ -21,6 +21,9 @@ await runService({
         refreshMs: config.JWT_KEY_REFRESH_MS, retainMs: (config.TOKEN_TTL_S + CLOCK_TOLERANCE_S) * 1000, logger: deps.logger.child({ component: 'signing-keys' }),
       })
       : staticKeyRing(loadSigningKey(config.DATA_DIR, config.JWT_PRIVATE_KEY));
+    if (config.INTERNAL_TOKEN === undefined && authModeOf(config) === 'required') {
+      deps.logger.warn('INTERNAL_TOKEN is unset: client addresses are believed from loopback peers only, so behind a gateway on another host every login and sign-up counts against the gateway\'s address');
+    }
     const app = createUserApp(deps, {
       mode: authModeOf(config),
       keys,
