@@ -21,6 +21,9 @@ await runService({
         refreshMs: config.JWT_KEY_REFRESH_MS, retainMs: (config.TOKEN_TTL_S + CLOCK_TOLERANCE_S) * 1000, logger: deps.logger.child({ component: 'signing-keys' }),
       })
       : staticKeyRing(loadSigningKey(config.DATA_DIR, config.JWT_PRIVATE_KEY));
+    if (config.INTERNAL_TOKEN === undefined && authModeOf(config) === 'required') {
+      deps.logger.warn('INTERNAL_TOKEN is unset: client addresses are believed from loopback peers only, so behind a gateway on another host every login and sign-up counts against the gateway\'s address');
+    }
     const app = createUserApp(deps, {
       mode: authModeOf(config),
       keys,
@@ -34,6 +37,18 @@ await runService({
       loginMaxFailures: config.LOGIN_MAX_FAILURES,
       loginWindowMs: config.LOGIN_WINDOW_MS,
       passwordHashCost: config.PASSWORD_HASH_COST,
+      limits: {
+        loginMaxTracked: config.LOGIN_MAX_TRACKED,
+        loginSlowdownAfter: config.LOGIN_SLOWDOWN_AFTER,
+        loginSlowdownStepMs: config.LOGIN_SLOWDOWN_STEP_MS,
+        loginSlowdownMaxMs: config.LOGIN_SLOWDOWN_MAX_MS,
+        hashConcurrency: config.PASSWORD_HASH_CONCURRENCY,
+        hashMaxQueue: config.PASSWORD_HASH_MAX_QUEUE,
+        hashMaxWaitMs: config.PASSWORD_HASH_MAX_WAIT_MS,
+        signupLimit: config.SIGNUP_RATE_LIMIT,
+        signupWindowMs: config.SIGNUP_RATE_WINDOW_MS,
+        signupMaxTracked: config.SIGNUP_MAX_TRACKED,
+      },
     });
     return { app, close: () => keys.close() };
   },

@@ -8,10 +8,11 @@ import { createMetrics } from '../lib/platform/metrics.js';
 import { DEFAULT_AUDIENCE, DEFAULT_ISSUER } from '../lib/platform/identity.js';
 import { createUserApp, defaultUserAuth } from '../lib/users/app.js';
 import { HttpError } from '../lib/platform/errors.js';
-import { createLoginThrottle, DEFAULT_PASSWORD_HASH_COST, hashPassword, hashPasswordSync, loadSigningKey, MIN_PASSWORD_HASH_COST, SIGNING_KEY_FILE, verifyPassword } from '../lib/users/auth.js';
+import { DEFAULT_PASSWORD_HASH_COST, hashPassword, hashPasswordSync, loadSigningKey, MIN_PASSWORD_HASH_COST, SIGNING_KEY_FILE, verifyPassword } from '../lib/users/auth.js';
 import { UserConfigSchema } from '../lib/users/config.js';
 import { ConfigError, parseConfig } from '../lib/platform/config.js';
 import { openUserDatabase, setDemoPasswords } from '../lib/users/db.js';
+import { createLoginLockout } from '../lib/users/lockout.js';
 import { http, memoryLogger, startApp, tempDir, type Started } from './helpers.js';
 import { ENGINES, testStorage } from './support/engines.js';
 import { skipUnless } from './support/services.js';
@@ -135,24 +136,65 @@ describe('signing key and demo passwords', () => {
 });
 
 for (const engine of ENGINES) {
-  describe(`failed-login limit on ${engine}`, { skip: skipUnless(engine) }, () => {
-    test('when the window ends, then the count starts again; the emails kept are bounded and the oldest windows go first', async () => {
+  describe(`failed-login lockout on ${engine}`, { skip: skipUnless(engine) }, () => {
+    const isRefused = (retryAfter?: number) => (e: unknown) => e instanceof HttpError && e.status === 429 && (retryAfter === undefined || e.extra?.retryAfter === retryAfter);
+    const bounds = { maxFailures: 2, windowMs: 1000, maxRows: 10, slowdownAfter: 1_000_000, slowdownStepMs: 0, slowdownMaxMs: 0 };
+
+    test('when one address reaches the limit on an email, then it alone is refused until its window ends, and the owner elsewhere is not', async () => {
       const storage = testStorage(engine);
       const db = await openUserDatabase(storage.options('user-service'));
       try {
-        const throttle = createLoginThrottle(db, { maxFailures: 2, windowMs: 1000, maxKeys: 10 });
-        await throttle.attempt('a@example.com', 0);
-        await throttle.attempt('a@example.com', 1);
-        await assert.rejects(throttle.attempt('a@example.com', 2), (e: unknown) => e instanceof HttpError && e.status === 429 && e.extra?.retryAfter === 1);
-        await throttle.attempt('a@example.com', 1000);
-        await throttle.succeed('a@example.com');
-        await throttle.attempt('a@example.com', 1001);
-        await throttle.attempt('a@example.com', 1002);
-        for (let i = 0; i < 130; i++) await throttle.attempt(`guess${i}@example.com`, 2000 + i);
-        const rows = await db.all<{ email: string }>('SELECT email FROM login_failures');
-        // Pruned every 64 new rows: at most maxKeys + 1 then, plus the rows made since.
-        assert.ok(rows.length <= 10 + 1 + 63, `${rows.length} rows kept`);
-        assert.ok(!rows.some((r) => r.email === 'a@example.com'), 'the oldest window went first');
+        const lockout = createLoginLockout(db, bounds);
+        await lockout.attempt('a@example.com', 'guesser', 0);
+        await lockout.attempt('a@example.com', 'guesser', 1);
+        await assert.rejects(lockout.attempt('a@example.com', 'guesser', 2), isRefused(1));
+        const owner = await lockout.attempt('a@example.com', 'owner', 3);
+        assert.equal(owner.counted, true);
+        await lockout.succeed(owner);
+        await lockout.attempt('a@example.com', 'owner', 4);
+        await lockout.attempt('a@example.com', 'guesser', 1000);
+        await lockout.attempt('a@example.com', 'guesser', 1001);
+        await assert.rejects(lockout.attempt('a@example.com', 'guesser', 1002), isRefused());
+      } finally {
+        await db.close();
+        await storage.remove();
+      }
+    });
+
+    test('when failures on many emails fill the table, then no active row is dropped: an active lockout holds, and attempts without a row wait and are not counted', async () => {
+      const storage = testStorage(engine);
+      const db = await openUserDatabase(storage.options('user-service'));
+      try {
+        const lockout = createLoginLockout(db, { ...bounds, windowMs: 10_000, slowdownMaxMs: 5 });
+        await lockout.attempt('carol@example.com', 'guesser', 0);
+        await lockout.attempt('carol@example.com', 'guesser', 1);
+        const counted: boolean[] = [];
+        for (let i = 0; i < 30; i++) counted.push((await lockout.attempt(`guess${i}@example.com`, 'sprayer', 10 + i)).counted);
+        assert.deepEqual(counted, [...Array(9).fill(true), ...Array(21).fill(false)]);
+        const untracked = await lockout.attempt('new@example.com', 'sprayer', 50);
+        assert.deepEqual([untracked.counted, untracked.delayedMs], [false, 5]);
+        assert.equal((await db.get<{ n: number }>('SELECT count(*) AS n FROM login_attempts'))!.n, 10);
+        await assert.rejects(lockout.attempt('carol@example.com', 'guesser', 100), isRefused());
+        // Once windows end, their rows make room again.
+        assert.equal((await lockout.attempt('later@example.com', 'sprayer', 10_020)).counted, true);
+        assert.ok((await db.get<{ n: number }>('SELECT count(*) AS n FROM login_attempts'))!.n <= 10);
+      } finally {
+        await db.close();
+        await storage.remove();
+      }
+    });
+
+    test('when many addresses fail on one email, then every attempt on it waits longer, up to the cap, the owner\'s too, and none is refused', async () => {
+      const storage = testStorage(engine);
+      const db = await openUserDatabase(storage.options('user-service'));
+      try {
+        const lockout = createLoginLockout(db, { ...bounds, slowdownAfter: 3, slowdownStepMs: 10, slowdownMaxMs: 25 });
+        const waits: number[] = [];
+        for (let i = 0; i < 6; i++) waits.push((await lockout.attempt('dana@example.com', `bot${i}`, i)).delayedMs);
+        assert.deepEqual(waits, [0, 0, 0, 10, 20, 25]);
+        const owner = await lockout.attempt('dana@example.com', 'owner', 10);
+        assert.deepEqual([owner.counted, owner.delayedMs], [true, 25]);
+        assert.equal((await lockout.attempt('other@example.com', 'bot0', 11)).delayedMs, 0, 'other emails do not wait');
       } finally {
         await db.close();
         await storage.remove();

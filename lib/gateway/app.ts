@@ -25,6 +25,7 @@ import { createGatewayMetrics } from './metrics.js';
 import { createFrontDoor, createProxiedPipeline } from './front-door.js';
 import { guardPath } from './path-guard.js';
 import { createServiceProxy, proxyRoute } from './proxy.js';
+import { clientAddressHeaders } from '../platform/client-address.js';
 import { createRateLimiter } from './rate-limit.js';
 import { createRedisLimitStore } from './redis-limit-store.js';
 import { createStaleCache } from './stale-cache.js';
@@ -72,6 +73,8 @@ export function createGateway({ config, logger, metrics = createMetrics('gateway
   // not multiply what one address may send, and a refused token costs its address like any request.
   const addressLimiter = createRateLimiter({ limit: addressRateLimitOf(config), windowMs: config.RATE_WINDOW_MS, metrics: gatewayMetrics, byAddress: true, shared: sharedAs('addr') });
   const auth = createGatewayAuth({ config, logger });
+  // The client's address as the user service must count it (logins, sign-ups), signed with INTERNAL_TOKEN.
+  const signAddress = (address: string) => clientAddressHeaders(address, config.INTERNAL_TOKEN);
   const loginLimiter = createRateLimiter({ limit: config.LOGIN_RATE_LIMIT, windowMs: config.LOGIN_RATE_WINDOW_MS, metrics: gatewayMetrics, byAddress: true, shared: sharedAs('login') });
 
   const app = createBaseApp();
@@ -118,7 +121,7 @@ export function createGateway({ config, logger, metrics = createMetrics('gateway
   // No route of any kind takes a state change from another site's page (the /api ones are also
   // checked in the pipeline, which proxied requests take without the router).
   app.use((req, _res, next) => next(crossSiteRefusal(req)));
-  const proxies = new Map(upstreamList.map((u) => [u.name, createServiceProxy({ upstream: u, cache, metrics: gatewayMetrics, logger, trustsProxies: config.TRUST_PROXY !== false })]));
+  const proxies = new Map(upstreamList.map((u) => [u.name, createServiceProxy({ upstream: u, cache, metrics: gatewayMetrics, logger, trustsProxies: config.TRUST_PROXY !== false, ...(u.name === 'users' ? { clientAddress: signAddress } : {}) })]));
   // Each of these asks every service: a budget of their own bounds what a flood of them costs.
   app.use('/health', concurrencyBudget(config.OBSERVABILITY_MAX_IN_FLIGHT));
   app.use('/traces', concurrencyBudget(config.OBSERVABILITY_MAX_IN_FLIGHT));
@@ -152,7 +155,7 @@ export function createGateway({ config, logger, metrics = createMetrics('gateway
   const ownRoutes = gatewayApi({ tracing: tracing !== null, debug: debugAllowed });
   app.get('/openapi.json', openApiHandler(buildOpenApi({ title: GATEWAY_NAME, version: packageVersion() }, ownRoutes)));
   app.use('/api', pipeline.middleware);
-  app.use(createLoginRoute({ users: upstreams.users, limiter: loginLimiter }));
+  app.use(createLoginRoute({ users: upstreams.users, limiter: loginLimiter, clientAddress: signAddress }));
   // ADMIN_TOKEN is the gateway's secret, not a caller the services know: they are asked as an
   // anonymous caller then (open mode; in required mode it is refused as no token before this).
   const adminSecret = secretDigest(config.ADMIN_TOKEN);

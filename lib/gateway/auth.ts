@@ -121,17 +121,24 @@ export interface LoginRouteOptions {
   users: Upstream;
   /** Login attempts per client address (the user service also limits them per email). */
   limiter: RateLimiter;
+  /** The signed X-Client-Address headers: the user service counts failures per email and address. */
+  clientAddress: (address: string) => Record<string, string>;
 }
 
 /**
  * POST /api/auth/login, relayed to the user service's POST /auth/login through its breaker. The
  * body is parsed here (it is small) and never logged. POST /api/auth/logout beside it.
  */
-export function createLoginRoute({ users, limiter }: LoginRouteOptions): Router {
+export function createLoginRoute({ users, limiter, clientAddress }: LoginRouteOptions): Router {
   const router = Router();
   router.post('/api/auth/login', limiter.middleware, jsonBody(16 * 1024), async (req, res) => {
     res.locals.route = '/api/auth/login';
-    const answer = await users.breaker.run((c) => users.client.post<unknown>('/auth/login', req.body, { signal: c.signal, accept: [400, 401, 429] }));
+    const answer = await users.breaker.run((c) => users.client.post<unknown>('/auth/login', req.body, { signal: c.signal, headers: clientAddress(req.ip ?? ''), accept: [400, 401, 429] }))
+      .catch((err: unknown) => {
+        // The user service's password hashing is busy: its answer (neutral for the breaker), with its Retry-After.
+        if (err instanceof HttpError && err.code === 'OVERLOADED') throw new HttpError(503, 'OVERLOADED', err.message, undefined, { retryAfter: 1 });
+        throw err;
+      });
     const retryAfter = answer.headers.get('retry-after');
     if (retryAfter) res.setHeader('Retry-After', retryAfter);
     res.setHeader('Cache-Control', 'no-store');

@@ -2,7 +2,7 @@
 import express from 'express';
 import { z } from 'zod';
 import { commonShape, intVar, portVar, urlListVar } from '../platform/config.js';
-import { authShape, internalTokenVar } from '../platform/identity.js';
+import { authShape } from '../platform/identity.js';
 
 /** Largest value setTimeout/setInterval accept; timers and windows above it fire at once. */
 const MAX_TIMER_MS = 2 ** 31 - 1;
@@ -135,9 +135,6 @@ export const GatewayConfigSchema = z.object({
   // Dashboard event streams one client address may hold open (besides 20 for the whole gateway),
   // so one client cannot take every stream.
   DASHBOARD_STREAMS_PER_CLIENT: intVar(5, 1, 20),
-  // The services' credential for their /internal/* routes; the gateway shows it to their fault
-  // switch routes. Give all four processes the same.
-  INTERNAL_TOKEN: internalTokenVar,
   // The stale cache: last good GET answers, served with X-Cache: STALE when the service fails. 0 entries turns it off.
   CACHE_MAX_ENTRIES: intVar(1000, 0, 1_000_000),
   CACHE_MAX_AGE_MS: intVar(5 * 60_000, 1000, MAX_TIMER_MS),

@@ -5,6 +5,7 @@ import type { Request, RequestHandler, Response } from 'express';
 import { HttpError, sendError } from '../platform/errors.js';
 import type { Logger } from '../platform/logger.js';
 import { hasBody } from '../platform/http.js';
+import { CLIENT_ADDRESS_HEADER, CLIENT_ADDRESS_SIGNATURE_HEADER } from '../platform/client-address.js';
 import { DEPENDENCY_HEADER, UpstreamUnavailableError } from '../platform/service-client.js';
 import { classifyUpstreamError, type UpstreamFailure } from '../platform/upstream-errors.js';
 import { ATTR_HTTP_REQUEST_METHOD } from '@opentelemetry/semantic-conventions';
@@ -22,6 +23,8 @@ export interface ServiceProxyOptions {
   logger: Logger;
   /** Whether `trust proxy` is set, so that req.ips names proxies we believe. */
   trustsProxies: boolean;
+  /** The signed X-Client-Address headers for the client's address (the user service counts logins by it); absent: none sent. */
+  clientAddress?: (address: string) => Record<string, string>;
 }
 
 /** The path the proxy route is registered under; Express 5 needs a named wildcard. */
@@ -44,7 +47,7 @@ const CLIENT_ONLY_HEADERS = new Set([
   'content-length', 'transfer-encoding', 'host', 'expect',
   'forwarded', 'x-forwarded-for', 'x-forwarded-proto', 'x-forwarded-host', 'x-forwarded-port', 'x-forwarded-prefix',
   'x-real-ip', 'true-client-ip', 'x-client-ip', 'cf-connecting-ip', 'x-original-url', 'x-rewrite-url',
-  'x-trace-id', 'traceparent', 'request-timeout',
+  'x-trace-id', 'traceparent', 'request-timeout', CLIENT_ADDRESS_HEADER, CLIENT_ADDRESS_SIGNATURE_HEADER,
 ]);
 // Connection options that name no header; anything else in `Connection` names a header to drop.
 const CONNECTION_OPTIONS = new Set(['keep-alive', 'close', 'upgrade', '']);
@@ -210,7 +213,7 @@ function resendBody(ex: Exchange, proxyReq: ClientRequest): void {
   else req.pipe(proxyReq);
 }
 
-export function createServiceProxy({ upstream, cache, metrics, logger, trustsProxies }: ServiceProxyOptions): RequestHandler {
+export function createServiceProxy({ upstream, cache, metrics, logger, trustsProxies, clientAddress }: ServiceProxyOptions): RequestHandler {
   const log = logger.child({ component: 'proxy', service: upstream.name });
   const mount = `/api/${upstream.name}`;
   const servicePrefix = `/${upstream.name}`;
@@ -333,7 +336,7 @@ export function createServiceProxy({ upstream, cache, metrics, logger, trustsPro
     const { req } = ex;
     if (ex.aborted || ex.clientGone) return;
     const instance = (ex.instance ??= instances.pick()!);
-    const headers = upstreamHeaders(req, trustsProxies, instance.host, ex.span!.headers);
+    const headers = upstreamHeaders(req, trustsProxies, instance.host, ex.span!.headers, clientAddress);
     // Deadline: how long we will still wait, so the service can give up (and undo) before we do.
     headers.push('request-timeout', ex.retried ? String(Math.max(1, timeoutMs - Math.round(performance.now() - ex.startedAt))) : requestTimeout);
     const proxyReq = httpRequest({
@@ -400,7 +403,7 @@ export function createServiceProxy({ upstream, cache, metrics, logger, trustsPro
  * chunked is refused before this), else no body at all. Node's client would otherwise frame by
  * method: a DELETE or OPTIONS body would go out unframed, to be read as the next request.
  */
-function upstreamHeaders(req: Request, trustsProxies: boolean, host: string, trace: Record<string, string>): string[] {
+function upstreamHeaders(req: Request, trustsProxies: boolean, host: string, trace: Record<string, string>, clientAddress?: ServiceProxyOptions['clientAddress']): string[] {
   const out: string[] = [];
   const raw = req.rawHeaders;
   const incoming = req.headers;
@@ -415,7 +418,10 @@ function upstreamHeaders(req: Request, trustsProxies: boolean, host: string, tra
   const trusted = trustsProxies ? req.ips : [];
   out.push('x-forwarded-for', trusted.length ? `${trusted.join(', ')}, ${peer}` : peer);
   // req.ip is the nearest untrusted address: req.ips' first (farthest-first order), read once.
-  out.push('x-real-ip', trusted.length ? trusted[0] : peer);
+  const client = trusted.length ? trusted[0] : peer;
+  out.push('x-real-ip', client);
+  // The same address, signed: what the user service counts logins and sign-ups by.
+  if (clientAddress) for (const [name, value] of Object.entries(clientAddress(client))) out.push(name, value);
   out.push('x-forwarded-proto', req.protocol);
   const forwardedHost = req.host;
   if (forwardedHost) out.push('x-forwarded-host', forwardedHost);

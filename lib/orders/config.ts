@@ -1,13 +1,11 @@
 import { z } from 'zod';
 import { intVar, portVar, serviceShape, urlListVar } from '../platform/config.js';
-import { adminTokenVar, authShape, demoSeedShape, internalTokenVar, withDemoSeedRule } from '../platform/identity.js';
+import { adminTokenVar, authShape, demoSeedShape, withDemoSeedRule } from '../platform/identity.js';
 import { requireInternalTokenWhenRequired } from '../products/config.js';
 
 export const OrderConfigSchema = z.object({
   ...serviceShape,
   ...authShape,
-  // Shown to the product service's /internal/* routes; required when AUTH_MODE=required.
-  INTERNAL_TOKEN: internalTokenVar,
   // Opens /metrics, /spans and /traces in required mode (scrapers), beside an admin's JWT.
   ADMIN_TOKEN: adminTokenVar,
   ...demoSeedShape,

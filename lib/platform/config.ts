@@ -111,9 +111,6 @@ export const serviceShape = {
   // Bearer token for the fault switch route the gateway calls; without it the route is open in
   // development and absent in production.
   ADMIN_TOKEN: z.string().min(16, 'must be at least 16 characters').optional(),
-  // The credential /internal/* (fault switches, the product service's reservations) needs; unset,
-  // they answer callers on this machine only. The same value in every process.
-  INTERNAL_TOKEN: z.string().min(16, 'must be at least 16 characters').optional(),
   // Fault switches turn themselves off after this long, so a forgotten one cannot break a system for good.
   FAULT_TTL_MS: intVar(10 * 60_000, 1000, 2 ** 31 - 1),
 };

@@ -57,8 +57,10 @@ export const authShape = {
   // asking again: the longest a token still passes after its role or password changed, its user
   // logged out or was deleted. 0: asked for every request that is not already being asked.
   TOKEN_VERSION_CACHE_MS: intVar(2000, 0, 60_000),
-  // The service credential: what the order service shows the product service's /internal/*
-  // routes, and what verifiers show the user service's token-version route.
+  // The service credential, the same in every process: what every service's /internal/* routes
+  // need (unset: callers on the service's own machine only), what the order service shows the
+  // product service, what verifiers show the user service's token-version route, and the key the
+  // gateway signs the client address with for the user service (unset: believed from loopback only).
   INTERNAL_TOKEN: z.string().min(16, 'must be at least 16 characters').optional(),
 };
 
@@ -70,9 +72,6 @@ export const demoSeedShape = { DEMO_PASSWORD: z.string().optional() };
 export function withDemoSeedRule<C extends { SEED_DATA: boolean; NODE_ENV: string; DEMO_PASSWORD?: string | undefined }>({ DEMO_PASSWORD, ...rest }: C): Omit<C, 'DEMO_PASSWORD'> {
   return { ...rest, SEED_DATA: rest.SEED_DATA && (rest.NODE_ENV !== 'production' || DEMO_PASSWORD !== undefined) };
 }
-
-/** The service credential the order service shows the product service's /internal/* routes. */
-export const internalTokenVar = authShape.INTERNAL_TOKEN;
 
 /** A secret that opens a process's admin surface as Bearer, beside an admin's JWT (for scrapers). */
 export const adminTokenVar = z.string().min(16, 'must be at least 16 characters').optional();

@@ -16,7 +16,8 @@ interface Built {
   close?: () => Promise<void>;
 }
 
-type ServiceConfig = z.output<z.ZodObject<typeof serviceShape>> & { PORT: number };
+// Every service reads the identity settings too (authShape): INTERNAL_TOKEN guards its /internal/*.
+type ServiceConfig = z.output<z.ZodObject<typeof serviceShape>> & { PORT: number; INTERNAL_TOKEN?: string | undefined };
 
 export interface ServiceMain<C extends ServiceConfig> {
   /** `user-service`, ...: the name in logs, metrics, spans and /health. */

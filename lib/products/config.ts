@@ -1,6 +1,6 @@
 import { z } from 'zod';
 import { intVar, portVar, serviceShape, urlListVar } from '../platform/config.js';
-import { adminTokenVar, authModeOf, authShape, demoSeedShape, internalTokenVar, withDemoSeedRule } from '../platform/identity.js';
+import { adminTokenVar, authModeOf, authShape, demoSeedShape, withDemoSeedRule } from '../platform/identity.js';
 
 export const ProductConfigSchema = z
   .object({
@@ -10,8 +10,6 @@ export const ProductConfigSchema = z
     // The user service's instances, whose /.well-known/jwks.json verifies tokens unless JWKS_URL
     // says otherwise (asked in turn when one is down).
     USERS_URL: urlListVar('http://127.0.0.1:3011'),
-    // The credential the order service shows on /internal/*; required when AUTH_MODE=required.
-    INTERNAL_TOKEN: internalTokenVar,
     // Opens /metrics, /spans and /traces in required mode (scrapers), beside an admin's JWT.
     ADMIN_TOKEN: adminTokenVar,
     ...demoSeedShape,

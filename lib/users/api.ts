@@ -16,7 +16,8 @@ export const LOGIN_API: Omit<ApiRoute, 'path'> = {
     200: { description: 'The token', body: AccessTokenSchema },
     400: { description: 'VALIDATION_ERROR' },
     401: { description: 'INVALID_CREDENTIALS: the same answer for an unknown email, a wrong password and a user without one' },
-    429: { description: 'RATE_LIMITED: too many failed logins for this email (Retry-After)' },
+    429: { description: 'RATE_LIMITED: too many failed logins for this email from this client address (Retry-After)' },
+    503: { description: 'OVERLOADED: password hashing is at its budget (Retry-After: 1)' },
   },
 };
 
@@ -42,11 +43,13 @@ export const USER_API: readonly ApiRoute[] = [
   },
   {
     method: 'post', path: '/users', summary: 'Create a user', body: CreateUserSchema,
-    responses: { 201: { description: 'Created (Location: /users/{id})', body: UserSchema }, 400: { description: 'Invalid body' }, ...CALLER_REFUSALS, 409: { description: 'EMAIL_TAKEN' } },
+    responses: { 201: { description: 'Created (Location: /users/{id})', body: UserSchema }, 400: { description: 'Invalid body' }, ...CALLER_REFUSALS, 409: { description: 'EMAIL_TAKEN' },
+      429: { description: 'RATE_LIMITED: too many sign-ups from this client address (Retry-After)' }, 503: { description: 'OVERLOADED: password hashing is at its budget (Retry-After: 1)' } },
   },
   {
     method: 'put', path: '/users/:id', summary: 'Change some of name, email, role', params: IdParamsSchema, body: UpdateUserSchema,
-    responses: { 200: { description: 'The user', body: UserSchema }, 400: { description: 'Invalid body or id' }, ...CALLER_REFUSALS, 404: { description: "No such user, or another user's" }, 409: { description: 'EMAIL_TAKEN' } },
+    responses: { 200: { description: 'The user', body: UserSchema }, 400: { description: 'Invalid body or id' }, ...CALLER_REFUSALS, 404: { description: "No such user, or another user's" }, 409: { description: 'EMAIL_TAKEN' },
+      503: { description: 'OVERLOADED: password hashing is at its budget (Retry-After: 1)' } },
   },
   {
     method: 'delete', path: '/users/:id', summary: 'Delete a user', params: IdParamsSchema,

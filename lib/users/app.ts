@@ -4,7 +4,12 @@ import { createServiceAuth, createTokenVerifier, DEFAULT_ALGORITHMS, DEFAULT_AUD
 import { createTokenVersions } from '../platform/token-versions.js';
 import { createServiceApp, type ServiceDeps } from '../platform/service-app.js';
 import { USER_API } from './api.js';
-import { createLoginThrottle, DEFAULT_PASSWORD_HASH_COST, loadSigningKey, MIN_PASSWORD_HASH_COST, type SigningKey } from './auth.js';
+import { clientAddressOf, clientKeyOf } from '../platform/client-address.js';
+import { DEFAULT_PASSWORD_HASH_COST, loadSigningKey, MIN_PASSWORD_HASH_COST, type SigningKey } from './auth.js';
+import { createHashBudget } from './hash-budget.js';
+import { DEFAULT_USER_LIMITS, type UserLimits } from './limits.js';
+import { createLoginLockout } from './lockout.js';
+import { createSignupLimit } from './signup-limit.js';
 import { createUserRoutes } from './routes.js';
 import { createSessionStore } from './sessions.js';
 import { staticKeyRing, type KeyRing } from './signing-keys.js';
@@ -25,18 +30,23 @@ export interface UserAuthOptions {
   verifyKeys?: JWTVerifyGetKey;
   /** Opens /metrics, /spans and /traces in required mode, beside an admin's token. */
   adminToken?: string | undefined;
-  /** What verifiers show the token-version route (INTERNAL_TOKEN); unset: callers on this machine only. */
+  /**
+   * INTERNAL_TOKEN: what verifiers show the token-version route, and the key of the gateway's
+   * signed X-Client-Address; unset: both are believed from callers on this machine only.
+   */
   internalToken?: string | undefined;
   /** Failed logins per email per window before 429. */
   loginMaxFailures: number;
   loginWindowMs: number;
   /** scrypt's N for new password hashes (PASSWORD_HASH_COST); unset: the default, 2^14. */
   passwordHashCost?: number;
+  /** Bounds against login and sign-up abuse; each unset one takes the configuration's default. */
+  limits?: Partial<UserLimits>;
 }
 
 /**
  * Open mode, a key for the life of the process, the defaults of the configuration but the lowest
- * password hash cost (scrypt's work is not what tests test): for tests.
+ * password hash cost (scrypt's work is not what tests test) and no practical sign-up limit: for tests.
  */
 export const defaultUserAuth = (): UserAuthOptions => ({
   mode: 'open',
@@ -48,6 +58,8 @@ export const defaultUserAuth = (): UserAuthOptions => ({
   loginMaxFailures: 10,
   loginWindowMs: 15 * 60_000,
   passwordHashCost: MIN_PASSWORD_HASH_COST,
+  // Tests sign many users up from one loopback address; the limit's own tests set theirs.
+  limits: { signupLimit: 1_000_000 },
 });
 
 export function createUserApp(deps: ServiceDeps, options: UserAuthOptions = defaultUserAuth()): Express {
@@ -62,6 +74,7 @@ export function createUserApp(deps: ServiceDeps, options: UserAuthOptions = defa
     : undefined;
   const verifier = createTokenVerifier({ keys: options.verifyKeys ?? keys.verifyKeys, issuer, audience, algorithms, maxLifetimeS: ttlS, versions });
   const auth = createServiceAuth({ mode, verifier, adminToken: options.adminToken });
+  const limits = { ...DEFAULT_USER_LIMITS, ...options.limits };
   const routes = createUserRoutes({
     store: createUserStore(deps.db),
     sessions,
@@ -69,7 +82,13 @@ export function createUserApp(deps: ServiceDeps, options: UserAuthOptions = defa
     internalOnly: internalCallerGuard(options.internalToken),
     keys,
     token: { issuer, audience, ttlS },
-    throttle: createLoginThrottle(deps.db, { maxFailures: options.loginMaxFailures, windowMs: options.loginWindowMs }),
+    lockout: createLoginLockout(deps.db, {
+      maxFailures: options.loginMaxFailures, windowMs: options.loginWindowMs, maxRows: limits.loginMaxTracked,
+      slowdownAfter: limits.loginSlowdownAfter, slowdownStepMs: limits.loginSlowdownStepMs, slowdownMaxMs: limits.loginSlowdownMaxMs,
+    }),
+    hashBudget: createHashBudget({ concurrency: limits.hashConcurrency, maxQueue: limits.hashMaxQueue, maxWaitMs: limits.hashMaxWaitMs }),
+    signups: createSignupLimit({ limit: limits.signupLimit, windowMs: limits.signupWindowMs, maxClients: limits.signupMaxTracked }),
+    clientOf: (req) => clientKeyOf(clientAddressOf(req, options.internalToken)),
     passwordHashCost: options.passwordHashCost ?? DEFAULT_PASSWORD_HASH_COST,
   });
   return createServiceApp({ ...deps, service: 'user-service', routes, api: USER_API, ...(mode === 'required' ? { guardAdmin: auth.requireAdminSurface } : {}) });

@@ -4,7 +4,8 @@ import { chmodSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { createLocalJWKSet, SignJWT, type JWK, type JWTVerifyGetKey } from 'jose';
 import { HttpError } from '../platform/errors.js';
-import type { Db } from '../platform/sql.js';
+import type { HashBudget } from './hash-budget.js';
+import type { LoginLockout } from './lockout.js';
 import type { KeyRing } from './signing-keys.js';
 
 /** Default of DEMO_PASSWORD outside production. */
@@ -158,56 +159,14 @@ export function issueToken(key: SigningKey, user: { id: number; role: string; to
     .sign(key.privateKey);
 }
 
-/**
- * Failed logins per email in a fixed window, kept in the database so that every instance of the
- * service counts against one limit. Each attempt is counted before its password is checked (one
- * guarded upsert), so racing attempts on several instances cannot pass `maxFailures` together; a
- * right password clears the count. Beyond `maxFailures` every attempt is 429 until the window ends
- * (a correct password too: it would tell the guesser it was right). Rows of windows that ended are
- * deleted, and at most about `maxKeys` emails are kept (the ones whose windows end first go first).
- */
-export function createLoginThrottle(db: Db, { maxFailures, windowMs, maxKeys = 10_000 }: { maxFailures: number; windowMs: number; maxKeys?: number }) {
-  let freshRows = 0;
-  const refuse = (resetMs: number, now: number) => {
-    const retryAfter = Math.max(1, Math.ceil((resetMs - now) / 1000));
-    return new HttpError(429, 'RATE_LIMITED', 'Too many failed logins for this account, retry later', undefined, { retryAfter });
-  };
-  const prune = async (now: number) => {
-    await db.run('DELETE FROM login_failures WHERE reset_ms <= $1', [now]);
-    await db.run('DELETE FROM login_failures WHERE reset_ms < (SELECT reset_ms FROM login_failures ORDER BY reset_ms DESC LIMIT 1 OFFSET $1)', [maxKeys]);
-  };
-  return {
-    /** Counts an attempt for `email` (lower-cased by the caller); throws 429 when it is over the limit. */
-    async attempt(email: string, now = Date.now()): Promise<void> {
-      // A read first, so that a guesser already refused costs no write.
-      const seen = await db.get<{ failures: number; reset_ms: number }>('SELECT failures, reset_ms FROM login_failures WHERE email = $1', [email]);
-      if (seen && seen.reset_ms > now && seen.failures >= maxFailures) throw refuse(seen.reset_ms, now);
-      const row = (await db.get<{ failures: number; reset_ms: number }>(
-        `INSERT INTO login_failures (email, failures, reset_ms) VALUES ($1, 1, $3)
-         ON CONFLICT (email) DO UPDATE SET
-           failures = CASE WHEN login_failures.reset_ms <= $2 THEN 1 ELSE login_failures.failures + 1 END,
-           reset_ms = CASE WHEN login_failures.reset_ms <= $2 THEN $3 ELSE login_failures.reset_ms END
-         RETURNING failures, reset_ms`,
-        [email, now, now + windowMs],
-      ))!;
-      if (row.failures === 1 && ++freshRows % 64 === 0) await prune(now);
-      if (row.failures > maxFailures) throw refuse(row.reset_ms, now);
-    },
-    /** The password was right: the email's count starts again. */
-    async succeed(email: string): Promise<void> {
-      await db.run('DELETE FROM login_failures WHERE email = $1', [email]);
-    },
-  };
-}
-export type LoginThrottle = ReturnType<typeof createLoginThrottle>;
-
 export const invalidCredentials = (): HttpError => new HttpError(401, 'INVALID_CREDENTIALS', 'Email or password is wrong');
 
 export interface LoginDeps {
   store: { credentials(email: string): Promise<{ id: number; role: string; passwordHash: string | null; tokenVersion?: number } | undefined> };
   keys: KeyRing;
   token: TokenSettings;
-  throttle: LoginThrottle;
+  lockout: LoginLockout;
+  hashBudget: HashBudget;
   /** scrypt's N for new hashes (PASSWORD_HASH_COST), and for the stand-in hash of an unknown email. */
   passwordHashCost: number;
 }
@@ -217,12 +176,11 @@ export interface LoginDeps {
  * a password all get the same 401 after the same scrypt work, so the answer tells no one which
  * emails exist.
  */
-export async function login({ store, keys, token, throttle, passwordHashCost }: LoginDeps, email: string, password: string): Promise<{ accessToken: string; tokenType: 'Bearer'; expiresIn: number }> {
-  const throttleKey = email.toLowerCase();
-  await throttle.attempt(throttleKey);
+export async function login({ store, keys, token, lockout, hashBudget, passwordHashCost }: LoginDeps, email: string, password: string, client: string): Promise<{ accessToken: string; tokenType: 'Bearer'; expiresIn: number }> {
+  const attempt = await lockout.attempt(email.toLowerCase(), client);
   const credentials = await store.credentials(email);
-  const matches = await verifyPassword(password, credentials?.passwordHash, passwordHashCost);
+  const matches = await hashBudget.run(client, () => verifyPassword(password, credentials?.passwordHash, passwordHashCost));
   if (!credentials || !matches) throw invalidCredentials();
-  await throttle.succeed(throttleKey);
+  await lockout.succeed(attempt);
   return { accessToken: await issueToken(await keys.signingKey(), credentials, token), tokenType: 'Bearer', expiresIn: token.ttlS };
 }

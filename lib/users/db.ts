@@ -5,6 +5,28 @@ import type { ServiceDatabaseOptions } from '../platform/config.js';
 import { openSqlDatabase, seedOnce, type Db, type Migrations, type SqlDatabase } from '../platform/sql.js';
 import { createUserStore } from './store.js';
 
+// Failed logins per (lower-cased email, client address) rather than per email, so that guessing
+// from one address locks out that address only (lockout.ts). Counts per email alone are dropped:
+// at worst a guesser gets one fresh window.
+const LOGIN_ATTEMPTS_SQLITE = `DROP TABLE login_failures;
+   CREATE TABLE login_attempts (
+     email TEXT NOT NULL,
+     address TEXT NOT NULL,
+     failures INTEGER NOT NULL,
+     reset_ms INTEGER NOT NULL,
+     PRIMARY KEY (email, address)
+   ) STRICT;
+   CREATE INDEX login_attempts_reset ON login_attempts (reset_ms);`;
+const LOGIN_ATTEMPTS_POSTGRES = `DROP TABLE login_failures;
+   CREATE TABLE login_attempts (
+     email text NOT NULL,
+     address text NOT NULL,
+     failures integer NOT NULL,
+     reset_ms bigint NOT NULL,
+     PRIMARY KEY (email, address)
+   );
+   CREATE INDEX login_attempts_reset ON login_attempts (reset_ms);`;
+
 export const USER_MIGRATIONS: Migrations = { sqlite: [
   // AUTOINCREMENT: a deleted user's id is never handed out again, since orders keep pointing at it.
   `CREATE TABLE users (
@@ -19,7 +41,7 @@ export const USER_MIGRATIONS: Migrations = { sqlite: [
   // A scrypt hash (lib/users/auth.ts); NULL: the user cannot log in.
   'ALTER TABLE users ADD COLUMN password_hash TEXT;',
   // The token signing keys, shared by every instance (used with DATABASE_URL; see signing-keys.ts),
-  // and failed logins per lower-cased email, counted across instances (auth.ts createLoginThrottle).
+  // and failed logins per lower-cased email, counted across instances (replaced by login_attempts).
   `CREATE TABLE signing_keys (
      kid TEXT PRIMARY KEY,
      private_key TEXT NOT NULL,
@@ -34,6 +56,7 @@ export const USER_MIGRATIONS: Migrations = { sqlite: [
    CREATE INDEX login_failures_reset ON login_failures (reset_ms);`,
   // The version of a user's tokens (sessions.ts): raised by a role or password change and by a logout.
   'ALTER TABLE users ADD COLUMN token_version INTEGER NOT NULL DEFAULT 0;',
+  LOGIN_ATTEMPTS_SQLITE,
 ], postgres: [
   // The same tables as SQLite's steps 1-3 in one step. Emails are unique in any letter case through
   // the index on lower(email), which logins look up by too. Identity ids are never handed out twice.
@@ -64,6 +87,7 @@ export const USER_MIGRATIONS: Migrations = { sqlite: [
   // database with a 500 instead of being looked up and not found.
   'ALTER TABLE users ALTER COLUMN id TYPE bigint;',
   'ALTER TABLE users ADD COLUMN token_version bigint NOT NULL DEFAULT 0;',
+  LOGIN_ATTEMPTS_POSTGRES,
 ] };
 
 export async function openUserDatabase(options: ServiceDatabaseOptions): Promise<SqlDatabase> {

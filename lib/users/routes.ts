@@ -5,6 +5,7 @@ import { parseBody, parseId, parseQuery } from '../platform/validation.js';
 import { hashPassword, login, type LoginDeps } from './auth.js';
 import { CreateUserSchema, ListUsersQuerySchema, LoginSchema, UpdateUserSchema } from './schema.js';
 import { withTokenVersion, type SessionStore } from './sessions.js';
+import type { SignupLimit } from './signup-limit.js';
 import type { UserStore } from './store.js';
 
 export interface UserRoutesDeps extends Omit<LoginDeps, 'store'> {
@@ -13,9 +14,14 @@ export interface UserRoutesDeps extends Omit<LoginDeps, 'store'> {
   auth: ServiceAuth;
   /** Guards the routes only our own processes call (internalCallerGuard). */
   internalOnly: (req: Request, res: Response) => void;
+  /** The client a request counts against (the gateway's signed address; see client-address.ts). */
+  clientOf: (req: Request) => string;
+  signups: SignupLimit;
 }
 
-export function createUserRoutes({ store, sessions, auth, internalOnly, ...loginDeps }: UserRoutesDeps): Router {
+export function createUserRoutes({ store, sessions, auth, internalOnly, clientOf, signups, ...loginDeps }: UserRoutesDeps): Router {
+  const hashFor = (req: Request, password: string) => loginDeps.hashBudget.run(clientOf(req), () => hashPassword(password, loginDeps.passwordHashCost));
+
   const router = Router();
   const loginStore = { credentials: withTokenVersion(sessions, (email) => store.credentials(email)) };
 
@@ -37,7 +43,9 @@ export function createUserRoutes({ store, sessions, auth, internalOnly, ...login
     const caller = await auth.optionalCaller(req, res);
     const { password, ...input } = parseBody(CreateUserSchema, req.body);
     if (input.role === 'admin' && !isAdmin(caller) && !(caller === null && auth.mode === 'open')) throw forbidden('Only an admin may create an admin');
-    const user = await store.create({ ...input, ...(password === undefined ? {} : { passwordHash: await hashPassword(password, loginDeps.passwordHashCost) }) });
+    // An admin making accounts is not a sign-up.
+    if (!isAdmin(caller)) signups.take(clientOf(req));
+    const user = await store.create({ ...input, ...(password === undefined ? {} : { passwordHash: await hashFor(req, password) }) });
     res.status(201).location(`/users/${user.id}`).json(user);
   });
 
@@ -48,7 +56,7 @@ export function createUserRoutes({ store, sessions, auth, internalOnly, ...login
     if (!mayActFor(caller, id)) throw notFound('User');
     if (patch.role !== undefined) requireAdmin(caller);
     const before = patch.role === undefined ? undefined : await store.get(id);
-    const user = await store.update(id, { ...patch, ...(password === undefined ? {} : { passwordHash: await hashPassword(password, loginDeps.passwordHashCost) }) });
+    const user = await store.update(id, { ...patch, ...(password === undefined ? {} : { passwordHash: await hashFor(req, password) }) });
     if (!user) throw notFound('User');
     // After the write: a login racing it reads the version before the role (withTokenVersion).
     if (password !== undefined || (before !== undefined && before.role !== user.role)) await sessions.revokeAll(id);
@@ -70,7 +78,7 @@ export function createUserRoutes({ store, sessions, auth, internalOnly, ...login
     const { email, password } = parseBody(LoginSchema, req.body);
     // RFC 6749 5.1: a token answer is never stored by a cache.
     res.setHeader('Cache-Control', 'no-store');
-    res.json(await login({ store: loginStore, ...loginDeps }, email, password));
+    res.json(await login({ store: loginStore, ...loginDeps }, email, password, clientOf(req)));
   });
 
   // Ends every token of the caller (all its sessions): one version per user, no list to keep.
