@@ -14,6 +14,7 @@ import { buildOpenApi, openApiHandler } from '../platform/openapi/document.js';
 import { createAggregateRoutes } from './aggregate.js';
 import { createGatewayAuth, createLoginRoute, requireAdminCaller, requireSelfOrAdmin } from './auth.js';
 import { concurrencyBudget } from './budget.js';
+import { clientInFlightLimit } from './client-limits.js';
 import { gatewayApi } from './api.js';
 import type { GatewayConfig } from './config.js';
 import { createDashboard } from './dashboard/index.js';
@@ -89,11 +90,12 @@ export function createGateway({ config, logger, metrics = createMetrics('gateway
   });
   const context = requestContext(logger, tracing ?? undefined, [metrics.observe, gatewayMetrics.observeProxied, dashboard.observe]);
   // The proxied pipeline, defined once: context, the caller's identity, rate limit (per user or
-  // address), path guard, then the proxy.
-  const pipeline = createProxiedPipeline(context, auth.authenticate, [limiter.check, guardPath]);
+  // address), path guard, the client's requests at once, then the proxy.
+  const inFlightPerClient = clientInFlightLimit({ max: config.MAX_CLIENT_IN_FLIGHT, maxClients: config.MAX_IN_FLIGHT });
+  const pipeline = createProxiedPipeline(context, auth.authenticate, [limiter.check, guardPath, inFlightPerClient]);
   const onError = errorHandler(logger);
   app.use(pipeline.context);
-  const proxies = new Map(upstreamList.map((u) => [u.name, createServiceProxy({ upstream: u, cache, metrics: gatewayMetrics, logger, trustsProxies: config.TRUST_PROXY !== false })]));
+  const proxies = new Map(upstreamList.map((u) => [u.name, createServiceProxy({ upstream: u, cache, metrics: gatewayMetrics, logger, trustsProxies: config.TRUST_PROXY !== false, bodyLimits: { idleMs: config.CLIENT_BODY_TIMEOUT_MS, totalMs: config.CLIENT_BODY_TOTAL_MS } })]));
   // Each of these asks every service: a budget of their own bounds what a flood of them costs.
   app.use('/health', concurrencyBudget(config.OBSERVABILITY_MAX_IN_FLIGHT));
   app.use('/traces', concurrencyBudget(config.OBSERVABILITY_MAX_IN_FLIGHT));
@@ -138,7 +140,7 @@ export function createGateway({ config, logger, metrics = createMetrics('gateway
 
   return {
     app,
-    front: createFrontDoor({ app, pipeline, proxies, onError, maxInFlight: config.MAX_IN_FLIGHT }),
+    front: createFrontDoor({ app, pipeline, proxies, onError, maxInFlight: config.MAX_IN_FLIGHT, maxBufferedBytes: config.GATEWAY_MAX_BUFFERED_BYTES }),
     close: async () => {
       await tracing?.shutdown();
       dashboard.close();
