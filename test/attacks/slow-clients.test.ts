@@ -155,6 +155,24 @@ describe('slow clients', () => {
     assert.equal(seen.bodyBytes, forwarded, 'nothing more was forwarded');
   });
 
+  test('when a body keeps coming for longer than UPSTREAM_TIMEOUT_MS, then the service is given its time from the end of the body', async (t) => {
+    const patient = await startGateway({ PRODUCTS_URL: upstream.url, RATE_LIMIT: '100000', UPSTREAM_TIMEOUT_MS: '300', CLIENT_BODY_TIMEOUT_MS: '250', CLIENT_BODY_TOTAL_MS: '5000' });
+    t.after(() => patient.close());
+    const conn = await openRaw(patient.url);
+    conns.push(conn);
+    const body = '{"name":"a slow but steady client"}';
+    conn.send(`POST /api/products HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: ${body.length}\r\n\r\n`);
+    // Twice the upstream timeout in all, a byte every 20 ms.
+    for (const ch of body) {
+      conn.send(ch);
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    const answers = await conn.read(1);
+    assert.equal(statusOf(answers.responses[0]), 200);
+    const products = (await http(patient.url, 'GET', '/health')).body.services.products;
+    assert.equal(products.stats.failures, 0);
+  });
+
   test('when 20 connections each trickle a body the service does not wait for, then no upstream connection is held for them, bystanders are served and the circuit stays closed', async () => {
     const slow = await Promise.all(Array.from({ length: 20 }, () => connect()));
     for (const [i, c] of slow.entries()) c.send(get(`/api/products/${i + 1}`, 'Content-Length: 1000000\r\n') + 'x');
