@@ -211,6 +211,19 @@ describe('slow clients', () => {
     assert.equal((await http(gw.url, 'GET', '/api/products/1')).status, 200);
   });
 
+  test('when clients pipeline held requests and hang up, then their requests no longer count against MAX_CLIENT_IN_FLIGHT', async () => {
+    // Pipelined answers that never got their socket emit no 'close' of their own.
+    for (let round = 0; round < 3; round++) {
+      const conn = await connect();
+      conn.send(Array.from({ length: 8 }, (_, i) => get(`/api/products/hold-${round}-${i}`)).join(''));
+      await eventually(() => upstream.requests.length === (round + 1) * 8, 3_000, 'held requests');
+      conn.close();
+    }
+    upstream.release();
+    // 24 were admitted against MAX_CLIENT_IN_FLIGHT=20: had their counts leaked, this would be a 429.
+    await eventually(async () => (await http(gw.url, 'GET', '/api/products/1')).status === 200, 3_000, 'a 200');
+  });
+
   test('when never-reading pipelining connections hold more than GATEWAY_MAX_BUFFERED_BYTES, then the heaviest is closed first, the others stay, and a bystander is served', async (t) => {
     // About 33 parsed requests at 3 kB each.
     const tight = await startGateway({ PRODUCTS_URL: upstream.url, RATE_LIMIT: '100000', GATEWAY_MAX_BUFFERED_BYTES: String(100 * 1024) });
