@@ -207,6 +207,9 @@ export function createFrontDoor({ app, pipeline, proxies, onError, maxInFlight, 
     // The contract's error answer; should even that throw, the connection is cut rather than
     // left hanging, and the process goes on.
     const fail = (err: unknown): void => {
+      // Refused before its body has all arrived: the rest is not worth reading (a slow client
+      // would otherwise keep the connection for as long as it trickles).
+      if (!req.complete && !res.headersSent) res.setHeader('Connection', 'close');
       try {
         void onError(err, req, res, noop);
       } catch {

@@ -206,6 +206,13 @@ describe('slow clients', () => {
     assert.equal(over.headers.get('retry-after'), '1');
     assert.equal(over.body.retryAfter, 1);
     assert.equal(upstream.requests.length, 20, 'it never reached the service');
+    // Refused while its body is still arriving, the connection is not kept for the rest of it.
+    const trickling = await connect();
+    trickling.send(get('/api/products/1', 'Content-Length: 1000000\r\n') + 'x');
+    const refused = await trickling.read(2);
+    assert.equal(statusOf(refused.responses[0]), 429);
+    assert.equal(header(refused.responses[0], 'connection'), 'close');
+    assert.equal(refused.closed, true);
     upstream.release();
     for (const c of held) assert.equal(statusOf((await c.read(1)).responses[0]), 200);
     assert.equal((await http(gw.url, 'GET', '/api/products/1')).status, 200);
