@@ -88,6 +88,8 @@ class Exchange {
   keptBody?: Buffer[];
   /** performance.now() when the call went out, for the time left on a retry. */
   startedAt = 0;
+  /** The whole body, read before the call went out (readSmallBody). */
+  body?: Buffer;
   /** performance.now() when the proxy took the request; the body's total time counts from here. */
   readonly arrivedAt = performance.now();
   /** performance.now() when the body had all arrived, if it was still arriving when the call went out. */
@@ -202,6 +204,54 @@ function watchBody(ex: Exchange, { idleMs, totalMs }: BodyLimits): void {
 }
 
 /**
+ * Reads a small body whole, under the same limits as watchBody, before the service is called (as
+ * nginx's proxy_request_buffering does): a client that sends it slowly holds no connection to the
+ * service meanwhile. Rejects with ClientGoneError, `stalled` when the body came too slowly.
+ */
+function readSmallBody(ex: Exchange, { idleMs, totalMs }: BodyLimits): Promise<Buffer> {
+  const { req } = ex;
+  return new Promise<Buffer>((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    const done = (err?: Error) => {
+      clearTimeout(idle);
+      clearTimeout(total);
+      req.off('data', onData);
+      req.off('end', onEnd);
+      req.off('close', onClose);
+      if (err) reject(err);
+      else resolve(Buffer.concat(chunks));
+    };
+    const tooSlow = () => {
+      ex.stalled = true;
+      done(new ClientGoneError(true));
+    };
+    const onData = (chunk: Buffer) => {
+      chunks.push(chunk);
+      idle.refresh();
+    };
+    const onEnd = () => {
+      ex.bodyEndedAt = performance.now();
+      done();
+    };
+    const onClose = () => {
+      ex.clientGone = true;
+      done(new ClientGoneError());
+    };
+    const idle = setTimeout(tooSlow, idleMs);
+    const total = setTimeout(tooSlow, Math.max(1, totalMs - (performance.now() - ex.arrivedAt)));
+    req.on('data', onData);
+    req.once('end', onEnd);
+    req.once('close', onClose);
+  });
+}
+
+/** A body small enough to be read whole before the call: a Content-Length up to MAX_KEPT_BODY_BYTES. */
+function isSmallBody(req: Request): boolean {
+  const length = req.headers['content-length'];
+  return length !== undefined && req.headers['transfer-encoding'] === undefined && Number(length) <= MAX_KEPT_BODY_BYTES;
+}
+
+/**
  * The service answered while the body is still arriving: the rest is not forwarded, the answer is
  * the client's last on its connection, and the connection to the service, which carries half a
  * request, is destroyed once the answer is read rather than held until the client is done.
@@ -241,7 +291,7 @@ function reportOutcome(ex: Exchange, complete: boolean): void {
 function mayRetry(ex: Exchange, failure: UpstreamFailure): boolean {
   if (ex.retried || ex.aborted || ex.proxyRes) return false;
   if (failure !== 'refused' && !(failure === 'reset' && (ex.proxyReq?.reusedSocket || !ex.upstream.instances.single))) return false;
-  return isSafeToRepeat(ex.req, ex.upstream) && (!hasBody(ex.req.headers) || ex.keptBody !== undefined);
+  return isSafeToRepeat(ex.req, ex.upstream) && (!hasBody(ex.req.headers) || ex.body !== undefined || ex.keptBody !== undefined);
 }
 
 /** Only the order service honours Idempotency-Key: a POST to another service is never sent twice. */
@@ -423,6 +473,7 @@ export function createServiceProxy({ upstream, cache, metrics, logger, trustsPro
     proxyReq.once('response', (proxyRes: IncomingMessage) => onResponse(ex, proxyRes));
     proxyReq.on('error', (err: Error) => onError(ex, err));
     if (!hasBody(req.headers)) proxyReq.end();
+    else if (ex.body !== undefined) proxyReq.end(ex.body);
     else if (ex.retried) resendBody(ex, proxyReq);
     else {
       if (isSafeToRepeat(req, ex.upstream)) keepBody(ex);
@@ -439,6 +490,7 @@ export function createServiceProxy({ upstream, cache, metrics, logger, trustsPro
     const ex = new Exchange(req, res, cacheKey, upstream);
     const started = performance.now();
     try {
+      if (!req.complete && hasBody(req.headers) && isSmallBody(req)) ex.body = await readSmallBody(ex, bodyLimits);
       // The service's time starts once the client has sent its body (the body's own limits end a
       // client that is too slow), unless the body is stuck because the service stopped reading it.
       const clientDoneAt = (): number | undefined => {
