@@ -4,8 +4,12 @@ import { after, afterEach, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
+import { createGateway } from '../../lib/gateway/app.js';
+import { GatewayConfigSchema } from '../../lib/gateway/config.js';
+import { parseConfig } from '../../lib/platform/config.js';
+import { closeServer, listen } from '../../lib/platform/server.js';
 import { eventually, startGateway, type StartedGateway } from '../gateway-helpers.js';
-import { http } from '../helpers.js';
+import { http, memoryLogger } from '../helpers.js';
 import { header, jsonOf, openRaw, statusOf, type RawConnection } from '../support/raw-client.js';
 
 interface SeenRequest {
@@ -278,5 +282,24 @@ describe('slow clients', () => {
     } finally {
       clearInterval(releasing);
     }
+  });
+
+  test('when a connection floods pipelined requests past what may wait, then it is closed and the rest of what was read from it is not parsed', async (t) => {
+    // The server itself, to count the requests Node's parser made of the bytes.
+    const config = parseConfig(GatewayConfigSchema, { LOG_LEVEL: 'warn', PRODUCTS_URL: upstream.url, RATE_LIMIT: '100000' });
+    const gateway = createGateway({ config, logger: memoryLogger('gateway', 'warn').logger, tracing: null });
+    const { server, url } = await listen(gateway, 0, '127.0.0.1');
+    t.after(async () => {
+      await closeServer(server, 2_000);
+      await gateway.close();
+    });
+    let parsed = 0;
+    server.on('request', () => parsed++);
+    const conn = await openRaw(url);
+    conns.push(conn);
+    // 2 000 requests, 80 kB: a single read holds over a thousand of them.
+    conn.send(Array.from({ length: 2000 }, (_, i) => get(`/api/products/hold-flood-${i}`)).join(''));
+    assert.equal((await conn.read(2000)).closed, true, 'the connection is closed');
+    assert.ok(parsed < 200, `${parsed} requests were parsed`);
   });
 });
