@@ -184,7 +184,7 @@ describe('circuit breakers', () => {
   before(async () => {
     up = await startFakeUpstream();
     const urls = { USERS_URL: up.url, PRODUCTS_URL: up.url, ORDERS_URL: up.url };
-    steady = await startGateway({ ...urls, CB_RESET_TIMEOUT_MS: '1000', UPSTREAM_TIMEOUT_MS: '250' });
+    steady = await startGateway({ ...urls, CB_RESET_TIMEOUT_MS: '1000', UPSTREAM_TIMEOUT_MS: '250', CLIENT_BODY_TIMEOUT_MS: '250' });
     quick = await startGateway({ ...urls, CB_RESET_TIMEOUT_MS: '300', UPSTREAM_TIMEOUT_MS: '2000' });
   });
   after(async () => {

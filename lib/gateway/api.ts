@@ -31,7 +31,8 @@ const Unavailable = z.object({ status: z.literal('unavailable'), circuitState: C
 
 /** What a call through the gateway may answer besides the service's own statuses. */
 const GATEWAY_FAILURES: ApiRoute['responses'] = {
-  429: { description: 'RATE_LIMITED (Retry-After)' },
+  408: { description: 'REQUEST_TIMEOUT: the body came too slowly (CLIENT_BODY_TIMEOUT_MS, CLIENT_BODY_TOTAL_MS); the connection is closed' },
+  429: { description: 'RATE_LIMITED, or TOO_MANY_IN_FLIGHT: MAX_CLIENT_IN_FLIGHT requests of this client at once (Retry-After)' },
   502: { description: 'BAD_GATEWAY: the service refused or broke the connection' },
   503: { description: 'SERVICE_UNAVAILABLE: its circuit is open; OVERLOADED: MAX_IN_FLIGHT reached (Retry-After)' },
   504: { description: 'GATEWAY_TIMEOUT: no answer within UPSTREAM_TIMEOUT_MS' },

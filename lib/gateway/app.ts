@@ -16,6 +16,7 @@ import { createAdminAccess } from './admin-access.js';
 import { createAggregateRoutes } from './aggregate.js';
 import { createGatewayAuth, createLoginRoute, requireAdminCaller, requireSelfOrAdmin, type Authenticate } from './auth.js';
 import { concurrencyBudget } from './budget.js';
+import { clientInFlightLimit } from './client-limits.js';
 import { gatewayApi } from './api.js';
 import { addressCheck, addressRateLimitOf, type GatewayConfig } from './config.js';
 import { crossSiteRefusal } from './cross-site.js';
@@ -114,14 +115,17 @@ export function createGateway({ config, logger, metrics = createMetrics('gateway
     return refused;
   };
   // The proxied pipeline, defined once: context, cross-site check, address limit, the caller's
-  // identity, rate limit (per user or address), path guard, then the proxy.
-  const pipeline = createProxiedPipeline(context, authenticate, [limiter.check, guardPath]);
+  // identity, rate limit (per user or address), path guard, the client's requests at once, then
+  // the proxy.
+  const inFlightPerClient = clientInFlightLimit({ max: config.MAX_CLIENT_IN_FLIGHT, maxClients: config.MAX_IN_FLIGHT });
+  const pipeline = createProxiedPipeline(context, authenticate, [limiter.check, guardPath, inFlightPerClient]);
   const onError = errorHandler(logger);
   app.use(pipeline.context);
   // No route of any kind takes a state change from another site's page (the /api ones are also
   // checked in the pipeline, which proxied requests take without the router).
   app.use((req, _res, next) => next(crossSiteRefusal(req)));
-  const proxies = new Map(upstreamList.map((u) => [u.name, createServiceProxy({ upstream: u, cache, metrics: gatewayMetrics, logger, trustsProxies: config.TRUST_PROXY !== false, ...(u.name === 'users' ? { clientAddress: signAddress } : {}) })]));
+  const bodyLimits = { idleMs: config.CLIENT_BODY_TIMEOUT_MS, totalMs: config.CLIENT_BODY_TOTAL_MS };
+  const proxies = new Map(upstreamList.map((u) => [u.name, createServiceProxy({ upstream: u, cache, metrics: gatewayMetrics, logger, trustsProxies: config.TRUST_PROXY !== false, bodyLimits, ...(u.name === 'users' ? { clientAddress: signAddress } : {}) })]));
   // Each of these asks every service: a budget of their own bounds what a flood of them costs.
   app.use('/health', concurrencyBudget(config.OBSERVABILITY_MAX_IN_FLIGHT));
   app.use('/traces', concurrencyBudget(config.OBSERVABILITY_MAX_IN_FLIGHT));
@@ -172,7 +176,7 @@ export function createGateway({ config, logger, metrics = createMetrics('gateway
 
   return {
     app,
-    front: createFrontDoor({ app, pipeline, proxies, onError, maxInFlight: config.MAX_IN_FLIGHT }),
+    front: createFrontDoor({ app, pipeline, proxies, onError, maxInFlight: config.MAX_IN_FLIGHT, maxBufferedBytes: config.GATEWAY_MAX_BUFFERED_BYTES }),
     close: async () => {
       await tracing?.shutdown();
       dashboard.close();

@@ -64,8 +64,12 @@ export class ClientGoneError extends Error {
 }
 
 export interface RunOptions {
-  /** True when a timeout is the client's doing (its request body is still arriving). */
-  clientStalled?: () => boolean;
+  /**
+   * When the client had sent its whole request (performance.now()), undefined while it still is:
+   * the timeout counts from then, since time spent waiting for a client is never the service's
+   * (the caller ends a client that is too slow). Without it the timeout counts from the start.
+   */
+  clientDoneAt?: () => number | undefined;
   /** Waited past the breaker's timeout before this call times out. */
   graceMs?: number;
 }
@@ -156,7 +160,9 @@ interface RunningCall<T> {
   call: BreakerCall;
   resolve: (value: T) => void;
   reject: (err: unknown) => void;
-  clientStalled?: () => boolean;
+  clientDoneAt?: () => number | undefined;
+  /** The timeout plus grace: how long the service has, counted from clientDoneAt. */
+  limitMs: number;
   timer: NodeJS.Timeout;
   /** Resolved, rejected or timed out: what comes after is ignored. */
   finished: boolean;
@@ -252,12 +258,13 @@ export class ServiceBreaker {
    * CircuitOpenError when the circuit refuses the call, UpstreamUnavailableError on a failure.
    * Unless the work defers its outcome, the call is a success when the work resolves.
    */
-  run<T>(work: (call: BreakerCall) => Promise<T>, { clientStalled, graceMs = 0 }: RunOptions = {}): Promise<T> {
+  run<T>(work: (call: BreakerCall) => Promise<T>, { clientDoneAt, graceMs = 0 }: RunOptions = {}): Promise<T> {
     // A refusal thrown by admit() inside the executor rejects the returned promise.
     return new Promise<T>((resolve, reject) => {
       const call = this.admit();
-      const running = { call, resolve, reject, clientStalled, finished: false } as RunningCall<T>;
-      running.timer = setTimeout(onTimeout, this.options.timeoutMs + graceMs, this, running as RunningCall<unknown>);
+      const limitMs = this.options.timeoutMs + graceMs;
+      const running = { call, resolve, reject, clientDoneAt, limitMs, finished: false } as RunningCall<T>;
+      running.timer = setTimeout(onTimeout, limitMs, this, running as RunningCall<unknown>);
       work(call).then(
         (result) => this.workDone(running, result),
         (err: unknown) => this.workFailed(running, err),
@@ -323,16 +330,20 @@ export class ServiceBreaker {
   /** @internal The call's timer ran out before its work resolved. */
   timedOut(running: RunningCall<unknown>): void {
     if (running.finished) return;
+    if (running.clientDoneAt) {
+      // The client took part of the time: the service gets its whole limit from the client's end.
+      const doneAt = running.clientDoneAt();
+      const leftMs = doneAt === undefined ? running.limitMs : doneAt + running.limitMs - performance.now();
+      if (leftMs >= 1) {
+        running.timer = setTimeout(onTimeout, leftMs, this, running);
+        return;
+      }
+    }
     running.finished = true;
     const { call } = running;
-    if (running.clientStalled?.()) {
-      this.settle(call, 'neutral');
-      running.reject(new ClientGoneError(true));
-    } else {
-      call.timedOut = true;
-      call.fail('timeout');
-      running.reject(new UpstreamUnavailableError(this.name, 'timeout'));
-    }
+    call.timedOut = true;
+    call.fail('timeout');
+    running.reject(new UpstreamUnavailableError(this.name, 'timeout'));
     call.abort();
   }
 

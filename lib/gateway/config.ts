@@ -145,6 +145,19 @@ export const GatewayConfigSchema = z.object({
   MAX_IN_FLIGHT: intVar(1000, 1, 1_000_000),
   // /health and /traces requests (each fans out to every service) handled at once, each route apart.
   OBSERVABILITY_MAX_IN_FLIGHT: intVar(4, 1, 1000),
+  // A request body must keep arriving: at most this long between two reads (nginx's
+  // client_body_timeout), and all of it within CLIENT_BODY_TOTAL_MS; else 408 and its upstream
+  // connection is destroyed. A slow client holds a connection to the service while it sends.
+  CLIENT_BODY_TIMEOUT_MS: intVar(5000, 10, MAX_TIMER_MS),
+  CLIENT_BODY_TOTAL_MS: intVar(15_000, 10, MAX_TIMER_MS),
+  // Requests one client (its user when the token was verified, else its address) has in the
+  // gateway at once; beyond it 429. Well under a service instance's 256 pooled connections, so
+  // that no one client can hold all of them.
+  MAX_CLIENT_IN_FLIGHT: intVar(64, 1, 1_000_000),
+  // Parsed but unanswered requests (about 3 kB each) and unsent answer bytes of all connections
+  // together; past it the heaviest connections are closed first. Bounds what clients that send
+  // without reading cost in memory.
+  GATEWAY_MAX_BUFFERED_BYTES: intVar(64 * 1024 * 1024, 16 * 1024, 2 ** 32),
 });
 
 export type GatewayConfig = z.output<typeof GatewayConfigSchema>;

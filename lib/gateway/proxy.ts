@@ -25,6 +25,15 @@ export interface ServiceProxyOptions {
   trustsProxies: boolean;
   /** The signed X-Client-Address headers for the client's address (the user service counts logins by it); absent: none sent. */
   clientAddress?: (address: string) => Record<string, string>;
+  /** How fast a request body must arrive (CLIENT_BODY_TIMEOUT_MS, CLIENT_BODY_TOTAL_MS). */
+  bodyLimits: BodyLimits;
+}
+
+export interface BodyLimits {
+  /** Longest wait between two reads of the body. */
+  idleMs: number;
+  /** Longest time for the whole body, from the request's start. */
+  totalMs: number;
 }
 
 /** The path the proxy route is registered under; Express 5 needs a named wildcard. */
@@ -82,6 +91,18 @@ class Exchange {
   keptBody?: Buffer[];
   /** performance.now() when the call went out, for the time left on a retry. */
   startedAt = 0;
+  /** The whole body, read before the call went out (readSmallBody). */
+  body?: Buffer;
+  /** performance.now() when the proxy took the request; the body's total time counts from here. */
+  readonly arrivedAt = performance.now();
+  /** performance.now() when the body had all arrived, if it was still arriving when the call went out. */
+  bodyEndedAt?: number;
+  /** Ends the body's timers (set while they run). */
+  stopBodyTimers?: () => void;
+  /** The body stopped arriving in time: 408, and the call to the service is cut off. */
+  stalled = false;
+  /** The service answered before the body ended: the rest is not forwarded, the upstream connection not kept. */
+  bodyDropped = false;
   private resolve: () => void = noop;
   private reject: (err: Error) => void = noop;
 
@@ -152,6 +173,102 @@ class Exchange {
 
 function noop(): void {}
 
+/** Times the body as it arrives: `idleMs` between reads, `totalMs` in all; a body too slow ends the call. */
+function watchBody(ex: Exchange, { idleMs, totalMs }: BodyLimits): void {
+  const { req } = ex;
+  if (req.complete || ex.stopBodyTimers) return;
+  const tooSlow = (total: boolean) => {
+    if (req.complete || ex.responded || ex.clientGone || ex.stalled) return;
+    // Held back because the service does not read it: that wait is the service's (its timeout).
+    if (!total && ex.proxyReq?.writableNeedDrain) return void idle.refresh();
+    ex.stalled = true;
+    ex.stopBodyTimers!();
+    req.unpipe();
+    ex.endAttempt('neutral');
+    ex.fail(new ClientGoneError(true));
+    // Half a request went out on it: the connection is destroyed, never pooled for another.
+    ex.proxyReq?.destroy();
+  };
+  const idle = setTimeout(tooSlow, idleMs, false);
+  const total = setTimeout(tooSlow, Math.max(1, totalMs - (performance.now() - ex.arrivedAt)), true);
+  const onData = () => idle.refresh();
+  const onEnd = () => {
+    ex.bodyEndedAt = performance.now();
+    ex.stopBodyTimers!();
+  };
+  ex.stopBodyTimers = () => {
+    clearTimeout(idle);
+    clearTimeout(total);
+    req.off('data', onData);
+    req.off('end', onEnd);
+  };
+  req.on('data', onData);
+  req.once('end', onEnd);
+}
+
+/**
+ * Reads a small body whole, under the same limits as watchBody, before the service is called (as
+ * nginx's proxy_request_buffering does): a client that sends it slowly holds no connection to the
+ * service meanwhile. Rejects with ClientGoneError, `stalled` when the body came too slowly.
+ */
+function readSmallBody(ex: Exchange, { idleMs, totalMs }: BodyLimits): Promise<Buffer> {
+  const { req } = ex;
+  return new Promise<Buffer>((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    const done = (err?: Error) => {
+      clearTimeout(idle);
+      clearTimeout(total);
+      req.off('data', onData);
+      req.off('end', onEnd);
+      req.off('close', onClose);
+      if (err) reject(err);
+      else resolve(Buffer.concat(chunks));
+    };
+    const tooSlow = () => {
+      ex.stalled = true;
+      done(new ClientGoneError(true));
+    };
+    const onData = (chunk: Buffer) => {
+      chunks.push(chunk);
+      idle.refresh();
+    };
+    const onEnd = () => {
+      ex.bodyEndedAt = performance.now();
+      done();
+    };
+    const onClose = () => {
+      ex.clientGone = true;
+      done(new ClientGoneError());
+    };
+    const idle = setTimeout(tooSlow, idleMs);
+    const total = setTimeout(tooSlow, Math.max(1, totalMs - (performance.now() - ex.arrivedAt)));
+    req.on('data', onData);
+    req.once('end', onEnd);
+    req.once('close', onClose);
+  });
+}
+
+/** A body small enough to be read whole before the call: a Content-Length up to MAX_KEPT_BODY_BYTES. */
+function isSmallBody(req: Request): boolean {
+  const length = req.headers['content-length'];
+  return length !== undefined && req.headers['transfer-encoding'] === undefined && Number(length) <= MAX_KEPT_BODY_BYTES;
+}
+
+/**
+ * The service answered while the body is still arriving: the rest is not forwarded, the answer is
+ * the client's last on its connection, and the connection to the service, which carries half a
+ * request, is destroyed once the answer is read rather than held until the client is done.
+ */
+function dropBody(ex: Exchange, proxyRes: IncomingMessage): void {
+  ex.bodyDropped = true;
+  ex.stopBodyTimers?.();
+  ex.req.unpipe();
+  if (!ex.res.headersSent) ex.res.setHeader('Connection', 'close');
+  const proxyReq = ex.proxyReq!;
+  if (proxyRes.complete) proxyReq.destroy();
+  else proxyRes.once('end', () => proxyReq.destroy());
+}
+
 // Outcome and retry rules of the breaker, kept apart from the proxying itself.
 const RETRY_JITTER_MS = 25;
 const IDEMPOTENT = new Set(['GET', 'HEAD', 'OPTIONS', 'PUT', 'DELETE']);
@@ -177,7 +294,7 @@ function reportOutcome(ex: Exchange, complete: boolean): void {
 function mayRetry(ex: Exchange, failure: UpstreamFailure): boolean {
   if (ex.retried || ex.aborted || ex.proxyRes) return false;
   if (failure !== 'refused' && !(failure === 'reset' && (ex.proxyReq?.reusedSocket || !ex.upstream.instances.single))) return false;
-  return isSafeToRepeat(ex.req, ex.upstream) && (!hasBody(ex.req.headers) || ex.keptBody !== undefined);
+  return isSafeToRepeat(ex.req, ex.upstream) && (!hasBody(ex.req.headers) || ex.body !== undefined || ex.keptBody !== undefined);
 }
 
 /** Only the order service honours Idempotency-Key: a POST to another service is never sent twice. */
@@ -213,7 +330,7 @@ function resendBody(ex: Exchange, proxyReq: ClientRequest): void {
   else req.pipe(proxyReq);
 }
 
-export function createServiceProxy({ upstream, cache, metrics, logger, trustsProxies, clientAddress }: ServiceProxyOptions): RequestHandler {
+export function createServiceProxy({ upstream, cache, metrics, logger, trustsProxies, bodyLimits, clientAddress }: ServiceProxyOptions): RequestHandler {
   const log = logger.child({ component: 'proxy', service: upstream.name });
   const mount = `/api/${upstream.name}`;
   const servicePrefix = `/${upstream.name}`;
@@ -265,6 +382,7 @@ export function createServiceProxy({ upstream, cache, metrics, logger, trustsPro
       return;
     }
     ex.proxyRes = proxyRes;
+    if (!req.complete) dropBody(ex, proxyRes);
     const status = proxyRes.statusCode ?? 502;
     proxyRes.once('close', () => {
       ex.span?.end({ status, error: proxyRes.complete ? undefined : 'reset' });
@@ -306,8 +424,11 @@ export function createServiceProxy({ upstream, cache, metrics, logger, trustsPro
   };
 
   const onError = (ex: Exchange, err: Error) => {
-    // A client that hung up makes the upstream call fail too: that is no upstream failure.
-    if (ex.clientGone || ex.req.socket.destroyed) {
+    // Our own cut of a connection whose answer arrived (or whose body was too slow) is no failure.
+    if (ex.bodyDropped && ex.proxyRes) return;
+    // A client that hung up (or sent its body too slowly) makes the upstream call fail too: that
+    // is no upstream failure.
+    if (ex.clientGone || ex.stalled || ex.req.socket.destroyed) {
       ex.endAttempt('neutral');
       return ex.fail(new ClientGoneError());
     }
@@ -334,7 +455,7 @@ export function createServiceProxy({ upstream, cache, metrics, logger, trustsPro
 
   const forward = (ex: Exchange) => {
     const { req } = ex;
-    if (ex.aborted || ex.clientGone) return;
+    if (ex.aborted || ex.clientGone || ex.stalled) return;
     const instance = (ex.instance ??= instances.pick()!);
     const headers = upstreamHeaders(req, trustsProxies, instance.host, ex.span!.headers, clientAddress);
     // Deadline: how long we will still wait, so the service can give up (and undo) before we do.
@@ -355,9 +476,11 @@ export function createServiceProxy({ upstream, cache, metrics, logger, trustsPro
     proxyReq.once('response', (proxyRes: IncomingMessage) => onResponse(ex, proxyRes));
     proxyReq.on('error', (err: Error) => onError(ex, err));
     if (!hasBody(req.headers)) proxyReq.end();
+    else if (ex.body !== undefined) proxyReq.end(ex.body);
     else if (ex.retried) resendBody(ex, proxyReq);
     else {
       if (isSafeToRepeat(req, ex.upstream)) keepBody(ex);
+      watchBody(ex, bodyLimits);
       req.pipe(proxyReq);
     }
   };
@@ -370,11 +493,15 @@ export function createServiceProxy({ upstream, cache, metrics, logger, trustsPro
     const ex = new Exchange(req, res, cacheKey, upstream);
     const started = performance.now();
     try {
-      // A timeout while the client is still sending its body is the client's doing, unless the
-      // body is stuck because the service stopped reading it.
-      const clientStalled = () => !req.complete && !ex.proxyReq?.writableNeedDrain;
+      if (!req.complete && hasBody(req.headers) && isSmallBody(req)) ex.body = await readSmallBody(ex, bodyLimits);
+      // The service's time starts once the client has sent its body (the body's own limits end a
+      // client that is too slow), unless the body is stuck because the service stopped reading it.
+      const clientDoneAt = (): number | undefined => {
+        if (req.complete) return ex.bodyEndedAt ?? 0;
+        return ex.proxyReq?.writableNeedDrain ? 0 : undefined;
+      };
       const graceMs = SAFE_METHODS.has(req.method) ? 0 : answerGraceMs;
-      await upstream.breaker.run((cancellation) => ex.start(cancellation, forward, upstream.name), { clientStalled, graceMs });
+      await upstream.breaker.run((cancellation) => ex.start(cancellation, forward, upstream.name), { clientDoneAt, graceMs });
     } catch (err) {
       if (ex.responded || ex.clientGone) return;
       const failure = toProxyError(upstream.name, err);
