@@ -1,6 +1,7 @@
-// The instances of one service as a caller sees them: which one takes the next request (least
-// outstanding requests between two picked at random, as Envoy's LEAST_REQUEST), and each one's
-// outlier state (ejected after consecutive failures, back after its own timer and a passing probe).
+// The instances of one service as a caller sees them: which one takes the next request (of two
+// picked at random, the one whose recent latency times its outstanding requests is lower: Envoy's
+// LEAST_REQUEST weighed by Finagle's peak EWMA), and each one's outlier state (ejected after
+// consecutive failures, back as soon as its probe passes, under slow start).
 import type { UpstreamFailure } from './upstream-errors.js';
 
 export type InstanceState = 'up' | 'ejected';
@@ -8,14 +9,18 @@ export type InstanceState = 'up' | 'ejected';
 export interface OutlierOptions {
   /** Consecutive failures that eject an instance (with two or more instances). */
   consecutiveFailures: number;
-  /** Time out after the first ejection; each ejection soon after the last doubles it. */
+  /** When an ejected instance is probed if no interval is set; doubled each time its probe still fails. */
   ejectionMs: number;
-  /** Longest ejection; back this long, an instance forgets its earlier ejections. */
+  /** Longest ejection time. */
   maxEjectionMs: number;
+  /** An ejected instance is probed this often besides (0: only when its ejection time ends). */
+  probeIntervalMs?: number;
+  /** After coming back, an instance's share ramps from 10 % to its full share over this time (0: at once). */
+  slowStartMs?: number;
 }
 
 export interface InstanceSetHooks<I extends Instance> {
-  /** Asked once an ejection time is over: the instance comes back only if this resolves true. */
+  /** Asked while an instance is ejected: it comes back only when this resolves true. */
   probe?: (instance: I) => Promise<boolean>;
   onStateChange?: (instance: I) => void;
   /** Every instance is ejected now (not called with a single instance, which is never ejected). */
@@ -31,20 +36,37 @@ export interface InstanceView {
   state: InstanceState;
   outstanding: number;
   consecutiveFailures: number;
+  /** Its recent latency as the balancer weighs it (peak EWMA, ms), null before any answer. */
+  latencyMs: number | null;
 }
 
 // An instance that failed lately weighs as if this many more requests were waiting on it, so
 // that a fast-failing one (refusing at once, hence never busy) is not preferred before ejection.
 const FAILURE_WEIGHT = 4;
+// How fast an instance's latency estimate forgets: a sample this old weighs 1/e. Short, so that
+// an instance avoided for being slow (and so sent nothing that would show it fast again) is
+// tried again within a few seconds of its fault ending: its estimate decays towards zero while
+// it is not asked, and one request then measures it. Finagle and Linkerd use 10 s for the same
+// estimate; ours must bring an instance back within 5 s of a 300 ms fault ending.
+const LATENCY_DECAY_MS = 500;
+// Below this an estimate counts as this: idle instances (estimates decayed to nothing) are then
+// compared by outstanding requests alone.
+const LATENCY_FLOOR_MS = 1;
+// Slow start lets a returning instance take at least this share of its picks from the start.
+const SLOW_START_FLOOR = 0.1;
 
 export class Instance {
   outstanding = 0;
   consecutiveFailures = 0;
   state: InstanceState = 'up';
-  /** Ejections since the instance was last up for maxEjectionMs: they set the next ejection time. */
-  ejections = 0;
+  /** While ejected: when the current ejection time ends, and how long it was. */
+  ejectedUntil = 0;
+  ejectionMs = 0;
   upSince = 0;
   timer: NodeJS.Timeout | undefined;
+  /** Peak EWMA of the time to response headers (ms), as of `latencyAt`; 0: no answer yet. */
+  latency = 0;
+  latencyAt = 0;
 
   constructor(
     /** The URL as configured. */
@@ -53,8 +75,21 @@ export class Instance {
     readonly target: string,
   ) {}
 
+  /** The latency estimate decayed to `now`: an instance not asked lately drifts towards "fast". */
+  latencyNow(now: number): number {
+    if (this.latency === 0) return 0;
+    return this.latency * Math.exp(-(now - this.latencyAt) / LATENCY_DECAY_MS);
+  }
+
   view(): InstanceView {
-    return { url: this.url, state: this.state, outstanding: this.outstanding, consecutiveFailures: this.consecutiveFailures };
+    const latency = this.latencyNow(performance.now());
+    return {
+      url: this.url,
+      state: this.state,
+      outstanding: this.outstanding,
+      consecutiveFailures: this.consecutiveFailures,
+      latencyMs: this.latency === 0 ? null : Math.round(latency * 10) / 10,
+    };
   }
 }
 
@@ -80,32 +115,59 @@ export class InstanceSet<I extends Instance = Instance> {
     return n;
   }
 
+  /** Whether an instance other than `instance` is in the rotation (somewhere for a retry to go). */
+  hasOtherUp(instance: I): boolean {
+    for (const i of this.list) if (i !== instance && i.state === 'up') return true;
+    return false;
+  }
+
   /**
    * The instance for the next request, other than `exclude` (the one a retry failed on): of two
-   * up instances picked at random, the one with fewer requests outstanding. When every instance
-   * is out, the least busy of them (a trial request); undefined only when `exclude` is the only one.
+   * up instances picked at random, the one with the lower cost (recent latency times requests
+   * outstanding); one in slow start is passed over but for its growing share. When every
+   * instance is out, the cheapest of them (a trial request); undefined only when `exclude` is
+   * the only one.
    */
   pick(exclude?: I): I | undefined {
     const list = this.list;
     const n = list.length;
     if (n === 1) return list[0] === exclude ? undefined : list[0];
+    const now = performance.now();
     const a = list[(Math.random() * n) | 0];
     let bi = (Math.random() * (n - 1)) | 0;
     if (list[bi] === a) bi = n - 1;
     const b = list[bi];
-    const aOk = a.state === 'up' && a !== exclude;
-    const bOk = b.state === 'up' && b !== exclude;
-    if (aOk && bOk) return weight(b) < weight(a) ? b : a;
-    return this.leastBusy(exclude, true) ?? this.leastBusy(exclude, false);
+    const aOk = a.state === 'up' && a !== exclude && this.rampAdmits(a);
+    const bOk = b.state === 'up' && b !== exclude && this.rampAdmits(b);
+    if (aOk && bOk) return cost(b, now) < cost(a, now) ? b : a;
+    if (aOk !== bOk && n === 2) return aOk ? a : b;
+    return this.cheapest(exclude, true, now) ?? this.cheapest(exclude, false, now);
   }
 
-  private leastBusy(exclude: I | undefined, upOnly: boolean): I | undefined {
+  private cheapest(exclude: I | undefined, upOnly: boolean, now: number): I | undefined {
     let best: I | undefined;
+    let bestCost = 0;
     for (const i of this.list) {
       if (i === exclude || (upOnly && i.state !== 'up')) continue;
-      if (best === undefined || weight(i) < weight(best)) best = i;
+      const c = cost(i, now);
+      if (best === undefined || c < bestCost) {
+        best = i;
+        bestCost = c;
+      }
     }
     return best;
+  }
+
+  /** Slow start: whether an instance that came back lately takes this pick (always once its ramp is over). */
+  private rampAdmits(instance: I): boolean {
+    const slowStartMs = this.options.slowStartMs ?? 0;
+    if (slowStartMs === 0 || instance.upSince === 0) return true;
+    const elapsed = Date.now() - instance.upSince;
+    if (elapsed >= slowStartMs) {
+      instance.upSince = 0;
+      return true;
+    }
+    return Math.random() < Math.max(SLOW_START_FLOOR, elapsed / slowStartMs);
   }
 
   /** A request went to `instance`. */
@@ -117,6 +179,22 @@ export class InstanceSet<I extends Instance = Instance> {
   end(instance: I, succeeded: boolean): void {
     instance.outstanding--;
     if (succeeded) this.succeed(instance);
+  }
+
+  /**
+   * How long `instance` took to answer (to its response headers), or at least took (a try given up
+   * as too slow). A sample above the estimate replaces it at once (a slow instance is avoided from
+   * its first slow answer); one below pulls it down by how old the estimate is.
+   */
+  observe(instance: I, ms: number): void {
+    const now = performance.now();
+    const current = instance.latencyNow(now);
+    if (ms >= current || instance.latency === 0) instance.latency = ms;
+    else {
+      const w = Math.exp(-(now - instance.latencyAt) / LATENCY_DECAY_MS);
+      instance.latency = current * w + ms * (1 - w);
+    }
+    instance.latencyAt = now;
   }
 
   succeed(instance: I): void {
@@ -145,26 +223,35 @@ export class InstanceSet<I extends Instance = Instance> {
     }
   }
 
+  /**
+   * Out of the rotation until a probe passes: one every probe interval, and one when the ejection
+   * time ends. Every ejection starts at `ejectionMs`: an instance that crashed and came back was
+   * healthy in between, and its next crash says nothing about how long it will take this time.
+   */
   private eject(instance: I): void {
-    const now = Date.now();
-    if (now - instance.upSince >= this.options.maxEjectionMs) instance.ejections = 0;
     instance.state = 'ejected';
-    this.scheduleReturn(instance);
+    instance.upSince = 0;
+    instance.ejectionMs = Math.min(this.options.ejectionMs, this.options.maxEjectionMs);
+    instance.ejectedUntil = Date.now() + instance.ejectionMs;
+    this.scheduleProbe(instance);
     this.hooks.onStateChange?.(instance);
     if (this.upCount === 0) this.hooks.onAllOut?.();
   }
 
-  private scheduleReturn(instance: I): void {
-    const { ejectionMs, maxEjectionMs } = this.options;
-    const ms = Math.min(maxEjectionMs, ejectionMs * 2 ** Math.min(instance.ejections, 30));
-    instance.ejections++;
+  private scheduleProbe(instance: I): void {
+    const interval = this.options.probeIntervalMs ?? 0;
+    const untilEnd = Math.max(0, instance.ejectedUntil - Date.now());
+    const ms = interval > 0 && this.hooks.probe ? Math.min(interval, untilEnd) : untilEnd;
     clearTimeout(instance.timer);
-    const timer = setTimeout(ejectionOver, ms, this as unknown as InstanceSet, instance as Instance);
+    const timer = setTimeout(probeDue, ms, this as unknown as InstanceSet, instance as Instance);
     timer.unref();
     instance.timer = timer;
   }
 
-  /** @internal The instance's ejection time is over: back if its probe passes, else out for longer. */
+  /**
+   * @internal A probe is due: back if it passes; else probed again, and once its ejection time is
+   * over, a new one twice as long (capped): doubling only while its probes keep failing.
+   */
   async tryReturn(instance: I): Promise<void> {
     instance.timer = undefined;
     let ok = true;
@@ -176,8 +263,13 @@ export class InstanceSet<I extends Instance = Instance> {
       }
     }
     if (this.stopped || instance.state !== 'ejected') return;
-    if (ok) this.readmit(instance);
-    else this.scheduleReturn(instance);
+    if (ok) return this.readmit(instance);
+    const now = Date.now();
+    if (now >= instance.ejectedUntil) {
+      instance.ejectionMs = Math.min(this.options.maxEjectionMs, instance.ejectionMs * 2);
+      instance.ejectedUntil = now + instance.ejectionMs;
+    }
+    this.scheduleProbe(instance);
   }
 
   private readmit(instance: I): void {
@@ -186,16 +278,19 @@ export class InstanceSet<I extends Instance = Instance> {
     instance.state = 'up';
     instance.consecutiveFailures = 0;
     instance.upSince = Date.now();
+    // What it showed before it went out says nothing about it now.
+    instance.latency = 0;
     this.hooks.onStateChange?.(instance);
     this.hooks.onBack?.(instance);
   }
 }
 
-function weight(i: Instance): number {
-  return i.outstanding + i.consecutiveFailures * FAILURE_WEIGHT;
+/** What sending one more request to `i` is expected to cost: its latency times the requests it would then hold. */
+function cost(i: Instance, now: number): number {
+  return Math.max(LATENCY_FLOOR_MS, i.latencyNow(now)) * (i.outstanding + 1 + i.consecutiveFailures * FAILURE_WEIGHT);
 }
 
-function ejectionOver(set: InstanceSet<Instance>, instance: Instance): void {
+function probeDue(set: InstanceSet<Instance>, instance: Instance): void {
   void set.tryReturn(instance);
 }
 
