@@ -339,7 +339,7 @@ export function createServiceProxy({ upstream, cache, metrics, logger, trustsPro
   // instance if the retry budget allows (else it waits on), and the slow one is not blamed for a
   // failure, only weighed as slow.
   const tryTimedOut = (ex: Exchange) => {
-    if (ex.proxyRes || ex.aborted || ex.clientGone || ex.retried || !instances.hasOtherUp(ex.instance!) || !upstream.breaker.tryRetry()) return;
+    if (ex.proxyRes || ex.aborted || ex.clientGone || ex.retried || !instances.hasTimelyOther(ex.instance!) || !upstream.breaker.tryRetry()) return;
     metrics.tryTimeout(upstream.name, ex.instance!.url);
     tries.giveUp(ex.try!, ex.proxyReq);
     ex.endAttempt('neutral');

@@ -46,11 +46,12 @@ export class TryPolicy {
   /**
    * A try to `instance` went out. `repeatable`: it may go to another instance if this one is slow
    * (a first try of a GET or HEAD without a body); then `onTimeout` runs at the per-try timeout,
-   * if another instance is in the rotation.
+   * if another instance is in the rotation and answering in time (giving up on a try for one that
+   * is slow too would only add a wait).
    */
   start(instance: GatewayInstance, repeatable: boolean, onTimeout: () => void): UpstreamTry {
     const t = new UpstreamTry(instance);
-    if (repeatable && this.capMs > 0 && this.instances.hasOtherUp(instance)) t.timer = setTimeout(onTimeout, this.timeoutMs());
+    if (repeatable && this.capMs > 0 && this.instances.hasTimelyOther(instance)) t.timer = setTimeout(onTimeout, this.timeoutMs());
     return t;
   }
 
@@ -75,13 +76,13 @@ export class TryPolicy {
   }
 
   /**
-   * The try is given up as too slow: the time it waited counts against its instance (the balancer
-   * avoids it for a while), not against the service, which another instance is now asked for.
+   * The try is given up as too slow: that counts against its instance (the balancer passes it over
+   * for a while), not against the service, which another instance is now asked for.
    * Its request is dropped without reporting anything more.
    */
   giveUp(t: UpstreamTry, request: ClientRequest | undefined): void {
     clearTimeout(t.timer);
-    this.instances.observe(t.instance, performance.now() - t.startedAt);
+    this.instances.tooSlow(t.instance, performance.now() - t.startedAt);
     if (!request) return;
     request.removeAllListeners('response');
     request.removeAllListeners('error');

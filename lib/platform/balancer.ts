@@ -1,7 +1,8 @@
 // The instances of one service as a caller sees them: which one takes the next request (of two
 // picked at random, the one whose recent latency times its outstanding requests is lower: Envoy's
-// LEAST_REQUEST weighed by Finagle's peak EWMA), and each one's outlier state (ejected after
-// consecutive failures, back as soon as its probe passes, under slow start).
+// LEAST_REQUEST weighed by Finagle's peak EWMA; one found too slow lately is passed over), and
+// each one's outlier state (ejected after consecutive failures, back as soon as its probe passes,
+// under slow start).
 import type { UpstreamFailure } from './upstream-errors.js';
 
 export type InstanceState = 'up' | 'ejected';
@@ -54,6 +55,15 @@ const LATENCY_DECAY_MS = 500;
 const LATENCY_FLOOR_MS = 1;
 // Slow start lets a returning instance take at least this share of its picks from the start.
 const SLOW_START_FLOOR = 0.1;
+// An instance on which tries were given up as too slow this many times in a row (one is bad luck
+// on a busy machine, and would send every request to the other instance for a while) is passed
+// over for SLOW_AVOID_MS while another can take the request: one request per that time is all it
+// gets while it stays slow (under 2 % of a service's requests from 25 a second), and it is asked
+// again that soon after its fault ends. A latency estimate alone would not keep it out: a given-up
+// try shows only that it took longer than the per-try timeout, which a busy peer's latency times
+// its queue can exceed.
+const SLOW_TRIES_TO_AVOID = 2;
+const SLOW_AVOID_MS = 2000;
 
 export class Instance {
   outstanding = 0;
@@ -67,6 +77,10 @@ export class Instance {
   /** Peak EWMA of the time to response headers (ms), as of `latencyAt`; 0: no answer yet. */
   latency = 0;
   latencyAt = 0;
+  /** Tries given up as too slow since its last answer. */
+  slowTries = 0;
+  /** performance.now() until which it is passed over for being too slow. */
+  avoidUntil = 0;
 
   constructor(
     /** The URL as configured. */
@@ -115,9 +129,13 @@ export class InstanceSet<I extends Instance = Instance> {
     return n;
   }
 
-  /** Whether an instance other than `instance` is in the rotation (somewhere for a retry to go). */
-  hasOtherUp(instance: I): boolean {
-    for (const i of this.list) if (i !== instance && i.state === 'up') return true;
+  /**
+   * Whether an instance other than `instance` is in the rotation and answering in time (no try
+   * given up on it since its last answer): somewhere worth sending a try given up on this one.
+   */
+  hasTimelyOther(instance: I): boolean {
+    const now = performance.now();
+    for (const i of this.list) if (i !== instance && i.state === 'up' && i.slowTries === 0 && i.avoidUntil <= now) return true;
     return false;
   }
 
@@ -137,18 +155,18 @@ export class InstanceSet<I extends Instance = Instance> {
     let bi = (Math.random() * (n - 1)) | 0;
     if (list[bi] === a) bi = n - 1;
     const b = list[bi];
-    const aOk = a.state === 'up' && a !== exclude && this.rampAdmits(a);
-    const bOk = b.state === 'up' && b !== exclude && this.rampAdmits(b);
+    const aOk = a.state === 'up' && a !== exclude && !passedOver(a, now) && this.rampAdmits(a);
+    const bOk = b.state === 'up' && b !== exclude && !passedOver(b, now) && this.rampAdmits(b);
     if (aOk && bOk) return cost(b, now) < cost(a, now) ? b : a;
     if (aOk !== bOk && n === 2) return aOk ? a : b;
-    return this.cheapest(exclude, true, now) ?? this.cheapest(exclude, false, now);
+    return this.cheapest(exclude, true, now, true) ?? this.cheapest(exclude, true, now, false) ?? this.cheapest(exclude, false, now, false);
   }
 
-  private cheapest(exclude: I | undefined, upOnly: boolean, now: number): I | undefined {
+  private cheapest(exclude: I | undefined, upOnly: boolean, now: number, fastOnly: boolean): I | undefined {
     let best: I | undefined;
     let bestCost = 0;
     for (const i of this.list) {
-      if (i === exclude || (upOnly && i.state !== 'up')) continue;
+      if (i === exclude || (upOnly && i.state !== 'up') || (fastOnly && passedOver(i, now))) continue;
       const c = cost(i, now);
       if (best === undefined || c < bestCost) {
         best = i;
@@ -189,12 +207,25 @@ export class InstanceSet<I extends Instance = Instance> {
   observe(instance: I, ms: number): void {
     const now = performance.now();
     const current = instance.latencyNow(now);
+    instance.slowTries = 0;
     if (ms >= current || instance.latency === 0) instance.latency = ms;
     else {
       const w = Math.exp(-(now - instance.latencyAt) / LATENCY_DECAY_MS);
       instance.latency = current * w + ms * (1 - w);
     }
     instance.latencyAt = now;
+  }
+
+  /**
+   * A try on `instance` was given up after `ms` as too slow: counted in its latency, and if it keeps
+   * happening while another instance answers in time, it is passed over for a while. When the
+   * others are slow too (a busy machine stalls every try at once) nobody is passed over.
+   */
+  tooSlow(instance: I, ms: number): void {
+    const slowTries = instance.slowTries + 1;
+    this.observe(instance, ms);
+    instance.slowTries = slowTries;
+    if (slowTries >= SLOW_TRIES_TO_AVOID && this.hasTimelyOther(instance)) instance.avoidUntil = performance.now() + SLOW_AVOID_MS;
   }
 
   succeed(instance: I): void {
@@ -280,9 +311,20 @@ export class InstanceSet<I extends Instance = Instance> {
     instance.upSince = Date.now();
     // What it showed before it went out says nothing about it now.
     instance.latency = 0;
+    instance.slowTries = 0;
+    instance.avoidUntil = 0;
     this.hooks.onStateChange?.(instance);
     this.hooks.onBack?.(instance);
   }
+}
+
+/**
+ * Whether `i` is passed over for being too slow: for a while after tries on it kept being given up,
+ * and after that while the one request that shows whether it still is has not answered (its
+ * latency estimate, decayed meanwhile, would otherwise draw every request until then).
+ */
+function passedOver(i: Instance, now: number): boolean {
+  return i.avoidUntil > now || (i.slowTries >= SLOW_TRIES_TO_AVOID && i.outstanding > 0);
 }
 
 /** What sending one more request to `i` is expected to cost: its latency times the requests it would then hold. */
