@@ -24,7 +24,7 @@ export interface GatewayMetrics {
   /** `instance`: given with several instances (one label per configured URL), absent with one. */
   upstreamFailure(service: string, kind: UpstreamFailure, instance?: string): void;
   circuitRejected(service: string): void;
-  /** A request sent to the service a second time, after failing before it reached it. */
+  /** A request sent to the service a second time: after failing before it reached it, or after a per-try timeout. */
   upstreamRetry(service: string): void;
   /** A try given up for another instance because this one had not answered within the per-try timeout. */
   tryTimeout(service: string, instance: string): void;
@@ -72,7 +72,7 @@ export function createGatewayMetrics(registry: Registry): GatewayMetrics {
   });
   const retries = new Counter({
     name: 'gateway_upstream_retries_total',
-    help: 'Requests sent again on a fresh connection after failing before they reached the service.',
+    help: 'Requests sent again: after failing before they reached the service, or (a GET or HEAD) to another instance after the per-try timeout.',
     labelNames: ['service'] as const,
     registers,
   });
