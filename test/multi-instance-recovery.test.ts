@@ -63,8 +63,8 @@ describe('one of two product instances slowed by 300 ms', () => {
       ORDERS_URL: dead.url,
       ADMIN_TOKEN,
       RATE_LIMIT: '1000000',
-      // Well under the 300 ms the slow instance adds, well over what a busy machine adds to a fast answer.
-      UPSTREAM_PER_TRY_TIMEOUT_MS: '150',
+      // Under the 300 ms the slow instance adds, well over what a busy machine adds to a fast answer.
+      UPSTREAM_PER_TRY_TIMEOUT_MS: '250',
       CACHE_MAX_ENTRIES: '0',
     });
   });
@@ -79,11 +79,16 @@ describe('one of two product instances slowed by 300 ms', () => {
     const slowUrl = slow.url;
     const result = await underLoad(gw.url, 8, async () => {
       // Warm-up: both take requests.
-      await eventually(() => fast.seen.length > 50 && slow.seen.length > 50, 10_000, 'both instances in use');
+      await eventually(() => fast.seen.length > 20 && slow.seen.length > 20, 20_000, 'both instances in use');
       slow.behaviour = { kind: 'echo', delayMs: 300 };
       // The balancer has learnt once a try on it was given up.
       await eventually(async () => (await metric(gw, 'gateway_upstream_try_timeouts_total', `instance="${slowUrl}"`)) > 0, 5_000, 'a try given up on the slow instance');
-      const before = { fast: fast.seen.length, slow: slow.seen.length, timeouts: await metric(gw, 'gateway_upstream_try_timeouts_total', `instance="${slowUrl}"`) };
+      const before = {
+        fast: fast.seen.length,
+        slow: slow.seen.length,
+        timeouts: await metric(gw, 'gateway_upstream_try_timeouts_total', `instance="${slowUrl}"`),
+        fastTimeouts: await metric(gw, 'gateway_upstream_try_timeouts_total', `instance="${fast.url}"`),
+      };
       await eventually(() => fast.seen.length - before.fast >= 1_000, 30_000, '1000 requests on the fast instance');
       const sentSlow = slow.seen.length - before.slow;
       const sentFast = fast.seen.length - before.fast;
@@ -92,18 +97,19 @@ describe('one of two product instances slowed by 300 ms', () => {
       // Each of them waited no more than the per-try timeout: the try was given up, the request went to the fast one.
       const timeouts = (await metric(gw, 'gateway_upstream_try_timeouts_total', `instance="${slowUrl}"`)) - before.timeouts;
       assert.ok(timeouts >= sentSlow - 8, `${timeouts} tries given up of ${sentSlow} sent to the slow instance`);
-      assert.equal(await metric(gw, 'gateway_upstream_try_timeouts_total', `instance="${fast.url}"`) <= 5, true, 'the fast instance is hardly ever given up on');
+      // Nor is a try on the fast one given up for the slow one, however late the busy machine makes it.
+      assert.equal(await metric(gw, 'gateway_upstream_try_timeouts_total', `instance="${fast.url}"`), before.fastTimeouts, 'no try on the fast instance given up');
 
       // The fault ends: within 5 s the instance takes a fair share again.
       slow.behaviour = { kind: 'echo' };
       const ended = performance.now();
       let last = { fast: fast.seen.length, slow: slow.seen.length };
       await eventually(async () => {
-        await new Promise((r) => setTimeout(r, 200));
+        await new Promise((r) => setTimeout(r, 500));
         const now = { fast: fast.seen.length, slow: slow.seen.length };
         const window = { fast: now.fast - last.fast, slow: now.slow - last.slow };
         last = now;
-        return window.slow >= 10 && window.slow >= 0.25 * (window.slow + window.fast);
+        return window.slow >= 3 && window.slow >= 0.25 * (window.slow + window.fast);
       }, 5_000, 'the slow instance back to a fair share');
       const backMs = performance.now() - ended;
       assert.ok(backMs < 5_000, `back after ${backMs.toFixed(0)} ms`);

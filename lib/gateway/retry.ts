@@ -60,7 +60,9 @@ export class TryPolicy {
     if (!t) return;
     clearTimeout(t.timer);
     const ms = performance.now() - t.startedAt;
-    this.instances.observe(t.instance, ms);
+    // An answer that beat its per-try timer shows the instance in time again; one to a try without
+    // a timer only when it came within the timeout (a late answer to a retry does not).
+    this.instances.observe(t.instance, ms, t.timer !== undefined || this.capMs === 0 || ms <= this.timeoutMs());
     if (this.srtt === 0) {
       this.srtt = ms;
       this.rttvar = ms / 2;

@@ -50,6 +50,8 @@ const FAILURE_WEIGHT = 4;
 // it is not asked, and one request then measures it. Finagle and Linkerd use 10 s for the same
 // estimate; ours must bring an instance back within 5 s of a 300 ms fault ending.
 const LATENCY_DECAY_MS = 500;
+// How much lower one instance's cost must be for it to be preferred on cost alone.
+const CLEARLY_CHEAPER = 2;
 // Below this an estimate counts as this: idle instances (estimates decayed to nothing) are then
 // compared by outstanding requests alone.
 const LATENCY_FLOOR_MS = 1;
@@ -58,12 +60,12 @@ const SLOW_START_FLOOR = 0.1;
 // An instance on which tries were given up as too slow this many times in a row (one is bad luck
 // on a busy machine, and would send every request to the other instance for a while) is passed
 // over for SLOW_AVOID_MS while another can take the request: one request per that time is all it
-// gets while it stays slow (under 2 % of a service's requests from 25 a second), and it is asked
-// again that soon after its fault ends. A latency estimate alone would not keep it out: a given-up
+// gets while it stays slow (under 2 % of a service's requests from 17 a second), and it is asked
+// again that soon after its fault ends (within 5 s, with room for the machine to be late). A latency estimate alone would not keep it out: a given-up
 // try shows only that it took longer than the per-try timeout, which a busy peer's latency times
 // its queue can exceed.
 const SLOW_TRIES_TO_AVOID = 2;
-const SLOW_AVOID_MS = 2000;
+const SLOW_AVOID_MS = 3000;
 
 export class Instance {
   outstanding = 0;
@@ -72,6 +74,8 @@ export class Instance {
   /** While ejected: when the current ejection time ends, and how long it was. */
   ejectedUntil = 0;
   ejectionMs = 0;
+  /** The probe scheduled is the one at the end of the ejection time (not one of the interval's). */
+  probeEndsEjection = false;
   upSince = 0;
   timer: NodeJS.Timeout | undefined;
   /** Peak EWMA of the time to response headers (ms), as of `latencyAt`; 0: no answer yet. */
@@ -157,7 +161,7 @@ export class InstanceSet<I extends Instance = Instance> {
     const b = list[bi];
     const aOk = a.state === 'up' && a !== exclude && !passedOver(a, now) && this.rampAdmits(a);
     const bOk = b.state === 'up' && b !== exclude && !passedOver(b, now) && this.rampAdmits(b);
-    if (aOk && bOk) return cost(b, now) < cost(a, now) ? b : a;
+    if (aOk && bOk) return cheaper(a, b, now);
     if (aOk !== bOk && n === 2) return aOk ? a : b;
     return this.cheapest(exclude, true, now, true) ?? this.cheapest(exclude, true, now, false) ?? this.cheapest(exclude, false, now, false);
   }
@@ -202,12 +206,13 @@ export class InstanceSet<I extends Instance = Instance> {
   /**
    * How long `instance` took to answer (to its response headers), or at least took (a try given up
    * as too slow). A sample above the estimate replaces it at once (a slow instance is avoided from
-   * its first slow answer); one below pulls it down by how old the estimate is.
+   * its first slow answer); one below pulls it down by how old the estimate is. `timely`: the
+   * answer came within the per-try timeout, so the instance is not (or no longer) too slow.
    */
-  observe(instance: I, ms: number): void {
+  observe(instance: I, ms: number, timely = true): void {
     const now = performance.now();
     const current = instance.latencyNow(now);
-    instance.slowTries = 0;
+    if (timely) instance.slowTries = 0;
     if (ms >= current || instance.latency === 0) instance.latency = ms;
     else {
       const w = Math.exp(-(now - instance.latencyAt) / LATENCY_DECAY_MS);
@@ -222,9 +227,9 @@ export class InstanceSet<I extends Instance = Instance> {
    * others are slow too (a busy machine stalls every try at once) nobody is passed over.
    */
   tooSlow(instance: I, ms: number): void {
-    const slowTries = instance.slowTries + 1;
-    this.observe(instance, ms);
-    instance.slowTries = slowTries;
+    instance.slowTries++;
+    this.observe(instance, ms, false);
+    const slowTries = instance.slowTries;
     if (slowTries >= SLOW_TRIES_TO_AVOID && this.hasTimelyOther(instance)) instance.avoidUntil = performance.now() + SLOW_AVOID_MS;
   }
 
@@ -273,6 +278,8 @@ export class InstanceSet<I extends Instance = Instance> {
     const interval = this.options.probeIntervalMs ?? 0;
     const untilEnd = Math.max(0, instance.ejectedUntil - Date.now());
     const ms = interval > 0 && this.hooks.probe ? Math.min(interval, untilEnd) : untilEnd;
+    // A timer may fire a millisecond before Date.now() says its time has come.
+    instance.probeEndsEjection = ms === untilEnd;
     clearTimeout(instance.timer);
     const timer = setTimeout(probeDue, ms, this as unknown as InstanceSet, instance as Instance);
     timer.unref();
@@ -296,7 +303,7 @@ export class InstanceSet<I extends Instance = Instance> {
     if (this.stopped || instance.state !== 'ejected') return;
     if (ok) return this.readmit(instance);
     const now = Date.now();
-    if (now >= instance.ejectedUntil) {
+    if (instance.probeEndsEjection || now >= instance.ejectedUntil) {
       instance.ejectionMs = Math.min(this.options.maxEjectionMs, instance.ejectionMs * 2);
       instance.ejectedUntil = now + instance.ejectionMs;
     }
@@ -325,6 +332,24 @@ export class InstanceSet<I extends Instance = Instance> {
  */
 function passedOver(i: Instance, now: number): boolean {
   return i.avoidUntil > now || (i.slowTries >= SLOW_TRIES_TO_AVOID && i.outstanding > 0);
+}
+
+/**
+ * Of two instances, the one whose cost is clearly lower; else the one with fewer requests
+ * outstanding (and failures), `a` (picked at random) when even. Latency alone decides only beyond
+ * a factor: instances a little apart, as equal ones are from one moment to the next on a busy
+ * machine, share the requests rather than the faster of the moment taking them all.
+ */
+function cheaper<I extends Instance>(a: I, b: I, now: number): I {
+  const ca = cost(a, now);
+  const cb = cost(b, now);
+  if (cb * CLEARLY_CHEAPER < ca) return b;
+  if (ca * CLEARLY_CHEAPER < cb) return a;
+  return load(b) < load(a) ? b : a;
+}
+
+function load(i: Instance): number {
+  return i.outstanding + i.consecutiveFailures * FAILURE_WEIGHT;
 }
 
 /** What sending one more request to `i` is expected to cost: its latency times the requests it would then hold. */
