@@ -61,9 +61,9 @@ const SLOW_START_FLOOR = 0.1;
 // on a busy machine, and would send every request to the other instance for a while) is passed
 // over for SLOW_AVOID_MS while another can take the request: one request per that time is all it
 // gets while it stays slow (under 2 % of a service's requests from 17 a second), and it is asked
-// again that soon after its fault ends (within 5 s, with room for the machine to be late). A latency estimate alone would not keep it out: a given-up
-// try shows only that it took longer than the per-try timeout, which a busy peer's latency times
-// its queue can exceed.
+// again that soon after its fault ends (within 5 s, with room for a late machine). A latency
+// estimate alone would not keep it out: a given-up try shows only that it took longer than the
+// per-try timeout, which a busy peer's latency times its queue can exceed.
 const SLOW_TRIES_TO_AVOID = 2;
 const SLOW_AVOID_MS = 3000;
 
@@ -81,7 +81,7 @@ export class Instance {
   /** Peak EWMA of the time to response headers (ms), as of `latencyAt`; 0: no answer yet. */
   latency = 0;
   latencyAt = 0;
-  /** Tries given up as too slow since its last answer. */
+  /** Tries given up as too slow since its last answer in time. */
   slowTries = 0;
   /** performance.now() until which it is passed over for being too slow. */
   avoidUntil = 0;
