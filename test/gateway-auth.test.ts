@@ -306,7 +306,7 @@ describe('GET / in production', () => {
       assert.deepEqual(r.body.services.map((s: { name: string }) => s.name), ['users', 'products', 'orders']);
       const health = await http(gw.url, 'GET', '/health');
       assert.ok(!health.text.includes('10.1.2.'), health.text);
-      assert.deepEqual(Object.keys(health.body.services.users.instances[0]).sort(), ['consecutiveFailures', 'outstanding', 'state']);
+      assert.deepEqual(Object.keys(health.body.services.users.instances[0]).sort(), ['consecutiveFailures', 'latencyMs', 'outstanding', 'state']);
     } finally {
       await gw.close();
     }

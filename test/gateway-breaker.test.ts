@@ -111,6 +111,30 @@ describe('breaker state machine (mock timers)', () => {
     assert.deepEqual(changes, ['OPEN', 'HALF_OPEN']);
   });
 
+  test('when one of the service\'s instances is back while the circuit is open or half-open, then it closes at once, under slow start', () => {
+    const b = make({ resetTimeoutMs: 30_000, maxResetTimeoutMs: 30_000, slowStartMs: 1000 });
+    b.forceOpen();
+    b.instanceBack();
+    assert.equal(b.state, 'CLOSED');
+    let admitted = 0;
+    for (let i = 0; i < 100; i++) {
+      try {
+        b.admit().succeed();
+        admitted++;
+      } catch {
+        // refused by slow start
+      }
+    }
+    assert.ok(admitted >= 5 && admitted <= 15, `${admitted} of 100 let through at the start of the ramp`);
+    b.forceOpen();
+    mock.timers.tick(30_000);
+    assert.equal(b.state, 'HALF_OPEN');
+    b.instanceBack();
+    assert.equal(b.state, 'CLOSED');
+    b.instanceBack();
+    assert.deepEqual(changes, ['OPEN', 'CLOSED', 'OPEN', 'HALF_OPEN', 'CLOSED'], 'a closed circuit stays as it is');
+  });
+
   test('when half-open, then a failed trial reopens it and a trial whose client left frees its slot', () => {
     const b = make();
     b.forceOpen();

@@ -1,4 +1,4 @@
-import { describe, test } from 'node:test';
+import { afterEach, beforeEach, describe, mock, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { Instance, InstanceSet } from '../lib/platform/balancer.js';
 import { eventually } from './gateway-helpers.js';
@@ -79,5 +79,106 @@ describe('instance set', () => {
     assert.equal(allOut, 0);
     assert.equal(set.pick(), only);
     assert.equal(set.pick(only), undefined, 'no other instance to retry on');
+  });
+});
+
+describe('instance set: return after an ejection (mock timers)', () => {
+  beforeEach(() => mock.timers.enable({ apis: ['setTimeout', 'Date'], now: 1_000_000 }));
+  afterEach(() => mock.timers.reset());
+  const flush = () => new Promise((r) => setImmediate(r));
+  /** Moves the clock `ms` on and lets the probe it started settle. */
+  const advance = async (ms: number) => {
+    mock.timers.tick(ms);
+    await flush();
+    await flush();
+  };
+
+  test('when an ejected instance passes its probe, then its next ejection starts at the first ejection time again: doubling only while probes fail', async () => {
+    const probes: number[] = [];
+    let healthy = false;
+    const set = new InstanceSet(make(2), { consecutiveFailures: 1, ejectionMs: 100, maxEjectionMs: 1000 }, {
+      probe: () => {
+        probes.push(Date.now() - 1_000_000);
+        return Promise.resolve(healthy);
+      },
+    });
+    const a = set.list[0];
+    set.fail(a, 'refused');
+    await advance(100);
+    await advance(200);
+    assert.deepEqual(probes, [100, 300], 'the second ejection time is twice the first');
+    healthy = true;
+    await advance(400);
+    assert.deepEqual(probes, [100, 300, 700]);
+    assert.equal(a.state, 'up');
+    set.fail(a, 'refused');
+    await advance(99);
+    assert.equal(probes.length, 3);
+    await advance(1);
+    assert.deepEqual(probes, [100, 300, 700, 800], 'back to 100 ms, not 800');
+    assert.equal(a.state, 'up');
+    set.shutdown();
+  });
+
+  test('when a probe interval is set, then an ejected instance is probed at each one, whatever its ejection time, and is back (under slow start) at the first that passes', async () => {
+    const probes: number[] = [];
+    let healthy = false;
+    let back = 0;
+    const set = new InstanceSet(make(2), { consecutiveFailures: 1, ejectionMs: 60_000, maxEjectionMs: 600_000, probeIntervalMs: 50, slowStartMs: 1000 }, {
+      probe: () => {
+        probes.push(Date.now() - 1_000_000);
+        return Promise.resolve(healthy);
+      },
+      onBack: () => back++,
+    });
+    const [a, b] = set.list;
+    set.fail(a, 'reset');
+    for (let i = 0; i < 4; i++) await advance(50);
+    assert.deepEqual(probes, [50, 100, 150, 200]);
+    healthy = true;
+    await advance(50);
+    assert.equal(a.state, 'up');
+    assert.equal(back, 1);
+    // Slow start: at first it takes about a tenth of the picks it would take.
+    let toA = 0;
+    for (let i = 0; i < 1000; i++) if (set.pick() === a) toA++;
+    assert.ok(toA > 20 && toA < 250, `${toA} of 1000 at the start of its ramp`);
+    await advance(1000);
+    toA = 0;
+    for (let i = 0; i < 1000; i++) if (set.pick() === a) toA++;
+    assert.ok(toA > 350, `${toA} of 1000 once its ramp is over`);
+    assert.equal(b.state, 'up');
+    set.shutdown();
+  });
+});
+
+describe('instance set: latency', () => {
+  test('when one of two instances answers slower, then every pick goes to the faster one', () => {
+    const set = new InstanceSet(make(2), OUTLIER);
+    const [a, b] = set.list;
+    set.observe(a, 300);
+    set.observe(b, 2);
+    for (let i = 0; i < 200; i++) assert.equal(set.pick(), b);
+    assert.equal(set.pick(b), a, 'a retry still goes to the other');
+  });
+
+  test('when tries on an instance are given up as too slow twice in a row, then it is passed over for 3 s, then gets one request at a time until one answers in time', async () => {
+    const set = new InstanceSet(make(2), OUTLIER);
+    const [fast, slow] = set.list;
+    set.observe(fast, 20);
+    // Ten requests held by the fast one: by its cost alone, the slow one would be preferred.
+    for (let i = 0; i < 10; i++) set.begin(fast);
+    set.tooSlow(slow, 60);
+    assert.ok(!set.hasTimelyOther(fast), 'a try on the fast one is not given up for the slow one');
+    set.tooSlow(slow, 60);
+    for (let i = 0; i < 200; i++) assert.equal(set.pick(), fast);
+    await new Promise((r) => setTimeout(r, 3_100));
+    const first = set.pick();
+    assert.equal(first, slow, 'tried again once its time is over');
+    set.begin(slow);
+    for (let i = 0; i < 200; i++) assert.equal(set.pick(), fast, 'one request at a time while it may still be slow');
+    set.end(slow, true);
+    set.observe(slow, 2);
+    assert.ok(Array.from({ length: 50 }, () => set.pick()).includes(slow), 'an answer in time brings it back');
   });
 });

@@ -23,7 +23,7 @@ const ServiceHealth = z.object({
   stats: z.object({ failures: z.number().int(), successes: z.number().int(), rejects: z.number().int(), timeouts: z.number().int(), lastFailure: z.string().nullable() }),
   probe: z.object({ ok: z.boolean(), latencyMs: z.number(), failure: z.enum(FAILURES).optional() }),
   // One per configured URL; with one instance its state follows the circuit (ejected while OPEN).
-  instances: z.array(z.object({ url: z.string(), state: z.enum(['up', 'ejected']), outstanding: z.number().int(), consecutiveFailures: z.number().int() })),
+  instances: z.array(z.object({ url: z.string(), state: z.enum(['up', 'ejected']), outstanding: z.number().int(), consecutiveFailures: z.number().int(), latencyMs: z.number().nullable() })),
 });
 
 const Meta = z.object({ complete: z.boolean(), unavailable: z.array(z.enum(SERVICE_NAMES)) });

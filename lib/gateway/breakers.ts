@@ -287,6 +287,15 @@ export class ServiceBreaker {
     this.close(false);
   }
 
+  /**
+   * One of the service's instances passed its probe and is back: an open or half-open circuit
+   * closes at once, under slow start. Trials would only repeat what the probe showed, and while
+   * the circuit waits for them every request is refused although an instance answers.
+   */
+  instanceBack(): void {
+    if (this.current !== 'CLOSED' && !this.stopped) this.close(true);
+  }
+
   /** Closes the circuit and forgets its history. */
   reset(): void {
     this.close(false);

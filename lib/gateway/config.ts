@@ -7,6 +7,8 @@ import { authShape } from '../platform/identity.js';
 /** Largest value setTimeout/setInterval accept; timers and windows above it fire at once. */
 const MAX_TIMER_MS = 2 ** 31 - 1;
 
+const PER_TRY_MESSAGE = 'must be a whole number from 0 to 600000';
+
 const TRUST_PROXY_MESSAGE = 'must be false, a hop count, or a comma-separated list of proxy addresses/subnets';
 
 /**
@@ -69,8 +71,9 @@ export const GatewayConfigSchema = z.object({
   // With several instances: consecutive failures (refused, reset, timeout, 5xx) that take one out
   // of the rotation. The circuit opens only when every instance is out.
   OUTLIER_CONSECUTIVE_FAILURES: intVar(5, 1, 1000),
-  // How long an instance stays out after its first ejection; each ejection soon after the last
-  // doubles it, up to OUTLIER_MAX_EJECTION_MS. It comes back once its /health answers.
+  // An ejected instance's /health is asked every CB_PROBE_INTERVAL_MS and when this time ends; the
+  // first answer brings it back. The time doubles, up to OUTLIER_MAX_EJECTION_MS, each time it ends
+  // while the probes still fail (a long outage is asked less often without CB_PROBE_INTERVAL_MS).
   OUTLIER_EJECTION_MS: intVar(10_000, 10, MAX_TIMER_MS),
   OUTLIER_MAX_EJECTION_MS: intVar(300_000, 10, MAX_TIMER_MS),
   // Other gateways (comma-separated base URLs): /traces asks them for their own spans, so any
@@ -98,7 +101,8 @@ export const GatewayConfigSchema = z.object({
   // Closed this long, a circuit forgets its earlier trips: the next one opens for CB_RESET_TIMEOUT_MS again.
   CB_STABLE_PERIOD_MS: intVar(60_000, 0, MAX_TIMER_MS),
   // While open, the service's /health is asked this often; an answer half-opens the circuit before
-  // the open time ends. 0: wait for the open time.
+  // the open time ends. An ejected instance is asked as often, and is back at its first answer.
+  // 0: wait for the open (or ejection) time.
   CB_PROBE_INTERVAL_MS: intVar(2000, 0, MAX_TIMER_MS),
   // After a circuit closes, the share of requests let through ramps from 10 % to all over this time
   // (the rest get 503 with Retry-After). 0: all at once.
@@ -109,6 +113,11 @@ export const GatewayConfigSchema = z.object({
   // Time to the upstream's response headers (and whole answer for aggregation calls); the service
   // is told how long is left in the Request-Timeout header.
   UPSTREAM_TIMEOUT_MS: intVar(5000, 10, 600_000),
+  // With several instances, the longest a GET or HEAD waits for one instance's response headers
+  // before it is sent to another instead (Envoy's per_try_timeout); sooner when the service
+  // usually answers fast (see retry.ts). Unset: a quarter of UPSTREAM_TIMEOUT_MS, so the second
+  // try keeps three quarters of the time. 0: a try waits for the whole timeout.
+  UPSTREAM_PER_TRY_TIMEOUT_MS: z.string().regex(/^\d+$/, PER_TRY_MESSAGE).transform(Number).refine((n) => n <= 600_000, PER_TRY_MESSAGE).optional(),
   // POST /api/auth/login attempts per client address per window (the user service also limits failures per email).
   LOGIN_RATE_LIMIT: intVar(20, 1, 1_000_000),
   LOGIN_RATE_WINDOW_MS: intVar(60_000, 100, MAX_TIMER_MS),

@@ -24,8 +24,10 @@ export interface GatewayMetrics {
   /** `instance`: given with several instances (one label per configured URL), absent with one. */
   upstreamFailure(service: string, kind: UpstreamFailure, instance?: string): void;
   circuitRejected(service: string): void;
-  /** A request sent to the service a second time, after failing before it reached it. */
+  /** A request sent to the service a second time: after failing before it reached it, or after a per-try timeout. */
   upstreamRetry(service: string): void;
+  /** A try given up for another instance because this one had not answered within the per-try timeout. */
+  tryTimeout(service: string, instance: string): void;
   circuitState(service: string, state: CircuitState): void;
   rateLimited(): void;
   /** The rate limiters' shared store answers (1) or not (0); the gauge exists only with a store. */
@@ -70,8 +72,14 @@ export function createGatewayMetrics(registry: Registry): GatewayMetrics {
   });
   const retries = new Counter({
     name: 'gateway_upstream_retries_total',
-    help: 'Requests sent again on a fresh connection after failing before they reached the service.',
+    help: 'Requests sent again: after failing before they reached the service, or (a GET or HEAD) to another instance after the per-try timeout.',
     labelNames: ['service'] as const,
+    registers,
+  });
+  const tryTimeouts = new Counter({
+    name: 'gateway_upstream_try_timeouts_total',
+    help: 'Tries of a GET or HEAD given up for another instance because this one had not answered within the per-try timeout.',
+    labelNames: ['service', 'instance'] as const,
     registers,
   });
   const state = new Gauge({
@@ -129,6 +137,7 @@ export function createGatewayMetrics(registry: Registry): GatewayMetrics {
     upstreamFailure: (service, kind, instance) => failures.inc(instance === undefined ? { service, kind } : { service, kind, instance }),
     circuitRejected: (service) => rejections.inc({ service }),
     upstreamRetry: (service) => retries.inc({ service }),
+    tryTimeout: (service, instance) => tryTimeouts.inc({ service, instance }),
     circuitState: (service, s) => state.set({ service }, STATE_VALUE[s]),
     rateLimited: () => limited.inc(),
     rateLimitStoreUp: (up) => storeMetrics().up.set(up ? 1 : 0),

@@ -13,6 +13,7 @@ import { ATTR_PEER_SERVICE, startClientSpan, type ClientSpan } from '../platform
 import { CircuitOpenError, ClientGoneError, type BreakerCall } from './breakers.js';
 import { identityOf } from './auth.js';
 import type { GatewayMetrics } from './metrics.js';
+import type { UpstreamTry } from './retry.js';
 import { staleCacheKey, type StaleCache } from './stale-cache.js';
 import type { GatewayInstance, Upstream } from './upstreams.js';
 
@@ -85,6 +86,8 @@ class Exchange {
   freshConnection = false;
   /** The instance the current attempt goes to. */
   instance?: GatewayInstance;
+  /** The current attempt's timing and per-try timer. */
+  try?: UpstreamTry;
   /** The attempt is counted in its instance's outstanding requests and has no outcome yet. */
   attemptOpen = false;
   /** The request body read so far, kept while it may have to be sent again (undefined: not kept). */
@@ -353,6 +356,7 @@ export function createServiceProxy({ upstream, cache, metrics, logger, trustsPro
   };
 
   const instances = upstream.instances;
+  const tries = upstream.tries;
   const origins = instances.list.map((i) => i.origin);
   /** A Location into the service (`/users/4`, or absolute at an instance's address) as the client must follow it: `/api/users/4`. */
   const gatewayLocation = (location: string): string => {
@@ -374,6 +378,7 @@ export function createServiceProxy({ upstream, cache, metrics, logger, trustsPro
 
   const onResponse = (ex: Exchange, proxyRes: IncomingMessage) => {
     const { req, res } = ex;
+    tries.answered(ex.try);
     // An upstream body that breaks off is handled on 'close' below; without a listener its
     // 'error' would be thrown.
     proxyRes.on('error', noop);
@@ -432,6 +437,7 @@ export function createServiceProxy({ upstream, cache, metrics, logger, trustsPro
       ex.endAttempt('neutral');
       return ex.fail(new ClientGoneError());
     }
+    tries.ended(ex.try);
     const failure = classifyUpstreamError(err);
     ex.endAttempt('failure', failure);
     if (mayRetry(ex, failure) && upstream.breaker.tryRetry()) return retry(ex);
@@ -451,6 +457,17 @@ export function createServiceProxy({ upstream, cache, metrics, logger, trustsPro
       ex.freshConnection = true;
       setTimeout(forward, Math.random() * RETRY_JITTER_MS, ex);
     }
+  };
+
+  // The try's instance has not answered within the per-try timeout: the request goes to another
+  // instance if the retry budget allows (else it waits on), and the slow one is not blamed for a
+  // failure, only weighed as slow.
+  const tryTimedOut = (ex: Exchange) => {
+    if (ex.proxyRes || ex.aborted || ex.clientGone || ex.retried || !instances.hasTimelyOther(ex.instance!) || !upstream.breaker.tryRetry()) return;
+    metrics.tryTimeout(upstream.name, ex.instance!.url);
+    tries.giveUp(ex.try!, ex.proxyReq);
+    ex.endAttempt('neutral');
+    retry(ex);
   };
 
   const forward = (ex: Exchange) => {
@@ -473,6 +490,7 @@ export function createServiceProxy({ upstream, cache, metrics, logger, trustsPro
     instances.begin(instance);
     ex.attemptOpen = true;
     instance.sent.inc();
+    ex.try = tries.start(instance, !ex.retried && (req.method === 'GET' || req.method === 'HEAD') && !hasBody(req.headers), () => tryTimedOut(ex));
     proxyReq.once('response', (proxyRes: IncomingMessage) => onResponse(ex, proxyRes));
     proxyReq.on('error', (err: Error) => onError(ex, err));
     if (!hasBody(req.headers)) proxyReq.end();

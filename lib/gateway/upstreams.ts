@@ -9,6 +9,7 @@ import { ServiceClient, UpstreamUnavailableError, type UpstreamFailure } from '.
 import { ServiceBreaker, type CircuitState } from './breakers.js';
 import type { GatewayConfig } from './config.js';
 import type { GatewayMetrics } from './metrics.js';
+import { TryPolicy } from './retry.js';
 
 export const SERVICE_NAMES = ['users', 'products', 'orders'] as const;
 export type ServiceName = (typeof SERVICE_NAMES)[number];
@@ -65,6 +66,8 @@ export interface Upstream {
   timeoutMs: number;
   /** Calls over the instances, balanced and sharing their outlier state. */
   client: ServiceClient;
+  /** The proxy's per-try timeouts over the instances (none with one instance). */
+  tries: TryPolicy;
   breaker: ServiceBreaker;
   /**
    * The service's probe: its instance's, or with several, every instance's at once (ok when one
@@ -107,10 +110,18 @@ export function createUpstreams(config: GatewayConfig, logger: Logger, metrics: 
     };
     const probe = single ? list[0].probe : () => probeAll(false);
     // With several instances the breaker follows them: it opens when the last one is ejected
-    // (not after its own count of failures), and half-opens when one is back.
+    // (not after its own count of failures), and closes as soon as one is back. An ejected
+    // instance is probed as often as an open circuit, so that it is back within two probe
+    // intervals of answering again, whatever its ejection time.
     const instances = new InstanceSet<GatewayInstance>(
       list,
-      { consecutiveFailures: config.OUTLIER_CONSECUTIVE_FAILURES, ejectionMs: config.OUTLIER_EJECTION_MS, maxEjectionMs: Math.max(config.OUTLIER_EJECTION_MS, config.OUTLIER_MAX_EJECTION_MS) },
+      {
+        consecutiveFailures: config.OUTLIER_CONSECUTIVE_FAILURES,
+        ejectionMs: config.OUTLIER_EJECTION_MS,
+        maxEjectionMs: Math.max(config.OUTLIER_EJECTION_MS, config.OUTLIER_MAX_EJECTION_MS),
+        probeIntervalMs: config.CB_PROBE_INTERVAL_MS,
+        slowStartMs: config.CB_SLOW_START_MS,
+      },
       {
         probe: async (i) => (await i.probe()).ok,
         onStateChange: (i) => {
@@ -121,7 +132,7 @@ export function createUpstreams(config: GatewayConfig, logger: Logger, metrics: 
         onAllOut: () => {
           if (breaker.state !== 'OPEN') breaker.forceOpen();
         },
-        onBack: () => breaker.halfOpen(),
+        onBack: () => breaker.instanceBack(),
         onFailure: single ? undefined : (i, kind) => metrics.upstreamFailure(name, kind, i.url),
       },
     );
@@ -164,6 +175,7 @@ export function createUpstreams(config: GatewayConfig, logger: Logger, metrics: 
       instances,
       timeoutMs: config.UPSTREAM_TIMEOUT_MS,
       client: new ServiceClient({ name, instances: instances as unknown as InstanceSet, timeoutMs: config.UPSTREAM_TIMEOUT_MS }),
+      tries: new TryPolicy(instances, single ? 0 : (config.UPSTREAM_PER_TRY_TIMEOUT_MS ?? Math.floor(config.UPSTREAM_TIMEOUT_MS / 4))),
       breaker,
       probe,
       close: () => {

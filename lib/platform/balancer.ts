@@ -1,6 +1,8 @@
-// The instances of one service as a caller sees them: which one takes the next request (least
-// outstanding requests between two picked at random, as Envoy's LEAST_REQUEST), and each one's
-// outlier state (ejected after consecutive failures, back after its own timer and a passing probe).
+// The instances of one service as a caller sees them: which one takes the next request (of two
+// picked at random, the one whose recent latency times its outstanding requests is lower: Envoy's
+// LEAST_REQUEST weighed by Finagle's peak EWMA; one found too slow lately is passed over), and
+// each one's outlier state (ejected after consecutive failures, back as soon as its probe passes,
+// under slow start).
 import type { UpstreamFailure } from './upstream-errors.js';
 
 export type InstanceState = 'up' | 'ejected';
@@ -8,14 +10,18 @@ export type InstanceState = 'up' | 'ejected';
 export interface OutlierOptions {
   /** Consecutive failures that eject an instance (with two or more instances). */
   consecutiveFailures: number;
-  /** Time out after the first ejection; each ejection soon after the last doubles it. */
+  /** When an ejected instance is probed if no interval is set; doubled each time its probe still fails. */
   ejectionMs: number;
-  /** Longest ejection; back this long, an instance forgets its earlier ejections. */
+  /** Longest ejection time. */
   maxEjectionMs: number;
+  /** An ejected instance is probed this often besides (0: only when its ejection time ends). */
+  probeIntervalMs?: number;
+  /** After coming back, an instance's share ramps from 10 % to its full share over this time (0: at once). */
+  slowStartMs?: number;
 }
 
 export interface InstanceSetHooks<I extends Instance> {
-  /** Asked once an ejection time is over: the instance comes back only if this resolves true. */
+  /** Asked while an instance is ejected: it comes back only when this resolves true. */
   probe?: (instance: I) => Promise<boolean>;
   onStateChange?: (instance: I) => void;
   /** Every instance is ejected now (not called with a single instance, which is never ejected). */
@@ -31,20 +37,54 @@ export interface InstanceView {
   state: InstanceState;
   outstanding: number;
   consecutiveFailures: number;
+  /** Its recent latency as the balancer weighs it (peak EWMA, ms), null before any answer. */
+  latencyMs: number | null;
 }
 
 // An instance that failed lately weighs as if this many more requests were waiting on it, so
 // that a fast-failing one (refusing at once, hence never busy) is not preferred before ejection.
 const FAILURE_WEIGHT = 4;
+// How fast an instance's latency estimate forgets: a sample this old weighs 1/e. Short, so that
+// an instance avoided for being slow (and so sent nothing that would show it fast again) is
+// tried again within a few seconds of its fault ending: its estimate decays towards zero while
+// it is not asked, and one request then measures it. Finagle and Linkerd use 10 s for the same
+// estimate; ours must bring an instance back within 5 s of a 300 ms fault ending.
+const LATENCY_DECAY_MS = 500;
+// How much lower one instance's cost must be for it to be preferred on cost alone.
+const CLEARLY_CHEAPER = 2;
+// Below this an estimate counts as this: idle instances (estimates decayed to nothing) are then
+// compared by outstanding requests alone.
+const LATENCY_FLOOR_MS = 1;
+// Slow start lets a returning instance take at least this share of its picks from the start.
+const SLOW_START_FLOOR = 0.1;
+// An instance on which tries were given up as too slow this many times in a row (one is bad luck
+// on a busy machine, and would send every request to the other instance for a while) is passed
+// over for SLOW_AVOID_MS while another can take the request: one request per that time is all it
+// gets while it stays slow (under 2 % of a service's requests from 17 a second), and it is asked
+// again that soon after its fault ends (within 5 s, with room for a late machine). A latency
+// estimate alone would not keep it out: a given-up try shows only that it took longer than the
+// per-try timeout, which a busy peer's latency times its queue can exceed.
+const SLOW_TRIES_TO_AVOID = 2;
+const SLOW_AVOID_MS = 3000;
 
 export class Instance {
   outstanding = 0;
   consecutiveFailures = 0;
   state: InstanceState = 'up';
-  /** Ejections since the instance was last up for maxEjectionMs: they set the next ejection time. */
-  ejections = 0;
+  /** While ejected: when the current ejection time ends, and how long it was. */
+  ejectedUntil = 0;
+  ejectionMs = 0;
+  /** The probe scheduled is the one at the end of the ejection time (not one of the interval's). */
+  probeEndsEjection = false;
   upSince = 0;
   timer: NodeJS.Timeout | undefined;
+  /** Peak EWMA of the time to response headers (ms), as of `latencyAt`; 0: no answer yet. */
+  latency = 0;
+  latencyAt = 0;
+  /** Tries given up as too slow since its last answer in time. */
+  slowTries = 0;
+  /** performance.now() until which it is passed over for being too slow. */
+  avoidUntil = 0;
 
   constructor(
     /** The URL as configured. */
@@ -53,8 +93,21 @@ export class Instance {
     readonly target: string,
   ) {}
 
+  /** The latency estimate decayed to `now`: an instance not asked lately drifts towards "fast". */
+  latencyNow(now: number): number {
+    if (this.latency === 0) return 0;
+    return this.latency * Math.exp(-(now - this.latencyAt) / LATENCY_DECAY_MS);
+  }
+
   view(): InstanceView {
-    return { url: this.url, state: this.state, outstanding: this.outstanding, consecutiveFailures: this.consecutiveFailures };
+    const latency = this.latencyNow(performance.now());
+    return {
+      url: this.url,
+      state: this.state,
+      outstanding: this.outstanding,
+      consecutiveFailures: this.consecutiveFailures,
+      latencyMs: this.latency === 0 ? null : Math.round(latency * 10) / 10,
+    };
   }
 }
 
@@ -81,31 +134,62 @@ export class InstanceSet<I extends Instance = Instance> {
   }
 
   /**
+   * Whether an instance other than `instance` is in the rotation and answering in time (no try
+   * given up on it since its last answer): somewhere worth sending a try given up on this one.
+   */
+  hasTimelyOther(instance: I): boolean {
+    const now = performance.now();
+    for (const i of this.list) if (i !== instance && i.state === 'up' && i.slowTries === 0 && i.avoidUntil <= now) return true;
+    return false;
+  }
+
+  /**
    * The instance for the next request, other than `exclude` (the one a retry failed on): of two
-   * up instances picked at random, the one with fewer requests outstanding. When every instance
-   * is out, the least busy of them (a trial request); undefined only when `exclude` is the only one.
+   * up instances picked at random, the one with the lower cost (recent latency times requests
+   * outstanding); one in slow start is passed over but for its growing share. When every
+   * instance is out, the cheapest of them (a trial request); undefined only when `exclude` is
+   * the only one.
    */
   pick(exclude?: I): I | undefined {
     const list = this.list;
     const n = list.length;
     if (n === 1) return list[0] === exclude ? undefined : list[0];
+    const now = performance.now();
     const a = list[(Math.random() * n) | 0];
     let bi = (Math.random() * (n - 1)) | 0;
     if (list[bi] === a) bi = n - 1;
     const b = list[bi];
-    const aOk = a.state === 'up' && a !== exclude;
-    const bOk = b.state === 'up' && b !== exclude;
-    if (aOk && bOk) return weight(b) < weight(a) ? b : a;
-    return this.leastBusy(exclude, true) ?? this.leastBusy(exclude, false);
+    const aOk = a.state === 'up' && a !== exclude && !passedOver(a, now) && this.rampAdmits(a);
+    const bOk = b.state === 'up' && b !== exclude && !passedOver(b, now) && this.rampAdmits(b);
+    if (aOk && bOk) return cheaper(a, b, now);
+    if (aOk !== bOk && n === 2) return aOk ? a : b;
+    return this.cheapest(exclude, true, now, true) ?? this.cheapest(exclude, true, now, false) ?? this.cheapest(exclude, false, now, false);
   }
 
-  private leastBusy(exclude: I | undefined, upOnly: boolean): I | undefined {
+  private cheapest(exclude: I | undefined, upOnly: boolean, now: number, fastOnly: boolean): I | undefined {
     let best: I | undefined;
+    let bestCost = 0;
     for (const i of this.list) {
-      if (i === exclude || (upOnly && i.state !== 'up')) continue;
-      if (best === undefined || weight(i) < weight(best)) best = i;
+      if (i === exclude || (upOnly && i.state !== 'up') || (fastOnly && passedOver(i, now))) continue;
+      const c = cost(i, now);
+      if (best === undefined || c < bestCost) {
+        best = i;
+        bestCost = c;
+      }
     }
     return best;
+  }
+
+  /** Slow start: whether an instance that came back lately takes this pick (always once its ramp is over). */
+  private rampAdmits(instance: I): boolean {
+    const slowStartMs = this.options.slowStartMs ?? 0;
+    if (slowStartMs === 0 || instance.upSince === 0) return true;
+    const elapsed = Date.now() - instance.upSince;
+    if (elapsed >= slowStartMs) {
+      instance.upSince = 0;
+      return true;
+    }
+    return Math.random() < Math.max(SLOW_START_FLOOR, elapsed / slowStartMs);
   }
 
   /** A request went to `instance`. */
@@ -117,6 +201,36 @@ export class InstanceSet<I extends Instance = Instance> {
   end(instance: I, succeeded: boolean): void {
     instance.outstanding--;
     if (succeeded) this.succeed(instance);
+  }
+
+  /**
+   * How long `instance` took to answer (to its response headers), or at least took (a try given up
+   * as too slow). A sample above the estimate replaces it at once (a slow instance is avoided from
+   * its first slow answer); one below pulls it down by how old the estimate is. `timely`: the
+   * answer came within the per-try timeout, so the instance is not (or no longer) too slow.
+   */
+  observe(instance: I, ms: number, timely = true): void {
+    const now = performance.now();
+    const current = instance.latencyNow(now);
+    if (timely) instance.slowTries = 0;
+    if (ms >= current || instance.latency === 0) instance.latency = ms;
+    else {
+      const w = Math.exp(-(now - instance.latencyAt) / LATENCY_DECAY_MS);
+      instance.latency = current * w + ms * (1 - w);
+    }
+    instance.latencyAt = now;
+  }
+
+  /**
+   * A try on `instance` was given up after `ms` as too slow: counted in its latency, and if it keeps
+   * happening while another instance answers in time, it is passed over for a while. When the
+   * others are slow too (a busy machine stalls every try at once) nobody is passed over.
+   */
+  tooSlow(instance: I, ms: number): void {
+    instance.slowTries++;
+    this.observe(instance, ms, false);
+    const slowTries = instance.slowTries;
+    if (slowTries >= SLOW_TRIES_TO_AVOID && this.hasTimelyOther(instance)) instance.avoidUntil = performance.now() + SLOW_AVOID_MS;
   }
 
   succeed(instance: I): void {
@@ -145,26 +259,37 @@ export class InstanceSet<I extends Instance = Instance> {
     }
   }
 
+  /**
+   * Out of the rotation until a probe passes: one every probe interval, and one when the ejection
+   * time ends. Every ejection starts at `ejectionMs`: an instance that crashed and came back was
+   * healthy in between, and its next crash says nothing about how long it will take this time.
+   */
   private eject(instance: I): void {
-    const now = Date.now();
-    if (now - instance.upSince >= this.options.maxEjectionMs) instance.ejections = 0;
     instance.state = 'ejected';
-    this.scheduleReturn(instance);
+    instance.upSince = 0;
+    instance.ejectionMs = Math.min(this.options.ejectionMs, this.options.maxEjectionMs);
+    instance.ejectedUntil = Date.now() + instance.ejectionMs;
+    this.scheduleProbe(instance);
     this.hooks.onStateChange?.(instance);
     if (this.upCount === 0) this.hooks.onAllOut?.();
   }
 
-  private scheduleReturn(instance: I): void {
-    const { ejectionMs, maxEjectionMs } = this.options;
-    const ms = Math.min(maxEjectionMs, ejectionMs * 2 ** Math.min(instance.ejections, 30));
-    instance.ejections++;
+  private scheduleProbe(instance: I): void {
+    const interval = this.options.probeIntervalMs ?? 0;
+    const untilEnd = Math.max(0, instance.ejectedUntil - Date.now());
+    const ms = interval > 0 && this.hooks.probe ? Math.min(interval, untilEnd) : untilEnd;
+    // A timer may fire a millisecond before Date.now() says its time has come.
+    instance.probeEndsEjection = ms === untilEnd;
     clearTimeout(instance.timer);
-    const timer = setTimeout(ejectionOver, ms, this as unknown as InstanceSet, instance as Instance);
+    const timer = setTimeout(probeDue, ms, this as unknown as InstanceSet, instance as Instance);
     timer.unref();
     instance.timer = timer;
   }
 
-  /** @internal The instance's ejection time is over: back if its probe passes, else out for longer. */
+  /**
+   * @internal A probe is due: back if it passes; else probed again, and once its ejection time is
+   * over, a new one twice as long (capped): doubling only while its probes keep failing.
+   */
   async tryReturn(instance: I): Promise<void> {
     instance.timer = undefined;
     let ok = true;
@@ -176,8 +301,13 @@ export class InstanceSet<I extends Instance = Instance> {
       }
     }
     if (this.stopped || instance.state !== 'ejected') return;
-    if (ok) this.readmit(instance);
-    else this.scheduleReturn(instance);
+    if (ok) return this.readmit(instance);
+    const now = Date.now();
+    if (instance.probeEndsEjection || now >= instance.ejectedUntil) {
+      instance.ejectionMs = Math.min(this.options.maxEjectionMs, instance.ejectionMs * 2);
+      instance.ejectedUntil = now + instance.ejectionMs;
+    }
+    this.scheduleProbe(instance);
   }
 
   private readmit(instance: I): void {
@@ -186,16 +316,48 @@ export class InstanceSet<I extends Instance = Instance> {
     instance.state = 'up';
     instance.consecutiveFailures = 0;
     instance.upSince = Date.now();
+    // What it showed before it went out says nothing about it now.
+    instance.latency = 0;
+    instance.slowTries = 0;
+    instance.avoidUntil = 0;
     this.hooks.onStateChange?.(instance);
     this.hooks.onBack?.(instance);
   }
 }
 
-function weight(i: Instance): number {
+/**
+ * Whether `i` is passed over for being too slow: for a while after tries on it kept being given up,
+ * and after that while the one request that shows whether it still is has not answered (its
+ * latency estimate, decayed meanwhile, would otherwise draw every request until then).
+ */
+function passedOver(i: Instance, now: number): boolean {
+  return i.avoidUntil > now || (i.slowTries >= SLOW_TRIES_TO_AVOID && i.outstanding > 0);
+}
+
+/**
+ * Of two instances, the one whose cost is clearly lower; else the one with fewer requests
+ * outstanding (and failures), `a` (picked at random) when even. Latency alone decides only beyond
+ * a factor: instances a little apart, as equal ones are from one moment to the next on a busy
+ * machine, share the requests rather than the faster of the moment taking them all.
+ */
+function cheaper<I extends Instance>(a: I, b: I, now: number): I {
+  const ca = cost(a, now);
+  const cb = cost(b, now);
+  if (cb * CLEARLY_CHEAPER < ca) return b;
+  if (ca * CLEARLY_CHEAPER < cb) return a;
+  return load(b) < load(a) ? b : a;
+}
+
+function load(i: Instance): number {
   return i.outstanding + i.consecutiveFailures * FAILURE_WEIGHT;
 }
 
-function ejectionOver(set: InstanceSet<Instance>, instance: Instance): void {
+/** What sending one more request to `i` is expected to cost: its latency times the requests it would then hold. */
+function cost(i: Instance, now: number): number {
+  return Math.max(LATENCY_FLOOR_MS, i.latencyNow(now)) * (i.outstanding + 1 + i.consecutiveFailures * FAILURE_WEIGHT);
+}
+
+function probeDue(set: InstanceSet<Instance>, instance: Instance): void {
   void set.tryReturn(instance);
 }
 

@@ -177,7 +177,9 @@ export class ServiceClient {
     for (;;) {
       set.begin(instance);
       try {
+        const sentAt = performance.now();
         res = await fetch(instance.target + path, { method, headers, body: payload, signal });
+        set.observe(instance, performance.now() - sentAt);
         text = await readBounded(res, this.maxResponseBytes);
         set.end(instance, res.status < 500 || res.headers.has(DEPENDENCY_HEADER));
         if (res.status >= 500 && !res.headers.has(DEPENDENCY_HEADER)) set.fail(instance, 'server_error');
