@@ -16,7 +16,8 @@ export const OrderConfigSchema = z.object({
   USERS_URL: urlListVar('http://127.0.0.1:3011'),
   PRODUCTS_URL: urlListVar('http://127.0.0.1:3012'),
   // With several instances: consecutive failures that take one out of the rotation, and how long
-  // it stays out (doubling per repeated ejection, up to the max; back once its /health answers).
+  // it stays out at first (back at its first answered /health probe; the time doubles only while
+  // its probes keep failing, up to the max).
   OUTLIER_CONSECUTIVE_FAILURES: intVar(5, 1, 1000),
   OUTLIER_EJECTION_MS: intVar(10_000, 10, 2 ** 31 - 1),
   OUTLIER_MAX_EJECTION_MS: intVar(300_000, 10, 2 ** 31 - 1),
