@@ -5,6 +5,12 @@ import { newTraceId } from '../lib/platform/trace-context.js';
 import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { eventually, startFakeUpstream, startGateway } from './gateway-helpers.js';
+import { Writable } from 'node:stream';
+import { createGateway } from '../lib/gateway/app.js';
+import { GatewayConfigSchema } from '../lib/gateway/config.js';
+import { parseConfig } from '../lib/platform/config.js';
+import { createLogger } from '../lib/platform/logger.js';
+import { closeServer, listen } from '../lib/platform/server.js';
 import { http, memoryLogger } from './helpers.js';
 
 const DEBUG = 20;
@@ -59,6 +65,46 @@ describe('logs for people', () => {
     } finally {
       await tracing.shutdown().catch(() => {});
       await new Promise((r) => collector.close(r));
+    }
+  });
+
+  test('when a circuit opens and later half-opens by its timer, then each line names the service, no line has a key twice, and the timer\'s line carries no request\'s trace id', async () => {
+    const up = await startFakeUpstream();
+    up.behaviour = { kind: 'status', status: 500 };
+    const raw: string[] = [];
+    const destination = new Writable({
+      write(chunk, _enc, cb) {
+        raw.push(String(chunk));
+        cb();
+      },
+    });
+    const config = parseConfig(GatewayConfigSchema, { USERS_URL: up.url, PRODUCTS_URL: up.url, ORDERS_URL: up.url, CB_FAILURE_THRESHOLD: '2', CB_RESET_TIMEOUT_MS: '200', CB_PROBE_INTERVAL_MS: '0', CACHE_MAX_ENTRIES: '0', LOG_LEVEL: 'info' });
+    const gateway = createGateway({ config, logger: createLogger({ service: 'gateway', level: 'info', destination }) });
+    const listening = await listen(gateway, 0, '127.0.0.1');
+    const url = listening.url;
+    const lines = () => raw.join('').split('\n').filter(Boolean);
+    try {
+      for (let i = 0; i < 2; i++) await http(url, 'GET', '/api/users', { headers: { 'x-trace-id': `tripping-${i}` } });
+      await eventually(() => lines().some((l) => l.includes('users circuit half-open')), 5000, 'the half-open line');
+      // JSON.parse keeps the last of two equal keys: count them in the text.
+      for (const line of lines()) {
+        for (const key of ['service', 'level', 'time', 'msg', 'traceId', 'spanId', 'upstream', 'component']) {
+          assert.ok((line.match(new RegExp(`"${key}":`, 'g')) ?? []).length <= 1, `${key} twice in ${line}`);
+        }
+      }
+      const parsed = lines().map((l) => JSON.parse(l) as Record<string, unknown>);
+      const opened = parsed.find((l) => l.msg === 'users circuit opened');
+      assert.ok(opened, 'an opened line that names the service');
+      assert.equal(opened.service, 'gateway');
+      assert.equal(opened.upstream, 'users');
+      assert.equal(opened.instance, up.url.replace('localhost', '127.0.0.1'));
+      assert.equal(opened.traceId, 'tripping-1', 'the request that tripped it');
+      const halfOpen = parsed.find((l) => l.msg === 'users circuit half-open');
+      assert.equal(halfOpen?.traceId, undefined, 'a timer\'s line belongs to no request');
+    } finally {
+      await closeServer(listening.server, 2000);
+      await gateway.close();
+      await up.stop();
     }
   });
 });

@@ -2,6 +2,7 @@
 // in which every call has exactly one outcome, decided once, when the call ends.
 import { HttpError } from '../platform/errors.js';
 import { UpstreamUnavailableError, type UpstreamFailure } from '../platform/service-client.js';
+import { untraced } from '../platform/trace-context.js';
 
 export type CircuitState = 'CLOSED' | 'OPEN' | 'HALF_OPEN';
 
@@ -486,9 +487,10 @@ export class ServiceBreaker {
 function onTimeout(breaker: ServiceBreaker, running: RunningCall<unknown>): void {
   breaker.timedOut(running);
 }
-function halfOpenNow(breaker: ServiceBreaker): void {
+// These two outlive the request that armed them: their lines carry no request's trace id.
+const halfOpenNow = untraced((breaker: ServiceBreaker): void => {
   breaker.halfOpen();
-}
-function probeNow(breaker: ServiceBreaker): void {
+});
+const probeNow = untraced((breaker: ServiceBreaker): void => {
   void breaker.probe();
-}
+});

@@ -92,7 +92,7 @@ export function createDebugRoutes({ upstreams, logger, guard, adminToken, intern
         breaker.reset();
         break;
     }
-    log.warn({ service: upstream.name, action, state: breaker.state }, 'circuit switched by hand');
+    log.warn({ upstream: upstream.name, action, state: breaker.state }, `${upstream.name} circuit switched by hand`);
     res.json({ service: upstream.name, action, newState: breaker.state });
   });
 
@@ -105,7 +105,7 @@ export function createDebugRoutes({ upstreams, logger, guard, adminToken, intern
     const spec = parseBody(FaultSpecSchema, req.body ?? {});
     const result = await toInstances(upstream.name, req.headers.authorization, 'POST', spec);
     if (result.reached === 0) throw new HttpError(503, 'SERVICE_UNAVAILABLE', `No instance of ${upstream.name} took the fault switches`);
-    log.warn({ service: upstream.name, faults: spec, reached: result.reached, instances: result.instances }, 'fault switches set');
+    log.warn({ upstream: upstream.name, faults: spec, reached: result.reached, instances: result.instances }, `${upstream.name} fault switches set`);
     res.json(result);
   });
 

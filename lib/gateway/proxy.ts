@@ -334,7 +334,7 @@ function resendBody(ex: Exchange, proxyReq: ClientRequest): void {
 }
 
 export function createServiceProxy({ upstream, cache, metrics, logger, trustsProxies, bodyLimits, clientAddress }: ServiceProxyOptions): RequestHandler {
-  const log = logger.child({ component: 'proxy', service: upstream.name });
+  const log = logger.child({ component: 'proxy', upstream: upstream.name });
   const mount = `/api/${upstream.name}`;
   const servicePrefix = `/${upstream.name}`;
   const route = `${mount}/*`;

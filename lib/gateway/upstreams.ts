@@ -126,8 +126,9 @@ export function createUpstreams(config: GatewayConfig, logger: Logger, metrics: 
         probe: async (i) => (await i.probe()).ok,
         onStateChange: (i) => {
           metrics.instanceUp(name, i.url, i.state === 'up');
-          if (i.state === 'up') log.info({ service: name, instance: i.url }, 'instance back');
-          else log.warn({ service: name, instance: i.url, consecutiveFailures: i.consecutiveFailures }, 'instance ejected');
+          // `upstream`, not `service`: every line's `service` is the process that writes it.
+          if (i.state === 'up') log.info({ upstream: name, instance: i.url }, `${name} instance ${i.url} back`);
+          else log.warn({ upstream: name, instance: i.url, consecutiveFailures: i.consecutiveFailures }, `${name} instance ${i.url} ejected`);
         },
         onAllOut: () => {
           if (breaker.state !== 'OPEN') breaker.forceOpen();
@@ -153,9 +154,9 @@ export function createUpstreams(config: GatewayConfig, logger: Logger, metrics: 
       {
         onStateChange: (state: CircuitState, previous: CircuitState) => {
           metrics.circuitState(name, state);
-          const line = { service: name, state, previous };
-          if (state === 'OPEN') log.warn(line, 'circuit opened');
-          else log.info(line, state === 'CLOSED' ? 'circuit closed' : 'circuit half-open');
+          const line = { upstream: name, state, previous, ...(single ? { instance: list[0].url } : {}) };
+          if (state === 'OPEN') log.warn(line, `${name} circuit opened`);
+          else log.info(line, `${name} circuit ${state === 'CLOSED' ? 'closed' : 'half-open'}`);
         },
         // With several instances, failures are counted per instance (with its label) instead.
         onFailure: single ? (kind) => metrics.upstreamFailure(name, kind) : undefined,

@@ -4,6 +4,7 @@
 // each one's outlier state (ejected after consecutive failures, back as soon as its probe passes,
 // under slow start).
 import type { UpstreamFailure } from './upstream-errors.js';
+import { untraced } from './trace-context.js';
 
 export type InstanceState = 'up' | 'ejected';
 
@@ -357,9 +358,10 @@ function cost(i: Instance, now: number): number {
   return Math.max(LATENCY_FLOOR_MS, i.latencyNow(now)) * (i.outstanding + 1 + i.consecutiveFailures * FAILURE_WEIGHT);
 }
 
-function probeDue(set: InstanceSet<Instance>, instance: Instance): void {
+// Outlives the request whose failure ejected the instance: its lines carry no request's trace id.
+const probeDue = untraced((set: InstanceSet<Instance>, instance: Instance): void => {
   void set.tryReturn(instance);
-}
+});
 
 /** `localhost` pinned to 127.0.0.1 (Node may try ::1 first), without a trailing slash. */
 export function pinLoopback(url: string): string {

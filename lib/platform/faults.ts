@@ -7,6 +7,7 @@ import { jsonBody } from './http.js';
 import { bearerMatches, forbidden, secretDigest, unauthenticated } from './identity.js';
 import type { Logger } from './logger.js';
 import { parseBody } from './validation.js';
+import { untraced } from './trace-context.js';
 
 /** What a caller may switch on; absent fields are off. */
 export const FaultSpecSchema = z.strictObject({
@@ -123,10 +124,11 @@ export function createFaultSwitches({ ttlMs = DEFAULT_FAULT_TTL_MS, adminToken, 
     }
     current = { ...next, expiresAt: new Date(Date.now() + ttlMs).toISOString() };
     active = true;
-    timer = setTimeout(() => {
+    // Set by one request, it fires long after: its line carries no request's trace id.
+    timer = setTimeout(untraced(() => {
       clear();
       log?.info('fault switches expired');
-    }, ttlMs);
+    }), ttlMs);
     timer.unref();
     log?.warn({ faults: current }, 'fault switches on');
     return current;

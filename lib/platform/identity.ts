@@ -10,6 +10,7 @@ import { HttpError } from './errors.js';
 import { setBounded } from './bounded-map.js';
 import type { Logger } from './logger.js';
 import { createTokenVersions, remoteTokenVersions, type TokenVersions } from './token-versions.js';
+import { untraced } from './trace-context.js';
 
 export type AuthMode = 'open' | 'required';
 
@@ -240,9 +241,10 @@ export function remoteKeys(url: string, { timeoutMs = 5000, refreshMs = DEFAULT_
   let timer: NodeJS.Timeout | undefined;
   const startRefresh = () => {
     // Started by the first use, so a verifier that never sees a token never fetches.
-    timer = setInterval(() => {
+    // Armed by a request, it runs for the process's life: its fetches carry no request's trace.
+    timer = setInterval(untraced(() => {
       if (refetching === undefined && Date.now() - lastFetch >= refreshMs / 2) fetchNow().catch(() => {});
-    }, refreshMs);
+    }), refreshMs);
     timer.unref();
   };
   return async (header, token) => {

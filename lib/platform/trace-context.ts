@@ -1,7 +1,7 @@
 // The one place that owns trace ids: what we accept from clients, what we make, what we pass on,
 // and the request's trace context (kept in OpenTelemetry's context, so spans and logs agree).
 import { createHash, randomFillSync } from 'node:crypto';
-import { context, createContextKey, trace, type Context, type Span } from '@opentelemetry/api';
+import { context, createContextKey, ROOT_CONTEXT, trace, type Context, type Span } from '@opentelemetry/api';
 import { AsyncLocalStorageContextManager } from '@opentelemetry/context-async-hooks';
 
 export interface TraceContext {
@@ -106,6 +106,15 @@ export function runWithTrace<T>(ctx: TraceContext, fn: () => T, span?: Span, bas
   let c = base.setValue(TRACE_KEY, ctx);
   if (span) c = trace.setSpan(c, span);
   return context.with(c, fn);
+}
+
+/**
+ * `fn`, to be run outside any request's trace: for a timer that outlives the request that armed
+ * it (a circuit's half-open, an instance's probe, a fault switch's expiry), whose log lines would
+ * otherwise carry that unrelated request's trace id.
+ */
+export function untraced<A extends unknown[], R>(fn: (...args: A) => R): (...args: A) => R {
+  return (...args) => context.with(ROOT_CONTEXT, () => fn(...args));
 }
 
 export function currentTrace(): TraceContext | undefined {
