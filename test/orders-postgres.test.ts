@@ -396,8 +396,9 @@ describe('keyed creates on PostgreSQL, at the moment the first one commits', { s
       // The second begins now: its claim waits on the first's row until the commit below.
       const second = store.beginKeyedCreate('r-second', 7, 'k', 60_000);
       // The second's claim is queued behind the first's row lock: seen by the server, not guessed.
+      // (Asked outside the open transaction, whose view of pg_stat_activity would stay as first read.)
       const waiting = `SELECT count(*)::int AS n FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock' AND query LIKE '%idempotency_claims%'`;
-      await waitFor('the second claim to wait on the first', async () => (await raw.query<{ n: number }>(waiting)).rows[0].n > 0);
+      await waitFor('the second claim to wait on the first', async () => (await db.get<{ n: number }>(waiting))!.n > 0);
       await raw.query('COMMIT');
       const result = await second;
       assert.equal(result.kind, 'finished', 'the second sees the committed key instead of claiming it again');
