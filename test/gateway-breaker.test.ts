@@ -334,10 +334,11 @@ describe('circuit breakers', () => {
 
   test('when clients hang up before the service answers, then that is not counted against the service', async () => {
     up.behaviour = { kind: 'hang' };
+    up.seen.length = 0;
     for (let i = 0; i < 4; i++) await assert.rejects(fetch(steady.url + '/api/users/1', { signal: AbortSignal.timeout(40) }));
-    // Past steady's UPSTREAM_TIMEOUT_MS (250): a call left running after its client hung up would
-    // have timed out by now and been counted. Waiting for something not to happen cannot be polled.
-    await new Promise((r) => setTimeout(r, 400));
+    // The service sees each of the four calls given up (its connection closed before it answered):
+    // none is left running to time out and be counted later.
+    await eventually(() => up.seen.length === 4 && up.seen.every((s) => s.closedEarly), 5_000, 'the four calls given up');
     const health = await http(steady.url, 'GET', '/health');
     assert.equal(health.body.services.users.circuitState, 'CLOSED');
     assert.equal(health.body.services.users.stats.failures, 0);

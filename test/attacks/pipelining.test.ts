@@ -44,14 +44,21 @@ describe('bounded work per client', () => {
     try {
       conn.send(Array.from({ length: 40 }, (_, i) => `GET /api/products/${i + 1} HTTP/1.1\r\nHost: x\r\n\r\n`).join(''));
       await eventually(() => upstream.requests.length === MAX_PIPELINED, 3_000, 'the first requests');
-      await new Promise((r) => setTimeout(r, 100));
-      assert.equal(upstream.requests.length, MAX_PIPELINED, 'no more while those are unanswered');
+      // A request on another connection reaching the service proves the gateway has gone on
+      // working since it parsed the pipelined ones: none more of them went through meanwhile.
+      const marker = openRaw(gw.url).then((other) => {
+        other.send('GET /api/users/marker HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n');
+        return other;
+      });
+      await eventually(() => upstream.requests.some((r) => r.url === '/users/marker'), 3_000, 'the marker request');
+      assert.equal(upstream.requests.filter((r) => r.url.startsWith('/products/')).length, MAX_PIPELINED, 'no more while those are unanswered');
       // Answer as they come: each answer lets one more through.
       const answering = setInterval(releaseAll, 5);
       const answers = await conn.read(40);
       clearInterval(answering);
       assert.equal(answers.responses.length, 40);
       assert.deepEqual(answers.responses.map((r) => jsonOf<{ url: string }>(r).url), Array.from({ length: 40 }, (_, i) => `/products/${i + 1}`));
+      (await marker).close();
     } finally {
       conn.close();
     }
