@@ -6,41 +6,16 @@ import assert from 'node:assert/strict';
 import { createServer, request, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { ServiceDatabaseOptions } from '../lib/platform/config.js';
-import { parseConfig } from '../lib/platform/config.js';
-import { createMetrics } from '../lib/platform/metrics.js';
-import type { SqlDatabase } from '../lib/platform/sql.js';
-import { OrderConfigSchema } from '../lib/orders/config.js';
-import { openOrderDatabase } from '../lib/orders/db.js';
-import { buildOrderService } from '../lib/orders/service.js';
-import { assertNoLeak, http, memoryLogger, startApp, tempDir, type TestResponse } from './helpers.js';
+import { assertNoLeak, http, tempDir, type TestResponse } from './helpers.js';
 import { spawnService, type ChildService } from './process.js';
 import { testStorage, type TestStorage } from './support/engines.js';
 import { skipUnless } from './support/services.js';
 import { createProduct, createUser, startServices, stockOf, type System } from './system.js';
+import { startOrderInstance, type OrderInstance } from './support/order-instance.js';
 
 // Short, so a lapse is quick; the renewals (every 200 ms) still have room on a busy machine.
 const LEASE_MS = 600;
 
-interface OrderInstance {
-  url: string;
-  db: SqlDatabase;
-  close(): Promise<void>;
-}
-
-async function startOrderInstance(options: ServiceDatabaseOptions, env: Record<string, string>): Promise<OrderInstance> {
-  const db = await openOrderDatabase(options);
-  const svc = buildOrderService({ logger: memoryLogger('order-service', 'fatal').logger, db, metrics: createMetrics('order-service') }, parseConfig(OrderConfigSchema, env));
-  const started = await startApp(svc.app);
-  return {
-    url: started.url,
-    db,
-    close: async () => {
-      await started.close();
-      await svc.close();
-      await db.close();
-    },
-  };
-}
 
 /**
  * A proxy in front of the product service that, while `holding`, keeps each reserve it receives

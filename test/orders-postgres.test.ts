@@ -5,44 +5,18 @@ import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createServer, request, type IncomingMessage, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import type { ServiceDatabaseOptions } from '../lib/platform/config.js';
-import { parseConfig } from '../lib/platform/config.js';
-import { createMetrics } from '../lib/platform/metrics.js';
 import { ServiceClient } from '../lib/platform/service-client.js';
-import type { SqlDatabase } from '../lib/platform/sql.js';
-import { OrderConfigSchema } from '../lib/orders/config.js';
 import { openOrderDatabase } from '../lib/orders/db.js';
-import { buildOrderService } from '../lib/orders/service.js';
 import { createOrderStore } from '../lib/orders/store.js';
 import pg from 'pg';
 import { createProductsClient } from '../lib/products/client.js';
-import { assertNoLeak, http, memoryLogger, startApp, tempDir, type TestResponse } from './helpers.js';
+import { assertNoLeak, http, tempDir, type TestResponse } from './helpers.js';
 import { spawnService } from './process.js';
 import { databaseRelay, TEST_DATABASE_URL, testStorage, type DatabaseOutage, type TestStorage } from './support/engines.js';
 import { skipUnless } from './support/services.js';
 import { createProduct, createUser, startServices, stockOf, type System } from './system.js';
+import { startOrderInstance, type OrderInstance } from './support/order-instance.js';
 
-interface OrderInstance {
-  url: string;
-  db: SqlDatabase;
-  close(): Promise<void>;
-}
-
-/** One order-service instance (app, release worker, its own pool) on `options`. */
-async function startOrderInstance(options: ServiceDatabaseOptions, env: Record<string, string>): Promise<OrderInstance> {
-  const db = await openOrderDatabase(options);
-  const svc = buildOrderService({ logger: memoryLogger('order-service', 'fatal').logger, db, metrics: createMetrics('order-service') }, parseConfig(OrderConfigSchema, env));
-  const started = await startApp(svc.app);
-  return {
-    url: started.url,
-    db,
-    close: async () => {
-      await started.close();
-      await svc.close();
-      await db.close();
-    },
-  };
-}
 
 async function waitFor(what: string, check: () => Promise<boolean>, timeoutMs = 8_000): Promise<void> {
   const deadline = Date.now() + timeoutMs;

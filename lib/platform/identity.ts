@@ -207,6 +207,23 @@ export function createTokenVerifier({ keys, issuer, audience, algorithms, maxLif
 /** How long an unknown key id waits for the JWKS to be fetched again since the last fetch. */
 export const JWKS_MIN_REFETCH_MS = 1000;
 
+/**
+ * `reload`, for a token that names a key not read yet: callers at once share one run, which
+ * starts no sooner than JWKS_MIN_REFETCH_MS after `lastStart()`, so a flood of made-up key ids
+ * costs one fetch a second.
+ */
+export function rereadAtMostOnceASecond(reload: () => Promise<void>, lastStart: () => number): () => Promise<void> {
+  let running: Promise<void> | undefined;
+  return () =>
+    (running ??= (async () => {
+      const wait = lastStart() + JWKS_MIN_REFETCH_MS - Date.now();
+      if (wait > 0) await new Promise((r) => setTimeout(r, wait));
+      await reload();
+    })().finally(() => {
+      running = undefined;
+    }));
+}
+
 export interface RemoteKeysOptions {
   timeoutMs?: number;
   /** Fetched again this often whatever tokens arrive (JWT_KEY_REFRESH_MS): a rotated key is known before it signs. */
@@ -223,27 +240,17 @@ export function remoteKeys(url: string, { timeoutMs = 5000, refreshMs = DEFAULT_
   // own never ends. The age bounds how long an outage of the key's publisher is ridden out.
   const set = createRemoteJWKSet(new URL(url), { timeoutDuration: timeoutMs, cooldownDuration: Infinity, cacheMaxAge: 60 * 60_000 });
   let lastFetch = 0;
-  let refetching: Promise<void> | undefined;
   const fetchNow = (): Promise<void> => {
     lastFetch = Date.now();
     return set.reload();
   };
-  const refetch = (): Promise<void> => {
-    refetching ??= (async () => {
-      const wait = lastFetch + JWKS_MIN_REFETCH_MS - Date.now();
-      if (wait > 0) await new Promise((r) => setTimeout(r, wait));
-      await fetchNow();
-    })().finally(() => {
-      refetching = undefined;
-    });
-    return refetching;
-  };
+  const refetch = rereadAtMostOnceASecond(fetchNow, () => lastFetch);
   let timer: NodeJS.Timeout | undefined;
   const startRefresh = () => {
     // Started by the first use, so a verifier that never sees a token never fetches.
     // Armed by a request, it runs for the process's life: its fetches carry no request's trace.
     timer = setInterval(untraced(() => {
-      if (refetching === undefined && Date.now() - lastFetch >= refreshMs / 2) fetchNow().catch(() => {});
+      if (Date.now() - lastFetch >= refreshMs / 2) fetchNow().catch(() => {});
     }), refreshMs);
     timer.unref();
   };

@@ -2,7 +2,7 @@
 // or keys kept in the database, shared by every instance and rotated without logging anyone out.
 import { createPrivateKey, generateKeyPairSync } from 'node:crypto';
 import { createLocalJWKSet, errors, type JWK, type JWTVerifyGetKey } from 'jose';
-import { JWKS_MIN_REFETCH_MS } from '../platform/identity.js';
+import { rereadAtMostOnceASecond } from '../platform/identity.js';
 import type { Logger } from '../platform/logger.js';
 import type { Db } from '../platform/sql.js';
 import { localKeys, toSigningKey, type SigningKey } from './auth.js';
@@ -124,17 +124,7 @@ export async function startStoredKeyRing(db: Db, { refreshMs, retainMs, logger, 
   timer.unref();
   // A token of a key this instance has not read yet (another instance, its clock ahead, signs with
   // it already): the keys are read again at once, at most once a second, and the token waits.
-  let rereading: Promise<void> | undefined;
-  const reread = (): Promise<void> => {
-    rereading ??= (async () => {
-      const wait = lastLoad + JWKS_MIN_REFETCH_MS - Date.now();
-      if (wait > 0) await new Promise((r) => setTimeout(r, wait));
-      await reload();
-    })().finally(() => {
-      rereading = undefined;
-    });
-    return rereading;
-  };
+  const reread = rereadAtMostOnceASecond(reload, () => lastLoad);
 
   const inUse = () => keysInUse(keys, now(), retainMs);
   // The published keys change with time alone, so the set is looked at per call and made again
