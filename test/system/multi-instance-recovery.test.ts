@@ -1,8 +1,8 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { http } from './helpers.js';
-import { deadUrl, eventually, startFakeUpstream, startGateway, type FakeUpstream, type StartedGateway } from './gateway-helpers.js';
-import { startFaultProxy, type FaultProxy } from './support/fault-proxy.js';
+import { http } from '../helpers.js';
+import { deadUrl, eventually, startFakeUpstream, startGateway, type FakeUpstream, type StartedGateway } from '../gateway-helpers.js';
+import { startFaultProxy, type FaultProxy } from '../support/fault-proxy.js';
 
 const ADMIN_TOKEN = 'multi-instance-recovery-token-0123';
 const admin = { authorization: `Bearer ${ADMIN_TOKEN}` };

@@ -6,11 +6,11 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
-import type { FaultProxy, Fault } from './support/fault-proxy.js';
-import { databaseFaultProxy, testStorage, type TestStorage } from './support/engines.js';
-import { http, type TestResponse } from './helpers.js';
-import { createProduct, createUser, startServices, stockOf, type ServiceName, type System } from './system.js';
-import { skipUnless } from './support/services.js';
+import type { FaultProxy, Fault } from '../support/fault-proxy.js';
+import { databaseFaultProxy, testStorage, type TestStorage } from '../support/engines.js';
+import { http, type TestResponse } from '../helpers.js';
+import { createProduct, createUser, startServices, stockOf, type ServiceName, type System } from '../system.js';
+import { skipUnless } from '../support/services.js';
 
 // The upstream timeout sets the release worker's wait (2x): outbox rows of failed creates are
 // released from 2 s after they were written, every 100 ms. Shorter, a busy machine's slow
