@@ -269,6 +269,9 @@ export async function startSystem(supervisor: Supervisor, { workDir, withNginx, 
     // Counted on every request like in production; a million per minute never refuses the load
     // generator (the gateway's saturation is a few thousand per second).
     RATE_LIMIT: '1000000',
+    // The load generator is one client address whose 200 connections (the connection sweep)
+    // stand for many clients: the per-client cap on requests at once must not refuse it.
+    MAX_CLIENT_IN_FLIGHT: '1000',
   };
   const processes = [...services, orders, ...await Promise.all([
     startNodeEntry(supervisor, 'gateway', gatewayEntry, gatewayEnv, '/health', gatewayNodeFlags),
