@@ -188,8 +188,10 @@ describe('two product instances that crash and come back', () => {
     proxies[1].fault = { kind: 'status', status: 503 };
     try {
       let n = 0;
+      // Eight at once: a failing instance weighs more, so requests one at a time would all go to
+      // the other and never make it fail twice in a row.
       await eventually(async () => {
-        await http(gw.url, 'GET', `/api/products/storm-${n++}`);
+        await Promise.all(Array.from({ length: 8 }, () => http(gw.url, 'GET', `/api/products/storm-${n++}`)));
         return (await products(gw, urls())).instances[1] === 'ejected';
       }, 10_000, 'the failing instance ejected');
       const seen = proxies[1].accepted;
