@@ -11,8 +11,7 @@ import { describe, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { parseAllDocuments } from 'yaml';
-import { parseConfig } from '../lib/platform/config.js';
-import { keysOf, SCHEMAS } from './support/config-schemas.js';
+import { assertTakenBy, SCHEMAS } from './support/config-schemas.js';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const KUBECTL = ['/usr/bin/kubectl', '/usr/local/bin/kubectl'].find((p) => existsSync(p));
@@ -150,14 +149,7 @@ function checkRender(all: Resource[], { demo }: { demo: boolean }): void {
     // Its variables: each read by the process, all taken by its schema.
     const env = environmentOf(all, c);
     envs.set(name, env);
-    const unread = Object.keys(env).filter((key) => !keysOf(SCHEMAS[entry]).has(key));
-    let parseError = '';
-    try {
-      parseConfig(SCHEMAS[entry], env);
-    } catch (err) {
-      parseError = (err as Error).message;
-    }
-    assert.deepEqual({ unread, parseError }, { unread: [], parseError: '' }, `${name} (${entry})`);
+    assertTakenBy(entry, env, `${name} (${entry})`);
     const port = c.ports?.find((p) => p.name === 'http')?.containerPort;
     assert.equal(String(port), env.PORT, `${name}: the container port is its PORT`);
 

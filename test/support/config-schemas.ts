@@ -1,7 +1,8 @@
 // The config schema of each entry file, and the variables each reads: for the tests that check a
-// deployment's variables (Kubernetes) against what the processes take.
+// deployment's variables (Compose, Kubernetes) against what the processes take.
 import assert from 'node:assert/strict';
 import { z } from 'zod';
+import { parseConfig } from '../../lib/platform/config.js';
 import { GatewayConfigSchema } from '../../lib/gateway/config.js';
 import { OrderConfigSchema } from '../../lib/orders/config.js';
 import { ProductConfigSchema } from '../../lib/products/config.js';
@@ -22,4 +23,21 @@ export function keysOf(schema: z.ZodType): Set<string> {
     inner = inner.in as z.ZodType;
   }
   return new Set(Object.keys(inner.shape));
+}
+
+/**
+ * Asserts that every variable `env` sets is one `entry` reads, with a value its schema takes,
+ * and returns the parsed configuration.
+ */
+export function assertTakenBy(entry: string, env: Record<string, string>, label: string): Record<string, unknown> {
+  const unread = Object.keys(env).filter((key) => !keysOf(SCHEMAS[entry]).has(key));
+  let parseError = '';
+  let config: Record<string, unknown> = {};
+  try {
+    config = parseConfig(SCHEMAS[entry], env) as Record<string, unknown>;
+  } catch (err) {
+    parseError = (err as Error).message;
+  }
+  assert.deepEqual({ unread, parseError }, { unread: [], parseError: '' }, label);
+  return config;
 }
