@@ -89,7 +89,12 @@ export interface ServiceClientOptions {
   timeoutMs: number;
   /** Largest response body read; a larger one is a bad response. */
   maxResponseBytes?: number;
+  /** How requests are sent: the global fetch unless given (the gateway's keep-alive pools, say). */
+  fetch?: Fetch;
 }
+
+/** What a ServiceClient sends with: fetch's signature, for the URLs of its instances. */
+export type Fetch = (url: string, init: RequestInit) => Promise<Response>;
 
 export interface ServiceResponse<T> {
   status: number;
@@ -133,9 +138,12 @@ export class ServiceClient {
   readonly instances: InstanceSet;
   private readonly timeoutMs: number;
   private readonly maxResponseBytes: number;
+  private readonly fetch: Fetch;
 
-  constructor({ name, baseUrl, instances, timeoutMs, maxResponseBytes = 4 * 1024 * 1024 }: ServiceClientOptions) {
+  constructor({ name, baseUrl, instances, timeoutMs, maxResponseBytes = 4 * 1024 * 1024, fetch: send }: ServiceClientOptions) {
     this.name = name;
+    // The global looked up at each call, as before.
+    this.fetch = send ?? ((url, init) => fetch(url, init));
     if (instances) this.instances = instances;
     else if (baseUrl !== undefined) {
       const url = baseUrl.replace(/\/+$/, '');
@@ -178,7 +186,7 @@ export class ServiceClient {
       set.begin(instance);
       try {
         const sentAt = performance.now();
-        res = await fetch(instance.target + path, { method, headers, body: payload, signal });
+        res = await this.fetch(instance.target + path, { method, headers, body: payload, signal });
         set.observe(instance, performance.now() - sentAt);
         text = await readBounded(res, this.maxResponseBytes);
         set.end(instance, res.status < 500 || res.headers.has(DEPENDENCY_HEADER));
