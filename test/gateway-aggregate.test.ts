@@ -11,7 +11,8 @@ describe('aggregation against the real services', () => {
   let orderId: number;
   before(async () => {
     sys = await startServices();
-    gw = await startGatewayFor(sys, { UPSTREAM_TIMEOUT_MS: '1000' });
+    // Every dashboard asks the services: these tests stop one and look at the next answer.
+    gw = await startGatewayFor(sys, { UPSTREAM_TIMEOUT_MS: '1000', STATS_TTL_MS: '0' });
     userId = await createUser(sys);
     const productId = await createProduct(sys, { stock: 10, price: 2.5 });
     const order = await http(sys.orders.url, 'POST', '/orders', { body: { userId, items: [{ productId, quantity: 2 }] } });

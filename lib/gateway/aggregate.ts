@@ -1,14 +1,19 @@
 // Routes that combine services: a user with their orders, and a dashboard of every service's stats.
-// Calls go through each service's typed client, in parallel, each through its service's breaker;
-// a part that fails is reported, not fatal.
+// Calls go through each service's typed client, in parallel, each through its service's breaker,
+// over the proxy's keep-alive pools; a part that fails is reported, not fatal.
+import { createHash } from 'node:crypto';
 import { Router } from 'express';
+import type { InstanceSet } from '../platform/balancer.js';
 import { notFound } from '../platform/errors.js';
+import { ServiceClient } from '../platform/service-client.js';
 import { asCaller, type CallOptions } from '../platform/typed-client.js';
 import { parseId } from '../platform/validation.js';
 import { createOrdersClient } from '../orders/client.js';
 import { createProductsClient } from '../products/client.js';
 import { createUsersClient } from '../users/client.js';
+import { agentFetch } from './agent-fetch.js';
 import { CircuitOpenError } from './breakers.js';
+import { SharedAnswers } from './dashboard/shared-answers.js';
 import type { ServiceName, Upstream } from './upstreams.js';
 
 /** Orders shown with a user; a user with more sees the newest ones. */
@@ -31,19 +36,37 @@ export function isAggregateRequest(method: string | undefined, url: string): boo
 
 export interface AggregateRoutesOptions {
   upstreams: Record<ServiceName, Upstream>;
+  /** STATS_TTL_MS: how long a service's /stats answer serves the dashboard again; 0 never. */
+  statsTtlMs?: number;
 }
 
-export function createAggregateRoutes({ upstreams }: AggregateRoutesOptions): Router {
+// Callers whose /stats answers are remembered at once (each service's, for each): a few admins.
+const MAX_STATS_CALLERS = 64;
+
+/** A client of `upstream`'s instances that sends over their agents, the proxy's pools. */
+const pooledClient = (upstream: Upstream): ServiceClient => new ServiceClient({
+  name: upstream.name,
+  instances: upstream.instances as unknown as InstanceSet,
+  timeoutMs: upstream.timeoutMs,
+  fetch: agentFetch(upstream.instances.list),
+});
+
+export function createAggregateRoutes({ upstreams, statsTtlMs = 0 }: AggregateRoutesOptions): Router {
   const router = Router();
   const { users, products, orders } = upstreams;
-  const usersClient = createUsersClient(users.client);
-  const ordersClient = createOrdersClient(orders.client);
-  const productsClient = createProductsClient(products.client);
+  const usersClient = createUsersClient(pooledClient(users));
+  const ordersClient = createOrdersClient(pooledClient(orders));
+  const productsClient = createProductsClient(pooledClient(products));
   const stats: Record<ServiceName, (options: CallOptions) => Promise<unknown>> = {
     users: (options) => usersClient.stats(options),
     products: (options) => productsClient.stats(options),
     orders: (options) => ordersClient.stats(options),
   };
+  // A service's answer is the caller's (it applies its rules to the caller's token): it is shared
+  // only among requests with the same Authorization, kept as a digest.
+  const sharedStats = new SharedAnswers<unknown>({ ttlMs: statsTtlMs, maxEntries: MAX_STATS_CALLERS * Object.keys(upstreams).length });
+  // Reading the heap's figures costs more than the rest of the gateway's part: as old as the stats.
+  const memory = new SharedAnswers<NodeJS.MemoryUsage>({ ttlMs: statsTtlMs, maxEntries: 1 });
 
   router.get(AGGREGATE_ROUTES.userFull, async (req, res) => {
     // Counted and timed by requestContext's observer, under `aggregate`.
@@ -72,8 +95,11 @@ export function createAggregateRoutes({ upstreams }: AggregateRoutesOptions): Ro
   router.get(AGGREGATE_ROUTES.dashboard, async (req, res) => {
     res.locals.proxiedTo = 'aggregate';
     const list = Object.values(upstreams);
-    const caller = asCaller(req.headers.authorization);
-    const results = await Promise.allSettled(list.map((u) => u.breaker.run((c) => stats[u.name]({ ...caller, signal: c.signal }))));
+    const { authorization } = req.headers;
+    const caller = asCaller(authorization);
+    const callerKey = authorization === undefined ? '' : createHash('sha256').update(authorization).digest('base64url');
+    const memoryUsage = memory.get('', () => Promise.resolve(process.memoryUsage()));
+    const results = await Promise.allSettled(list.map((u) => sharedStats.get(`${u.name} ${callerKey}`, () => u.breaker.run((c) => stats[u.name]({ ...caller, signal: c.signal })))));
     const services: Record<string, unknown> = {};
     const unavailable: string[] = [];
     results.forEach((result, i) => {
@@ -87,7 +113,7 @@ export function createAggregateRoutes({ upstreams }: AggregateRoutesOptions): Ro
     });
     res.json({
       timestamp: new Date().toISOString(),
-      gateway: { uptime: process.uptime(), memoryUsage: process.memoryUsage() },
+      gateway: { uptime: process.uptime(), memoryUsage: await memoryUsage },
       services,
       meta: { complete: unavailable.length === 0, unavailable },
     });

@@ -168,7 +168,7 @@ export function createGateway({ config, logger, metrics = createMetrics('gateway
     next();
   });
   app.get('/api/users/:id/full', requireSelfOrAdmin);
-  app.use(createAggregateRoutes({ upstreams }));
+  app.use(createAggregateRoutes({ upstreams, statsTtlMs: config.STATS_TTL_MS }));
   // What the fast path leaves (other letter case, say) still reaches the same handlers here.
   for (const upstream of upstreamList) app.all(proxyRoute(upstream), proxies.get(upstream.name)!);
   app.use(routeNotFound(ownRoutes));

@@ -144,6 +144,9 @@ export const GatewayConfigSchema = z.object({
   // Dashboard event streams one client address may hold open (besides 20 for the whole gateway),
   // so one client cannot take every stream.
   DASHBOARD_STREAMS_PER_CLIENT: intVar(5, 1, 20),
+  // How long one answer of a service's /stats serves every GET /api/dashboard of the same caller
+  // (those in flight share the call); 0 asks the services on every request.
+  STATS_TTL_MS: intVar(1000, 0, 60_000),
   // The stale cache: last good GET answers, served with X-Cache: STALE when the service fails. 0 entries turns it off.
   CACHE_MAX_ENTRIES: intVar(1000, 0, 1_000_000),
   CACHE_MAX_AGE_MS: intVar(5 * 60_000, 1000, MAX_TIMER_MS),
