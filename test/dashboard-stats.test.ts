@@ -6,7 +6,7 @@ import type { AddressInfo, Socket } from 'node:net';
 import { agentFetch, type PooledInstance } from '../lib/gateway/agent-fetch.js';
 import { SharedAnswers } from '../lib/gateway/dashboard/shared-answers.js';
 import { RESPONSE_TOO_LARGE } from '../lib/platform/upstream-errors.js';
-import { startGateway, type StartedGateway } from './gateway-helpers.js';
+import { deadUrl, startGateway, type StartedGateway } from './gateway-helpers.js';
 import { http } from './helpers.js';
 
 const STATS = {
@@ -260,5 +260,20 @@ describe('GET /api/dashboard shares each service\'s /stats', () => {
     for (let i = 0; i < 3; i++) assert.equal((await http(gw.url, 'GET', '/api/dashboard')).status, 200);
     assert.deepEqual(asked(), [3, 3, 3]);
     assert.equal(ups.users.busySockets.size, 1, 'the proxied GET and the dashboards share one kept-alive connection');
+  });
+
+  test('when a service has several instances and one refuses, then its /stats come from another, over that one\'s pool', async () => {
+    const dead = await deadUrl();
+    try {
+      const gw = await start({ STATS_TTL_MS: '0', PRODUCTS_URL: `${dead.url},${ups.products.url}` });
+      for (let i = 0; i < 4; i++) {
+        const r = await http(gw.url, 'GET', '/api/dashboard');
+        assert.deepEqual(r.body.services.products, STATS.products);
+      }
+      assert.equal(ups.products.stats.length, 4);
+      assert.equal(ups.products.busySockets.size, 1);
+    } finally {
+      await dead.close();
+    }
   });
 });
