@@ -551,7 +551,7 @@ async function bench(o: Options, supervisor: Supervisor, workDir: string, signal
   // In the mode of the CPU goal: what each feature adds to the gateway's CPU per request.
   await saturationRounds({ runner, pin, modes: modes.slice(0, 1), rounds: o.rounds, scenario: 'features', targets: FEATURE_ROUND_TARGETS, spec: featureSpec });
 
-  // The rest runs unpinned, as a user runs it: pinned, six processes share one core and every
+  // The rest runs unpinned, as a user runs it: pinned, the whole system shares one core and every
   // garbage collection of one delays the others, which makes latency tails measure the sharing.
   pin.apply('unpinned');
   // The gateway's saturation as the goals define it: gateway and service sharing one core
