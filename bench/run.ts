@@ -1,6 +1,8 @@
 // `npm run bench`: what the gateway costs per request, measured beside the service alone, a bare
-// Express proxy and nginx, in interleaved rounds, then (on SQLite, when PostgreSQL answers) the GET
-// rounds again with the services on PostgreSQL. Prints the table and the performance goals and
+// Express proxy, nginx and HAProxy, in interleaved rounds; what each of its features costs (the
+// gateway again with one off at a time); the aggregates, orders, and its memory per idle
+// connection; then (on SQLite, when PostgreSQL answers) the GET and order rounds again with the
+// services on PostgreSQL. Prints the table and the performance goals and
 // writes results.json and RESULTS.md to bench/tmp/ (ignored by git); `--record` writes them to
 // bench/ instead, where the committed figures are, so that a run on a laptop never changes
 // tracked files by accident. `--smoke` (or BENCH_SMOKE=1) is the quick
@@ -18,11 +20,11 @@ import { closedLoop, pacedLoop, type LoadResult, type LoadSpec } from './load.js
 import { clockTicksPerSecond, cpuTicks, describeMachine, foreignPercent, hasTaskset, hostCpu, rssBytes, setAffinity, stealPercent } from './proc.js';
 import { hotFunctions } from './profile.js';
 import {
-  buildGoals, buildRows, goalLines, markdownReport, median, notes, postgresMissingRow, roundLine, tableCells, textTable, TABLE_HEADER,
-  type GatewayMemory, type Mode, type PostgresSection, type Results, type RoundRecord, type Scenario, type SoakVerdict, type Target,
+  buildGoals, buildRows, FEATURE_TARGETS, goalLines, GOALS, markdownReport, median, notes, postgresMissingRow, roundLine, tableCells, textTable, TABLE_HEADER,
+  type GatewayMemory, type IdleConnections, type Mode, type PostgresSection, type Results, type RoundRecord, type Scenario, type SoakVerdict, type Target,
 } from './report.js';
 import { soak } from './soak.js';
-import { BENCH_SERVICES, benchSchema, ROOT, startSystem, Supervisor, type BenchSystem, type ProcessName } from './system.js';
+import { BENCH_SERVICES, benchSchema, ROOT, startSystem, Supervisor, type BenchProcess, type BenchSystem, type ProcessName, type Reference } from './system.js';
 
 const seconds = z.string().regex(/^\d+(\.\d+)?$/, 'must be a number of seconds')
   .transform(Number).refine((n) => n >= 0.5 && n <= 600, 'must be from 0.5 to 600 seconds').optional();
@@ -100,6 +102,15 @@ const POSTGRES_PROBE_TIMEOUT_MS = 2_000;
 /** Stopping the system and starting it on PostgreSQL, for the time estimate. */
 const RESTART_S = 5;
 const WRITE_CONNECTIONS = 10;
+/** The aggregates run at the GET rounds' concurrency, so their CPU compares with a proxied GET's. */
+const AGGREGATE_CONNECTIONS = GET_CONNECTIONS;
+/** The user whose GET /api/users/:id/full is measured: one demo order, never the write rounds' (user 1). */
+const FULL_USER_ID = 2;
+/** Idle keep-alive connections held to measure the gateway's memory per connection (a few hundred in a smoke run). */
+const SMOKE_IDLE_CONNECTIONS = 200;
+/** Connections opened at once while building up the idle ones. */
+const IDLE_OPEN_BATCH = 50;
+const REFERENCES: readonly Reference[] = ['nginx', 'haproxy'];
 const SWEEP_CONNECTIONS = [1, 10, 200];
 const STEAL_FLAG_PCT = 1;
 /** Other processes using more than this share of the machine during a round disturb it. */
@@ -145,10 +156,10 @@ function pinning(system: BenchSystem, supervisor: Supervisor, cores: number): Pi
   return { available: true, note: `saturation GET rounds both pinned with taskset (load generator on CPU 0, system on CPU ${rest}) and unpinned; all other rounds unpinned`, apply };
 }
 
-async function json(method: string, url: string, body?: unknown): Promise<{ status: number; body: unknown }> {
+async function json(method: string, url: string, body?: unknown, headers: Record<string, string> = {}): Promise<{ status: number; body: unknown }> {
   const res = await fetch(url, {
     method,
-    headers: body === undefined ? {} : { 'content-type': 'application/json' },
+    headers: body === undefined ? headers : { ...headers, 'content-type': 'application/json' },
     body: body === undefined ? undefined : JSON.stringify(body),
     signal: AbortSignal.timeout(10_000),
   });
@@ -174,22 +185,34 @@ async function demoAdminToken(gatewayUrl: string): Promise<string> {
  * One proxied read and one order through the gateway before any load: a gateway that cannot
  * answer them fails here with its answer, rather than as rounds of errors.
  */
-async function preflight(getUrl: string, ordersUrl: string, orderBody: string): Promise<void> {
-  await preflightRead(getUrl);
-  const order = await json('POST', ordersUrl, JSON.parse(orderBody));
+async function preflight(getUrl: string, ordersUrl: string, orderBody: string, headers: Record<string, string> = {}): Promise<void> {
+  await preflightRead(getUrl, headers);
+  const order = await json('POST', ordersUrl, JSON.parse(orderBody), headers);
   if (order.status !== 201) throw new Error(`POST /api/orders through the gateway answered ${order.status}: ${JSON.stringify(order.body).slice(0, 300)}`);
 }
 
 /** A proxied read through the gateway, waiting out breakers that saw a service still starting. */
-async function preflightRead(getUrl: string): Promise<void> {
+async function preflightRead(getUrl: string, headers: Record<string, string> = {}): Promise<void> {
   const deadline = Date.now() + 10_000;
-  let read = await json('GET', getUrl);
+  let read = await json('GET', getUrl, undefined, headers);
   // Breakers may have seen a service still starting: give them a moment, not a failed run.
   while (read.status !== 200 && Date.now() < deadline) {
     await sleep(250);
-    read = await json('GET', getUrl);
+    read = await json('GET', getUrl, undefined, headers);
   }
   if (read.status !== 200) throw new Error(`GET ${new URL(getUrl).pathname} through the gateway answered ${read.status}: ${JSON.stringify(read.body).slice(0, 300)}`);
+}
+
+/** A product with stock for every order of the run, made on the product service; the order rounds' body. */
+async function benchOrderBody(productsUrl: string): Promise<string> {
+  const created = await json('POST', `${productsUrl}/products`, {
+    name: 'Benchmark stock', description: 'Ordered by the write rounds of npm run bench', price: 1, stock: BENCH_STOCK, category: 'bench',
+  });
+  const productId = (created.body as { id?: unknown })?.id;
+  if (created.status !== 201 || typeof productId !== 'number') {
+    throw new Error(`could not create the benchmark's product: ${created.status} ${JSON.stringify(created.body).slice(0, 300)}`);
+  }
+  return JSON.stringify({ userId: 1, items: [{ productId, quantity: 1 }] });
 }
 
 /** host:port/database: where a PostgreSQL URL points, never its credentials. */
@@ -238,6 +261,50 @@ function checkKeepAlive(url: string): Promise<Results['keepAlive']> {
   });
 }
 
+/**
+ * The gateway's RSS per idle keep-alive connection: `count` clients each send one proxied GET on a
+ * socket of their own (IDLE_OPEN_BATCH at a time) and keep it open; the RSS while they are held
+ * is set against the RSS before, over the connections still open then.
+ */
+async function holdIdleConnections(gateway: BenchProcess, url: string, headers: Record<string, string>, count: number): Promise<IdleConnections> {
+  const readRss = async () => {
+    const samples: number[] = [];
+    for (let i = 0; i < 3; i++) {
+      samples.push((rssBytes(gateway.mainPid) ?? NaN) / 2 ** 20);
+      await sleep(100);
+    }
+    return median(samples);
+  };
+  const rssBeforeMb = await readRss();
+  const agents: Agent[] = [];
+  const open = () => new Promise<void>((resolve, reject) => {
+    const agent = new Agent({ keepAlive: true, maxSockets: 1 });
+    agents.push(agent);
+    const req = request(url, { agent, headers }, (res) => {
+      res.resume();
+      res.on('end', () => (res.statusCode === 200 ? resolve() : reject(new Error(`answered ${res.statusCode}`))));
+    });
+    req.setTimeout(10_000, () => req.destroy(new Error('timeout')));
+    req.on('error', reject);
+    req.end();
+  });
+  let error: string | undefined;
+  try {
+    for (let opened = 0; opened < count; opened += IDLE_OPEN_BATCH) {
+      await Promise.all(Array.from({ length: Math.min(IDLE_OPEN_BATCH, count - opened) }, open));
+    }
+  } catch (err) {
+    error = `stopped after ${agents.length} connections: ${(err as Error).message}`;
+  }
+  // Each answered socket returns to its agent's free list, where it stays open until destroyed.
+  await sleep(500);
+  const rssHeldMb = await readRss();
+  const held = agents.reduce((n, a) => n + Object.values(a.freeSockets).reduce((m, list) => m + (list?.length ?? 0), 0), 0);
+  for (const agent of agents) agent.destroy();
+  if (held < count && !error) error = `${count - held} connections closed before the RSS was read`;
+  return { connections: count, held, rssBeforeMb, rssHeldMb, perConnectionKb: held > 0 ? ((rssHeldMb - rssBeforeMb) * 1024) / held : NaN, ...(error ? { error } : {}) };
+}
+
 const RSS_SAMPLE_MS = 250;
 /** A full run takes about 4 minutes: this holds 40 minutes of samples. */
 const MAX_RSS_SAMPLES = 10_000;
@@ -280,7 +347,11 @@ interface RoundSpec {
   expectStatus: string;
 }
 
-const FRONT: Record<Target, ProcessName | undefined> = { direct: undefined, gateway: 'gateway', untraced: 'untraced', bare: 'bare', nginx: 'nginx' };
+const FRONT: Record<Target, ProcessName | undefined> = {
+  direct: undefined, gateway: 'gateway', noauth: 'gateway', untraced: 'untraced', nometrics: 'nometrics', nolimit: 'nolimit', bare: 'bare', nginx: 'nginx', haproxy: 'haproxy',
+};
+/** The features rounds' targets: the gateway with every feature on, then each with one off. */
+const FEATURE_ROUND_TARGETS: readonly Target[] = ['gateway', ...FEATURE_TARGETS.map((f) => f.target)];
 
 function invalidReason(load: LoadResult, expect: string): string | undefined {
   const problems: string[] = [];
@@ -376,13 +447,17 @@ class Runner {
   }
 }
 
+/** Fixed-rate runs: GOALS.rateRuns, so the p99 goal can say how many met it; BENCH_ROUNDS in a smoke run. */
+const rateRunsOf = (o: Options) => (o.smoke ? o.rounds : GOALS.rateRuns);
+
 function plannedRoundCount(o: Options, targets: number, modes: number, withPostgres: boolean): number {
   const get = o.rounds * targets * modes;
-  const rate = o.rounds * 3;
-  const writes = o.rounds * 2;
+  const features = o.rounds * FEATURE_ROUND_TARGETS.length;
+  const rate = rateRunsOf(o) * 3;
+  const writes = o.rounds * 3;
   const sweep = o.smoke ? 0 : SWEEP_CONNECTIONS.length;
-  const postgres = withPostgres ? o.rounds * POSTGRES_TARGETS.length * modes : 0;
-  return get + rate + writes + sweep + postgres;
+  const postgres = withPostgres ? o.rounds * (POSTGRES_TARGETS.length * modes + 1) : 0;
+  return get + features + rate + writes + sweep + postgres;
 }
 
 async function bench(o: Options, supervisor: Supervisor, workDir: string, signal: AbortSignal): Promise<void> {
@@ -390,7 +465,7 @@ async function bench(o: Options, supervisor: Supervisor, workDir: string, signal
   const machine = describeMachine();
   const clockTicks = clockTicksPerSecond();
   log(`Benchmark${o.smoke ? ' (smoke)' : ''}: ${machine.cores} cores, ${machine.cpuModel}, Node ${machine.node}`);
-  log('Starting the gateway (with tracing and without), the three services, the bare proxy' + (o.smoke ? '' : ' and nginx') + '...');
+  log('Starting the gateway (and again with tracing, metrics or the limiter off), the three services, the bare proxy, nginx and HAProxy...');
   const database = o.databaseUrl ? { url: o.databaseUrl, schemaTag: benchSchemaTag } : undefined;
   if (database) log(`The services keep their data in PostgreSQL (BENCH_DATABASE_URL), schemas ${database.schemaTag}_*.`);
   if (database) schemaUrls.add(database.url);
@@ -403,48 +478,56 @@ async function bench(o: Options, supervisor: Supervisor, workDir: string, signal
       : probe.ok ? { status: 'measured', server, detail: probe.version, schemaTag: benchSchemaTag }
       : { status: 'unreachable', server, detail: probe.reason };
   }
-  const system = await startSystem(supervisor, { workDir, withNginx: !o.smoke, gatewayEntry: o.gatewayEntry, withUntraced: true, database });
+  const system = await startSystem(supervisor, { workDir, withReferences: true, gatewayEntry: o.gatewayEntry, withFeaturesOff: true, database });
   const gateway = system.get('gateway')!;
   const products = system.get('products')!;
   const pin = pinning(system, supervisor, machine.cores);
   const modes: Mode[] = pin.available ? ['pinned', 'unpinned'] : ['unpinned'];
-  const targets: Target[] = ['direct', 'gateway', 'untraced', 'bare', ...(system.get('nginx') ? (['nginx'] as const) : [])];
+  const targets: Target[] = ['direct', 'gateway', 'untraced', 'bare', ...REFERENCES.filter((r) => system.get(r))];
   const withPostgres = postgres?.status === 'measured';
   const planned = plannedRoundCount(o, targets.length, modes.length, withPostgres);
-  const estimateS = planned * (o.durationS + (o.smoke ? SMOKE_PAUSE_MS : PAUSE_MS) / 1000 + 0.2) + (targets.length + 3) * o.warmupS + 5
-    + (withPostgres ? POSTGRES_TARGETS.length * o.warmupS + RESTART_S : 0);
-  log(`Pinning: ${pin.note}. nginx: ${system.nginxNote}.`);
+  const estimateS = planned * (o.durationS + (o.smoke ? SMOKE_PAUSE_MS : PAUSE_MS) / 1000 + 0.2) + (targets.length + FEATURE_ROUND_TARGETS.length + 3) * o.warmupS + 10
+    + (withPostgres ? (POSTGRES_TARGETS.length + 1) * o.warmupS + RESTART_S : 0);
+  log(`Pinning: ${pin.note}. nginx: ${system.referenceNotes.nginx}. HAProxy: ${system.referenceNotes.haproxy}.`);
+  for (const ref of REFERENCES) {
+    if (!system.get(ref)) log(`${ref} is not installed: its rows are skipped (apt-get install ${ref}).`);
+  }
   if (postgres?.status === 'measured') log(`PostgreSQL ${postgres.detail} answers at ${postgres.server} (BENCH_POSTGRES_URL): its GET rounds come last, schemas ${benchSchemaTag}_*.`);
   if (postgres?.status === 'unreachable') log(`PostgreSQL did not answer at ${postgres.server} (${postgres.detail}): no PostgreSQL rows (BENCH_POSTGRES_URL).`);
   log(`${planned} rounds of ${o.durationS} s (BENCH_DURATION_S), ${o.rounds} of each (BENCH_ROUNDS): about ${Math.ceil(estimateS / 10) * 10} s.`);
   log();
 
-  const created = await json('POST', `${products.url}/products`, {
-    name: 'Benchmark stock', description: 'Ordered by the write rounds of npm run bench', price: 1, stock: BENCH_STOCK, category: 'bench',
-  });
-  const productId = (created.body as { id?: unknown })?.id;
-  if (created.status !== 201 || typeof productId !== 'number') {
-    throw new Error(`could not create the benchmark's product: ${created.status} ${JSON.stringify(created.body).slice(0, 300)}`);
-  }
-  const orderBody = JSON.stringify({ userId: 1, items: [{ productId, quantity: 1 }] });
+  const orderBody = await benchOrderBody(products.url);
   const auth: Record<string, string> = o.token ? { authorization: `Bearer ${await demoAdminToken(gateway.url)}` } : {};
   if (o.token) log('Every request carries a demo admin\'s token (BENCH_TOKEN=1).');
+  const productUrl = (name: ProcessName) => (system.get(name) ? `${system.get(name)!.url}/api/products/1` : '');
   const urls: Record<Target, string> = {
     direct: `${products.url}/products/1`,
-    gateway: `${gateway.url}/api/products/1`,
-    untraced: `${system.get('untraced')!.url}/api/products/1`,
-    bare: `${system.get('bare')!.url}/api/products/1`,
-    nginx: system.get('nginx') ? `${system.get('nginx')!.url}/api/products/1` : '',
+    gateway: productUrl('gateway'),
+    noauth: productUrl('gateway'),
+    untraced: productUrl('untraced'),
+    nometrics: productUrl('nometrics'),
+    nolimit: productUrl('nolimit'),
+    bare: productUrl('bare'),
+    nginx: productUrl('nginx'),
+    haproxy: productUrl('haproxy'),
   };
   const getSpec = (t: Target, connections = GET_CONNECTIONS): LoadSpec => ({ url: urls[t], connections, durationS: o.durationS, headers: auth });
+  // Auth has work to do only when a token comes: every features round but `noauth` carries one.
+  const featureToken = o.token ? auth : { authorization: `Bearer ${await demoAdminToken(gateway.url)}` };
+  const featureSpec = (t: Target): LoadSpec => ({ ...getSpec(t), headers: t === 'noauth' ? {} : featureToken });
   const ordersSpec: LoadSpec = {
     url: `${gateway.url}/api/orders`, method: 'POST', body: orderBody, headers: { ...auth, 'content-type': 'application/json' },
     connections: WRITE_CONNECTIONS, durationS: o.durationS,
   };
-  const dashboardSpec: LoadSpec = { url: `${gateway.url}/api/dashboard`, connections: WRITE_CONNECTIONS, durationS: o.durationS, headers: auth };
+  const dashboardSpec: LoadSpec = { url: `${gateway.url}/api/dashboard`, connections: AGGREGATE_CONNECTIONS, durationS: o.durationS, headers: auth };
+  const fullSpec: LoadSpec = { url: `${gateway.url}/api/users/${FULL_USER_ID}/full`, connections: AGGREGATE_CONNECTIONS, durationS: o.durationS, headers: auth };
 
   await preflight(urls.gateway, `${gateway.url}/api/orders`, orderBody);
   await preflight(urls.untraced, `${system.get('untraced')!.url}/api/orders`, orderBody);
+  for (const t of FEATURE_ROUND_TARGETS) await preflightRead(featureSpec(t).url, featureSpec(t).headers);
+  await preflightRead(fullSpec.url, auth);
+  await preflightRead(dashboardSpec.url, auth);
   const keepAlive = await checkKeepAlive(urls.gateway);
   const busy = o.smoke ? 0 : await othersLoad(system, 1e6 / clockTicks);
   if (busy > FOREIGN_FLAG_PCT) {
@@ -454,8 +537,10 @@ async function bench(o: Options, supervisor: Supervisor, workDir: string, signal
   // Warm-up: JIT, connection pools and SQLite caches settle before anything is measured.
   log('Warming up...');
   for (const t of targets) await closedLoop({ ...getSpec(t), durationS: o.warmupS }, signal);
+  for (const t of FEATURE_ROUND_TARGETS) await closedLoop({ ...featureSpec(t), durationS: o.warmupS }, signal);
   await closedLoop({ ...ordersSpec, durationS: o.warmupS }, signal);
   await closedLoop({ ...dashboardSpec, durationS: o.warmupS }, signal);
+  await closedLoop({ ...fullSpec, durationS: o.warmupS }, signal);
   await pacedLoop({ ...getSpec('gateway'), durationS: Math.min(1, o.warmupS), rate: 500 }, signal);
   if (signal.aborted) throw new Error('interrupted');
 
@@ -463,8 +548,10 @@ async function bench(o: Options, supervisor: Supervisor, workDir: string, signal
   const rss = sampleRss(system.get('gateway')!.mainPid);
 
   await saturationRounds({ runner, pin, modes, rounds: o.rounds, scenario: 'get', targets, spec: (t) => getSpec(t) });
+  // In the mode of the CPU goal: what each feature adds to the gateway's CPU per request.
+  await saturationRounds({ runner, pin, modes: modes.slice(0, 1), rounds: o.rounds, scenario: 'features', targets: FEATURE_ROUND_TARGETS, spec: featureSpec });
 
-  // The rest runs unpinned, as a user runs it: pinned, six processes share one core and every
+  // The rest runs unpinned, as a user runs it: pinned, the whole system shares one core and every
   // garbage collection of one delays the others, which makes latency tails measure the sharing.
   pin.apply('unpinned');
   // The gateway's saturation as the goals define it: gateway and service sharing one core
@@ -475,7 +562,7 @@ async function bench(o: Options, supervisor: Supervisor, workDir: string, signal
   let fixedRate: Results['fixedRate'];
   if (Number.isFinite(saturation) && saturation > 0) {
     fixedRate = { gatewaySaturationRps: saturation, rate: Math.max(1, Math.round(saturation / 2)), mode: saturationMode };
-    for (let round = 1; round <= o.rounds; round++) {
+    for (let round = 1; round <= rateRunsOf(o); round++) {
       for (const target of ['direct', 'gateway', 'untraced'] as const) {
         await runner.run({ scenario: 'get-rate', target, mode: 'unpinned', round, spec: getSpec(target), rate: fixedRate.rate, expectStatus: '200' });
       }
@@ -493,8 +580,11 @@ async function bench(o: Options, supervisor: Supervisor, workDir: string, signal
   for (let round = 1; round <= o.rounds; round++) {
     await runner.run({ scenario: 'orders', target: 'gateway', mode: 'unpinned', round, spec: ordersSpec, expectStatus: '201' });
     await runner.run({ scenario: 'dashboard', target: 'gateway', mode: 'unpinned', round, spec: dashboardSpec, expectStatus: '200' });
+    await runner.run({ scenario: 'users-full', target: 'gateway', mode: 'unpinned', round, spec: fullSpec, expectStatus: '200' });
   }
   const rssSamples = rss.stop();
+  const idleConnections = await holdIdleConnections(gateway, urls.gateway, auth, o.smoke ? SMOKE_IDLE_CONNECTIONS : GOALS.idleConnections);
+  log(`Idle connections: ${idleConnections.held} of ${idleConnections.connections} held, gateway RSS ${idleConnections.rssBeforeMb.toFixed(0)} -> ${idleConnections.rssHeldMb.toFixed(0)} MB, ${idleConnections.perConnectionKb.toFixed(1)} KB each${idleConnections.error ? ` (${idleConnections.error})` : ''}.`);
 
   // Every figure but the PostgreSQL rows and their goal comes from the rounds so far.
   const sqliteRounds = [...runner.rounds];
@@ -506,7 +596,7 @@ async function bench(o: Options, supervisor: Supervisor, workDir: string, signal
     firstQuarterFloorMb: Math.min(...rssSamples.slice(0, quarter)),
     lastQuarterFloorMb: Math.min(...rssSamples.slice(-quarter)),
     peakMb: Math.max(...rssSamples),
-    gatewayRequests: sqliteRounds.filter((r) => r.target === 'gateway').reduce((a, r) => a + r.load.requests, 0),
+    gatewayRequests: sqliteRounds.filter((r) => FRONT[r.target] === 'gateway').reduce((a, r) => a + r.load.requests, 0),
   };
 
   if (withPostgres) {
@@ -526,13 +616,19 @@ async function bench(o: Options, supervisor: Supervisor, workDir: string, signal
     elapsedS: (finishedAt.getTime() - startedAt.getTime()) / 1000,
     smoke: o.smoke,
     machine,
-    settings: { durationS: o.durationS, rounds: o.rounds, warmupS: o.warmupS, clockTicksPerSecond: clockTicks, pinning: pin.note, nginx: system.nginxNote, storage: database ? 'PostgreSQL' : 'SQLite' },
+    settings: {
+      durationS: o.durationS, rounds: o.rounds, rateRuns: rateRunsOf(o), warmupS: o.warmupS, clockTicksPerSecond: clockTicks, pinning: pin.note,
+      nginx: system.referenceNotes.nginx, haproxy: system.referenceNotes.haproxy, storage: database ? 'PostgreSQL' : 'SQLite',
+    },
     ...(fixedRate ? { fixedRate } : {}),
     ...(postgres ? { postgres } : {}),
     memory,
+    idleConnections,
     keepAlive,
     rows,
-    goals: buildGoals({ rows, rounds: sqliteRounds, cpuMode: modes[0], memory, keepAlive, fixedRate, soak: latestSoak(), postgres }),
+    goals: buildGoals({
+      rows, rounds: sqliteRounds, cpuMode: modes[0], memory, keepAlive, fixedRate, soak: latestSoak(), postgres, idleConnections, cores: machine.cores, references: system.referenceNotes,
+    }),
     invalidRounds: rounds.filter((r) => !r.valid).map((r) => ({ index: r.index, scenario: r.scenario, target: r.target, mode: r.mode, round: r.round, reason: r.invalidReason ?? '' })),
     stolenRounds: rounds.filter((r) => r.stolen).map((r) => r.index),
     disturbedRounds: rounds.filter((r) => r.disturbed).map((r) => r.index),
@@ -540,8 +636,8 @@ async function bench(o: Options, supervisor: Supervisor, workDir: string, signal
   };
 
   const body = tableCells(rows);
-  if (!o.smoke && !system.get('nginx')) {
-    body.push(['GET product', 'nginx', '-', String(GET_CONNECTIONS), system.nginxNote, ...Array<string>(TABLE_HEADER.length - 5).fill('-')]);
+  for (const ref of REFERENCES) {
+    if (!system.get(ref)) body.push(['GET product', ref, '-', String(GET_CONNECTIONS), system.referenceNotes[ref], ...Array<string>(TABLE_HEADER.length - 5).fill('-')]);
   }
   const missing = postgresMissingRow(postgres, GET_CONNECTIONS);
   if (missing) body.push(missing);
@@ -582,7 +678,7 @@ async function postgresRounds({ o, supervisor, signal, url, workDir, cores, sqli
   log(`Restarting the system with the services on PostgreSQL (${serverOf(url)}, schemas ${benchSchemaTag}_*)...`);
   await Promise.all(sqlite.processes.map((p) => p.stop()));
   schemaUrls.add(url);
-  const system = await startSystem(supervisor, { workDir, withNginx: false, gatewayEntry: o.gatewayEntry, database: { url, schemaTag: benchSchemaTag } });
+  const system = await startSystem(supervisor, { workDir, withReferences: false, gatewayEntry: o.gatewayEntry, database: { url, schemaTag: benchSchemaTag } });
   const gatewayUrl = system.get('gateway')!.url;
   const urls: Record<(typeof POSTGRES_TARGETS)[number], string> = {
     direct: `${system.get('products')!.url}/products/1`,
@@ -591,14 +687,24 @@ async function postgresRounds({ o, supervisor, signal, url, workDir, cores, sqli
   // The user service on PostgreSQL signs with keys of its own: the first system's token is not valid here.
   const headers: Record<string, string> = o.token ? { authorization: `Bearer ${await demoAdminToken(gatewayUrl)}` } : {};
   const spec = (target: (typeof POSTGRES_TARGETS)[number]): LoadSpec => ({ url: urls[target], connections: GET_CONNECTIONS, durationS: o.durationS, headers });
-  await preflightRead(urls.gateway);
+  const orderBody = await benchOrderBody(system.get('products')!.url);
+  const ordersSpec: LoadSpec = {
+    url: `${gatewayUrl}/api/orders`, method: 'POST', body: orderBody, headers: { ...headers, 'content-type': 'application/json' },
+    connections: WRITE_CONNECTIONS, durationS: o.durationS,
+  };
+  await preflight(urls.gateway, ordersSpec.url, orderBody, headers);
   const pin = pinning(system, supervisor, cores);
   const modes: Mode[] = pin.available ? ['pinned', 'unpinned'] : ['unpinned'];
   log('Warming up...');
   for (const t of POSTGRES_TARGETS) await closedLoop({ ...spec(t), durationS: o.warmupS }, signal);
+  await closedLoop({ ...ordersSpec, durationS: o.warmupS }, signal);
   if (signal.aborted) throw new Error('interrupted');
-  await saturationRounds({ runner: makeRunner(system), pin, modes, rounds: o.rounds, scenario: 'get-postgres', targets: POSTGRES_TARGETS, spec });
+  const runner = makeRunner(system);
+  await saturationRounds({ runner, pin, modes, rounds: o.rounds, scenario: 'get-postgres', targets: POSTGRES_TARGETS, spec });
   pin.apply('unpinned');
+  for (let round = 1; round <= o.rounds; round++) {
+    await runner.run({ scenario: 'orders-postgres', target: 'gateway', mode: 'unpinned', round, spec: ordersSpec, expectStatus: '201' });
+  }
 }
 
 interface SaturationRoundsSpec<T extends Target> {
@@ -648,7 +754,7 @@ function latestSoak(): SoakVerdict | undefined {
 async function profile(o: Options, supervisor: Supervisor, workDir: string, signal: AbortSignal): Promise<void> {
   const profileDir = join(workDir, 'profile');
   const system = await startSystem(supervisor, {
-    workDir, withNginx: false, gatewayEntry: o.gatewayEntry, gatewayNodeFlags: ['--cpu-prof', '--cpu-prof-dir', profileDir],
+    workDir, withReferences: false, gatewayEntry: o.gatewayEntry, gatewayNodeFlags: ['--cpu-prof', '--cpu-prof-dir', profileDir],
   });
   const url = `${system.get('gateway')!.url}/api/products/1`;
   log(`Profiling the gateway: ${o.warmupS} s warm-up, then ${o.durationS * 3} s of GET /api/products/1 at c=${GET_CONNECTIONS}...`);

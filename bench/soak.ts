@@ -67,7 +67,7 @@ async function sampled<T>(pid: number, metricsUrl: string, work: Promise<T>): Pr
 
 export async function soak(o: SoakOptions, supervisor: Supervisor, workDir: string, signal: AbortSignal): Promise<void> {
   const started = new Date();
-  const system = await startSystem(supervisor, { workDir, withNginx: false });
+  const system = await startSystem(supervisor, { workDir, withReferences: false });
   const gateway = system.get('gateway')!;
   const url = `${gateway.url}/api/products/1`;
   const metricsUrl = `${gateway.url}/metrics`;

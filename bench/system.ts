@@ -1,5 +1,6 @@
 // Starts what the benchmark measures as a user would run it: the four processes from their entry
-// files, the bare proxy, and nginx when it is installed, each on a free port, all stopped at the end.
+// files, the gateway again with one feature off at a time, the bare proxy, and nginx and HAProxy
+// where they are installed, each on a free port, all stopped at the end.
 import { execFileSync, spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
 import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
@@ -32,8 +33,16 @@ function objectOf(schema: z.ZodType): z.ZodObject {
   throw new Error('a config schema is an object, possibly refined or transformed');
 }
 
-/** `untraced` is a second gateway with OTEL_SDK_DISABLED=true, for the cost of tracing. */
-export type ProcessName = 'gateway' | 'untraced' | 'users' | 'products' | 'orders' | 'bare' | 'nginx';
+/** The gateway again with one feature off, for what that feature costs: its variables. */
+export const FEATURE_OFF = {
+  untraced: { OTEL_SDK_DISABLED: 'true' },
+  nometrics: { REQUEST_METRICS_DISABLED: 'true' },
+  nolimit: { RATE_LIMIT_DISABLED: 'true' },
+} as const;
+export type FeatureOff = keyof typeof FEATURE_OFF;
+/** The proxies measured beside the gateway as the reference, where installed. */
+export type Reference = 'nginx' | 'haproxy';
+export type ProcessName = 'gateway' | FeatureOff | 'users' | 'products' | 'orders' | 'bare' | Reference;
 
 export interface BenchProcess {
   name: ProcessName;
@@ -227,15 +236,16 @@ async function startNodeEntry(
 }
 
 export interface SystemOptions {
-  /** Folder for the services' databases and nginx's files; the caller removes it. */
+  /** Folder for the services' databases and nginx's and HAProxy's files; the caller removes it. */
   workDir: string;
-  withNginx: boolean;
+  /** Start nginx and HAProxy in front of the product service, each where it is installed. */
+  withReferences: boolean;
   /** Extra node flags for the gateway, e.g. `--cpu-prof`. */
   gatewayNodeFlags?: string[];
   /** The gateway's entry file; another one measures an alternative behind the same routes. */
   gatewayEntry?: string;
-  /** Also start the gateway with tracing off (`untraced`). */
-  withUntraced?: boolean;
+  /** Also start the gateway once with each feature of FEATURE_OFF off. */
+  withFeaturesOff?: boolean;
   /** The services keep their data in PostgreSQL here, each in its own schema named `<schemaTag>_<service>`. */
   database?: { url: string; schemaTag: string };
 }
@@ -243,15 +253,16 @@ export interface SystemOptions {
 export interface BenchSystem {
   processes: BenchProcess[];
   get: (name: ProcessName) => BenchProcess | undefined;
-  /** nginx's version, or why it is not in the run. */
-  nginxNote: string;
+  /** nginx's and HAProxy's versions, or why each is not in the run. */
+  referenceNotes: Record<Reference, string>;
 }
 
 /**
- * Starts the three services, the gateway, the bare proxy and (when asked and installed) nginx.
- * The supervisor owns them all from the moment each is spawned.
+ * Starts the three services, the gateway (and, when asked, its feature-off copies), the bare proxy
+ * and (when asked and installed) nginx and HAProxy. The supervisor owns them all from the moment
+ * each is spawned.
  */
-export async function startSystem(supervisor: Supervisor, { workDir, withNginx, gatewayNodeFlags = [], gatewayEntry = 'gateway.ts', withUntraced = false, database }: SystemOptions): Promise<BenchSystem> {
+export async function startSystem(supervisor: Supervisor, { workDir, withReferences, gatewayNodeFlags = [], gatewayEntry = 'gateway.ts', withFeaturesOff = false, database }: SystemOptions): Promise<BenchSystem> {
   const dataDir = join(workDir, 'data');
   const storage = (service: string): Record<string, string> =>
     database ? { DATA_DIR: dataDir, DATABASE_URL: database.url, DATABASE_SCHEMA: benchSchema(database.schemaTag, service) } : { DATA_DIR: dataDir };
@@ -275,43 +286,48 @@ export async function startSystem(supervisor: Supervisor, { workDir, withNginx, 
   };
   const processes = [...services, orders, ...await Promise.all([
     startNodeEntry(supervisor, 'gateway', gatewayEntry, gatewayEnv, '/health', gatewayNodeFlags),
-    // The same gateway with tracing off, so one run measures what tracing costs.
-    ...(withUntraced ? [startNodeEntry(supervisor, 'untraced', gatewayEntry, { ...gatewayEnv, OTEL_SDK_DISABLED: 'true' }, '/health')] : []),
+    // The same gateway with one feature off each, so one run measures what each feature costs.
+    ...(withFeaturesOff ? Object.entries(FEATURE_OFF).map(([name, off]) => startNodeEntry(supervisor, name as FeatureOff, gatewayEntry, { ...gatewayEnv, ...off }, '/health')) : []),
     // Its readiness check goes through to the product service, which is up by now.
     startNodeEntry(supervisor, 'bare', 'bench/bare-proxy.ts', { PRODUCTS_URL: productsUrl }, '/api/products/1'),
   ])];
-  let nginxNote = 'not requested';
-  if (withNginx) {
-    const binary = findNginx();
-    if (binary) {
-      processes.push(await startNginx(supervisor, binary, join(workDir, 'nginx'), Number(new URL(productsUrl).port)));
-      nginxNote = nginxVersion(binary);
-    } else {
-      nginxNote = 'not installed';
+  const referenceNotes: Record<Reference, string> = { nginx: 'not requested', haproxy: 'not requested' };
+  if (withReferences) {
+    const productsPort = Number(new URL(productsUrl).port);
+    for (const name of ['nginx', 'haproxy'] as const) {
+      const binary = findReference(name);
+      if (!binary) {
+        referenceNotes[name] = 'not installed';
+        continue;
+      }
+      processes.push(await startReference(supervisor, name, binary, join(workDir, name), productsPort));
+      referenceNotes[name] = referenceVersion(name, binary);
     }
   }
-  return { processes, get: (name) => processes.find((p) => p.name === name), nginxNote };
+  return { processes, get: (name) => processes.find((p) => p.name === name), referenceNotes };
 }
 
 export const BENCH_SERVICES = ['users', 'products', 'orders'] as const;
 export const benchSchema = (tag: string, service: string) => `${tag}_${service}`;
 
-const NGINX_PATHS = ['/usr/sbin/nginx', '/usr/local/sbin/nginx', '/usr/local/nginx/sbin/nginx', '/opt/homebrew/bin/nginx', '/usr/local/bin/nginx'];
+const REFERENCE_DIRS = ['/usr/sbin', '/usr/local/sbin', '/usr/local/bin', '/opt/homebrew/bin', '/opt/homebrew/sbin'];
 
-/** The nginx binary, from PATH or where packages put it (often not on a non-root PATH). */
-export function findNginx(): string | undefined {
+/** nginx's or HAProxy's binary, from PATH or where packages put it (often not on a non-root PATH). */
+export function findReference(name: Reference): string | undefined {
   try {
-    execFileSync('nginx', ['-v'], { stdio: 'ignore' });
-    return 'nginx';
+    execFileSync(name, ['-v'], { stdio: 'ignore' });
+    return name;
   } catch {
-    return NGINX_PATHS.find((p) => existsSync(p));
+    return [...REFERENCE_DIRS, ...(name === 'nginx' ? ['/usr/local/nginx/sbin'] : [])].map((d) => join(d, name)).find((p) => existsSync(p));
   }
 }
 
-function nginxVersion(binary: string): string {
-  // nginx prints its version on stderr.
-  const { stderr } = spawnSync(binary, ['-v'], { encoding: 'utf8' });
-  return String(stderr ?? '').trim().replace(/^nginx version:\s*/, '') || 'nginx';
+/** "nginx/1.22.1", "HAProxy 2.6.12": what `-v` prints (nginx on stderr), shortened. */
+function referenceVersion(name: Reference, binary: string): string {
+  const { stdout, stderr } = spawnSync(binary, ['-v'], { encoding: 'utf8' });
+  const text = `${stdout ?? ''}${stderr ?? ''}`.trim().split('\n')[0] ?? '';
+  const version = name === 'nginx' ? text.replace(/^nginx version:\s*/, '') : text.replace(/^HAProxy version (\S+).*$/, 'HAProxy $1');
+  return version || name;
 }
 
 /**
@@ -351,30 +367,57 @@ http {
 `;
 }
 
-async function startNginx(supervisor: Supervisor, binary: string, dir: string, productsPort: number, attempts = 3): Promise<BenchProcess> {
+/**
+ * HAProxy as a user would put it in front of the product service: one thread (as nginx has one
+ * worker and the gateway one Node process), keep-alive on both sides with idle upstream
+ * connections reused by any client, no log. `-db` keeps it in the foreground, one process.
+ */
+export function haproxyConfig(listenPort: number, productsPort: number): string {
+  return `global
+  nbthread 1
+  maxconn 4096
+defaults
+  mode http
+  option http-keep-alive
+  http-reuse always
+  timeout connect 5s
+  timeout client 65s
+  timeout server 65s
+  timeout http-keep-alive 65s
+frontend front
+  bind 127.0.0.1:${listenPort}
+  default_backend products
+backend products
+  http-request replace-path ^/api/products/(.*) /products/\\1
+  server products 127.0.0.1:${productsPort}
+`;
+}
+
+async function startReference(supervisor: Supervisor, name: Reference, binary: string, dir: string, productsPort: number, attempts = 3): Promise<BenchProcess> {
   try {
-    return await startNginxOn(supervisor, binary, dir, await freePort(), productsPort);
+    return await startReferenceOn(supervisor, name, binary, dir, await freePort(), productsPort);
   } catch (err) {
     // Most likely its port was taken between choosing and binding it.
     if (attempts <= 1) throw err;
-    return startNginx(supervisor, binary, dir, productsPort, attempts - 1);
+    return startReference(supervisor, name, binary, dir, productsPort, attempts - 1);
   }
 }
 
-async function startNginxOn(supervisor: Supervisor, binary: string, dir: string, port: number, productsPort: number): Promise<BenchProcess> {
+async function startReferenceOn(supervisor: Supervisor, name: Reference, binary: string, dir: string, port: number, productsPort: number): Promise<BenchProcess> {
   mkdirSync(dir, { recursive: true });
-  const conf = join(dir, 'nginx.conf');
-  writeFileSync(conf, nginxConfig(dir, port, productsPort));
-  // -e: the error log before the config is read, else nginx tries /var/log/nginx first.
-  const spawned = supervisor.spawn(binary, ['-p', dir, '-e', join(dir, 'error.log'), '-c', conf], process.env);
+  const conf = join(dir, `${name}.conf`);
+  writeFileSync(conf, name === 'nginx' ? nginxConfig(dir, port, productsPort) : haproxyConfig(port, productsPort));
+  // nginx -e: the error log before the config is read, else nginx tries /var/log/nginx first.
+  const args = name === 'nginx' ? ['-p', dir, '-e', join(dir, 'error.log'), '-c', conf] : ['-db', '-f', conf];
+  const spawned = supervisor.spawn(binary, args, process.env);
   const url = `http://127.0.0.1:${port}`;
   try {
-    await waitUntilReady('nginx', `${url}/api/products/1`, spawned);
+    await waitUntilReady(name, `${url}/api/products/1`, spawned);
   } catch (err) {
     await stopChild(spawned, 'SIGKILL');
     throw err;
   }
-  const master = spawned.child.pid!;
-  // The worker does the work; the master is listed first so that mainPid is the worker.
-  return benchProcess('nginx', url, spawned, [master, ...childPids(master)]);
+  const main = spawned.child.pid!;
+  // nginx's worker does the work; the master is listed first so that mainPid is the worker.
+  return benchProcess(name, url, spawned, [main, ...childPids(main)]);
 }

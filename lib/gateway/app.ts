@@ -105,11 +105,13 @@ export function createGateway({ config, logger, metrics = createMetrics('gateway
     rateLimit: { limit: config.RATE_LIMIT, windowMs: config.RATE_WINDOW_MS },
     maxStreamsPerClient: config.DASHBOARD_STREAMS_PER_CLIENT,
   });
-  const context = requestContext(logger, tracing ?? undefined, [metrics.observe, gatewayMetrics.observeProxied, dashboard.observe]);
+  const recordMetrics = config.REQUEST_METRICS_DISABLED ? [] : [metrics.observe, gatewayMetrics.observeProxied];
+  const context = requestContext(logger, tracing ?? undefined, [...recordMetrics, dashboard.observe]);
   // What comes before the caller's identity is known: a cross-site change is refused, and the
   // request counts against its address (a refused token then costs its address too).
+  const countAddress = config.RATE_LIMIT_DISABLED ? () => undefined : addressLimiter.check;
   const authenticate: Authenticate = (req, res) => {
-    const refused = crossSiteRefusal(req) ?? addressLimiter.check(req, res);
+    const refused = crossSiteRefusal(req) ?? countAddress(req, res);
     if (refused === undefined) return auth.authenticate(req, res);
     if (refused instanceof Promise) return refused.then((err) => err ?? auth.authenticate(req, res));
     return refused;
@@ -118,7 +120,7 @@ export function createGateway({ config, logger, metrics = createMetrics('gateway
   // identity, rate limit (per user or address), path guard, the client's requests at once, then
   // the proxy.
   const inFlightPerClient = clientInFlightLimit({ max: config.MAX_CLIENT_IN_FLIGHT, maxClients: config.MAX_IN_FLIGHT });
-  const pipeline = createProxiedPipeline(context, authenticate, [limiter.check, guardPath, inFlightPerClient]);
+  const pipeline = createProxiedPipeline(context, authenticate, [...(config.RATE_LIMIT_DISABLED ? [] : [limiter.check]), guardPath, inFlightPerClient]);
   const onError = errorHandler(logger);
   app.use(pipeline.context);
   // No route of any kind takes a state change from another site's page (the /api ones are also

@@ -1,7 +1,7 @@
 // The gateway's configuration: one zod schema over the environment, parsed once at start.
 import express from 'express';
 import { z } from 'zod';
-import { commonShape, intVar, portVar, urlListVar } from '../platform/config.js';
+import { boolVar, commonShape, intVar, portVar, urlListVar } from '../platform/config.js';
 import { authShape } from '../platform/identity.js';
 
 /** Largest value setTimeout/setInterval accept; timers and windows above it fire at once. */
@@ -82,6 +82,14 @@ export const GatewayConfigSchema = z.object({
   // Requests per client per window on /api/*.
   RATE_LIMIT: intVar(100, 1, 1_000_000),
   RATE_WINDOW_MS: intVar(60_000, 100, MAX_TIMER_MS),
+  // true: /api requests count against neither RATE_LIMIT nor ADDRESS_RATE_LIMIT (login attempts
+  // still count against LOGIN_RATE_LIMIT). For measuring what the limiter costs, or when a proxy
+  // in front already limits.
+  RATE_LIMIT_DISABLED: boolVar(false),
+  // true: requests are neither counted nor timed for /metrics (http_requests_total,
+  // http_request_duration_seconds, gateway_requests_total stay empty); the process's and the
+  // upstreams' metrics remain. For measuring what recording them costs.
+  REQUEST_METRICS_DISABLED: boolVar(false),
   // Requests per client address per window on /api/*, whoever the caller claims to be, counted
   // before the token is checked: accounts made for the purpose (or refused tokens) do not buy an
   // address more. Unset: 5 x RATE_LIMIT, so a few people behind one office address still work.

@@ -9,13 +9,16 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import pg from 'pg';
 import { LatencyHistogram } from '../../bench/histogram.js';
-import { buildRows, type Results } from '../../bench/report.js';
+import { buildRows, FEATURE_TARGETS, type Results } from '../../bench/report.js';
+import { findReference } from '../../bench/system.js';
 import { tempDir } from '../helpers.js';
 import { skipUnless } from '../support/services.js';
 
 const ROOT = fileURLToPath(new URL('../..', import.meta.url));
 /** Where the smoke run measures its PostgreSQL rows: CI has PostgreSQL here. */
 const POSTGRES_URL = process.env.BENCH_POSTGRES_URL || 'postgres://postgres@127.0.0.1:5432/postgres';
+/** CI (.ci/run) installs nginx and HAProxy: there their rows must be in the run, never skipped. */
+const REQUIRE_REFERENCES = process.env.TEST_REQUIRE_SERVICES === '1';
 
 /** The schemas in PostgreSQL whose names begin with `prefix`. */
 async function schemasStartingWith(prefix: string): Promise<string[]> {
@@ -67,7 +70,7 @@ describe('npm run bench -- --smoke', () => {
   const out = tempDir('msvc-bench-smoke-test-');
   after(() => out.remove());
 
-  test('when run, then it prints the table and goals and writes results.json with every row, the PostgreSQL ones last', { timeout: 90_000, skip: skipUnless('postgres') }, async () => {
+  test('when run, then it prints the table and goals and writes results.json with every row, the PostgreSQL ones last', { timeout: 300_000, skip: skipUnless('postgres') }, async () => {
     const published = join(ROOT, 'bench', 'results.json');
     const publishedAt = existsSync(published) ? statSync(published).mtimeMs : undefined;
     // The default run on SQLite, which ends with the PostgreSQL rows.
@@ -85,20 +88,48 @@ describe('npm run bench -- --smoke', () => {
     assert.ok(has('get-rate', 'direct') && has('get-rate', 'gateway') && has('get-rate', 'untraced'), 'fixed-rate rows');
     assert.ok(has('orders', 'gateway'), 'orders row');
     assert.ok(has('dashboard', 'gateway'), 'dashboard row');
+    assert.ok(has('users-full', 'gateway'), 'users/:id/full row');
+    // The gateway with every feature on, then with each off in turn.
+    for (const target of ['gateway', ...FEATURE_TARGETS.map((f) => f.target)]) assert.ok(has('features', target), `features via ${target}`);
+    // nginx and HAProxy in front of the same service: their rows, or one line each saying they are missing.
+    for (const reference of ['nginx', 'haproxy'] as const) {
+      if (findReference(reference)) {
+        assert.ok(has('get', reference), `get via ${reference}`);
+      } else {
+        assert.ok(!REQUIRE_REFERENCES, `${reference} is not installed (.ci/run installs it)`);
+        assert.match(stdout, new RegExp(`^${reference} is not installed: its rows are skipped`, 'm'));
+      }
+    }
     assert.deepEqual(results.invalidRounds, [], 'every round answered with the expected status');
     assert.ok(has('get-postgres', 'direct') && has('get-postgres', 'gateway'), 'PostgreSQL rows');
+    assert.ok(has('orders-postgres', 'gateway'), 'orders on PostgreSQL row');
     assert.equal(results.postgres?.status, 'measured', `PostgreSQL at ${POSTGRES_URL}: ${results.postgres?.detail}`);
     assert.match(stdout, /(PASS|MISS)\s+gateway CPU per proxied GET \/ product service CPU per request, products on PostgreSQL: \d/);
     // The run's schemas go with it.
     assert.match(results.postgres.schemaTag ?? '', /^bench_\d+$/);
     assert.deepEqual(await schemasStartingWith(`${results.postgres.schemaTag}_`), []);
     // The PostgreSQL rounds come last and stay out of the figures of the run on SQLite.
-    const firstPostgres = results.rounds.findIndex((r) => r.scenario === 'get-postgres');
-    assert.ok(results.rounds.slice(firstPostgres).every((r) => r.scenario === 'get-postgres'));
-    const sqliteGatewayRequests = results.rounds.filter((r) => r.target === 'gateway' && r.scenario !== 'get-postgres').reduce((a, r) => a + r.load.requests, 0);
+    const onPostgres = new Set(['get-postgres', 'orders-postgres']);
+    const firstPostgres = results.rounds.findIndex((r) => onPostgres.has(r.scenario));
+    assert.ok(results.rounds.slice(firstPostgres).every((r) => onPostgres.has(r.scenario)));
+    // `noauth` rounds go through the gateway itself, sent no token.
+    const sqliteGatewayRequests = results.rounds.filter((r) => (r.target === 'gateway' || r.target === 'noauth') && !onPostgres.has(r.scenario)).reduce((a, r) => a + r.load.requests, 0);
     assert.equal(results.memory.gatewayRequests, sqliteGatewayRequests);
-    assert.equal(results.goals.length, 8);
+    assert.equal(results.goals.length, 16);
     assert.match(stdout, /(PASS|MISS)\s+tracing's cost/);
+    assert.match(stdout, /n\/a\s+what each feature costs the gateway per proxied GET .*: auth [+-]\d+ µs, tracing [+-]\d+ µs, metrics [+-]\d+ µs, limiter [+-]\d+ µs/);
+    assert.match(stdout, /(PASS|MISS)\s+throughput through the gateway \/ direct \(unpinned, \d+ cores\): \d/);
+    assert.match(stdout, /(PASS|MISS)\s+added latency at a fixed \d+ req\/s .*: p99 [+-][\d.]+ ms .*, \d of 1 runs within 5 ms/);
+    assert.match(stdout, /(PASS|MISS)\s+gateway CPU per GET \/api\/dashboard \/ per proxied GET: [\d.]+x/);
+    assert.match(stdout, /n\/a\s+gateway CPU per GET \/api\/users\/:id\/full \/ per proxied GET: [\d.]+x/);
+    for (const engine of ['SQLite', 'PostgreSQL']) {
+      assert.match(stdout, new RegExp(`(PASS|MISS)\\s+CPU per order \\(POST /api/orders\\) across the four processes, ${engine}: [\\d.]+ ms .* at [\\d.]+ orders/s`));
+    }
+    assert.match(stdout, /(PASS|MISS)\s+gateway RSS after the bench: \d+ MB/);
+    // A couple of hundred connections in the smoke run; 2000 in the real one.
+    assert.equal(results.idleConnections?.connections, 200);
+    assert.equal(results.idleConnections?.held, 200, results.idleConnections?.error);
+    assert.match(stdout, /(PASS|MISS)\s+gateway RSS per idle keep-alive connection, at 200 connections: -?[\d.]+ KB/);
     assert.match(stdout, /(PASS|MISS|n\/a)\s+gateway memory stays flat over a million requests/);
     for (const row of results.rows.filter((r) => r.target !== 'direct')) assert.ok(row.cpuUs.front!.median > 0, `${row.scenario} ${row.target} front CPU`);
     // The rows written are the rows the rounds give: nothing is computed only at print time.
