@@ -5,13 +5,13 @@ import type { Request, RequestHandler, Response } from 'express';
 import { HttpError, sendError } from '../platform/errors.js';
 import type { Logger } from '../platform/logger.js';
 import { hasBody } from '../platform/http.js';
-import { CLIENT_ADDRESS_HEADER, CLIENT_ADDRESS_SIGNATURE_HEADER } from '../platform/client-address.js';
 import { DEPENDENCY_HEADER, UpstreamUnavailableError } from '../platform/service-client.js';
 import { classifyUpstreamError, type UpstreamFailure } from '../platform/upstream-errors.js';
 import { ATTR_HTTP_REQUEST_METHOD } from '@opentelemetry/semantic-conventions';
 import { ATTR_PEER_SERVICE, startClientSpan, type ClientSpan } from '../platform/span-recorder.js';
 import { CircuitOpenError, ClientGoneError, type BreakerCall } from './breakers.js';
 import { identityOf } from './auth.js';
+import { connectionNamed, isUpstreamOnly, upstreamRequestHeaders, type ClientAddressHeaders } from './forward-headers.js';
 import type { GatewayMetrics } from './metrics.js';
 import type { UpstreamTry } from './retry.js';
 import { staleCacheKey, type StaleCache } from './stale-cache.js';
@@ -25,7 +25,7 @@ export interface ServiceProxyOptions {
   /** Whether `trust proxy` is set, so that req.ips names proxies we believe. */
   trustsProxies: boolean;
   /** The signed X-Client-Address headers for the client's address (the user service counts logins by it); absent: none sent. */
-  clientAddress?: (address: string) => Record<string, string>;
+  clientAddress?: ClientAddressHeaders;
   /** How fast a request body must arrive (CLIENT_BODY_TIMEOUT_MS, CLIENT_BODY_TOTAL_MS). */
   bodyLimits: BodyLimits;
 }
@@ -42,28 +42,8 @@ export const proxyRoute = (upstream: Pick<Upstream, 'name'>): string => `/api/${
 
 /** Upstream statuses a cached answer may stand in for, as for our own 502/503/504. */
 const STALE_STATUSES = new Set([502, 503, 504]);
-// The service's own trace headers would replace the gateway's; hop-by-hop ones are not the client's.
-const UPSTREAM_ONLY_HEADERS = new Set(['x-trace-id', 'x-span-id', 'x-response-time', 'keep-alive', 'connection', 'transfer-encoding', 'proxy-connection', 'proxy-authenticate', 'trailer', 'upgrade']);
 /** Response headers naming a URL the client may follow, rewritten from the service's paths to the gateway's. */
 const LOCATION_HEADERS = new Set(['location', 'content-location']);
-/**
- * Request headers the service never gets from the client: hop-by-hop ones (RFC 9110 7.6.1, and
- * HTTP2-Settings, RFC 7540 3.2.1), credentials meant for a proxy, the framing (the proxy frames the
- * body itself, see `upstreamHeaders`), the ones we set ourselves, and the client's claims about its
- * address or the URL, which a service or a proxy behind us might believe.
- */
-const CLIENT_ONLY_HEADERS = new Set([
-  'connection', 'keep-alive', 'proxy-connection', 'te', 'trailer', 'upgrade', 'http2-settings', 'proxy-authorization',
-  'content-length', 'transfer-encoding', 'host', 'expect',
-  'forwarded', 'x-forwarded-for', 'x-forwarded-proto', 'x-forwarded-host', 'x-forwarded-port', 'x-forwarded-prefix',
-  'x-real-ip', 'true-client-ip', 'x-client-ip', 'cf-connecting-ip', 'x-original-url', 'x-rewrite-url',
-  'x-trace-id', 'traceparent', 'request-timeout', CLIENT_ADDRESS_HEADER, CLIENT_ADDRESS_SIGNATURE_HEADER,
-]);
-// Connection options that name no header; anything else in `Connection` names a header to drop.
-const CONNECTION_OPTIONS = new Set(['keep-alive', 'close', 'upgrade', '']);
-/** Node's client sends a body (chunked) by default on every method but these; see `upstreamHeaders`. */
-const NO_DEFAULT_BODY = new Set(['GET', 'HEAD', 'DELETE', 'OPTIONS', 'TRACE', 'CONNECT']);
-
 /** One client request on its way through the proxy. */
 class Exchange {
   proxyReq?: ClientRequest;
@@ -420,9 +400,10 @@ export function createServiceProxy({ upstream, cache, metrics, logger, trustsPro
     res.statusCode = status;
     if (proxyRes.statusMessage) res.statusMessage = proxyRes.statusMessage;
     const headers = proxyRes.headers;
+    const named = connectionNamed(headers.connection);
     for (const name in headers) {
       const value = headers[name];
-      if (value === undefined || UPSTREAM_ONLY_HEADERS.has(name)) continue;
+      if (value === undefined || isUpstreamOnly(name, named)) continue;
       res.setHeader(name, LOCATION_HEADERS.has(name) ? gatewayLocation(value as string) : value);
     }
     proxyRes.pipe(res);
@@ -474,7 +455,7 @@ export function createServiceProxy({ upstream, cache, metrics, logger, trustsPro
     const { req } = ex;
     if (ex.aborted || ex.clientGone || ex.stalled) return;
     const instance = (ex.instance ??= instances.pick()!);
-    const headers = upstreamHeaders(req, trustsProxies, instance.host, ex.span!.headers, clientAddress);
+    const headers = upstreamRequestHeaders(req, trustsProxies, instance.host, ex.span!.headers, clientAddress);
     // Deadline: how long we will still wait, so the service can give up (and undo) before we do.
     headers.push('request-timeout', ex.retried ? String(Math.max(1, timeoutMs - Math.round(performance.now() - ex.startedAt))) : requestTimeout);
     const proxyReq = httpRequest({
@@ -535,58 +516,6 @@ export function createServiceProxy({ upstream, cache, metrics, logger, trustsPro
       sendError(res, failure);
     }
   };
-}
-
-/**
- * The service's request headers, as a flat name/value list in the client's order: the client's,
- * less CLIENT_ONLY_HEADERS and whatever its `Connection` names, plus ours. X-Forwarded-For and
- * X-Real-IP are ours: the client's claim survives only as far as `trust proxy` believes it. Node
- * already answered `100 Continue` to the client; the service need not be asked again.
- *
- * The body is framed once, by construction: the client's Content-Length when it sent one, else
- * chunked when it sent a body (Node's parser refuses both at once, and any transfer coding but
- * chunked is refused before this), else no body at all. Node's client would otherwise frame by
- * method: a DELETE or OPTIONS body would go out unframed, to be read as the next request.
- */
-function upstreamHeaders(req: Request, trustsProxies: boolean, host: string, trace: Record<string, string>, clientAddress?: ServiceProxyOptions['clientAddress']): string[] {
-  const out: string[] = [];
-  const raw = req.rawHeaders;
-  const incoming = req.headers;
-  const named = connectionNamed(incoming.connection);
-  for (let i = 0; i < raw.length; i += 2) {
-    const name = raw[i].toLowerCase();
-    if (CLIENT_ONLY_HEADERS.has(name) || named?.has(name)) continue;
-    out.push(name, raw[i + 1]);
-  }
-  out.push('host', host);
-  const peer = req.socket.remoteAddress ?? '';
-  const trusted = trustsProxies ? req.ips : [];
-  out.push('x-forwarded-for', trusted.length ? `${trusted.join(', ')}, ${peer}` : peer);
-  // req.ip is the nearest untrusted address: req.ips' first (farthest-first order), read once.
-  const client = trusted.length ? trusted[0] : peer;
-  out.push('x-real-ip', client);
-  // The same address, signed: what the user service counts logins and sign-ups by.
-  if (clientAddress) for (const [name, value] of Object.entries(clientAddress(client))) out.push(name, value);
-  out.push('x-forwarded-proto', req.protocol);
-  const forwardedHost = req.host;
-  if (forwardedHost) out.push('x-forwarded-host', forwardedHost);
-  for (const name in trace) out.push(name, trace[name]);
-  const length = incoming['content-length'];
-  if (length !== undefined) out.push('content-length', length);
-  else if (incoming['transfer-encoding'] !== undefined) out.push('transfer-encoding', 'chunked');
-  else if (!NO_DEFAULT_BODY.has(req.method)) out.push('content-length', '0');
-  return out;
-}
-
-/** The header names a `Connection` header lists (RFC 9110 7.6.1), or undefined when it names none. */
-function connectionNamed(connection: string | undefined): Set<string> | undefined {
-  if (connection === undefined || CONNECTION_OPTIONS.has(connection.toLowerCase())) return undefined;
-  const names = new Set<string>();
-  for (const token of connection.split(',')) {
-    const name = token.trim().toLowerCase();
-    if (!CONNECTION_OPTIONS.has(name)) names.add(name);
-  }
-  return names.size ? names : undefined;
 }
 
 /** The contract's answer for a call that did not get through. */
