@@ -57,20 +57,20 @@ const LOCATION_HEADERS = new Set(['location', 'content-location']);
  *   answered   decided, and an answer sent or on its way
  *   gone       the client left: nothing more is sent
  */
-type ExchangeState = 'pending' | 'streaming' | 'failed' | 'answered' | 'gone';
+export type ExchangeState = 'pending' | 'streaming' | 'failed' | 'answered' | 'gone';
 
 /**
  * How the call ended, for its instance, its breaker and its span: answered (`dependency`: with a
  * 5xx blaming the service's dependency, no outcome for the service), a failure of the service, or
  * the client's doing (nothing learned about the service).
  */
-type Outcome = 'success' | 'dependency' | 'client_closed' | 'client_stalled' | UpstreamFailure;
+export type Outcome = 'success' | 'dependency' | 'client_closed' | 'client_stalled' | UpstreamFailure;
 
 /** Whether the call is sent again, and where: another instance, or the same one on a connection of its own. */
 type Retry = 'none' | 'other' | 'fresh';
 
-/** One client request on its way through the proxy. */
-class Exchange {
+/** One client request on its way through the proxy (exported for its tests, which race its events). */
+export class Exchange {
   state: ExchangeState = 'pending';
   retry: Retry = 'none';
   proxyReq?: ClientRequest;
@@ -163,13 +163,13 @@ class Exchange {
   }
 
   /** The breaker gave up on the call (it rejected the run already): nothing more goes out for it. */
-  private onTimeout(): void {
+  onTimeout(): void {
     if (this.state !== 'pending') return;
     this.finish('timeout');
     this.proxyReq?.destroy();
   }
 
-  private onClientClose(): void {
+  onClientClose(): void {
     // Every byte was written: the answer's own end reports the outcome.
     if (this.res.writableFinished) return;
     this.finish('client_closed');
