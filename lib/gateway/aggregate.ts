@@ -43,12 +43,13 @@ export interface AggregateRoutesOptions {
 // Callers whose /stats answers are remembered at once (each service's, for each): a few admins.
 const MAX_STATS_CALLERS = 64;
 
-/** A client of `upstream`'s instances that sends over their agents, the proxy's pools. */
+/** A client of `upstream`'s instances that sends over their agents (the proxy's pools) and spends the proxy's retry budget. */
 const pooledClient = (upstream: Upstream): ServiceClient => new ServiceClient({
   name: upstream.name,
   instances: upstream.instances as unknown as InstanceSet,
   timeoutMs: upstream.timeoutMs,
   fetch: agentFetch(upstream.instances.list),
+  retries: upstream.retries,
 });
 
 export function createAggregateRoutes({ upstreams, statsTtlMs = 0 }: AggregateRoutesOptions): Router {

@@ -23,10 +23,6 @@ export interface BreakerOptions {
   probeIntervalMs: number;
   /** After closing, the share of calls let through ramps from 10 % to all over this time. 0: all at once. */
   slowStartMs: number;
-  /** Retries allowed per call admitted (0.2: at most one retry per five calls, over time). */
-  retryBudgetRatio: number;
-  /** Unspent retries a quiet service can save up for a burst of failures; default 10. */
-  retryTokenCap?: number;
 }
 
 export interface BreakerHooks {
@@ -79,8 +75,12 @@ type Outcome = 'success' | 'failure' | 'neutral';
 
 // Slow start lets at least this share through from its first moment.
 const SLOW_START_FLOOR = 0.1;
-// Unspent retries a quiet service can save up for a burst of failures, unless told otherwise.
-const RETRY_TOKEN_CAP = 10;
+
+/** Where a call reports its one outcome: its breaker, through a door only calls hold. */
+interface CallLedger {
+  settle(call: BreakerCall, outcome: Outcome): void;
+  countFailure(kind: UpstreamFailure): void;
+}
 
 /**
  * One call admitted by the breaker. The work learns here that the breaker gave up on it (its
@@ -102,7 +102,7 @@ export class BreakerCall {
   private controller: AbortController | undefined;
 
   constructor(
-    private readonly breaker: ServiceBreaker,
+    private readonly ledger: CallLedger,
     epoch: number,
   ) {
     this.epoch = epoch;
@@ -132,18 +132,18 @@ export class BreakerCall {
   }
 
   succeed(): void {
-    this.breaker.settle(this, 'success');
+    this.ledger.settle(this, 'success');
   }
 
   fail(kind: UpstreamFailure): void {
     if (this.settled) return;
-    this.breaker.countFailure(kind);
-    this.breaker.settle(this, 'failure');
+    this.ledger.countFailure(kind);
+    this.ledger.settle(this, 'failure');
   }
 
   /** Nothing learned about the service (the client left, or the answer was a dependency's fault). */
   neutral(): void {
-    this.breaker.settle(this, 'neutral');
+    this.ledger.settle(this, 'neutral');
   }
 
   abort(): void {
@@ -203,8 +203,6 @@ export class ServiceBreaker {
   private rampUntil = 0;
   private rampSeen = 0;
   private rampAdmitted = 0;
-  private retryTokens = 1;
-  private readonly retryTokenCap: number;
   private stopped = false;
   private readonly counts: BreakerStats = { failures: 0, successes: 0, rejects: 0, timeouts: 0, lastFailure: null };
 
@@ -212,8 +210,17 @@ export class ServiceBreaker {
     this.name = name;
     this.options = options;
     this.hooks = hooks;
-    this.retryTokenCap = options.retryTokenCap ?? RETRY_TOKEN_CAP;
   }
+
+  private readonly ledger: CallLedger = {
+    settle: (call, outcome) => this.settle(call, outcome),
+    countFailure: (kind) => this.countFailure(kind),
+  };
+  // Timer callbacks made once per breaker, not per call; the open-circuit ones outlive the request
+  // that armed them, so their lines carry no request's trace id.
+  private readonly onTimeout = (running: RunningCall<unknown>): void => this.timedOut(running);
+  private readonly halfOpenNow = untraced((): void => this.halfOpen());
+  private readonly probeNow = untraced((): void => void this.probe());
 
   get state(): CircuitState {
     return this.current;
@@ -249,8 +256,7 @@ export class ServiceBreaker {
       case 'CLOSED':
         if (this.rampUntil !== 0 && !this.rampAdmits()) return this.refuse();
     }
-    if (this.retryTokens < this.retryTokenCap) this.retryTokens += this.options.retryBudgetRatio;
-    return new BreakerCall(this, this.epoch);
+    return new BreakerCall(this.ledger, this.epoch);
   }
 
   /**
@@ -265,19 +271,12 @@ export class ServiceBreaker {
       const call = this.admit();
       const limitMs = this.options.timeoutMs + graceMs;
       const running = { call, resolve, reject, clientDoneAt, limitMs, finished: false } as RunningCall<T>;
-      running.timer = setTimeout(onTimeout, limitMs, this, running as RunningCall<unknown>);
+      running.timer = setTimeout(this.onTimeout, limitMs, running as RunningCall<unknown>);
       work(call).then(
         (result) => this.workDone(running, result),
         (err: unknown) => this.workFailed(running, err),
       );
     });
-  }
-
-  /** A retry of a call that failed before reaching the service, if the budget allows one now. */
-  tryRetry(): boolean {
-    if (this.retryTokens < 1) return false;
-    this.retryTokens--;
-    return true;
   }
 
   forceOpen(): void {
@@ -310,8 +309,8 @@ export class ServiceBreaker {
     this.clearTimers();
   }
 
-  /** @internal Counts a call's one outcome (BreakerCall and run call this). */
-  settle(call: BreakerCall, outcome: Outcome): void {
+  /** Counts a call's one outcome (its BreakerCall and `run` call this). */
+  private settle(call: BreakerCall, outcome: Outcome): void {
     if (call.settled) return;
     call.settled = true;
     if (outcome === 'success') this.counts.successes++;
@@ -329,23 +328,22 @@ export class ServiceBreaker {
     }
   }
 
-  /** @internal */
-  countFailure(kind: UpstreamFailure): void {
+  private countFailure(kind: UpstreamFailure): void {
     this.counts.failures++;
     if (kind === 'timeout') this.counts.timeouts++;
     this.counts.lastFailure = new Date().toISOString();
     this.hooks.onFailure?.(kind);
   }
 
-  /** @internal The call's timer ran out before its work resolved. */
-  timedOut(running: RunningCall<unknown>): void {
+  /** The call's timer ran out before its work resolved. */
+  private timedOut(running: RunningCall<unknown>): void {
     if (running.finished) return;
     if (running.clientDoneAt) {
       // The client took part of the time: the service gets its whole limit from the client's end.
       const doneAt = running.clientDoneAt();
       const leftMs = doneAt === undefined ? running.limitMs : doneAt + running.limitMs - performance.now();
       if (leftMs >= 1) {
-        running.timer = setTimeout(onTimeout, leftMs, this, running);
+        running.timer = setTimeout(this.onTimeout, leftMs, running);
         return;
       }
     }
@@ -407,7 +405,7 @@ export class ServiceBreaker {
     this.consecutiveFailures = 0;
     this.rampUntil = 0;
     this.clearTimers();
-    this.halfOpenTimer = setTimeout(halfOpenNow, this.openMs, this);
+    this.halfOpenTimer = setTimeout(this.halfOpenNow, this.openMs);
     this.halfOpenTimer.unref();
     this.scheduleProbe();
     this.enter('OPEN');
@@ -421,12 +419,11 @@ export class ServiceBreaker {
   private scheduleProbe(): void {
     const { probeIntervalMs } = this.options;
     if (!this.hooks.probe || probeIntervalMs === 0 || probeIntervalMs >= this.openMs) return;
-    this.probeTimer = setTimeout(probeNow, probeIntervalMs, this);
+    this.probeTimer = setTimeout(this.probeNow, probeIntervalMs);
     this.probeTimer.unref();
   }
 
-  /** @internal */
-  async probe(): Promise<void> {
+  private async probe(): Promise<void> {
     this.probeTimer = undefined;
     const epoch = this.epoch;
     let ok: boolean;
@@ -437,12 +434,11 @@ export class ServiceBreaker {
     }
     if (this.current !== 'OPEN' || this.epoch !== epoch || this.stopped) return;
     if (ok) return this.halfOpen();
-    this.probeTimer = setTimeout(probeNow, this.options.probeIntervalMs, this);
+    this.probeTimer = setTimeout(this.probeNow, this.options.probeIntervalMs);
     this.probeTimer.unref();
   }
 
-  /** @internal */
-  halfOpen(): void {
+  private halfOpen(): void {
     if (this.current !== 'OPEN' || this.stopped) return;
     this.clearTimers();
     this.epoch++;
@@ -482,15 +478,3 @@ export class ServiceBreaker {
     if (state !== previous) this.hooks.onStateChange?.(state, previous);
   }
 }
-
-// Timer callbacks without a closure per call.
-function onTimeout(breaker: ServiceBreaker, running: RunningCall<unknown>): void {
-  breaker.timedOut(running);
-}
-// These two outlive the request that armed them: their lines carry no request's trace id.
-const halfOpenNow = untraced((breaker: ServiceBreaker): void => {
-  breaker.halfOpen();
-});
-const probeNow = untraced((breaker: ServiceBreaker): void => {
-  void breaker.probe();
-});

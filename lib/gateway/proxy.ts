@@ -5,15 +5,16 @@ import type { Request, RequestHandler, Response } from 'express';
 import { HttpError, sendError } from '../platform/errors.js';
 import type { Logger } from '../platform/logger.js';
 import { hasBody } from '../platform/http.js';
-import { CLIENT_ADDRESS_HEADER, CLIENT_ADDRESS_SIGNATURE_HEADER } from '../platform/client-address.js';
 import { DEPENDENCY_HEADER, UpstreamUnavailableError } from '../platform/service-client.js';
 import { classifyUpstreamError, type UpstreamFailure } from '../platform/upstream-errors.js';
 import { ATTR_HTTP_REQUEST_METHOD } from '@opentelemetry/semantic-conventions';
 import { ATTR_PEER_SERVICE, startClientSpan, type ClientSpan } from '../platform/span-recorder.js';
 import { CircuitOpenError, ClientGoneError, type BreakerCall } from './breakers.js';
 import { identityOf } from './auth.js';
+import { connectionNamed, isUpstreamOnly, upstreamRequestHeaders, type ClientAddressHeaders } from './forward-headers.js';
 import type { GatewayMetrics } from './metrics.js';
 import type { UpstreamTry } from './retry.js';
+import { mayRetry } from '../platform/retry.js';
 import { staleCacheKey, type StaleCache } from './stale-cache.js';
 import type { GatewayInstance, Upstream } from './upstreams.js';
 
@@ -25,7 +26,7 @@ export interface ServiceProxyOptions {
   /** Whether `trust proxy` is set, so that req.ips names proxies we believe. */
   trustsProxies: boolean;
   /** The signed X-Client-Address headers for the client's address (the user service counts logins by it); absent: none sent. */
-  clientAddress?: (address: string) => Record<string, string>;
+  clientAddress?: ClientAddressHeaders;
   /** How fast a request body must arrive (CLIENT_BODY_TIMEOUT_MS, CLIENT_BODY_TOTAL_MS). */
   bodyLimits: BodyLimits;
 }
@@ -42,54 +43,46 @@ export const proxyRoute = (upstream: Pick<Upstream, 'name'>): string => `/api/${
 
 /** Upstream statuses a cached answer may stand in for, as for our own 502/503/504. */
 const STALE_STATUSES = new Set([502, 503, 504]);
-// The service's own trace headers would replace the gateway's; hop-by-hop ones are not the client's.
-const UPSTREAM_ONLY_HEADERS = new Set(['x-trace-id', 'x-span-id', 'x-response-time', 'keep-alive', 'connection', 'transfer-encoding', 'proxy-connection', 'proxy-authenticate', 'trailer', 'upgrade']);
 /** Response headers naming a URL the client may follow, rewritten from the service's paths to the gateway's. */
 const LOCATION_HEADERS = new Set(['location', 'content-location']);
-/**
- * Request headers the service never gets from the client: hop-by-hop ones (RFC 9110 7.6.1, and
- * HTTP2-Settings, RFC 7540 3.2.1), credentials meant for a proxy, the framing (the proxy frames the
- * body itself, see `upstreamHeaders`), the ones we set ourselves, and the client's claims about its
- * address or the URL, which a service or a proxy behind us might believe.
- */
-const CLIENT_ONLY_HEADERS = new Set([
-  'connection', 'keep-alive', 'proxy-connection', 'te', 'trailer', 'upgrade', 'http2-settings', 'proxy-authorization',
-  'content-length', 'transfer-encoding', 'host', 'expect',
-  'forwarded', 'x-forwarded-for', 'x-forwarded-proto', 'x-forwarded-host', 'x-forwarded-port', 'x-forwarded-prefix',
-  'x-real-ip', 'true-client-ip', 'x-client-ip', 'cf-connecting-ip', 'x-original-url', 'x-rewrite-url',
-  'x-trace-id', 'traceparent', 'request-timeout', CLIENT_ADDRESS_HEADER, CLIENT_ADDRESS_SIGNATURE_HEADER,
-]);
-// Connection options that name no header; anything else in `Connection` names a header to drop.
-const CONNECTION_OPTIONS = new Set(['keep-alive', 'close', 'upgrade', '']);
-/** Node's client sends a body (chunked) by default on every method but these; see `upstreamHeaders`. */
-const NO_DEFAULT_BODY = new Set(['GET', 'HEAD', 'DELETE', 'OPTIONS', 'TRACE', 'CONNECT']);
 
-/** One client request on its way through the proxy. */
-class Exchange {
+/**
+ * Where an exchange stands. The call's outcome is decided once, by `finish`, on the way out of
+ * `pending` or `streaming`, by whichever of Node's events comes first (the answer's end, the
+ * client's close, the breaker's timeout, an error); events after that find it decided.
+ *
+ *   pending    nothing answered yet: the call is going out (or its retry is)
+ *   streaming  the service's answer is on its way to the client; decided when its body ends
+ *   failed     decided, nothing sent yet: the handler answers (an error or a stale copy)
+ *   answered   decided, and an answer sent or on its way
+ *   gone       the client left: nothing more is sent
+ */
+export type ExchangeState = 'pending' | 'streaming' | 'failed' | 'answered' | 'gone';
+
+/**
+ * How the call ended, for its instance, its breaker and its span: answered (`dependency`: with a
+ * 5xx blaming the service's dependency, no outcome for the service), a failure of the service, or
+ * the client's doing (nothing learned about the service).
+ */
+export type Outcome = 'success' | 'dependency' | 'client_closed' | 'client_stalled' | UpstreamFailure;
+
+/** Whether the call is sent again, and where: another instance, or the same one on a connection of its own. */
+type Retry = 'none' | 'other' | 'fresh';
+
+/** One client request on its way through the proxy (exported for its tests, which race its events). */
+export class Exchange {
+  state: ExchangeState = 'pending';
+  retry: Retry = 'none';
   proxyReq?: ClientRequest;
   proxyRes?: IncomingMessage;
-  /** A response (the service's or a stale one) is on its way; failures must not write another. */
-  responded = false;
-  servedStale = false;
-  clientGone = false;
-  /** The breaker gave up on the call (timeout): nothing more goes out for it. */
-  aborted = false;
   /** The client span of the call to the service, once the breaker let it through. */
   span?: ClientSpan;
-  /** The breaker's call: its one outcome is reported when the response ends. */
+  /** The breaker's call; its outcome is always reported by `finish`. */
   call?: BreakerCall;
-  /** The answer blames a dependency of the service (DEPENDENCY_HEADER): no outcome for the service. */
-  dependencyFault = false;
-  /** Sent again once, after failing before reaching the service. */
-  retried = false;
-  /** The retry goes to the same instance, on a connection of its own. */
-  freshConnection = false;
   /** The instance the current attempt goes to. */
   instance?: GatewayInstance;
-  /** The current attempt's timing and per-try timer. */
+  /** The current attempt, while it is counted in its instance's outstanding requests. */
   try?: UpstreamTry;
-  /** The attempt is counted in its instance's outstanding requests and has no outcome yet. */
-  attemptOpen = false;
   /** The request body read so far, kept while it may have to be sent again (undefined: not kept). */
   keptBody?: Buffer[];
   /** performance.now() when the call went out, for the time left on a retry. */
@@ -102,12 +95,9 @@ class Exchange {
   bodyEndedAt?: number;
   /** Ends the body's timers (set while they run). */
   stopBodyTimers?: () => void;
-  /** The body stopped arriving in time: 408, and the call to the service is cut off. */
-  stalled = false;
-  /** The service answered before the body ended: the rest is not forwarded, the upstream connection not kept. */
-  bodyDropped = false;
-  private resolve: () => void = noop;
-  private reject: (err: Error) => void = noop;
+  /** Settle the breaker's run: at the answer's headers, or with the error the handler answers. */
+  resolve: () => void = noop;
+  reject: (err: Error) => void = noop;
 
   constructor(
     readonly req: Request,
@@ -116,14 +106,36 @@ class Exchange {
     readonly upstream: Upstream,
   ) {}
 
-  /** The current attempt's outcome for its instance (its outlier state), once. */
-  endAttempt(outcome: 'success' | 'failure' | 'neutral', kind: UpstreamFailure = 'reset'): void {
-    if (!this.attemptOpen) return;
-    this.attemptOpen = false;
-    const { instances, breaker } = this.upstream;
-    instances.end(this.instance!, outcome === 'success');
+  /**
+   * The call's one outcome, reported to the attempt's instance, the breaker and the span together;
+   * the first caller decides, later ones are ignored.
+   */
+  finish(outcome: Outcome): void {
+    const state = this.state;
+    if (state !== 'pending' && state !== 'streaming') return;
+    this.state = outcome === 'client_closed' ? 'gone' : state === 'streaming' ? 'answered' : 'failed';
+    const answered = outcome === 'success' || outcome === 'dependency';
+    const failure = answered || outcome === 'client_closed' || outcome === 'client_stalled' ? undefined : outcome;
+    this.endAttempt(answered, failure);
+    const call = this.call;
+    if (call) {
+      if (outcome === 'success') call.succeed();
+      else if (failure) call.fail(failure);
+      else call.neutral();
+    }
+    this.span?.end({ status: this.proxyRes?.statusCode, error: answered ? undefined : outcome });
+  }
+
+  /** The current attempt's outcome for its instance (its outlier state), once; a retry may follow. */
+  endAttempt(answered: boolean, failure?: UpstreamFailure): void {
+    const t = this.try;
+    if (!t) return;
+    this.try = undefined;
+    const { instances, breaker, tries } = this.upstream;
+    tries.ended(t);
+    instances.end(t.instance, answered);
     // While the circuit tests the service, one failure takes the instance out again.
-    if (outcome === 'failure') instances.fail(this.instance!, kind, breaker.state !== 'CLOSED');
+    if (failure) instances.fail(t.instance, failure, breaker.state !== 'CLOSED');
   }
 
   /** Settles when the service's response headers arrive (or the call fails). */
@@ -131,15 +143,17 @@ class Exchange {
     return new Promise<void>((resolve, reject) => {
       this.resolve = resolve;
       this.reject = reject;
+      this.upstream.retries.deposit();
       // Gone while waiting for the limiter or the breaker: its 'close' has already been emitted.
       if (this.req.socket.destroyed) {
-        this.clientGone = true;
+        this.state = 'gone';
         reject(new ClientGoneError());
         return;
       }
       this.call = cancellation;
+      cancellation.defer();
       this.startedAt = performance.now();
-      cancellation.onAbort(() => this.abortUpstream());
+      cancellation.onAbort(() => this.onTimeout());
       this.res.once('close', () => this.onClientClose());
       // One client span per call that really goes out (not for circuit-open answers): the
       // service's server span hangs under it through the traceparent it carries.
@@ -148,27 +162,19 @@ class Exchange {
     });
   }
 
-  succeed(): void {
-    this.resolve();
-  }
-
-  fail(err: Error): void {
-    this.span?.end({ status: this.proxyRes?.statusCode, error: err instanceof UpstreamUnavailableError ? err.failure : 'client_gone' });
-    this.reject(err);
-  }
-
-  abortUpstream(): void {
-    this.aborted = true;
-    this.endAttempt(this.call?.timedOut ? 'failure' : 'neutral', 'timeout');
+  /** The breaker gave up on the call (it rejected the run already): nothing more goes out for it. */
+  onTimeout(): void {
+    if (this.state !== 'pending') return;
+    this.finish('timeout');
     this.proxyReq?.destroy();
   }
 
-  private onClientClose(): void {
-    this.span?.end({ status: this.proxyRes?.statusCode, error: this.res.writableFinished ? undefined : 'client_closed' });
+  onClientClose(): void {
+    // Every byte was written: the answer's own end reports the outcome.
     if (this.res.writableFinished) return;
-    this.clientGone = true;
-    this.endAttempt('neutral');
-    if (!this.responded) this.reject(new ClientGoneError());
+    this.finish('client_closed');
+    this.state = 'gone';
+    this.reject(new ClientGoneError());
     this.proxyReq?.destroy();
     this.proxyRes?.destroy();
   }
@@ -181,14 +187,13 @@ function watchBody(ex: Exchange, { idleMs, totalMs }: BodyLimits): void {
   const { req } = ex;
   if (req.complete || ex.stopBodyTimers) return;
   const tooSlow = (total: boolean) => {
-    if (req.complete || ex.responded || ex.clientGone || ex.stalled) return;
+    if (req.complete || ex.state !== 'pending') return;
     // Held back because the service does not read it: that wait is the service's (its timeout).
     if (!total && ex.proxyReq?.writableNeedDrain) return void idle.refresh();
-    ex.stalled = true;
     ex.stopBodyTimers!();
     req.unpipe();
-    ex.endAttempt('neutral');
-    ex.fail(new ClientGoneError(true));
+    ex.finish('client_stalled');
+    ex.reject(new ClientGoneError(true));
     // Half a request went out on it: the connection is destroyed, never pooled for another.
     ex.proxyReq?.destroy();
   };
@@ -213,6 +218,7 @@ function watchBody(ex: Exchange, { idleMs, totalMs }: BodyLimits): void {
  * Reads a small body whole, under the same limits as watchBody, before the service is called (as
  * nginx's proxy_request_buffering does): a client that sends it slowly holds no connection to the
  * service meanwhile. Rejects with ClientGoneError, `stalled` when the body came too slowly.
+ * No call is out yet: nothing is reported.
  */
 function readSmallBody(ex: Exchange, { idleMs, totalMs }: BodyLimits): Promise<Buffer> {
   const { req } = ex;
@@ -228,7 +234,7 @@ function readSmallBody(ex: Exchange, { idleMs, totalMs }: BodyLimits): Promise<B
       else resolve(Buffer.concat(chunks));
     };
     const tooSlow = () => {
-      ex.stalled = true;
+      ex.state = 'failed';
       done(new ClientGoneError(true));
     };
     const onData = (chunk: Buffer) => {
@@ -240,7 +246,7 @@ function readSmallBody(ex: Exchange, { idleMs, totalMs }: BodyLimits): Promise<B
       done();
     };
     const onClose = () => {
-      ex.clientGone = true;
+      ex.state = 'gone';
       done(new ClientGoneError());
     };
     const idle = setTimeout(tooSlow, idleMs);
@@ -263,7 +269,6 @@ function isSmallBody(req: Request): boolean {
  * request, is destroyed once the answer is read rather than held until the client is done.
  */
 function dropBody(ex: Exchange, proxyRes: IncomingMessage): void {
-  ex.bodyDropped = true;
   ex.stopBodyTimers?.();
   ex.req.unpipe();
   if (!ex.res.headersSent) ex.res.setHeader('Connection', 'close');
@@ -272,37 +277,26 @@ function dropBody(ex: Exchange, proxyRes: IncomingMessage): void {
   else proxyRes.once('end', () => proxyReq.destroy());
 }
 
-// Outcome and retry rules of the breaker, kept apart from the proxying itself.
+// A retry to the same instance waits up to this long (a random share of it).
 const RETRY_JITTER_MS = 25;
-const IDEMPOTENT = new Set(['GET', 'HEAD', 'OPTIONS', 'PUT', 'DELETE']);
 // Methods that change nothing (RFC 9110 9.2.1): a late answer to them is only late.
 const SAFE_METHODS = new Set(['GET', 'HEAD', 'OPTIONS', 'TRACE']);
 
-/** Reports the call's one outcome once its response has ended (complete or cut short). */
-function reportOutcome(ex: Exchange, complete: boolean): void {
-  const call = ex.call;
-  if (!call || call.settled) return;
-  if (ex.clientGone || ex.dependencyFault) call.neutral();
-  else if (complete) call.succeed();
-  else call.fail('reset');
-}
-
-/**
- * A failed call may go out once more when it never reached the service (refused, or a pooled
- * socket found closed), repeating it is safe (an idempotent method, or a POST with an
- * Idempotency-Key) and its body, if any, was kept for it (keepBody). With several instances, a
- * reset before any answer is enough (the retry goes to another instance: an instance killed
- * mid-request costs its clients nothing).
- */
-function mayRetry(ex: Exchange, failure: UpstreamFailure): boolean {
-  if (ex.retried || ex.aborted || ex.proxyRes) return false;
-  if (failure !== 'refused' && !(failure === 'reset' && (ex.proxyReq?.reusedSocket || !ex.upstream.instances.single))) return false;
-  return isSafeToRepeat(ex.req, ex.upstream) && (!hasBody(ex.req.headers) || ex.body !== undefined || ex.keptBody !== undefined);
-}
-
-/** Only the order service honours Idempotency-Key: a POST to another service is never sent twice. */
-function isSafeToRepeat(req: Request, upstream: Upstream): boolean {
-  return IDEMPOTENT.has(req.method) || (upstream.name === 'orders' && req.method === 'POST' && req.headers['idempotency-key'] !== undefined);
+/** The proxy's side of the one retry rule (platform/retry.ts): a failed try before any answer. */
+function mayRetryTry(ex: Exchange, failure: UpstreamFailure): boolean {
+  if (ex.retry !== 'none') return false;
+  const { req, upstream } = ex;
+  return mayRetry({
+    method: req.method,
+    // Only the order service honours Idempotency-Key: a POST to another service is never sent twice.
+    idempotencyKey: upstream.name === 'orders' && req.method === 'POST' && req.headers['idempotency-key'] !== undefined,
+    failure,
+    answered: false,
+    reusedSocket: ex.proxyReq?.reusedSocket === true,
+    severalInstances: !upstream.instances.single,
+    // Its body, if any, was kept for it (keepBody) or read whole before the call.
+    replayable: !hasBody(req.headers) || ex.body !== undefined || ex.keptBody !== undefined,
+  });
 }
 
 // A body larger than this is not kept, and its request not retried.
@@ -349,8 +343,7 @@ export function createServiceProxy({ upstream, cache, metrics, logger, trustsPro
     res.setHeader('X-Cache', 'STALE');
     res.setHeader('Age', String(Math.floor((Date.now() - entry.storedAt) / 1000)));
     res.end(entry.body);
-    ex.servedStale = true;
-    ex.responded = true;
+    ex.state = 'answered';
     metrics.staleResponse(upstream.name);
     return true;
   };
@@ -382,79 +375,76 @@ export function createServiceProxy({ upstream, cache, metrics, logger, trustsPro
     // An upstream body that breaks off is handled on 'close' below; without a listener its
     // 'error' would be thrown.
     proxyRes.on('error', noop);
-    if (ex.clientGone) {
+    if (ex.state !== 'pending') {
       proxyRes.destroy();
       return;
     }
     ex.proxyRes = proxyRes;
+    ex.state = 'streaming';
     if (!req.complete) dropBody(ex, proxyRes);
     const status = proxyRes.statusCode ?? 502;
+    const dependencyFault = status >= 500 && proxyRes.headers[DEPENDENCY_HEADER] !== undefined;
+    if (status >= 500 && !dependencyFault) {
+      // Passed through unchanged (or a stale copy instead), but a failure for the breaker, counted
+      // now: the breaker learns it before the rejection below reaches it.
+      ex.finish('server_error');
+      ex.reject(new UpstreamUnavailableError(upstream.name, 'server_error', status));
+      if (req.method === 'GET' && STALE_STATUSES.has(status) && serveStale(ex)) return void proxyRes.resume();
+    } else {
+      if (ex.cacheKey !== undefined && cache.wants(ex.cacheKey, proxyRes)) cache.capture(ex.cacheKey, proxyRes);
+      ex.resolve();
+    }
     proxyRes.once('close', () => {
-      ex.span?.end({ status, error: proxyRes.complete ? undefined : 'reset' });
-      ex.endAttempt(proxyRes.complete ? 'success' : ex.clientGone ? 'neutral' : 'failure');
-      // The call's one outcome, now that it has ended (a 5xx was counted already): a body cut
-      // short is the service's failure, whatever its headers said.
-      reportOutcome(ex, proxyRes.complete);
-      if (proxyRes.complete || ex.clientGone || ex.servedStale) return;
+      // The call's one outcome, now that its answer has ended (unless a 5xx decided it already):
+      // a body cut short is the service's failure, whatever its headers said.
+      ex.finish(!proxyRes.complete ? 'reset' : dependencyFault ? 'dependency' : 'success');
+      if (proxyRes.complete || ex.state === 'gone') return;
       // The service died after its headers: cut the client off rather than let it wait for
       // the rest of a body that will never come.
       log.warn({ status }, 'service broke off its response');
       ex.res.destroy();
     });
-    ex.dependencyFault = status >= 500 && proxyRes.headers[DEPENDENCY_HEADER] !== undefined;
-    if (status >= 500 && !ex.dependencyFault) {
-      // Passed through unchanged, but a failure for the breaker.
-      if (req.method === 'GET' && STALE_STATUSES.has(status) && serveStale(ex)) proxyRes.resume();
-      ex.responded = true;
-      // Counted now: the response's end may come before the rejection below reaches the breaker.
-      ex.endAttempt('failure', 'server_error');
-      ex.call?.fail('server_error');
-      ex.fail(new UpstreamUnavailableError(upstream.name, 'server_error', status));
-    } else {
-      ex.responded = true;
-      if (ex.cacheKey !== undefined && cache.wants(ex.cacheKey, proxyRes)) cache.capture(ex.cacheKey, proxyRes);
-      ex.call?.defer();
-      ex.succeed();
-    }
-    if (ex.servedStale || res.headersSent) return;
+    if (res.headersSent) return;
     res.statusCode = status;
     if (proxyRes.statusMessage) res.statusMessage = proxyRes.statusMessage;
     const headers = proxyRes.headers;
+    const named = connectionNamed(headers.connection);
     for (const name in headers) {
       const value = headers[name];
-      if (value === undefined || UPSTREAM_ONLY_HEADERS.has(name)) continue;
+      if (value === undefined || isUpstreamOnly(name, named)) continue;
       res.setHeader(name, LOCATION_HEADERS.has(name) ? gatewayLocation(value as string) : value);
     }
     proxyRes.pipe(res);
   };
 
   const onError = (ex: Exchange, err: Error) => {
-    // Our own cut of a connection whose answer arrived (or whose body was too slow) is no failure.
-    if (ex.bodyDropped && ex.proxyRes) return;
-    // A client that hung up (or sent its body too slowly) makes the upstream call fail too: that
-    // is no upstream failure.
-    if (ex.clientGone || ex.stalled || ex.req.socket.destroyed) {
-      ex.endAttempt('neutral');
-      return ex.fail(new ClientGoneError());
+    // Decided already (the breaker's timeout, the client gone, its body too slow), or answered
+    // (our own cut of a connection whose answer arrived): the response's 'close' reports that.
+    if (ex.state !== 'pending') return;
+    // A client that hung up makes the upstream call fail too (its 'close' may not have come yet):
+    // that is no upstream failure.
+    if (ex.req.socket.destroyed) {
+      ex.finish('client_closed');
+      return ex.reject(new ClientGoneError());
     }
-    tries.ended(ex.try);
     const failure = classifyUpstreamError(err);
-    ex.endAttempt('failure', failure);
-    if (mayRetry(ex, failure) && upstream.breaker.tryRetry()) return retry(ex);
-    ex.fail(new UpstreamUnavailableError(upstream.name, failure));
+    ex.endAttempt(false, failure);
+    if (mayRetryTry(ex, failure) && upstream.retries.withdraw()) return retry(ex);
+    ex.finish(failure);
+    ex.reject(new UpstreamUnavailableError(upstream.name, failure));
   };
 
   // Retry hook: once, to another instance when there is one; else after a random pause, on a
   // connection of its own (a pooled one may be the next to be found closed).
   const retry = (ex: Exchange) => {
-    ex.retried = true;
     metrics.upstreamRetry(upstream.name);
     const other = instances.pick(ex.instance);
     if (other) {
+      ex.retry = 'other';
       ex.instance = other;
       setImmediate(forward, ex);
     } else {
-      ex.freshConnection = true;
+      ex.retry = 'fresh';
       setTimeout(forward, Math.random() * RETRY_JITTER_MS, ex);
     }
   };
@@ -463,20 +453,20 @@ export function createServiceProxy({ upstream, cache, metrics, logger, trustsPro
   // instance if the retry budget allows (else it waits on), and the slow one is not blamed for a
   // failure, only weighed as slow.
   const tryTimedOut = (ex: Exchange) => {
-    if (ex.proxyRes || ex.aborted || ex.clientGone || ex.retried || !instances.hasTimelyOther(ex.instance!) || !upstream.breaker.tryRetry()) return;
+    if (ex.state !== 'pending' || ex.retry !== 'none' || !instances.hasTimelyOther(ex.instance!) || !upstream.retries.withdraw()) return;
     metrics.tryTimeout(upstream.name, ex.instance!.url);
     tries.giveUp(ex.try!, ex.proxyReq);
-    ex.endAttempt('neutral');
+    ex.endAttempt(false);
     retry(ex);
   };
 
   const forward = (ex: Exchange) => {
     const { req } = ex;
-    if (ex.aborted || ex.clientGone || ex.stalled) return;
+    if (ex.state !== 'pending') return;
     const instance = (ex.instance ??= instances.pick()!);
-    const headers = upstreamHeaders(req, trustsProxies, instance.host, ex.span!.headers, clientAddress);
+    const headers = upstreamRequestHeaders(req, trustsProxies, instance.host, ex.span!.headers, clientAddress);
     // Deadline: how long we will still wait, so the service can give up (and undo) before we do.
-    headers.push('request-timeout', ex.retried ? String(Math.max(1, timeoutMs - Math.round(performance.now() - ex.startedAt))) : requestTimeout);
+    headers.push('request-timeout', ex.retry !== 'none' ? String(Math.max(1, timeoutMs - Math.round(performance.now() - ex.startedAt))) : requestTimeout);
     const proxyReq = httpRequest({
       hostname: instance.hostname,
       port: instance.port,
@@ -484,20 +474,19 @@ export function createServiceProxy({ upstream, cache, metrics, logger, trustsPro
       // The route keeps the full path; the service's is /api/users/1?x -> /users/1?x.
       path: servicePrefix + req.url.slice(mount.length),
       headers,
-      agent: ex.freshConnection ? false : instance.agent,
+      agent: ex.retry === 'fresh' ? false : instance.agent,
     });
     ex.proxyReq = proxyReq;
     instances.begin(instance);
-    ex.attemptOpen = true;
     instance.sent.inc();
-    ex.try = tries.start(instance, !ex.retried && (req.method === 'GET' || req.method === 'HEAD') && !hasBody(req.headers), () => tryTimedOut(ex));
+    ex.try = tries.start(instance, ex.retry === 'none' && (req.method === 'GET' || req.method === 'HEAD') && !hasBody(req.headers), () => tryTimedOut(ex));
     proxyReq.once('response', (proxyRes: IncomingMessage) => onResponse(ex, proxyRes));
     proxyReq.on('error', (err: Error) => onError(ex, err));
     if (!hasBody(req.headers)) proxyReq.end();
     else if (ex.body !== undefined) proxyReq.end(ex.body);
-    else if (ex.retried) resendBody(ex, proxyReq);
+    else if (ex.retry !== 'none') resendBody(ex, proxyReq);
     else {
-      if (isSafeToRepeat(req, ex.upstream)) keepBody(ex);
+      keepBody(ex);
       watchBody(ex, bodyLimits);
       req.pipe(proxyReq);
     }
@@ -521,7 +510,8 @@ export function createServiceProxy({ upstream, cache, metrics, logger, trustsPro
       const graceMs = SAFE_METHODS.has(req.method) ? 0 : answerGraceMs;
       await upstream.breaker.run((cancellation) => ex.start(cancellation, forward, upstream.name), { clientDoneAt, graceMs });
     } catch (err) {
-      if (ex.responded || ex.clientGone) return;
+      // Answered already (or about to be), or nobody to answer.
+      if (ex.state !== 'pending' && ex.state !== 'failed') return;
       const failure = toProxyError(upstream.name, err);
       if (failure.status >= 502 && serveStale(ex)) return;
       if (err instanceof UpstreamUnavailableError) {
@@ -535,58 +525,6 @@ export function createServiceProxy({ upstream, cache, metrics, logger, trustsPro
       sendError(res, failure);
     }
   };
-}
-
-/**
- * The service's request headers, as a flat name/value list in the client's order: the client's,
- * less CLIENT_ONLY_HEADERS and whatever its `Connection` names, plus ours. X-Forwarded-For and
- * X-Real-IP are ours: the client's claim survives only as far as `trust proxy` believes it. Node
- * already answered `100 Continue` to the client; the service need not be asked again.
- *
- * The body is framed once, by construction: the client's Content-Length when it sent one, else
- * chunked when it sent a body (Node's parser refuses both at once, and any transfer coding but
- * chunked is refused before this), else no body at all. Node's client would otherwise frame by
- * method: a DELETE or OPTIONS body would go out unframed, to be read as the next request.
- */
-function upstreamHeaders(req: Request, trustsProxies: boolean, host: string, trace: Record<string, string>, clientAddress?: ServiceProxyOptions['clientAddress']): string[] {
-  const out: string[] = [];
-  const raw = req.rawHeaders;
-  const incoming = req.headers;
-  const named = connectionNamed(incoming.connection);
-  for (let i = 0; i < raw.length; i += 2) {
-    const name = raw[i].toLowerCase();
-    if (CLIENT_ONLY_HEADERS.has(name) || named?.has(name)) continue;
-    out.push(name, raw[i + 1]);
-  }
-  out.push('host', host);
-  const peer = req.socket.remoteAddress ?? '';
-  const trusted = trustsProxies ? req.ips : [];
-  out.push('x-forwarded-for', trusted.length ? `${trusted.join(', ')}, ${peer}` : peer);
-  // req.ip is the nearest untrusted address: req.ips' first (farthest-first order), read once.
-  const client = trusted.length ? trusted[0] : peer;
-  out.push('x-real-ip', client);
-  // The same address, signed: what the user service counts logins and sign-ups by.
-  if (clientAddress) for (const [name, value] of Object.entries(clientAddress(client))) out.push(name, value);
-  out.push('x-forwarded-proto', req.protocol);
-  const forwardedHost = req.host;
-  if (forwardedHost) out.push('x-forwarded-host', forwardedHost);
-  for (const name in trace) out.push(name, trace[name]);
-  const length = incoming['content-length'];
-  if (length !== undefined) out.push('content-length', length);
-  else if (incoming['transfer-encoding'] !== undefined) out.push('transfer-encoding', 'chunked');
-  else if (!NO_DEFAULT_BODY.has(req.method)) out.push('content-length', '0');
-  return out;
-}
-
-/** The header names a `Connection` header lists (RFC 9110 7.6.1), or undefined when it names none. */
-function connectionNamed(connection: string | undefined): Set<string> | undefined {
-  if (connection === undefined || CONNECTION_OPTIONS.has(connection.toLowerCase())) return undefined;
-  const names = new Set<string>();
-  for (const token of connection.split(',')) {
-    const name = token.trim().toLowerCase();
-    if (!CONNECTION_OPTIONS.has(name)) names.add(name);
-  }
-  return names.size ? names : undefined;
 }
 
 /** The contract's answer for a call that did not get through. */

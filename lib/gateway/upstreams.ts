@@ -5,7 +5,8 @@ import { Agent } from 'node:http';
 import { Instance, InstanceSet, pinLoopback } from '../platform/balancer.js';
 import { urlList } from '../platform/config.js';
 import type { Logger } from '../platform/logger.js';
-import { ServiceClient, UpstreamUnavailableError, type UpstreamFailure } from '../platform/service-client.js';
+import { RetryBudget } from '../platform/retry.js';
+import { RETRY_TOKENS_PER_INSTANCE, ServiceClient, UpstreamUnavailableError, type UpstreamFailure } from '../platform/service-client.js';
 import { ServiceBreaker, type CircuitState } from './breakers.js';
 import type { GatewayConfig } from './config.js';
 import type { GatewayMetrics } from './metrics.js';
@@ -68,6 +69,8 @@ export interface Upstream {
   client: ServiceClient;
   /** The proxy's per-try timeouts over the instances (none with one instance). */
   tries: TryPolicy;
+  /** The retries the proxy and `client` may spend on the service, together (RETRY_BUDGET_PERCENT). */
+  retries: RetryBudget;
   breaker: ServiceBreaker;
   /**
    * The service's probe: its instance's, or with several, every instance's at once (ok when one
@@ -84,9 +87,6 @@ export interface Upstream {
 const MAX_SOCKETS = 256;
 const MAX_FREE_SOCKETS = 64;
 const IDLE_SOCKET_MS = 30_000;
-// Retries a quiet service saves up, per instance: losing one of several instances at once fails
-// every request in flight on it, and each must be able to go to another.
-const RETRY_TOKENS_PER_INSTANCE = 10;
 
 const URL_VARS: Record<ServiceName, 'USERS_URL' | 'PRODUCTS_URL' | 'ORDERS_URL'> = {
   users: 'USERS_URL',
@@ -148,8 +148,6 @@ export function createUpstreams(config: GatewayConfig, logger: Logger, metrics: 
         stablePeriodMs: config.CB_STABLE_PERIOD_MS,
         probeIntervalMs: config.CB_PROBE_INTERVAL_MS,
         slowStartMs: config.CB_SLOW_START_MS,
-        retryBudgetRatio: config.RETRY_BUDGET_PERCENT / 100,
-        retryTokenCap: RETRY_TOKENS_PER_INSTANCE * list.length,
       },
       {
         onStateChange: (state: CircuitState, previous: CircuitState) => {
@@ -167,6 +165,7 @@ export function createUpstreams(config: GatewayConfig, logger: Logger, metrics: 
         probe: single ? async () => (await probe()).ok : async () => (await probeAll(true)).ok,
       },
     );
+    const retries = new RetryBudget({ ratio: config.RETRY_BUDGET_PERCENT / 100, cap: RETRY_TOKENS_PER_INSTANCE * list.length });
     metrics.circuitState(name, breaker.state);
     for (const i of list) metrics.instanceUp(name, i.url, true);
     return {
@@ -175,8 +174,9 @@ export function createUpstreams(config: GatewayConfig, logger: Logger, metrics: 
       target: list[0].target,
       instances,
       timeoutMs: config.UPSTREAM_TIMEOUT_MS,
-      client: new ServiceClient({ name, instances: instances as unknown as InstanceSet, timeoutMs: config.UPSTREAM_TIMEOUT_MS }),
+      client: new ServiceClient({ name, instances: instances as unknown as InstanceSet, timeoutMs: config.UPSTREAM_TIMEOUT_MS, retries }),
       tries: new TryPolicy(instances, single ? 0 : (config.UPSTREAM_PER_TRY_TIMEOUT_MS ?? Math.floor(config.UPSTREAM_TIMEOUT_MS / 4))),
+      retries,
       breaker,
       probe,
       close: () => {

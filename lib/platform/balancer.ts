@@ -119,6 +119,8 @@ export class InstanceSet<I extends Instance = Instance> {
   private readonly options: OutlierOptions;
   private readonly hooks: InstanceSetHooks<I>;
   private stopped = false;
+  // Outlives the request whose failure ejected the instance: its lines carry no request's trace id.
+  private readonly probeDue = untraced((instance: I): void => void this.tryReturn(instance));
 
   constructor(list: I[], options: OutlierOptions, hooks: InstanceSetHooks<I> = {}) {
     if (list.length === 0) throw new Error('an instance set needs at least one instance');
@@ -282,16 +284,16 @@ export class InstanceSet<I extends Instance = Instance> {
     // A timer may fire a millisecond before Date.now() says its time has come.
     instance.probeEndsEjection = ms === untilEnd;
     clearTimeout(instance.timer);
-    const timer = setTimeout(probeDue, ms, this as unknown as InstanceSet, instance as Instance);
+    const timer = setTimeout(this.probeDue, ms, instance);
     timer.unref();
     instance.timer = timer;
   }
 
   /**
-   * @internal A probe is due: back if it passes; else probed again, and once its ejection time is
+   * A probe is due: back if it passes; else probed again, and once its ejection time is
    * over, a new one twice as long (capped): doubling only while its probes keep failing.
    */
-  async tryReturn(instance: I): Promise<void> {
+  private async tryReturn(instance: I): Promise<void> {
     instance.timer = undefined;
     let ok = true;
     if (this.hooks.probe) {
@@ -357,11 +359,6 @@ function load(i: Instance): number {
 function cost(i: Instance, now: number): number {
   return Math.max(LATENCY_FLOOR_MS, i.latencyNow(now)) * (i.outstanding + 1 + i.consecutiveFailures * FAILURE_WEIGHT);
 }
-
-// Outlives the request whose failure ejected the instance: its lines carry no request's trace id.
-const probeDue = untraced((set: InstanceSet<Instance>, instance: Instance): void => {
-  void set.tryReturn(instance);
-});
 
 /** `localhost` pinned to 127.0.0.1 (Node may try ::1 first), without a trailing slash. */
 export function pinLoopback(url: string): string {

@@ -4,6 +4,7 @@ import { AsyncLocalStorage } from 'node:async_hooks';
 import type { RequestHandler } from 'express';
 import { Instance, InstanceSet, pinLoopback, type OutlierOptions } from './balancer.js';
 import { HttpError } from './errors.js';
+import { mayRetry, RetryBudget } from './retry.js';
 import { ATTR_HTTP_REQUEST_METHOD, ATTR_URL_PATH } from '@opentelemetry/semantic-conventions';
 import { ATTR_PEER_SERVICE, startClientSpan } from './span-recorder.js';
 import { classifyUpstreamError, RESPONSE_TOO_LARGE, type UpstreamFailure } from './upstream-errors.js';
@@ -91,6 +92,11 @@ export interface ServiceClientOptions {
   maxResponseBytes?: number;
   /** How requests are sent: the global fetch unless given (the gateway's keep-alive pools, say). */
   fetch?: Fetch;
+  /**
+   * The retries its calls may spend (shared with the gateway's proxy to the same service); by
+   * default one of its own: a fifth of its calls, up to RETRY_TOKENS_PER_INSTANCE per instance.
+   */
+  retries?: RetryBudget;
 }
 
 /** What a ServiceClient sends with: fetch's signature, for the URLs of its instances. */
@@ -110,8 +116,10 @@ export interface RequestOptions {
   accept?: readonly number[];
 }
 
-// Methods a retry on another instance may repeat after a reset; a refused call never reached one.
-const IDEMPOTENT = new Set(['GET', 'HEAD', 'OPTIONS', 'PUT', 'DELETE']);
+// A client's own budget: retries per call, and retries a quiet client saves up per instance (losing
+// one of several instances fails every call in flight on it, and each must be able to go to another).
+const DEFAULT_RETRY_RATIO = 0.2;
+export const RETRY_TOKENS_PER_INSTANCE = 10;
 
 /**
  * The instances of a service from its URL list, for a ServiceClient: an instance whose ejection
@@ -139,8 +147,9 @@ export class ServiceClient {
   private readonly timeoutMs: number;
   private readonly maxResponseBytes: number;
   private readonly fetch: Fetch;
+  private readonly retries: RetryBudget;
 
-  constructor({ name, baseUrl, instances, timeoutMs, maxResponseBytes = 4 * 1024 * 1024, fetch: send }: ServiceClientOptions) {
+  constructor({ name, baseUrl, instances, timeoutMs, maxResponseBytes = 4 * 1024 * 1024, fetch: send, retries }: ServiceClientOptions) {
     this.name = name;
     // The global looked up at each call, as before.
     this.fetch = send ?? ((url, init) => fetch(url, init));
@@ -153,6 +162,8 @@ export class ServiceClient {
     this.baseUrl = this.instances.list[0].target;
     this.timeoutMs = timeoutMs;
     this.maxResponseBytes = maxResponseBytes;
+    const cap = RETRY_TOKENS_PER_INSTANCE * this.instances.list.length;
+    this.retries = retries ?? new RetryBudget({ ratio: DEFAULT_RETRY_RATIO, cap, initial: cap });
   }
 
   /**
@@ -182,6 +193,7 @@ export class ServiceClient {
     const set = this.instances;
     let instance = set.pick()!;
     let retried = false;
+    this.retries.deposit();
     for (;;) {
       set.begin(instance);
       try {
@@ -197,9 +209,18 @@ export class ServiceClient {
         const failure = options.signal?.aborted ? 'aborted' : classifyUpstreamError(err, timeout.aborted);
         if (failure !== 'aborted' && !(failure === 'timeout' && byDeadline)) set.fail(instance, failure);
         // Failed before any answer: another instance takes it when that cannot do harm twice.
-        if (!retried && res === undefined && (failure === 'refused' || (failure === 'reset' && (IDEMPOTENT.has(method) || headers['idempotency-key'] !== undefined)))) {
+        const retry = !retried && failure !== 'aborted' && mayRetry({
+          method,
+          idempotencyKey: headers['idempotency-key'] !== undefined,
+          failure,
+          answered: res !== undefined,
+          reusedSocket: false,
+          severalInstances: !set.single,
+          replayable: true,
+        });
+        if (retry) {
           const next = set.pick(instance);
-          if (next) {
+          if (next && this.retries.withdraw()) {
             retried = true;
             instance = next;
             continue;
