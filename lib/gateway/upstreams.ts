@@ -165,7 +165,11 @@ export function createUpstreams(config: GatewayConfig, logger: Logger, metrics: 
         probe: single ? async () => (await probe()).ok : async () => (await probeAll(true)).ok,
       },
     );
-    const retries = new RetryBudget({ ratio: config.RETRY_BUDGET_PERCENT / 100, cap: RETRY_TOKENS_PER_INSTANCE * list.length });
+    // With several instances it starts full, as a client's own does: an instance lost in the first
+    // seconds fails every call in flight on it, and each may go to another. A lone instance's
+    // retries go back to it, so they wait to be earned.
+    const cap = RETRY_TOKENS_PER_INSTANCE * list.length;
+    const retries = new RetryBudget({ ratio: config.RETRY_BUDGET_PERCENT / 100, cap, initial: list.length > 1 ? cap : 1 });
     metrics.circuitState(name, breaker.state);
     for (const i of list) metrics.instanceUp(name, i.url, true);
     return {
