@@ -7,10 +7,9 @@ import { createServiceApp } from '../lib/platform/service-app.js';
 import { createMetrics } from '../lib/platform/metrics.js';
 import { openSqlDatabase } from '../lib/platform/sql.js';
 import { ServiceClient } from '../lib/platform/service-client.js';
-import { BasicTracerProvider, type ReadableSpan } from '@opentelemetry/sdk-trace-base';
-import { createTracing, SpanBuffer, type SpanRecord } from '../lib/platform/span-recorder.js';
+import { createTracing, type SpanRecord, type Tracing } from '../lib/platform/span-recorder.js';
 import { createTraceRoutes } from '../lib/platform/trace-endpoints.js';
-import { toW3cTraceId } from '../lib/platform/trace-context.js';
+import { toW3cTraceId, traceFromHeaders } from '../lib/platform/trace-context.js';
 import { createBaseApp, requestContext } from '../lib/platform/http.js';
 import { errorHandler, notFoundHandler } from '../lib/platform/errors.js';
 import { assertOneTree, http, memoryLogger, startApp } from './helpers.js';
@@ -134,30 +133,29 @@ describe('traces across processes', async () => {
 });
 
 describe('span buffer', () => {
-  // Finished spans as the SDK hands them to the buffer's processor.
-  const tracer = new BasicTracerProvider().getTracer('test');
-  const finished = (name: string, startTime = Date.now()): ReadableSpan => {
-    const span = tracer.startSpan(name, { startTime });
-    span.end();
-    return span as unknown as ReadableSpan;
-  };
+  /** One finished server span of a fresh trace, recorded as a request's would be. */
+  const finish = (tracing: Tracing, name: string) => tracing.runServerSpan(traceFromHeaders({}, false), name, {}, (span) => span.end());
 
-  test('stays within its count cap however many spans arrive', () => {
-    const buffer = new SpanBuffer(1000, 60_000);
+  test('stays within its count cap however many spans arrive, the newest last', () => {
+    const tracing = createTracing({ service: 's', maxSpans: 1000 });
     for (let i = 0; i < 20_000; i++) {
-      buffer.pushSpan(finished(`span-${i}`), 's');
-      assert.ok(buffer.size <= 1000);
+      finish(tracing, `span-${i}`);
+      assert.ok(tracing.buffer.size <= 1000);
     }
-    assert.equal(buffer.size, 1000);
-    assert.equal(buffer.query({ limit: 1 })[0].name, 'span-19999');
+    assert.equal(tracing.buffer.size, 1000);
+    const spans = tracing.buffer.query({});
+    assert.equal(spans.length, 1000);
+    assert.equal(spans[0].name, 'span-19000');
+    assert.equal(tracing.buffer.query({ limit: 1 })[0].name, 'span-19999');
   });
 
-  test('drops spans older than its age cap', () => {
-    const buffer = new SpanBuffer(1000, 1000);
-    buffer.pushSpan(finished('old', Date.now() - 5000), 's');
-    assert.equal(buffer.size, 0);
-    buffer.pushSpan(finished('new'), 's');
-    assert.equal(buffer.size, 1);
+  test('serves no span older than its age cap', (t) => {
+    const tracing = createTracing({ service: 's', maxAgeMs: 1000 });
+    finish(tracing, 'old');
+    const now = performance.now();
+    t.mock.method(performance, 'now', () => now + 5000);
+    finish(tracing, 'new');
+    assert.deepEqual(tracing.buffer.query({}).map((s) => s.name), ['new']);
   });
 
   test('a real app keeps its buffer within the cap under many requests', async () => {
