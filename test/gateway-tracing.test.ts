@@ -3,7 +3,13 @@ import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { toW3cTraceId } from '../lib/platform/trace-context.js';
 import { assertOneTree, http } from './helpers.js';
-import { startGatewayFor, type StartedGateway } from './gateway-helpers.js';
+import { circuit, startFakeUpstream, startGatewayFor, type FakeUpstream, type StartedGateway } from './gateway-helpers.js';
+import { createGateway } from '../lib/gateway/app.js';
+import { GatewayConfigSchema } from '../lib/gateway/config.js';
+import { parseConfig } from '../lib/platform/config.js';
+import { closeServer, listen } from '../lib/platform/server.js';
+import { createTracingFromConfig } from '../lib/platform/span-recorder.js';
+import { memoryLogger } from './helpers.js';
 import { createProduct, createUser, startServices, type System } from './system.js';
 
 interface Span {
@@ -150,6 +156,62 @@ describe('traces through the gateway', () => {
       const text = await fetch(`${svc.url}/metrics`).then((r) => r.text());
       assert.match(text, /http_request_duration_seconds_bucket\{/);
       assert.match(text, /http_requests_total\{[^}]*route="\/(users|products|orders|internal\/reservations)/);
+    }
+  });
+});
+
+describe('a gateway that samples no request', () => {
+  let up: FakeUpstream;
+  let url: string;
+  let close: () => Promise<void>;
+  before(async () => {
+    up = await startFakeUpstream();
+    const config = parseConfig(GatewayConfigSchema, { LOG_LEVEL: 'warn', USERS_URL: up.url, PRODUCTS_URL: up.url, ORDERS_URL: up.url, OTEL_TRACES_SAMPLER: 'always_off', TRACE_SLOW_MS: '60000', CB_RESET_TIMEOUT_MS: '60000' });
+    const gateway = createGateway({ config, logger: memoryLogger('gateway', 'warn').logger, tracing: createTracingFromConfig('gateway', config) });
+    const listening = await listen(gateway, 0, '127.0.0.1');
+    url = listening.url;
+    close = async () => {
+      await closeServer(listening.server, 2_000);
+      await gateway.close();
+      await up.stop();
+    };
+  });
+  after(() => close());
+
+  test('when a request succeeds quickly, then its trace id and traceparent still reach the service, and /traces does not keep it', async () => {
+    const r = await http(url, 'GET', '/api/products/1', { headers: { 'x-trace-id': 'quiet-ok' } });
+    assert.equal(r.status, 200);
+    assert.equal(r.headers.get('x-trace-id'), 'quiet-ok');
+    const seen = up.seen.at(-1)!;
+    assert.equal(seen.headers['x-trace-id'], 'quiet-ok');
+    assert.match(String(seen.headers.traceparent), new RegExp(`^00-${toW3cTraceId('quiet-ok')}-[0-9a-f]{16}-00$`));
+    assert.equal((await http(url, 'GET', '/traces/quiet-ok')).status, 404);
+  });
+
+  test('when the circuit refuses a request, then /traces keeps it as an error', async () => {
+    assert.equal((await circuit(url, 'products', 'open')).status, 200);
+    try {
+      // A path never answered before: an open circuit may serve a stale copy of one that was.
+      const r = await http(url, 'GET', '/api/products/77', { headers: { 'x-trace-id': 'refused-1' } });
+      assert.equal(r.status, 503);
+      const t = await http<{ spans: Span[] }>(url, 'GET', '/traces/refused-1');
+      assert.equal(t.status, 200);
+      assert.deepEqual(t.body.spans.map((s) => `${s.service} ${s.kind} ${s.status}`), ['gateway server error']);
+    } finally {
+      await circuit(url, 'products', 'reset');
+    }
+  });
+
+  test('when the service answers 5xx, then /traces keeps the request with its call', async () => {
+    up.behaviour = { kind: 'status', status: 500 };
+    try {
+      const r = await http(url, 'GET', '/api/products/1', { headers: { 'x-trace-id': 'upstream-500' } });
+      assert.equal(r.status, 500);
+      const t = await http<{ spans: Span[] }>(url, 'GET', '/traces/upstream-500');
+      assert.equal(t.status, 200);
+      assert.deepEqual(t.body.spans.map((s) => `${s.kind} ${s.status}`).sort(), ['client error', 'server error']);
+    } finally {
+      up.behaviour = { kind: 'echo' };
     }
   });
 });

@@ -7,32 +7,39 @@ import { createServiceApp } from '../lib/platform/service-app.js';
 import { createMetrics } from '../lib/platform/metrics.js';
 import { openSqlDatabase } from '../lib/platform/sql.js';
 import { ServiceClient } from '../lib/platform/service-client.js';
-import { BasicTracerProvider, type ReadableSpan } from '@opentelemetry/sdk-trace-base';
-import { createTracing, SpanBuffer, type SpanRecord } from '../lib/platform/span-recorder.js';
+import { createSampler, createTracing, createTracingFromConfig, startClientSpan, type SpanRecord, type Tracing, type TracingOptions } from '../lib/platform/span-recorder.js';
 import { createTraceRoutes } from '../lib/platform/trace-endpoints.js';
-import { toW3cTraceId } from '../lib/platform/trace-context.js';
+import { toW3cTraceId, traceFromHeaders } from '../lib/platform/trace-context.js';
 import { createBaseApp, requestContext } from '../lib/platform/http.js';
 import { errorHandler, notFoundHandler } from '../lib/platform/errors.js';
+import { commonShape, parseConfig } from '../lib/platform/config.js';
+import { z } from 'zod';
+import { SpanStatusCode } from '@opentelemetry/api';
 import { assertOneTree, http, memoryLogger, startApp } from './helpers.js';
 import { rawRequest } from './gateway-helpers.js';
 
 const db = () => openSqlDatabase({ dataDir: ':memory:', name: 't', migrations: { sqlite: [], postgres: [] } });
 
 /** A back service with GET /thing, and a front service whose GET /proxy calls it. */
-async function twoServices(otlpEndpoint?: string) {
+async function twoServices(otlpEndpoint?: string, options: Partial<TracingOptions> = {}) {
   const back = memoryLogger('back');
-  const backTracing = createTracing({ service: 'back-service', otlpEndpoint });
-  const backRoutes = Router().get('/thing', (_req, res) => {
-    res.json({ ok: true });
+  const backTracing = createTracing({ service: 'back-service', otlpEndpoint, ...options });
+  const backRoutes = Router().get('/thing', (req, res) => {
+    res.json({ ok: true, traceparent: req.headers.traceparent });
   });
   const backApp = await startApp(createServiceApp({ service: 'back-service', logger: back.logger, metrics: createMetrics('back'), db: await db(), routes: backRoutes, api: [], tracing: backTracing }));
   const client = new ServiceClient({ name: 'back', baseUrl: backApp.url, timeoutMs: 2000 });
   const front = memoryLogger('front');
-  const frontTracing = createTracing({ service: 'front-service', otlpEndpoint });
-  const frontRoutes = Router().get('/proxy', async (_req, res) => {
-    const r = await client.get<{ ok: boolean }>('/thing');
-    res.json({ fromBack: r.body });
-  });
+  const frontTracing = createTracing({ service: 'front-service', otlpEndpoint, ...options });
+  const frontRoutes = Router()
+    .get('/proxy', async (_req, res) => {
+      const r = await client.get<{ ok: boolean }>('/thing');
+      res.json({ fromBack: r.body });
+    })
+    .get('/broken', async () => {
+      await client.get('/thing');
+      throw new Error('broken on purpose');
+    });
   // Built like the gateway: its /traces merges its own spans with the back service's.
   const app = createBaseApp();
   app.use(requestContext(front.logger, frontTracing));
@@ -134,30 +141,29 @@ describe('traces across processes', async () => {
 });
 
 describe('span buffer', () => {
-  // Finished spans as the SDK hands them to the buffer's processor.
-  const tracer = new BasicTracerProvider().getTracer('test');
-  const finished = (name: string, startTime = Date.now()): ReadableSpan => {
-    const span = tracer.startSpan(name, { startTime });
-    span.end();
-    return span as unknown as ReadableSpan;
-  };
+  /** One finished server span of a fresh trace, recorded as a request's would be. */
+  const finish = (tracing: Tracing, name: string) => tracing.runServerSpan(traceFromHeaders({}, false), name, {}, (span) => span.end());
 
-  test('stays within its count cap however many spans arrive', () => {
-    const buffer = new SpanBuffer(1000, 60_000);
+  test('stays within its count cap however many spans arrive, the newest last', () => {
+    const tracing = createTracing({ service: 's', maxSpans: 1000 });
     for (let i = 0; i < 20_000; i++) {
-      buffer.pushSpan(finished(`span-${i}`), 's');
-      assert.ok(buffer.size <= 1000);
+      finish(tracing, `span-${i}`);
+      assert.ok(tracing.buffer.size <= 1000);
     }
-    assert.equal(buffer.size, 1000);
-    assert.equal(buffer.query({ limit: 1 })[0].name, 'span-19999');
+    assert.equal(tracing.buffer.size, 1000);
+    const spans = tracing.buffer.query({});
+    assert.equal(spans.length, 1000);
+    assert.equal(spans[0].name, 'span-19000');
+    assert.equal(tracing.buffer.query({ limit: 1 })[0].name, 'span-19999');
   });
 
-  test('drops spans older than its age cap', () => {
-    const buffer = new SpanBuffer(1000, 1000);
-    buffer.pushSpan(finished('old', Date.now() - 5000), 's');
-    assert.equal(buffer.size, 0);
-    buffer.pushSpan(finished('new'), 's');
-    assert.equal(buffer.size, 1);
+  test('serves no span older than its age cap', (t) => {
+    const tracing = createTracing({ service: 's', maxAgeMs: 1000 });
+    finish(tracing, 'old');
+    const now = performance.now();
+    t.mock.method(performance, 'now', () => now + 5000);
+    finish(tracing, 'new');
+    assert.deepEqual(tracing.buffer.query({}).map((s) => s.name), ['new']);
   });
 
   test('a real app keeps its buffer within the cap under many requests', async () => {
@@ -172,19 +178,116 @@ describe('span buffer', () => {
   });
 });
 
+/** An OTLP/HTTP receiver on port 0 that keeps what it is sent. */
+async function otlpReceiver() {
+  const received: { path: string; body: any }[] = [];
+  const receiver = createServer((req: IncomingMessage, res) => {
+    const chunks: Buffer[] = [];
+    req.on('data', (c: Buffer) => chunks.push(c));
+    req.on('end', () => {
+      received.push({ path: req.url ?? '', body: JSON.parse(Buffer.concat(chunks).toString()) });
+      res.writeHead(200, { 'content-type': 'application/json' }).end('{}');
+    });
+  });
+  await new Promise<void>((r) => receiver.listen(0, '127.0.0.1', r));
+  const endpoint = `http://127.0.0.1:${(receiver.address() as AddressInfo).port}`;
+  const spanCount = () => received.reduce((n, { body }) => n + body.resourceSpans.reduce((m: number, rs: any) => m + rs.scopeSpans.reduce((k: number, ss: any) => k + ss.spans.length, 0), 0), 0);
+  return { received, endpoint, spanCount, close: () => receiver.close() };
+}
+
+describe('head sampling', async () => {
+  // Nothing sampled, and nothing slow enough: only failures are kept.
+  const sys = await twoServices(undefined, { sampler: createSampler('parentbased_traceidratio', 0), slowMs: 60_000 });
+  after(() => sys.close());
+
+  test('when a request is not sampled, then its ids still reach the service and the response, with traceparent flags 00, and a quick success is not kept', async () => {
+    const r = await http(sys.frontApp.url, 'GET', '/proxy', { headers: { 'x-trace-id': 'unsampled-ok' } });
+    assert.equal(r.status, 200);
+    assert.equal(r.headers.get('x-trace-id'), 'unsampled-ok');
+    assert.match(r.headers.get('x-span-id') ?? '', /^[0-9a-f]{16}$/);
+    assert.match(r.body.fromBack.traceparent, new RegExp(`^00-${toW3cTraceId('unsampled-ok')}-[0-9a-f]{16}-00$`));
+    assert.equal((await http(sys.frontApp.url, 'GET', '/traces/unsampled-ok')).status, 404);
+    for (const t of sys.tracings) assert.equal(t.buffer.query({ traceId: toW3cTraceId('unsampled-ok') }).length, 0);
+  });
+
+  test('when an unsampled request fails, then /traces still has it, with the call it made', async () => {
+    const r = await http(sys.frontApp.url, 'GET', '/broken', { headers: { 'x-trace-id': 'unsampled-broken' } });
+    assert.equal(r.status, 500);
+    const t = await http(sys.frontApp.url, 'GET', '/traces/unsampled-broken');
+    assert.equal(t.status, 200);
+    const spans = t.body.spans as SpanRecord[];
+    // The back service answered quickly and well: its own span is not kept.
+    assert.deepEqual(spans.map((s) => `${s.service} ${s.kind} ${s.status}`).sort(), ['front-service client ok', 'front-service server error']);
+  });
+
+  test('when the caller says its trace is sampled, then the parent-based sampler follows it', async () => {
+    const id = '5bf92f3577b34da6a3ce929d0e0e4736';
+    const r = await http(sys.frontApp.url, 'GET', '/proxy', { headers: { traceparent: `00-${id}-00f067aa0ba902b7-01` } });
+    assert.match(r.body.fromBack.traceparent, /-01$/);
+    const t = await http(sys.frontApp.url, 'GET', `/traces/${id}`);
+    assert.equal(t.status, 200);
+    assert.equal(t.body.spans.length, 3);
+  });
+});
+
+describe('the tail decision for unsampled requests', () => {
+  const unsampled = (slowMs: number) => createTracing({ service: 's', sampler: createSampler('always_off'), slowMs });
+  /** A request's server span with one call under it that answers `status`. */
+  const request = (tracing: Tracing, id: string, status: number, serverError = false) =>
+    tracing.runServerSpan(traceFromHeaders({ 'x-trace-id': id }, false), 'GET', {}, (span) => {
+      startClientSpan('GET back', {}).end({ status });
+      if (serverError) span.setStatus({ code: SpanStatusCode.ERROR });
+      span.end();
+    });
+  const kept = (tracing: Tracing, id: string) => tracing.buffer.query({ traceId: toW3cTraceId(id) }).map((s) => `${s.kind} ${s.status}`).sort();
+
+  test('when its server span lasts TRACE_SLOW_MS or more, then it is kept, its call included', () => {
+    const tracing = unsampled(0);
+    request(tracing, 'slow-1', 200);
+    assert.deepEqual(kept(tracing, 'slow-1'), ['client ok', 'server ok']);
+  });
+
+  test('when only a call under it failed, then it is kept; when nothing failed and it was quick, then it is not', () => {
+    const tracing = unsampled(60_000);
+    request(tracing, 'call-failed', 503);
+    request(tracing, 'server-failed', 200, true);
+    request(tracing, 'fine', 200);
+    assert.deepEqual(kept(tracing, 'call-failed'), ['client error', 'server ok']);
+    assert.deepEqual(kept(tracing, 'server-failed'), ['client ok', 'server error']);
+    assert.deepEqual(kept(tracing, 'fine'), []);
+    assert.equal(tracing.buffer.size, 4);
+  });
+});
+
+describe('sampler configuration', () => {
+  const Schema = z.object(commonShape);
+  const tracingFor = (env: Record<string, string>) => createTracingFromConfig('s', parseConfig(Schema, env))!;
+  const sampledOf = (tracing: Tracing, id: string) => tracing.runServerSpan(traceFromHeaders({ 'x-trace-id': id }, false), 'GET', {}, (span) => span.spanContext().traceFlags === 1);
+
+  test('when unset, then every request is sampled; with a ratio, then about that share is, decided on the trace id', () => {
+    const all = tracingFor({});
+    assert.ok(Array.from({ length: 50 }, (_, i) => sampledOf(all, `t-${i}`)).every(Boolean));
+    const tenth = tracingFor({ OTEL_TRACES_SAMPLER: 'parentbased_traceidratio', OTEL_TRACES_SAMPLER_ARG: '0.1' });
+    const decisions = Array.from({ length: 2000 }, (_, i) => sampledOf(tenth, `t-${i}`));
+    const share = decisions.filter(Boolean).length / decisions.length;
+    assert.ok(share > 0.05 && share < 0.15, `share ${share}`);
+    // The same trace id gets the same decision in any process.
+    const other = tracingFor({ OTEL_TRACES_SAMPLER: 'traceidratio', OTEL_TRACES_SAMPLER_ARG: '0.1' });
+    assert.deepEqual(Array.from({ length: 200 }, (_, i) => sampledOf(other, `t-${i}`)), decisions.slice(0, 200));
+  });
+
+  test('when a sampler or its ratio is not one OpenTelemetry defines, then the config names the variable', () => {
+    assert.throws(() => parseConfig(Schema, { OTEL_TRACES_SAMPLER: 'jaeger_remote' }), /^Error: OTEL_TRACES_SAMPLER: must be one of always_on, .*parentbased_traceidratio \(got "jaeger_remote"\)$/);
+    for (const bad of ['1.5', '-0.1', 'half']) {
+      assert.throws(() => parseConfig(Schema, { OTEL_TRACES_SAMPLER_ARG: bad }), /^Error: OTEL_TRACES_SAMPLER_ARG: must be a ratio from 0 to 1/, bad);
+    }
+    assert.equal(parseConfig(Schema, { OTEL_TRACES_SAMPLER_ARG: '0.25' }).OTEL_TRACES_SAMPLER_ARG, 0.25);
+  });
+});
+
 describe('OTLP export', () => {
   test('with an endpoint set, spans of both services reach an OTLP/HTTP receiver', async () => {
-    const received: { path: string; body: any }[] = [];
-    const receiver = createServer((req: IncomingMessage, res) => {
-      const chunks: Buffer[] = [];
-      req.on('data', (c: Buffer) => chunks.push(c));
-      req.on('end', () => {
-        received.push({ path: req.url ?? '', body: JSON.parse(Buffer.concat(chunks).toString()) });
-        res.writeHead(200, { 'content-type': 'application/json' }).end('{}');
-      });
-    });
-    await new Promise<void>((r) => receiver.listen(0, '127.0.0.1', r));
-    const endpoint = `http://127.0.0.1:${(receiver.address() as AddressInfo).port}`;
+    const { received, endpoint, close: closeReceiver } = await otlpReceiver();
     const sys = await twoServices(endpoint);
     try {
       await http(sys.frontApp.url, 'GET', '/proxy', { headers: { 'x-trace-id': 'otlp-1' } });
@@ -204,6 +307,20 @@ describe('OTLP export', () => {
       }
       assert.deepEqual(services, new Set(['front-service', 'back-service']));
       assert.ok(traceIds.has(toW3cTraceId('otlp-1')));
+    } finally {
+      await sys.close();
+      closeReceiver();
+    }
+  });
+
+  test('when requests are not sampled, then none is exported, the failing ones kept for /traces included', async () => {
+    const receiver = await otlpReceiver();
+    const sys = await twoServices(receiver.endpoint, { sampler: createSampler('always_off') });
+    try {
+      assert.equal((await http(sys.frontApp.url, 'GET', '/broken', { headers: { 'x-trace-id': 'kept-not-exported' } })).status, 500);
+      assert.equal((await http(sys.frontApp.url, 'GET', '/traces/kept-not-exported')).status, 200);
+      await Promise.all(sys.tracings.map((t) => t.shutdown()));
+      assert.equal(receiver.spanCount(), 0);
     } finally {
       await sys.close();
       receiver.close();

@@ -75,6 +75,9 @@ export const urlList = (value: string): string[] => (value === '' ? [] : value.s
 
 export const logLevelVar = z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info');
 
+/** The samplers OTEL_TRACES_SAMPLER names, as OpenTelemetry's environment specification spells them. */
+export const SAMPLERS = ['always_on', 'always_off', 'traceidratio', 'parentbased_always_on', 'parentbased_always_off', 'parentbased_traceidratio'] as const;
+
 /** Settings every process has. */
 export const commonShape = {
   HOST: z.string().min(1).default('127.0.0.1'),
@@ -87,6 +90,16 @@ export const commonShape = {
   OTEL_SDK_DISABLED: boolVar(false),
   // OpenTelemetry's name for how long finished spans wait to be exported in one batch (ours defaults to 1 s, not its 5 s).
   OTEL_BSP_SCHEDULE_DELAY: intVar(1000, 1, 60_000),
+  // OpenTelemetry's head sampler: which requests are exported. Every request still gets its ids and
+  // headers, and /traces keeps the unsampled ones that fail or are slow (TRACE_SLOW_MS).
+  OTEL_TRACES_SAMPLER: z.enum(SAMPLERS, { message: `must be one of ${SAMPLERS.join(', ')}` }).default('parentbased_always_on'),
+  // The ratio of the *traceidratio samplers, 0..1 (other samplers ignore it).
+  OTEL_TRACES_SAMPLER_ARG: z.string()
+    .regex(/^(0(\.\d+)?|1(\.0+)?|\.\d+)$/, 'must be a ratio from 0 to 1')
+    .transform(Number)
+    .default(1),
+  // An unsampled request whose server span lasts this long is still kept for /traces.
+  TRACE_SLOW_MS: intVar(500, 0, 3_600_000),
   // Finished spans each process keeps for /traces: at most this many, none older than the age.
   TRACE_BUFFER_SPANS: intVar(10_000, 100, 1_000_000),
   TRACE_BUFFER_MAX_AGE_MS: intVar(15 * 60_000, 1000),

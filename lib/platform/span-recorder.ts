@@ -1,19 +1,25 @@
-// Spans: one OpenTelemetry tracer provider per app, a bounded buffer of finished spans that
-// /spans and /traces read, and OTLP/HTTP export when an endpoint is configured.
-import { context, createContextKey, ROOT_CONTEXT, SpanKind, SpanStatusCode, trace, TraceFlags, type Attributes, type Context, type Span, type SpanContext, type Tracer } from '@opentelemetry/api';
-import { ExportResultCode, hrTimeToMilliseconds, type ExportResult } from '@opentelemetry/core';
-import { resourceFromAttributes } from '@opentelemetry/resources';
+// Spans: each process records its spans into a bounded ring that /spans and /traces read, and,
+// when an endpoint is configured, hands the sampled ones to OpenTelemetry's BatchSpanProcessor
+// and OTLP/HTTP exporter on a timer. A request pays for two small objects per span and a slot
+// write; formatting and export happen off its path.
+import { ROOT_CONTEXT, SpanKind, SpanStatusCode, trace, TraceFlags, type Attributes, type AttributeValue, type Link, type Span, type SpanContext, type SpanStatus } from '@opentelemetry/api';
+import { ExportResultCode, millisToHrTime, type ExportResult } from '@opentelemetry/core';
+import { defaultResource, resourceFromAttributes, type Resource } from '@opentelemetry/resources';
 import {
-  BasicTracerProvider,
+  AlwaysOffSampler,
+  AlwaysOnSampler,
   BatchSpanProcessor,
-  type IdGenerator,
+  ParentBasedSampler,
+  SamplingDecision,
+  TraceIdRatioBasedSampler,
   type ReadableSpan,
-  type SpanProcessor,
+  type Sampler,
 } from '@opentelemetry/sdk-trace-base';
 import { OTLPTraceExporter } from '@opentelemetry/exporter-trace-otlp-http';
+import type { SAMPLERS } from './config.js';
 import type { Logger } from './logger.js';
 import { ATTR_ERROR_TYPE, ATTR_HTTP_RESPONSE_STATUS_CODE, ATTR_SERVICE_NAME } from '@opentelemetry/semantic-conventions';
-import { currentTrace, ensureContextManager, newSpanId, newTraceId, outgoingTraceHeaders, runWithTrace, type TraceContext } from './trace-context.js';
+import { currentTrace, ensureContextManager, newSpanId, outgoingTraceHeaders, runWithTrace, type TraceContext } from './trace-context.js';
 
 /** A finished span as /spans and /traces serve it. */
 export interface SpanRecord {
@@ -35,162 +41,260 @@ export interface SpanRecord {
 
 export const ALIAS_ATTRIBUTE = 'trace.alias';
 
-// What a dropped slot holds until the next compaction, so the span itself can be collected now.
-const DROPPED: SpanRecord = {
-  traceId: '', spanId: '', parentSpanId: null, name: '', service: '', kind: 'internal', startTime: '', startMs: 0, durationMs: 0, status: 'ok', attributes: {},
-};
+export type SamplerName = (typeof SAMPLERS)[number];
+
+/** OpenTelemetry's SDK samplers for a name and ratio (the ratio is read by the *traceidratio ones only). */
+export function createSampler(name: SamplerName, ratio = 1): Sampler {
+  const root = name.endsWith('always_off') ? new AlwaysOffSampler() : name.endsWith('traceidratio') ? new TraceIdRatioBasedSampler(ratio) : new AlwaysOnSampler();
+  return name.startsWith('parentbased_') ? new ParentBasedSampler({ root }) : root;
+}
+
+const KINDS: Record<number, SpanRecord['kind']> = { [SpanKind.SERVER]: 'server', [SpanKind.CLIENT]: 'client' };
+const NO_LINKS: Link[] = [];
+// Where the process's clock started, to turn performance.now() readings into epoch times when read.
+const TIME_ORIGIN = performance.timeOrigin;
+
+// An unsampled request's local root decides at its end whether its spans are kept for /traces.
+const UNDECIDED = 0;
+const KEPT = 1;
+const DROPPED = 2;
+// Finished child spans one unsampled request may hold while its root is still open.
+const MAX_PENDING = 64;
 
 /**
- * A finished span as the buffer keeps it: the few fields /spans needs, taken from the SDK's span
- * when it ends, so that the span object itself dies young instead of being kept (with its
- * context, times, events and links) by the thousand in the old generation. The conversion to a
- * SpanRecord (attribute copy, ISO date) is paid when /spans or /traces read it.
+ * A span of this process. It implements OpenTelemetry's Span interface, so code that sets
+ * attributes or a status works as with the SDK's spans, but it does only what recording needs:
+ * no per-span sampler call for children, no attribute validation copy, no processor fan-out.
+ * Once ended it is itself the record that the ring holds.
  */
-class FinishedSpan {
+class RecordedSpan implements Span {
+  /** performance.now() at the start; the end is start + durationMs. */
+  readonly start = performance.now();
+  durationMs = -1;
+  error = false;
+  statusMessage: string | undefined = undefined;
+  /** Local root only: KEPT, DROPPED or UNDECIDED for an unsampled request. */
+  decision = UNDECIDED;
+  /** Local root of an unsampled request only: its children that ended before it. */
+  pending: RecordedSpan[] | undefined = undefined;
+
   constructor(
+    readonly recorder: SpanRecorder,
     readonly traceId: string,
     readonly spanId: string,
-    readonly parentSpanId: string | null,
-    readonly name: string,
-    readonly kind: SpanRecord['kind'],
-    readonly startMs: number,
-    readonly durationMs: number,
-    readonly error: boolean,
-    /** The SDK span's own attribute object: nothing writes to it once the span has ended. */
+    readonly parentSpanId: string | undefined,
+    public name: string,
+    readonly kind: SpanKind,
+    /** Owned by the span from here on: callers hand over a fresh object. */
     readonly attributes: Attributes,
-    readonly service: string,
+    readonly sampled: boolean,
+    /** The request's server span, for a span under it. */
+    readonly root: RecordedSpan | undefined,
   ) {}
 
-  static of(span: ReadableSpan, service: string): FinishedSpan {
-    const ctx = span.spanContext();
-    return new FinishedSpan(
-      ctx.traceId,
-      ctx.spanId,
-      span.parentSpanContext?.spanId ?? null,
-      span.name,
-      KINDS[span.kind] ?? 'internal',
-      hrTimeToMilliseconds(span.startTime),
-      Math.round(hrTimeToMilliseconds(span.duration) * 1000) / 1000,
-      span.status.code === SpanStatusCode.ERROR,
-      span.attributes,
-      service,
-    );
+  spanContext(): SpanContext {
+    return { traceId: this.traceId, spanId: this.spanId, traceFlags: this.sampled ? TraceFlags.SAMPLED : TraceFlags.NONE };
+  }
+  setAttribute(key: string, value?: AttributeValue): this {
+    if (this.durationMs < 0 && value !== undefined) this.attributes[key] = value;
+    return this;
+  }
+  setAttributes(attributes: Attributes): this {
+    for (const key of Object.keys(attributes)) this.setAttribute(key, attributes[key]);
+    return this;
+  }
+  // Events and links are not recorded: nothing here makes them, and /traces has no place for them.
+  addEvent(): this {
+    return this;
+  }
+  addLink(): this {
+    return this;
+  }
+  addLinks(): this {
+    return this;
+  }
+  setStatus(status: SpanStatus): this {
+    if (this.durationMs < 0 && status.code === SpanStatusCode.ERROR) {
+      this.error = true;
+      this.statusMessage = status.message;
+    }
+    return this;
+  }
+  updateName(name: string): this {
+    if (this.durationMs < 0) this.name = name;
+    return this;
+  }
+  end(): void {
+    if (this.durationMs >= 0) return;
+    this.durationMs = performance.now() - this.start;
+    this.recorder.finish(this);
+  }
+  isRecording(): boolean {
+    return this.durationMs < 0;
+  }
+  recordException(): void {}
+
+  get startMs(): number {
+    return TIME_ORIGIN + this.start;
   }
 
-  toRecord(): SpanRecord {
+  toRecord(service: string): SpanRecord {
     const attributes: SpanRecord['attributes'] = {};
     for (const [k, v] of Object.entries(this.attributes)) {
       if (typeof v === 'string' || typeof v === 'number' || typeof v === 'boolean') attributes[k] = v;
     }
     const alias = attributes[ALIAS_ATTRIBUTE];
+    const startMs = this.startMs;
     return {
       traceId: this.traceId,
       spanId: this.spanId,
-      parentSpanId: this.parentSpanId,
+      parentSpanId: this.parentSpanId ?? null,
       name: this.name,
-      service: this.service,
-      kind: this.kind,
-      startTime: new Date(this.startMs).toISOString(),
-      startMs: this.startMs,
-      durationMs: this.durationMs,
+      service,
+      kind: KINDS[this.kind] ?? 'internal',
+      startTime: new Date(startMs).toISOString(),
+      startMs,
+      durationMs: Math.round(this.durationMs * 1000) / 1000,
       status: this.error ? 'error' : 'ok',
       attributes,
       ...(typeof alias === 'string' ? { alias } : {}),
     };
   }
+
+  /** The SDK's view of the span, made only for export. */
+  toReadable(resource: Resource): ReadableSpan {
+    const startMs = this.startMs;
+    const context = this.spanContext();
+    return {
+      name: this.name,
+      kind: this.kind,
+      spanContext: () => context,
+      // A server span's parent came from another process's traceparent; a client span's is ours.
+      parentSpanContext: this.parentSpanId === undefined ? undefined : { traceId: this.traceId, spanId: this.parentSpanId, traceFlags: context.traceFlags, isRemote: this.kind === SpanKind.SERVER },
+      startTime: millisToHrTime(startMs),
+      endTime: millisToHrTime(startMs + this.durationMs),
+      duration: millisToHrTime(this.durationMs),
+      status: this.error ? { code: SpanStatusCode.ERROR, message: this.statusMessage } : { code: SpanStatusCode.UNSET },
+      attributes: this.attributes,
+      links: NO_LINKS,
+      events: [],
+      ended: true,
+      resource,
+      instrumentationScope: { name: 'msvc' },
+      droppedAttributesCount: 0,
+      droppedEventsCount: 0,
+      droppedLinksCount: 0,
+    };
+  }
 }
 
-/** Finished spans, newest last, bounded by count and by age. */
+/**
+ * Finished spans, newest last: a ring of `maxSpans` slots (a new span takes the oldest one's
+ * slot), of which reads serve none older than `maxAgeMs`.
+ */
 export class SpanBuffer {
-  private readonly spans: Array<SpanRecord | FinishedSpan> = [];
-  private head = 0;
+  private readonly slots: Array<RecordedSpan | undefined>;
+  /** Spans written since the start; the next one goes to slot written % maxSpans. */
+  written = 0;
 
   constructor(
+    readonly service: string,
     readonly maxSpans: number,
     readonly maxAgeMs: number,
-  ) {}
+  ) {
+    this.slots = new Array<RecordedSpan | undefined>(maxSpans).fill(undefined);
+  }
 
+  /** Spans held (at most maxSpans; those past their age go at the next read). */
   get size(): number {
-    return this.spans.length - this.head;
+    return Math.min(this.written, this.maxSpans);
   }
 
-  /** A span from the SDK, converted to a SpanRecord only if it is read. */
-  pushSpan(span: ReadableSpan, service: string): void {
-    this.add(FinishedSpan.of(span, service));
+  push(span: RecordedSpan): void {
+    this.slots[this.written % this.maxSpans] = span;
+    this.written++;
   }
 
-  /** Spans of one trace, or the newest `limit` spans. */
+  /** The span written as number `seq`, while its slot still holds it. */
+  at(seq: number): RecordedSpan | undefined {
+    return seq >= this.written - this.maxSpans && seq < this.written ? this.slots[seq % this.maxSpans] : undefined;
+  }
+
+  /** Spans of one trace, or the newest `limit` spans, oldest first. */
   query({ traceId, limit = this.maxSpans }: { traceId?: string; limit?: number }): SpanRecord[] {
-    this.prune(Date.now());
+    const oldest = performance.now() - this.maxAgeMs;
     const out: SpanRecord[] = [];
-    for (let i = this.spans.length - 1; i >= this.head && out.length < limit; i--) {
-      let s = this.spans[i];
-      if (traceId !== undefined && s.traceId !== traceId) continue;
-      if (s instanceof FinishedSpan) this.spans[i] = s = s.toRecord();
-      out.push(s);
+    for (let seq = this.written - 1; seq >= this.written - this.size && out.length < limit; seq--) {
+      const i = seq % this.maxSpans;
+      const span = this.slots[i];
+      if (span === undefined) break;
+      // Spans are written as they end: the first one too old ends the search, and it and every
+      // older one are let go.
+      if (span.start + span.durationMs < oldest) {
+        for (let s = seq; s >= this.written - this.size && this.slots[s % this.maxSpans] !== undefined; s--) this.slots[s % this.maxSpans] = undefined;
+        break;
+      }
+      if (traceId === undefined || span.traceId === traceId) out.push(span.toRecord(this.service));
     }
     return out.reverse();
   }
-
-  private add(entry: SpanRecord | FinishedSpan): void {
-    this.spans.push(entry);
-    this.prune(Date.now());
-  }
-
-  private prune(now: number): void {
-    const oldest = now - this.maxAgeMs;
-    while (this.size > this.maxSpans || (this.size > 0 && this.spans[this.head].startMs < oldest)) this.spans[this.head++] = DROPPED;
-    // Compact now and then, so dropping the head stays O(1) on average.
-    if (this.head > 1024 && this.head * 2 > this.spans.length) {
-      this.spans.splice(0, this.head);
-      this.head = 0;
-    }
-  }
 }
 
-const KINDS: Record<number, SpanRecord['kind']> = { [SpanKind.SERVER]: 'server', [SpanKind.CLIENT]: 'client' };
+/** Hands the ring's sampled spans to a BatchSpanProcessor, a timer's worth at a time. */
+class ExportDrain {
+  private exported = 0;
+  private timer: NodeJS.Timeout | undefined;
+  private readonly resource: Resource;
 
-class BufferProcessor implements SpanProcessor {
   constructor(
     private readonly buffer: SpanBuffer,
-    private readonly service: string,
-  ) {}
-  onStart(): void {}
-  onEnd(span: ReadableSpan): void {
-    this.buffer.pushSpan(span, this.service);
+    private readonly processor: BatchSpanProcessor,
+    private readonly delayMs: number,
+    service: string,
+  ) {
+    this.resource = defaultResource().merge(resourceFromAttributes({ [ATTR_SERVICE_NAME]: service }));
   }
-  forceFlush(): Promise<void> {
-    return Promise.resolve();
-  }
-  shutdown(): Promise<void> {
-    return Promise.resolve();
-  }
-}
 
-// The SDK makes a root span's trace id with its IdGenerator. Our root spans must carry the id we
-// chose from X-Trace-Id, so the server-span code hands it over here just before the synchronous
-// startSpan call that consumes it.
-let nextTraceId: string | undefined;
-// Fresh ids come from trace-context.ts's pooled CSPRNG bytes, like the ids made without a span.
-class ChosenTraceIdGenerator implements IdGenerator {
-  generateTraceId(): string {
-    const id = nextTraceId ?? newTraceId();
-    nextTraceId = undefined;
-    return id;
+  /** Called for each sampled span written: arms the timer unless it is armed. */
+  wake(): void {
+    if (this.timer !== undefined) return;
+    this.timer = setTimeout(() => this.drain(), this.delayMs);
+    this.timer.unref();
   }
-  generateSpanId(): string {
-    return newSpanId();
+
+  drain(): void {
+    this.timer = undefined;
+    // Spans the ring overwrote before the timer came are lost to export (still counted nowhere
+    // else): at that rate the processor's own queue would drop them too.
+    for (let seq = Math.max(this.exported, this.buffer.written - this.buffer.maxSpans); seq < this.buffer.written; seq++) {
+      const span = this.buffer.at(seq);
+      if (span?.sampled) this.processor.onEnd(span.toReadable(this.resource));
+    }
+    this.exported = this.buffer.written;
+  }
+
+  async shutdown(): Promise<void> {
+    clearTimeout(this.timer);
+    this.drain();
+    await this.processor.shutdown();
   }
 }
 
 export interface TracingOptions {
   service: string;
-  /** Base URL of an OTLP/HTTP collector; spans go to `<endpoint>/v1/traces` in batches. */
+  /** Base URL of an OTLP/HTTP collector; sampled spans go to `<endpoint>/v1/traces` in batches. */
   otlpEndpoint?: string;
   maxSpans?: number;
   maxAgeMs?: number;
-  /** How long finished spans wait to be exported in a batch (OTEL_BSP_SCHEDULE_DELAY); default 1 s. */
+  /** How long finished spans wait to be handed to the exporter (OTEL_BSP_SCHEDULE_DELAY); default 1 s. */
   exportDelayMs?: number;
+  /** Which requests are sampled, i.e. exported (OTEL_TRACES_SAMPLER and _ARG); default parentbased_always_on. */
+  sampler?: Sampler;
+  /**
+   * An unsampled request is still kept for /traces when it fails (5xx, refused, aborted) or its
+   * server span lasts at least this long (TRACE_SLOW_MS); default 500 ms.
+   */
+  slowMs?: number;
   /** Says where spans are exported, and warns once when an export fails (again after one succeeds). */
   logger?: Logger;
 }
@@ -200,56 +304,93 @@ export interface Tracing {
   buffer: SpanBuffer;
   /** Starts the server span of a request and runs `fn` inside it. */
   runServerSpan<T>(ctx: TraceContext, name: string, attributes: Attributes, fn: (span: Span) => T): T;
-  /** Flushes and stops the exporter, if any. */
+  /** Hands what is left to the exporter and stops it, if any. */
   shutdown(): Promise<void>;
 }
 
-const TRACING_KEY = createContextKey('msvc.tracing');
+class SpanRecorder implements Tracing {
+  readonly buffer: SpanBuffer;
+  private readonly drain: ExportDrain | undefined;
 
-interface TracingWithTracer extends Tracing {
-  tracer: Tracer;
+  constructor(
+    readonly service: string,
+    private readonly sampler: Sampler,
+    private readonly slowMs: number,
+    maxSpans: number,
+    maxAgeMs: number,
+    drain?: (buffer: SpanBuffer) => ExportDrain,
+  ) {
+    this.buffer = new SpanBuffer(service, maxSpans, maxAgeMs);
+    this.drain = drain?.(this.buffer);
+  }
+
+  runServerSpan<T>(ctx: TraceContext, name: string, attributes: Attributes, fn: (span: Span) => T): T {
+    const sampled = this.sample(ctx, name, attributes);
+    const span = new RecordedSpan(this, ctx.w3cTraceId, newSpanId(), ctx.parentSpanId, name, SpanKind.SERVER, attributes, sampled, undefined);
+    ctx.spanId = span.spanId;
+    ctx.sampled = sampled;
+    ctx.span = span;
+    return runWithTrace(ctx, () => fn(span));
+  }
+
+  /** The head decision, by OpenTelemetry's sampler: the caller's traceparent is the parent it reads. */
+  private sample(ctx: TraceContext, name: string, attributes: Attributes): boolean {
+    const parent = ctx.parentSpanId === undefined
+      ? ROOT_CONTEXT
+      : trace.setSpanContext(ROOT_CONTEXT, { traceId: ctx.w3cTraceId, spanId: ctx.parentSpanId, traceFlags: ctx.sampled === false ? TraceFlags.NONE : TraceFlags.SAMPLED, isRemote: true });
+    return this.sampler.shouldSample(parent, ctx.w3cTraceId, name, SpanKind.SERVER, attributes, NO_LINKS).decision === SamplingDecision.RECORD_AND_SAMPLED;
+  }
+
+  startChild(root: RecordedSpan, name: string, kind: SpanKind, attributes: Attributes): RecordedSpan {
+    // A child shares its request's decision: with a parent-based sampler that is the rule, and a
+    // ratio sampler would decide the same on the same trace id.
+    return new RecordedSpan(this, root.traceId, newSpanId(), root.spanId, name, kind, attributes, root.sampled, root);
+  }
+
+  /** A span ended: into the ring, or held until its unsampled request's root decides. */
+  finish(span: RecordedSpan): void {
+    if (span.sampled) return this.write(span);
+    const root = span.root;
+    if (root === undefined) {
+      const keep = span.error || span.durationMs >= this.slowMs || span.pending?.some((s) => s.error) === true;
+      span.decision = keep ? KEPT : DROPPED;
+      if (keep && span.pending) for (const s of span.pending) this.write(s);
+      span.pending = undefined;
+      if (keep) this.write(span);
+    } else if (root.decision === KEPT) {
+      this.write(span);
+    } else if (root.decision === UNDECIDED) {
+      root.pending ??= [];
+      if (root.pending.length < MAX_PENDING) root.pending.push(span);
+      else if (span.error) root.pending[MAX_PENDING - 1] = span;
+    }
+  }
+
+  private write(span: RecordedSpan): void {
+    this.buffer.push(span);
+    if (span.sampled) this.drain?.wake();
+  }
+
+  shutdown(): Promise<void> {
+    return this.drain?.shutdown() ?? Promise.resolve();
+  }
 }
 
-export function createTracing({ service, otlpEndpoint, maxSpans = 10_000, maxAgeMs = 15 * 60_000, exportDelayMs = 1000, logger }: TracingOptions): Tracing {
+export function createTracing({
+  service, otlpEndpoint, maxSpans = 10_000, maxAgeMs = 15 * 60_000, exportDelayMs = 1000, sampler = createSampler('parentbased_always_on'), slowMs = 500, logger,
+}: TracingOptions): Tracing {
   ensureContextManager();
-  const buffer = new SpanBuffer(maxSpans, maxAgeMs);
-  const spanProcessors: SpanProcessor[] = [new BufferProcessor(buffer, service)];
+  let drain: ((buffer: SpanBuffer) => ExportDrain) | undefined;
   if (otlpEndpoint) {
     const url = `${otlpEndpoint.replace(/\/+$/, '')}/v1/traces`;
     const exporter = new OTLPTraceExporter({ url });
     if (logger) watchExports(exporter, url, logger.child({ component: 'tracing' }));
-    spanProcessors.push(new BatchSpanProcessor(exporter, { maxQueueSize: 4096, scheduledDelayMillis: exportDelayMs }));
+    // The drain has already waited the delay: the processor sends what it gets at once, in
+    // batches of 512, and holds at most 4096 spans while a collector is slow.
+    const processor = new BatchSpanProcessor(exporter, { maxQueueSize: 4096, scheduledDelayMillis: 0 });
+    drain = (buffer) => new ExportDrain(buffer, processor, exportDelayMs, service);
   }
-  const provider = new BasicTracerProvider({
-    resource: resourceFromAttributes({ [ATTR_SERVICE_NAME]: service }),
-    idGenerator: new ChosenTraceIdGenerator(),
-    spanProcessors,
-  });
-  const tracer = provider.getTracer('msvc');
-  // Requests arrive outside any context: the one with this tracing in it is made once.
-  let rootWithTracing: Context | undefined;
-  const tracing: TracingWithTracer = {
-    service,
-    buffer,
-    tracer,
-    runServerSpan(ctx, name, attributes, fn) {
-      const active = context.active();
-      let parent = active === ROOT_CONTEXT ? (rootWithTracing ??= ROOT_CONTEXT.setValue(TRACING_KEY, tracing)) : active.setValue(TRACING_KEY, tracing);
-      if (ctx.parentSpanId) {
-        const remote: SpanContext = { traceId: ctx.w3cTraceId, spanId: ctx.parentSpanId, traceFlags: TraceFlags.SAMPLED, isRemote: true };
-        parent = trace.setSpanContext(parent, remote);
-      } else {
-        nextTraceId = ctx.w3cTraceId;
-      }
-      const span = tracer.startSpan(name, { kind: SpanKind.SERVER, attributes }, parent);
-      nextTraceId = undefined;
-      ctx.spanId = span.spanContext().spanId;
-      // One context switch for the trace, the span and this tracing, not one each.
-      return runWithTrace(ctx, () => fn(span), span, parent);
-    },
-    shutdown: () => provider.shutdown(),
-  };
-  return tracing;
+  return new SpanRecorder(service, sampler, slowMs, maxSpans, maxAgeMs, drain);
 }
 
 /**
@@ -273,17 +414,27 @@ function watchExports(exporter: OTLPTraceExporter, url: string, log: Logger): vo
     });
 }
 
+/** The tracing variables of a process's config. */
+export interface TracingConfig {
+  OTEL_SDK_DISABLED: boolean;
+  OTEL_EXPORTER_OTLP_ENDPOINT?: string;
+  OTEL_BSP_SCHEDULE_DELAY: number;
+  OTEL_TRACES_SAMPLER: SamplerName;
+  OTEL_TRACES_SAMPLER_ARG: number;
+  TRACE_SLOW_MS: number;
+  TRACE_BUFFER_SPANS: number;
+  TRACE_BUFFER_MAX_AGE_MS: number;
+}
+
 /** The process's tracing as its config says: none when OTEL_SDK_DISABLED is true. */
-export function createTracingFromConfig(
-  service: string,
-  config: { OTEL_SDK_DISABLED: boolean; OTEL_EXPORTER_OTLP_ENDPOINT?: string; OTEL_BSP_SCHEDULE_DELAY: number; TRACE_BUFFER_SPANS: number; TRACE_BUFFER_MAX_AGE_MS: number },
-  logger?: Logger,
-): Tracing | null {
+export function createTracingFromConfig(service: string, config: TracingConfig, logger?: Logger): Tracing | null {
   if (config.OTEL_SDK_DISABLED) return null;
   return createTracing({
     service,
     otlpEndpoint: config.OTEL_EXPORTER_OTLP_ENDPOINT,
     exportDelayMs: config.OTEL_BSP_SCHEDULE_DELAY,
+    sampler: createSampler(config.OTEL_TRACES_SAMPLER, config.OTEL_TRACES_SAMPLER_ARG),
+    slowMs: config.TRACE_SLOW_MS,
     maxSpans: config.TRACE_BUFFER_SPANS,
     maxAgeMs: config.TRACE_BUFFER_MAX_AGE_MS,
     logger,
@@ -298,33 +449,40 @@ export interface ClientSpan {
 }
 
 /**
- * A client span for an outgoing call from inside a traced request. Outside one (start-up, health
- * probes) there is nothing to attach it to, and the call only carries the trace headers.
- */
-/**
  * The called service's name on a client span. Still in OpenTelemetry's incubating set, whose entry
  * point may change in any release: copied here, as its docs advise.
  */
 export const ATTR_PEER_SERVICE = 'peer.service';
 
+class OutgoingCall implements ClientSpan {
+  constructor(
+    readonly headers: Record<string, string>,
+    private readonly span: RecordedSpan,
+  ) {}
+
+  end({ status, error }: { status?: number; error?: string }): void {
+    const span = this.span;
+    if (span.durationMs >= 0) return;
+    if (status !== undefined) span.attributes[ATTR_HTTP_RESPONSE_STATUS_CODE] = status;
+    if (error !== undefined || (status !== undefined && status >= 500)) {
+      span.setStatus({ code: SpanStatusCode.ERROR, message: error ?? `HTTP ${status}` });
+      if (error) span.attributes[ATTR_ERROR_TYPE] = error;
+    }
+    span.end();
+  }
+}
+
+const UNTRACED_CALL = { end: () => {} };
+
+/**
+ * A client span for an outgoing call from inside a traced request; `attributes` becomes the
+ * span's own. Outside one (start-up, health probes, a process without tracing) there is nothing
+ * to attach it to, and the call only carries the trace headers.
+ */
 export function startClientSpan(name: string, attributes: Attributes): ClientSpan {
-  const tracing = context.active().getValue(TRACING_KEY) as TracingWithTracer | undefined;
   const ctx = currentTrace();
-  if (!tracing || !ctx) return { headers: outgoingTraceHeaders(ctx), end: () => {} };
-  const span = tracing.tracer.startSpan(name, { kind: SpanKind.CLIENT, attributes }, context.active());
-  const headers = outgoingTraceHeaders(ctx, span.spanContext().spanId);
-  let ended = false;
-  return {
-    headers,
-    end({ status, error }) {
-      if (ended) return;
-      ended = true;
-      if (status !== undefined) span.setAttribute(ATTR_HTTP_RESPONSE_STATUS_CODE, status);
-      if (error !== undefined || (status !== undefined && status >= 500)) {
-        span.setStatus({ code: SpanStatusCode.ERROR, message: error ?? `HTTP ${status}` });
-        if (error) span.setAttribute(ATTR_ERROR_TYPE, error);
-      }
-      span.end();
-    },
-  };
+  const root = ctx?.span;
+  if (!(root instanceof RecordedSpan)) return { headers: outgoingTraceHeaders(ctx), ...UNTRACED_CALL };
+  const span = root.recorder.startChild(root, name, SpanKind.CLIENT, attributes);
+  return new OutgoingCall(outgoingTraceHeaders(ctx, span.spanId), span);
 }

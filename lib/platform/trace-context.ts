@@ -1,7 +1,7 @@
 // The one place that owns trace ids: what we accept from clients, what we make, what we pass on,
 // and the request's trace context (kept in OpenTelemetry's context, so spans and logs agree).
 import { createHash, randomFillSync } from 'node:crypto';
-import { context, createContextKey, ROOT_CONTEXT, trace, type Context, type Span } from '@opentelemetry/api';
+import { context, createContextKey, ROOT_CONTEXT, type Context, type Span } from '@opentelemetry/api';
 import { AsyncLocalStorageContextManager } from '@opentelemetry/context-async-hooks';
 
 export interface TraceContext {
@@ -13,6 +13,13 @@ export interface TraceContext {
   spanId: string;
   /** The caller's span, when a traceparent named it. */
   parentSpanId?: string;
+  /**
+   * Whether this trace is sampled (exported): the caller's traceparent flag until this process's
+   * sampler decides; unknown (taken as sampled) when neither did. Carried on in traceparent.
+   */
+  sampled?: boolean;
+  /** This process's span for the request, when it records one. */
+  span?: Span;
 }
 
 const TRACE_KEY = createContextKey('msvc.trace');
@@ -65,11 +72,12 @@ export function toW3cTraceId(id: string): string {
   return createHash('sha256').update(id).digest('hex').slice(0, 32);
 }
 
-export function parseTraceparent(value: unknown): { traceId: string; parentSpanId: string } | undefined {
+export function parseTraceparent(value: unknown): { traceId: string; parentSpanId: string; sampled: boolean } | undefined {
   if (typeof value !== 'string') return undefined;
   const m = TRACEPARENT.exec(value.trim());
   if (!m || m[1] === 'ff' || m[2] === ZERO_TRACE || m[3] === ZERO_SPAN) return undefined;
-  return { traceId: m[2], parentSpanId: m[3] };
+  // The low bit of the flags is "sampled"; the other bits are reserved.
+  return { traceId: m[2], parentSpanId: m[3], sampled: (parseInt(m[4], 16) & 1) === 1 };
 }
 
 /**
@@ -84,10 +92,10 @@ export function traceFromHeaders(headers: Record<string, string | string[] | und
   const clientId = headers['x-trace-id'];
   if (isValidClientTraceId(clientId)) {
     const w3cTraceId = toW3cTraceId(clientId);
-    const parentSpanId = fromParent?.traceId === w3cTraceId ? fromParent.parentSpanId : undefined;
-    return { traceId: clientId, w3cTraceId, spanId, parentSpanId };
+    if (fromParent?.traceId !== w3cTraceId) return { traceId: clientId, w3cTraceId, spanId };
+    return { traceId: clientId, w3cTraceId, spanId, parentSpanId: fromParent.parentSpanId, sampled: fromParent.sampled };
   }
-  if (fromParent) return { traceId: fromParent.traceId, w3cTraceId: fromParent.traceId, spanId, parentSpanId: fromParent.parentSpanId };
+  if (fromParent) return { traceId: fromParent.traceId, w3cTraceId: fromParent.traceId, spanId, parentSpanId: fromParent.parentSpanId, sampled: fromParent.sampled };
   const id = newTraceId();
   return { traceId: id, w3cTraceId: id, spanId };
 }
@@ -100,12 +108,14 @@ export function ensureContextManager(): void {
   contextManagerReady = context.setGlobalContextManager(new AsyncLocalStorageContextManager().enable());
 }
 
-/** Runs `fn` inside the trace (and span, when there is one): currentTrace() and logs see it. */
-export function runWithTrace<T>(ctx: TraceContext, fn: () => T, span?: Span, base: Context = context.active()): T {
+/**
+ * Runs `fn` inside the trace: currentTrace() (with the request's span, when there is one) and logs
+ * see it. One context value per request: the span rides on the trace context rather than in a
+ * context entry of its own, as each entry copies the context's map.
+ */
+export function runWithTrace<T>(ctx: TraceContext, fn: () => T, base: Context = context.active()): T {
   ensureContextManager();
-  let c = base.setValue(TRACE_KEY, ctx);
-  if (span) c = trace.setSpan(c, span);
-  return context.with(c, fn);
+  return context.with(base.setValue(TRACE_KEY, ctx), fn);
 }
 
 /**
@@ -128,7 +138,7 @@ export function currentTrace(): TraceContext | undefined {
  */
 export function outgoingTraceHeaders(ctx: TraceContext | undefined = currentTrace(), parentSpanId?: string): Record<string, string> {
   if (!ctx) return {};
-  return { 'x-trace-id': ctx.traceId, traceparent: `00-${ctx.w3cTraceId}-${parentSpanId ?? ctx.spanId}-01` };
+  return { 'x-trace-id': ctx.traceId, traceparent: `00-${ctx.w3cTraceId}-${parentSpanId ?? ctx.spanId}-${ctx.sampled === false ? '00' : '01'}` };
 }
 
 /** Re-enters the current context in a callback that a library may call from another one. */
