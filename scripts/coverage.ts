@@ -12,7 +12,6 @@
 import { spawn } from 'node:child_process';
 import { once } from 'node:events';
 import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { createRequire } from 'node:module';
 import { tmpdir } from 'node:os';
 import { join, relative, sep } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
@@ -64,7 +63,7 @@ function keepLib(rawDir: string): void {
 
 function c8Bin(): string {
   try {
-    return createRequire(import.meta.url).resolve('c8/bin/c8.js');
+    return fileURLToPath(import.meta.resolve('c8/bin/c8.js'));
   } catch {
     process.stderr.write('npm run coverage: c8 is not installed (npm ci installs it with the dev dependencies)\n');
     process.exit(1);
