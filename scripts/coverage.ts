@@ -112,8 +112,9 @@ try {
     if (floors && (floor === undefined || value < floor)) below.push(`${dir} ${m}: ${value} % ${floor === undefined ? 'has no floor' : `< its floor ${floor} %`}`);
     return `${value.toFixed(2).padStart(7)}${floor === undefined ? '' : ` (${String(floor).padStart(2)})`}`;
   };
-  process.stdout.write(`\ncoverage %${floors ? ' (floor)' : ''}      ${METRICS.map((m) => m.padEnd(floors ? 13 : 9)).join('')}\n`);
-  for (const dir of DIRECTORIES) process.stdout.write(`${dir.padEnd(20)}${METRICS.map((m) => cell(dir, m).padEnd(floors ? 13 : 9)).join('')}\n`);
+  const width = floors ? 13 : 9;
+  process.stdout.write(`\n${(floors ? 'coverage % (floor)' : 'coverage %').padEnd(20)}${METRICS.map((m) => m.padStart(7).padEnd(width)).join('')}\n`);
+  for (const dir of DIRECTORIES) process.stdout.write(`${dir.padEnd(20)}${METRICS.map((m) => cell(dir, m).padEnd(width)).join('')}\n`);
   process.stdout.write(`per file: ${relative(ROOT, join(REPORT_DIR, 'coverage-summary.json'))}\n`);
   for (const line of below) process.stderr.write(`✖ coverage ${line}\n`);
   if (below.length) process.stderr.write('coverage fell below its floor: add the tests (a floor is raised by hand in scripts/coverage-floors.json, never lowered)\n');
