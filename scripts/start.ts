@@ -2,6 +2,9 @@
 // with its name. Every process reads PORT, so a PORT exported for npm start would reach all four
 // and three would fail on a taken port: npm start gives each process its own from the variables
 // below, and points the gateway and the services at the ports it chose.
+// npm run start:prod runs this file as built by npm run build (dist/scripts/start.js): it then
+// starts the built entries beside it with node, where npm start starts the .ts files with tsx.
+import { fileURLToPath } from 'node:url';
 import { concurrently } from 'concurrently';
 import { z } from 'zod';
 import { ConfigError, intVar, parseConfig } from '../lib/platform/config.js';
@@ -38,6 +41,11 @@ const urls = {
   PRODUCTS_URL: inherited.PRODUCTS_URL ?? local(ports.PRODUCTS_PORT),
   ORDERS_URL: inherited.ORDERS_URL ?? local(ports.ORDERS_PORT),
 };
+// Built, this module is dist/scripts/start.js and the entries are dist/*.js; run by tsx, it is .ts.
+const built = import.meta.url.endsWith('.js');
+// concurrently hands each command to a shell: the path is quoted for it.
+const quoted = (path: string) => `'${path.replaceAll("'", `'\\''`)}'`;
+const commandOf = (entry: string) => (built ? `node ${quoted(fileURLToPath(new URL(`../${entry.replace(/\.ts$/, '.js')}`, import.meta.url)))}` : `tsx ${entry}`);
 const processes = [
   { name: 'gateway', entry: 'gateway.ts', port: ports.GATEWAY_PORT, prefixColor: 'cyan' },
   { name: 'users', entry: 'user-service.ts', port: ports.USERS_PORT, prefixColor: 'green' },
@@ -49,7 +57,7 @@ const { result } = concurrently(
   processes.map(({ name, entry, port, prefixColor }) => ({
     name,
     prefixColor,
-    command: `tsx ${entry}`,
+    command: commandOf(entry),
     env: { ...inherited, ...urls, PORT: String(port), LOG_PRETTY: inherited.LOG_PRETTY ?? 'true' },
   })),
   { killOthersOn: ['failure'] },

@@ -7,7 +7,7 @@ import { describe, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { parse } from 'yaml';
 import { scaledProcesses } from '../scripts/scaled-layout.js';
-import { assertTakenBy, SCHEMAS } from './support/config-schemas.js';
+import { assertTakenBy, builtCommand, entryOfCommand, SCHEMAS } from './support/config-schemas.js';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 
@@ -50,16 +50,16 @@ function environmentOf(service: ComposeService): Record<string, string> {
 
 /** Our containers: the ones whose command runs one of the four entry files. */
 const ours = Object.entries(services)
-  .map(([name, service]) => ({ name, service, entry: service.command?.find((arg) => arg in SCHEMAS) }))
+  .map(([name, service]) => ({ name, service, entry: entryOfCommand(service.command) }))
   .filter((c): c is { name: string; service: ComposeService; entry: string } => c.entry !== undefined);
 const envOf = new Map(ours.map((c) => [c.name, environmentOf(c.service)]));
 const runningEntry = (entry: string) => ours.filter((c) => c.entry === entry).map((c) => c.name).sort();
 
 describe('deploy/compose.yaml', () => {
-  test('runs two of each service and two gateways, each from an entry file of the repository, with tsx', () => {
+  test('runs two of each service and two gateways, each from an entry file of the repository, built', () => {
     for (const entry of Object.keys(SCHEMAS)) assert.equal(runningEntry(entry).length, 2, `containers running ${entry}`);
     for (const { name, service, entry } of ours) {
-      assert.deepEqual(service.command, ['node', '--import', 'tsx', entry], name);
+      assert.deepEqual(service.command, builtCommand(entry), name);
       assert.ok(existsSync(`${ROOT}${entry}`), `${name}: ${entry} exists`);
       assert.equal(service.build?.dockerfile, 'deploy/Dockerfile', name);
       assert.ok(existsSync(`${ROOT}deploy/Dockerfile`));

@@ -11,7 +11,7 @@ import { describe, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { parseAllDocuments } from 'yaml';
-import { assertTakenBy, SCHEMAS } from './support/config-schemas.js';
+import { assertTakenBy, builtCommand, entryOfCommand } from './support/config-schemas.js';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const KUBECTL = ['/usr/bin/kubectl', '/usr/local/bin/kubectl'].find((p) => existsSync(p));
@@ -141,9 +141,9 @@ function checkRender(all: Resource[], { demo }: { demo: boolean }): void {
     assert.ok(selects(spec.selector?.matchLabels, pod.metadata.labels), `${name}: its selector matches its pods`);
     assert.equal(pod.spec.containers.length, 1, name);
     const c = pod.spec.containers[0];
-    const entry = c.command?.find((a) => a in SCHEMAS);
+    const entry = entryOfCommand(c.command);
     assert.equal(entry, ENTRY_OF[name], `${name} runs ${ENTRY_OF[name]}`);
-    assert.deepEqual(c.command, ['node', '--import', 'tsx', entry], `${name}: the image's way to start a process`);
+    assert.deepEqual(c.command, builtCommand(entry), `${name}: the image's way to start a process`);
     assert.match(c.image, /^microservices-gateway:/, `${name}: the image of deploy/Dockerfile`);
 
     // Its variables: each read by the process, all taken by its schema.

@@ -15,6 +15,13 @@ export const SCHEMAS: Record<string, z.ZodType> = {
   'order-service.ts': OrderConfigSchema,
 };
 
+/** How the image (deploy/Dockerfile) runs an entry file: its JavaScript from npm run build. */
+export const builtCommand = (entry: string): string[] => ['node', `dist/${entry.replace(/\.ts$/, '.js')}`];
+
+/** The entry file (a key of SCHEMAS) a container's command runs, if it runs one built. */
+export const entryOfCommand = (command: string[] | undefined): string | undefined =>
+  Object.keys(SCHEMAS).find((entry) => command?.includes(builtCommand(entry)[1]));
+
 /** The keys a process's schema reads (zod objects drop every other key without a word). */
 export function keysOf(schema: z.ZodType): Set<string> {
   let inner: z.ZodType = schema;
