@@ -37,9 +37,6 @@ export interface BodyLimits {
   totalMs: number;
 }
 
-/** The path the proxy route is registered under; Express 5 needs a named wildcard. */
-export const proxyRoute = (upstream: Pick<Upstream, 'name'>): string => `/api/${upstream.name}{/*splat}`;
-
 /** Upstream statuses a cached answer may stand in for, as for our own 502/503/504. */
 const STALE_STATUSES = new Set([502, 503, 504]);
 // The service's own trace headers would replace the gateway's; hop-by-hop ones are not the client's.
