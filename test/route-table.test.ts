@@ -72,6 +72,9 @@ function dispatch(app: Express, method: string, url: string): Decision {
 
 const decisionOf = (row: RouteRow | undefined): Decision => (row === undefined ? 'none' : row.kind === 'own' ? row.id : `proxy:${row.service}`);
 
+/** A target as it reaches the front door's routing: no space, control or non-ASCII character (Node refuses them), no `#` (refused as malformed). */
+const DELIVERED = /^[\x21-\x22\x24-\x7e]+$/;
+
 const METHODS = ['GET', 'HEAD', 'POST', 'PUT', 'PATCH', 'DELETE', 'OPTIONS', 'TRACE', 'PROPFIND'] as const;
 
 const segment = fc.oneof(
@@ -117,7 +120,8 @@ describe('the route table and the router', () => {
         } else {
           assert.equal(decisionOf(row), express, `${method} ${url}`);
         }
-        const fast = ROUTES.fastPathService(method, url);
+        // The front door sees only targets Node's parser takes and it does not refuse as malformed.
+        const fast = DELIVERED.test(url) ? ROUTES.fastPathService(method, url) : undefined;
         if (fast !== undefined) assert.equal(express, `proxy:${fast}`, `${method} ${url}: fast path`);
         seen.add(express);
         if (fast !== undefined) fastTaken++;
