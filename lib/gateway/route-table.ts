@@ -200,7 +200,7 @@ export function ownRoutePath(id: OwnRouteId): string {
 }
 
 /** The path a service's proxy is mounted at: the service alone or followed by anything (Express 5 needs the wildcard named). */
-export const proxyRoute = (service: ServiceName): string => `/api/${service}${REST}`;
+const proxyRoute = (service: ServiceName): string => `/api/${service}${REST}`;
 
 /** What answers each route: the handlers of each own route, the proxy of each service. */
 export interface RouteHandlers {
