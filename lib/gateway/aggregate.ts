@@ -14,25 +14,14 @@ import { createUsersClient } from '../users/client.js';
 import { agentFetch } from './agent-fetch.js';
 import { CircuitOpenError } from './breakers.js';
 import { SharedAnswers } from './dashboard/shared-answers.js';
+import { ownRoutePath } from './route-table.js';
 import type { ServiceName, Upstream } from './upstreams.js';
 
 /** Orders shown with a user; a user with more sees the newest ones. */
 export const USER_ORDERS_LIMIT = 100;
 
-/** The aggregate routes, as Express paths; GET only. */
-const AGGREGATE_ROUTES = { userFull: '/api/users/:id/full', dashboard: '/api/dashboard' } as const;
-
-// The same paths as Express matches them (any letter case, one optional trailing slash, a query).
-const AGGREGATE_MATCHERS = Object.values(AGGREGATE_ROUTES).map(
-  (path) => new RegExp(`^${path.replace(/:\w+/g, '[^/?]+')}/?(?:\\?|$)`, 'i'),
-);
-
-/** Whether a request URL is one of the aggregate routes (which live under a service's prefix, too). */
-export function isAggregateRequest(method: string | undefined, url: string): boolean {
-  if (method !== 'GET' && method !== 'HEAD') return false;
-  for (const matcher of AGGREGATE_MATCHERS) if (matcher.test(url)) return true;
-  return false;
-}
+/** The aggregate routes' paths, as the route table has them. */
+const AGGREGATE_ROUTES = { userFull: ownRoutePath('userFull'), dashboard: ownRoutePath('dashboard') } as const;
 
 export interface AggregateRoutesOptions {
   upstreams: Record<ServiceName, Upstream>;

@@ -1,5 +1,6 @@
-// The gateway's routes as its OpenAPI document shows them: its own (status, debug, aggregates) and
-// each service's public routes as reached through /api. A test checks them against the router.
+// The gateway's routes as its OpenAPI document shows them: its own (status, debug, dashboard), and
+// the /api routes of the route table, each documented by the gateway (its own) or by its service
+// (proxied). A test checks them against the router.
 import { z } from 'zod';
 import { ORDER_API } from '../orders/api.js';
 import type { ApiRoute } from '../platform/openapi/document.js';
@@ -10,6 +11,7 @@ import { PRODUCT_API } from '../products/api.js';
 import { LOGIN_API, LOGOUT_API, USER_API } from '../users/api.js';
 import { UserSchema } from '../users/schema.js';
 import { CIRCUIT_ACTIONS } from './debug.js';
+import { ROUTE_TABLE, type OwnRouteId, type RouteRow } from './route-table.js';
 import { GATEWAY_FEATURES } from './status.js';
 import { SERVICE_NAMES, type ServiceName } from './upstreams.js';
 
@@ -40,11 +42,14 @@ const GATEWAY_FAILURES: ApiRoute['responses'] = {
 
 const SERVICE_API: Record<ServiceName, readonly ApiRoute[]> = { users: USER_API, products: PRODUCT_API, orders: ORDER_API };
 
-/** A service's public routes (those under /<service>) as the gateway proxies them. */
-const proxied = (service: ServiceName): ApiRoute[] =>
-  SERVICE_API[service]
-    .filter((r) => r.path === `/${service}` || r.path.startsWith(`/${service}/`))
-    .map((r) => ({ ...r, path: `/api${r.path}`, summary: `${r.summary} (proxied to the ${service} service)`, responses: { ...GATEWAY_FAILURES, ...r.responses } }));
+/** A proxied row of the route table, as its service documents the route behind it. */
+function proxied(row: RouteRow & { kind: 'proxied' }): ApiRoute {
+  const servicePath = row.path.slice('/api'.length);
+  const method = row.method.toLowerCase();
+  const r = SERVICE_API[row.service].find((d) => d.method === method && d.path === servicePath);
+  if (!r) throw new Error(`${row.method} ${row.path}: the ${row.service} service documents no ${row.method} ${servicePath}`);
+  return { ...r, path: row.path, summary: `${r.summary} (proxied to the ${row.service} service)`, responses: { ...GATEWAY_FAILURES, ...r.responses } };
+}
 
 const OWN_API: readonly ApiRoute[] = [
   {
@@ -73,33 +78,6 @@ const OWN_API: readonly ApiRoute[] = [
           rateLimitStore: z.object({ kind: z.literal('redis'), state: z.enum(['connecting', 'up', 'degraded']) }).optional(),
         }),
       },
-    },
-  },
-  {
-    method: 'get', path: '/api/users/:id/full', summary: 'A user with their newest 100 orders', params: IdParamsSchema,
-    responses: {
-      200: { description: 'orders is null, and meta says so, when the order service is unavailable', body: z.object({ user: UserSchema, orders: z.array(z.looseObject({})).nullable(), meta: Meta }) },
-      400: { description: 'Not an id' },
-      ...UNAUTHENTICATED,
-      404: { description: "No such user, or another user's" },
-      429: GATEWAY_FAILURES[429],
-      503: { description: 'The user service is unavailable' },
-    },
-  },
-  {
-    method: 'get', path: '/api/dashboard', summary: "Every service's stats in one answer",
-    responses: {
-      200: {
-        description: 'A service that is down shows its circuit state instead',
-        body: z.object({
-          timestamp: z.string(),
-          gateway: z.object({ uptime: z.number(), memoryUsage: z.record(z.string(), z.number()) }),
-          services: z.record(z.enum(SERVICE_NAMES), z.union([Unavailable, z.looseObject({ service: z.string() })])),
-          meta: Meta,
-        }),
-      },
-      ...CALLER_REFUSALS,
-      429: GATEWAY_FAILURES[429],
     },
   },
 ];
@@ -163,19 +141,50 @@ const DASHBOARD_API: readonly ApiRoute[] = [
   },
 ];
 
-const GATEWAY_LOGIN: ApiRoute = {
-  ...LOGIN_API,
-  path: '/api/auth/login',
-  summary: `${LOGIN_API.summary} (relayed to the user service; LOGIN_RATE_LIMIT per client address)`,
-  responses: { ...LOGIN_API.responses, 429: { description: 'RATE_LIMITED: too many logins from this address, or failures for this email (Retry-After)' }, 502: GATEWAY_FAILURES[502], 503: GATEWAY_FAILURES[503], 504: GATEWAY_FAILURES[504] },
+/** How the gateway documents each of its own /api routes (the table gives method and path). */
+const OWN_ROUTE_DOCS: Record<OwnRouteId, Omit<ApiRoute, 'method' | 'path'>> = {
+  login: {
+    ...LOGIN_API,
+    summary: `${LOGIN_API.summary} (relayed to the user service; LOGIN_RATE_LIMIT per client address)`,
+    responses: { ...LOGIN_API.responses, 429: { description: 'RATE_LIMITED: too many logins from this address, or failures for this email (Retry-After)' }, 502: GATEWAY_FAILURES[502], 503: GATEWAY_FAILURES[503], 504: GATEWAY_FAILURES[504] },
+  },
+  logout: {
+    ...LOGOUT_API,
+    summary: `${LOGOUT_API.summary} (relayed to the user service)`,
+    responses: { ...LOGOUT_API.responses, ...GATEWAY_FAILURES },
+  },
+  userFull: {
+    summary: 'A user with their newest 100 orders', params: IdParamsSchema,
+    responses: {
+      200: { description: 'orders is null, and meta says so, when the order service is unavailable', body: z.object({ user: UserSchema, orders: z.array(z.looseObject({})).nullable(), meta: Meta }) },
+      400: { description: 'Not an id' },
+      ...UNAUTHENTICATED,
+      404: { description: "No such user, or another user's" },
+      429: GATEWAY_FAILURES[429],
+      503: { description: 'The user service is unavailable' },
+    },
+  },
+  dashboard: {
+    summary: "Every service's stats in one answer",
+    responses: {
+      200: {
+        description: 'A service that is down shows its circuit state instead',
+        body: z.object({
+          timestamp: z.string(),
+          gateway: z.object({ uptime: z.number(), memoryUsage: z.record(z.string(), z.number()) }),
+          services: z.record(z.enum(SERVICE_NAMES), z.union([Unavailable, z.looseObject({ service: z.string() })])),
+          meta: Meta,
+        }),
+      },
+      ...CALLER_REFUSALS,
+      429: GATEWAY_FAILURES[429],
+    },
+  },
 };
 
-const GATEWAY_LOGOUT: ApiRoute = {
-  ...LOGOUT_API,
-  path: '/api/auth/logout',
-  summary: `${LOGOUT_API.summary} (relayed to the user service)`,
-  responses: { ...LOGOUT_API.responses, ...GATEWAY_FAILURES },
-};
+/** The /api routes: the table's rows as documented, but the `{/*rest}` ones (the services' other paths, which they answer). */
+const API_ROUTES: readonly ApiRoute[] = ROUTE_TABLE.filter((row) => row.method !== 'ANY' && !row.path.endsWith('}')).map((row) =>
+  row.kind === 'own' ? { ...OWN_ROUTE_DOCS[row.id], method: row.method.toLowerCase() as ApiRoute['method'], path: row.path } : proxied(row));
 
 /** Every route of the gateway; the debug and trace routes only where the app mounts them. */
 export function gatewayApi({ tracing, debug }: { tracing: boolean; debug: boolean }): ApiRoute[] {
@@ -185,8 +194,6 @@ export function gatewayApi({ tracing, debug }: { tracing: boolean; debug: boolea
     ...(tracing ? TRACE_API : []),
     ...DASHBOARD_API,
     ...(debug ? DEBUG_API : []),
-    GATEWAY_LOGIN,
-    GATEWAY_LOGOUT,
-    ...SERVICE_NAMES.flatMap(proxied),
+    ...API_ROUTES,
   ];
 }

@@ -1,6 +1,6 @@
 // The gateway app: built once from config, with its breakers, agents, proxies, limiter and cache.
 import type { RequestListener } from 'node:http';
-import type { Express } from 'express';
+import type { Express, RequestHandler } from 'express';
 import { errorHandler, routeNotFound } from '../platform/errors.js';
 import { bearerMatches, secretDigest } from '../platform/identity.js';
 import { createBaseApp, requestContext } from '../platform/http.js';
@@ -25,10 +25,11 @@ import { createDebugRoutes } from './debug.js';
 import { createGatewayMetrics } from './metrics.js';
 import { createFrontDoor, createProxiedPipeline } from './front-door.js';
 import { guardPath } from './path-guard.js';
-import { createServiceProxy, proxyRoute } from './proxy.js';
+import { createServiceProxy } from './proxy.js';
 import { clientAddressHeaders } from '../platform/client-address.js';
 import { createRateLimiter } from './rate-limit.js';
 import { createRedisLimitStore } from './redis-limit-store.js';
+import { mountRoutes } from './route-table.js';
 import { createStaleCache } from './stale-cache.js';
 import { createStatusRoutes } from './status.js';
 import { createUpstreams, type ServiceName, type Upstream } from './upstreams.js';
@@ -161,18 +162,26 @@ export function createGateway({ config, logger, metrics = createMetrics('gateway
   const ownRoutes = gatewayApi({ tracing: tracing !== null, debug: debugAllowed });
   app.get('/openapi.json', openApiHandler(buildOpenApi({ title: GATEWAY_NAME, version: packageVersion() }, ownRoutes)));
   app.use('/api', pipeline.middleware);
-  app.use(createLoginRoute({ users: upstreams.users, limiter: loginLimiter, clientAddress: signAddress }));
+  const login = createLoginRoute({ users: upstreams.users, limiter: loginLimiter, clientAddress: signAddress });
+  const aggregates = createAggregateRoutes({ upstreams, statsTtlMs: config.STATS_TTL_MS });
   // ADMIN_TOKEN is the gateway's secret, not a caller the services know: they are asked as an
   // anonymous caller then (open mode; in required mode it is refused as no token before this).
   const adminSecret = secretDigest(config.ADMIN_TOKEN);
-  app.get('/api/dashboard', admin.guard, requireAdminCaller(auth.mode), (req, _res, next) => {
+  const asAnonymousIfAdminSecret: RequestHandler = (req, _res, next) => {
     if (bearerMatches(req.headers.authorization, adminSecret)) delete req.headers.authorization;
     next();
+  };
+  // Every /api route of the route table: the gateway's own, then the proxies. What the fast path
+  // leaves (other letter case, say) reaches the same proxy handlers here.
+  mountRoutes(app, {
+    own: {
+      login: [login],
+      logout: [login],
+      dashboard: [admin.guard, requireAdminCaller(auth.mode), asAnonymousIfAdminSecret, aggregates],
+      userFull: [requireSelfOrAdmin, aggregates],
+    },
+    proxies,
   });
-  app.get('/api/users/:id/full', requireSelfOrAdmin);
-  app.use(createAggregateRoutes({ upstreams, statsTtlMs: config.STATS_TTL_MS }));
-  // What the fast path leaves (other letter case, say) still reaches the same handlers here.
-  for (const upstream of upstreamList) app.all(proxyRoute(upstream), proxies.get(upstream.name)!);
   app.use(routeNotFound(ownRoutes));
   app.use(onError);
 

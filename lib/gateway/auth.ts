@@ -10,6 +10,7 @@ import {
 import type { Logger } from '../platform/logger.js';
 import type { GatewayConfig } from './config.js';
 import type { RateLimiter } from './rate-limit.js';
+import { ROUTES } from './route-table.js';
 import type { Upstream } from './upstreams.js';
 
 /**
@@ -37,26 +38,10 @@ export interface GatewayAuth {
 export const identityOf = (res: Response): Identity | undefined => res.locals.identity as Identity | undefined;
 
 /**
- * Routes anyone may call in required mode: login, sign-up and the catalog's reads. `url` is the
- * request target as sent; the router's case-insensitive matching is covered by lower-casing there.
+ * Routes anyone may call in required mode (the route table's public rows: login, sign-up and the
+ * catalog's reads). `url` is the request target as sent, matched as the router matches it.
  */
-export function isPublicRoute(method: string | undefined, url: string): boolean {
-  if (method === 'GET' || method === 'HEAD') return hasPrefix(url, '/api/products');
-  if (method === 'POST') return hasPrefix(url, '/api/auth/login') || isExactly(url, '/api/users');
-  return false;
-}
-
-const hasPrefix = (url: string, prefix: string): boolean => {
-  if (!url.startsWith(prefix)) return false;
-  const next = url.charCodeAt(prefix.length);
-  return Number.isNaN(next) || next === 47 /* / */ || next === 63; /* ? */
-};
-const isExactly = (url: string, path: string): boolean => {
-  if (!url.startsWith(path)) return false;
-  const rest = url.length - path.length;
-  const next = url.charCodeAt(path.length);
-  return rest === 0 || next === 63 /* ? */ || (next === 47 /* / */ && (rest === 1 || url.charCodeAt(path.length + 1) === 63));
-};
+export const isPublicRoute = (method: string, url: string): boolean => ROUTES.isPublic(method, url);
 
 export interface GatewayAuthOptions {
   config: GatewayConfig;
@@ -75,8 +60,7 @@ export function createGatewayAuth({ config, logger, verifier = verifierFromConfi
 
   const authenticate: Authenticate = (req, res) => {
     const header = req.headers.authorization;
-    // The router matches paths in any letter case; the public list is written in lower case.
-    if (header === undefined) return required && !isPublicRoute(req.method, req.originalUrl.toLowerCase()) ? unauthenticated(res) : undefined;
+    if (header === undefined) return required && !isPublicRoute(req.method, req.originalUrl) ? unauthenticated(res) : undefined;
     const hit = verifier.cached(header);
     if (hit !== undefined) {
       res.locals.identity = hit;

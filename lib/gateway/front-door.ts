@@ -4,8 +4,8 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
 import type { ErrorRequestHandler, Express, Request, RequestHandler, Response } from 'express';
 import { HttpError } from '../platform/errors.js';
-import { isAggregateRequest } from './aggregate.js';
 import type { Authenticate } from './auth.js';
+import { ROUTES, type RouteIndex } from './route-table.js';
 
 /**
  * One step of the proxied pipeline after the request context: undefined lets the request on, an
@@ -72,10 +72,9 @@ export interface FrontDoorOptions {
    * (GATEWAY_MAX_BUFFERED_BYTES); past it the heaviest connections are closed first.
    */
   maxBufferedBytes: number;
+  /** Which requests take the fast path; default: the gateway's route table. */
+  routes?: RouteIndex;
 }
-
-// `/api/<service>` alone or followed by a path or query, as the proxy route matches it.
-const PROXIED = /^\/api\/([a-z]+)(?=[/?]|$)/;
 
 const badRequest = (message: string): HttpError => new HttpError(400, 'BAD_REQUEST', message);
 
@@ -125,6 +124,12 @@ interface Connection {
   unsent: number;
   /** Requests (and their responses) parsed but not started, flat: req, res, req, res... */
   waiting: Array<IncomingMessage | ServerResponse>;
+  /** The responses of the requests started and not yet closed, oldest first. */
+  active: ServerResponse[];
+  /** Reading was paused here for `waiting`; a resume is due once it is empty. */
+  paused: boolean;
+  /** A resume waits for the socket's 'drain'. */
+  awaitingDrain: boolean;
   closed: boolean;
   /** Its last request was malformed: what follows on it is not read as requests. */
   refused: boolean;
@@ -148,7 +153,7 @@ type TrackedSocket = Socket & { [CONNECTION]?: Connection };
  * The server is made with Express's request and response prototypes (`expressServerClasses`), so
  * `req.ip`, `res.json()` and the rest work here without Express's per-request set-up.
  */
-export function createFrontDoor({ app, pipeline, proxies, onError, maxInFlight, maxBufferedBytes }: FrontDoorOptions): (req: IncomingMessage, res: ServerResponse) => void {
+export function createFrontDoor({ app, pipeline, proxies, onError, maxInFlight, maxBufferedBytes, routes = ROUTES }: FrontDoorOptions): (req: IncomingMessage, res: ServerResponse) => void {
   const { context, admit } = pipeline;
   let inFlight = 0;
   // Every open connection that sent a request, and what they hold together (REQUEST_BYTES per
@@ -167,6 +172,7 @@ export function createFrontDoor({ app, pipeline, proxies, onError, maxInFlight, 
     inFlight -= conn.busy;
     conn.busy = 0;
     conn.waiting.length = 0;
+    conn.active.length = 0;
     conn.unsent = 0;
   };
 
@@ -191,9 +197,9 @@ export function createFrontDoor({ app, pipeline, proxies, onError, maxInFlight, 
     const malformed = malformedRequest(rawReq);
     if (malformed) conn.refused = true;
     const overloaded = inFlight > maxInFlight;
-    const m = malformed === undefined && !overloaded && url.charCodeAt(1) === 97 /* a */ ? PROXIED.exec(url) : null;
-    const handler = m ? proxies.get(m[1]) : undefined;
-    if (malformed === undefined && !overloaded && (!handler || isAggregateRequest(rawReq.method, url))) {
+    const service = malformed === undefined && !overloaded ? routes.fastPathService(rawReq.method ?? '', url) : undefined;
+    const handler = service === undefined ? undefined : proxies.get(service);
+    if (malformed === undefined && !overloaded && !handler) {
       app(rawReq, rawRes);
       return;
     }
@@ -235,6 +241,7 @@ export function createFrontDoor({ app, pipeline, proxies, onError, maxInFlight, 
   const start = (req: IncomingMessage, res: ServerResponse, conn: Connection): void => {
     conn.busy++;
     inFlight++;
+    conn.active.push(res);
     res.on('close', release);
     handle(req, res, conn);
   };
@@ -247,6 +254,7 @@ export function createFrontDoor({ app, pipeline, proxies, onError, maxInFlight, 
     if (conn.closed) return;
     inFlight--;
     conn.busy--;
+    removeActive(conn, this);
     const unsent = socket.writableLength;
     buffered += unsent - conn.unsent - REQUEST_BYTES;
     conn.unsent = unsent;
@@ -254,8 +262,33 @@ export function createFrontDoor({ app, pipeline, proxies, onError, maxInFlight, 
       const req = conn.waiting.shift() as IncomingMessage;
       start(req, conn.waiting.shift() as ServerResponse, conn);
     }
-    // Node pauses the socket itself while answers pile up unsent (its `_paused`): leave that to it.
-    if (conn.waiting.length === 0 && socket.isPaused() && !(socket as { _paused?: boolean })._paused) socket.resume();
+    resumeIfDue(conn);
+  }
+
+  /**
+   * Reads the connection again once nothing waits, unless answers pile up unsent. Node pauses the
+   * socket itself then (its parser too: a read before Node resumes would fail to parse), namely
+   * when the socket needs a 'drain' or its queued answers hold its high-water mark, and resumes it
+   * when that ends; so a resume is left to Node, or to the next 'drain' or answer here, until then.
+   */
+  const resumeIfDue = (conn: Connection): void => {
+    if (!conn.paused || conn.waiting.length > 0 || conn.closed) return;
+    const { socket } = conn;
+    if (socket.writableNeedDrain || queuedBytes(conn) >= socket.writableHighWaterMark) {
+      if (!conn.awaitingDrain) {
+        conn.awaitingDrain = true;
+        socket.once('drain', onSocketDrain);
+      }
+      return;
+    }
+    conn.paused = false;
+    socket.resume();
+  };
+
+  function onSocketDrain(this: TrackedSocket): void {
+    const conn = this[CONNECTION]!;
+    conn.awaitingDrain = false;
+    resumeIfDue(conn);
   }
 
   // A pipelined answer that never got the socket may never emit 'close': the connection frees all
@@ -268,7 +301,7 @@ export function createFrontDoor({ app, pipeline, proxies, onError, maxInFlight, 
     const socket = req.socket as TrackedSocket;
     let conn = socket[CONNECTION];
     if (conn === undefined) {
-      conn = { socket, busy: 0, unsent: 0, waiting: [], closed: false, refused: false };
+      conn = { socket, busy: 0, unsent: 0, waiting: [], active: [], paused: false, awaitingDrain: false, closed: false, refused: false };
       socket[CONNECTION] = conn;
       socket.once('close', onSocketClose);
       connections.add(conn);
@@ -281,10 +314,27 @@ export function createFrontDoor({ app, pipeline, proxies, onError, maxInFlight, 
     if (conn.busy < MAX_PIPELINED) start(req, res, conn);
     else {
       conn.waiting.push(req, res);
+      conn.paused = true;
       socket.pause();
     }
     if (buffered > maxBufferedBytes) shed();
   };
+}
+
+/** Answer bytes of the connection's responses that wait for the socket (behind the one it sends). */
+function queuedBytes(conn: Connection): number {
+  let bytes = 0;
+  for (const res of conn.active) if (res.socket === null) bytes += res.writableLength;
+  return bytes;
+}
+
+/** Takes a closed response out of `active` (a few entries; no array made). */
+function removeActive(conn: Connection, res: ServerResponse): void {
+  const { active } = conn;
+  const i = active.indexOf(res);
+  if (i === -1) return;
+  for (let j = i; j < active.length - 1; j++) active[j] = active[j + 1];
+  active.pop();
 }
 
 /** The parser's hook for each request's head, as Node's HTTP server sets it on `socket.parser`. */

@@ -38,9 +38,6 @@ export interface BodyLimits {
   totalMs: number;
 }
 
-/** The path the proxy route is registered under; Express 5 needs a named wildcard. */
-export const proxyRoute = (upstream: Pick<Upstream, 'name'>): string => `/api/${upstream.name}{/*splat}`;
-
 /** Upstream statuses a cached answer may stand in for, as for our own 502/503/504. */
 const STALE_STATUSES = new Set([502, 503, 504]);
 /** Response headers naming a URL the client may follow, rewritten from the service's paths to the gateway's. */
