@@ -14,6 +14,7 @@ import { createBaseApp } from '../lib/platform/http.js';
 import { deadlinePassed } from '../lib/platform/service-client.js';
 import { eventually } from './gateway-helpers.js';
 import { assertNoLeak, http, memoryLogger, startApp } from './helpers.js';
+import { SCHEMAS, shapeOf } from './support/config-schemas.js';
 
 describe('config', () => {
   const schema = z.object({ ...commonShape, PORT: portVar(3011), RATE_LIMIT: intVar(100, 1), SEED_DATA: boolVar(true) });
@@ -55,6 +56,18 @@ describe('config', () => {
       (err: Error) => err.message.startsWith('DATABASE_URL: ') && !err.message.includes('hunter2'));
     assert.throws(() => parseConfig(secrets, { ADMIN_TOKEN: 'x'.repeat(16), BENCH_POSTGRES_URL: 'host=db password=hunter2' }),
       (err: Error) => err.message.startsWith('BENCH_POSTGRES_URL: ') && !err.message.includes('hunter2'));
+  });
+
+  test('when several processes read a variable, then they all take it through one definition', () => {
+    // PORT alone differs on purpose: each process has its own default port.
+    const definitions = new Map<string, Set<z.ZodType>>();
+    for (const schema of Object.values(SCHEMAS)) {
+      for (const [key, definition] of Object.entries(shapeOf(schema))) {
+        definitions.set(key, (definitions.get(key) ?? new Set()).add(definition));
+      }
+    }
+    const repeated = [...definitions].filter(([key, defs]) => key !== 'PORT' && defs.size > 1).map(([key]) => key);
+    assert.deepEqual(repeated, []);
   });
 });
 

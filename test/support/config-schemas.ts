@@ -15,14 +15,19 @@ export const SCHEMAS: Record<string, z.ZodType> = {
   'order-service.ts': OrderConfigSchema,
 };
 
-/** The keys a process's schema reads (zod objects drop every other key without a word). */
-export function keysOf(schema: z.ZodType): Set<string> {
+/** The object shape under a process's schema (its refinements and transforms peeled off). */
+export function shapeOf(schema: z.ZodType): Record<string, z.ZodType> {
   let inner: z.ZodType = schema;
   while (!(inner instanceof z.ZodObject)) {
     assert.ok(inner instanceof z.ZodPipe, 'a config schema is an object, maybe refined or transformed');
     inner = inner.in as z.ZodType;
   }
-  return new Set(Object.keys(inner.shape));
+  return inner.shape as Record<string, z.ZodType>;
+}
+
+/** The keys a process's schema reads (zod objects drop every other key without a word). */
+export function keysOf(schema: z.ZodType): Set<string> {
+  return new Set(Object.keys(shapeOf(schema)));
 }
 
 /**
