@@ -22,7 +22,7 @@ export function shapeOf(schema: z.ZodType): Record<string, z.ZodType> {
     assert.ok(inner instanceof z.ZodPipe, 'a config schema is an object, maybe refined or transformed');
     inner = inner.in as z.ZodType;
   }
-  return inner.shape as Record<string, z.ZodType>;
+  return inner.shape;
 }
 
 /** The keys a process's schema reads (zod objects drop every other key without a word). */
