@@ -15,7 +15,8 @@ import { ServiceClient } from '../lib/platform/service-client.js';
 import { createProductApp } from '../lib/products/app.js';
 import { createProductsClient } from '../lib/products/client.js';
 import { openProductDatabase } from '../lib/products/db.js';
-import { createUserApp, defaultUserAuth } from '../lib/users/app.js';
+import { createUserApp } from '../lib/users/app.js';
+import { openUserAuth } from './support/service-auth.js';
 import { hashPasswordSync, MIN_PASSWORD_HASH_COST } from '../lib/users/auth.js';
 import { createUsersClient } from '../lib/users/client.js';
 import { openUserDatabase } from '../lib/users/db.js';
@@ -61,7 +62,7 @@ describe('key rotation on PostgreSQL', { skip: skipUnless('postgres') }, () => {
       const { logger } = memoryLogger('user-service', 'warn');
       const keys = await startStoredKeyRing(db, { refreshMs: REFRESH_MS, retainMs: (TTL_S + CLOCK_TOLERANCE_S) * 1000, logger, now });
       const app = await startApp(createUserApp({ logger, db, metrics: createMetrics('user-service') }, {
-        ...defaultUserAuth(), mode: 'required', keys, ttlS: TTL_S, internalToken: INTERNAL_TOKEN,
+        ...openUserAuth(), mode: 'required', keys, ttlS: TTL_S, internalToken: INTERNAL_TOKEN,
       }));
       closers.push(async () => {
         await app.close();

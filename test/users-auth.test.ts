@@ -6,7 +6,8 @@ import { after, before, describe, test } from 'node:test';
 import { createLocalJWKSet, decodeProtectedHeader, jwtVerify } from 'jose';
 import { createMetrics } from '../lib/platform/metrics.js';
 import { DEFAULT_AUDIENCE, DEFAULT_ISSUER } from '../lib/platform/identity.js';
-import { createUserApp, defaultUserAuth } from '../lib/users/app.js';
+import { createUserApp } from '../lib/users/app.js';
+import { openUserAuth } from './support/service-auth.js';
 import { HttpError } from '../lib/platform/errors.js';
 import { DEFAULT_PASSWORD_HASH_COST, hashPassword, hashPasswordSync, loadSigningKey, MIN_PASSWORD_HASH_COST, SIGNING_KEY_FILE, verifyPassword } from '../lib/users/auth.js';
 import { UserConfigSchema } from '../lib/users/config.js';
@@ -25,7 +26,7 @@ describe('user service logins', () => {
 
   before(async () => {
     db = await openUserDatabase({ dataDir: dir.dir, seed: false });
-    app = await startApp(createUserApp({ logger, db, metrics: createMetrics('user-service') }, { ...defaultUserAuth(), loginMaxFailures: 3 }));
+    app = await startApp(createUserApp({ logger, db, metrics: createMetrics('user-service') }, { ...openUserAuth(), loginMaxFailures: 3 }));
   });
   after(async () => {
     await app.close();

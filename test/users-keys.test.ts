@@ -10,7 +10,8 @@ import type { ServiceDatabaseOptions } from '../lib/platform/config.js';
 import { DEFAULT_AUDIENCE, DEFAULT_ISSUER } from '../lib/platform/identity.js';
 import { createMetrics } from '../lib/platform/metrics.js';
 import type { SqlDatabase } from '../lib/platform/sql.js';
-import { createUserApp, defaultUserAuth } from '../lib/users/app.js';
+import { createUserApp } from '../lib/users/app.js';
+import { openUserAuth } from './support/service-auth.js';
 import { issueToken, loadSigningKey } from '../lib/users/auth.js';
 import { openUserDatabase } from '../lib/users/db.js';
 import { keysInUse, rotateSigningKey, startStoredKeyRing, type KeyRing } from '../lib/users/signing-keys.js';
@@ -33,7 +34,7 @@ async function startInstance(options: ServiceDatabaseOptions, { refreshMs = 50, 
   const { logger, lines } = memoryLogger('user-service');
   const keys = await startStoredKeyRing(db, { refreshMs, retainMs, logger });
   const app = await startApp(createUserApp({ logger, db, metrics: createMetrics('user-service') }, {
-    ...defaultUserAuth(), mode: 'required', keys,
+    ...openUserAuth(), mode: 'required', keys,
   }));
   return {
     url: app.url,
