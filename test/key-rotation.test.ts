@@ -17,7 +17,7 @@ import { createProductsClient } from '../lib/products/client.js';
 import { openProductDatabase } from '../lib/products/db.js';
 import { createUserApp } from '../lib/users/app.js';
 import { openUserAuth } from './support/service-auth.js';
-import { hashPasswordSync, MIN_PASSWORD_HASH_COST } from '../lib/users/auth.js';
+import { hashPassword, MIN_PASSWORD_HASH_COST } from '../lib/users/auth.js';
 import { createUsersClient } from '../lib/users/client.js';
 import { openUserDatabase } from '../lib/users/db.js';
 import { activationDelayMs, rotateSigningKey, startStoredKeyRing } from '../lib/users/signing-keys.js';
@@ -100,7 +100,7 @@ describe('key rotation on PostgreSQL', { skip: skipUnless('postgres') }, () => {
     for (const g of gateways) closers.push(() => g.close());
 
     const store = createUserStore(userDb);
-    const hash = hashPasswordSync(PASSWORD, MIN_PASSWORD_HASH_COST);
+    const hash = await hashPassword(PASSWORD, MIN_PASSWORD_HASH_COST);
     for (let i = 0; i < CLIENTS; i++) {
       // Client 0 is an admin: its loop changes a product, which the product service verifies.
       await store.create({ name: `Rotation ${i}`, email: `rotation-${i}@example.com`, role: i === 0 ? 'admin' : 'user', passwordHash: hash });

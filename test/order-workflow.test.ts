@@ -7,6 +7,7 @@ import type { AddressInfo } from 'node:net';
 import { openSqlDatabase } from '../lib/platform/sql.js';
 import { ServiceClient } from '../lib/platform/service-client.js';
 import { createProductsClient, type ProductsClient } from '../lib/products/client.js';
+import { productReads, type ProductReads } from './support/product-reads.js';
 import { openOrderDatabase, ORDER_MIGRATIONS } from '../lib/orders/db.js';
 import { createOrderStore } from '../lib/orders/store.js';
 import { assertNoLeak, http, tempDir, type TestResponse } from './helpers.js';
@@ -46,8 +47,10 @@ async function ordersOf(sys: System, userId: number): Promise<{ id: number; stat
   return r.body.data;
 }
 
-const productsClient = (sys: System): ProductsClient =>
-  createProductsClient(new ServiceClient({ name: 'products', baseUrl: sys.products.url, timeoutMs: 2_000 }));
+const productsClient = (sys: System): ProductsClient & ProductReads => {
+  const service = new ServiceClient({ name: 'products', baseUrl: sys.products.url, timeoutMs: 2_000 });
+  return { ...createProductsClient(service), ...productReads(service) };
+};
 
 describe('order workflow against live services', () => {
   let sys: System;

@@ -8,6 +8,7 @@ import { openProductDatabase } from '../lib/products/db.js';
 import { demoOrders, demoProducts } from '../lib/demo/data.js';
 import { startCheckedService, type CheckedService, type TestResponse } from './helpers.js';
 import { openServiceAuth } from './support/service-auth.js';
+import { productReads } from './support/product-reads.js';
 import { ENGINES, testStorage, type EngineName, type TestStorage } from './support/engines.js';
 import { skipUnless } from './support/services.js';
 
@@ -565,7 +566,8 @@ for (const engine of ENGINES) describe(`products on ${engine}`, { skip: skipUnle
 
   describe('products client', () => {
     test('reserve, getReservation, release and getProduct speak the internal routes', async () => {
-      const client = createProductsClient(new ServiceClient({ name: 'products', baseUrl: svc.url, timeoutMs: 2_000 }));
+      const service = new ServiceClient({ name: 'products', baseUrl: svc.url, timeoutMs: 2_000 });
+      const client = { ...createProductsClient(service), ...productReads(service) };
       const p = await createProduct({ price: 7.25, stock: 4 });
       const id = rid('client');
       const reservation = await client.reserve(id, [{ productId: p.id, quantity: 3 }]);
