@@ -5,6 +5,7 @@ import { createUserApp } from '../lib/users/app.js';
 import { openUserDatabase } from '../lib/users/db.js';
 import { deadUrl, eventually, startGatewayFor, type StartedGateway } from './gateway-helpers.js';
 import { assertNoLeak, http, startCheckedService } from './helpers.js';
+import { openUserAuth } from './support/service-auth.js';
 import { startServices, type System } from './system.js';
 
 const TOKEN = 'fault-admin-token-0123456789';
@@ -80,7 +81,7 @@ describe('fault switches through the gateway', () => {
 describe('fault switch protection and expiry', () => {
   test('when the time to live passes, then the switches turn off by themselves', async () => {
     const faults = createFaultSwitches({ ttlMs: 100 });
-    const svc = await startCheckedService('user-service', openUserDatabase, (deps) => createUserApp({ ...deps, faults }));
+    const svc = await startCheckedService('user-service', openUserDatabase, (deps) => createUserApp({ ...deps, faults }, openUserAuth()));
     try {
       assert.equal((await svc.call('POST', '/internal/faults', { body: { down: true } })).status, 200);
       assert.equal((await svc.call('GET', '/users')).status, 503);
@@ -93,7 +94,7 @@ describe('fault switch protection and expiry', () => {
 
   test('when the service has an admin token, then its route needs it, and a gateway with the same token passes it on', async () => {
     const faults = createFaultSwitches({ adminToken: TOKEN });
-    const svc = await startCheckedService('user-service', openUserDatabase, (deps) => createUserApp({ ...deps, faults }));
+    const svc = await startCheckedService('user-service', openUserDatabase, (deps) => createUserApp({ ...deps, faults }, openUserAuth()));
     const sys = await startServices();
     const gw = await startGatewayFor(sys, { USERS_URL: svc.url, ADMIN_TOKEN: TOKEN });
     try {
@@ -130,7 +131,7 @@ describe('fault switch protection and expiry', () => {
 
   test('when in production without an admin token, then services have no switch route', async () => {
     assert.equal(createFaultSwitchesFromConfig({ NODE_ENV: 'production', FAULT_TTL_MS: 1000 }), null);
-    const svc = await startCheckedService('user-service', openUserDatabase, (deps) => createUserApp({ ...deps, faults: null }));
+    const svc = await startCheckedService('user-service', openUserDatabase, (deps) => createUserApp({ ...deps, faults: null }, openUserAuth()));
     try {
       assert.equal((await svc.call('POST', '/internal/faults', { body: { down: true } })).status, 404);
     } finally {

@@ -182,14 +182,7 @@ export async function circuitState(base: string, service: string, headers: Recor
   return r.body.services[service].circuitState as string;
 }
 
-/** Polls until `check` holds, every 10 ms, for at most `timeoutMs`. */
-export async function eventually(check: () => Promise<boolean> | boolean, timeoutMs = 3_000, what = 'condition'): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await check())) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 10));
-  }
-}
+export { eventually } from './support/eventually.js';
 
 /**
  * A URL where connections are refused: the port is held by a listener on 127.0.0.1 chosen by the

@@ -12,6 +12,7 @@ import { testStorage, type TestStorage } from './support/engines.js';
 import { skipUnless } from './support/services.js';
 import { createProduct, createUser, startServices, stockOf, type System } from './system.js';
 import { startOrderInstance, type OrderInstance } from './support/order-instance.js';
+import { eventually } from './support/eventually.js';
 
 // Short, so a lapse is quick; the renewals (every 200 ms) still have room on a busy machine.
 const LEASE_MS = 600;
@@ -87,14 +88,6 @@ const post = async (base: string, body: unknown, headers: Record<string, string>
   return { ...r, ms: Date.now() - started };
 };
 
-async function waitFor(what: string, check: () => Promise<boolean>, timeoutMs = 10_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await check())) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 10));
-  }
-}
-
 describe('Idempotency-Key claims on PostgreSQL, several instances', { skip: skipUnless('postgres') }, () => {
   let sys: System;
   let storage: TestStorage;
@@ -139,10 +132,10 @@ describe('Idempotency-Key claims on PostgreSQL, several instances', { skip: skip
     proxy.holding = false;
     const claimed = (await claimOf(userId, 'slow-create'))!;
     // Past the end the claim was first given, and renewed meanwhile by the same holder.
-    await waitFor('a renewal past the first lease', async () => {
+    await eventually(async () => {
       const now = await claimOf(userId, 'slow-create');
       return Date.now() > claimed.until + 50 && now !== undefined && now.holder === claimed.holder && now.until > Date.now();
-    });
+    }, 10_000, 'a renewal past the first lease');
 
     // Another instance (the claim in the database) and the holder's own (its in-process gate).
     for (const instance of [c, b]) {

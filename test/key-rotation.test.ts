@@ -15,8 +15,9 @@ import { ServiceClient } from '../lib/platform/service-client.js';
 import { createProductApp } from '../lib/products/app.js';
 import { createProductsClient } from '../lib/products/client.js';
 import { openProductDatabase } from '../lib/products/db.js';
-import { createUserApp, defaultUserAuth } from '../lib/users/app.js';
-import { hashPasswordSync, MIN_PASSWORD_HASH_COST } from '../lib/users/auth.js';
+import { createUserApp } from '../lib/users/app.js';
+import { openUserAuth } from './support/service-auth.js';
+import { hashPassword, MIN_PASSWORD_HASH_COST } from '../lib/users/auth.js';
 import { createUsersClient } from '../lib/users/client.js';
 import { openUserDatabase } from '../lib/users/db.js';
 import { activationDelayMs, rotateSigningKey, startStoredKeyRing } from '../lib/users/signing-keys.js';
@@ -61,7 +62,7 @@ describe('key rotation on PostgreSQL', { skip: skipUnless('postgres') }, () => {
       const { logger } = memoryLogger('user-service', 'warn');
       const keys = await startStoredKeyRing(db, { refreshMs: REFRESH_MS, retainMs: (TTL_S + CLOCK_TOLERANCE_S) * 1000, logger, now });
       const app = await startApp(createUserApp({ logger, db, metrics: createMetrics('user-service') }, {
-        ...defaultUserAuth(), mode: 'required', keys, ttlS: TTL_S, internalToken: INTERNAL_TOKEN,
+        ...openUserAuth(), mode: 'required', keys, ttlS: TTL_S, internalToken: INTERNAL_TOKEN,
       }));
       closers.push(async () => {
         await app.close();
@@ -99,7 +100,7 @@ describe('key rotation on PostgreSQL', { skip: skipUnless('postgres') }, () => {
     for (const g of gateways) closers.push(() => g.close());
 
     const store = createUserStore(userDb);
-    const hash = hashPasswordSync(PASSWORD, MIN_PASSWORD_HASH_COST);
+    const hash = await hashPassword(PASSWORD, MIN_PASSWORD_HASH_COST);
     for (let i = 0; i < CLIENTS; i++) {
       // Client 0 is an admin: its loop changes a product, which the product service verifies.
       await store.create({ name: `Rotation ${i}`, email: `rotation-${i}@example.com`, role: i === 0 ? 'admin' : 'user', passwordHash: hash });

@@ -19,6 +19,7 @@ import { createUserApp } from '../lib/users/app.js';
 import { openUserDatabase } from '../lib/users/db.js';
 import { deadUrl, startGateway, type StartedGateway } from './gateway-helpers.js';
 import { http, memoryLogger, startApp, tempDir, type Started } from './helpers.js';
+import { openServiceAuth, openUserAuth } from './support/service-auth.js';
 
 interface Registered {
   method: string;
@@ -135,8 +136,8 @@ describe('GET /openapi.json', () => {
   });
 
   const services: Array<[string, () => Promise<Express>]> = [
-    ['user service', async () => createUserApp(await deps('user-service', openUserDatabase))],
-    ['product service', async () => createProductApp(await deps('product-service', openProductDatabase))],
+    ['user service', async () => createUserApp(await deps('user-service', openUserDatabase), openUserAuth())],
+    ['product service', async () => createProductApp(await deps('product-service', openProductDatabase), openServiceAuth())],
     ['order service', async () => {
       const config = parseConfig(OrderConfigSchema, { USERS_URL: dead.url, PRODUCTS_URL: dead.url, RELEASE_RETRY_MS: '3600000' });
       const built = buildOrderService(await deps('order-service', openOrderDatabase), config);
@@ -172,7 +173,7 @@ describe('GET /openapi.json', () => {
     assert.deepEqual(Object.keys(doc.paths).filter((p) => p.startsWith('/debug')), []);
     assertMatchesRouter(prod.gateway.app, doc);
 
-    const app = createProductApp({ ...(await deps('product-service', openProductDatabase)), faults: null });
+    const app = createProductApp({ ...(await deps('product-service', openProductDatabase)), faults: null }, openServiceAuth());
     const s = await startApp(app);
     started.push(s);
     const serviceDoc = await validDocument(s.url);

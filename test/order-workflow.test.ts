@@ -7,23 +7,17 @@ import type { AddressInfo } from 'node:net';
 import { openSqlDatabase } from '../lib/platform/sql.js';
 import { ServiceClient } from '../lib/platform/service-client.js';
 import { createProductsClient, type ProductsClient } from '../lib/products/client.js';
+import { productReads, type ProductReads } from './support/product-reads.js';
 import { openOrderDatabase, ORDER_MIGRATIONS } from '../lib/orders/db.js';
 import { createOrderStore } from '../lib/orders/store.js';
 import { assertNoLeak, http, tempDir, type TestResponse } from './helpers.js';
 import { createProduct, createUser, startServices, stockOf, type System } from './system.js';
 import { ENGINES, testStorage } from './support/engines.js';
 import { skipUnless } from './support/services.js';
+import { eventually } from './support/eventually.js';
 
 // Short, so a timed-out reserve is old enough for the release worker after 2 x 300 ms.
 const FAST_ENV = { UPSTREAM_TIMEOUT_MS: '300', RELEASE_RETRY_MS: '50' };
-
-async function waitFor(what: string, check: () => Promise<boolean> | boolean, timeoutMs = 5_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await check())) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 25));
-  }
-}
 
 function post(sys: System, body: unknown, headers?: Record<string, string>): Promise<TestResponse> {
   return http(sys.orders.url, 'POST', '/orders', { body, headers }).then((r) => {
@@ -46,8 +40,10 @@ async function ordersOf(sys: System, userId: number): Promise<{ id: number; stat
   return r.body.data;
 }
 
-const productsClient = (sys: System): ProductsClient =>
-  createProductsClient(new ServiceClient({ name: 'products', baseUrl: sys.products.url, timeoutMs: 2_000 }));
+const productsClient = (sys: System): ProductsClient & ProductReads => {
+  const service = new ServiceClient({ name: 'products', baseUrl: sys.products.url, timeoutMs: 2_000 });
+  return { ...createProductsClient(service), ...productReads(service) };
+};
 
 describe('order workflow against live services', () => {
   let sys: System;
@@ -88,7 +84,7 @@ describe('order workflow against live services', () => {
     } finally {
       await sys.products.start();
     }
-    await waitFor('the release worker', async () => (await pendingReleases(sys)) === 0);
+    await eventually(async () => (await pendingReleases(sys)) === 0, 5_000, 'the release worker');
     assert.deepEqual(await ordersOf(sys, userId), []);
     assert.equal(await stockOf(sys, productId), 5);
   });
@@ -184,7 +180,7 @@ describe('order workflow against live services', () => {
     } finally {
       await sys.products.start();
     }
-    await waitFor('the release worker', async () => (await pendingReleases(sys)) === 0);
+    await eventually(async () => (await pendingReleases(sys)) === 0, 5_000, 'the release worker');
     assert.equal(await stockOf(sys, productId), 10);
   });
 
@@ -199,7 +195,7 @@ describe('order workflow against live services', () => {
     await products.reserve(reservationId, [{ productId, quantity: 6 }]);
     assert.equal(await stockOf(sys, productId), 4);
     await sys.orders.start();
-    await waitFor('the release worker', async () => (await pendingReleases(sys)) === 0);
+    await eventually(async () => (await pendingReleases(sys)) === 0, 5_000, 'the release worker');
     assert.equal(await stockOf(sys, productId), 10);
     assert.equal((await products.getReservation(reservationId))?.status, 'released');
   });
@@ -236,7 +232,7 @@ describe('slow product service', () => {
     const products = productsClient(sys);
     // A release that came first would have left a tombstone without items.
     assert.equal((await products.getReservation(row.reservation_id))?.items.length, 1, 'the late reserve took the stock');
-    await waitFor('the release worker', async () => (await pendingReleases(sys)) === 0);
+    await eventually(async () => (await pendingReleases(sys)) === 0, 5_000, 'the release worker');
     assert.equal((await products.getReservation(row.reservation_id))?.status, 'released');
     assert.equal(await stockOf(sys, productId), 10);
     assert.deepEqual(await ordersOf(sys, userId), []);
@@ -338,7 +334,7 @@ async function startDelayProxy(): Promise<DelayProxy> {
     url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`,
     target: '',
     delayMs: 0,
-    idle: () => waitFor('the proxy to drain', () => pending === 0),
+    idle: () => eventually(() => pending === 0, 5_000, 'the proxy to drain'),
     close: () =>
       new Promise((resolve) => {
         server.close(() => resolve());

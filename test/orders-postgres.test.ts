@@ -16,15 +16,8 @@ import { databaseRelay, TEST_DATABASE_URL, testStorage, type DatabaseOutage, typ
 import { skipUnless } from './support/services.js';
 import { createProduct, createUser, startServices, stockOf, type System } from './system.js';
 import { startOrderInstance, type OrderInstance } from './support/order-instance.js';
+import { eventually } from './support/eventually.js';
 
-
-async function waitFor(what: string, check: () => Promise<boolean>, timeoutMs = 8_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await check())) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 25));
-  }
-}
 
 /** A forwarding proxy in front of the product service that counts the release calls per reservation. */
 interface CountingProxy {
@@ -273,7 +266,7 @@ describe('orders on PostgreSQL, two instances on one schema', { skip: skipUnless
     await a.db.transaction(async (tx) => {
       for (const id of ids) await tx.run('INSERT INTO pending_releases (reservation_id, created_at_ms) VALUES ($1, $2)', [id, 1]);
     });
-    await waitFor('the outbox to empty', async () => (await a.db.get<{ n: number }>('SELECT COUNT(*) AS n FROM pending_releases'))!.n === 0);
+    await eventually(async () => (await a.db.get<{ n: number }>('SELECT COUNT(*) AS n FROM pending_releases'))!.n === 0, 8_000, 'the outbox to empty');
     assert.deepEqual(ids.map((id) => proxy.releases.get(id) ?? 0), ids.map(() => 1));
     assert.equal(await stockOf(sys, productId), 100);
   });
@@ -345,7 +338,7 @@ describe('orders on PostgreSQL while the database is unreachable', { skip: skipU
     } finally {
       await relay.up();
     }
-    await waitFor('health', async () => (await call(svc.url, 'GET', '/health')).status === 200);
+    await eventually(async () => (await call(svc.url, 'GET', '/health')).status === 200, 8_000, 'health');
     assert.equal((await call(svc.url, 'GET', `/orders/${order.id}`)).body.status, 'pending', 'the failed status change did not happen');
     assert.equal((await call(svc.url, 'POST', '/orders', body)).status, 201);
   });
@@ -372,7 +365,7 @@ describe('keyed creates on PostgreSQL, at the moment the first one commits', { s
       // The second's claim is queued behind the first's row lock: seen by the server, not guessed.
       // (Asked outside the open transaction, whose view of pg_stat_activity would stay as first read.)
       const waiting = `SELECT count(*)::int AS n FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock' AND query LIKE '%idempotency_claims%'`;
-      await waitFor('the second claim to wait on the first', async () => (await db.get<{ n: number }>(waiting))!.n > 0);
+      await eventually(async () => (await db.get<{ n: number }>(waiting))!.n > 0, 8_000, 'the second claim to wait on the first');
       await raw.query('COMMIT');
       const result = await second;
       assert.equal(result.kind, 'finished', 'the second sees the committed key instead of claiming it again');

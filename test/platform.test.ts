@@ -6,7 +6,7 @@ import { parseConfig, portVar, intVar, boolVar, commonShape } from '../lib/platf
 import { createServiceApp } from '../lib/platform/service-app.js';
 import { createMetrics } from '../lib/platform/metrics.js';
 import { openSqlDatabase } from '../lib/platform/sql.js';
-import { HttpError } from '../lib/platform/errors.js';
+import { HttpError, storageError, toHttpError } from '../lib/platform/errors.js';
 import { parseBody, parseId } from '../lib/platform/validation.js';
 import { currentTrace, traceFromHeaders } from '../lib/platform/trace-context.js';
 import { classifyUpstreamError, RESPONSE_TOO_LARGE } from '../lib/platform/upstream-errors.js';
@@ -14,6 +14,7 @@ import { createBaseApp } from '../lib/platform/http.js';
 import { deadlinePassed } from '../lib/platform/service-client.js';
 import { eventually } from './gateway-helpers.js';
 import { assertNoLeak, http, memoryLogger, startApp } from './helpers.js';
+import { SCHEMAS, shapeOf } from './support/config-schemas.js';
 
 describe('config', () => {
   const schema = z.object({ ...commonShape, PORT: portVar(3011), RATE_LIMIT: intVar(100, 1), SEED_DATA: boolVar(true) });
@@ -55,6 +56,51 @@ describe('config', () => {
       (err: Error) => err.message.startsWith('DATABASE_URL: ') && !err.message.includes('hunter2'));
     assert.throws(() => parseConfig(secrets, { ADMIN_TOKEN: 'x'.repeat(16), BENCH_POSTGRES_URL: 'host=db password=hunter2' }),
       (err: Error) => err.message.startsWith('BENCH_POSTGRES_URL: ') && !err.message.includes('hunter2'));
+  });
+
+  test('when several processes read a variable, then they all take it through one definition', () => {
+    // PORT alone differs on purpose: each process has its own default port.
+    const definitions = new Map<string, Set<z.ZodType>>();
+    for (const schema of Object.values(SCHEMAS)) {
+      for (const [key, definition] of Object.entries(shapeOf(schema))) {
+        definitions.set(key, (definitions.get(key) ?? new Set()).add(definition));
+      }
+    }
+    const repeated = [...definitions].filter(([key, defs]) => key !== 'PORT' && defs.size > 1).map(([key]) => key);
+    assert.deepEqual(repeated, []);
+  });
+});
+
+describe('storage errors', () => {
+  const failure = (code: string, message = 'failed') => Object.assign(new Error(message), { code });
+  const answer = (err: unknown) => {
+    const mapped = storageError(err);
+    return mapped instanceof HttpError ? `${mapped.status} ${mapped.code}` : mapped === err ? 'itself' : 'other';
+  };
+
+  test('when either engine cannot work now, then the database layer throws 503 STORAGE_UNAVAILABLE', () => {
+    for (const code of ['SQLITE_BUSY', 'SQLITE_LOCKED_SHAREDCACHE', 'SQLITE_IOERR_WRITE', 'SQLITE_FULL', 'SQLITE_CANTOPEN', 'SQLITE_READONLY',
+      'SQLITE_PERM', 'SQLITE_CORRUPT', 'SQLITE_NOTADB', 'SQLITE_PROTOCOL', 'SQLITE_NOLFS',
+      '08006', '53300', '57P01', '57P03', '57014', '40001', '40P01', 'ECONNREFUSED', 'ECONNRESET']) {
+      assert.equal(answer(failure(code)), '503 STORAGE_UNAVAILABLE', code);
+    }
+    assert.equal(answer(new Error('timeout exceeded when trying to connect')), '503 STORAGE_UNAVAILABLE');
+    assert.equal(answer(new Error('Connection terminated unexpectedly')), '503 STORAGE_UNAVAILABLE');
+  });
+
+  test('when the request or the code is at fault, then it is a 400 or the error itself, never a 503', () => {
+    assert.equal(answer(failure('22P02')), '400 BAD_REQUEST');
+    for (const code of ['SQLITE_CONSTRAINT_UNIQUE', 'SQLITE_ERROR', '23505', '42P01']) assert.equal(answer(failure(code)), 'itself', code);
+    assert.equal(answer(new TypeError('x is undefined')), 'itself');
+  });
+
+  test('when a SQLite failure escapes the database layer, then the error handler answers the same 503; another network code stays a 500', () => {
+    for (const code of ['SQLITE_BUSY', 'SQLITE_PERM', 'SQLITE_PROTOCOL']) {
+      const err = toHttpError(failure(code));
+      assert.deepEqual([err.status, err.code, err.message], [503, 'STORAGE_UNAVAILABLE', (storageError(failure(code)) as HttpError).message], code);
+    }
+    // ECONNREFUSED from anything but the database (another service) is not the store's failure.
+    assert.equal(toHttpError(failure('ECONNREFUSED')).status, 500);
   });
 });
 

@@ -8,11 +8,12 @@ import { createProductApp } from '../lib/products/app.js';
 import { openProductDatabase } from '../lib/products/db.js';
 import { MAX_STOCK } from '../lib/products/schema.js';
 import { http, startCheckedService, type CheckedService, type TestResponse } from './helpers.js';
+import { openServiceAuth } from './support/service-auth.js';
 import { databaseRelay, testStorage, type TestStorage } from './support/engines.js';
 import { skipUnless } from './support/services.js';
 
 const start = (storage: Pick<TestStorage, 'options' | 'remove'>, seed = false): Promise<CheckedService> =>
-  startCheckedService('product-service', openProductDatabase, createProductApp, seed, storage);
+  startCheckedService('product-service', openProductDatabase, (deps) => createProductApp(deps, openServiceAuth()), seed, storage);
 
 let seq = 0;
 const rid = (prefix = 'r') => `${prefix}-${process.pid}-${++seq}`;

@@ -7,6 +7,8 @@ import { createProductsClient } from '../lib/products/client.js';
 import { openProductDatabase } from '../lib/products/db.js';
 import { demoOrders, demoProducts } from '../lib/demo/data.js';
 import { startCheckedService, type CheckedService, type TestResponse } from './helpers.js';
+import { openServiceAuth } from './support/service-auth.js';
+import { productReads } from './support/product-reads.js';
 import { ENGINES, testStorage, type EngineName, type TestStorage } from './support/engines.js';
 import { skipUnless } from './support/services.js';
 
@@ -18,7 +20,7 @@ type Service = CheckedService;
  */
 async function startProductService(engine: EngineName, seed = false, given?: TestStorage): Promise<Service> {
   const storage = given ?? testStorage(engine);
-  const service = await startCheckedService('product-service', openProductDatabase, createProductApp, seed, storage);
+  const service = await startCheckedService('product-service', openProductDatabase, (deps) => createProductApp(deps, openServiceAuth()), seed, storage);
   return {
     ...service,
     close: async () => {
@@ -564,7 +566,8 @@ for (const engine of ENGINES) describe(`products on ${engine}`, { skip: skipUnle
 
   describe('products client', () => {
     test('reserve, getReservation, release and getProduct speak the internal routes', async () => {
-      const client = createProductsClient(new ServiceClient({ name: 'products', baseUrl: svc.url, timeoutMs: 2_000 }));
+      const service = new ServiceClient({ name: 'products', baseUrl: svc.url, timeoutMs: 2_000 });
+      const client = { ...createProductsClient(service), ...productReads(service) };
       const p = await createProduct({ price: 7.25, stock: 4 });
       const id = rid('client');
       const reservation = await client.reserve(id, [{ productId: p.id, quantity: 3 }]);
@@ -591,5 +594,17 @@ for (const engine of ENGINES) describe(`products on ${engine}`, { skip: skipUnle
       await assert.rejects(client.reserve('x', [{ productId: 1, quantity: 1 }]), (err: unknown) => err instanceof UpstreamUnavailableError);
       await assert.rejects(client.release('x'), (err: unknown) => err instanceof UpstreamUnavailableError);
     });
+  });
+});
+
+describe('the product app without an auth of its own', () => {
+  test('when no auth is given, then it is required mode: anonymous writes are 401 and /internal/* is refused', async () => {
+    const svc = await startCheckedService('product-service', openProductDatabase, (deps) => createProductApp(deps), true);
+    try {
+      assert.equal((await svc.call('POST', '/products', { body: { name: 'Open', price: 1, stock: 1, category: 'misc' } })).status, 401);
+      assert.equal((await svc.call('POST', '/internal/reservations', { body: { id: 'r-1', items: [{ productId: 1, quantity: 1 }] } })).status, 403);
+    } finally {
+      await svc.close();
+    }
   });
 });

@@ -9,6 +9,7 @@ import { assertNoLeak, http, type TestResponse } from './helpers.js';
 import { ENGINES, testStorage, type TestStorage } from './support/engines.js';
 import { skipUnless } from './support/services.js';
 import { createProduct, createUser, startServices, stockOf, type System } from './system.js';
+import { eventually } from './support/eventually.js';
 
 const count = async (db: Db, sql: string, params: readonly unknown[] = []): Promise<number> => Number((await db.get<{ n: number | string }>(sql, params))!.n);
 
@@ -44,14 +45,6 @@ const post = async (sys: System, body: unknown, key?: string): Promise<TestRespo
   assertNoLeak(r.text);
   return r;
 };
-
-async function waitFor(what: string, check: () => Promise<boolean>, timeoutMs = 10_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await check())) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 20));
-  }
-}
 
 for (const engine of ENGINES) {
   describe(`retention on ${engine}`, { skip: skipUnless(engine) }, () => {
@@ -164,10 +157,10 @@ for (const engine of ENGINES) {
       const cancelled = await post(sys, { userId, items: [{ productId, quantity: 4 }] }, 'timer-cancelled');
       assert.deepEqual([kept.status, cancelled.status], [201, 201]);
       assert.equal((await http(sys.orders.url, 'PUT', `/orders/${cancelled.body.id}/status`, { body: { status: 'cancelled' } })).status, 200);
-      await waitFor('keys and released reservations to go', async () => {
+      await eventually(async () => {
         const r = await rows(sys);
         return r.keys === 0 && r.released === 0;
-      });
+      }, 10_000, 'keys and released reservations to go');
       assert.equal((await rows(sys)).held, 1);
       assert.equal(await accountedFor(sys, productId), 10);
     });

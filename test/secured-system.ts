@@ -19,8 +19,9 @@ import { ServiceClient } from '../lib/platform/service-client.js';
 import { createProductApp } from '../lib/products/app.js';
 import { createProductsClient } from '../lib/products/client.js';
 import { openProductDatabase } from '../lib/products/db.js';
-import { createUserApp, defaultUserAuth } from '../lib/users/app.js';
-import { DEFAULT_DEMO_PASSWORD, hashPasswordSync, loadSigningKey, MIN_PASSWORD_HASH_COST, type SigningKey } from '../lib/users/auth.js';
+import { createUserApp } from '../lib/users/app.js';
+import { openUserAuth } from './support/service-auth.js';
+import { DEFAULT_DEMO_PASSWORD, hashPassword, loadSigningKey, MIN_PASSWORD_HASH_COST, type SigningKey } from '../lib/users/auth.js';
 import { createUsersClient } from '../lib/users/client.js';
 import { openUserDatabase, setDemoPasswords } from '../lib/users/db.js';
 import { startGateway, type StartedGateway } from './gateway-helpers.js';
@@ -73,8 +74,8 @@ export async function startSecuredSystem({ mode = 'required', gatewayEnv = {}, l
   const key = loadSigningKey(dir.dir);
   const users = await run('user-service', async (logger) => {
     const db = await openUserDatabase({ dataDir: dir.dir, seed: true });
-    await setDemoPasswords(db, hashPasswordSync(DEFAULT_DEMO_PASSWORD, MIN_PASSWORD_HASH_COST));
-    return { app: createUserApp({ logger, db, metrics: createMetrics('user-service') }, { ...defaultUserAuth(), mode, key, adminToken: ADMIN_TOKEN, internalToken: INTERNAL_TOKEN }), db };
+    await setDemoPasswords(db, await hashPassword(DEFAULT_DEMO_PASSWORD, MIN_PASSWORD_HASH_COST));
+    return { app: createUserApp({ logger, db, metrics: createMetrics('user-service') }, { ...openUserAuth(), mode, key, adminToken: ADMIN_TOKEN, internalToken: INTERNAL_TOKEN }), db };
   }, logLevel);
   const serviceAuth = (): ServiceAuth => createServiceAuth({
     mode,

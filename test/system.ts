@@ -33,6 +33,7 @@ import { OrderConfigSchema } from '../lib/orders/config.js';
 import { openOrderDatabase } from '../lib/orders/db.js';
 import { buildOrderService } from '../lib/orders/service.js';
 import { http, memoryLogger, tempDir } from './helpers.js';
+import { openServiceAuth, openUserAuth } from './support/service-auth.js';
 
 export type ServiceName = 'users' | 'products' | 'orders';
 const SERVICE_NAMES = { users: 'user-service', products: 'product-service', orders: 'order-service' } as const;
@@ -153,13 +154,13 @@ export async function startServices({ dataDir, storage, seed = false, env = {} }
   try {
     const users = await startHandle('users', async (logger) => {
       const db = await openUserDatabase(where('users'));
-      return { app: createUserApp({ logger, db, metrics: createMetrics('user-service') }), db };
+      return { app: createUserApp({ logger, db, metrics: createMetrics('user-service') }, openUserAuth()), db };
     }, level);
     started.push(users);
     const productConfig = parseConfig(ProductConfigSchema, { ...env, DATA_DIR: dir });
     const products = await startHandle('products', async (logger) => {
       const db = await openProductDatabase(where('products'));
-      const { app, close } = buildProductService({ logger, db, metrics: createMetrics('product-service') }, productConfig);
+      const { app, close } = buildProductService({ logger, db, metrics: createMetrics('product-service') }, productConfig, openServiceAuth());
       return { app, db, stopExtras: close };
     }, level);
     started.push(products);

@@ -6,9 +6,10 @@ import { after, before, describe, test } from 'node:test';
 import { createLocalJWKSet, decodeProtectedHeader, jwtVerify } from 'jose';
 import { createMetrics } from '../lib/platform/metrics.js';
 import { DEFAULT_AUDIENCE, DEFAULT_ISSUER } from '../lib/platform/identity.js';
-import { createUserApp, defaultUserAuth } from '../lib/users/app.js';
+import { createUserApp } from '../lib/users/app.js';
+import { openUserAuth } from './support/service-auth.js';
 import { HttpError } from '../lib/platform/errors.js';
-import { DEFAULT_PASSWORD_HASH_COST, hashPassword, hashPasswordSync, loadSigningKey, MIN_PASSWORD_HASH_COST, SIGNING_KEY_FILE, verifyPassword } from '../lib/users/auth.js';
+import { DEFAULT_PASSWORD_HASH_COST, hashPassword, loadSigningKey, MIN_PASSWORD_HASH_COST, SIGNING_KEY_FILE, verifyPassword } from '../lib/users/auth.js';
 import { UserConfigSchema } from '../lib/users/config.js';
 import { ConfigError, parseConfig } from '../lib/platform/config.js';
 import { openUserDatabase, setDemoPasswords } from '../lib/users/db.js';
@@ -25,7 +26,7 @@ describe('user service logins', () => {
 
   before(async () => {
     db = await openUserDatabase({ dataDir: dir.dir, seed: false });
-    app = await startApp(createUserApp({ logger, db, metrics: createMetrics('user-service') }, { ...defaultUserAuth(), loginMaxFailures: 3 }));
+    app = await startApp(createUserApp({ logger, db, metrics: createMetrics('user-service') }, { ...openUserAuth(), loginMaxFailures: 3 }));
   });
   after(async () => {
     await app.close();
@@ -124,7 +125,7 @@ describe('signing key and demo passwords', () => {
       const db = await openUserDatabase({ dataDir: dir.dir, seed: true });
       await db.run('UPDATE users SET password_hash = NULL');
       await db.run("UPDATE users SET password_hash = 'kept' WHERE email = 'carol@example.com'");
-      assert.equal(await setDemoPasswords(db, hashPasswordSync('demo-password')), 2);
+      assert.equal(await setDemoPasswords(db, await hashPassword('demo-password')), 2);
       const hashOf = async (email: string) => (await db.get<{ h: string }>('SELECT password_hash AS h FROM users WHERE email = $1', [email]))!.h;
       assert.ok(await verifyPassword('demo-password', await hashOf('alice@example.com')));
       assert.equal(await hashOf('carol@example.com'), 'kept');
@@ -206,7 +207,7 @@ for (const engine of ENGINES) {
 describe('password hash cost', () => {
   test('when a hash was made at one cost, then it verifies under another, and a wrong password fails at either', async () => {
     const cheap = await hashPassword('correct horse', MIN_PASSWORD_HASH_COST);
-    const dear = hashPasswordSync('correct horse', DEFAULT_PASSWORD_HASH_COST);
+    const dear = await hashPassword('correct horse', DEFAULT_PASSWORD_HASH_COST);
     assert.match(cheap, /^scrypt\$1024\$8\$1\$/);
     assert.match(dear, /^scrypt\$16384\$8\$1\$/);
     for (const [stored, cost] of [[cheap, DEFAULT_PASSWORD_HASH_COST], [dear, MIN_PASSWORD_HASH_COST]] as const) {

@@ -10,7 +10,8 @@ import type { ServiceDatabaseOptions } from '../lib/platform/config.js';
 import { DEFAULT_AUDIENCE, DEFAULT_ISSUER } from '../lib/platform/identity.js';
 import { createMetrics } from '../lib/platform/metrics.js';
 import type { SqlDatabase } from '../lib/platform/sql.js';
-import { createUserApp, defaultUserAuth } from '../lib/users/app.js';
+import { createUserApp } from '../lib/users/app.js';
+import { openUserAuth } from './support/service-auth.js';
 import { issueToken, loadSigningKey } from '../lib/users/auth.js';
 import { openUserDatabase } from '../lib/users/db.js';
 import { keysInUse, rotateSigningKey, startStoredKeyRing, type KeyRing } from '../lib/users/signing-keys.js';
@@ -19,6 +20,7 @@ import { http, memoryLogger, startApp } from './helpers.js';
 import { spawnService, TS_LOADER } from './process.js';
 import { databaseRelay, TEST_DATABASE_URL, testStorage } from './support/engines.js';
 import { skipUnless } from './support/services.js';
+import { eventually } from './support/eventually.js';
 
 interface Instance {
   url: string;
@@ -33,7 +35,7 @@ async function startInstance(options: ServiceDatabaseOptions, { refreshMs = 50, 
   const { logger, lines } = memoryLogger('user-service');
   const keys = await startStoredKeyRing(db, { refreshMs, retainMs, logger });
   const app = await startApp(createUserApp({ logger, db, metrics: createMetrics('user-service') }, {
-    ...defaultUserAuth(), mode: 'required', keys,
+    ...openUserAuth(), mode: 'required', keys,
   }));
   return {
     url: app.url,
@@ -70,13 +72,6 @@ const gatewayOnB = (): Promise<StartedGateway> =>
 const getThrough = (gateway: StartedGateway, token: string) => http(gateway.url, 'GET', `/api/users/${userId}`, { headers: { authorization: `Bearer ${token}` } });
 const verifiesWith = async (token: string, keys: JWK[]) =>
   jwtVerify(token, createLocalJWKSet({ keys }), { issuer: DEFAULT_ISSUER, audience: DEFAULT_AUDIENCE }).then(() => true, () => false);
-async function until(what: string, check: () => Promise<boolean>, timeoutMs = 5000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await check())) {
-    assert.ok(Date.now() < deadline, `${what} within ${timeoutMs} ms`);
-    await new Promise((r) => setTimeout(r, 20));
-  }
-}
 
 if (!skip) before(async () => {
   // Both start at once on an empty schema: one of them makes the key, the other reads it.
@@ -133,7 +128,7 @@ describe('signing keys in PostgreSQL', { skip }, () => {
     const rotation = await rotateSigningKey(a.db, { activateAfterMs: 60 * 60_000, retainMs: 60_000 });
     assert.notEqual(rotation.kid, oldKid);
     assert.deepEqual(rotation.removed, []);
-    await until('both instances publish the new key', async () => (await kidsOf(a)).length === 2 && (await kidsOf(b)).length === 2);
+    await eventually(async () => (await kidsOf(a)).length === 2 && (await kidsOf(b)).length === 2, 5000, 'both instances publish the new key');
     assert.deepEqual(await kidsOf(b), [oldKid, rotation.kid].sort());
     assert.equal(kidOf(await tokenFrom(a)), oldKid, 'the new key does not sign before its time');
     // A gateway that fetches B's JWKS now knows the new key before any token carries it (a gateway
@@ -144,8 +139,8 @@ describe('signing keys in PostgreSQL', { skip }, () => {
 
     // Its time comes.
     await a.db.run('UPDATE signing_keys SET active_from_ms = $1 WHERE kid = $2', [Date.now(), rotation.kid]);
-    await until('A signs with the new key', async () => kidOf(await tokenFrom(a)) === rotation.kid);
-    await until('B signs with the new key', async () => kidOf(await tokenFrom(b)) === rotation.kid);
+    await eventually(async () => kidOf(await tokenFrom(a)) === rotation.kid, 5000, 'A signs with the new key');
+    await eventually(async () => kidOf(await tokenFrom(b)) === rotation.kid, 5000, 'B signs with the new key');
     const newToken = await tokenFrom(b);
     const published = await jwksOf(b);
     assert.deepEqual(published.map((k) => k.kid).sort(), [oldKid, rotation.kid].sort());
@@ -164,7 +159,7 @@ describe('signing keys in PostgreSQL', { skip }, () => {
     const old = all.find((k) => k !== current)!;
     const short = await startInstance(where, { retainMs: 300 });
     try {
-      await until('the old key leaves the JWKS', async () => !(await kidsOf(short)).includes(old));
+      await eventually(async () => !(await kidsOf(short)).includes(old), 5000, 'the old key leaves the JWKS');
       assert.deepEqual(await kidsOf(short), [current]);
       assert.equal(kidOf(await tokenFrom(short)), current);
     } finally {
@@ -198,12 +193,12 @@ describe('signing keys while PostgreSQL is unreachable', { skip }, () => {
       const kids = await kidsOf(svc);
       await relay.down();
       const warned = () => svc.logs().filter((l) => l.msg === 'cannot read the signing keys; the last ones read stay in use').length;
-      await until('a warn line', () => Promise.resolve(warned() === 1));
+      await eventually(() => Promise.resolve(warned() === 1), 5000, 'a warn line');
       assert.deepEqual(await kidsOf(svc), kids);
       const login = await http(svc.url, 'POST', '/auth/login', { body: { email: 'keys@example.com', password: PASSWORD } });
       assert.equal(login.body.code, 'STORAGE_UNAVAILABLE');
       await relay.up();
-      await until('the keys are read again', () => Promise.resolve(svc.logs().some((l) => l.msg === 'signing keys read again')));
+      await eventually(() => Promise.resolve(svc.logs().some((l) => l.msg === 'signing keys read again')), 5000, 'the keys are read again');
       assert.equal(warned(), 1, 'one line per outage');
       assert.ok(!JSON.stringify(svc.logs()).includes('PRIVATE'), 'no key in the logs');
       assert.equal((await http(svc.url, 'POST', '/auth/login', { body: { email: 'keys@example.com', password: PASSWORD } })).status, 200);
@@ -237,7 +232,7 @@ describe('the processes', { skip }, () => {
     try {
       const kids = await kidsOf(svc);
       assert.ok(kids.includes(printed.kid), `${kids.join(",")} holds the rotated key`);
-      await until('A publishes the same keys', async () => JSON.stringify(await kidsOf(a)) === JSON.stringify(kids));
+      await eventually(async () => JSON.stringify(await kidsOf(a)) === JSON.stringify(kids), 5000, 'A publishes the same keys');
       assert.ok(!/PRIVATE|BEGIN/.test(svc.output()), 'no key in the logs');
     } finally {
       await svc.stop();

@@ -5,7 +5,8 @@ import { after, before, describe, test } from 'node:test';
 import type { ServiceDatabaseOptions } from '../lib/platform/config.js';
 import { createMetrics } from '../lib/platform/metrics.js';
 import type { SqlDatabase } from '../lib/platform/sql.js';
-import { createUserApp, defaultUserAuth } from '../lib/users/app.js';
+import { createUserApp } from '../lib/users/app.js';
+import { openUserAuth } from './support/service-auth.js';
 import { openUserDatabase } from '../lib/users/db.js';
 import { http, memoryLogger, startApp, type TestResponse } from './helpers.js';
 import { databaseRelay, testStorage, type DatabaseOutage } from './support/engines.js';
@@ -19,7 +20,7 @@ interface Instance {
 
 async function startInstance(options: ServiceDatabaseOptions): Promise<Instance> {
   const db = await openUserDatabase(options);
-  const app = await startApp(createUserApp({ logger: memoryLogger('user-service').logger, db, metrics: createMetrics('user-service') }, { ...defaultUserAuth(), loginMaxFailures: 3 }));
+  const app = await startApp(createUserApp({ logger: memoryLogger('user-service').logger, db, metrics: createMetrics('user-service') }, { ...openUserAuth(), loginMaxFailures: 3 }));
   return {
     url: app.url,
     db,

@@ -6,6 +6,7 @@ import { createUserApp } from '../lib/users/app.js';
 import { createUsersClient } from '../lib/users/client.js';
 import { openUserDatabase } from '../lib/users/db.js';
 import { startCheckedService, type CheckedService } from './helpers.js';
+import { openUserAuth } from './support/service-auth.js';
 import { ENGINES, testStorage, type EngineName, type TestStorage } from './support/engines.js';
 import { skipUnless } from './support/services.js';
 
@@ -16,7 +17,7 @@ type Service = CheckedService;
  * it closes. Every answer is checked for leaks.
  */
 async function startUserService(engine: EngineName, seed = false, storage: TestStorage = testStorage(engine)): Promise<Service> {
-  const svc = await startCheckedService('user-service', openUserDatabase, createUserApp, seed, storage);
+  const svc = await startCheckedService('user-service', openUserDatabase, (deps) => createUserApp(deps, openUserAuth()), seed, storage);
   return { ...svc, close: async () => {
     await svc.close();
     await storage.remove();

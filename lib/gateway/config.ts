@@ -1,11 +1,8 @@
 // The gateway's configuration: one zod schema over the environment, parsed once at start.
 import express from 'express';
 import { z } from 'zod';
-import { boolVar, commonShape, intVar, portVar, urlListVar } from '../platform/config.js';
+import { boolVar, callerShape, commonShape, intVar, MAX_TIMER_MS, portVar, serviceUrlShape, urlListVar } from '../platform/config.js';
 import { authShape } from '../platform/identity.js';
-
-/** Largest value setTimeout/setInterval accept; timers and windows above it fire at once. */
-const MAX_TIMER_MS = 2 ** 31 - 1;
 
 const PER_TRY_MESSAGE = 'must be a whole number from 0 to 600000';
 
@@ -63,19 +60,9 @@ export function addressCheck(list: string): (address: string | undefined) => boo
 export const GatewayConfigSchema = z.object({
   ...commonShape,
   ...authShape,
+  ...serviceUrlShape,
+  ...callerShape,
   PORT: portVar(3010),
-  // Each service's instances: one base URL or a comma-separated list (at most 16, no repeats).
-  USERS_URL: urlListVar('http://127.0.0.1:3011'),
-  PRODUCTS_URL: urlListVar('http://127.0.0.1:3012'),
-  ORDERS_URL: urlListVar('http://127.0.0.1:3013'),
-  // With several instances: consecutive failures (refused, reset, timeout, 5xx) that take one out
-  // of the rotation. The circuit opens only when every instance is out.
-  OUTLIER_CONSECUTIVE_FAILURES: intVar(5, 1, 1000),
-  // An ejected instance's /health is asked every CB_PROBE_INTERVAL_MS and when this time ends; the
-  // first answer brings it back. The time doubles, up to OUTLIER_MAX_EJECTION_MS, each time it ends
-  // while the probes still fail (a long outage is asked less often without CB_PROBE_INTERVAL_MS).
-  OUTLIER_EJECTION_MS: intVar(10_000, 10, MAX_TIMER_MS),
-  OUTLIER_MAX_EJECTION_MS: intVar(300_000, 10, MAX_TIMER_MS),
   // Other gateways (comma-separated base URLs): /traces asks them for their own spans, so any
   // gateway shows a whole trace whichever gateway served it. Empty: none.
   GATEWAY_PEERS: urlListVar('', { allowEmpty: true }),
@@ -118,9 +105,6 @@ export const GatewayConfigSchema = z.object({
   // At most this many retries per 100 proxied requests (a retry goes out only when the request
   // never reached the service and is safe to repeat).
   RETRY_BUDGET_PERCENT: intVar(20, 0, 100),
-  // Time to the upstream's response headers (and whole answer for aggregation calls); the service
-  // is told how long is left in the Request-Timeout header.
-  UPSTREAM_TIMEOUT_MS: intVar(5000, 10, 600_000),
   // With several instances, the longest a GET or HEAD waits for one instance's response headers
   // before it is sent to another instead (Envoy's per_try_timeout); sooner when the service
   // usually answers fast (see retry.ts). Unset: a quarter of UPSTREAM_TIMEOUT_MS, so the second
@@ -142,9 +126,6 @@ export const GatewayConfigSchema = z.object({
   REDIS_CONNECT_TIMEOUT_MS: intVar(1000, 1, 60_000),
   // Reconnect attempts wait 50 ms, doubling up to this; a stalled Redis is asked this often too.
   REDIS_RECONNECT_MAX_MS: intVar(2000, 10, 600_000),
-  // Bearer token for the admin surface (/debug/*, /traces, /metrics, the detailed /health) besides
-  // an admin's JWT. Without it, in open mode, the debug route is open in development and absent in production.
-  ADMIN_TOKEN: z.string().min(16, 'must be at least 16 characters').optional(),
   // Where a caller without a token may use the admin surface in open mode without ADMIN_TOKEN:
   // the operator's own machine by default. Both the connection's peer and the client's address
   // (as TRUST_PROXY reads it) must be in the list, so a proxy on this machine lets nobody in.

@@ -12,7 +12,7 @@ import { createOrderStore } from './store.js';
 export interface OrderAppDeps extends ServiceDeps {
   users: UsersClient;
   products: ProductsClient;
-  /** Who may see and change which orders; default open mode with no verifier (tests). */
+  /** Who may see and change which orders; default required mode with no verifier and no service credential: nothing is open. */
   auth?: ServiceAuth;
   /**
    * How long a release started by a request (a failed create, a cancel) holds its outbox row
@@ -29,7 +29,7 @@ export interface OrderAppDeps extends ServiceDeps {
 // Creates with an Idempotency-Key that may be in progress at once; more is a 503 with Retry-After.
 const MAX_KEYS_IN_FLIGHT = 1000;
 
-export function createOrderApp({ users, products, auth = createServiceAuth(), releaseLeaseMs = 10_000, keyLeaseMs = 3000, keyWaitMs = 5000, ...deps }: OrderAppDeps): Express {
+export function createOrderApp({ users, products, auth = createServiceAuth({ mode: 'required' }), releaseLeaseMs = 10_000, keyLeaseMs = 3000, keyWaitMs = 5000, ...deps }: OrderAppDeps): Express {
   const { logger, db, metrics } = deps;
   const store = createOrderStore(db);
   new Gauge({

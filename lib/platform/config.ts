@@ -106,6 +106,12 @@ export const commonShape = {
   // On SIGTERM/SIGINT: in-flight requests are answered (Connection: close) and the process exits
   // within this time; what is still open by then is cut.
   STOP_TIMEOUT_MS: intVar(10_000, 100, 600_000),
+  // Bearer token that opens the process's admin surface beside an admin's JWT (for scrapers and
+  // operators): the gateway's /debug/*, /traces, /metrics and detailed /health; a service's
+  // /metrics, /spans and /traces in required mode, and its fault switches. Without it the fault
+  // switches and the gateway's debug routes are absent in production; in development they are
+  // open (the gateway's to ADMIN_ALLOW_ADDRESSES only).
+  ADMIN_TOKEN: z.string().min(16, 'must be at least 16 characters').optional(),
 };
 
 /** Settings every data-owning service has. */
@@ -121,11 +127,48 @@ export const serviceShape = {
   // Most connections one instance opens, and the longest wait for a connection or a statement.
   DATABASE_POOL_MAX: intVar(10, 1, 100),
   DATABASE_TIMEOUT_MS: intVar(5000, 100, 600_000),
-  // Bearer token for the fault switch route the gateway calls; without it the route is open in
-  // development and absent in production.
-  ADMIN_TOKEN: z.string().min(16, 'must be at least 16 characters').optional(),
   // Fault switches turn themselves off after this long, so a forgotten one cannot break a system for good.
   FAULT_TTL_MS: intVar(10 * 60_000, 1000, 2 ** 31 - 1),
+};
+
+/** Largest value setTimeout/setInterval accept; timers and windows above it fire at once. */
+export const MAX_TIMER_MS = 2 ** 31 - 1;
+
+/**
+ * The base URLs of each service's instances, for the processes that call it: one URL or a
+ * comma-separated list (at most MAX_URL_LIST, no repeats). Calls are balanced over the instances;
+ * a call refused by one (or reset before any answer, when it is safe to repeat) goes to another.
+ * Every user-service instance also serves /.well-known/jwks.json, asked in turn when one is down,
+ * unless JWKS_URL names other keys.
+ */
+export const serviceUrlShape = {
+  USERS_URL: urlListVar('http://127.0.0.1:3011'),
+  PRODUCTS_URL: urlListVar('http://127.0.0.1:3012'),
+  ORDERS_URL: urlListVar('http://127.0.0.1:3013'),
+};
+
+/** Settings of a process that calls other services (the gateway, the order service). */
+export const callerShape = {
+  // Each call to a service gives up after this long (the gateway: time to the response headers,
+  // and to the whole answer for aggregation calls); the service is told how long is left in the
+  // Request-Timeout header.
+  UPSTREAM_TIMEOUT_MS: intVar(5000, 10, 600_000),
+  // With several instances: consecutive failures (refused, reset, timeout, 5xx) that take one out
+  // of the rotation. The gateway's circuit opens only when every instance is out.
+  OUTLIER_CONSECUTIVE_FAILURES: intVar(5, 1, 1000),
+  // How long an ejected instance stays out at first: it is back at its first answered /health
+  // probe (the gateway also probes every CB_PROBE_INTERVAL_MS); the time doubles, up to
+  // OUTLIER_MAX_EJECTION_MS, each time it ends while the probes still fail.
+  OUTLIER_EJECTION_MS: intVar(10_000, 10, MAX_TIMER_MS),
+  OUTLIER_MAX_EJECTION_MS: intVar(300_000, 10, MAX_TIMER_MS),
+};
+
+/** Settings of a service that deletes rows past their retention (products, orders). */
+export const retentionShape = {
+  // How often rows past their retention (products: released reservations older than
+  // RESERVATION_RETENTION_MS; orders: expired idempotency keys and lapsed claims) are deleted, in
+  // small batches.
+  RETENTION_INTERVAL_MS: intVar(60_000, 10, 3_600_000),
 };
 
 /** Where a service keeps its data, as its open function takes it. */

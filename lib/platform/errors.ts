@@ -39,8 +39,50 @@ export function validationError(err: ZodError, where: 'body' | 'query' | 'params
   return new HttpError(400, 'VALIDATION_ERROR', `Invalid request ${where}`, details);
 }
 
-// SQLite result codes that mean "the database cannot be written now", not "a bug".
-const STORAGE_CODES = /^SQLITE_(FULL|READONLY|IOERR|CANTOPEN|BUSY|LOCKED|PERM|CORRUPT|NOTADB)/;
+/** 503 STORAGE_UNAVAILABLE: the database cannot be reached or refused to work; the client may retry. */
+export class StorageUnavailableError extends HttpError {
+  constructor() {
+    super(503, 'STORAGE_UNAVAILABLE', 'The data store is unavailable; try again shortly');
+  }
+}
+
+// SQLite (extended codes start with these): the disk is full or cannot be read or written, the
+// file cannot be opened, is not writable or not a database, another process holds the lock past
+// busy_timeout. Not the request's fault and not a bug in the code: a 503, never a 500.
+const SQLITE_UNAVAILABLE = /^SQLITE_(BUSY|LOCKED|IOERR|FULL|CANTOPEN|READONLY|PERM|CORRUPT|NOTADB|PROTOCOL|NOLFS)/;
+// PostgreSQL SQLSTATEs: class 08 (connection exception), 53 (insufficient resources), 57P0x
+// (shutdown, cannot connect now), 57014 (statement timeout), 40001/40P01 (serialization failure,
+// deadlock: the client may retry).
+const PG_UNAVAILABLE = /^(08|53|57P0|57014|40001|40P01)/;
+const NET_UNAVAILABLE = new Set(['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EHOSTUNREACH', 'ENETUNREACH', 'ENOTFOUND', 'EPIPE', 'EAI_AGAIN']);
+// pg's own words for a pool or connection that gave up, or a client whose connection broke
+// earlier (no code is set on these).
+const PG_GAVE_UP = /timeout exceeded when trying to connect|Connection terminated|Query read timeout|connection timeout|not queryable/i;
+
+const codeOf = (err: unknown): string => {
+  const code = (err as { code?: unknown } | null)?.code;
+  return typeof code === 'string' ? code : '';
+};
+
+/**
+ * The error to throw for a statement that failed in the database layer (either engine): a 503
+ * STORAGE_UNAVAILABLE when the store itself is unavailable, a 400 for a value PostgreSQL will not
+ * take, else the error itself (a constraint the store handles, or a bug). Only for errors of the
+ * database: a network code here means the database's connection.
+ */
+export function storageError(err: unknown): unknown {
+  if (err instanceof HttpError) return err;
+  const code = codeOf(err);
+  if (code.startsWith('SQLITE_')) return SQLITE_UNAVAILABLE.test(code) ? new StorageUnavailableError() : err;
+  if (NET_UNAVAILABLE.has(code) || PG_UNAVAILABLE.test(code)) return new StorageUnavailableError();
+  // Class 22, data exception: a value PostgreSQL will not take (a NUL in text, a number out of a
+  // column's range). The request's fault, as SQLite would have stored or compared it: a 400, never
+  // a 500 that counts against the service's health at the gateway.
+  if (/^22/.test(code)) return new HttpError(400, 'BAD_REQUEST', 'A value in the request cannot be stored or compared');
+  const message = (err as { message?: unknown } | null)?.message;
+  if (typeof message === 'string' && PG_GAVE_UP.test(message)) return new StorageUnavailableError();
+  return err;
+}
 
 /** Maps anything thrown to the HttpError the client gets. */
 export function toHttpError(err: unknown): HttpError {
@@ -63,9 +105,9 @@ export function toHttpError(err: unknown): HttpError {
       return new HttpError(400, 'BAD_REQUEST', 'Request body size does not match Content-Length');
     default:
   }
-  if (typeof e?.code === 'string' && STORAGE_CODES.test(e.code)) {
-    return new HttpError(503, 'STORAGE_UNAVAILABLE', 'Storage is temporarily unavailable');
-  }
+  // The database layer maps its errors as it throws them; a SQLite code is unmistakable wherever
+  // it comes from (a network code is not: it may be another service's).
+  if (SQLITE_UNAVAILABLE.test(codeOf(err))) return new StorageUnavailableError();
   // The rest that libraries mark as the client's fault (a body that cannot be read or decoded, a
   // path parameter that cannot be percent-decoded): a client's input is never a server fault.
   const status = typeof e?.status === 'number' ? e.status : (e as { statusCode?: unknown })?.statusCode;

@@ -1,5 +1,6 @@
-// Express building blocks every process uses, in the fixed order of DESIGN.md:
-// trace id -> body limits -> (rate limit) -> routes -> 404 -> error handler.
+// Express building blocks every process uses. Each app puts them in one order (service-app.ts for
+// the services, the gateway's app.ts for the gateway): trace id -> body limits -> (rate limit) ->
+// routes -> 404 -> error handler.
 import { IncomingMessage, ServerResponse, type IncomingHttpHeaders } from 'node:http';
 import express, { type Express, type Request, type RequestHandler, type Response } from 'express';
 import { SpanStatusCode, type Attributes, type Span } from '@opentelemetry/api';

@@ -69,13 +69,13 @@ export const authShape = {
  * In production the demo rows are seeded only when DEMO_PASSWORD is set: demo orders of users 1..3
  * would otherwise belong to whoever signs up first. The value itself is dropped here.
  */
-export const demoSeedShape = { DEMO_PASSWORD: z.string().optional() };
+export const demoSeedShape = {
+  // The demo users' password; default `microservices-demo` outside production (the user service).
+  DEMO_PASSWORD: z.string().min(8, 'must be 8 to 128 characters').max(128, 'must be 8 to 128 characters').optional(),
+};
 export function withDemoSeedRule<C extends { SEED_DATA: boolean; NODE_ENV: string; DEMO_PASSWORD?: string | undefined }>({ DEMO_PASSWORD, ...rest }: C): Omit<C, 'DEMO_PASSWORD'> {
   return { ...rest, SEED_DATA: rest.SEED_DATA && (rest.NODE_ENV !== 'production' || DEMO_PASSWORD !== undefined) };
 }
-
-/** A secret that opens a process's admin surface as Bearer, beside an admin's JWT (for scrapers). */
-export const adminTokenVar = z.string().min(16, 'must be at least 16 characters').optional();
 
 export function authModeOf(config: { AUTH_MODE?: AuthMode | undefined; NODE_ENV: string }): AuthMode {
   return config.AUTH_MODE ?? (config.NODE_ENV === 'production' ? 'required' : 'open');

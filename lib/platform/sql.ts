@@ -5,7 +5,7 @@ import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import pg from 'pg';
-import { HttpError } from './errors.js';
+import { HttpError, StorageUnavailableError, storageError } from './errors.js';
 
 export type Engine = 'sqlite' | 'postgres';
 export type Params = readonly unknown[];
@@ -52,13 +52,6 @@ export interface OpenSqlOptions {
   poolMax?: number;
   /** PostgreSQL: longest wait for a connection and for one statement. */
   timeoutMs?: number;
-}
-
-/** 503 STORAGE_UNAVAILABLE: the database cannot be reached or refused to work; the client may retry. */
-export class StorageUnavailableError extends HttpError {
-  constructor() {
-    super(503, 'STORAGE_UNAVAILABLE', 'The data store is unavailable; try again shortly');
-  }
 }
 
 /**
@@ -287,10 +280,6 @@ function sqliteValue(v: unknown): unknown {
   return v === undefined ? null : v;
 }
 
-// The disk is full, the file cannot be opened or written, another process holds the lock past
-// busy_timeout: the request may succeed later, so it is a 503, not a 500.
-const SQLITE_UNAVAILABLE = /^SQLITE_(BUSY|LOCKED|IOERR|FULL|CANTOPEN|READONLY|PROTOCOL|NOLFS)/;
-
 // ---------------------------------------------------------------------------------------------
 // PostgreSQL: a bounded pool; every connection works in the service's schema.
 //
@@ -422,29 +411,4 @@ function openPostgres(url: string, { name, schema = name, poolMax = 10, timeoutM
       await pool.end();
     },
   };
-}
-
-// Class 08 (connection exception), 53 (insufficient resources), 57P0x (shutdown, cannot connect
-// now), 57014 (statement timeout), 40001/40P01 (serialization failure, deadlock: the client may retry).
-const PG_UNAVAILABLE = /^(08|53|57P0|57014|40001|40P01)/;
-const NET_UNAVAILABLE = new Set(['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EHOSTUNREACH', 'ENETUNREACH', 'ENOTFOUND', 'EPIPE', 'EAI_AGAIN']);
-
-/** The error to throw for a failed statement: a 503 when the store itself is unavailable. */
-function storageError(err: unknown): unknown {
-  if (err instanceof HttpError) return err;
-  const e = err as { code?: unknown; message?: unknown } | null;
-  const code = typeof e?.code === 'string' ? e.code : '';
-  const message = typeof e?.message === 'string' ? e.message : '';
-  if (err instanceof Database.SqliteError) return SQLITE_UNAVAILABLE.test(code) ? new StorageUnavailableError() : err;
-  if (NET_UNAVAILABLE.has(code) || PG_UNAVAILABLE.test(code)) return new StorageUnavailableError();
-  // Class 22, data exception: a value PostgreSQL will not take (a NUL in text, a number out of a
-  // column's range). The request's fault, as SQLite would have stored or compared it: a 400, never
-  // a 500 that counts against the service's health at the gateway.
-  if (/^22/.test(code)) return new HttpError(400, 'BAD_REQUEST', 'A value in the request cannot be stored or compared');
-  // pg's own words for a pool or connection that gave up, or a client whose connection broke
-  // earlier (no code is set on these).
-  if (/timeout exceeded when trying to connect|Connection terminated|Query read timeout|connection timeout|not queryable/i.test(message)) {
-    return new StorageUnavailableError();
-  }
-  return err;
 }

@@ -5,7 +5,8 @@ import { PRODUCT_API } from './api.js';
 import { createProductRoutes } from './routes.js';
 import { createProductStore } from './store.js';
 
-export function createProductApp(deps: ServiceDeps, auth: ServiceAuth = createServiceAuth()): Express {
+/** `auth` defaults to required mode with no verifier and no service credential: nothing is open. */
+export function createProductApp(deps: ServiceDeps, auth: ServiceAuth = createServiceAuth({ mode: 'required' })): Express {
   return createServiceApp({
     ...deps,
     service: 'product-service',

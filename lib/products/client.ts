@@ -2,9 +2,7 @@
 import { z } from 'zod';
 import type { ServiceClient } from '../platform/service-client.js';
 import { checkedBody, type CallOptions } from '../platform/typed-client.js';
-import { ProductSchema, ProductStatsSchema, ReservationItemSchema, ReservationSchema, type Product, type ProductStats, type ReservationRecord } from './schema.js';
-
-export type { Product, ReservationRecord };
+import { ProductStatsSchema, ReservationItemSchema, type ProductStats } from './schema.js';
 
 const HeldReservationSchema = z.object({ id: z.string(), status: z.literal('held'), items: z.array(ReservationItemSchema) });
 export type Reservation = z.infer<typeof HeldReservationSchema>;
@@ -22,8 +20,6 @@ export interface ProductsClient {
   /** Gives the stock back; `released` is true only for the call that did. Safe to repeat, and safe
    * before the reserve ever arrived (that reserve will then take nothing). */
   release(reservationId: string): Promise<{ id: string; released: boolean }>;
-  getProduct(id: number): Promise<Product | null>;
-  getReservation(reservationId: string): Promise<ReservationRecord | null>;
   stats(options?: CallOptions): Promise<ProductStats>;
 }
 
@@ -40,14 +36,6 @@ export function createProductsClient(client: ServiceClient, internalToken?: stri
     async release(reservationId) {
       const res = await client.request<unknown>('DELETE', reservationPath(reservationId), internal);
       return checkedBody(client, ReleaseSchema, res);
-    },
-    async getProduct(id) {
-      const res = await client.get<unknown>(`/products/${id}`, { accept: [404] });
-      return res.status === 404 ? null : checkedBody(client, ProductSchema, res);
-    },
-    async getReservation(reservationId) {
-      const res = await client.get<unknown>(reservationPath(reservationId), { ...internal, accept: [404] });
-      return res.status === 404 ? null : checkedBody(client, ReservationSchema, res);
     },
     async stats(options) {
       return checkedBody(client, ProductStatsSchema, await client.get<unknown>('/stats', options));

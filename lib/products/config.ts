@@ -1,25 +1,20 @@
 import { z } from 'zod';
-import { intVar, portVar, serviceShape, urlListVar } from '../platform/config.js';
-import { adminTokenVar, authModeOf, authShape, demoSeedShape, withDemoSeedRule } from '../platform/identity.js';
+import { intVar, portVar, retentionShape, serviceShape, serviceUrlShape } from '../platform/config.js';
+import { authModeOf, authShape, demoSeedShape, withDemoSeedRule } from '../platform/identity.js';
 
 export const ProductConfigSchema = z
   .object({
     ...serviceShape,
     ...authShape,
     PORT: portVar(3012),
-    // The user service's instances, whose /.well-known/jwks.json verifies tokens unless JWKS_URL
-    // says otherwise (asked in turn when one is down).
-    USERS_URL: urlListVar('http://127.0.0.1:3011'),
-    // Opens /metrics, /spans and /traces in required mode (scrapers), beside an admin's JWT.
-    ADMIN_TOKEN: adminTokenVar,
+    USERS_URL: serviceUrlShape.USERS_URL,
     ...demoSeedShape,
     // A released reservation (or the tombstone of a release that came first) is kept this long,
     // then deleted: a reserve of its id arriving later would take stock that no order owns. So
     // it must outlast every reserve still on its way: the order service's UPSTREAM_TIMEOUT_MS
     // (at most 10 min, retries included) and what a stalled process adds. 1 h leaves a margin.
     RESERVATION_RETENTION_MS: intVar(3_600_000, 100, 365 * 24 * 3_600_000),
-    // How often released reservations past RESERVATION_RETENTION_MS are deleted, in batches.
-    RETENTION_INTERVAL_MS: intVar(60_000, 10, 3_600_000),
+    ...retentionShape,
   })
   .superRefine(requireInternalTokenWhenRequired)
   .transform(withDemoSeedRule);

@@ -13,7 +13,7 @@ export interface ProductService {
   close: () => Promise<void>;
 }
 
-export function buildProductService(deps: ServiceDeps, config: Pick<ProductConfig, 'RESERVATION_RETENTION_MS' | 'RETENTION_INTERVAL_MS'>, auth?: ServiceAuth): ProductService {
+export function buildProductService(deps: ServiceDeps, config: Pick<ProductConfig, 'RESERVATION_RETENTION_MS' | 'RETENTION_INTERVAL_MS'>, auth: ServiceAuth): ProductService {
   const retention = startProductRetention(deps.db, deps.logger, config.RETENTION_INTERVAL_MS, { releasedTtlMs: config.RESERVATION_RETENTION_MS });
   return { app: createProductApp(deps, auth), close: () => retention.stop() };
 }

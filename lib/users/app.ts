@@ -1,11 +1,11 @@
 import type { Express } from 'express';
 import type { JWTVerifyGetKey } from 'jose';
-import { createServiceAuth, createTokenVerifier, DEFAULT_ALGORITHMS, DEFAULT_AUDIENCE, DEFAULT_ISSUER, internalCallerGuard, type AuthMode } from '../platform/identity.js';
+import { createServiceAuth, createTokenVerifier, internalCallerGuard, type AuthMode } from '../platform/identity.js';
 import { createTokenVersions } from '../platform/token-versions.js';
 import { createServiceApp, type ServiceDeps } from '../platform/service-app.js';
 import { USER_API } from './api.js';
 import { clientAddressOf, clientKeyOf } from '../platform/client-address.js';
-import { DEFAULT_PASSWORD_HASH_COST, loadSigningKey, MIN_PASSWORD_HASH_COST, type SigningKey } from './auth.js';
+import { DEFAULT_PASSWORD_HASH_COST, type SigningKey } from './auth.js';
 import { createHashBudget } from './hash-budget.js';
 import { DEFAULT_USER_LIMITS, type UserLimits } from './limits.js';
 import { createLoginLockout } from './lockout.js';
@@ -44,25 +44,7 @@ export interface UserAuthOptions {
   limits?: Partial<UserLimits>;
 }
 
-/**
- * Open mode, a key for the life of the process, the defaults of the configuration but the lowest
- * password hash cost (scrypt's work is not what tests test) and no practical sign-up limit: for tests.
- */
-export const defaultUserAuth = (): UserAuthOptions => ({
-  mode: 'open',
-  key: loadSigningKey(':memory:'),
-  issuer: DEFAULT_ISSUER,
-  audience: DEFAULT_AUDIENCE,
-  algorithms: DEFAULT_ALGORITHMS,
-  ttlS: 900,
-  loginMaxFailures: 10,
-  loginWindowMs: 15 * 60_000,
-  passwordHashCost: MIN_PASSWORD_HASH_COST,
-  // Tests sign many users up from one loopback address; the limit's own tests set theirs.
-  limits: { signupLimit: 1_000_000 },
-});
-
-export function createUserApp(deps: ServiceDeps, options: UserAuthOptions = defaultUserAuth()): Express {
+export function createUserApp(deps: ServiceDeps, options: UserAuthOptions): Express {
   const { mode, issuer, audience, algorithms, ttlS } = options;
   if (!options.keys && !options.key) throw new Error('createUserApp needs a signing key (key or keys)');
   const keys = options.keys ?? staticKeyRing(options.key!);

@@ -1,5 +1,5 @@
 // Login, password hashing, the token signing key and its JWKS.
-import { createPrivateKey, createPublicKey, generateKeyPairSync, randomBytes, scrypt, scryptSync, timingSafeEqual, createHash, type KeyObject } from 'node:crypto';
+import { createPrivateKey, createPublicKey, generateKeyPairSync, randomBytes, scrypt, timingSafeEqual, createHash, type KeyObject } from 'node:crypto';
 import { chmodSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { createLocalJWKSet, SignJWT, type JWK, type JWTVerifyGetKey } from 'jose';
@@ -34,12 +34,6 @@ export async function hashPassword(password: string, cost = DEFAULT_PASSWORD_HAS
   const salt = randomBytes(SALT_BYTES);
   const hash = await scryptAsync(password, salt, cost, R, P);
   return encode(cost, R, P, salt, hash);
-}
-
-/** The same, blocking: for the demo rows at start. */
-export function hashPasswordSync(password: string, cost = DEFAULT_PASSWORD_HASH_COST): string {
-  const salt = randomBytes(SALT_BYTES);
-  return encode(cost, R, P, salt, scryptSync(password, salt, KEY_LENGTH, scryptOptions(cost, R, P)));
 }
 
 /**

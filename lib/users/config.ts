@@ -1,6 +1,6 @@
 import { z } from 'zod';
 import { intVar, portVar, serviceShape } from '../platform/config.js';
-import { adminTokenVar, authShape } from '../platform/identity.js';
+import { authShape, demoSeedShape } from '../platform/identity.js';
 import { DEFAULT_USER_LIMITS as D } from './limits.js';
 import { DEFAULT_DEMO_PASSWORD, DEFAULT_PASSWORD_HASH_COST, isPasswordHashCost, isUsableSigningKey, MAX_PASSWORD_HASH_COST, MIN_PASSWORD_HASH_COST } from './auth.js';
 
@@ -9,15 +9,11 @@ export const UserConfigSchema = z
     ...serviceShape,
     ...authShape,
     PORT: portVar(3011),
-    // Opens /metrics, /spans and /traces in required mode (scrapers), beside an admin's JWT.
-    ADMIN_TOKEN: adminTokenVar,
     // A PKCS#8 PEM (P-256 or Ed25519; "\n" may be written as \n); unset: with DATABASE_URL the keys
     // kept in the database (shared by every instance, rotated by `npm run rotate-key`), else
     // DATA_DIR/jwt-signing-key.pem, made on first start.
     JWT_PRIVATE_KEY: z.string().min(1).refine(isUsableSigningKey, 'must be a PKCS#8 PEM of a P-256 or Ed25519 private key').optional(),
-    // The demo users' password; default `microservices-demo` outside production. In production the
-    // demo rows are only seeded when it is set.
-    DEMO_PASSWORD: z.string().min(8, 'must be 8 to 128 characters').max(128, 'must be 8 to 128 characters').optional(),
+    ...demoSeedShape,
     // Failed logins by one client address on one email within the window before that address's
     // attempts on it are 429 (the account's owner elsewhere is not refused).
     LOGIN_MAX_FAILURES: intVar(10, 1, 10_000),

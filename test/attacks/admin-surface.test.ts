@@ -12,6 +12,7 @@ import { createMetrics } from '../../lib/platform/metrics.js';
 import { createProductApp } from '../../lib/products/app.js';
 import { openProductDatabase } from '../../lib/products/db.js';
 import { memoryLogger, tempDir } from '../helpers.js';
+import { openServiceAuth } from '../support/service-auth.js';
 import { startSecuredSystem, type SecuredSystem } from '../secured-system.js';
 import { circuitState, rawRequest, startFakeUpstream, startGateway, type FakeUpstream, type RawResponse, type StartedGateway } from '../gateway-helpers.js';
 
@@ -237,7 +238,7 @@ describe('a service\'s /internal routes', () => {
   const started: { url: string; close: () => Promise<void> }[] = [];
   const startProducts = async (host: string, internalToken?: string) => {
     const db = await openProductDatabase({ dataDir: dir.dir, seed: false });
-    const app = createProductApp({ logger: memoryLogger('product-service', 'warn').logger, db, metrics: createMetrics('product-service'), faults: createFaultSwitches(), internalToken });
+    const app = createProductApp({ logger: memoryLogger('product-service', 'warn').logger, db, metrics: createMetrics('product-service'), faults: createFaultSwitches(), internalToken }, openServiceAuth());
     const listening = await listen(app, 0, host);
     const handle = { url: listening.url, close: async () => { await closeServer(listening.server, 2000); await db.close(); } };
     started.push(handle);

@@ -8,7 +8,8 @@ import { after, before, describe, test } from 'node:test';
 import { clientAddressOf } from '../../lib/platform/client-address.js';
 import { createMetrics } from '../../lib/platform/metrics.js';
 import type { SqlDatabase } from '../../lib/platform/sql.js';
-import { createUserApp, defaultUserAuth, type UserAuthOptions } from '../../lib/users/app.js';
+import { createUserApp, type UserAuthOptions } from '../../lib/users/app.js';
+import { openUserAuth } from '../support/service-auth.js';
 import { openUserDatabase } from '../../lib/users/db.js';
 import { circuitState, startGateway, type StartedGateway } from '../gateway-helpers.js';
 import { http, memoryLogger, startApp, tempDir, type Started } from '../helpers.js';
@@ -29,7 +30,7 @@ async function startRig(options: Partial<UserAuthOptions>, gatewayEnv: Record<st
   const dir = tempDir();
   const db = await openUserDatabase({ dataDir: dir.dir, seed: false });
   const users = await startApp(createUserApp({ logger: memoryLogger('user-service', 'warn').logger, db, metrics: createMetrics('user-service') }, {
-    ...defaultUserAuth(), internalToken: INTERNAL_TOKEN, ...options,
+    ...openUserAuth(), internalToken: INTERNAL_TOKEN, ...options,
   }));
   const gw = await startGateway({
     USERS_URL: users.url, PRODUCTS_URL: users.url, ORDERS_URL: users.url, INTERNAL_TOKEN, TRUST_PROXY: 'loopback',

@@ -22,14 +22,19 @@ export const builtCommand = (entry: string): string[] => ['node', `dist/${entry.
 export const entryOfCommand = (command: string[] | undefined): string | undefined =>
   Object.keys(SCHEMAS).find((entry) => command?.includes(builtCommand(entry)[1]));
 
-/** The keys a process's schema reads (zod objects drop every other key without a word). */
-export function keysOf(schema: z.ZodType): Set<string> {
+/** The object shape under a process's schema (its refinements and transforms peeled off). */
+export function shapeOf(schema: z.ZodType): Record<string, z.ZodType> {
   let inner: z.ZodType = schema;
   while (!(inner instanceof z.ZodObject)) {
     assert.ok(inner instanceof z.ZodPipe, 'a config schema is an object, maybe refined or transformed');
     inner = inner.in as z.ZodType;
   }
-  return new Set(Object.keys(inner.shape));
+  return inner.shape;
+}
+
+/** The keys a process's schema reads (zod objects drop every other key without a word). */
+export function keysOf(schema: z.ZodType): Set<string> {
+  return new Set(Object.keys(shapeOf(schema)));
 }
 
 /**

@@ -11,6 +11,7 @@ import { databaseFaultProxy, testStorage, type TestStorage } from '../support/en
 import { http, type TestResponse } from '../helpers.js';
 import { createProduct, createUser, startServices, stockOf, type ServiceName, type System } from '../system.js';
 import { skipUnless } from '../support/services.js';
+import { eventually } from '../support/eventually.js';
 
 // The upstream timeout sets the release worker's wait (2x): outbox rows of failed creates are
 // released from 2 s after they were written, every 100 ms. Shorter, a busy machine's slow
@@ -22,14 +23,6 @@ const RESET_GAP_MS = 1200;
 const INITIAL_STOCK = 100_000;
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
-
-async function waitFor(what: string, check: () => boolean | Promise<boolean>, timeoutMs: number): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await check())) {
-    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
-    await sleep(10);
-  }
-}
 
 interface Ack {
   key: string;
@@ -133,7 +126,7 @@ describe('orders on PostgreSQL while its connections are reset', { skip: skipUnl
    */
   async function assertInvariant(userId: number, productIds: number[], acks: Ack[]): Promise<void> {
     assert.deepEqual(uncaught.map(String), [], 'nothing reached uncaughtException');
-    await waitFor('the release worker to empty the outbox', async () => (await sys.orders.db.get<{ n: number }>('SELECT COUNT(*) AS n FROM pending_releases'))!.n === 0, 15_000);
+    await eventually(async () => (await sys.orders.db.get<{ n: number }>('SELECT COUNT(*) AS n FROM pending_releases'))!.n === 0, 15_000, 'the release worker to empty the outbox');
     for (const ack of acks) {
       const r = await http<{ id: number; items: { productId: number; quantity: number }[] }>(sys.orders.url, 'GET', `/orders/${ack.orderId}`);
       assert.equal(r.status, 200, `acknowledged order ${ack.orderId} exists`);
@@ -170,14 +163,14 @@ describe('orders on PostgreSQL while its connections are reset', { skip: skipUnl
     const { userId, productIds } = await newCustomer();
     const clients = startClients(sys, userId, productIds, CLIENTS);
     try {
-      await waitFor('orders before the first reset', () => clients.acks.length >= CLIENTS, 20_000);
+      await eventually(() => clients.acks.length >= CLIENTS, 20_000, 'orders before the first reset');
       let lastReset = 0;
       for (let i = 0; i < RESETS; i++) {
         if (i > 0) await sleep(RESET_GAP_MS);
         resetAll();
         lastReset = Date.now();
       }
-      await waitFor('an order sent after the last reset', () => clients.firstAckSentAfter(lastReset) !== undefined, 5_000);
+      await eventually(() => clients.firstAckSentAfter(lastReset) !== undefined, 5_000, 'an order sent after the last reset');
       const ack = clients.firstAckSentAfter(lastReset)!;
       console.log(`first order after the last reset: sent after ${ack.sentAt - lastReset} ms, answered 201 after ${ack.at - lastReset} ms`);
     } finally {
@@ -198,17 +191,17 @@ describe('orders on PostgreSQL while its connections are reset', { skip: skipUnl
     ];
     let lastReset = 0;
     try {
-      await waitFor('orders before the first reset', () => clients.acks.length >= CLIENTS, 20_000);
+      await eventually(() => clients.acks.length >= CLIENTS, 20_000, 'orders before the first reset');
       for (const fault of phases) {
         for (const name of ['products', 'orders'] as const) proxies[name].fault = { ...fault };
         const done = () => (['products', 'orders'] as const).every((name) => {
           const f = proxies[name].fault;
           return f.kind === 'reset-on-text' && f.times === 0;
         });
-        await waitFor(`${fault.kind === 'reset-on-text' && `${fault.matching} ${fault.at}`} resets`, done, 10_000);
+        await eventually(done, 10_000, `${fault.kind === 'reset-on-text' && `${fault.matching} ${fault.at}`} resets`);
         lastReset = Date.now();
       }
-      await waitFor('an order sent after the last reset', () => clients.firstAckSentAfter(lastReset) !== undefined, 5_000);
+      await eventually(() => clients.firstAckSentAfter(lastReset) !== undefined, 5_000, 'an order sent after the last reset');
       const ack = clients.firstAckSentAfter(lastReset)!;
       console.log(`first order after the last reset: answered 201 after ${ack.at - lastReset} ms`);
     } finally {
