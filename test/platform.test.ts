@@ -139,7 +139,9 @@ describe('service frame', () => {
   });
   // Waits for its caller's deadline to pass (at most 5 s) and notes when it saw it pass.
   const deadlineSeen: number[] = [];
+  let handlerWaiting = (): void => {};
   routes.get('/wait-for-deadline', async (_req, res) => {
+    handlerWaiting();
     const until = Date.now() + 5_000;
     while (!deadlinePassed() && Date.now() < until) await new Promise((r) => setTimeout(r, 10));
     if (deadlinePassed()) deadlineSeen.push(Date.now());
@@ -154,8 +156,14 @@ describe('service frame', () => {
 
   test('when the caller closes the connection before its Request-Timeout, then its deadline has passed', async () => {
     const { url } = await started;
-    // The caller says it waits 60 s, and gives up after 100 ms.
-    await assert.rejects(fetch(`${url}/wait-for-deadline`, { headers: { 'request-timeout': '60000' }, signal: AbortSignal.timeout(100) }));
+    // The caller says it waits 60 s, and gives up once the handler is waiting (a fixed 100 ms could
+    // end before a loaded machine had even sent the request).
+    const waiting = new Promise<void>((resolve) => (handlerWaiting = resolve));
+    const caller = new AbortController();
+    const call = fetch(`${url}/wait-for-deadline`, { headers: { 'request-timeout': '60000' }, signal: caller.signal });
+    await waiting;
+    caller.abort();
+    await assert.rejects(call);
     // Well before the handler's own limit (5 s), let alone the 60 s.
     await eventually(() => deadlineSeen.length > 0, 4_000, 'the handler to see its deadline pass');
   });
