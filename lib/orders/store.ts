@@ -84,8 +84,36 @@ const ITEMS_JSON = {
 // The casts let PostgreSQL type a parameter that is only compared with NULL.
 const LIST_FILTER = '(CAST($1 AS BIGINT) IS NULL OR o.user_id = $1) AND (CAST($2 AS TEXT) IS NULL OR o.status = $2)';
 
-// A live order owns its reservation: its stock must never be released.
-const OWNED_BY_LIVE_ORDER = "EXISTS (SELECT 1 FROM orders WHERE reservation_id = $1 AND status <> 'cancelled')";
+/**
+ * The states of a reservation's outbox row (pending_releases), defined here and nowhere else; the
+ * workflow and the release worker move rows through the store's methods named after them.
+ *
+ *   open       claimed = 0: written before the stock is reserved, or with the cancel or delete
+ *              that gives it back. A create may still take it with its order (takeOpenRelease),
+ *              which deletes it: the stock is then the order's.
+ *   claimed    claimed = 1: a releaser committed to giving the stock back; no order may take it
+ *              any more. Being released while lease_until_ms is ahead; once the lease is over (the
+ *              releaser died, or failed and said so) the next releaser claims it again.
+ *   (gone)     deleted: taken by its order, or the product service confirmed the release.
+ *
+ * A row whose reservation a live order owns is never released, only forgotten (dropOwnedRelease).
+ */
+const RELEASE = {
+  open: 'claimed = 0',
+  /** Nobody is releasing it now: open, or claimed by a releaser whose lease ran out. `$now`: Date.now(). */
+  unleased: (now: string) => `lease_until_ms <= ${now}`,
+  /** A live order owns its reservation: its stock must never be released. `$id`: the reservation id. */
+  ownedByLiveOrder: (id: string) => `EXISTS (SELECT 1 FROM orders WHERE reservation_id = ${id} AND status <> 'cancelled')`,
+} as const;
+
+/** What a releaser got when it tried to claim a reservation's outbox row. */
+export type ReleaseClaim =
+  /** It is this releaser's to give back, for the lease. */
+  | 'claimed'
+  /** A live order owns it: the row was forgotten (or was already gone), nothing is to be given back. */
+  | 'owned'
+  /** Another releaser holds it, or it is gone: nothing to do. */
+  | 'busy';
 
 function toOrder(row: OrderRow): Order {
   const items = JSON.parse(row.items) as { productId: number; quantity: number; unitPriceCents: number }[];
@@ -129,16 +157,23 @@ export function createOrderStore(db: Db) {
       (SELECT user_id, key FROM idempotency_keys WHERE created_at < $1 ORDER BY created_at LIMIT $2)`,
     pruneClaims: `DELETE FROM idempotency_claims WHERE until_ms < $1 AND (user_id, key) IN
       (SELECT user_id, key FROM idempotency_claims WHERE until_ms < $1 LIMIT $2)`,
+    // -> open
     insertRelease: 'INSERT INTO pending_releases (reservation_id, created_at_ms) VALUES ($1, $2) ON CONFLICT (reservation_id) DO NOTHING',
-    takeUnclaimedRelease: 'DELETE FROM pending_releases WHERE reservation_id = $1 AND claimed = 0',
-    // One guarded statement: on PostgreSQL a racing claim waits for this row's lock, then finds
-    // the lease taken (or the row gone with the order that took it) and changes nothing.
-    claimRelease: `UPDATE pending_releases SET claimed = 1, lease_until_ms = $2 WHERE reservation_id = $1 AND lease_until_ms <= $3 AND NOT ${OWNED_BY_LIVE_ORDER}`,
-    dropOwnedRelease: `DELETE FROM pending_releases WHERE reservation_id = $1 AND claimed = 0 AND ${OWNED_BY_LIVE_ORDER}`,
+    // open -> gone
+    takeOpenRelease: `DELETE FROM pending_releases WHERE reservation_id = $1 AND ${RELEASE.open}`,
+    // open or claimed, unleased -> claimed for the lease. One guarded statement: on PostgreSQL a
+    // racing claim waits for this row's lock, then finds the lease taken (or the row gone with the
+    // order that took it) and changes nothing.
+    claimRelease: `UPDATE pending_releases SET claimed = 1, lease_until_ms = $2
+      WHERE reservation_id = $1 AND ${RELEASE.unleased('$3')} AND NOT ${RELEASE.ownedByLiveOrder('$1')}`,
+    // open, owned by a live order -> gone
+    dropOwnedRelease: `DELETE FROM pending_releases WHERE reservation_id = $1 AND ${RELEASE.open} AND ${RELEASE.ownedByLiveOrder('$1')}`,
+    // claimed -> gone, once the product service confirmed
     deleteRelease: 'DELETE FROM pending_releases WHERE reservation_id = $1',
+    // claimed -> claimed and unleased: the next releaser tries again
     noteReleaseFailure: 'UPDATE pending_releases SET attempts = attempts + 1, last_error = $1, lease_until_ms = 0 WHERE reservation_id = $2',
     // Fewest failed attempts first, so rows the product service keeps refusing cannot starve the rest.
-    dueReleases: 'SELECT reservation_id FROM pending_releases WHERE created_at_ms <= $1 AND lease_until_ms <= $2 ORDER BY attempts, created_at_ms LIMIT $3',
+    dueReleases: `SELECT reservation_id FROM pending_releases WHERE created_at_ms <= $1 AND ${RELEASE.unleased('$2')} ORDER BY attempts, created_at_ms LIMIT $3`,
     countReleases: 'SELECT COUNT(*) AS n FROM pending_releases',
   };
 
@@ -251,8 +286,8 @@ export function createOrderStore(db: Db) {
             const existing = await findKey(o.userId, idempotency.key, tx);
             if (existing) return { kind: 'key_taken', record: existing };
           }
-          // Taking the outbox row is what makes the stock this order's; the worker can't have it after.
-          if ((await tx.run(sql.takeUnclaimedRelease, [o.reservationId])) !== 1) return { kind: 'release_claimed' };
+          // Taking the open outbox row is what makes the stock this order's; no releaser can have it after.
+          if ((await tx.run(sql.takeOpenRelease, [o.reservationId])) !== 1) return { kind: 'release_claimed' };
           const order = (await getOrder(await insertOrder(o, tx), tx))!;
           if (idempotency) {
             await tx.run(sql.insertKey, [o.userId, idempotency.key, idempotency.bodyHash, order.id, JSON.stringify(order), order.createdAt]);
@@ -301,31 +336,34 @@ export function createOrderStore(db: Db) {
       });
     },
 
+    /** A new open outbox row: written before its stock is reserved. */
     async addPendingRelease(reservationId: string): Promise<void> {
       await db.run(sql.insertRelease, [reservationId, Date.now()]);
     },
 
+    /** Forgets an open outbox row whose stock was never asked for (the create stopped before its reserve). */
+    async dropUnreservedRelease(reservationId: string): Promise<void> {
+      await db.run(sql.takeOpenRelease, [reservationId]);
+    },
+
     /**
-     * True when this caller may release the reservation now: no live order owns it, no order can
-     * take it any more, and nobody else is releasing it for the next `leaseMs` (a caller that dies
-     * meanwhile leaves it to the next claim after that).
+     * Claims the row for a releaser, for `leaseMs`: then no order may take it, and no other
+     * releaser of any instance gives the stock back meanwhile (a releaser that dies leaves it to
+     * the next claim after that). A row a live order owns is forgotten instead.
      */
-    async claimPendingRelease(reservationId: string, leaseMs: number): Promise<boolean> {
+    async claimRelease(reservationId: string, leaseMs: number): Promise<ReleaseClaim> {
       const now = Date.now();
-      return (await db.run(sql.claimRelease, [reservationId, now + leaseMs, now])) === 1;
+      if ((await db.run(sql.claimRelease, [reservationId, now + leaseMs, now])) === 1) return 'claimed';
+      return (await db.run(sql.dropOwnedRelease, [reservationId])) === 1 ? 'owned' : 'busy';
     },
 
-    /** Forgets an unclaimed outbox row whose reservation a live order owns; true if it did. */
-    async dropOwnedRelease(reservationId: string): Promise<boolean> {
-      return (await db.run(sql.dropOwnedRelease, [reservationId])) === 1;
-    },
-
-    async deletePendingRelease(reservationId: string): Promise<void> {
+    /** The product service confirmed the release: the row is done. */
+    async finishRelease(reservationId: string): Promise<void> {
       await db.run(sql.deleteRelease, [reservationId]);
     },
 
-    /** Counts a failed release and frees the row's lease, so the next pass tries again. */
-    async notePendingReleaseFailure(reservationId: string, reason: string): Promise<void> {
+    /** Counts a failed release and ends the releaser's lease, so the next pass tries again. */
+    async failRelease(reservationId: string, reason: string): Promise<void> {
       await db.run(sql.noteReleaseFailure, [reason.slice(0, 500), reservationId]);
     },
 
