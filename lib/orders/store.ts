@@ -177,6 +177,62 @@ export function createOrderStore(db: Db) {
     countReleases: 'SELECT COUNT(*) AS n FROM pending_releases',
   };
 
+  // PostgreSQL: the steps of a create as one statement each, so each is one round trip (no BEGIN,
+  // no COMMIT, no statement waiting for the last one's answer). A statement is atomic on its own;
+  // its parts share one snapshot, which the comments below take into account.
+  const pg = {
+    // $1 user, $2 key, $3 holder, $4 claim end, $5 now, $6 reservation. The claim is taken only
+    // when no finished key is seen, and the open outbox row is written with it. `seen` tells the
+    // caller that another create's claim was there when the statement began: if this one took
+    // it all the same, that create may have committed its key after this statement's snapshot
+    // (its commit deletes the claim this one waited for), which finishCheck then reads.
+    beginKeyed: `WITH finished AS (
+        SELECT user_id, key, body_hash, order_id, response FROM idempotency_keys WHERE user_id = $1::bigint AND key = $2::text
+      ), seen AS (
+        SELECT holder FROM idempotency_claims WHERE user_id = $1::bigint AND key = $2::text
+      ), claim AS (
+        INSERT INTO idempotency_claims (user_id, key, holder, until_ms)
+        SELECT $1::bigint, $2::text, $3::text, $4::bigint WHERE NOT EXISTS (SELECT 1 FROM finished)
+        ON CONFLICT (user_id, key) DO UPDATE SET holder = excluded.holder, until_ms = excluded.until_ms WHERE idempotency_claims.until_ms <= $5::bigint
+        RETURNING holder
+      ), outbox AS (
+        INSERT INTO pending_releases (reservation_id, created_at_ms) SELECT $6::text, $5::bigint FROM claim
+        ON CONFLICT (reservation_id) DO NOTHING
+      )
+      SELECT (SELECT holder FROM claim) AS claimed, EXISTS (SELECT 1 FROM seen) AS seen, f.user_id, f.key, f.body_hash, f.order_id, f.response
+      FROM (SELECT 1) AS one LEFT JOIN finished f ON true`,
+    // After a claim taken from under a create that was there: a key committed meanwhile is the
+    // answer, and this create's claim and (open) outbox row go. $1 user, $2 key, $3 holder, $4 reservation.
+    finishCheck: `WITH finished AS (
+        SELECT user_id, key, body_hash, order_id, response FROM idempotency_keys WHERE user_id = $1::bigint AND key = $2::text
+      ), unclaim AS (
+        DELETE FROM idempotency_claims WHERE user_id = $1::bigint AND key = $2::text AND holder = $3::text AND EXISTS (SELECT 1 FROM finished)
+      ), unopen AS (
+        DELETE FROM pending_releases WHERE reservation_id = $4::text AND ${RELEASE.open} AND EXISTS (SELECT 1 FROM finished)
+      )
+      SELECT user_id, key, body_hash, order_id, response FROM finished`,
+    // $1 reservation, $2 user, $3 status, $4 total, $5 now, $6/$7/$8 the items' products,
+    // quantities and unit prices, $9 key (null without), $10 body hash, $11 the 201 body without
+    // its id (JSON, the id goes first), $12 holder. Nothing is written unless the open outbox row
+    // is taken; a key another create committed first fails the statement (unique violation).
+    finishCreate: `WITH took AS (
+        DELETE FROM pending_releases WHERE reservation_id = $1::text AND ${RELEASE.open} RETURNING reservation_id
+      ), made AS (
+        INSERT INTO orders (user_id, status, total_cents, reservation_id, created_at, updated_at)
+        SELECT $2::bigint, $3::text, $4::bigint, reservation_id, $5::text, $5::text FROM took RETURNING id
+      ), items AS (
+        INSERT INTO order_items (order_id, position, product_id, quantity, unit_price_cents)
+        SELECT made.id, i.n - 1, i.product_id, i.quantity, i.unit_price_cents
+        FROM made, unnest($6::bigint[], $7::int[], $8::bigint[]) WITH ORDINALITY AS i(product_id, quantity, unit_price_cents, n)
+      ), keyed AS (
+        INSERT INTO idempotency_keys (user_id, key, body_hash, order_id, response, created_at)
+        SELECT $2::bigint, $9::text, $10::text, made.id, '{"id":' || made.id || ',' || substr($11::text, 2), $5::text FROM made WHERE $9::text IS NOT NULL
+      ), unclaim AS (
+        DELETE FROM idempotency_claims WHERE user_id = $2::bigint AND key = $9::text AND holder = $12::text AND EXISTS (SELECT 1 FROM made)
+      )
+      SELECT id FROM made`,
+  };
+
   const getOrder = async (id: number, on: Db = db): Promise<Order | undefined> => {
     const row = await on.get<OrderRow>(sql.selectOrder, [id]);
     return row && toOrder(row);
@@ -195,6 +251,34 @@ export function createOrderStore(db: Db) {
   const findKey = async (userId: number, key: string, on: Db = db): Promise<IdempotencyRecord | undefined> => {
     const row = await on.get<KeyRow>(sql.selectKey, [userId, key]);
     return row && toRecord(row);
+  };
+
+  const beginKeyedInOneStatement = async (reservationId: string, userId: number, key: string, leaseMs: number, holder: string): Promise<BeginKeyedCreateResult> => {
+    const now = Date.now();
+    const row = (await db.get<KeyRow & { claimed: string | null; seen: boolean }>(pg.beginKeyed, [userId, key, holder, now + leaseMs, now, reservationId]))!;
+    if (row.response !== null) return { kind: 'finished', record: toRecord(row) };
+    if (row.claimed !== holder) return { kind: 'busy' };
+    if (row.seen) {
+      const finished = await db.get<KeyRow>(pg.finishCheck, [userId, key, holder, reservationId]);
+      if (finished) return { kind: 'finished', record: toRecord(finished) };
+    }
+    return { kind: 'claimed', holder };
+  };
+
+  const finishCreateInOneStatement = async (o: NewOrder, idempotency?: KeyedCreate): Promise<FinishCreateResult> => {
+    const now = new Date().toISOString();
+    // The 201 body as getOrder would read it back, known before the id is.
+    const { id: _none, ...body } = toOrder({
+      id: 0, user_id: o.userId, status: o.status, total_cents: o.totalCents, created_at: now, updated_at: now,
+      items: JSON.stringify(o.items),
+    });
+    const row = await db.get<{ id: number }>(pg.finishCreate, [
+      o.reservationId, o.userId, o.status, o.totalCents, now,
+      o.items.map((i) => i.productId), o.items.map((i) => i.quantity), o.items.map((i) => i.unitPriceCents),
+      idempotency?.key ?? null, idempotency?.bodyHash ?? null, JSON.stringify(body), idempotency?.holder ?? null,
+    ]);
+    if (!row) return { kind: 'release_claimed' };
+    return { kind: 'created', order: { id: row.id, ...body } };
   };
 
   return {
@@ -245,6 +329,7 @@ export function createOrderStore(db: Db) {
      * is the claim's name, known before the commit, so a caller that lost its answer can free it.
      */
     beginKeyedCreate(reservationId: string, userId: number, key: string, leaseMs: number, holder: string = randomUUID()): Promise<BeginKeyedCreateResult> {
+      if (db.engine === 'postgres') return beginKeyedInOneStatement(reservationId, userId, key, leaseMs, holder);
       return db.transaction(async (tx): Promise<BeginKeyedCreateResult> => {
         const now = Date.now();
         // The claim first, the finished key after: on PostgreSQL the claim waits for a create that
@@ -281,6 +366,7 @@ export function createOrderStore(db: Db) {
     /** In one transaction: the order, its idempotency key, and the end of its outbox row. */
     async finishCreate(o: NewOrder, idempotency?: KeyedCreate): Promise<FinishCreateResult> {
       try {
+        if (db.engine === 'postgres') return await finishCreateInOneStatement(o, idempotency);
         return await db.transaction(async (tx): Promise<FinishCreateResult> => {
           if (idempotency) {
             const existing = await findKey(o.userId, idempotency.key, tx);
