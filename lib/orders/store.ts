@@ -128,6 +128,21 @@ function toOrder(row: OrderRow): Order {
   };
 }
 
+/**
+ * A new order as getOrder would read it back, but for its id (which goes first): written, it is
+ * the 201 body, with no read after the insert.
+ */
+function newOrderBody(o: NewOrder, now: string): { userId: number; items: Order['items']; status: OrderStatus; total: number; createdAt: string; updatedAt: string } {
+  return {
+    userId: o.userId,
+    items: o.items.map((i) => ({ productId: i.productId, quantity: i.quantity, unitPrice: fromCents(i.unitPriceCents) })),
+    status: o.status,
+    total: fromCents(o.totalCents),
+    createdAt: now,
+    updatedAt: now,
+  };
+}
+
 export type OrderStore = ReturnType<typeof createOrderStore>;
 
 /** `db` may be the database or a transaction on it (the demo seed). */
@@ -238,9 +253,8 @@ export function createOrderStore(db: Db) {
     return row && toOrder(row);
   };
 
-  const insertOrder = (o: NewOrder, on: Db = db): Promise<number> =>
+  const insertOrder = (o: NewOrder, on: Db = db, now = new Date().toISOString()): Promise<number> =>
     on.transaction(async (tx) => {
-      const now = new Date().toISOString();
       const { id } = (await tx.get<{ id: number }>(sql.insertOrder, [o.userId, o.status, o.totalCents, o.reservationId, now]))!;
       for (const [position, item] of o.items.entries()) {
         await tx.run(sql.insertItem, [id, position, item.productId, item.quantity, item.unitPriceCents]);
@@ -267,11 +281,7 @@ export function createOrderStore(db: Db) {
 
   const finishCreateInOneStatement = async (o: NewOrder, idempotency?: KeyedCreate): Promise<FinishCreateResult> => {
     const now = new Date().toISOString();
-    // The 201 body as getOrder would read it back, known before the id is.
-    const { id: _none, ...body } = toOrder({
-      id: 0, user_id: o.userId, status: o.status, total_cents: o.totalCents, created_at: now, updated_at: now,
-      items: JSON.stringify(o.items),
-    });
+    const body = newOrderBody(o, now);
     const row = await db.get<{ id: number }>(pg.finishCreate, [
       o.reservationId, o.userId, o.status, o.totalCents, now,
       o.items.map((i) => i.productId), o.items.map((i) => i.quantity), o.items.map((i) => i.unitPriceCents),
@@ -374,7 +384,8 @@ export function createOrderStore(db: Db) {
           }
           // Taking the open outbox row is what makes the stock this order's; no releaser can have it after.
           if ((await tx.run(sql.takeOpenRelease, [o.reservationId])) !== 1) return { kind: 'release_claimed' };
-          const order = (await getOrder(await insertOrder(o, tx), tx))!;
+          const now = new Date().toISOString();
+          const order: Order = { id: await insertOrder(o, tx, now), ...newOrderBody(o, now) };
           if (idempotency) {
             await tx.run(sql.insertKey, [o.userId, idempotency.key, idempotency.bodyHash, order.id, JSON.stringify(order), order.createdAt]);
             await tx.run(sql.releaseKey, [o.userId, idempotency.key, idempotency.holder]);
