@@ -107,16 +107,20 @@ function keyWaitEnd(waitMs: number): number {
 async function placeOrder(deps: OrderDeps, input: CreateOrderInput, callOptions?: CallOptions, idempotency?: { key: string; bodyHash: string; waitUntil: number }): Promise<Created> {
   const { store } = deps;
   const reservationId = randomUUID();
+  // The user service is asked while the first write goes to the database: neither waits for the
+  // other. Resolves to the check's error, or undefined when the user exists.
+  const userRefusal = requireUser(deps, input.userId, callOptions).then(() => undefined, (err: unknown) => (err instanceof Error ? err : new Error(String(err))));
   if (!idempotency) {
-    await requireUser(deps, input.userId, callOptions);
     // Durable before the stock is taken: if we die from here on, the release worker gives it back.
-    await store.addPendingRelease(reservationId);
+    const failed = await store.addPendingRelease(reservationId).then(() => undefined, (err: unknown) => ({ err }));
+    await refuseUnknownUser(deps, userRefusal, failed ? undefined : reservationId);
+    if (failed) throw failed.err;
     return reserveAndFinish(deps, input, reservationId);
   }
   // With a key, the key is claimed in the same write as the outbox row, so that one create per
   // user and key takes stock across every instance: a racer waits for the first and answers its
-  // order, rather than taking stock of its own (and failing for lack of it). The key comes before
-  // the user: a repeat is answered as the first request was, whatever the user service says now.
+  // order, rather than taking stock of its own (and failing for lack of it). A repeat is answered
+  // as the first request was, whatever the user service says now.
   const { key, bodyHash, waitUntil } = idempotency;
   for (;;) {
     const holder = randomUUID();
@@ -136,13 +140,7 @@ async function placeOrder(deps: OrderDeps, input: CreateOrderInput, callOptions?
       });
       let created = false;
       try {
-        try {
-          await requireUser(deps, input.userId, callOptions);
-        } catch (err) {
-          // No stock was asked for: the outbox row goes now (on failure, the worker's release takes nothing).
-          await store.dropUnreservedRelease(reservationId).catch(() => undefined);
-          throw err;
-        }
+        await refuseUnknownUser(deps, userRefusal, reservationId);
         const result = await reserveAndFinish(deps, input, reservationId, { key, bodyHash, holder: begun.holder });
         created = !result.replayed;
         return result;
@@ -158,6 +156,18 @@ async function placeOrder(deps: OrderDeps, input: CreateOrderInput, callOptions?
     if (left <= 0) throw keyInUse();
     await new Promise((resolve) => setTimeout(resolve, Math.min(KEY_POLL_MS, left)));
   }
+}
+
+/**
+ * Throws the user check's refusal (422 UNKNOWN_USER, the user service unavailable), after
+ * forgetting the outbox row written meanwhile: no stock was asked for under it (if forgetting
+ * fails, the release worker's release takes nothing).
+ */
+async function refuseUnknownUser({ store }: OrderDeps, refusal: Promise<Error | undefined>, reservationId?: string): Promise<void> {
+  const err = await refusal;
+  if (err === undefined) return;
+  if (reservationId !== undefined) await store.dropUnreservedRelease(reservationId).catch(() => undefined);
+  throw err;
 }
 
 async function requireUser({ users }: OrderDeps, userId: number, callOptions?: CallOptions): Promise<void> {
