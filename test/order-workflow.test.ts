@@ -250,16 +250,15 @@ for (const engine of ENGINES) {
         const store = createOrderStore(db);
         const order = { userId: 1, status: 'pending' as const, items: [{ productId: 1, quantity: 1, unitPriceCents: 100 }], totalCents: 100 };
         await store.addPendingRelease('claimed');
-        assert.equal(await store.claimPendingRelease('claimed', 60_000), true);
-        assert.equal(await store.claimPendingRelease('claimed', 60_000), false, 'leased: nobody else releases it meanwhile');
+        assert.equal(await store.claimRelease('claimed', 60_000), 'claimed');
+        assert.equal(await store.claimRelease('claimed', 60_000), 'busy', 'leased: nobody else releases it meanwhile');
         assert.deepEqual(await store.finishCreate({ ...order, reservationId: 'claimed' }), { kind: 'release_claimed' });
         assert.equal((await store.stats()).totalOrders, 0);
 
         await store.addPendingRelease('owned');
         assert.equal((await store.finishCreate({ ...order, reservationId: 'owned' })).kind, 'created');
         await store.addPendingRelease('owned');
-        assert.equal(await store.claimPendingRelease('owned', 60_000), false, 'a live order owns it: never released');
-        assert.equal(await store.dropOwnedRelease('owned'), true);
+        assert.equal(await store.claimRelease('owned', 60_000), 'owned', 'a live order owns it: never released, only forgotten');
         assert.equal(await store.countPendingReleases(), 1, 'only the claimed row is left');
       } finally {
         await db.close();
@@ -284,7 +283,7 @@ describe('order database upgrade', () => {
         assert.equal((await store.findIdempotencyKey(7, 'user:7:abc'))?.orderId, 9);
         assert.equal(await store.findIdempotencyKey(8, 'user:7:abc'), undefined, "another user's key space");
         assert.deepEqual(await store.dueReleases(Date.now(), 10), ['old-row']);
-        assert.equal(await store.claimPendingRelease('old-row', 60_000), true);
+        assert.equal(await store.claimRelease('old-row', 60_000), 'claimed');
       } finally {
         await db.close();
       }

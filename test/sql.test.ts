@@ -4,7 +4,7 @@ import { after, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { HttpError } from '../lib/platform/errors.js';
-import { CommitInDoubtError, isUniqueViolation, openSqlDatabase, seedOnce, type Migrations, type SqlDatabase } from '../lib/platform/sql.js';
+import { CommitInDoubtError, isUniqueViolation, openSqlDatabase, seedOnce, TransactionReentryError, type Migrations, type SqlDatabase } from '../lib/platform/sql.js';
 import pg from 'pg';
 import { databaseFaultProxy, databaseRelay, ENGINES, TEST_DATABASE_URL, testStorage } from './support/engines.js';
 import { skipUnless } from './support/services.js';
@@ -66,6 +66,54 @@ for (const engine of ENGINES) {
         await tx.transaction(async (inner) => inner.run('UPDATE things SET n = n + 1 WHERE id = $1', [11]));
       });
       assert.deepEqual({ ...(await db.get<{ n: number }>('SELECT n FROM things WHERE id = $1', [11])) }, { n: 1 });
+    });
+
+    // Without the refusal SQLite waits for itself (the timeout fails the test) and PostgreSQL
+    // answers from another connection (the rejects fail it).
+    test('when a statement inside a transaction goes through the database handle, then it is refused at once and the transaction rolls back', { timeout: 10_000 }, async () => {
+      const db = await open();
+      for (const misuse of [
+        (d: SqlDatabase) => d.get('SELECT id FROM things WHERE id = $1', [30]),
+        (d: SqlDatabase) => d.all('SELECT id FROM things'),
+        (d: SqlDatabase) => d.run('UPDATE things SET n = n + 1 WHERE id = $1', [30]),
+        (d: SqlDatabase) => d.transaction((tx) => tx.run('UPDATE things SET n = n + 1 WHERE id = $1', [30])),
+      ]) {
+        await assert.rejects(db.transaction(async (tx) => {
+          await tx.run('INSERT INTO things (id, name) VALUES ($1, $2)', [30, 'thirty']);
+          await tx.transaction(async (inner) => {
+            // Nested, and after an await: the refusal follows the transaction's async context.
+            await inner.get('SELECT 1 AS one');
+            await misuse(db);
+          });
+        }), (err: unknown) => err instanceof TransactionReentryError && /use the transaction's handle/.test(err.message));
+        assert.equal(await db.get('SELECT id FROM things WHERE id = $1', [30]), undefined, 'rolled back');
+      }
+    });
+
+    test('when a transaction is open, then statements from outside it, and work it started that runs after it, go through the database handle', { timeout: 10_000 }, async () => {
+      const db = await open();
+      let letGo!: () => void;
+      const held = new Promise<void>((resolve) => {
+        letGo = resolve;
+      });
+      let began!: () => void;
+      const begun = new Promise<void>((resolve) => {
+        began = resolve;
+      });
+      let afterwards: Promise<unknown> | undefined;
+      const tx = db.transaction(async (t) => {
+        await t.run('INSERT INTO things (id, name) VALUES ($1, $2)', [40, 'forty']);
+        began();
+        await held;
+        afterwards = tx.then(() => db.get<{ id: number }>('SELECT id FROM things WHERE id = $1', [40]));
+      });
+      await begun;
+      // From outside: SQLite queues it behind the transaction, PostgreSQL runs it on another connection.
+      const outside = db.get('SELECT count(*) AS n FROM things WHERE id = $1', [40]);
+      letGo();
+      await tx;
+      assert.ok(await outside);
+      assert.deepEqual({ ...(await afterwards) as object }, { id: 40 });
     });
 
     test('when two writes race for one unique value, then exactly one wins and the other is a unique violation', async () => {

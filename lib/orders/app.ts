@@ -5,7 +5,7 @@ import { createServiceApp, type ServiceDeps } from '../platform/service-app.js';
 import type { ProductsClient } from '../products/client.js';
 import type { UsersClient } from '../users/client.js';
 import { ORDER_API } from './api.js';
-import { createKeyGate } from './idempotency.js';
+import { createKeyedCreates } from './idempotency.js';
 import { createOrderRoutes } from './routes.js';
 import { createOrderStore } from './store.js';
 
@@ -47,7 +47,7 @@ export function createOrderApp({ users, products, auth = createServiceAuth({ mod
     users,
     products,
     logger: logger.child({ component: 'orders' }),
-    keys: createKeyGate(MAX_KEYS_IN_FLIGHT),
+    keyedCreates: createKeyedCreates(MAX_KEYS_IN_FLIGHT),
     releaseLeaseMs,
     keyLeaseMs,
     keyWaitMs,

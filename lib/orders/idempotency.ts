@@ -1,6 +1,6 @@
-// Idempotency-Key support: the canonical hash of a create, the in-process gate that makes a
-// second request with a key wait until the first with that key has finished (or its time is
-// up), and the renewal that keeps a live create's claim on its key.
+// Idempotency-Key support: the key's name, the canonical hash of a create, the bound on creates
+// with a key in progress, and the renewal that keeps a live create's claim on its key (the claim
+// itself, which makes a second create with the key wait for the first, is the store's).
 import { createHash } from 'node:crypto';
 import { HttpError } from '../platform/errors.js';
 import type { Identity } from '../platform/identity.js';
@@ -13,8 +13,9 @@ export function hashOrderRequest(input: CreateOrderInput): string {
 }
 
 /**
- * The key as stored: an authenticated caller's keys are its own (another user sending the same
- * key gets no replay of this caller's order); anonymous keys (open mode) stay as they were sent.
+ * The key's name as stored: an authenticated caller's keys are its own (an admin's key for a user
+ * is not that user's key), anonymous keys (open mode) stay as they were sent; the store files
+ * every key under the order's user too. A name, not a gate.
  */
 export const scopedKey = (caller: Identity | null, key: string): string => (caller === null ? key : `user:${caller.sub}:${key}`);
 
@@ -26,55 +27,36 @@ export const scopedKey = (caller: Identity | null, key: string): string => (call
 export const keyInUse = (): HttpError =>
   new HttpError(409, 'IDEMPOTENCY_KEY_IN_USE', 'An order with this Idempotency-Key is still in progress; retry after Retry-After', undefined, { retryAfter: 1 });
 
-export interface KeyGate {
-  /**
-   * Runs `fn` once no other call holds `key`; calls with the same key run one after another. A
-   * call still waiting at `waitUntil` (Date.now() ms) gives up with keyInUse().
-   */
-  run<T>(key: string, fn: () => Promise<T>, waitUntil?: number): Promise<T>;
+export interface KeyedCreates {
+  /** Runs `fn` as one of this process's creates with a key, or throws 503 when there are `max` already. */
+  run<T>(fn: () => Promise<T>): Promise<T>;
   readonly size: number;
 }
 
-export function createKeyGate(maxKeys: number): KeyGate {
-  const inFlight = new Map<string, Promise<unknown>>();
+/**
+ * A bound on this process's creates with a key in progress, those waiting for their key
+ * included: each waiter asks the database again every poll. A bound only: it makes no create wait
+ * for another. The claim in the database is the one authority over a key, in this process as
+ * across instances; a second gate in memory would only repeat it.
+ */
+export function createKeyedCreates(max: number): KeyedCreates {
+  let size = 0;
   return {
     get size() {
-      return inFlight.size;
+      return size;
     },
-    async run<T>(key: string, fn: () => Promise<T>, waitUntil = Infinity): Promise<T> {
-      // A loop, not an if: several waiters wake together and only the first may take the key.
-      for (let holder = inFlight.get(key); holder; holder = inFlight.get(key)) {
-        if (!(await settlesBefore(holder, waitUntil))) throw keyInUse();
-      }
-      if (inFlight.size >= maxKeys) {
+    async run<T>(fn: () => Promise<T>): Promise<T> {
+      if (size >= max) {
         throw new HttpError(503, 'SERVICE_UNAVAILABLE', 'Too many orders in progress, retry shortly', undefined, { retryAfter: 1 });
       }
-      const running = fn();
-      inFlight.set(key, running);
+      size++;
       try {
-        return await running;
+        return await fn();
       } finally {
-        inFlight.delete(key);
+        size--;
       }
     },
   };
-}
-
-/** True once `p` settles, false if `at` (Date.now() ms) comes first. */
-async function settlesBefore(p: Promise<unknown>, at: number): Promise<boolean> {
-  if (at === Infinity) {
-    await p.catch(() => undefined);
-    return true;
-  }
-  let timer: NodeJS.Timeout | undefined;
-  const late = new Promise<false>((resolve) => {
-    timer = setTimeout(resolve, Math.max(0, at - Date.now()), false);
-  });
-  try {
-    return await Promise.race([p.then(() => true, () => true), late]);
-  } finally {
-    clearTimeout(timer);
-  }
 }
 
 export interface ClaimRenewal {

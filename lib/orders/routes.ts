@@ -42,10 +42,10 @@ export function createOrderRoutes(auth: ServiceAuth, deps: OrderDeps): Router {
     const key = idempotencyKey(req.headers['idempotency-key']);
     const input = parseBody(CreateOrderSchema, req.body);
     if (!mayActFor(caller, input.userId)) throw forbidden('Orders are placed for the caller\'s own userId');
-    // The user service is asked as the caller: it shows a user only to itself or an admin.
-    const callerOptions = asCaller(req.headers.authorization);
-    const depsAsCaller: OrderDeps = { ...deps, users: { ...deps.users, getUser: (id, options) => deps.users.getUser(id, { ...options, ...callerOptions }) } };
-    const { order, replayed } = await createOrder(depsAsCaller, input, key === undefined ? undefined : scopedKey(caller, key));
+    const { order, replayed } = await createOrder(deps, input, {
+      key: key === undefined ? undefined : scopedKey(caller, key),
+      callOptions: asCaller(req.headers.authorization),
+    });
     if (replayed) res.setHeader('Idempotent-Replayed', 'true');
     res.status(201).location(`/orders/${order.id}`).json(order);
   });

@@ -6,10 +6,11 @@ import { randomUUID } from 'node:crypto';
 import type { Logger } from 'pino';
 import { HttpError, notFound } from '../platform/errors.js';
 import { deadlineLeftMs, deadlinePassed, DeadlineExceededError, UpstreamUnavailableError, withoutDeadline } from '../platform/service-client.js';
+import type { CallOptions } from '../platform/typed-client.js';
 import type { Page } from '../platform/validation.js';
 import type { ProductsClient, Reservation } from '../products/client.js';
 import type { UsersClient } from '../users/client.js';
-import { hashOrderRequest, keyInUse, renewClaim, type KeyGate } from './idempotency.js';
+import { hashOrderRequest, keyInUse, renewClaim, type KeyedCreates } from './idempotency.js';
 import { NEXT_STATUSES, type CreateOrderInput, type ListOrdersQuery, type Order, type OrderStats, type OrderStatus } from './schema.js';
 import { toCents } from '../platform/money.js';
 import { CommitInDoubtError } from '../platform/sql.js';
@@ -20,7 +21,8 @@ export interface OrderDeps {
   users: UsersClient;
   products: ProductsClient;
   logger: Logger;
-  keys: KeyGate;
+  /** This process's creates with a key in progress, at most so many. */
+  keyedCreates: KeyedCreates;
   /**
    * How long a release started from a request keeps its outbox row from the release workers:
    * longer than a release call takes, short enough that a crash mid-release is soon retried.
@@ -51,17 +53,18 @@ export const listOrders = ({ store }: OrderDeps, query: ListOrdersQuery): Promis
 
 export const orderStats = ({ store }: OrderDeps): Promise<OrderStats> => store.stats();
 
-export async function createOrder(deps: OrderDeps, input: CreateOrderInput, idempotencyKey?: string): Promise<Created> {
+export interface CreateOptions {
+  /** The Idempotency-Key as stored (scopedKey); filed under the order's user, so one user's key never answers, or blocks, another's create. */
+  key?: string;
+  /** How the user service is asked about the order's user: as the caller (asCaller), which it shows a user only to itself or an admin. */
+  callOptions?: CallOptions;
+}
+
+export async function createOrder(deps: OrderDeps, input: CreateOrderInput, { key, callOptions }: CreateOptions = {}): Promise<Created> {
   try {
-    if (idempotencyKey === undefined) return await placeOrder(deps, input);
-    const bodyHash = hashOrderRequest(input);
-    const waitUntil = keyWaitEnd(deps.keyWaitMs);
-    // Keys are the user's: one user's key never answers, or blocks, another user's create.
-    return await deps.keys.run(`${input.userId}:${idempotencyKey}`, async () => {
-      const earlier = await deps.store.findIdempotencyKey(input.userId, idempotencyKey);
-      if (earlier) return replay(earlier, bodyHash);
-      return placeOrder(deps, input, { key: idempotencyKey, bodyHash, waitUntil });
-    }, waitUntil);
+    if (key === undefined) return await placeOrder(deps, input, callOptions);
+    const idempotency = { key, bodyHash: hashOrderRequest(input), waitUntil: keyWaitEnd(deps.keyWaitMs) };
+    return await deps.keyedCreates.run(() => placeOrder(deps, input, callOptions, idempotency));
   } catch (err) {
     throw err instanceof UpstreamUnavailableError ? dependencyUnavailable(err.service) : err;
   }
@@ -101,22 +104,23 @@ function keyWaitEnd(waitMs: number): number {
   return Date.now() + Math.min(waitMs, left === undefined ? Infinity : left - KEY_ANSWER_MARGIN_MS);
 }
 
-async function placeOrder(deps: OrderDeps, input: CreateOrderInput, idempotency?: { key: string; bodyHash: string; waitUntil: number }): Promise<Created> {
-  const { store, users } = deps;
-  const user = await users.getUser(input.userId);
-  if (!user) {
-    throw new HttpError(422, 'UNKNOWN_USER', `User ${input.userId} does not exist`, [{ field: 'userId', message: 'no such user' }]);
-  }
-
+async function placeOrder(deps: OrderDeps, input: CreateOrderInput, callOptions?: CallOptions, idempotency?: { key: string; bodyHash: string; waitUntil: number }): Promise<Created> {
+  const { store } = deps;
   const reservationId = randomUUID();
-  // Durable before the stock is taken: if we die from here on, the release worker gives it back.
+  // The user service is asked while the first write goes to the database: neither waits for the
+  // other. Resolves to the check's error, or undefined when the user exists.
+  const userRefusal = requireUser(deps, input.userId, callOptions).then(() => undefined, (err: unknown) => (err instanceof Error ? err : new Error(String(err))));
   if (!idempotency) {
-    await store.addPendingRelease(reservationId);
+    // Durable before the stock is taken: if we die from here on, the release worker gives it back.
+    const failed = await store.addPendingRelease(reservationId).then(() => undefined, (err: unknown) => ({ err }));
+    await refuseUnknownUser(deps, userRefusal, failed ? undefined : reservationId);
+    if (failed) throw failed.err;
     return reserveAndFinish(deps, input, reservationId);
   }
-  // With a key, the key is claimed in the same write, so that one create per user and key takes
-  // stock across every instance: a racer waits for the first and answers its order, rather than
-  // taking stock of its own (and failing for lack of it).
+  // With a key, the key is claimed in the same write as the outbox row, so that one create per
+  // user and key takes stock across every instance: a racer waits for the first and answers its
+  // order, rather than taking stock of its own (and failing for lack of it). A repeat is answered
+  // as the first request was, whatever the user service says now.
   const { key, bodyHash, waitUntil } = idempotency;
   for (;;) {
     const holder = randomUUID();
@@ -136,6 +140,7 @@ async function placeOrder(deps: OrderDeps, input: CreateOrderInput, idempotency?
       });
       let created = false;
       try {
+        await refuseUnknownUser(deps, userRefusal, reservationId);
         const result = await reserveAndFinish(deps, input, reservationId, { key, bodyHash, holder: begun.holder });
         created = !result.replayed;
         return result;
@@ -150,6 +155,24 @@ async function placeOrder(deps: OrderDeps, input: CreateOrderInput, idempotency?
     const left = waitUntil - Date.now();
     if (left <= 0) throw keyInUse();
     await new Promise((resolve) => setTimeout(resolve, Math.min(KEY_POLL_MS, left)));
+  }
+}
+
+/**
+ * Throws the user check's refusal (422 UNKNOWN_USER, the user service unavailable), after
+ * forgetting the outbox row written meanwhile: no stock was asked for under it (if forgetting
+ * fails, the release worker's release takes nothing).
+ */
+async function refuseUnknownUser({ store }: OrderDeps, refusal: Promise<Error | undefined>, reservationId?: string): Promise<void> {
+  const err = await refusal;
+  if (err === undefined) return;
+  if (reservationId !== undefined) await store.dropUnreservedRelease(reservationId).catch(() => undefined);
+  throw err;
+}
+
+async function requireUser({ users }: OrderDeps, userId: number, callOptions?: CallOptions): Promise<void> {
+  if (!(await users.getUser(userId, callOptions))) {
+    throw new HttpError(422, 'UNKNOWN_USER', `User ${userId} does not exist`, [{ field: 'userId', message: 'no such user' }]);
   }
 }
 
@@ -321,15 +344,14 @@ async function releaseNow({ store, products, logger, releaseLeaseMs }: OrderDeps
   let claimed = false;
   try {
     // A call that outlasts the lease may be repeated by a worker, which the product service
-    // answers without giving the stock back twice.
-    claimed = await store.claimPendingRelease(reservationId, releaseLeaseMs);
-    // Not ours to release now (a worker holds it): the worker finishes it.
+    // answers without giving the stock back twice. Not claimed: a worker holds it and finishes it.
+    claimed = (await store.claimRelease(reservationId, releaseLeaseMs)) === 'claimed';
     if (!claimed) return;
     await products.release(reservationId);
-    await store.deletePendingRelease(reservationId);
+    await store.finishRelease(reservationId);
   } catch (err) {
     logger.warn({ err, reservationId }, 'release failed; the release worker will retry');
-    if (claimed) await store.notePendingReleaseFailure(reservationId, errorText(err)).catch(() => undefined);
+    if (claimed) await store.failRelease(reservationId, errorText(err)).catch(() => undefined);
   }
 }
 
@@ -355,17 +377,14 @@ export async function releasePending(
   const round: ReleaseRound = { released: 0, failed: 0 };
   for (const reservationId of await store.dueReleases(Date.now() - minAgeMs, batchSize)) {
     if (shouldStop()) break;
-    if (!(await store.claimPendingRelease(reservationId, minAgeMs))) {
-      await store.dropOwnedRelease(reservationId);
-      continue;
-    }
+    if ((await store.claimRelease(reservationId, minAgeMs)) !== 'claimed') continue;
     try {
       await products.release(reservationId);
-      await store.deletePendingRelease(reservationId);
+      await store.finishRelease(reservationId);
       round.released++;
     } catch (err) {
       round.failed++;
-      await store.notePendingReleaseFailure(reservationId, errorText(err));
+      await store.failRelease(reservationId, errorText(err));
       logger.warn({ err, reservationId }, 'release failed; will retry');
       // The product service is down: the rest of the batch would fail the same way.
       if (err instanceof UpstreamUnavailableError) break;

@@ -1,6 +1,7 @@
 // One small interface over the two engines a service can keep its data in: SQLite (a file under
 // DATA_DIR, the default) and PostgreSQL (DATABASE_URL). The stores write SQL once, with `$1`
 // placeholders; where the dialects differ they ask `db.engine`.
+import { AsyncLocalStorage } from 'node:async_hooks';
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
@@ -19,9 +20,11 @@ export interface Db {
   run(sql: string, params?: Params): Promise<number>;
   /**
    * Runs `fn` in one transaction: committed when it resolves, rolled back when it throws. Inside
-   * a transaction, `transaction` simply runs `fn` in the same one, so store methods compose.
-   * SQLite: BEGIN IMMEDIATE (one writer at a time). PostgreSQL: READ COMMITTED; make every check
-   * and write one guarded statement, or lock the rows first (FOR UPDATE).
+   * a transaction, `tx.transaction` simply runs `fn` in the same one, so store methods compose.
+   * Inside `fn`, every statement goes through `tx`: the database's own handle refuses with
+   * TransactionReentryError (see there). SQLite: BEGIN IMMEDIATE (one writer at a time).
+   * PostgreSQL: READ COMMITTED; make every check and write one guarded statement, or lock the
+   * rows first (FOR UPDATE).
    */
   transaction<T>(fn: (tx: Db) => Promise<T>): Promise<T>;
 }
@@ -60,6 +63,47 @@ export interface OpenSqlOptions {
  * before it answers (PostgreSQL; SQLite's commit is never in doubt).
  */
 export class CommitInDoubtError extends StorageUnavailableError {}
+
+/**
+ * A statement or transaction sent through the database's own handle from inside a transaction's
+ * `fn`, instead of through its `tx`. On SQLite it would wait for the transaction it is part of
+ * (a deadlock); on PostgreSQL it would run on another connection, outside the transaction, blind
+ * to its writes and blocked by its locks. Refused at once, on both engines: a bug to fix, not a
+ * state to retry.
+ */
+export class TransactionReentryError extends Error {
+  constructor(database: string) {
+    super(`${database}: a statement was sent through the database handle inside its own transaction; use the transaction's handle (tx)`);
+    this.name = 'TransactionReentryError';
+  }
+}
+
+/** The transactions the current async context runs inside, innermost first. */
+interface OpenTransaction {
+  readonly owner: object;
+  open: boolean;
+  readonly outer: OpenTransaction | undefined;
+}
+const transactionScope = new AsyncLocalStorage<OpenTransaction>();
+
+/** Throws when the caller is inside an open transaction of `owner`. */
+function refuseReentry(owner: object, database: string): void {
+  // Work started inside a transaction that outlives it (a timer, a floating promise) keeps the
+  // context: only a transaction still open counts.
+  for (let t = transactionScope.getStore(); t; t = t.outer) {
+    if (t.owner === owner && t.open) throw new TransactionReentryError(database);
+  }
+}
+
+/** Runs `fn` marked as inside a transaction of `owner` until it settles. */
+async function inTransactionOf<T>(owner: object, fn: () => Promise<T>): Promise<T> {
+  const scope: OpenTransaction = { owner, open: true, outer: transactionScope.getStore() };
+  try {
+    return await transactionScope.run(scope, fn);
+  } finally {
+    scope.open = false;
+  }
+}
 
 /** True for an insert or update that broke a UNIQUE constraint (either engine). */
 export function isUniqueViolation(err: unknown): boolean {
@@ -203,7 +247,9 @@ function openSqlite({ dataDir, name }: OpenSqlOptions): SqlDatabase {
   // Transactions queue on `tail`; a statement outside one waits while one is open.
   let tail: Promise<void> = Promise.resolve();
   let open: Promise<void> | undefined;
+  const owner = {};
   const guarded = async <T>(work: () => T): Promise<T> => {
+    refuseReentry(owner, name);
     while (open) await open;
     return settle(work);
   };
@@ -225,6 +271,7 @@ function openSqlite({ dataDir, name }: OpenSqlOptions): SqlDatabase {
     get: (sql, params) => guarded(() => direct.get(sql, params)),
     run: (sql, params) => guarded(() => direct.run(sql, params)),
     async transaction<T>(fn: (tx: Db) => Promise<T>): Promise<T> {
+      refuseReentry(owner, name);
       const previous = tail;
       let release!: () => void;
       const mine = new Promise<void>((resolve) => {
@@ -236,7 +283,7 @@ function openSqlite({ dataDir, name }: OpenSqlOptions): SqlDatabase {
       try {
         raw.exec('BEGIN IMMEDIATE');
         try {
-          const result = await fn(inside);
+          const result = await inTransactionOf(owner, () => fn(inside));
           raw.exec('COMMIT');
           return result;
         } catch (err) {
@@ -344,11 +391,25 @@ function openPostgres(url: string, { name, schema = name, poolMax = 10, timeoutM
     };
     return db;
   };
+  const owner = {};
   const top = onClient(pool);
 
   return {
-    ...top,
+    engine: 'postgres',
+    all: async <T>(sql: string, params?: Params) => {
+      refuseReentry(owner, name);
+      return top.all<T>(sql, params);
+    },
+    get: async <T>(sql: string, params?: Params) => {
+      refuseReentry(owner, name);
+      return top.get<T>(sql, params);
+    },
+    run: async (sql, params) => {
+      refuseReentry(owner, name);
+      return top.run(sql, params);
+    },
     async transaction<T>(fn: (tx: Db) => Promise<T>): Promise<T> {
+      refuseReentry(owner, name);
       let client: pg.PoolClient;
       try {
         client = await pool.connect();
@@ -371,7 +432,7 @@ function openPostgres(url: string, { name, schema = name, poolMax = 10, timeoutM
       let committing = false;
       try {
         await client.query('BEGIN');
-        const result = await fn(tx);
+        const result = await inTransactionOf(owner, () => fn(tx));
         committing = true;
         await client.query('COMMIT');
         return result;

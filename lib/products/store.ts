@@ -85,6 +85,7 @@ export function createProductStore(db: Db) {
     count: `SELECT count(*) AS total FROM products WHERE ${FILTER}`,
     get: `SELECT ${COLUMNS} FROM products WHERE id = $1`,
     stockOf: 'SELECT stock FROM products WHERE id = $1',
+    stockIfEnough: 'SELECT stock, price_cents FROM products WHERE id = $1 AND stock >= $2',
     insert: `INSERT INTO products (name, description, price_cents, stock, category, created_at, updated_at)
       VALUES ($1, $2, $3, $4, $5, $6, $6) RETURNING ${COLUMNS}`,
     update: `UPDATE products SET name = coalesce($2, name), description = coalesce($3, description),
@@ -116,6 +117,62 @@ export function createProductStore(db: Db) {
       (SELECT id FROM reservations WHERE status = 'released' AND updated_at < $1 ORDER BY updated_at LIMIT $2)`,
   };
 
+  // PostgreSQL: a new reservation in one statement, one round trip: the id claimed, every
+  // product's stock taken, the items recorded with their prices. $1 id, $2 now, $3/$4 the items'
+  // products and quantities, in request order. Products are locked in id order, as takeAll takes
+  // them. An item whose stock was not taken (unknown product, too little stock) gets no price,
+  // which reservation_items refuses (NOT NULL): the statement fails and nothing of it stays.
+  // Nothing is taken for an id already claimed (`claimed` is false).
+  const RESERVE_IN_ONE_STATEMENT = `WITH claim AS (
+      INSERT INTO reservations (id, status, created_at, updated_at) VALUES ($1::text, 'held', $2::text, $2::text) ON CONFLICT (id) DO NOTHING RETURNING id
+    ), wanted AS (
+      SELECT product_id, sum(quantity) AS quantity FROM unnest($3::bigint[], $4::int[]) AS w(product_id, quantity) GROUP BY product_id
+    ), locked AS (
+      SELECT p.id FROM products p WHERE p.id IN (SELECT product_id FROM wanted) AND EXISTS (SELECT 1 FROM claim) ORDER BY p.id FOR UPDATE
+    ), taken AS (
+      UPDATE products p SET stock = p.stock - w.quantity, updated_at = $2::text
+      FROM wanted w, locked l WHERE p.id = w.product_id AND l.id = p.id AND p.stock >= w.quantity
+      RETURNING p.id, p.price_cents
+    ), items AS (
+      INSERT INTO reservation_items (reservation_id, position, product_id, quantity, unit_price_cents)
+      SELECT $1::text, i.n - 1, i.product_id, i.quantity, t.price_cents
+      FROM unnest($3::bigint[], $4::int[]) WITH ORDINALITY AS i(product_id, quantity, n) LEFT JOIN taken t ON t.id = i.product_id
+      WHERE EXISTS (SELECT 1 FROM claim)
+      RETURNING position, unit_price_cents
+    )
+    SELECT EXISTS (SELECT 1 FROM claim) AS claimed, (SELECT json_agg(unit_price_cents ORDER BY position) FROM items)::text AS prices`;
+  const NOT_NULL_VIOLATION = '23502';
+
+  /**
+   * The reserve's one statement (PostgreSQL): the reservation made, or undefined for an id already
+   * claimed. When an item could not be taken, reads why and throws as takeAll does.
+   */
+  const reserveInOneStatement = async (request: ReserveRequest, now: string): Promise<ReservationRecord | undefined> => {
+    const productIds = request.items.map((i) => i.productId);
+    for (let attempt = 1; ; attempt++) {
+      let row: { claimed: boolean; prices: string | null };
+      try {
+        row = (await db.get<{ claimed: boolean; prices: string | null }>(RESERVE_IN_ONE_STATEMENT, [request.id, now, productIds, request.items.map((i) => i.quantity)]))!;
+      } catch (err) {
+        if ((err as { code?: unknown } | null)?.code !== NOT_NULL_VIOLATION) throw err;
+        // Nothing was taken; the refusal is read as takeAll would have met it. Stock added since
+        // the statement (the read finds every item available): the reserve is tried again.
+        await db.transaction((tx) => takeAll(tx, request.items, now, true));
+        if (attempt >= 3) throw new HttpError(503, 'SERVICE_UNAVAILABLE', 'Stock is changing too fast, retry shortly', undefined, { retryAfter: 1 });
+        continue;
+      }
+      if (!row.claimed) return undefined;
+      const prices = JSON.parse(row.prices ?? '[]') as number[];
+      return {
+        id: request.id,
+        status: 'held',
+        items: request.items.map((i, n) => ({ productId: i.productId, quantity: i.quantity, unitPrice: fromCents(prices[n]) })),
+        createdAt: now,
+        updatedAt: now,
+      };
+    }
+  };
+
   const readReservation = async (on: Db, id: string): Promise<ReservationRecord | undefined> => {
     const row = await on.get<ReservationRow>(SQL.reservation, [id]);
     if (!row) return undefined;
@@ -135,7 +192,7 @@ export function createProductStore(db: Db) {
    * Products are taken in id order, so two reservations (or a reservation and a release) that
    * share products lock them in the same order and cannot deadlock on PostgreSQL.
    */
-  const takeAll = async (tx: Db, items: ReserveRequest['items'], now: string): Promise<Map<number, number>> => {
+  const takeAll = async (tx: Db, items: ReserveRequest['items'], now: string, readOnly = false): Promise<Map<number, number>> => {
     const wanted = new Map<number, { quantity: number; index: number }>();
     items.forEach(({ productId, quantity }, index) => {
       const w = wanted.get(productId);
@@ -146,7 +203,9 @@ export function createProductStore(db: Db) {
     const unknown = new Set<number>();
     const short: (ErrorDetail & { index: number })[] = [];
     for (const [productId, { quantity, index }] of [...wanted].sort(([a], [b]) => a - b)) {
-      const taken = await tx.get<{ stock: number; price_cents: number }>(SQL.take, [productId, quantity, now]);
+      const taken = readOnly
+        ? await tx.get<{ stock: number; price_cents: number }>(SQL.stockIfEnough, [productId, quantity])
+        : await tx.get<{ stock: number; price_cents: number }>(SQL.take, [productId, quantity, now]);
       if (taken) {
         prices.set(productId, taken.price_cents);
         continue;
@@ -165,6 +224,34 @@ export function createProductStore(db: Db) {
     }
     return prices;
   };
+
+  /** The reserve as one transaction of several statements (SQLite; and a repeated id on PostgreSQL). */
+  const reserveInTransaction = (request: ReserveRequest) => db.transaction(async (tx): Promise<{ reservation: ReservationRecord; created: boolean }> => {
+    const now = new Date().toISOString();
+    if (await tx.run(SQL.claimReservation, [request.id, 'held', now]) === 1) {
+      const prices = await takeAll(tx, request.items, now);
+      const items = request.items.map((i) => ({ ...i, unitPriceCents: prices.get(i.productId)! }));
+      await recordItems(tx, request.id, items);
+      // Built from what was just written rather than read back: the product rows stay locked
+      // until the commit, so every round trip saved here is one less wait for the next racer.
+      const reservation: ReservationRecord = {
+        id: request.id,
+        status: 'held',
+        items: items.map((i) => ({ productId: i.productId, quantity: i.quantity, unitPrice: fromCents(i.unitPriceCents) })),
+        createdAt: now,
+        updatedAt: now,
+      };
+      return { reservation, created: true };
+    }
+    const existing = (await readReservation(tx, request.id))!;
+    if (existing.status === 'released') {
+      throw new HttpError(409, 'RESERVATION_RELEASED', 'This reservation was released; use a new id');
+    }
+    if (!sameItems(existing.items, request.items)) {
+      throw new HttpError(409, 'RESERVATION_MISMATCH', 'A reservation with this id holds other items');
+    }
+    return { reservation: existing, created: false };
+  });
 
   const sameItems = (a: readonly { productId: number; quantity: number }[], b: readonly { productId: number; quantity: number }[]) =>
     a.length === b.length && a.every((x, i) => x.productId === b[i].productId && x.quantity === b[i].quantity);
@@ -248,32 +335,13 @@ export function createProductStore(db: Db) {
      * INSUFFICIENT_STOCK). A repeat of a held id returns it unchanged (`created: false`); a
      * released id is 409 RESERVATION_RELEASED; a held id with other items is 409 RESERVATION_MISMATCH.
      */
-    reserve: (request: ReserveRequest) => db.transaction(async (tx): Promise<{ reservation: ReservationRecord; created: boolean }> => {
-      const now = new Date().toISOString();
-      if (await tx.run(SQL.claimReservation, [request.id, 'held', now]) === 1) {
-        const prices = await takeAll(tx, request.items, now);
-        const items = request.items.map((i) => ({ ...i, unitPriceCents: prices.get(i.productId)! }));
-        await recordItems(tx, request.id, items);
-        // Built from what was just written rather than read back: the product rows stay locked
-        // until the commit, so every round trip saved here is one less wait for the next racer.
-        const reservation: ReservationRecord = {
-          id: request.id,
-          status: 'held',
-          items: items.map((i) => ({ productId: i.productId, quantity: i.quantity, unitPrice: fromCents(i.unitPriceCents) })),
-          createdAt: now,
-          updatedAt: now,
-        };
-        return { reservation, created: true };
+    reserve: async (request: ReserveRequest): Promise<{ reservation: ReservationRecord; created: boolean }> => {
+      if (db.engine === 'postgres') {
+        const reservation = await reserveInOneStatement(request, new Date().toISOString());
+        if (reservation) return { reservation, created: true };
       }
-      const existing = (await readReservation(tx, request.id))!;
-      if (existing.status === 'released') {
-        throw new HttpError(409, 'RESERVATION_RELEASED', 'This reservation was released; use a new id');
-      }
-      if (!sameItems(existing.items, request.items)) {
-        throw new HttpError(409, 'RESERVATION_MISMATCH', 'A reservation with this id holds other items');
-      }
-      return { reservation: existing, created: false };
-    }),
+      return reserveInTransaction(request);
+    },
 
     /** Gives a held reservation's stock back exactly once; true only for the call that did. */
     release: (id: string) => db.transaction(async (tx): Promise<boolean> => {
