@@ -4,10 +4,10 @@ import type { Logger } from 'pino';
 
 // Rows one statement deletes: a few milliseconds of locks on either engine, so requests writing
 // the same tables never wait long behind a pass.
-export const PRUNE_BATCH_ROWS = 500;
+const PRUNE_BATCH_ROWS = 500;
 // Batches per table per pass: a backlog (the first start after an upgrade) is worked off over
 // several passes rather than in one long one.
-export const PRUNE_MAX_BATCHES = 200;
+const PRUNE_MAX_BATCHES = 200;
 
 /**
  * Runs `deleteBatch(limit)` until it deletes fewer than `limit` rows, `maxBatches` have run or
