@@ -224,6 +224,19 @@ export function rereadAtMostOnceASecond(reload: () => Promise<void>, lastStart: 
     }));
 }
 
+/** `get`, asked once more after `reread()` when a token names a key id that `get` lacks. */
+export function rereadOnUnknownKey(get: JWTVerifyGetKey, reread: () => Promise<void>): JWTVerifyGetKey {
+  return async (header, token) => {
+    try {
+      return await get(header, token);
+    } catch (err) {
+      if (!(err instanceof errors.JWKSNoMatchingKey)) throw err;
+      await reread();
+      return get(header, token);
+    }
+  };
+}
+
 export interface RemoteKeysOptions {
   timeoutMs?: number;
   /** Fetched again this often whatever tokens arrive (JWT_KEY_REFRESH_MS): a rotated key is known before it signs. */
@@ -254,16 +267,11 @@ export function remoteKeys(url: string, { timeoutMs = 5000, refreshMs = DEFAULT_
     }), refreshMs);
     timer.unref();
   };
+  const verify = rereadOnUnknownKey(set, refetch);
   return async (header, token) => {
     if (timer === undefined) startRefresh();
     if (!set.fresh) lastFetch = Date.now();
-    try {
-      return await set(header, token);
-    } catch (err) {
-      if (!(err instanceof errors.JWKSNoMatchingKey)) throw err;
-      await refetch();
-      return set(header, token);
-    }
+    return verify(header, token);
   };
 }
 
