@@ -16,7 +16,7 @@ export type Mode = 'pinned' | 'unpinned';
  */
 export type Scenario = 'get' | 'get-rate' | 'features' | 'orders' | 'dashboard' | 'users-full' | 'sweep' | 'get-postgres' | 'orders-postgres';
 
-export const SCENARIO_LABEL: Record<Scenario, string> = {
+const SCENARIO_LABEL: Record<Scenario, string> = {
   get: 'GET product',
   'get-rate': 'GET product, fixed rate',
   features: 'GET product with a token, features off in turn',
@@ -29,7 +29,7 @@ export const SCENARIO_LABEL: Record<Scenario, string> = {
 };
 
 /** What the table's "via" column says. */
-export const TARGET_LABEL: Record<Target, string> = {
+const TARGET_LABEL: Record<Target, string> = {
   direct: 'direct',
   gateway: 'gateway',
   noauth: 'gateway, auth off',
@@ -56,7 +56,7 @@ const PAIRED_SCENARIOS: ReadonlySet<Scenario> = new Set(['get', 'get-rate', 'get
 /** The order scenarios: their CPU per order is the four processes' together. */
 const ORDER_SCENARIOS: ReadonlySet<Scenario> = new Set(['orders', 'orders-postgres']);
 /** The rounds of a run on SQLite that restart the services on PostgreSQL, last. */
-export const ON_POSTGRES: ReadonlySet<Scenario | undefined> = new Set(['get-postgres', 'orders-postgres']);
+const ON_POSTGRES: ReadonlySet<Scenario | undefined> = new Set(['get-postgres', 'orders-postgres']);
 
 /** The goals' thresholds, in one place. */
 export const GOALS = {
@@ -73,7 +73,7 @@ export const GOALS = {
 } as const;
 
 /** CPU time per answered request, by process, in µs. */
-export interface CpuPerRequest {
+interface CpuPerRequest {
   /** The proxy the round went through (a gateway, bare, nginx or HAProxy); absent for direct rounds. */
   front?: number;
   products: number;
@@ -105,7 +105,7 @@ export interface RoundRecord {
   invalidReason?: string;
 }
 
-export interface Spread {
+interface Spread {
   median: number;
   min: number;
   max: number;
@@ -218,7 +218,7 @@ export function median(values: number[]): number {
   return sorted.length % 2 ? sorted[mid] : (sorted[mid - 1] + sorted[mid]) / 2;
 }
 
-export function spread(values: number[]): Spread {
+function spread(values: number[]): Spread {
   const finite = values.filter(Number.isFinite);
   if (finite.length === 0) return { median: NaN, min: NaN, max: NaN };
   return { median: median(finite), min: Math.min(...finite), max: Math.max(...finite) };
@@ -591,7 +591,7 @@ export function textTable(header: string[], body: string[][]): string {
   return [line(header), widths.map((w) => '-'.repeat(w)).join('  '), ...body.map(line)].join('\n');
 }
 
-export function markdownTable(header: string[], body: string[][]): string {
+function markdownTable(header: string[], body: string[][]): string {
   const esc = (c: string) => c.replace(/\|/g, '\\|');
   return [
     `| ${header.map(esc).join(' | ')} |`,
@@ -604,7 +604,7 @@ export function goalLines(goals: Goal[]): string[] {
   return goals.map((g) => `${g.pass === undefined ? 'n/a ' : g.pass ? 'PASS' : 'MISS'}  ${g.name}: ${g.value} (goal ${g.goal})`);
 }
 
-export function machineLine(r: Results): string {
+function machineLine(r: Results): string {
   const m = r.machine;
   return `${m.cores} cores, ${m.cpuModel}, ${m.memoryGb} GB, Node ${m.node}, ${m.platform}, kernel ${m.kernel}`;
 }

@@ -14,7 +14,7 @@ export interface SoakOptions {
   outDir?: string;
 }
 
-export interface SoakChunk {
+interface SoakChunk {
   /** Requests answered by the gateway so far, this chunk included. */
   requests: number;
   rps: number;
@@ -28,7 +28,7 @@ export interface SoakChunk {
 }
 
 const SAMPLE_MS = 500;
-export const SOAK_GROWTH_LIMIT = 0.1;
+const SOAK_GROWTH_LIMIT = 0.1;
 
 const log = (line = '') => process.stdout.write(`${line}\n`);
 
@@ -102,7 +102,7 @@ export async function soak(o: SoakOptions, supervisor: Supervisor, workDir: stri
   log(`Wrote ${join(outDir, 'soak.json')} and ${join(outDir, 'SOAK.md')}.`);
 }
 
-export interface SoakRun {
+interface SoakRun {
   startedAt: string;
   finishedAt: string;
   machine: Machine;
@@ -121,7 +121,7 @@ const medianOf = (xs: number[]): number => {
  * median floor of the first quarter of the chunks is compared with that of the last quarter, so
  * that one chunk caught in a transient (a collection, V8 resizing its heap) decides nothing.
  */
-export function soakReport(run: SoakRun): { results: SoakRun & { version: 1; pass: boolean; verdict: string }; markdown: string } {
+function soakReport(run: SoakRun): { results: SoakRun & { version: 1; pass: boolean; verdict: string }; markdown: string } {
   const { chunks } = run;
   const quarter = Math.max(1, Math.floor((chunks.length - 1) / 4));
   const early = chunks.slice(1, 1 + quarter);

@@ -34,12 +34,12 @@ function objectOf(schema: z.ZodType): z.ZodObject {
 }
 
 /** The gateway again with one feature off, for what that feature costs: its variables. */
-export const FEATURE_OFF = {
+const FEATURE_OFF = {
   untraced: { OTEL_SDK_DISABLED: 'true' },
   nometrics: { REQUEST_METRICS_DISABLED: 'true' },
   nolimit: { RATE_LIMIT_DISABLED: 'true' },
 } as const;
-export type FeatureOff = keyof typeof FEATURE_OFF;
+type FeatureOff = keyof typeof FEATURE_OFF;
 /** The proxies measured beside the gateway as the reference, where installed. */
 export type Reference = 'nginx' | 'haproxy';
 export type ProcessName = 'gateway' | FeatureOff | 'users' | 'products' | 'orders' | 'bare' | Reference;
@@ -335,7 +335,7 @@ function referenceVersion(name: Reference, binary: string): string {
  * what it is compared with), upstream keep-alive, no access log. Every path it writes is under
  * `dir`, so it needs no root and leaves nothing behind.
  */
-export function nginxConfig(dir: string, listenPort: number, productsPort: number): string {
+function nginxConfig(dir: string, listenPort: number, productsPort: number): string {
   return `daemon off;
 worker_processes 1;
 pid ${dir}/nginx.pid;
@@ -372,7 +372,7 @@ http {
  * worker and the gateway one Node process), keep-alive on both sides with idle upstream
  * connections reused by any client, no log. `-db` keeps it in the foreground, one process.
  */
-export function haproxyConfig(listenPort: number, productsPort: number): string {
+function haproxyConfig(listenPort: number, productsPort: number): string {
   return `global
   nbthread 1
   maxconn 4096

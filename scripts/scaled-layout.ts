@@ -19,8 +19,8 @@ export interface ScaledProcess {
   env: Record<string, string>;
 }
 
-export const SERVICES: readonly ScaledService[] = ['gateway', 'users', 'products', 'orders'];
-export const INSTANCES = 2;
+const SERVICES: readonly ScaledService[] = ['gateway', 'users', 'products', 'orders'];
+const INSTANCES = 2;
 export const DEFAULT_BASE_PORT = 3010;
 
 const ENTRY: Record<ScaledService, string> = {

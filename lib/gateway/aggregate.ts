@@ -18,7 +18,7 @@ import { ownRoutePath } from './route-table.js';
 import type { ServiceName, Upstream } from './upstreams.js';
 
 /** Orders shown with a user; a user with more sees the newest ones. */
-export const USER_ORDERS_LIMIT = 100;
+const USER_ORDERS_LIMIT = 100;
 
 /** The aggregate routes' paths, as the route table has them. */
 const AGGREGATE_ROUTES = { userFull: ownRoutePath('userFull'), dashboard: ownRoutePath('dashboard') } as const;

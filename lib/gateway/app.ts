@@ -34,7 +34,7 @@ import { createStaleCache } from './stale-cache.js';
 import { createStatusRoutes } from './status.js';
 import { createUpstreams, type ServiceName, type Upstream } from './upstreams.js';
 
-export const GATEWAY_NAME = 'api-gateway';
+const GATEWAY_NAME = 'api-gateway';
 
 export interface GatewayOptions {
   config: GatewayConfig;

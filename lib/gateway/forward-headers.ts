@@ -47,7 +47,7 @@ export function connectionNamed(connection: string | string[] | undefined): Set<
 }
 
 /** Whether a request header from the client is dropped on its way to the service. */
-export function isClientOnly(name: string, named: Set<string> | undefined): boolean {
+function isClientOnly(name: string, named: Set<string> | undefined): boolean {
   return CLIENT_ONLY_HEADERS.has(name) || named?.has(name) === true;
 }
 

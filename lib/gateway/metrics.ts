@@ -6,7 +6,7 @@ import type { UpstreamFailure } from '../platform/service-client.js';
 import type { CircuitState } from './breakers.js';
 
 /** `aggregate` is the routes that combine several services. */
-export type RouteGroup = 'users' | 'products' | 'orders' | 'aggregate';
+type RouteGroup = 'users' | 'products' | 'orders' | 'aggregate';
 
 declare module 'express-serve-static-core' {
   interface Locals {

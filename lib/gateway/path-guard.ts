@@ -14,7 +14,7 @@ const MAX_DECODE_ROUNDS = 4;
  * after any number of rounds of percent-decoding (`%2e%2e/`, `..%2F`, `%252e`, `%5c`), or when
  * it cannot be decoded at all.
  */
-export function isUnsafePath(path: string): boolean {
+function isUnsafePath(path: string): boolean {
   let current = path;
   for (let round = 0; round <= MAX_DECODE_ROUNDS; round++) {
     if (CONTROL_OR_BACKSLASH.test(current) || DOT_SEGMENT.test(current)) return true;

@@ -31,7 +31,7 @@ export interface ServiceProxyOptions {
   bodyLimits: BodyLimits;
 }
 
-export interface BodyLimits {
+interface BodyLimits {
   /** Longest wait between two reads of the body. */
   idleMs: number;
   /** Longest time for the whole body, from the request's start. */

@@ -9,9 +9,9 @@ import type { GatewayMetrics } from './metrics.js';
 import type { LimitStore } from './redis-limit-store.js';
 
 /** What a limiter does while its shared store is unreachable: count in this process, or refuse with 503. */
-export type StoreFailureMode = 'local' | 'deny';
+type StoreFailureMode = 'local' | 'deny';
 
-export interface SharedCounting {
+interface SharedCounting {
   store: LimitStore;
   /** Keeps this limiter's keys apart from the other limiters' in the store ('api', 'login'). */
   name: string;

@@ -6,14 +6,14 @@ import type { Logger } from '../platform/logger.js';
 import type { GatewayMetrics } from './metrics.js';
 
 /** `connecting`: no answer yet since start; `up`: answering; `degraded`: unreachable, the limiters fall back. */
-export type LimitStoreState = 'connecting' | 'up' | 'degraded';
+type LimitStoreState = 'connecting' | 'up' | 'degraded';
 
 export interface LimitStoreStatus {
   kind: 'redis';
   state: LimitStoreState;
 }
 
-export interface WindowHits {
+interface WindowHits {
   hits: number;
   /** When the window ends, in epoch milliseconds. */
   resetMs: number;

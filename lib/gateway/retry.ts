@@ -8,7 +8,7 @@ import type { GatewayInstance } from './upstreams.js';
 // A try is never given up sooner than this: below it, a busy machine's scheduling pauses alone
 // would send healthy requests twice. Our services answer a GET in a few milliseconds, so a try
 // still waiting after this long is on an instance that is slow, not unlucky.
-export const PER_TRY_FLOOR_MS = 50;
+const PER_TRY_FLOOR_MS = 50;
 // RFC 6298's gains for the smoothed latency and its mean deviation.
 const ALPHA = 1 / 8;
 const BETA = 1 / 4;

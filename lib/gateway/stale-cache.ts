@@ -4,7 +4,7 @@ import type { IncomingMessage } from 'node:http';
 import { LRUCache } from 'lru-cache';
 import { hasBody } from '../platform/http.js';
 
-export interface StaleEntry {
+interface StaleEntry {
   status: 200;
   body: Buffer;
   contentType: string;

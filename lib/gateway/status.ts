@@ -5,7 +5,7 @@ import type { LimitStoreStatus } from './redis-limit-store.js';
 import { instancesOf } from './dashboard/upstream-view.js';
 import type { ProbeResult, Upstream } from './upstreams.js';
 
-export type ServiceStatus = 'healthy' | 'recovering' | 'unhealthy';
+type ServiceStatus = 'healthy' | 'recovering' | 'unhealthy';
 
 export const GATEWAY_FEATURES = [
   'routing',
@@ -22,7 +22,7 @@ export const GATEWAY_FEATURES = [
  * Closed and answering: healthy. Half-open, or open while the service answers again: recovering
  * (trial requests will close it). Otherwise unhealthy. Without a probe, the circuit alone decides.
  */
-export function serviceStatus(state: CircuitState, probe?: ProbeResult): ServiceStatus {
+function serviceStatus(state: CircuitState, probe?: ProbeResult): ServiceStatus {
   if (state === 'HALF_OPEN') return 'recovering';
   if (state === 'OPEN') return probe?.ok ? 'recovering' : 'unhealthy';
   return probe === undefined || probe.ok ? 'healthy' : 'unhealthy';

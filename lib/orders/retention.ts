@@ -3,7 +3,8 @@
 // outbox are never pruned here: an outbox row leaves only once its stock is given back.
 import type { Logger } from 'pino';
 import type { Db } from '../platform/sql.js';
-import { pruneInBatches, startPruner, type Pruner } from '../platform/pruning.js';
+import type { Periodic } from '../platform/periodic.js';
+import { pruneInBatches, startPruner } from '../platform/pruning.js';
 import { createOrderStore } from './store.js';
 
 export interface OrderRetention {
@@ -32,6 +33,6 @@ export async function pruneOrderRows(db: Db, { keyTtlMs, ...batches }: OrderRete
 }
 
 /** The order service's retention on a timer, every `intervalMs` (RETENTION_INTERVAL_MS). */
-export function startOrderRetention(db: Db, logger: Logger, intervalMs: number, retention: OrderRetention): Pruner {
+export function startOrderRetention(db: Db, logger: Logger, intervalMs: number, retention: OrderRetention): Periodic {
   return startPruner(logger.child({ component: 'retention' }), intervalMs, (shouldStop) => pruneOrderRows(db, retention, Date.now(), shouldStop));
 }

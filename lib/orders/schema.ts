@@ -3,7 +3,7 @@ import { z } from 'zod';
 import { IdSchema, PagingShape } from '../platform/validation.js';
 
 export const ORDER_STATUSES = ['pending', 'confirmed', 'shipped', 'delivered', 'cancelled'] as const;
-export const OrderStatusSchema = z.enum(ORDER_STATUSES);
+const OrderStatusSchema = z.enum(ORDER_STATUSES);
 export type OrderStatus = z.infer<typeof OrderStatusSchema>;
 
 /** The workflow of the contract: anything not listed here is 409 INVALID_TRANSITION. */
@@ -17,7 +17,7 @@ export const NEXT_STATUSES: Readonly<Record<OrderStatus, readonly OrderStatus[]>
 
 const PositiveId = z.number().int('must be a positive integer').positive('must be a positive integer').max(Number.MAX_SAFE_INTEGER);
 
-export const OrderItemInputSchema = z
+const OrderItemInputSchema = z
   .strictObject({
     productId: PositiveId,
     quantity: z.number().int('must be an integer from 1 to 1000').min(1, 'must be an integer from 1 to 1000').max(1000, 'must be an integer from 1 to 1000'),

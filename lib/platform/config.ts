@@ -26,7 +26,7 @@ export const urlVar = (fallback: string) =>
     .default(fallback);
 
 /** Most instances a URL list may name: each gets its own pool, outlier state and metric labels. */
-export const MAX_URL_LIST = 16;
+const MAX_URL_LIST = 16;
 
 const HTTP_URL = z.url({ protocol: /^https?$/ });
 
@@ -73,7 +73,7 @@ export const urlListVar = (fallback: string, { allowEmpty = false } = {}) =>
 /** The URLs of a urlListVar value. */
 export const urlList = (value: string): string[] => (value === '' ? [] : value.split(','));
 
-export const logLevelVar = z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info');
+const logLevelVar = z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info');
 
 /** The samplers OTEL_TRACES_SAMPLER names, as OpenTelemetry's environment specification spells them. */
 export const SAMPLERS = ['always_on', 'always_off', 'traceidratio', 'parentbased_always_on', 'parentbased_always_off', 'parentbased_traceidratio'] as const;

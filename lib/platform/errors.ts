@@ -84,27 +84,23 @@ export function storageError(err: unknown): unknown {
   return err;
 }
 
+// body-parser (under express.json) marks its errors with `type`: status, code and message per type.
+const BODY_ERRORS: ReadonlyMap<string, readonly [status: number, code: string, message: string]> = new Map([
+  ['entity.parse.failed', [400, 'INVALID_JSON', 'Request body is not valid JSON']],
+  ['entity.too.large', [413, 'PAYLOAD_TOO_LARGE', 'Request body is too large']],
+  ['encoding.unsupported', [415, 'UNSUPPORTED_ENCODING', 'Request body must not be compressed (Content-Encoding: identity only)']],
+  ['charset.unsupported', [415, 'UNSUPPORTED_MEDIA_TYPE', 'Unsupported charset: JSON bodies are UTF-8']],
+  ['request.aborted', [400, 'BAD_REQUEST', 'Request aborted']],
+  ['request.size.invalid', [400, 'BAD_REQUEST', 'Request body size does not match Content-Length']],
+]);
+
 /** Maps anything thrown to the HttpError the client gets. */
 export function toHttpError(err: unknown): HttpError {
   if (err instanceof HttpError) return err;
   if (err instanceof ZodError) return validationError(err);
-  const e = err as { type?: string; status?: number; code?: unknown };
-  // body-parser (under express.json) marks its errors with `type`.
-  switch (e?.type) {
-    case 'entity.parse.failed':
-      return new HttpError(400, 'INVALID_JSON', 'Request body is not valid JSON');
-    case 'entity.too.large':
-      return new HttpError(413, 'PAYLOAD_TOO_LARGE', 'Request body is too large');
-    case 'encoding.unsupported':
-      return new HttpError(415, 'UNSUPPORTED_ENCODING', 'Request body must not be compressed (Content-Encoding: identity only)');
-    case 'charset.unsupported':
-      return new HttpError(415, 'UNSUPPORTED_MEDIA_TYPE', 'Unsupported charset: JSON bodies are UTF-8');
-    case 'request.aborted':
-      return new HttpError(400, 'BAD_REQUEST', 'Request aborted');
-    case 'request.size.invalid':
-      return new HttpError(400, 'BAD_REQUEST', 'Request body size does not match Content-Length');
-    default:
-  }
+  const e = err as { type?: unknown; status?: number; code?: unknown };
+  const bodyError = typeof e?.type === 'string' ? BODY_ERRORS.get(e.type) : undefined;
+  if (bodyError) return new HttpError(...bodyError);
   // The database layer maps its errors as it throws them; a SQLite code is unmistakable wherever
   // it comes from (a network code is not: it may be another service's).
   if (SQLITE_UNAVAILABLE.test(codeOf(err))) return new StorageUnavailableError();

@@ -16,7 +16,7 @@ export const FaultSpecSchema = z.strictObject({
   resetRate: z.number().min(0).max(1).optional(),
   down: z.boolean().optional(),
 });
-export type FaultSpec = z.infer<typeof FaultSpecSchema>;
+type FaultSpec = z.infer<typeof FaultSpecSchema>;
 
 /** The switches as GET reports them: every field present, and when they switch off. */
 export interface FaultState {
@@ -64,7 +64,7 @@ export interface FaultOptions {
  * Middleware that refuses a request without `Authorization: Bearer <token>` (401, scheme in any
  * letter case), or lets every request through when `token` is undefined.
  */
-export function bearerGuard(token: string | undefined): RequestHandler {
+function bearerGuard(token: string | undefined): RequestHandler {
   if (token === undefined) return (_req, _res, next) => next();
   const expected = secretDigest(token);
   return (req, res, next) => {
@@ -74,7 +74,7 @@ export function bearerGuard(token: string | undefined): RequestHandler {
 }
 
 /** 127.0.0.0/8 and ::1, also as IPv4-mapped IPv6 addresses (a dual-stack listener's IPv4 clients). */
-export function isLoopback(address: string | undefined): boolean {
+function isLoopback(address: string | undefined): boolean {
   if (address === undefined) return false;
   const v4 = address.startsWith('::ffff:') ? address.slice(7) : address;
   return v4.startsWith('127.') || address === '::1';

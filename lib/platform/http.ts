@@ -10,9 +10,9 @@ import { HttpError } from './errors.js';
 import { bindToTrace, runWithTrace, traceFromHeaders, type TraceContext } from './trace-context.js';
 import { ALIAS_ATTRIBUTE, type Tracing } from './span-recorder.js';
 
-export const BODY_LIMIT_BYTES = 100 * 1024;
+const BODY_LIMIT_BYTES = 100 * 1024;
 /** Deeper JSON parses, but later makes JSON.stringify and zod recurse too far: refuse it up front. */
-export const MAX_JSON_DEPTH = 32;
+const MAX_JSON_DEPTH = 32;
 
 declare module 'express-serve-static-core' {
   interface Locals {

@@ -30,8 +30,8 @@ export const DEFAULT_ISSUER = 'microservices-demo';
 export const DEFAULT_AUDIENCE = 'microservices-demo-api';
 export const DEFAULT_ALGORITHMS = ['ES256', 'EdDSA'] as const;
 
-export const DEFAULT_TOKEN_TTL_S = 900;
-export const DEFAULT_JWT_KEY_REFRESH_MS = 30_000;
+const DEFAULT_TOKEN_TTL_S = 900;
+const DEFAULT_JWT_KEY_REFRESH_MS = 30_000;
 
 const httpUrl = z.url({ protocol: /^https?$/, message: 'must be an http(s) URL' });
 
@@ -87,7 +87,7 @@ export const jwksUrlOf = (config: { JWKS_URL?: string | undefined }, usersUrl: s
 
 export const CLOCK_TOLERANCE_S = 30;
 
-export const WWW_AUTHENTICATE_INVALID = 'Bearer error="invalid_token"';
+const WWW_AUTHENTICATE_INVALID = 'Bearer error="invalid_token"';
 
 /** 401 with the RFC 6750 challenge set on `res`. */
 export function unauthenticated(res: ServerResponse | undefined, message = 'A valid bearer token is required'): HttpError {
@@ -224,6 +224,19 @@ export function rereadAtMostOnceASecond(reload: () => Promise<void>, lastStart: 
     }));
 }
 
+/** `get`, asked once more after `reread()` when a token names a key id that `get` lacks. */
+export function rereadOnUnknownKey(get: JWTVerifyGetKey, reread: () => Promise<void>): JWTVerifyGetKey {
+  return async (header, token) => {
+    try {
+      return await get(header, token);
+    } catch (err) {
+      if (!(err instanceof errors.JWKSNoMatchingKey)) throw err;
+      await reread();
+      return get(header, token);
+    }
+  };
+}
+
 export interface RemoteKeysOptions {
   timeoutMs?: number;
   /** Fetched again this often whatever tokens arrive (JWT_KEY_REFRESH_MS): a rotated key is known before it signs. */
@@ -254,16 +267,11 @@ export function remoteKeys(url: string, { timeoutMs = 5000, refreshMs = DEFAULT_
     }), refreshMs);
     timer.unref();
   };
+  const verify = rereadOnUnknownKey(set, refetch);
   return async (header, token) => {
     if (timer === undefined) startRefresh();
     if (!set.fresh) lastFetch = Date.now();
-    try {
-      return await set(header, token);
-    } catch (err) {
-      if (!(err instanceof errors.JWKSNoMatchingKey)) throw err;
-      await refetch();
-      return set(header, token);
-    }
+    return verify(header, token);
   };
 }
 
@@ -273,7 +281,7 @@ export function remoteKeys(url: string, { timeoutMs = 5000, refreshMs = DEFAULT_
  * nothing. An instance without the token's key sends the question on too: a key just rotated in
  * may have been read by one instance and not yet by another.
  */
-export function failoverKeys(urls: readonly string[], options: RemoteKeysOptions = {}): JWTVerifyGetKey {
+function failoverKeys(urls: readonly string[], options: RemoteKeysOptions = {}): JWTVerifyGetKey {
   const sets = urls.map((url) => remoteKeys(url, options));
   if (sets.length === 1) return sets[0];
   let preferred = 0;

@@ -1,13 +1,14 @@
 // Deleting rows that have outlived their use, the same way in every service: small batches, each
 // its own short statement, run on a timer that never overlaps itself and stops with the process.
 import type { Logger } from 'pino';
+import { startPeriodic, type Periodic } from './periodic.js';
 
 // Rows one statement deletes: a few milliseconds of locks on either engine, so requests writing
 // the same tables never wait long behind a pass.
-export const PRUNE_BATCH_ROWS = 500;
+const PRUNE_BATCH_ROWS = 500;
 // Batches per table per pass: a backlog (the first start after an upgrade) is worked off over
 // several passes rather than in one long one.
-export const PRUNE_MAX_BATCHES = 200;
+const PRUNE_MAX_BATCHES = 200;
 
 /**
  * Runs `deleteBatch(limit)` until it deletes fewer than `limit` rows, `maxBatches` have run or
@@ -27,11 +28,6 @@ export async function pruneInBatches(
   return total;
 }
 
-export interface Pruner {
-  /** Stops the timer and waits for a pass in progress to finish. */
-  stop(): Promise<void>;
-}
-
 /**
  * Runs `pass` at start and then `intervalMs` after each pass ends. `pass` gets `shouldStop` and
  * resolves to the rows it deleted per table, logged when any were. A failed pass (database
@@ -41,35 +37,9 @@ export function startPruner(
   logger: Logger,
   intervalMs: number,
   pass: (shouldStop: () => boolean) => Promise<Record<string, number>>,
-): Pruner {
-  let stopped = false;
-  let timer: NodeJS.Timeout | undefined;
-  let current: Promise<void> = Promise.resolve();
-  const shouldStop = () => stopped;
-
-  const run = async () => {
-    try {
-      const deleted = await pass(shouldStop);
-      if (Object.values(deleted).some((n) => n > 0)) logger.info({ deleted }, 'retention pass');
-    } catch (err) {
-      logger.error({ err }, 'retention pass failed');
-    }
-  };
-  const schedule = () => {
-    if (stopped) return;
-    timer = setTimeout(() => {
-      current = run().then(schedule);
-    }, intervalMs);
-    // The server keeps the process alive; this timer alone should not.
-    timer.unref();
-  };
-  current = run().then(schedule);
-
-  return {
-    async stop() {
-      stopped = true;
-      clearTimeout(timer);
-      await current;
-    },
-  };
+): Periodic {
+  return startPeriodic(logger, 'retention', intervalMs, async (shouldStop) => {
+    const deleted = await pass(shouldStop);
+    if (Object.values(deleted).some((n) => n > 0)) logger.info({ deleted }, 'retention pass');
+  });
 }

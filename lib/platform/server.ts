@@ -138,7 +138,7 @@ function noop(): void {}
 
 const DUPLICATE_SIGNAL_MS = 1000;
 
-export interface StopOptions {
+interface StopOptions {
   logger: Logger;
   server: Server;
   /** Runs after the server has drained: close breakers, timers, the database. */

@@ -27,7 +27,7 @@ export interface ServiceDeps {
 }
 
 /** Throws when the caller may not read /metrics, /spans or /traces (lib/platform/identity.ts). */
-export type AdminSurfaceGuard = (req: Request, res: Response) => Promise<void>;
+type AdminSurfaceGuard = (req: Request, res: Response) => Promise<void>;
 
 export interface ServiceAppOptions extends ServiceDeps {
   /** `user-service`, `product-service`, `order-service`: the name /health reports. */

@@ -192,7 +192,7 @@ class RecordedSpan implements Span {
  * Finished spans, newest last: a ring of `maxSpans` slots (a new span takes the oldest one's
  * slot), of which reads serve none older than `maxAgeMs`.
  */
-export class SpanBuffer {
+class SpanBuffer {
   private readonly slots: Array<RecordedSpan | undefined>;
   /** Spans written since the start; the next one goes to slot written % maxSpans. */
   written = 0;

@@ -8,8 +8,8 @@ import Database from 'better-sqlite3';
 import pg from 'pg';
 import { HttpError, StorageUnavailableError, storageError } from './errors.js';
 
-export type Engine = 'sqlite' | 'postgres';
-export type Params = readonly unknown[];
+type Engine = 'sqlite' | 'postgres';
+type Params = readonly unknown[];
 
 /** What a store runs its statements on: the database, or the transaction it is inside. */
 export interface Db {

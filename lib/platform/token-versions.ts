@@ -77,7 +77,7 @@ export function createTokenVersions({ fetch, ttlMs, maxStaleMs = 30_000, maxEntr
 }
 
 /** The user service's route that answers an account's token version (internal: INTERNAL_TOKEN or loopback). */
-export const tokenVersionPath = (id: string): string => `/internal/users/${id}/token-version`;
+const tokenVersionPath = (id: string): string => `/internal/users/${id}/token-version`;
 
 /**
  * Asks the user service's instances in turn, from the one that answered last; only an instance

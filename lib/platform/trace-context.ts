@@ -72,7 +72,7 @@ export function toW3cTraceId(id: string): string {
   return createHash('sha256').update(id).digest('hex').slice(0, 32);
 }
 
-export function parseTraceparent(value: unknown): { traceId: string; parentSpanId: string; sampled: boolean } | undefined {
+function parseTraceparent(value: unknown): { traceId: string; parentSpanId: string; sampled: boolean } | undefined {
   if (typeof value !== 'string') return undefined;
   const m = TRACEPARENT.exec(value.trim());
   if (!m || m[1] === 'ff' || m[2] === ZERO_TRACE || m[3] === ZERO_SPAN) return undefined;

@@ -10,7 +10,7 @@ import { isValidClientTraceId, toW3cTraceId } from './trace-context.js';
 import type { SpanRecord, Tracing } from './span-recorder.js';
 import { boundedIntQuery, parseQuery } from './validation.js';
 
-export interface TraceSummary {
+interface TraceSummary {
   traceId: string;
   name: string;
   startTime: string;
@@ -109,7 +109,7 @@ export function createTraceRoutes({ tracing, remotes = [] }: { tracing: Tracing;
   return router;
 }
 
-export function summarize(spans: SpanRecord[]): TraceSummary {
+function summarize(spans: SpanRecord[]): TraceSummary {
   const ids = new Set(spans.map((s) => s.spanId));
   const roots = spans.filter((s) => !s.parentSpanId || !ids.has(s.parentSpanId));
   const root = (roots.length ? roots : spans).reduce((a, b) => (b.startMs < a.startMs ? b : a));

@@ -2,7 +2,8 @@
 // arrive; held reservations stay, each the record of stock an order holds.
 import type { Logger } from 'pino';
 import type { Db } from '../platform/sql.js';
-import { pruneInBatches, startPruner, type Pruner } from '../platform/pruning.js';
+import type { Periodic } from '../platform/periodic.js';
+import { pruneInBatches, startPruner } from '../platform/pruning.js';
 import { createProductStore } from './store.js';
 
 export interface ProductRetention {
@@ -20,6 +21,6 @@ export async function pruneProductRows(db: Db, { releasedTtlMs, ...batches }: Pr
 }
 
 /** The product service's retention on a timer, every `intervalMs` (RETENTION_INTERVAL_MS). */
-export function startProductRetention(db: Db, logger: Logger, intervalMs: number, retention: ProductRetention): Pruner {
+export function startProductRetention(db: Db, logger: Logger, intervalMs: number, retention: ProductRetention): Periodic {
   return startPruner(logger.child({ component: 'retention' }), intervalMs, (shouldStop) => pruneProductRows(db, retention, Date.now(), shouldStop));
 }

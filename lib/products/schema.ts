@@ -3,7 +3,7 @@ import { z } from 'zod';
 import { toCents } from '../platform/money.js';
 import { PagingShape, PRINTABLE } from '../platform/validation.js';
 
-export const MAX_PRICE = 10_000_000;
+const MAX_PRICE = 10_000_000;
 export const MAX_STOCK = 1_000_000_000;
 
 const hasWholeCents = (price: number) => toCents(price) / 100 === price;
@@ -100,7 +100,7 @@ export const LOW_STOCK_BELOW = 10;
 // Reservations: the internal step the order service uses to take the stock of all of an order's
 // items at once (or none), and to give it back.
 
-export const ReservationIdSchema = z.string().regex(/^[A-Za-z0-9_:.-]{1,100}$/, 'must be 1 to 100 characters of A-Z a-z 0-9 _ : . -');
+const ReservationIdSchema = z.string().regex(/^[A-Za-z0-9_:.-]{1,100}$/, 'must be 1 to 100 characters of A-Z a-z 0-9 _ : . -');
 export const ReservationParamsSchema = z.object({ id: ReservationIdSchema });
 
 export const ReserveSchema = z.strictObject({

@@ -153,7 +153,7 @@ export function issueToken(key: SigningKey, user: { id: number; role: string; to
     .sign(key.privateKey);
 }
 
-export const invalidCredentials = (): HttpError => new HttpError(401, 'INVALID_CREDENTIALS', 'Email or password is wrong');
+const invalidCredentials = (): HttpError => new HttpError(401, 'INVALID_CREDENTIALS', 'Email or password is wrong');
 
 export interface LoginDeps {
   store: { credentials(email: string): Promise<{ id: number; role: string; passwordHash: string | null; tokenVersion?: number } | undefined> };

@@ -3,8 +3,6 @@ import type { ServiceClient } from '../platform/service-client.js';
 import { checkedBody, type CallOptions } from '../platform/typed-client.js';
 import { UserSchema, UserStatsSchema, type User, type UserStats } from './schema.js';
 
-export type { User };
-
 export interface UsersClient {
   /**
    * null when the user service answers 404; any other failure throws as ServiceClient does. Pass the

@@ -2,8 +2,8 @@
 import { z } from 'zod';
 import { PagingShape, PRINTABLE } from '../platform/validation.js';
 
-export const ROLES = ['admin', 'user'] as const;
-export const RoleSchema = z.enum(ROLES, { message: 'must be "admin" or "user"' });
+const ROLES = ['admin', 'user'] as const;
+const RoleSchema = z.enum(ROLES, { message: 'must be "admin" or "user"' });
 export type Role = z.infer<typeof RoleSchema>;
 
 const NameSchema = z.string().trim().min(2, 'must be 2 to 100 characters').max(100, 'must be 2 to 100 characters')

@@ -1,8 +1,8 @@
 // The keys tokens are signed with: one fixed key (JWT_PRIVATE_KEY, or the PEM file under DATA_DIR),
 // or keys kept in the database, shared by every instance and rotated without logging anyone out.
 import { createPrivateKey, generateKeyPairSync } from 'node:crypto';
-import { createLocalJWKSet, errors, type JWK, type JWTVerifyGetKey } from 'jose';
-import { rereadAtMostOnceASecond } from '../platform/identity.js';
+import { createLocalJWKSet, type JWK, type JWTVerifyGetKey } from 'jose';
+import { rereadAtMostOnceASecond, rereadOnUnknownKey } from '../platform/identity.js';
 import type { Logger } from '../platform/logger.js';
 import type { Db } from '../platform/sql.js';
 import { localKeys, toSigningKey, type SigningKey } from './auth.js';
@@ -136,15 +136,7 @@ export async function startStoredKeyRing(db: Db, { refreshMs, retainMs, logger, 
     if (kids !== verifySet.kids) verifySet = { kids, get: createLocalJWKSet({ keys: published.map((k) => k.publicJwk) }) };
     return verifySet.get(header, token);
   };
-  const verifyKeys: JWTVerifyGetKey = async (header, token) => {
-    try {
-      return await localKey(header, token);
-    } catch (err) {
-      if (!(err instanceof errors.JWKSNoMatchingKey)) throw err;
-      await reread();
-      return localKey(header, token);
-    }
-  };
+  const verifyKeys = rereadOnUnknownKey(localKey, reread);
   return {
     signingKey: () => Promise.resolve(inUse().signing!),
     publicKeys: () => Promise.resolve(inUse().published.map((k) => k.publicJwk)),

@@ -4,9 +4,9 @@
 import type { RequestHandler } from 'express';
 import { z } from 'zod';
 
-export type ApiMethod = 'get' | 'post' | 'put' | 'patch' | 'delete';
+type ApiMethod = 'get' | 'post' | 'put' | 'patch' | 'delete';
 
-export interface ApiResponse {
+interface ApiResponse {
   description: string;
   /** JSON body; errors (status >= 400) default to the contract's error body. */
   body?: z.ZodType;
@@ -28,7 +28,7 @@ export interface ApiRoute {
 }
 
 /** The contract's error body, answered for every status >= 400. */
-export const ErrorBodySchema = z.object({
+const ErrorBodySchema = z.object({
   error: z.string(),
   code: z.string().describe('machine-readable, e.g. VALIDATION_ERROR'),
   details: z.array(z.object({ field: z.string(), message: z.string() })).optional(),
