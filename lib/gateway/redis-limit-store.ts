@@ -1,7 +1,8 @@
 // The rate limiters' shared store: hit counts kept in Redis, so every gateway replica counts
 // against the same windows. While Redis cannot be reached the limiters fall back (rate-limit.ts)
 // and this store says so: its state, a gauge, one warn line per outage and one info line at the end.
-import { Redis, ReplyError } from 'ioredis';
+import { createRequire } from 'node:module';
+import type { Redis } from 'ioredis';
 import type { Logger } from '../platform/logger.js';
 import type { GatewayMetrics } from './metrics.js';
 
@@ -57,6 +58,11 @@ if hits == 1 or ttl < 0 then
 end
 return {hits, ttl}`;
 
+// ioredis (about 13 MB of the gateway's resident memory) is loaded by the first store made, that is
+// only when REDIS_URL is set: a gateway that counts in its own memory never pays for it.
+let ioredis: typeof import('ioredis') | undefined;
+const loadIoredis = (): typeof import('ioredis') => (ioredis ??= createRequire(import.meta.url)('ioredis') as typeof import('ioredis'));
+
 type HitClient = Redis & { gatewayHit(key: string, windowMs: number): Promise<[number, number]> };
 
 /** Keys are prefix + the limiter's name + the client; a client key longer than this is cut. */
@@ -83,6 +89,8 @@ export function createRedisLimitStore({ url, prefix, commandTimeoutMs, connectTi
   /** Connections in a row that connected but did not answer the probe: they lengthen the back-off. */
   let unansweredConnections = 0;
 
+  const { Redis } = loadIoredis();
+  const ReplyError = loadIoredis().ReplyError as new () => Error;
   const client = new Redis(url, {
     commandTimeout: commandTimeoutMs,
     connectTimeout: connectTimeoutMs,
@@ -118,7 +126,7 @@ export function createRedisLimitStore({ url, prefix, commandTimeoutMs, connectTi
 
   const isTimeout = (err: unknown): boolean => (err as Error).message === 'Command timed out';
   // Redis answered, with an error (a key of the wrong type under our prefix, say): it is reachable.
-  const isReply = (err: unknown): boolean => err instanceof (ReplyError as new () => Error);
+  const isReply = (err: unknown): boolean => err instanceof ReplyError;
   /** Drops a connection whose replies can no longer be matched to their commands. */
   const dropStalled = (): void => {
     // Several commands may time out on one connection: it counts once.
