@@ -1,6 +1,6 @@
 // How a ServiceClient sends: one request over a node:http keep-alive agent, the whole answer read
-// into a string. Leaner than fetch (no Request, Response, Headers or web streams, no AbortSignal
-// per call for the timeout): calls between our processes cost a third less CPU over it.
+// into a string. No Request, Response, Headers or web streams and no AbortSignal per call for the
+// timeout: a call costs a fraction of fetch's CPU, and less than a fetch emulated over the same agents.
 import { Agent as HttpAgent, request as httpRequest, type IncomingHttpHeaders, type IncomingMessage } from 'node:http';
 import { Agent as HttpsAgent, request as httpsRequest } from 'node:https';
 import { RESPONSE_TOO_LARGE } from './upstream-errors.js';
