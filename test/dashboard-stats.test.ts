@@ -1,11 +1,9 @@
 import { after, before, beforeEach, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { once } from 'node:events';
-import { Agent, createServer, type Server } from 'node:http';
+import { createServer, type Server } from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
-import { agentFetch, type PooledInstance } from '../lib/gateway/agent-fetch.js';
 import { SharedAnswers } from '../lib/gateway/dashboard/shared-answers.js';
-import { RESPONSE_TOO_LARGE } from '../lib/platform/upstream-errors.js';
 import { deadUrl, startGateway, type StartedGateway } from './gateway-helpers.js';
 import { http } from './helpers.js';
 
@@ -101,88 +99,6 @@ describe('shared answers', () => {
     const bounded = new SharedAnswers<number>({ ttlMs: 1000, maxEntries: 3, now });
     for (let i = 0; i < 20; i++) await bounded.get(`caller ${i}`, load);
     assert.equal(bounded.size, 3);
-  });
-});
-
-describe('agentFetch', () => {
-  let up: StatsUpstream;
-  let big: Server;
-  let bigUrl: string;
-  const agents: Agent[] = [];
-  const pooled = (url: string): PooledInstance => {
-    const u = new URL(url);
-    const agent = new Agent({ keepAlive: true });
-    agents.push(agent);
-    return { target: url, hostname: u.hostname, port: u.port, agent };
-  };
-  before(async () => {
-    up = await startStatsUpstream(STATS.users);
-    // /chunked: 100 KB without a length; /declared: says 100 KB; /cut: half of what it says, then the connection ends.
-    big = createServer((req, res) => {
-      if (req.url === '/chunked') return res.end('x'.repeat(100_000));
-      if (req.url === '/declared') return res.writeHead(200, { 'content-length': '100000' }).end('x'.repeat(100_000));
-      res.writeHead(200, { 'content-length': '100' }).write('x'.repeat(50));
-      setImmediate(() => req.socket.destroy());
-    });
-    big.listen(0, '127.0.0.1');
-    await once(big, 'listening');
-    bigUrl = `http://127.0.0.1:${(big.address() as AddressInfo).port}`;
-  });
-  after(async () => {
-    for (const a of agents) a.destroy();
-    await up?.close();
-    await new Promise((resolve) => big?.close(resolve));
-  });
-
-  test('when called one after another, then the calls share one kept-alive connection and answer as fetch would', async () => {
-    const send = agentFetch([pooled(up.url)]);
-    up.busySockets.clear();
-    for (let i = 0; i < 3; i++) {
-      const res = await send(`${up.url}/stats`, { method: 'GET', headers: { accept: 'application/json', authorization: 'Bearer t' } });
-      assert.equal(res.status, 200);
-      assert.equal(res.headers.get('content-type'), 'application/json');
-      assert.deepEqual(await res.json(), STATS.users);
-    }
-    assert.equal(up.stats.at(-1), 'Bearer t');
-    assert.equal(up.busySockets.size, 1);
-  });
-
-  test('when a URL is not one of its instances\', then it is refused and nothing is sent', async () => {
-    const send = agentFetch([pooled(up.url)]);
-    const before = up.stats.length;
-    await assert.rejects(send(`${up.url}x/stats`, { method: 'GET' }), /no instance/);
-    await assert.rejects(send('http://169.254.169.254/stats', { method: 'GET' }), /no instance/);
-    assert.equal(up.stats.length, before);
-  });
-
-  test('when the answer is larger than maxBytes, declared or not, then it rejects as too large; cut short, as a reset', async () => {
-    const send = agentFetch([pooled(bigUrl)], 10_000);
-    for (const path of ['/chunked', '/declared']) {
-      await assert.rejects(send(`${bigUrl}${path}`, { method: 'GET' }), (err: NodeJS.ErrnoException) => err.code === RESPONSE_TOO_LARGE);
-    }
-    await assert.rejects(send(`${bigUrl}/cut`, { method: 'GET' }), (err: NodeJS.ErrnoException) => err.code === 'ECONNRESET');
-  });
-
-  test('when the signal aborts, then it rejects with the signal\'s reason and the connection is dropped', async () => {
-    const send = agentFetch([pooled(up.url)]);
-    let release!: () => void;
-    up.gate = new Promise((resolve) => {
-      release = resolve;
-    });
-    try {
-      const controller = new AbortController();
-      const asked = up.stats.length;
-      const call = send(`${up.url}/stats`, { method: 'GET', signal: controller.signal });
-      while (up.stats.length === asked) await new Promise((resolve) => setImmediate(resolve));
-      controller.abort(new Error('given up'));
-      await assert.rejects(call, /given up/);
-      const already = new AbortController();
-      already.abort(new Error('before'));
-      await assert.rejects(send(`${up.url}/stats`, { method: 'GET', signal: already.signal }), /before/);
-    } finally {
-      up.gate = undefined;
-      release();
-    }
   });
 });
 

@@ -11,11 +11,10 @@ import { parseId } from '../platform/validation.js';
 import { createOrdersClient } from '../orders/client.js';
 import { createProductsClient } from '../products/client.js';
 import { createUsersClient } from '../users/client.js';
-import { agentFetch } from './agent-fetch.js';
 import { CircuitOpenError } from './breakers.js';
 import { SharedAnswers } from './dashboard/shared-answers.js';
 import { ownRoutePath } from './route-table.js';
-import type { ServiceName, Upstream } from './upstreams.js';
+import { poolOf, type ServiceName, type Upstream } from './upstreams.js';
 
 /** Orders shown with a user; a user with more sees the newest ones. */
 const USER_ORDERS_LIMIT = 100;
@@ -37,7 +36,7 @@ const pooledClient = (upstream: Upstream): ServiceClient => new ServiceClient({
   name: upstream.name,
   instances: upstream.instances as unknown as InstanceSet,
   timeoutMs: upstream.timeoutMs,
-  fetch: agentFetch(upstream.instances.list),
+  agentOf: poolOf,
   retries: upstream.retries,
 });
 

@@ -1,9 +1,10 @@
 // The three services as the gateway sees them, each built once at start: its instances (each
 // with its own keep-alive agent, outlier state and /health probe), one ServiceClient for
 // aggregation over them, and one breaker.
-import { Agent } from 'node:http';
+import type { Agent } from 'node:http';
 import { Instance, InstanceSet, pinLoopback } from '../platform/balancer.js';
 import { urlList } from '../platform/config.js';
+import { keepAliveAgent } from '../platform/http-transport.js';
 import type { Logger } from '../platform/logger.js';
 import { RetryBudget } from '../platform/retry.js';
 import { RETRY_TOKENS_PER_INSTANCE, ServiceClient, UpstreamUnavailableError, type UpstreamFailure } from '../platform/service-client.js';
@@ -42,9 +43,9 @@ export class GatewayInstance extends Instance {
     this.port = u.port || '80';
     this.host = u.host;
     this.origin = u.origin;
-    this.agent = new Agent({ keepAlive: true, maxSockets: MAX_SOCKETS, maxFreeSockets: MAX_FREE_SOCKETS, timeout: IDLE_SOCKET_MS, scheduling: 'lifo' });
+    this.agent = keepAliveAgent();
     this.sent = metrics.instanceRequests(name, url);
-    const probeClient = new ServiceClient({ name, baseUrl: target, timeoutMs: config.HEALTH_PROBE_TIMEOUT_MS, maxResponseBytes: 64 * 1024 });
+    const probeClient = new ServiceClient({ name, baseUrl: target, timeoutMs: config.HEALTH_PROBE_TIMEOUT_MS, maxResponseBytes: 64 * 1024, agentOf: () => this.agent });
     let probing: Promise<ProbeResult> | undefined;
     this.probe = () => {
       probing ??= runProbe(probeClient).finally(() => {
@@ -80,13 +81,6 @@ export interface Upstream {
   /** Stops timers and closes the pools. */
   close(): void;
 }
-
-// Per instance. Enough sockets for a busy gateway, few enough that a stuck service cannot take
-// every file descriptor; idle sockets close after 30 s, well before the services' 65 s
-// keepAliveTimeout, so we never write to a socket the service is closing (ECONNRESET).
-const MAX_SOCKETS = 256;
-const MAX_FREE_SOCKETS = 64;
-const IDLE_SOCKET_MS = 30_000;
 
 const URL_VARS: Record<ServiceName, 'USERS_URL' | 'PRODUCTS_URL' | 'ORDERS_URL'> = {
   users: 'USERS_URL',
@@ -178,7 +172,7 @@ export function createUpstreams(config: GatewayConfig, logger: Logger, metrics: 
       target: list[0].target,
       instances,
       timeoutMs: config.UPSTREAM_TIMEOUT_MS,
-      client: new ServiceClient({ name, instances: instances as unknown as InstanceSet, timeoutMs: config.UPSTREAM_TIMEOUT_MS, retries }),
+      client: new ServiceClient({ name, instances: instances as unknown as InstanceSet, timeoutMs: config.UPSTREAM_TIMEOUT_MS, retries, agentOf: poolOf }),
       tries: new TryPolicy(instances, single ? 0 : (config.UPSTREAM_PER_TRY_TIMEOUT_MS ?? Math.floor(config.UPSTREAM_TIMEOUT_MS / 4))),
       retries,
       breaker,
@@ -191,6 +185,9 @@ export function createUpstreams(config: GatewayConfig, logger: Logger, metrics: 
     };
   });
 }
+
+/** An instance's pool, the proxy's: a client over the instances shares it. */
+export const poolOf = (instance: Instance): Agent => (instance as GatewayInstance).agent;
 
 async function runProbe(client: ServiceClient): Promise<ProbeResult> {
   const started = performance.now();

@@ -53,8 +53,10 @@ export function buildOrderService(deps: ServiceDeps, config: OrderServiceConfig)
     }),
     close: async () => {
       await Promise.all([releases.stop(), retention.stop()]);
-      usersClient.instances.shutdown();
-      productsClient.instances.shutdown();
+      for (const client of [usersClient, productsClient]) {
+        client.instances.shutdown();
+        client.close();
+      }
     },
   };
 }

@@ -7,7 +7,9 @@ import { HttpError } from './errors.js';
 import { mayRetry, RetryBudget } from './retry.js';
 import { ATTR_HTTP_REQUEST_METHOD, ATTR_URL_PATH } from '@opentelemetry/semantic-conventions';
 import { ATTR_PEER_SERVICE, startClientSpan } from './span-recorder.js';
-import { classifyUpstreamError, RESPONSE_TOO_LARGE, type UpstreamFailure } from './upstream-errors.js';
+import { AnswerHeaders, Endpoint, send, SEND_TIMED_OUT, type Answer, type SendFailure } from './http-transport.js';
+import { classifyUpstreamError, type UpstreamFailure } from './upstream-errors.js';
+import type { Agent } from 'node:http';
 
 export type { UpstreamFailure };
 
@@ -90,8 +92,11 @@ export interface ServiceClientOptions {
   timeoutMs: number;
   /** Largest response body read; a larger one is a bad response. */
   maxResponseBytes?: number;
-  /** How requests are sent: the global fetch unless given (the gateway's keep-alive pools, say). */
-  fetch?: Fetch;
+  /**
+   * The keep-alive pool of each instance (the gateway's proxy pools, say); by default one of its
+   * own per instance, bounded (see keepAliveAgent), which close() destroys.
+   */
+  agentOf?: (instance: Instance) => Agent;
   /**
    * The retries its calls may spend (shared with the gateway's proxy to the same service); by
    * default one of its own: a fifth of its calls, up to RETRY_TOKENS_PER_INSTANCE per instance.
@@ -99,13 +104,10 @@ export interface ServiceClientOptions {
   retries?: RetryBudget;
 }
 
-/** What a ServiceClient sends with: fetch's signature, for the URLs of its instances. */
-export type Fetch = (url: string, init: RequestInit) => Promise<Response>;
-
 export interface ServiceResponse<T> {
   status: number;
   body: T;
-  headers: Headers;
+  headers: AnswerHeaders;
 }
 
 export interface RequestOptions {
@@ -146,13 +148,12 @@ export class ServiceClient {
   readonly instances: InstanceSet;
   private readonly timeoutMs: number;
   private readonly maxResponseBytes: number;
-  private readonly fetch: Fetch;
   private readonly retries: RetryBudget;
+  private readonly endpoints = new Map<Instance, Endpoint>();
+  private readonly ownAgents: boolean;
 
-  constructor({ name, baseUrl, instances, timeoutMs, maxResponseBytes = 4 * 1024 * 1024, fetch: send, retries }: ServiceClientOptions) {
+  constructor({ name, baseUrl, instances, timeoutMs, maxResponseBytes = 4 * 1024 * 1024, agentOf, retries }: ServiceClientOptions) {
     this.name = name;
-    // The global looked up at each call, as before.
-    this.fetch = send ?? ((url, init) => fetch(url, init));
     if (instances) this.instances = instances;
     else if (baseUrl !== undefined) {
       const url = baseUrl.replace(/\/+$/, '');
@@ -160,6 +161,8 @@ export class ServiceClient {
       this.instances = new InstanceSet([new Instance(url, url)], { consecutiveFailures: 1, ejectionMs: 1, maxEjectionMs: 1 });
     } else throw new Error('a ServiceClient needs a baseUrl or instances');
     this.baseUrl = this.instances.list[0].target;
+    this.ownAgents = agentOf === undefined;
+    for (const i of this.instances.list) this.endpoints.set(i, new Endpoint(i.target, agentOf?.(i)));
     this.timeoutMs = timeoutMs;
     this.maxResponseBytes = maxResponseBytes;
     const cap = RETRY_TOKENS_PER_INSTANCE * this.instances.list.length;
@@ -179,47 +182,49 @@ export class ServiceClient {
     if (left <= 0) throw new DeadlineExceededError(this.name);
     const byDeadline = left < this.timeoutMs;
     const timeoutMs = byDeadline ? left : this.timeoutMs;
-    const timeout = AbortSignal.timeout(timeoutMs);
-    const signal = options.signal ? AbortSignal.any([timeout, options.signal]) : timeout;
+    const endAt = performance.now() + timeoutMs;
     const span = startClientSpan(`${method} ${this.name}`, { [ATTR_PEER_SERVICE]: this.name, [ATTR_HTTP_REQUEST_METHOD]: method, [ATTR_URL_PATH]: path.split('?')[0].slice(0, 256) });
     const headers: Record<string, string> = { accept: 'application/json', ...span.headers, ...options.headers, [REQUEST_TIMEOUT_HEADER]: String(timeoutMs) };
     let payload: string | undefined;
     if (options.body !== undefined) {
       payload = JSON.stringify(options.body);
       headers['content-type'] = 'application/json';
+      headers['content-length'] = String(Buffer.byteLength(payload));
     }
-    let res: Response | undefined;
-    let text: string;
+    let res: Answer;
     const set = this.instances;
     let instance = set.pick()!;
     let retried = false;
     this.retries.deposit();
     for (;;) {
       set.begin(instance);
+      const sentAt = performance.now();
       try {
-        const sentAt = performance.now();
-        res = await this.fetch(instance.target + path, { method, headers, body: payload, signal });
+        res = await send(this.endpoints.get(instance)!, { method, path, headers, body: payload, signal: options.signal, timeoutMs: endAt - sentAt, maxBytes: this.maxResponseBytes });
+        const blameless = res.status < 500 || res.headers[DEPENDENCY_HEADER] !== undefined;
         set.observe(instance, performance.now() - sentAt);
-        text = await readBounded(res, this.maxResponseBytes);
-        set.end(instance, res.status < 500 || res.headers.has(DEPENDENCY_HEADER));
-        if (res.status >= 500 && !res.headers.has(DEPENDENCY_HEADER)) set.fail(instance, 'server_error');
+        set.end(instance, blameless);
+        if (!blameless) set.fail(instance, 'server_error');
         break;
-      } catch (err) {
+      } catch (thrown) {
+        const { error: err, reusedSocket, answered } = thrown as SendFailure;
         set.end(instance, false);
-        const failure = options.signal?.aborted ? 'aborted' : classifyUpstreamError(err, timeout.aborted);
+        const timedOut = (err as { code?: unknown }).code === SEND_TIMED_OUT;
+        const failure = options.signal?.aborted ? 'aborted' : classifyUpstreamError(err, timedOut);
         if (failure !== 'aborted' && !(failure === 'timeout' && byDeadline)) set.fail(instance, failure);
-        // Failed before any answer: another instance takes it when that cannot do harm twice.
-        const retry = !retried && failure !== 'aborted' && mayRetry({
+        // Failed before any answer: another instance (or a fresh connection) takes it when that cannot do harm twice.
+        const retry = !retried && failure !== 'aborted' && performance.now() < endAt && mayRetry({
           method,
           idempotencyKey: headers['idempotency-key'] !== undefined,
           failure,
-          answered: res !== undefined,
-          reusedSocket: false,
+          answered,
+          reusedSocket,
           severalInstances: !set.single,
           replayable: true,
         });
         if (retry) {
-          const next = set.pick(instance);
+          // A lone instance is asked again only on a fresh connection, after a pooled one it had closed.
+          const next = set.single ? (reusedSocket && failure === 'reset' ? instance : undefined) : set.pick(instance);
           if (next && this.retries.withdraw()) {
             retried = true;
             instance = next;
@@ -235,15 +240,15 @@ export class ServiceClient {
     span.end({ status: res.status });
     let body: unknown;
     try {
-      body = text === '' ? undefined : JSON.parse(text);
+      body = res.body === '' ? undefined : JSON.parse(res.body);
     } catch {
       throw new UpstreamUnavailableError(this.name, 'bad_response', res.status);
     }
     if ((res.status >= 200 && res.status < 300) || options.accept?.includes(res.status)) {
-      return { status: res.status, body: body as T, headers: res.headers };
+      return { status: res.status, body: body as T, headers: new AnswerHeaders(res.headers) };
     }
     // A dependency's fault is the callee's answer, not its failure: an HttpError keeping its status.
-    if (res.status >= 500 && !res.headers.has(DEPENDENCY_HEADER)) throw new UpstreamUnavailableError(this.name, 'server_error', res.status);
+    if (res.status >= 500 && res.headers[DEPENDENCY_HEADER] === undefined) throw new UpstreamUnavailableError(this.name, 'server_error', res.status);
     const b = (body ?? {}) as { error?: unknown; code?: unknown; details?: unknown };
     throw new HttpError(
       res.status,
@@ -260,23 +265,9 @@ export class ServiceClient {
   post<T>(path: string, body: unknown, options?: RequestOptions) {
     return this.request<T>('POST', path, { ...options, body });
   }
-}
 
-async function readBounded(res: Response, max: number): Promise<string> {
-  const declared = Number(res.headers.get('content-length'));
-  if (declared > max) {
-    await res.body?.cancel();
-    throw tooLarge();
+  /** Closes the idle connections of the pools it made itself (not those it was given). */
+  close(): void {
+    if (this.ownAgents) for (const e of this.endpoints.values()) e.agent.destroy();
   }
-  if (!res.body) return '';
-  const chunks: Uint8Array[] = [];
-  let size = 0;
-  for await (const chunk of res.body) {
-    size += chunk.byteLength;
-    if (size > max) throw tooLarge();
-    chunks.push(chunk);
-  }
-  return Buffer.concat(chunks).toString('utf8');
 }
-
-const tooLarge = (): Error => Object.assign(new Error('response too large'), { code: RESPONSE_TOO_LARGE });
