@@ -1,7 +1,7 @@
 import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createTracing } from '../lib/platform/span-recorder.js';
-import { newTraceId } from '../lib/platform/trace-context.js';
+import { newTraceId, runWithTrace } from '../lib/platform/trace-context.js';
 import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { eventually, startFakeUpstream, startGateway } from './gateway-helpers.js';
@@ -9,7 +9,7 @@ import { Writable } from 'node:stream';
 import { createGateway } from '../lib/gateway/app.js';
 import { GatewayConfigSchema } from '../lib/gateway/config.js';
 import { parseConfig } from '../lib/platform/config.js';
-import { createLogger } from '../lib/platform/logger.js';
+import { createLogger, requestLineLogger } from '../lib/platform/logger.js';
 import { closeServer, listen } from '../lib/platform/server.js';
 import { http, memoryLogger } from './helpers.js';
 
@@ -106,5 +106,29 @@ describe('logs for people', () => {
       await gateway.close();
       await up.stop();
     }
+  });
+});
+
+describe('the request line logger', () => {
+  test('when a request line and a mistaken secret are logged, then the line matches the root logger\'s and the secret is still redacted', async () => {
+    const { logger, lines } = memoryLogger('gateway', 'info');
+    const line = { traceId: 't1', spanId: 's1', method: 'GET', url: '/api/products/1?token=x', status: 200, durationMs: 1.5 };
+    const other = { traceId: 't2', w3cTraceId: 't2', spanId: 's2' };
+    // Inside another request's trace: the line's own ids win, as with the root logger.
+    runWithTrace(other, () => {
+      requestLineLogger(logger).info({ ...line }, 'request');
+      logger.info({ ...line }, 'request');
+      logger.info({ authorization: 'Bearer secret', body: { password: 'p' } }, 'mistake');
+    });
+    await new Promise((resolve) => setImmediate(resolve));
+    const [fromLine, fromRoot, mistake] = lines();
+    const { time: _a, ...a } = fromLine;
+    const { time: _b, ...b } = fromRoot;
+    assert.deepEqual(a, b);
+    assert.equal(a.traceId, 't1');
+    assert.equal(a.service, 'gateway');
+    assert.equal(mistake.authorization, '[redacted]');
+    assert.equal((mistake.body as { password: string }).password, '[redacted]');
+    assert.equal(mistake.traceId, 't2');
   });
 });

@@ -54,7 +54,8 @@ export function clientInFlightLimit({ max, maxClients }: { max: number; maxClien
       socket.once('close', releaseConnection);
     }
     counted.add(res);
-    res.once('close', release);
+    // 'close' comes once (and release runs once): no once-wrapper per request.
+    res.on('close', release);
     return undefined;
   };
 }

@@ -151,7 +151,7 @@ export class Exchange {
       cancellation.defer();
       this.startedAt = performance.now();
       cancellation.onAbort(() => this.onTimeout());
-      this.res.once('close', () => this.onClientClose());
+      this.res.on('close', () => this.onClientClose());
       // One client span per call that really goes out (not for circuit-open answers): the
       // service's server span hangs under it through the traceparent it carries.
       this.span = startClientSpan(`${this.req.method} ${service}`, { [ATTR_PEER_SERVICE]: service, [ATTR_HTTP_REQUEST_METHOD]: this.req.method });
@@ -391,7 +391,7 @@ export function createServiceProxy({ upstream, cache, metrics, logger, trustsPro
       if (ex.cacheKey !== undefined && cache.wants(ex.cacheKey, proxyRes)) cache.capture(ex.cacheKey, proxyRes);
       ex.resolve();
     }
-    proxyRes.once('close', () => {
+    proxyRes.on('close', () => {
       // The call's one outcome, now that its answer has ended (unless a 5xx decided it already):
       // a body cut short is the service's failure, whatever its headers said.
       ex.finish(!proxyRes.complete ? 'reset' : dependencyFault ? 'dependency' : 'success');
@@ -477,7 +477,8 @@ export function createServiceProxy({ upstream, cache, metrics, logger, trustsPro
     instances.begin(instance);
     instance.sent.inc();
     ex.try = tries.start(instance, ex.retry === 'none' && (req.method === 'GET' || req.method === 'HEAD') && !hasBody(req.headers), () => tryTimedOut(ex));
-    proxyReq.once('response', (proxyRes: IncomingMessage) => onResponse(ex, proxyRes));
+    // 'response' and 'close' come once each: plain listeners spare a once-wrapper per request.
+    proxyReq.on('response', (proxyRes: IncomingMessage) => onResponse(ex, proxyRes));
     proxyReq.on('error', (err: Error) => onError(ex, err));
     if (!hasBody(req.headers)) proxyReq.end();
     else if (ex.body !== undefined) proxyReq.end(ex.body);

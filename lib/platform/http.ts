@@ -9,6 +9,7 @@ import type { Logger } from 'pino';
 import { HttpError } from './errors.js';
 import { bindToTrace, runWithTrace, traceFromHeaders, type TraceContext } from './trace-context.js';
 import { ALIAS_ATTRIBUTE, type Tracing } from './span-recorder.js';
+import { requestLineLogger } from './logger.js';
 
 const BODY_LIMIT_BYTES = 100 * 1024;
 /** Deeper JSON parses, but later makes JSON.stringify and zod recurse too far: refuse it up front. */
@@ -43,7 +44,7 @@ const writeHead = ServerResponse.prototype.writeHead;
 const writeHeadTimed = function (this: WithState, ...args: Parameters<typeof writeHead>) {
   const state = this[STATE];
   if (state !== undefined && !this.headersSent && !this.hasHeader('x-response-time')) {
-    this.setHeader('X-Response-Time', `${(Number(process.hrtime.bigint() - state.started) / 1e6).toFixed(1)}ms`);
+    this.setHeader('X-Response-Time', `${(performance.now() - state.started).toFixed(1)}ms`);
   }
   return writeHead.apply(this, args);
 } as typeof writeHead;
@@ -75,7 +76,8 @@ export type RequestObserver = (req: Request, res: Response, durationMs: number) 
 /** What requestContext keeps per request for its one 'close' listener. */
 interface RequestState {
   logger: Logger;
-  started: bigint;
+  /** performance.now() when the request arrived. */
+  started: number;
   span: Span | undefined;
   observers: readonly RequestObserver[];
   /** Log the request line at debug rather than info. */
@@ -93,7 +95,7 @@ function onClose(this: Response): void {
   res[STATE] = undefined;
   const req = res.req;
   const trace = res.locals.trace;
-  const durationMs = Math.round(Number(process.hrtime.bigint() - state.started) / 1e5) / 10;
+  const durationMs = Math.round((performance.now() - state.started) * 10) / 10;
   const status = res.statusCode;
   const aborted = !res.writableFinished;
   const { span } = state;
@@ -122,6 +124,7 @@ function onClose(this: Response): void {
  * request answered in full, timed by the same clock.
  */
 export function requestContext(logger: Logger, tracing?: Tracing, observers: readonly RequestObserver[] = []): RequestHandler {
+  const lineLogger = requestLineLogger(logger);
   return (req, res, next) => {
     // The path without Express's URL parsing for the usual origin-form URL (this runs on every
     // request); absolute-form URLs and fragments go through req.path, which strips them.
@@ -132,13 +135,14 @@ export function requestContext(logger: Logger, tracing?: Tracing, observers: rea
     const traced = tracing !== undefined && !quiet;
     const trace = traceFromHeaders(req.headers, !traced);
     res.locals.trace = trace;
-    const state: RequestState = { logger, started: process.hrtime.bigint(), span: undefined, observers, quiet };
+    const state: RequestState = { logger: lineLogger, started: performance.now(), span: undefined, observers, quiet };
     (res as WithState)[STATE] = state;
     const run = (span?: Span) => {
       state.span = span;
       res.setHeader('X-Trace-Id', trace.traceId);
       res.setHeader('X-Span-Id', trace.spanId);
-      res.once('close', onClose);
+      // 'close' comes once: a plain listener spares the once-wrapper made and removed per request.
+      res.on('close', onClose);
       next();
     };
     if (!traced) return runWithTrace(trace, run);
