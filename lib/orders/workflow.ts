@@ -4,7 +4,7 @@
 // or once the product service confirmed the release.
 import { randomUUID } from 'node:crypto';
 import type { Logger } from 'pino';
-import { HttpError, notFound } from '../platform/errors.js';
+import { HttpError, notFound, StorageUnavailableError } from '../platform/errors.js';
 import { deadlineLeftMs, deadlinePassed, DeadlineExceededError, UpstreamUnavailableError, withoutDeadline } from '../platform/service-client.js';
 import type { CallOptions } from '../platform/typed-client.js';
 import type { Page } from '../platform/validation.js';
@@ -128,9 +128,10 @@ async function placeOrder(deps: OrderDeps, input: CreateOrderInput, callOptions?
     try {
       begun = await store.beginKeyedCreate(reservationId, input.userId, key, deps.keyLeaseMs, holder);
     } catch (err) {
-      // The claim may have committed unheard: free it, or a retry with this key would wait out
-      // the lease (the retry's wait for it ends once it is). Its outbox row goes to the release worker.
-      if (err instanceof CommitInDoubtError) void freeKey(deps, input.userId, key, holder);
+      // The claim may have committed unheard (its statement, or the COMMIT of a transaction, sent
+      // and the connection lost before the answer): free it, or a retry with this key would wait
+      // out the lease (the retry's wait for it ends once it is). Its outbox row goes to the release worker.
+      if (err instanceof StorageUnavailableError) void freeKey(deps, input.userId, key, holder);
       throw err;
     }
     if (begun.kind === 'finished') return replay(begun.record, bodyHash);
@@ -247,11 +248,11 @@ async function reserveAndFinish(deps: OrderDeps, input: CreateOrderInput, reserv
     result = await store.finishCreate(newOrder, idempotency);
   } catch (err) {
     // Nothing was committed, so no order owns this stock; unless the connection broke while the
-    // answer to COMMIT was on its way, and it was. The outbox row decides: releaseNow takes it
-    // only when no order did (waiting for a commit still in flight), so the order found after it
-    // is the truth, and is the answer.
+    // answer was on its way (to the one statement that writes the order on PostgreSQL, or to a
+    // COMMIT), and it was. The outbox row decides: releaseNow takes it only when no order did
+    // (waiting for a commit still in flight), so the order found after it is the truth, and is the answer.
     await releaseNow(deps, reservationId);
-    if (err instanceof CommitInDoubtError) {
+    if (err instanceof StorageUnavailableError) {
       const committed = await store.findOrderByReservation(reservationId).catch(() => undefined);
       if (committed) {
         logger.warn({ orderId: committed.id, reservationId }, 'order created; the answer to its commit was lost and read back');

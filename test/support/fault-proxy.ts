@@ -29,7 +29,8 @@ export type Fault =
   | { kind: 'flap'; upMs: number; downMs: number }
   /**
    * Resets a connection where a chunk from the caller holds `matching` (a command of a protocol:
-   * a database's BEGIN or COMMIT): `request`, before that chunk passes (the command never
+   * a database's BEGIN or COMMIT, or the text of a PostgreSQL statement the chunk executes, named
+   * or not): `request`, before that chunk passes (the command never
    * arrives); `answer`, once it passed and its answer came back, which is dropped (done, and the
    * caller never hears so); `next`, at the caller's next chunk on that connection, which is
    * dropped (the command and its answer pass; what follows, inside a transaction just begun, is
@@ -96,9 +97,9 @@ export async function startFaultProxy(target = '', fault: Fault = { kind: 'pass'
   };
   const flapIsDown = (f: Extract<Fault, { kind: 'flap' }>) => (Date.now() - flapSince) % (f.upMs + f.downMs) >= f.upMs;
   /** The moment a chunk from a caller arms a reset at, if it is one (and counts it). */
-  const textReset = (chunk: Buffer): 'request' | 'answer' | 'next' | undefined => {
+  const textReset = (chunk: Buffer, statements: readonly string[]): 'request' | 'answer' | 'next' | undefined => {
     const f = proxy.fault;
-    if (f.kind !== 'reset-on-text' || f.times <= 0 || !chunk.includes(f.matching)) return undefined;
+    if (f.kind !== 'reset-on-text' || f.times <= 0 || !(chunk.includes(f.matching) || statements.some((t) => t.includes(f.matching)))) return undefined;
     if (f.skip) {
       f.skip--;
       return undefined;
@@ -123,6 +124,7 @@ export async function startFaultProxy(target = '', fault: Fault = { kind: 'pass'
     const { hostname, port: targetPort } = new URL(proxy.target);
     const upstream = connect(Number(targetPort), hostname);
     track(upstream);
+    const statements = postgresStatements();
     // A reset-on-text armed on this connection, waiting for its moment.
     let armed: 'answer' | 'next' | undefined;
     const cut = () => {
@@ -160,7 +162,7 @@ export async function startFaultProxy(target = '', fault: Fault = { kind: 'pass'
         if (from === client && armed === 'next') return cut();
         if (from === upstream && armed === 'answer') return cut();
         if (from === client) {
-          const at = textReset(chunk);
+          const at = textReset(chunk, statements.read(chunk));
           if (at === 'request') return cut();
           if (at) armed = at;
         }
@@ -241,4 +243,69 @@ export async function startFaultProxy(target = '', fault: Fault = { kind: 'pass'
   };
   await proxy.start();
   return proxy;
+}
+
+const SSL_REQUEST = 80877103;
+const GSSENC_REQUEST = 80877104;
+
+/**
+ * PostgreSQL's messages from a client, framed, for a reset-on-text: a named statement is parsed
+ * once per connection and later executed by its name alone, so its text is not in those chunks.
+ * `read` gives the texts a chunk parses, binds or sends as a simple query. On bytes that are not
+ * PostgreSQL's (an HTTP connection) it stops at the first message that cannot be one.
+ */
+function postgresStatements(): { read(chunk: Buffer): string[] } {
+  const texts = new Map<string, string>();
+  let pending: Buffer = Buffer.alloc(0);
+  let started = false;
+  let off = false;
+  const cString = (body: Buffer, from: number): [string, number] => {
+    const end = body.indexOf(0, from);
+    return end === -1 ? ['', body.length] : [body.toString('utf8', from, end), end + 1];
+  };
+  return {
+    read(chunk) {
+      if (off) return [];
+      pending = pending.length ? Buffer.concat([pending, chunk]) : chunk;
+      const seen: string[] = [];
+      let at = 0;
+      while (!off) {
+        if (!started) {
+          if (pending.length - at < 8) break;
+          const len = pending.readInt32BE(at);
+          if (len < 8 || len > 10_000) off = true;
+          else if (pending.length - at < len) break;
+          else {
+            const code = pending.readInt32BE(at + 4);
+            // An SSL or GSS request is answered with one byte; the startup message follows it.
+            if (code !== SSL_REQUEST && code !== GSSENC_REQUEST) started = true;
+            at += len;
+          }
+          continue;
+        }
+        if (pending.length - at < 5) break;
+        const type = pending[at];
+        const len = pending.readInt32BE(at + 1);
+        if (len < 4 || len > 64 * 1024 * 1024) {
+          off = true;
+          break;
+        }
+        if (pending.length - at < 1 + len) break;
+        const body = pending.subarray(at + 5, at + 1 + len);
+        if (type === 0x50 /* Parse */) {
+          const [name, next] = cString(body, 0);
+          const [text] = cString(body, next);
+          if (name) texts.set(name, text);
+          seen.push(text);
+        } else if (type === 0x42 /* Bind */) {
+          const [, next] = cString(body, 0);
+          const text = texts.get(cString(body, next)[0]);
+          if (text !== undefined) seen.push(text);
+        } else if (type === 0x51 /* Query */) seen.push(cString(body, 0)[0]);
+        at += 1 + len;
+      }
+      pending = off ? Buffer.alloc(0) : pending.subarray(at);
+      return seen;
+    },
+  };
 }

@@ -181,24 +181,32 @@ describe('orders on PostgreSQL while its connections are reset', { skip: skipUnl
     await assertInvariant(userId, productIds, clients.acks);
   });
 
-  test(`when connections are reset mid-transaction and right after COMMIT, in both the order and the product service, while ${CLIENTS} clients order and retry, then the same holds`, async () => {
+  // On PostgreSQL each write of a create is one statement (no BEGIN or COMMIT of its own): the
+  // faults meet those statements, the order service's first (the outbox row, with the key's claim
+  // when there is one) and last (the order), and the product service's reserve.
+  test(`when a create's writing statements lose their answers, or are cut before they reach the database, in both the order and the product service, while ${CLIENTS} clients order and retry, then the same holds`, async () => {
     const { userId, productIds } = await newCustomer();
     const clients = startClients(sys, userId, productIds, CLIENTS);
-    const phases: Fault[] = [
-      { kind: 'reset-on-text', matching: 'COMMIT', at: 'answer', times: 6 },
-      { kind: 'reset-on-text', matching: 'BEGIN', at: 'next', times: 6 },
-      { kind: 'reset-on-text', matching: 'BEGIN', at: 'request', times: 3 },
+    const phases: Record<'products' | 'orders', Fault>[] = [
+      {
+        orders: { kind: 'reset-on-text', matching: 'WITH took AS', at: 'answer', times: 6 },
+        products: { kind: 'reset-on-text', matching: 'INSERT INTO reservations', at: 'answer', times: 6 },
+      },
+      {
+        orders: { kind: 'reset-on-text', matching: 'INSERT INTO pending_releases', at: 'request', times: 3 },
+        products: { kind: 'reset-on-text', matching: 'INSERT INTO reservations', at: 'request', times: 3 },
+      },
     ];
     let lastReset = 0;
     try {
       await eventually(() => clients.acks.length >= CLIENTS, 20_000, 'orders before the first reset');
-      for (const fault of phases) {
-        for (const name of ['products', 'orders'] as const) proxies[name].fault = { ...fault };
+      for (const faults of phases) {
+        for (const name of ['products', 'orders'] as const) proxies[name].fault = { ...faults[name] };
         const done = () => (['products', 'orders'] as const).every((name) => {
           const f = proxies[name].fault;
           return f.kind === 'reset-on-text' && f.times === 0;
         });
-        await eventually(done, 10_000, `${fault.kind === 'reset-on-text' && `${fault.matching} ${fault.at}`} resets`);
+        await eventually(done, 10_000, `${faults.orders.kind === 'reset-on-text' && faults.orders.at} resets`);
         lastReset = Date.now();
       }
       await eventually(() => clients.firstAckSentAfter(lastReset) !== undefined, 5_000, 'an order sent after the last reset');
@@ -216,13 +224,14 @@ describe('orders on PostgreSQL while its connections are reset', { skip: skipUnl
   test('when one reset meets one step of a create, then the create is answered as it ended: its own commit read back, or a 503 whose retry with the key creates the order at once; a cancel or delete whose commit went unheard is answered as done', async () => {
     const { userId, productIds } = await newCustomer(1);
     const cases: { proxy: ServiceName; fault: Fault; what: string; first: number }[] = [
-      // The order, its key and the end of its outbox row committed; the answer read back.
-      { proxy: 'orders', fault: { kind: 'reset-on-text', matching: 'COMMIT', at: 'answer', skip: 1, times: 1 }, what: 'the create commit answer lost', first: 201 },
+      // The order, its key and the end of its outbox row written in one statement; its answer
+      // lost, and the order read back.
+      { proxy: 'orders', fault: { kind: 'reset-on-text', matching: 'WITH took AS', at: 'answer', times: 1 }, what: 'the create commit answer lost', first: 201 },
       // The key's claim committed, unheard: freed, so the retry does not wait out its lease.
-      { proxy: 'orders', fault: { kind: 'reset-on-text', matching: 'COMMIT', at: 'answer', times: 1 }, what: 'the claim commit answer lost', first: 503 },
-      { proxy: 'orders', fault: { kind: 'reset-on-text', matching: 'BEGIN', at: 'next', times: 1 }, what: 'the claim cut mid-transaction', first: 503 },
+      { proxy: 'orders', fault: { kind: 'reset-on-text', matching: 'INSERT INTO idempotency_claims', at: 'answer', times: 1 }, what: 'the claim commit answer lost', first: 503 },
+      { proxy: 'orders', fault: { kind: 'reset-on-text', matching: 'INSERT INTO idempotency_claims', at: 'request', times: 1 }, what: 'the claim cut before it reached the database', first: 503 },
       // The stock taken, unheard: the reservation goes back through the release worker.
-      { proxy: 'products', fault: { kind: 'reset-on-text', matching: 'COMMIT', at: 'answer', times: 1 }, what: 'the reserve commit answer lost', first: 503 },
+      { proxy: 'products', fault: { kind: 'reset-on-text', matching: 'INSERT INTO reservations', at: 'answer', times: 1 }, what: 'the reserve commit answer lost', first: 503 },
     ];
     const acks: Ack[] = [];
     for (const [i, { proxy, fault, what, first }] of cases.entries()) {
