@@ -1,7 +1,7 @@
 // The gateway's own Prometheus metrics, registered beside the platform's process and HTTP metrics.
-import { Counter, Gauge, Histogram, type Registry } from 'prom-client';
+import { Counter, Gauge, type Registry } from 'prom-client';
 import type { RequestObserver } from '../platform/http.js';
-import { DURATION_BUCKETS, metricMethod, requestRecorder } from '../platform/metrics.js';
+import { DURATION_BUCKETS, metricMethod, requestMetrics } from '../platform/metrics.js';
 import type { UpstreamFailure } from '../platform/service-client.js';
 import type { CircuitState } from './breakers.js';
 
@@ -45,18 +45,19 @@ const STATE_VALUE: Record<CircuitState, number> = { CLOSED: 0, HALF_OPEN: 1, OPE
 
 export function createGatewayMetrics(registry: Registry): GatewayMetrics {
   const registers = [registry];
-  const requests = new Counter({
-    name: 'gateway_requests_total',
-    help: 'Client requests answered by the proxy and aggregation routes, by service, method and status.',
-    labelNames: ['service', 'method', 'status'] as const,
+  const record = requestMetrics({
     registers,
-  });
-  const duration = new Histogram({
-    name: 'gateway_request_duration_seconds',
-    help: 'Time from a proxied or aggregated request to its response end, by service and method.',
-    labelNames: ['service', 'method'] as const,
-    buckets: DURATION_BUCKETS,
-    registers,
+    requests: {
+      name: 'gateway_requests_total',
+      help: 'Client requests answered by the proxy and aggregation routes, by service, method and status.',
+      labelNames: ['service', 'method', 'status'],
+    },
+    duration: {
+      name: 'gateway_request_duration_seconds',
+      help: 'Time from a proxied or aggregated request to its response end, by service and method.',
+      labelNames: ['service', 'method'],
+      buckets: DURATION_BUCKETS,
+    },
   });
   const failures = new Counter({
     name: 'gateway_upstream_failures_total',
@@ -120,7 +121,6 @@ export function createGatewayMetrics(registry: Registry): GatewayMetrics {
     },
   });
 
-  const record = requestRecorder(requests, duration);
   // Made on first use: without a shared store a gauge at 0 would read as a store that is down.
   let store: { up: Gauge; failures: Counter } | undefined;
   const storeMetrics = () =>
