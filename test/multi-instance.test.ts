@@ -152,9 +152,10 @@ describe('a gateway in front of two product-service processes', () => {
   test('when requests come in, then both instances take some, and /health and GET / list both', async () => {
     // The balancer weighs instances by latency: an instance whose first answers were slow (a cold
     // process on a busy machine) gets a small share until its average comes down, within a second
-    // or two. So requests go on, in tens, until both have taken some (at most 3 s).
+    // or two. So requests go on, twenty at a time, until both have taken some (at most 3 s).
     let sent = 0;
-    let [a, b] = [0, 0];
+    let a: number;
+    let b: number;
     const until = Date.now() + 3_000;
     do {
       for (let i = 0; i < 20; i++, sent++) assert.equal((await http(gw.url, 'GET', '/api/products/1')).status, 200);
