@@ -1,11 +1,10 @@
 // Routes that combine services: a user with their orders, and a dashboard of every service's stats.
 // Calls go through each service's typed client, in parallel, each through its service's breaker,
-// over the proxy's keep-alive pools; a part that fails is reported, not fatal.
+// with each service's own client (upstreams.ts: the proxy's keep-alive pools and retry budget); a
+// part that fails is reported, not fatal.
 import { createHash } from 'node:crypto';
 import { Router } from 'express';
-import type { InstanceSet } from '../platform/balancer.js';
 import { notFound } from '../platform/errors.js';
-import { ServiceClient } from '../platform/service-client.js';
 import { asCaller, type CallOptions } from '../platform/typed-client.js';
 import { parseId } from '../platform/validation.js';
 import { createOrdersClient } from '../orders/client.js';
@@ -14,7 +13,7 @@ import { createUsersClient } from '../users/client.js';
 import { CircuitOpenError } from './breakers.js';
 import { SharedAnswers } from './dashboard/shared-answers.js';
 import { ownRoutePath } from './route-table.js';
-import { poolOf, type ServiceName, type Upstream } from './upstreams.js';
+import type { ServiceName, Upstream } from './upstreams.js';
 
 /** Orders shown with a user; a user with more sees the newest ones. */
 const USER_ORDERS_LIMIT = 100;
@@ -31,21 +30,12 @@ export interface AggregateRoutesOptions {
 // Callers whose /stats answers are remembered at once (each service's, for each): a few admins.
 const MAX_STATS_CALLERS = 64;
 
-/** A client of `upstream`'s instances that sends over their agents (the proxy's pools) and spends the proxy's retry budget. */
-const pooledClient = (upstream: Upstream): ServiceClient => new ServiceClient({
-  name: upstream.name,
-  instances: upstream.instances as unknown as InstanceSet,
-  timeoutMs: upstream.timeoutMs,
-  agentOf: poolOf,
-  retries: upstream.retries,
-});
-
 export function createAggregateRoutes({ upstreams, statsTtlMs = 0 }: AggregateRoutesOptions): Router {
   const router = Router();
   const { users, products, orders } = upstreams;
-  const usersClient = createUsersClient(pooledClient(users));
-  const ordersClient = createOrdersClient(pooledClient(orders));
-  const productsClient = createProductsClient(pooledClient(products));
+  const usersClient = createUsersClient(users.client);
+  const ordersClient = createOrdersClient(orders.client);
+  const productsClient = createProductsClient(products.client);
   const stats: Record<ServiceName, (options: CallOptions) => Promise<unknown>> = {
     users: (options) => usersClient.stats(options),
     products: (options) => productsClient.stats(options),

@@ -187,7 +187,7 @@ export function createUpstreams(config: GatewayConfig, logger: Logger, metrics: 
 }
 
 /** An instance's pool, the proxy's: a client over the instances shares it. */
-export const poolOf = (instance: Instance): Agent => (instance as GatewayInstance).agent;
+const poolOf = (instance: Instance): Agent => (instance as GatewayInstance).agent;
 
 async function runProbe(client: ServiceClient): Promise<ProbeResult> {
   const started = performance.now();
