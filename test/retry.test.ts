@@ -6,17 +6,17 @@ import { Instance, InstanceSet } from '../lib/platform/balancer.js';
 import { mayRetry, RetryBudget, type FailedTry } from '../lib/platform/retry.js';
 import { ServiceClient, UpstreamUnavailableError } from '../lib/platform/service-client.js';
 
-const GET_RESET: FailedTry = { method: 'GET', idempotencyKey: false, failure: 'reset', answered: false, reusedSocket: false, severalInstances: true, replayable: true };
+const GET_RESET: FailedTry = { repeatable: true, failure: 'reset', answered: false, reusedSocket: false, severalInstances: true, replayable: true };
 
 describe('the retry rule', () => {
   test('when a try was refused, then any method may go again: nothing reached the service', () => {
-    for (const method of ['GET', 'POST', 'PATCH']) assert.equal(mayRetry({ ...GET_RESET, method, failure: 'refused', severalInstances: false }), true, method);
+    for (const repeatable of [true, false]) assert.equal(mayRetry({ ...GET_RESET, repeatable, failure: 'refused', severalInstances: false }), true, `repeatable: ${repeatable}`);
   });
 
   test('when a try was reset before any answer, then only a request safe to repeat goes again, to another instance or off a pooled socket', () => {
     assert.equal(mayRetry(GET_RESET), true);
-    assert.equal(mayRetry({ ...GET_RESET, method: 'POST' }), false, 'a POST may have been acted on');
-    assert.equal(mayRetry({ ...GET_RESET, method: 'POST', idempotencyKey: true }), true, 'unless its Idempotency-Key is honoured');
+    assert.equal(mayRetry({ ...GET_RESET, repeatable: false }), false, 'a POST may have been acted on');
+    assert.equal(mayRetry({ ...GET_RESET, repeatable: true }), true, 'unless its Idempotency-Key is honoured');
     assert.equal(mayRetry({ ...GET_RESET, severalInstances: false }), false, 'one instance, a fresh socket: it may have died on our request');
     assert.equal(mayRetry({ ...GET_RESET, severalInstances: false, reusedSocket: true }), true, 'a pooled socket found closed');
   });

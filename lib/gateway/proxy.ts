@@ -15,6 +15,7 @@ import { connectionNamed, isUpstreamOnly, upstreamRequestHeaders, type ClientAdd
 import type { GatewayMetrics } from './metrics.js';
 import type { UpstreamTry } from './retry.js';
 import { mayRetry } from '../platform/retry.js';
+import { ROUTES } from './route-table.js';
 import { staleCacheKey, type StaleCache } from './stale-cache.js';
 import type { GatewayInstance, Upstream } from './upstreams.js';
 
@@ -284,9 +285,7 @@ function mayRetryTry(ex: Exchange, failure: UpstreamFailure): boolean {
   if (ex.retry !== 'none') return false;
   const { req, upstream } = ex;
   return mayRetry({
-    method: req.method,
-    // Only the order service honours Idempotency-Key: a POST to another service is never sent twice.
-    idempotencyKey: upstream.name === 'orders' && req.method === 'POST' && req.headers['idempotency-key'] !== undefined,
+    repeatable: ROUTES.mayRepeat(req.method, req.originalUrl ?? req.url, req.headers),
     failure,
     answered: false,
     reusedSocket: ex.proxyReq?.reusedSocket === true,

@@ -4,6 +4,7 @@
 import { parse } from 'node:url';
 import type { IRouter, RequestHandler } from 'express';
 import { HttpError } from '../platform/errors.js';
+import { isIdempotent } from '../platform/retry.js';
 import { SERVICE_NAMES, type ServiceName } from './upstreams.js';
 
 /** The routes the gateway answers with handlers of its own (aggregates, the login relay), by id. */
@@ -64,7 +65,6 @@ export const ROUTE_TABLE: readonly RouteRow[] = [
 ];
 
 const REST = '{/*rest}';
-const IDEMPOTENT_METHODS = new Set(['GET', 'HEAD', 'OPTIONS', 'PUT', 'DELETE']);
 
 /** A row with its matcher. */
 interface CompiledRow {
@@ -125,7 +125,7 @@ export interface RouteIndex {
    */
   fastPathService(method: string, url: string): ServiceName | undefined;
   /** Whether a retry may send the request again. */
-  mayRepeat(method: string, url: string, headers: { 'idempotency-key'?: string | string[] }): boolean;
+  mayRepeat(method: string, url: string, headers: Readonly<Record<string, string | string[] | undefined>>): boolean;
 }
 
 export function compileRoutes(rows: readonly RouteRow[]): RouteIndex {
@@ -182,7 +182,7 @@ export function compileRoutes(rows: readonly RouteRow[]): RouteIndex {
     fastPathService,
     mayRepeat: (method, url, headers) => {
       const repeatable = routeOf(method, url)?.repeatable ?? false;
-      if (repeatable === 'idempotent-method') return IDEMPOTENT_METHODS.has(method);
+      if (repeatable === 'idempotent-method') return isIdempotent(method);
       if (repeatable === 'idempotency-key') return headers['idempotency-key'] !== undefined;
       return repeatable;
     },

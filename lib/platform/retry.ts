@@ -5,10 +5,15 @@ import type { UpstreamFailure } from './upstream-errors.js';
 // Methods whose repetition has the effect of one (RFC 9110 9.2.2).
 const IDEMPOTENT = new Set(['GET', 'HEAD', 'OPTIONS', 'PUT', 'DELETE']);
 
+/** Whether `method` is idempotent (RFC 9110 9.2.2): sent twice, it has the effect of once. */
+export const isIdempotent = (method: string): boolean => IDEMPOTENT.has(method);
+
 export interface FailedTry {
-  method: string;
-  /** The request carries an Idempotency-Key its callee honours: it may be sent twice. */
-  idempotencyKey: boolean;
+  /**
+   * A second copy has the effect of one: an idempotent method, or an Idempotency-Key its callee
+   * honours (the gateway's route table says which, `mayRepeat`).
+   */
+  repeatable: boolean;
   failure: UpstreamFailure;
   /** Response headers had come back: the callee acted on it. */
   answered: boolean;
@@ -32,7 +37,7 @@ export function mayRetry(t: FailedTry): boolean {
   if (t.answered || !t.replayable) return false;
   if (t.failure === 'refused') return true;
   if (t.failure !== 'reset' || !(t.reusedSocket || t.severalInstances)) return false;
-  return IDEMPOTENT.has(t.method) || t.idempotencyKey;
+  return t.repeatable;
 }
 
 export interface RetryBudgetOptions {

@@ -4,7 +4,7 @@ import { AsyncLocalStorage } from 'node:async_hooks';
 import type { RequestHandler } from 'express';
 import { Instance, InstanceSet, pinLoopback, type OutlierOptions } from './balancer.js';
 import { HttpError } from './errors.js';
-import { mayRetry, RetryBudget } from './retry.js';
+import { isIdempotent, mayRetry, RetryBudget } from './retry.js';
 import { ATTR_HTTP_REQUEST_METHOD, ATTR_URL_PATH } from '@opentelemetry/semantic-conventions';
 import { ATTR_PEER_SERVICE, startClientSpan } from './span-recorder.js';
 import { AnswerHeaders, Endpoint, send, SEND_TIMED_OUT, type Answer, type SendFailure } from './http-transport.js';
@@ -214,8 +214,7 @@ export class ServiceClient {
         if (failure !== 'aborted' && !(failure === 'timeout' && byDeadline)) set.fail(instance, failure);
         // Failed before any answer: another instance (or a fresh connection) takes it when that cannot do harm twice.
         const retry = !retried && failure !== 'aborted' && performance.now() < endAt && mayRetry({
-          method,
-          idempotencyKey: headers['idempotency-key'] !== undefined,
+          repeatable: isIdempotent(method) || headers['idempotency-key'] !== undefined,
           failure,
           answered,
           reusedSocket,
