@@ -5,7 +5,7 @@ import { defineConfig } from 'eslint/config';
 import tseslint from 'typescript-eslint';
 
 export default defineConfig(
-  { ignores: ['node_modules/', 'data/', 'logs/', 'bench/tmp/', 'test/browser/artifacts/'] },
+  { ignores: ['node_modules/', 'data/', 'logs/', 'bench/tmp/', 'test/browser/artifacts/', 'dist/', 'coverage/'] },
   {
     files: ['**/*.ts'],
     extends: [js.configs.recommended, tseslint.configs.recommendedTypeChecked],
