@@ -358,11 +358,12 @@ function openSqlite({ dataDir, name }: OpenSqlOptions): SqlDatabase {
     engine: 'sqlite',
     all: (sql, params) => guarded(() => direct.all(sql, params)),
     get: (sql, params) => guarded(() => direct.get(sql, params)),
-    // A write on its own is a transaction of one statement, so that it shares a commit too.
+    // A row write on its own is a transaction of one statement, so that it shares a commit too.
+    // Anything else (a PRAGMA, DDL) runs as it is: some may not run inside a transaction.
     run: (sql, params) => {
       let write = false;
       try {
-        write = !prepare(sql).stmt.reader;
+        write = ROW_WRITE.test(sql) && !prepare(sql).stmt.reader;
       } catch {
         // guarded reports it.
       }
@@ -383,6 +384,8 @@ function openSqlite({ dataDir, name }: OpenSqlOptions): SqlDatabase {
     },
   };
 }
+
+const ROW_WRITE = /^\s*(INSERT|UPDATE|DELETE|REPLACE|WITH)\b/i;
 
 /** Runs synchronous SQLite work as a promise, with storage failures turned into 503s. */
 function settle<T>(work: () => T): Promise<T> {
