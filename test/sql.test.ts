@@ -123,6 +123,33 @@ for (const engine of ENGINES) {
       const failed = results.find((r) => r.status === 'rejected');
       assert.ok(failed && isUniqueViolation(failed.reason), String(failed?.reason));
     });
+
+    test('when transactions and writes are asked for at once and some fail, then each failure undoes only its own writes', async () => {
+      const db = await open();
+      await db.run('INSERT INTO things (id, name) VALUES ($1, $2)', [49, 'taken']);
+      const results = await Promise.allSettled([
+        db.transaction(async (tx) => {
+          await tx.run('INSERT INTO things (id, name) VALUES ($1, $2)', [50, 'fifty']);
+          return 'kept';
+        }),
+        db.transaction(async (tx) => {
+          await tx.run('INSERT INTO things (id, name) VALUES ($1, $2)', [51, 'fifty-one']);
+          throw new HttpError(409, 'REFUSED', 'refused');
+        }),
+        db.run('INSERT INTO things (id, name) VALUES ($1, $2)', [52, 'taken']),
+        db.run('INSERT INTO things (id, name) VALUES ($1, $2)', [53, 'fifty-three']),
+        db.transaction(async (tx) => {
+          await tx.run('INSERT INTO things (id, name) VALUES ($1, $2)', [54, 'fifty-four']);
+          await tx.run('INSERT INTO things (id, name) VALUES ($1, $2)', [55, 'taken']);
+        }),
+      ]);
+      assert.deepEqual(results.map((r) => r.status), ['fulfilled', 'rejected', 'rejected', 'fulfilled', 'rejected']);
+      assert.equal((results[0] as PromiseFulfilledResult<string>).value, 'kept');
+      assert.ok(results[1].status === 'rejected' && results[1].reason instanceof HttpError && results[1].reason.code === 'REFUSED');
+      assert.ok(results[2].status === 'rejected' && isUniqueViolation(results[2].reason));
+      const ids = (await db.all<{ id: number }>('SELECT id FROM things WHERE id BETWEEN 49 AND 59 ORDER BY id')).map((r) => r.id);
+      assert.deepEqual(ids, [49, 50, 53]);
+    });
   });
 }
 

@@ -3,7 +3,7 @@ import { HttpError, notFound } from '../platform/errors.js';
 import { forbidden, isAdmin, mayActFor, requireAdmin, type Identity, type ServiceAuth } from '../platform/identity.js';
 import { parseBody, parseId, parseQuery } from '../platform/validation.js';
 import { scopedKey } from './idempotency.js';
-import { CreateOrderSchema, IdempotencyKeySchema, ListOrdersQuerySchema, UpdateStatusSchema } from './schema.js';
+import { CreateOrderSchema, IdempotencyKeySchema, ListOrdersQuerySchema, readCreateOrder, UpdateStatusSchema } from './schema.js';
 import { changeOrderStatus, createOrder, deleteOrder, getOrder, listOrders, orderStats, type OrderDeps } from './workflow.js';
 import { asCaller } from '../platform/typed-client.js';
 
@@ -40,7 +40,7 @@ export function createOrderRoutes(auth: ServiceAuth, deps: OrderDeps): Router {
   routes.post('/orders', async (req, res) => {
     const caller = await auth.caller(req, res);
     const key = idempotencyKey(req.headers['idempotency-key']);
-    const input = parseBody(CreateOrderSchema, req.body);
+    const input = readCreateOrder(req.body) ?? parseBody(CreateOrderSchema, req.body);
     if (!mayActFor(caller, input.userId)) throw forbidden('Orders are placed for the caller\'s own userId');
     const { order, replayed } = await createOrder(deps, input, {
       key: key === undefined ? undefined : scopedKey(caller, key),

@@ -1,6 +1,6 @@
 // The order service's shapes: what clients may send, and what they get back.
 import { z } from 'zod';
-import { IdSchema, PagingShape } from '../platform/validation.js';
+import { hasOnlyKeys, IdSchema, isIntFrom, PagingShape } from '../platform/validation.js';
 
 export const ORDER_STATUSES = ['pending', 'confirmed', 'shipped', 'delivered', 'cancelled'] as const;
 const OrderStatusSchema = z.enum(ORDER_STATUSES);
@@ -31,6 +31,24 @@ export const CreateOrderSchema = z.strictObject({
   items: z.array(OrderItemInputSchema).min(1, 'must have 1 to 50 items').max(50, 'must have 1 to 50 items'),
 });
 export type CreateOrderInput = z.output<typeof CreateOrderSchema>;
+
+/**
+ * CreateOrderSchema's output for a body it accepts, read without zod (which costs each order tens
+ * of microseconds); undefined for any other body, which CreateOrderSchema then reads and refuses.
+ */
+export function readCreateOrder(body: unknown): CreateOrderInput | undefined {
+  if (!hasOnlyKeys(body, ['userId', 'items'])) return undefined;
+  const { userId, items } = body;
+  if (!isIntFrom(userId, 1, Number.MAX_SAFE_INTEGER) || !Array.isArray(items) || items.length < 1 || items.length > 50) return undefined;
+  const read: CreateOrderInput['items'] = [];
+  for (const item of items as unknown[]) {
+    if (!hasOnlyKeys(item, ['productId', 'quantity'], ['unitPrice'])) return undefined;
+    const { productId, quantity } = item;
+    if (!isIntFrom(productId, 1, Number.MAX_SAFE_INTEGER) || !isIntFrom(quantity, 1, 1000)) return undefined;
+    read.push({ productId, quantity });
+  }
+  return { userId, items: read };
+}
 
 /** 1..255 printable ASCII characters. */
 export const IdempotencyKeySchema = z.string().regex(/^[\x20-\x7E]{1,255}$/, 'must be 1 to 255 printable ASCII characters');

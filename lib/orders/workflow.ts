@@ -263,7 +263,8 @@ async function reserveAndFinish(deps: OrderDeps, input: CreateOrderInput, reserv
   }
   switch (result.kind) {
     case 'created':
-      logger.info({ orderId: result.order.id, reservationId }, 'order created');
+      // At debug: the request's own log line already records every 201; this adds a line per order.
+      logger.debug({ orderId: result.order.id, reservationId }, 'order created');
       return { order: result.order, replayed: false };
     case 'key_taken':
       await releaseNow(deps, reservationId);

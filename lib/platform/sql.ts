@@ -265,38 +265,111 @@ function openSqlite({ dataDir, name }: OpenSqlOptions): SqlDatabase {
     raw.exec(sql);
   }));
 
+  // Group commit: the transactions asked for while the previous ones run (or in the same turn of
+  // the event loop) share one BEGIN and one COMMIT, so one fsync makes them all durable. Each runs
+  // in a savepoint of its own: one that throws is rolled back alone, as it would have been on its
+  // own. None resolves before the COMMIT that holds it.
+  interface Queued {
+    fn: (tx: Db) => Promise<unknown>;
+    resolve: (value: unknown) => void;
+    reject: (err: unknown) => void;
+  }
+  let forming: Queued[] | undefined;
+  const rollback = () => {
+    try {
+      if (raw.inTransaction) raw.exec('ROLLBACK');
+    } catch {
+      // Nothing is left to undo that a failed ROLLBACK could.
+    }
+  };
+
+  const runGroup = async (group: Queued[]): Promise<void> => {
+    const shared = group.length > 1;
+    let done: { item: Queued; value: unknown }[] = [];
+    // SQLite rolled the whole transaction back (disk full, I/O error): nothing done so far stays.
+    const loseDone = () => {
+      for (const { item } of done) item.reject(new StorageUnavailableError());
+      done = [];
+    };
+    for (const item of group) {
+      try {
+        if (!raw.inTransaction) raw.exec('BEGIN IMMEDIATE');
+        if (shared) raw.exec('SAVEPOINT grouped');
+      } catch (err) {
+        if (!raw.inTransaction) loseDone();
+        item.reject(storageError(err));
+        continue;
+      }
+      try {
+        const value = await inTransactionOf(owner, () => item.fn(inside));
+        if (shared) raw.exec('RELEASE grouped');
+        done.push({ item, value });
+      } catch (err) {
+        try {
+          if (raw.inTransaction) raw.exec(shared ? 'ROLLBACK TO grouped; RELEASE grouped' : 'ROLLBACK');
+        } catch {
+          rollback();
+        }
+        if (!raw.inTransaction) loseDone();
+        item.reject(storageError(err));
+      }
+    }
+    if (raw.inTransaction) {
+      try {
+        raw.exec('COMMIT');
+      } catch (err) {
+        rollback();
+        for (const { item } of done) item.reject(storageError(err));
+        done = [];
+      }
+    }
+    for (const { item, value } of done) item.resolve(value);
+  };
+
+  const transaction = <T>(fn: (tx: Db) => Promise<T>): Promise<T> =>
+    new Promise<T>((resolve, reject) => {
+      refuseReentry(owner, name);
+      if (!forming) {
+        const group: Queued[] = (forming = []);
+        const previous = tail;
+        let release!: () => void;
+        const mine = new Promise<void>((r) => {
+          release = r;
+        });
+        tail = previous.then(() => mine);
+        // After the I/O of this turn of the event loop, whose requests may ask for more.
+        void previous
+          .then(() => new Promise((r) => setImmediate(r)))
+          .then(async () => {
+            forming = undefined;
+            open = mine;
+            try {
+              await runGroup(group);
+            } finally {
+              open = undefined;
+              release();
+            }
+          });
+      }
+      forming.push({ fn, resolve: resolve as (value: unknown) => void, reject });
+    });
+
   return {
     engine: 'sqlite',
     all: (sql, params) => guarded(() => direct.all(sql, params)),
     get: (sql, params) => guarded(() => direct.get(sql, params)),
-    run: (sql, params) => guarded(() => direct.run(sql, params)),
-    async transaction<T>(fn: (tx: Db) => Promise<T>): Promise<T> {
-      refuseReentry(owner, name);
-      const previous = tail;
-      let release!: () => void;
-      const mine = new Promise<void>((resolve) => {
-        release = resolve;
-      });
-      tail = previous.then(() => mine);
-      await previous;
-      open = mine;
+    // A row write on its own is a transaction of one statement, so that it shares a commit too.
+    // Anything else (a PRAGMA, DDL) runs as it is: some may not run inside a transaction.
+    run: (sql, params) => {
+      let write = false;
       try {
-        raw.exec('BEGIN IMMEDIATE');
-        try {
-          const result = await inTransactionOf(owner, () => fn(inside));
-          raw.exec('COMMIT');
-          return result;
-        } catch (err) {
-          if (raw.inTransaction) raw.exec('ROLLBACK');
-          throw err;
-        }
-      } catch (err) {
-        throw storageError(err);
-      } finally {
-        open = undefined;
-        release();
+        write = ROW_WRITE.test(sql) && !prepare(sql).stmt.reader;
+      } catch {
+        // guarded reports it.
       }
+      return write ? transaction((tx) => tx.run(sql, params)) : guarded(() => direct.run(sql, params));
     },
+    transaction,
     async healthy() {
       try {
         await guarded(() => direct.get('SELECT 1'));
@@ -311,6 +384,8 @@ function openSqlite({ dataDir, name }: OpenSqlOptions): SqlDatabase {
     },
   };
 }
+
+const ROW_WRITE = /^\s*(INSERT|UPDATE|DELETE|REPLACE|WITH)\b/i;
 
 /** Runs synchronous SQLite work as a promise, with storage failures turned into 503s. */
 function settle<T>(work: () => T): Promise<T> {

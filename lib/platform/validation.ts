@@ -69,4 +69,33 @@ export function parseBody<S extends z.ZodType>(schema: S, value: unknown): z.out
   return r.data;
 }
 
-export const parseId = (params: unknown): number => parseParams(IdParamsSchema, params).id;
+const ID = /^[1-9][0-9]{0,15}$/;
+
+/** IdParamsSchema's id, read without zod when it is well formed (zod reads, and refuses, the rest). */
+export const parseId = (params: unknown): number => {
+  const id = (params as { id?: unknown } | null)?.id;
+  if (typeof id === 'string' && ID.test(id)) {
+    const n = Number(id);
+    if (Number.isSafeInteger(n)) return n;
+  }
+  return parseParams(IdParamsSchema, params).id;
+};
+
+/**
+ * A parsed JSON object with every `required` key and no key outside `required` and `optional`:
+ * what a strict schema lets through. For the fast paths that read the common body without zod
+ * and leave anything else to it.
+ */
+export function hasOnlyKeys(value: unknown, required: readonly string[], optional: readonly string[] = []): value is Record<string, unknown> {
+  if (typeof value !== 'object' || value === null || Array.isArray(value) || Object.getPrototypeOf(value) !== Object.prototype) return false;
+  let found = 0;
+  for (const key of Object.keys(value)) {
+    if (required.includes(key)) found++;
+    else if (!optional.includes(key)) return false;
+  }
+  return found === required.length;
+}
+
+/** An integer from `min` to `max` that a number schema with `.int()` (safe integers only) accepts. */
+export const isIntFrom = (value: unknown, min: number, max: number): value is number =>
+  Number.isSafeInteger(value) && (value as number) >= min && (value as number) <= max;

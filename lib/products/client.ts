@@ -4,8 +4,26 @@ import type { ServiceClient } from '../platform/service-client.js';
 import { checkedBody, type CallOptions } from '../platform/typed-client.js';
 import { ProductStatsSchema, ReservationItemSchema, type ProductStats } from './schema.js';
 
-const HeldReservationSchema = z.object({ id: z.string(), status: z.literal('held'), items: z.array(ReservationItemSchema) });
+export const HeldReservationSchema = z.object({ id: z.string(), status: z.literal('held'), items: z.array(ReservationItemSchema) });
 export type Reservation = z.infer<typeof HeldReservationSchema>;
+
+/**
+ * HeldReservationSchema's output for an answer it accepts, read without zod (every order gets
+ * one); undefined for any other answer, which the schema then reads and refuses.
+ */
+export function readHeldReservation(body: unknown): Reservation | undefined {
+  if (typeof body !== 'object' || body === null || Array.isArray(body)) return undefined;
+  const { id, status, items } = body as Record<string, unknown>;
+  if (typeof id !== 'string' || status !== 'held' || !Array.isArray(items)) return undefined;
+  const read: Reservation['items'] = [];
+  for (const item of items as unknown[]) {
+    if (typeof item !== 'object' || item === null || Array.isArray(item)) return undefined;
+    const { productId, quantity, unitPrice } = item as Record<string, unknown>;
+    if (!Number.isSafeInteger(productId) || !Number.isSafeInteger(quantity) || typeof unitPrice !== 'number' || !Number.isFinite(unitPrice)) return undefined;
+    read.push({ productId: productId as number, quantity: quantity as number, unitPrice });
+  }
+  return { id, status, items: read };
+}
 
 const ReleaseSchema = z.object({ id: z.string(), released: z.boolean() });
 
@@ -31,7 +49,7 @@ export function createProductsClient(client: ServiceClient, internalToken?: stri
   return {
     async reserve(reservationId, items) {
       const res = await client.post<unknown>('/internal/reservations', { id: reservationId, items }, internal);
-      return checkedBody(client, HeldReservationSchema, res);
+      return readHeldReservation(res.body) ?? checkedBody(client, HeldReservationSchema, res);
     },
     async release(reservationId) {
       const res = await client.request<unknown>('DELETE', reservationPath(reservationId), internal);

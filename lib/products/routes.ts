@@ -3,7 +3,7 @@ import { notFound } from '../platform/errors.js';
 import { requireAdmin, type ServiceAuth } from '../platform/identity.js';
 import { parseBody, parseId, parseParams, parseQuery } from '../platform/validation.js';
 import {
-  CreateProductSchema, ListProductsQuerySchema, ReservationParamsSchema, ReserveSchema, StockChangeSchema, UpdateProductSchema,
+  CreateProductSchema, ListProductsQuerySchema, readReserve, ReservationParamsSchema, ReserveSchema, StockChangeSchema, UpdateProductSchema,
 } from './schema.js';
 import type { ProductStore } from './store.js';
 
@@ -60,7 +60,7 @@ export function createProductRoutes(store: ProductStore, auth: ServiceAuth): Rou
 
   // Internal: the order service takes and gives back stock here (see lib/products/client.ts).
   router.post('/internal/reservations', async (req, res) => {
-    const { reservation, created } = await store.reserve(parseBody(ReserveSchema, req.body));
+    const { reservation, created } = await store.reserve(readReserve(req.body) ?? parseBody(ReserveSchema, req.body));
     if (created) res.status(201).location(`/internal/reservations/${reservation.id}`);
     res.json(reservation);
   });

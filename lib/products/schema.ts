@@ -1,7 +1,7 @@
 // The product service's shapes: what clients may send and what it answers.
 import { z } from 'zod';
 import { toCents } from '../platform/money.js';
-import { PagingShape, PRINTABLE } from '../platform/validation.js';
+import { hasOnlyKeys, isIntFrom, PagingShape, PRINTABLE } from '../platform/validation.js';
 
 const MAX_PRICE = 10_000_000;
 export const MAX_STOCK = 1_000_000_000;
@@ -100,7 +100,8 @@ export const LOW_STOCK_BELOW = 10;
 // Reservations: the internal step the order service uses to take the stock of all of an order's
 // items at once (or none), and to give it back.
 
-const ReservationIdSchema = z.string().regex(/^[A-Za-z0-9_:.-]{1,100}$/, 'must be 1 to 100 characters of A-Z a-z 0-9 _ : . -');
+const RESERVATION_ID = /^[A-Za-z0-9_:.-]{1,100}$/;
+const ReservationIdSchema = z.string().regex(RESERVATION_ID, 'must be 1 to 100 characters of A-Z a-z 0-9 _ : . -');
 export const ReservationParamsSchema = z.object({ id: ReservationIdSchema });
 
 export const ReserveSchema = z.strictObject({
@@ -114,6 +115,25 @@ export const ReserveSchema = z.strictObject({
     .max(50, 'must hold 1 to 50 items'),
 });
 export type ReserveRequest = z.infer<typeof ReserveSchema>;
+
+
+/**
+ * ReserveSchema's output for a body it accepts, read without zod (every order sends one);
+ * undefined for any other body, which ReserveSchema then reads and refuses.
+ */
+export function readReserve(body: unknown): ReserveRequest | undefined {
+  if (!hasOnlyKeys(body, ['id', 'items'])) return undefined;
+  const { id, items } = body;
+  if (typeof id !== 'string' || !RESERVATION_ID.test(id) || !Array.isArray(items) || items.length < 1 || items.length > 50) return undefined;
+  const read: ReserveRequest['items'] = [];
+  for (const item of items as unknown[]) {
+    if (!hasOnlyKeys(item, ['productId', 'quantity'])) return undefined;
+    const { productId, quantity } = item;
+    if (!isIntFrom(productId, 1, Number.MAX_SAFE_INTEGER) || !isIntFrom(quantity, 1, 1000)) return undefined;
+    read.push({ productId, quantity });
+  }
+  return { id, items: read };
+}
 
 export const ReservationItemSchema = z.object({ productId: z.number().int(), quantity: z.number().int(), unitPrice: z.number() });
 
