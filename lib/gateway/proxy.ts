@@ -136,28 +136,29 @@ export class Exchange {
     if (failure) instances.fail(t.instance, failure, breaker.state !== 'CLOSED');
   }
 
-  /** Settles when the service's response headers arrive (or the call fails). */
-  start(cancellation: BreakerCall, forward: (ex: Exchange) => void, service: string): Promise<void> {
-    return new Promise<void>((resolve, reject) => {
-      this.resolve = resolve;
-      this.reject = reject;
-      this.upstream.retries.deposit();
-      // Gone while waiting for the limiter or the breaker: its 'close' has already been emitted.
-      if (this.req.socket.destroyed) {
-        this.state = 'gone';
-        reject(new ClientGoneError());
-        return;
-      }
-      this.call = cancellation;
-      cancellation.defer();
-      this.startedAt = performance.now();
-      cancellation.onAbort(() => this.onTimeout());
-      this.res.on('close', () => this.onClientClose());
-      // One client span per call that really goes out (not for circuit-open answers): the
-      // service's server span hangs under it through the traceparent it carries.
-      this.span = startClientSpan(`${this.req.method} ${service}`, { [ATTR_PEER_SERVICE]: service, [ATTR_HTTP_REQUEST_METHOD]: this.req.method });
-      forward(this);
-    });
+  /**
+   * Sends the call: `resolve` when the service's response headers arrive, `reject` when the call
+   * fails (the breaker's run's ends).
+   */
+  start(cancellation: BreakerCall, forward: (ex: Exchange) => void, service: string, resolve: () => void, reject: (err: Error) => void): void {
+    this.resolve = resolve;
+    this.reject = reject;
+    this.upstream.retries.deposit();
+    // Gone while waiting for the limiter or the breaker: its 'close' has already been emitted.
+    if (this.req.socket.destroyed) {
+      this.state = 'gone';
+      reject(new ClientGoneError());
+      return;
+    }
+    this.call = cancellation;
+    cancellation.defer();
+    this.startedAt = performance.now();
+    cancellation.onAbort(() => this.onTimeout());
+    this.res.on('close', () => this.onClientClose());
+    // One client span per call that really goes out (not for circuit-open answers): the
+    // service's server span hangs under it through the traceparent it carries.
+    this.span = startClientSpan(`${this.req.method} ${service}`, { [ATTR_PEER_SERVICE]: service, [ATTR_HTTP_REQUEST_METHOD]: this.req.method });
+    forward(this);
   }
 
   /** The breaker gave up on the call (it rejected the run already): nothing more goes out for it. */
@@ -489,38 +490,54 @@ export function createServiceProxy({ upstream, cache, metrics, logger, trustsPro
     }
   };
 
-  return async (req, res) => {
+  // The call's failure, to answer: an error, or a stale copy.
+  const answerFailure = (ex: Exchange, err: unknown, next: (err: unknown) => void): void => {
+    const { res } = ex;
+    // Answered already (or about to be), or nobody to answer.
+    if (ex.state !== 'pending' && ex.state !== 'failed') return;
+    let failure: HttpError;
+    try {
+      failure = toProxyError(upstream.name, err);
+    } catch (unexpected) {
+      return next(unexpected);
+    }
+    if (failure.status >= 502 && serveStale(ex)) return;
+    if (err instanceof UpstreamUnavailableError) {
+      // Classified already: one line, no stack.
+      const durationMs = Math.round(performance.now() - ex.arrivedAt);
+      log.warn({ failure: err.failure, durationMs, traceId: res.locals.trace?.traceId }, 'proxy failed');
+    }
+    if (err instanceof CircuitOpenError) res.setHeader('Retry-After', String(err.retryAfterSeconds));
+    // The rest of a stalled body is not worth reading.
+    if (failure.status === 408) res.setHeader('Connection', 'close');
+    sendError(res, failure);
+  };
+
+  // The call through the breaker. No promise on the way: a GET without a body goes out in the
+  // handler's own turn.
+  const call = (ex: Exchange, next: (err: unknown) => void): void => {
+    const { req } = ex;
+    // The service's time starts once the client has sent its body (the body's own limits end a
+    // client that is too slow), unless the body is stuck because the service stopped reading it.
+    const clientDoneAt = (): number | undefined => {
+      if (req.complete) return ex.bodyEndedAt ?? 0;
+      return ex.proxyReq?.writableNeedDrain ? 0 : undefined;
+    };
+    const graceMs = SAFE_METHODS.has(req.method) ? 0 : answerGraceMs;
+    upstream.breaker.runWith((cancellation, resolve, reject) => ex.start(cancellation, forward, upstream.name, resolve, reject), { clientDoneAt, graceMs }, (err) => answerFailure(ex, err, next));
+  };
+
+  return (req, res, next) => {
     res.locals.route = route;
     res.locals.proxiedTo = upstream.name;
     // A verified caller's answer is kept under its id: it may be that caller's alone.
     const cacheKey = staleCacheKey(req, identityOf(res)?.key);
     const ex = new Exchange(req, res, cacheKey, upstream);
-    const started = performance.now();
-    try {
-      if (!req.complete && hasBody(req.headers) && isSmallBody(req)) ex.body = await readSmallBody(ex, bodyLimits);
-      // The service's time starts once the client has sent its body (the body's own limits end a
-      // client that is too slow), unless the body is stuck because the service stopped reading it.
-      const clientDoneAt = (): number | undefined => {
-        if (req.complete) return ex.bodyEndedAt ?? 0;
-        return ex.proxyReq?.writableNeedDrain ? 0 : undefined;
-      };
-      const graceMs = SAFE_METHODS.has(req.method) ? 0 : answerGraceMs;
-      await upstream.breaker.run((cancellation) => ex.start(cancellation, forward, upstream.name), { clientDoneAt, graceMs });
-    } catch (err) {
-      // Answered already (or about to be), or nobody to answer.
-      if (ex.state !== 'pending' && ex.state !== 'failed') return;
-      const failure = toProxyError(upstream.name, err);
-      if (failure.status >= 502 && serveStale(ex)) return;
-      if (err instanceof UpstreamUnavailableError) {
-        // Classified already: one line, no stack.
-        const durationMs = Math.round(performance.now() - started);
-        log.warn({ failure: err.failure, durationMs, traceId: res.locals.trace?.traceId }, 'proxy failed');
-      }
-      if (err instanceof CircuitOpenError) res.setHeader('Retry-After', String(err.retryAfterSeconds));
-      // The rest of a stalled body is not worth reading.
-      if (failure.status === 408) res.setHeader('Connection', 'close');
-      sendError(res, failure);
-    }
+    if (req.complete || !hasBody(req.headers) || !isSmallBody(req)) return call(ex, next);
+    readSmallBody(ex, bodyLimits).then((body) => {
+      ex.body = body;
+      call(ex, next);
+    }, (err: unknown) => answerFailure(ex, err, next));
   };
 }
 
