@@ -276,6 +276,32 @@ function dropBody(ex: Exchange, proxyRes: IncomingMessage): void {
   else proxyRes.once('end', () => proxyReq.destroy());
 }
 
+/**
+ * A GET's 2xx answer announced by Content-Length up to this size is read whole, then sent with its
+ * head in one go (res.end), without a pipe's listeners and flowing: the usual answer, one read.
+ */
+const WHOLE_ANSWER_BYTES = 16 * 1024;
+
+function isSmallWholeAnswer(req: Request, status: number, headers: IncomingMessage['headers']): boolean {
+  if (req.method !== 'GET' || status < 200 || status > 299 || status === 204) return false;
+  const length = headers['content-length'];
+  return length !== undefined && headers['transfer-encoding'] === undefined && Number(length) <= WHOLE_ANSWER_BYTES;
+}
+
+/** The answer's body once it has all arrived; one cut short never comes (the answer's 'close' handles that). */
+function sendWhole(res: Response, proxyRes: IncomingMessage): void {
+  let body: Buffer | undefined;
+  let more: Buffer[] | undefined;
+  proxyRes.on('data', (chunk: Buffer) => {
+    if (body === undefined) body = chunk;
+    else (more ??= [body]).push(chunk);
+  });
+  proxyRes.on('end', () => {
+    if (res.destroyed) return;
+    res.end(more ? Buffer.concat(more) : body);
+  });
+}
+
 // A retry to the same instance waits up to this long (a random share of it).
 const RETRY_JITTER_MS = 25;
 // Methods that change nothing (RFC 9110 9.2.1): a late answer to them is only late.
@@ -411,7 +437,8 @@ export function createServiceProxy({ upstream, cache, metrics, logger, trustsPro
       if (value === undefined || isUpstreamOnly(name, named)) continue;
       res.setHeader(name, LOCATION_HEADERS.has(name) ? gatewayLocation(value as string) : value);
     }
-    proxyRes.pipe(res);
+    if (isSmallWholeAnswer(req, status, headers)) sendWhole(res, proxyRes);
+    else proxyRes.pipe(res);
   };
 
   const onError = (ex: Exchange, err: Error) => {
