@@ -75,6 +75,10 @@ export class Exchange {
   proxyRes?: IncomingMessage;
   /** The client span of the call to the service, once the breaker let it through. */
   span?: ClientSpan;
+  /** The service's answer's body so far, when it is sent whole (sendWhole). */
+  answer?: Buffer | Buffer[];
+  /** The service's answer is a 5xx that blames its dependency (DEPENDENCY_HEADER). */
+  dependencyFault = false;
   /** The breaker's call; its outcome is always reported by `finish`. */
   call?: BreakerCall;
   /** The instance the current attempt goes to. */
@@ -154,7 +158,8 @@ export class Exchange {
     cancellation.defer();
     this.startedAt = performance.now();
     cancellation.onAbort(() => this.onTimeout());
-    this.res.on('close', () => this.onClientClose());
+    (this.res as Response & Carrier)[EXCHANGE] = this;
+    this.res.on('close', onClientClose);
     // One client span per call that really goes out (not for circuit-open answers): the
     // service's server span hangs under it through the traceparent it carries.
     this.span = startClientSpan(`${this.req.method} ${service}`, { [ATTR_PEER_SERVICE]: service, [ATTR_HTTP_REQUEST_METHOD]: this.req.method });
@@ -180,6 +185,17 @@ export class Exchange {
 }
 
 function noop(): void {}
+
+// Node's objects of one exchange (the client's response, the call, the service's answer) point
+// to it, so that their listeners are functions made once, not closures made per request.
+const EXCHANGE = Symbol('gateway.exchange');
+interface Carrier {
+  [EXCHANGE]?: Exchange;
+}
+
+function onClientClose(this: Carrier): void {
+  this[EXCHANGE]!.onClientClose();
+}
 
 /** Times the body as it arrives: `idleMs` between reads, `totalMs` in all; a body too slow ends the call. */
 function watchBody(ex: Exchange, { idleMs, totalMs }: BodyLimits): void {
@@ -288,18 +304,26 @@ function isSmallWholeAnswer(req: Request, status: number, headers: IncomingMessa
   return length !== undefined && headers['transfer-encoding'] === undefined && Number(length) <= WHOLE_ANSWER_BYTES;
 }
 
-/** The answer's body once it has all arrived; one cut short never comes (the answer's 'close' handles that). */
-function sendWhole(res: Response, proxyRes: IncomingMessage): void {
-  let body: Buffer | undefined;
-  let more: Buffer[] | undefined;
-  proxyRes.on('data', (chunk: Buffer) => {
-    if (body === undefined) body = chunk;
-    else (more ??= [body]).push(chunk);
-  });
-  proxyRes.on('end', () => {
-    if (res.destroyed) return;
-    res.end(more ? Buffer.concat(more) : body);
-  });
+/**
+ * The answer's body once it has all arrived; one cut short never comes (the answer's 'close'
+ * handles that). `proxyRes` carries its exchange.
+ */
+function sendWhole(proxyRes: IncomingMessage): void {
+  proxyRes.on('data', onWholeData);
+  proxyRes.on('end', onWholeEnd);
+}
+
+function onWholeData(this: IncomingMessage & Carrier, chunk: Buffer): void {
+  const ex = this[EXCHANGE]!;
+  if (ex.answer === undefined) ex.answer = chunk;
+  else if (Array.isArray(ex.answer)) ex.answer.push(chunk);
+  else ex.answer = [ex.answer, chunk];
+}
+
+function onWholeEnd(this: IncomingMessage & Carrier): void {
+  const { res, answer } = this[EXCHANGE]!;
+  if (res.destroyed) return;
+  res.end(Array.isArray(answer) ? Buffer.concat(answer) : answer);
 }
 
 // A retry to the same instance waits up to this long (a random share of it).
@@ -392,6 +416,26 @@ export function createServiceProxy({ upstream, cache, metrics, logger, trustsPro
   // bring the answer back; a service that keeps no deadline is still cut off.
   const answerGraceMs = Math.min(1000, Math.ceil(timeoutMs / 4));
 
+  function onAnswerClose(this: IncomingMessage & Carrier): void {
+    const ex = this[EXCHANGE]!;
+    // The call's one outcome, now that its answer has ended (unless a 5xx decided it already):
+    // a body cut short is the service's failure, whatever its headers said.
+    ex.finish(!this.complete ? 'reset' : ex.dependencyFault ? 'dependency' : 'success');
+    if (this.complete || ex.state === 'gone') return;
+    // The service died after its headers: cut the client off rather than let it wait for
+    // the rest of a body that will never come.
+    log.warn({ status: this.statusCode }, 'service broke off its response');
+    ex.res.destroy();
+  }
+
+  function onCallResponse(this: ClientRequest & Carrier, proxyRes: IncomingMessage): void {
+    onResponse(this[EXCHANGE]!, proxyRes);
+  }
+
+  function onCallError(this: ClientRequest & Carrier, err: Error): void {
+    onError(this[EXCHANGE]!, err);
+  }
+
   const onResponse = (ex: Exchange, proxyRes: IncomingMessage) => {
     const { req, res } = ex;
     tries.answered(ex.try);
@@ -406,7 +450,7 @@ export function createServiceProxy({ upstream, cache, metrics, logger, trustsPro
     ex.state = 'streaming';
     if (!req.complete) dropBody(ex, proxyRes);
     const status = proxyRes.statusCode ?? 502;
-    const dependencyFault = status >= 500 && proxyRes.headers[DEPENDENCY_HEADER] !== undefined;
+    const dependencyFault = (ex.dependencyFault = status >= 500 && proxyRes.headers[DEPENDENCY_HEADER] !== undefined);
     if (status >= 500 && !dependencyFault) {
       // Passed through unchanged (or a stale copy instead), but a failure for the breaker, counted
       // now: the breaker learns it before the rejection below reaches it.
@@ -417,16 +461,8 @@ export function createServiceProxy({ upstream, cache, metrics, logger, trustsPro
       if (ex.cacheKey !== undefined && cache.wants(ex.cacheKey, proxyRes)) cache.capture(ex.cacheKey, proxyRes);
       ex.resolve();
     }
-    proxyRes.on('close', () => {
-      // The call's one outcome, now that its answer has ended (unless a 5xx decided it already):
-      // a body cut short is the service's failure, whatever its headers said.
-      ex.finish(!proxyRes.complete ? 'reset' : dependencyFault ? 'dependency' : 'success');
-      if (proxyRes.complete || ex.state === 'gone') return;
-      // The service died after its headers: cut the client off rather than let it wait for
-      // the rest of a body that will never come.
-      log.warn({ status }, 'service broke off its response');
-      ex.res.destroy();
-    });
+    (proxyRes as IncomingMessage & Carrier)[EXCHANGE] = ex;
+    proxyRes.on('close', onAnswerClose);
     if (res.headersSent) return;
     res.statusCode = status;
     if (proxyRes.statusMessage) res.statusMessage = proxyRes.statusMessage;
@@ -437,7 +473,7 @@ export function createServiceProxy({ upstream, cache, metrics, logger, trustsPro
       if (value === undefined || isUpstreamOnly(name, named)) continue;
       res.setHeader(name, LOCATION_HEADERS.has(name) ? gatewayLocation(value as string) : value);
     }
-    if (isSmallWholeAnswer(req, status, headers)) sendWhole(res, proxyRes);
+    if (isSmallWholeAnswer(req, status, headers)) sendWhole(proxyRes);
     else proxyRes.pipe(res);
   };
 
@@ -504,9 +540,10 @@ export function createServiceProxy({ upstream, cache, metrics, logger, trustsPro
     instances.begin(instance);
     instance.sent.inc();
     ex.try = tries.start(instance, ex.retry === 'none' && (req.method === 'GET' || req.method === 'HEAD') && !hasBody(req.headers), () => tryTimedOut(ex));
-    // 'response' and 'close' come once each: plain listeners spare a once-wrapper per request.
-    proxyReq.on('response', (proxyRes: IncomingMessage) => onResponse(ex, proxyRes));
-    proxyReq.on('error', (err: Error) => onError(ex, err));
+    // 'response' comes once: a plain listener spares a once-wrapper per request.
+    (proxyReq as ClientRequest & Carrier)[EXCHANGE] = ex;
+    proxyReq.on('response', onCallResponse);
+    proxyReq.on('error', onCallError);
     if (!hasBody(req.headers)) proxyReq.end();
     else if (ex.body !== undefined) proxyReq.end(ex.body);
     else if (ex.retry !== 'none') resendBody(ex, proxyReq);
