@@ -88,6 +88,23 @@ export interface FrontDoorOptions {
   routes?: RouteIndex;
 }
 
+/**
+ * res.locals of a request the front door takes, with the fields its pipeline sets declared up
+ * front: V8 keeps such an object's properties fast, where an Object.create(null) (what Express
+ * makes) is a dictionary, each of a request's twenty-odd reads and writes a hash lookup. Nothing
+ * inherited: the prototype holds no properties, and none of Object's.
+ */
+class ProxiedLocals {
+  trace = undefined;
+  identity = undefined;
+  route = undefined;
+  proxiedTo = undefined;
+  rateLimitRemaining = undefined;
+  rateLimitDue = undefined;
+}
+Object.setPrototypeOf(ProxiedLocals.prototype, null);
+Reflect.deleteProperty(ProxiedLocals.prototype, 'constructor');
+
 const badRequest = (message: string): HttpError => new HttpError(400, 'BAD_REQUEST', message);
 
 /**
@@ -221,7 +238,7 @@ export function createFrontDoor({ app, pipeline, proxies, onError, maxInFlight, 
     req.res = res;
     req.originalUrl = url;
     req.baseUrl = '';
-    res.locals = Object.create(null) as Response['locals'];
+    res.locals = new ProxiedLocals() as unknown as Response['locals'];
     // The contract's error answer; should even that throw, the connection is cut rather than
     // left hanging, and the process goes on.
     const fail = (err: unknown): void => {
