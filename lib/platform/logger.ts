@@ -58,7 +58,7 @@ function knownFormat(logger: Logger): Logger {
 }
 
 /** The one line per request: the request context's own fields only (ids, method, URL, status, time). */
-export interface RequestLine {
+interface RequestLine {
   traceId: string;
   spanId: string;
   method: string;
