@@ -1,5 +1,6 @@
-// Forwards /api/<service>[/...] to the service as /<service>[/...]: bodies streamed both ways,
-// every call through the service's breaker, failed GETs answered from the stale cache.
+// Forwards /api/<service>[/...] to the service as /<service>[/...]: bodies streamed both ways (a
+// GET's small answer is sent whole, with its head), every call through the service's breaker,
+// failed GETs answered from the stale cache.
 import { request as httpRequest, type ClientRequest, type IncomingMessage } from 'node:http';
 import type { Request, RequestHandler, Response } from 'express';
 import { HttpError, sendError } from '../platform/errors.js';
