@@ -38,15 +38,21 @@ function startExchange() {
   const ex = new Exchange(req, res, undefined, upstream);
   let spanEnds = 0;
   let call: BreakerCall | undefined;
-  const outcome = breaker.run((c) => {
-    call = c;
-    return ex.start(c, (e) => {
-      e.span = { headers: {}, end: () => void spanEnds++ };
-      e.instance = instance as unknown as GatewayInstance;
-      instances.begin(instance);
-      e.try = upstream.tries.start(e.instance, false, () => {});
-    }, 'users');
-  }).then(() => 'resolved', (err: Error) => err.name);
+  // What the proxy's handler hears of the run: its failure (a resolved run says nothing).
+  const outcome = new Promise<string>((heard) => {
+    breaker.runWith((c, resolve, reject) => {
+      call = c;
+      ex.start(c, (e) => {
+        e.span = { headers: {}, end: () => void spanEnds++ };
+        e.instance = instance as unknown as GatewayInstance;
+        instances.begin(instance);
+        e.try = upstream.tries.start(e.instance, false, () => {});
+      }, 'users', () => {
+        resolve();
+        heard('resolved');
+      }, reject);
+    }, {}, (err) => heard((err as Error).name));
+  });
   return {
     ex, res, breaker, instance, kinds, outcome,
     get call() { return call!; },

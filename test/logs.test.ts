@@ -9,7 +9,8 @@ import { Writable } from 'node:stream';
 import { createGateway } from '../lib/gateway/app.js';
 import { GatewayConfigSchema } from '../lib/gateway/config.js';
 import { parseConfig } from '../lib/platform/config.js';
-import { createLogger, requestLineLogger } from '../lib/platform/logger.js';
+import { createLogger, requestLineWriter } from '../lib/platform/logger.js';
+import { pino } from 'pino';
 import { closeServer, listen } from '../lib/platform/server.js';
 import { http, memoryLogger } from './helpers.js';
 
@@ -109,26 +110,48 @@ describe('logs for people', () => {
   });
 });
 
-describe('the request line logger', () => {
-  test('when a request line and a mistaken secret are logged, then the line matches the root logger\'s and the secret is still redacted', async () => {
+describe('the request line writer', () => {
+  test('when request lines and a mistaken secret are logged, then each line matches the root logger\'s and the secret is still redacted', async () => {
     const { logger, lines } = memoryLogger('gateway', 'info');
-    const line = { traceId: 't1', spanId: 's1', method: 'GET', url: '/api/products/1?token=x', status: 200, durationMs: 1.5 };
+    const line = { traceId: 't1', spanId: 's1', method: 'GET', url: '/api/products/1?token=x&q="a\\b"\u00e9', status: 200, durationMs: 1.5 };
+    const aborted = { ...line, status: 503, durationMs: 12, aborted: true };
     const other = { traceId: 't2', w3cTraceId: 't2', spanId: 's2' };
+    const writeLine = requestLineWriter(logger);
     // Inside another request's trace: the line's own ids win, as with the root logger.
     runWithTrace(other, () => {
-      requestLineLogger(logger).info({ ...line }, 'request');
+      writeLine(line, false);
       logger.info({ ...line }, 'request');
+      writeLine(aborted, false);
+      logger.info({ ...aborted }, 'request');
+      // Below the logger's level: not written.
+      writeLine(line, true);
       logger.info({ authorization: 'Bearer secret', body: { password: 'p' } }, 'mistake');
     });
     await new Promise((resolve) => setImmediate(resolve));
-    const [fromLine, fromRoot, mistake] = lines();
-    const { time: _a, ...a } = fromLine;
-    const { time: _b, ...b } = fromRoot;
-    assert.deepEqual(a, b);
-    assert.equal(a.traceId, 't1');
-    assert.equal(a.service, 'gateway');
+    const [fromLine, fromRoot, abortedLine, abortedRoot, mistake] = lines();
+    const withoutTime = ({ time, ...rest }: Record<string, unknown>) => {
+      assert.match(String(time), /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$/);
+      return rest;
+    };
+    assert.deepEqual(withoutTime(fromLine), withoutTime(fromRoot));
+    assert.deepEqual(withoutTime(abortedLine), withoutTime(abortedRoot));
+    assert.equal(fromLine.traceId, 't1');
+    assert.equal(fromLine.service, 'gateway');
+    assert.equal(fromLine.url, line.url);
+    assert.equal(abortedLine.aborted, true);
+    assert.equal(mistake.msg, 'mistake');
     assert.equal(mistake.authorization, '[redacted]');
     assert.equal((mistake.body as { password: string }).password, '[redacted]');
     assert.equal(mistake.traceId, 't2');
+  });
+
+  test('when the logger is not one of createLogger\'s, then the line still goes through it, at debug when quiet', () => {
+    const written: Array<Record<string, unknown>> = [];
+    const logger = pino({ level: 'debug' }, { write: (s: string) => void written.push(JSON.parse(s) as Record<string, unknown>) });
+    requestLineWriter(logger)({ traceId: 't', spanId: 's', method: 'GET', url: '/health', status: 200, durationMs: 0.2 }, true);
+    assert.equal(written.length, 1);
+    assert.equal(written[0].level, 20);
+    assert.equal(written[0].msg, 'request');
+    assert.equal(written[0].url, '/health');
   });
 });

@@ -27,7 +27,7 @@ import { createFrontDoor, createProxiedPipeline } from './front-door.js';
 import { guardPath } from './path-guard.js';
 import { createServiceProxy } from './proxy.js';
 import { clientAddressHeaders } from '../platform/client-address.js';
-import { createRateLimiter } from './rate-limit.js';
+import { createRateLimiter, sendRateLimitHeaders } from './rate-limit.js';
 import { createRedisLimitStore } from './redis-limit-store.js';
 import { mountRoutes } from './route-table.js';
 import { createStaleCache } from './stale-cache.js';
@@ -121,7 +121,7 @@ export function createGateway({ config, logger, metrics = createMetrics('gateway
   // identity, rate limit (per user or address), path guard, the client's requests at once, then
   // the proxy.
   const inFlightPerClient = clientInFlightLimit({ max: config.MAX_CLIENT_IN_FLIGHT, maxClients: config.MAX_IN_FLIGHT });
-  const pipeline = createProxiedPipeline(context, authenticate, [...(config.RATE_LIMIT_DISABLED ? [] : [limiter.check]), guardPath, inFlightPerClient]);
+  const pipeline = createProxiedPipeline(context, authenticate, [...(config.RATE_LIMIT_DISABLED ? [] : [limiter.check]), guardPath, inFlightPerClient], sendRateLimitHeaders);
   const onError = errorHandler(logger);
   app.use(pipeline.context);
   // No route of any kind takes a state change from another site's page (the /api ones are also

@@ -279,6 +279,30 @@ export class ServiceBreaker {
     });
   }
 
+  /**
+   * run() without a promise (each one costs a proxied request its async context's hooks): `work`
+   * ends the run with `resolve` or `reject` (the first end counts; a throw rejects). `failed`
+   * hears the error run() would reject with, on a later microtask as an await of run() would; a
+   * resolved run reports nothing.
+   */
+  runWith(work: (call: BreakerCall, resolve: () => void, reject: (err: unknown) => void) => void, { clientDoneAt, graceMs = 0 }: RunOptions, failed: (err: unknown) => void): void {
+    const reject = (err: unknown) => queueMicrotask(() => failed(err));
+    let call: BreakerCall;
+    try {
+      call = this.admit();
+    } catch (err) {
+      return reject(err);
+    }
+    const limitMs = this.options.timeoutMs + graceMs;
+    const running = { call, resolve: noop, reject, clientDoneAt, limitMs, finished: false } as RunningCall<void>;
+    running.timer = setTimeout(this.onTimeout, limitMs, running as RunningCall<unknown>);
+    try {
+      work(call, () => this.workDone(running, undefined), (err) => this.workFailed(running, err));
+    } catch (err) {
+      this.workFailed(running, err);
+    }
+  }
+
   forceOpen(): void {
     this.trip();
   }
@@ -478,3 +502,5 @@ export class ServiceBreaker {
     if (state !== previous) this.hooks.onStateChange?.(state, previous);
   }
 }
+
+function noop(): void {}

@@ -1,5 +1,6 @@
-// Forwards /api/<service>[/...] to the service as /<service>[/...]: bodies streamed both ways,
-// every call through the service's breaker, failed GETs answered from the stale cache.
+// Forwards /api/<service>[/...] to the service as /<service>[/...]: bodies streamed both ways (a
+// GET's small answer is sent whole, with its head), every call through the service's breaker,
+// failed GETs answered from the stale cache.
 import { request as httpRequest, type ClientRequest, type IncomingMessage } from 'node:http';
 import type { Request, RequestHandler, Response } from 'express';
 import { HttpError, sendError } from '../platform/errors.js';
@@ -75,6 +76,10 @@ export class Exchange {
   proxyRes?: IncomingMessage;
   /** The client span of the call to the service, once the breaker let it through. */
   span?: ClientSpan;
+  /** The service's answer's body so far, when it is sent whole (sendWhole). */
+  answer?: Buffer | Buffer[];
+  /** The service's answer is a 5xx that blames its dependency (DEPENDENCY_HEADER). */
+  dependencyFault = false;
   /** The breaker's call; its outcome is always reported by `finish`. */
   call?: BreakerCall;
   /** The instance the current attempt goes to. */
@@ -136,28 +141,30 @@ export class Exchange {
     if (failure) instances.fail(t.instance, failure, breaker.state !== 'CLOSED');
   }
 
-  /** Settles when the service's response headers arrive (or the call fails). */
-  start(cancellation: BreakerCall, forward: (ex: Exchange) => void, service: string): Promise<void> {
-    return new Promise<void>((resolve, reject) => {
-      this.resolve = resolve;
-      this.reject = reject;
-      this.upstream.retries.deposit();
-      // Gone while waiting for the limiter or the breaker: its 'close' has already been emitted.
-      if (this.req.socket.destroyed) {
-        this.state = 'gone';
-        reject(new ClientGoneError());
-        return;
-      }
-      this.call = cancellation;
-      cancellation.defer();
-      this.startedAt = performance.now();
-      cancellation.onAbort(() => this.onTimeout());
-      this.res.on('close', () => this.onClientClose());
-      // One client span per call that really goes out (not for circuit-open answers): the
-      // service's server span hangs under it through the traceparent it carries.
-      this.span = startClientSpan(`${this.req.method} ${service}`, { [ATTR_PEER_SERVICE]: service, [ATTR_HTTP_REQUEST_METHOD]: this.req.method });
-      forward(this);
-    });
+  /**
+   * Sends the call: `resolve` when the service's response headers arrive, `reject` when the call
+   * fails (the breaker's run's ends).
+   */
+  start(cancellation: BreakerCall, forward: (ex: Exchange) => void, service: string, resolve: () => void, reject: (err: Error) => void): void {
+    this.resolve = resolve;
+    this.reject = reject;
+    this.upstream.retries.deposit();
+    // Gone while waiting for the limiter or the breaker: its 'close' has already been emitted.
+    if (this.req.socket.destroyed) {
+      this.state = 'gone';
+      reject(new ClientGoneError());
+      return;
+    }
+    this.call = cancellation;
+    cancellation.defer();
+    this.startedAt = performance.now();
+    cancellation.onAbort(() => this.onTimeout());
+    (this.res as Response & Carrier)[EXCHANGE] = this;
+    this.res.on('close', onClientClose);
+    // One client span per call that really goes out (not for circuit-open answers): the
+    // service's server span hangs under it through the traceparent it carries.
+    this.span = startClientSpan(`${this.req.method} ${service}`, { [ATTR_PEER_SERVICE]: service, [ATTR_HTTP_REQUEST_METHOD]: this.req.method });
+    forward(this);
   }
 
   /** The breaker gave up on the call (it rejected the run already): nothing more goes out for it. */
@@ -179,6 +186,17 @@ export class Exchange {
 }
 
 function noop(): void {}
+
+// Node's objects of one exchange (the client's response, the call, the service's answer) point
+// to it, so that their listeners are functions made once, not closures made per request.
+const EXCHANGE = Symbol('gateway.exchange');
+interface Carrier {
+  [EXCHANGE]?: Exchange;
+}
+
+function onClientClose(this: Carrier): void {
+  this[EXCHANGE]!.onClientClose();
+}
 
 /** Times the body as it arrives: `idleMs` between reads, `totalMs` in all; a body too slow ends the call. */
 function watchBody(ex: Exchange, { idleMs, totalMs }: BodyLimits): void {
@@ -275,6 +293,40 @@ function dropBody(ex: Exchange, proxyRes: IncomingMessage): void {
   else proxyRes.once('end', () => proxyReq.destroy());
 }
 
+/**
+ * A GET's 2xx answer announced by Content-Length up to this size is read whole, then sent with its
+ * head in one go (res.end), without a pipe's listeners and flowing: the usual answer, one read.
+ */
+const WHOLE_ANSWER_BYTES = 16 * 1024;
+
+function isSmallWholeAnswer(req: Request, status: number, headers: IncomingMessage['headers']): boolean {
+  if (req.method !== 'GET' || status < 200 || status > 299 || status === 204) return false;
+  const length = headers['content-length'];
+  return length !== undefined && headers['transfer-encoding'] === undefined && Number(length) <= WHOLE_ANSWER_BYTES;
+}
+
+/**
+ * The answer's body once it has all arrived; one cut short never comes (the answer's 'close'
+ * handles that). `proxyRes` carries its exchange.
+ */
+function sendWhole(proxyRes: IncomingMessage): void {
+  proxyRes.on('data', onWholeData);
+  proxyRes.on('end', onWholeEnd);
+}
+
+function onWholeData(this: IncomingMessage & Carrier, chunk: Buffer): void {
+  const ex = this[EXCHANGE]!;
+  if (ex.answer === undefined) ex.answer = chunk;
+  else if (Array.isArray(ex.answer)) ex.answer.push(chunk);
+  else ex.answer = [ex.answer, chunk];
+}
+
+function onWholeEnd(this: IncomingMessage & Carrier): void {
+  const { res, answer } = this[EXCHANGE]!;
+  if (res.destroyed) return;
+  res.end(Array.isArray(answer) ? Buffer.concat(answer) : answer);
+}
+
 // A retry to the same instance waits up to this long (a random share of it).
 const RETRY_JITTER_MS = 25;
 // Methods that change nothing (RFC 9110 9.2.1): a late answer to them is only late.
@@ -365,6 +417,26 @@ export function createServiceProxy({ upstream, cache, metrics, logger, trustsPro
   // bring the answer back; a service that keeps no deadline is still cut off.
   const answerGraceMs = Math.min(1000, Math.ceil(timeoutMs / 4));
 
+  function onAnswerClose(this: IncomingMessage & Carrier): void {
+    const ex = this[EXCHANGE]!;
+    // The call's one outcome, now that its answer has ended (unless a 5xx decided it already):
+    // a body cut short is the service's failure, whatever its headers said.
+    ex.finish(!this.complete ? 'reset' : ex.dependencyFault ? 'dependency' : 'success');
+    if (this.complete || ex.state === 'gone') return;
+    // The service died after its headers: cut the client off rather than let it wait for
+    // the rest of a body that will never come.
+    log.warn({ status: this.statusCode }, 'service broke off its response');
+    ex.res.destroy();
+  }
+
+  function onCallResponse(this: ClientRequest & Carrier, proxyRes: IncomingMessage): void {
+    onResponse(this[EXCHANGE]!, proxyRes);
+  }
+
+  function onCallError(this: ClientRequest & Carrier, err: Error): void {
+    onError(this[EXCHANGE]!, err);
+  }
+
   const onResponse = (ex: Exchange, proxyRes: IncomingMessage) => {
     const { req, res } = ex;
     tries.answered(ex.try);
@@ -379,7 +451,7 @@ export function createServiceProxy({ upstream, cache, metrics, logger, trustsPro
     ex.state = 'streaming';
     if (!req.complete) dropBody(ex, proxyRes);
     const status = proxyRes.statusCode ?? 502;
-    const dependencyFault = status >= 500 && proxyRes.headers[DEPENDENCY_HEADER] !== undefined;
+    const dependencyFault = (ex.dependencyFault = status >= 500 && proxyRes.headers[DEPENDENCY_HEADER] !== undefined);
     if (status >= 500 && !dependencyFault) {
       // Passed through unchanged (or a stale copy instead), but a failure for the breaker, counted
       // now: the breaker learns it before the rejection below reaches it.
@@ -390,16 +462,8 @@ export function createServiceProxy({ upstream, cache, metrics, logger, trustsPro
       if (ex.cacheKey !== undefined && cache.wants(ex.cacheKey, proxyRes)) cache.capture(ex.cacheKey, proxyRes);
       ex.resolve();
     }
-    proxyRes.on('close', () => {
-      // The call's one outcome, now that its answer has ended (unless a 5xx decided it already):
-      // a body cut short is the service's failure, whatever its headers said.
-      ex.finish(!proxyRes.complete ? 'reset' : dependencyFault ? 'dependency' : 'success');
-      if (proxyRes.complete || ex.state === 'gone') return;
-      // The service died after its headers: cut the client off rather than let it wait for
-      // the rest of a body that will never come.
-      log.warn({ status }, 'service broke off its response');
-      ex.res.destroy();
-    });
+    (proxyRes as IncomingMessage & Carrier)[EXCHANGE] = ex;
+    proxyRes.on('close', onAnswerClose);
     if (res.headersSent) return;
     res.statusCode = status;
     if (proxyRes.statusMessage) res.statusMessage = proxyRes.statusMessage;
@@ -410,7 +474,8 @@ export function createServiceProxy({ upstream, cache, metrics, logger, trustsPro
       if (value === undefined || isUpstreamOnly(name, named)) continue;
       res.setHeader(name, LOCATION_HEADERS.has(name) ? gatewayLocation(value as string) : value);
     }
-    proxyRes.pipe(res);
+    if (isSmallWholeAnswer(req, status, headers)) sendWhole(proxyRes);
+    else proxyRes.pipe(res);
   };
 
   const onError = (ex: Exchange, err: Error) => {
@@ -476,9 +541,10 @@ export function createServiceProxy({ upstream, cache, metrics, logger, trustsPro
     instances.begin(instance);
     instance.sent.inc();
     ex.try = tries.start(instance, ex.retry === 'none' && (req.method === 'GET' || req.method === 'HEAD') && !hasBody(req.headers), () => tryTimedOut(ex));
-    // 'response' and 'close' come once each: plain listeners spare a once-wrapper per request.
-    proxyReq.on('response', (proxyRes: IncomingMessage) => onResponse(ex, proxyRes));
-    proxyReq.on('error', (err: Error) => onError(ex, err));
+    // 'response' comes once: a plain listener spares a once-wrapper per request.
+    (proxyReq as ClientRequest & Carrier)[EXCHANGE] = ex;
+    proxyReq.on('response', onCallResponse);
+    proxyReq.on('error', onCallError);
     if (!hasBody(req.headers)) proxyReq.end();
     else if (ex.body !== undefined) proxyReq.end(ex.body);
     else if (ex.retry !== 'none') resendBody(ex, proxyReq);
@@ -489,38 +555,54 @@ export function createServiceProxy({ upstream, cache, metrics, logger, trustsPro
     }
   };
 
-  return async (req, res) => {
+  // The call's failure, to answer: an error, or a stale copy.
+  const answerFailure = (ex: Exchange, err: unknown, next: (err: unknown) => void): void => {
+    const { res } = ex;
+    // Answered already (or about to be), or nobody to answer.
+    if (ex.state !== 'pending' && ex.state !== 'failed') return;
+    let failure: HttpError;
+    try {
+      failure = toProxyError(upstream.name, err);
+    } catch (unexpected) {
+      return next(unexpected);
+    }
+    if (failure.status >= 502 && serveStale(ex)) return;
+    if (err instanceof UpstreamUnavailableError) {
+      // Classified already: one line, no stack.
+      const durationMs = Math.round(performance.now() - ex.arrivedAt);
+      log.warn({ failure: err.failure, durationMs, traceId: res.locals.trace?.traceId }, 'proxy failed');
+    }
+    if (err instanceof CircuitOpenError) res.setHeader('Retry-After', String(err.retryAfterSeconds));
+    // The rest of a stalled body is not worth reading.
+    if (failure.status === 408) res.setHeader('Connection', 'close');
+    sendError(res, failure);
+  };
+
+  // The call through the breaker. No promise on the way: a GET without a body goes out in the
+  // handler's own turn.
+  const call = (ex: Exchange, next: (err: unknown) => void): void => {
+    const { req } = ex;
+    // The service's time starts once the client has sent its body (the body's own limits end a
+    // client that is too slow), unless the body is stuck because the service stopped reading it.
+    const clientDoneAt = (): number | undefined => {
+      if (req.complete) return ex.bodyEndedAt ?? 0;
+      return ex.proxyReq?.writableNeedDrain ? 0 : undefined;
+    };
+    const graceMs = SAFE_METHODS.has(req.method) ? 0 : answerGraceMs;
+    upstream.breaker.runWith((cancellation, resolve, reject) => ex.start(cancellation, forward, upstream.name, resolve, reject), { clientDoneAt, graceMs }, (err) => answerFailure(ex, err, next));
+  };
+
+  return (req, res, next) => {
     res.locals.route = route;
     res.locals.proxiedTo = upstream.name;
     // A verified caller's answer is kept under its id: it may be that caller's alone.
     const cacheKey = staleCacheKey(req, identityOf(res)?.key);
     const ex = new Exchange(req, res, cacheKey, upstream);
-    const started = performance.now();
-    try {
-      if (!req.complete && hasBody(req.headers) && isSmallBody(req)) ex.body = await readSmallBody(ex, bodyLimits);
-      // The service's time starts once the client has sent its body (the body's own limits end a
-      // client that is too slow), unless the body is stuck because the service stopped reading it.
-      const clientDoneAt = (): number | undefined => {
-        if (req.complete) return ex.bodyEndedAt ?? 0;
-        return ex.proxyReq?.writableNeedDrain ? 0 : undefined;
-      };
-      const graceMs = SAFE_METHODS.has(req.method) ? 0 : answerGraceMs;
-      await upstream.breaker.run((cancellation) => ex.start(cancellation, forward, upstream.name), { clientDoneAt, graceMs });
-    } catch (err) {
-      // Answered already (or about to be), or nobody to answer.
-      if (ex.state !== 'pending' && ex.state !== 'failed') return;
-      const failure = toProxyError(upstream.name, err);
-      if (failure.status >= 502 && serveStale(ex)) return;
-      if (err instanceof UpstreamUnavailableError) {
-        // Classified already: one line, no stack.
-        const durationMs = Math.round(performance.now() - started);
-        log.warn({ failure: err.failure, durationMs, traceId: res.locals.trace?.traceId }, 'proxy failed');
-      }
-      if (err instanceof CircuitOpenError) res.setHeader('Retry-After', String(err.retryAfterSeconds));
-      // The rest of a stalled body is not worth reading.
-      if (failure.status === 408) res.setHeader('Connection', 'close');
-      sendError(res, failure);
-    }
+    if (req.complete || !hasBody(req.headers) || !isSmallBody(req)) return call(ex, next);
+    readSmallBody(ex, bodyLimits).then((body) => {
+      ex.body = body;
+      call(ex, next);
+    }, (err: unknown) => answerFailure(ex, err, next));
   };
 }
 

@@ -30,8 +30,8 @@ export interface RateLimiterOptions {
 
 export interface RateLimiter {
   /**
-   * Counts the request against its client and sets the rate-limit headers; returns the 429 to
-   * answer when the client is over the limit. Synchronous without a shared store; with one, a
+   * Counts the request against its client and notes its rate-limit headers (sendRateLimitHeaders
+   * sets them); returns the 429 to answer when the client is over the limit. Synchronous without a shared store; with one, a
    * promise while the store is reachable.
    */
   check: (req: Request, res: Response) => HttpError | undefined | Promise<HttpError | undefined>;
@@ -41,6 +41,33 @@ export interface RateLimiter {
   close(): void;
   /** The `n` clients with the most requests in their current window, most first (the dashboard). */
   topClients(n: number): { client: string; hits: number }[];
+}
+
+/** The headers of the limit closest to refusing a request, until sendRateLimitHeaders sets them. */
+interface DueHeaders {
+  limit: string;
+  policy: string;
+  remaining: number;
+  /** X-RateLimit-Reset: when the window ends, in Unix seconds. */
+  reset: string;
+  resetSeconds: number;
+}
+
+/**
+ * Sets the rate-limit headers that the limits which counted the request are due (those of the one
+ * closest to refusing it). Every limit of a request counts it before this is called once: each
+ * header set once rather than once per limit. Call before anything else may answer or set headers.
+ */
+export function sendRateLimitHeaders(res: Response): void {
+  const due = res.locals.rateLimitDue as DueHeaders | undefined;
+  if (due === undefined) return;
+  res.locals.rateLimitDue = undefined;
+  if (res.headersSent) return;
+  res.setHeader('X-RateLimit-Limit', due.limit);
+  res.setHeader('X-RateLimit-Remaining', String(due.remaining));
+  res.setHeader('X-RateLimit-Reset', due.reset);
+  res.setHeader('RateLimit-Policy', due.policy);
+  res.setHeader('RateLimit', `limit=${due.limit}, remaining=${due.remaining}, reset=${due.resetSeconds}`);
 }
 
 interface Client {
@@ -119,6 +146,9 @@ export function createRateLimiter({ limit, windowMs, metrics, byAddress = false,
   const counter = new HitCounter(windowMs);
   const limitHeader = String(limit);
   const policy = `${limit};w=${Math.ceil(windowMs / 1000)}`;
+  // Every client of one window start shares its X-RateLimit-Reset value.
+  let lastResetAt = -1;
+  let lastReset = '';
 
   // A verified caller (set by the authenticate step) is one client wherever it calls from;
   // `user:` keys cannot collide with addresses.
@@ -135,11 +165,13 @@ export function createRateLimiter({ limit, windowMs, metrics, byAddress = false,
     const shown = res.locals.rateLimitRemaining as number | undefined;
     if (!res.headersSent && (shown === undefined || remaining <= shown)) {
       res.locals.rateLimitRemaining = remaining;
-      res.setHeader('X-RateLimit-Limit', limitHeader);
-      res.setHeader('X-RateLimit-Remaining', String(remaining));
-      res.setHeader('X-RateLimit-Reset', String(Math.ceil(resetMs / 1000)));
-      res.setHeader('RateLimit-Policy', policy);
-      res.setHeader('RateLimit', `limit=${limitHeader}, remaining=${remaining}, reset=${resetSeconds}`);
+      const resetAt = Math.ceil(resetMs / 1000);
+      if (resetAt !== lastResetAt) {
+        lastResetAt = resetAt;
+        lastReset = String(resetAt);
+      }
+      const due: DueHeaders = { limit: limitHeader, policy, remaining, reset: lastReset, resetSeconds };
+      res.locals.rateLimitDue = due;
     }
     if (hits <= limit) return undefined;
     metrics.rateLimited();
@@ -158,8 +190,15 @@ export function createRateLimiter({ limit, windowMs, metrics, byAddress = false,
 
   const middleware: RequestHandler = (req, res, next) => {
     const refused = check(req, res);
-    if (refused instanceof Promise) refused.then(next, next);
-    else next(refused);
+    if (refused instanceof Promise) {
+      refused.then((err) => {
+        sendRateLimitHeaders(res);
+        next(err);
+      }, next);
+      return;
+    }
+    sendRateLimitHeaders(res);
+    next(refused);
   };
   return { check, middleware, close: () => counter.close(), topClients: (n) => counter.top(n, Date.now()) };
 }

@@ -71,14 +71,15 @@ export function createStaleCache({ maxEntries, maxAgeMs, maxBytes, maxEntryBytes
   return {
     wants(key, proxyRes) {
       if (proxyRes.statusCode !== 200) return false;
+      // Stored within refreshAfterMs: under load, the usual answer, decided without reading headers.
+      const held = lru.peek(key);
+      if (held && Date.now() - held.storedAt < refreshAfterMs) return false;
       const headers = proxyRes.headers;
       if (!JSON_TYPE.test(headers['content-type'] ?? '')) return false;
       if (headers['set-cookie'] || PRIVATE.test(headers['cache-control'] ?? '')) return false;
       if (headers.vary !== undefined || (headers['content-encoding'] !== undefined && headers['content-encoding'] !== 'identity')) return false;
       const declared = Number(headers['content-length']);
-      if (declared > maxEntryBytes) return false;
-      const held = lru.peek(key);
-      return !held || Date.now() - held.storedAt >= refreshAfterMs;
+      return !(declared > maxEntryBytes);
     },
     capture(key, proxyRes) {
       const chunks: Buffer[] = [];

@@ -9,7 +9,7 @@ import type { Logger } from 'pino';
 import { HttpError } from './errors.js';
 import { bindToTrace, runWithTrace, traceFromHeaders, type TraceContext } from './trace-context.js';
 import { ALIAS_ATTRIBUTE, type Tracing } from './span-recorder.js';
-import { requestLineLogger } from './logger.js';
+import { requestLineWriter, type RequestLineWriter } from './logger.js';
 
 const BODY_LIMIT_BYTES = 100 * 1024;
 /** Deeper JSON parses, but later makes JSON.stringify and zod recurse too far: refuse it up front. */
@@ -75,7 +75,7 @@ export type RequestObserver = (req: Request, res: Response, durationMs: number) 
 
 /** What requestContext keeps per request for its one 'close' listener. */
 interface RequestState {
-  logger: Logger;
+  writeLine: RequestLineWriter;
   /** performance.now() when the request arrived. */
   started: number;
   span: Span | undefined;
@@ -108,12 +108,7 @@ function onClose(this: Response): void {
     span.end();
   }
   if (!aborted) for (const observe of state.observers) observe(req, res, durationMs);
-  state.logger[state.quiet || status === 429 ? 'debug' : 'info'](
-    aborted
-      ? { traceId: trace.traceId, spanId: trace.spanId, method: req.method, url: req.originalUrl.slice(0, 300), status, durationMs, aborted }
-      : { traceId: trace.traceId, spanId: trace.spanId, method: req.method, url: req.originalUrl.slice(0, 300), status, durationMs },
-    'request',
-  );
+  state.writeLine({ traceId: trace.traceId, spanId: trace.spanId, method: req.method, url: req.originalUrl.slice(0, 300), status, durationMs, aborted }, state.quiet || status === 429);
 }
 
 /**
@@ -124,7 +119,7 @@ function onClose(this: Response): void {
  * request answered in full, timed by the same clock.
  */
 export function requestContext(logger: Logger, tracing?: Tracing, observers: readonly RequestObserver[] = []): RequestHandler {
-  const lineLogger = requestLineLogger(logger);
+  const writeLine = requestLineWriter(logger);
   return (req, res, next) => {
     // The path without Express's URL parsing for the usual origin-form URL (this runs on every
     // request); absolute-form URLs and fragments go through req.path, which strips them.
@@ -135,7 +130,7 @@ export function requestContext(logger: Logger, tracing?: Tracing, observers: rea
     const traced = tracing !== undefined && !quiet;
     const trace = traceFromHeaders(req.headers, !traced);
     res.locals.trace = trace;
-    const state: RequestState = { logger: lineLogger, started: performance.now(), span: undefined, observers, quiet };
+    const state: RequestState = { writeLine, started: performance.now(), span: undefined, observers, quiet };
     (res as WithState)[STATE] = state;
     const run = (span?: Span) => {
       state.span = span;
