@@ -258,8 +258,16 @@ describe('circuit breakers', () => {
   });
 
   test('when the service breaks off three responses in a row after their headers, then the circuit opens', async () => {
+    // A small answer is read whole before the gateway sends anything of it: the client is told 502.
     up.behaviour = { kind: 'break' };
-    for (let i = 0; i < 3; i++) await assert.rejects(http(steady.url, 'GET', `/api/users/cut-${i}`), 'the client sees the cut, not a complete 200');
+    for (let i = 0; i < 2; i++) {
+      const cut = await http(steady.url, 'GET', `/api/users/cut-${i}`);
+      assert.equal(cut.status, 502, 'a small answer cut short is a 502, not a 200');
+      assert.equal(cut.body.code, 'BAD_GATEWAY');
+    }
+    // A large one is streamed as it comes: its 200 went out, so the client sees the cut.
+    up.behaviour = { kind: 'break', length: 100_000 };
+    await assert.rejects(http(steady.url, 'GET', '/api/users/cut-2'), 'the client sees the cut, not a complete 200');
     const health = await http(steady.url, 'GET', '/health');
     assert.equal(health.body.services.users.circuitState, 'OPEN');
     assert.equal(health.body.services.users.stats.failures, 3);

@@ -49,7 +49,8 @@ export type Behaviour =
   | { kind: 'status'; status: number }
   | { kind: 'hang' }
   /** Headers and part of the body, then the connection dies. */
-  | { kind: 'break' };
+  /** Headers announcing `length` bytes (default 1000), part of the body, then the connection cut. */
+  | { kind: 'break'; length?: number };
 
 export interface Seen {
   method: string;
@@ -133,7 +134,7 @@ export async function startFakeUpstream(): Promise<FakeUpstream> {
         case 'hang':
           return;
         case 'break':
-          res.writeHead(200, { 'content-type': 'application/json', 'content-length': '1000' });
+          res.writeHead(200, { 'content-type': 'application/json', 'content-length': String(b.length ?? 1000) });
           res.write('{"partial":');
           setTimeout(() => res.socket?.destroy(), 20);
           return;

@@ -76,7 +76,9 @@ export class Exchange {
   proxyRes?: IncomingMessage;
   /** The client span of the call to the service, once the breaker let it through. */
   span?: ClientSpan;
-  /** The service's answer's body so far, when it is sent whole (sendWhole). */
+  /** The service's answer is read whole before anything of it is sent (onWholeEnd). */
+  whole = false;
+  /** The service's answer's body so far, when it is sent whole. */
   answer?: Buffer | Buffer[];
   /** The service's answer is a 5xx that blames its dependency (DEPENDENCY_HEADER). */
   dependencyFault = false;
@@ -305,15 +307,6 @@ function isSmallWholeAnswer(req: Request, status: number, headers: IncomingMessa
   return length !== undefined && headers['transfer-encoding'] === undefined && Number(length) <= WHOLE_ANSWER_BYTES;
 }
 
-/**
- * The answer's body once it has all arrived; one cut short never comes (the answer's 'close'
- * handles that). `proxyRes` carries its exchange.
- */
-function sendWhole(proxyRes: IncomingMessage): void {
-  proxyRes.on('data', onWholeData);
-  proxyRes.on('end', onWholeEnd);
-}
-
 function onWholeData(this: IncomingMessage & Carrier, chunk: Buffer): void {
   const ex = this[EXCHANGE]!;
   if (ex.answer === undefined) ex.answer = chunk;
@@ -321,11 +314,6 @@ function onWholeData(this: IncomingMessage & Carrier, chunk: Buffer): void {
   else ex.answer = [ex.answer, chunk];
 }
 
-function onWholeEnd(this: IncomingMessage & Carrier): void {
-  const { res, answer } = this[EXCHANGE]!;
-  if (res.destroyed) return;
-  res.end(Array.isArray(answer) ? Buffer.concat(answer) : answer);
-}
 
 // A retry to the same instance waits up to this long (a random share of it).
 const RETRY_JITTER_MS = 25;
@@ -423,11 +411,41 @@ export function createServiceProxy({ upstream, cache, metrics, logger, trustsPro
     // a body cut short is the service's failure, whatever its headers said.
     ex.finish(!this.complete ? 'reset' : ex.dependencyFault ? 'dependency' : 'success');
     if (this.complete || ex.state === 'gone') return;
-    // The service died after its headers: cut the client off rather than let it wait for
-    // the rest of a body that will never come.
     log.warn({ status: this.statusCode }, 'service broke off its response');
+    // Nothing of an answer read whole has gone out: the client gets a stale copy or the truth, a 502.
+    if (ex.whole && !ex.res.headersSent) {
+      if (!serveStale(ex)) sendError(ex.res, toProxyError(upstream.name, new UpstreamUnavailableError(upstream.name, 'reset')));
+      return;
+    }
+    // The service died after its headers went out: cut the client off rather than let it wait
+    // for the rest of a body that will never come.
     ex.res.destroy();
   }
+
+  /**
+   * The answer's head and body once its body has all arrived, in one write; one cut short never
+   * comes (onAnswerClose answers it). `this` carries its exchange.
+   */
+  function onWholeEnd(this: IncomingMessage & Carrier): void {
+    const ex = this[EXCHANGE]!;
+    if (ex.res.destroyed || ex.res.headersSent) return;
+    copyHead(ex.res, this);
+    const { answer } = ex;
+    ex.res.end(Array.isArray(answer) ? Buffer.concat(answer) : answer);
+  }
+
+  /** The service's status and headers onto the client's response, but hop-by-hop ones. */
+  const copyHead = (res: Response, proxyRes: IncomingMessage): void => {
+    res.statusCode = proxyRes.statusCode ?? 502;
+    if (proxyRes.statusMessage) res.statusMessage = proxyRes.statusMessage;
+    const headers = proxyRes.headers;
+    const named = connectionNamed(headers.connection);
+    for (const name in headers) {
+      const value = headers[name];
+      if (value === undefined || isUpstreamOnly(name, named)) continue;
+      res.setHeader(name, LOCATION_HEADERS.has(name) ? gatewayLocation(value as string) : value);
+    }
+  };
 
   function onCallResponse(this: ClientRequest & Carrier, proxyRes: IncomingMessage): void {
     onResponse(this[EXCHANGE]!, proxyRes);
@@ -465,17 +483,14 @@ export function createServiceProxy({ upstream, cache, metrics, logger, trustsPro
     (proxyRes as IncomingMessage & Carrier)[EXCHANGE] = ex;
     proxyRes.on('close', onAnswerClose);
     if (res.headersSent) return;
-    res.statusCode = status;
-    if (proxyRes.statusMessage) res.statusMessage = proxyRes.statusMessage;
-    const headers = proxyRes.headers;
-    const named = connectionNamed(headers.connection);
-    for (const name in headers) {
-      const value = headers[name];
-      if (value === undefined || isUpstreamOnly(name, named)) continue;
-      res.setHeader(name, LOCATION_HEADERS.has(name) ? gatewayLocation(value as string) : value);
+    if (isSmallWholeAnswer(req, status, proxyRes.headers)) {
+      ex.whole = true;
+      proxyRes.on('data', onWholeData);
+      proxyRes.on('end', onWholeEnd);
+      return;
     }
-    if (isSmallWholeAnswer(req, status, headers)) sendWhole(proxyRes);
-    else proxyRes.pipe(res);
+    copyHead(res, proxyRes);
+    proxyRes.pipe(res);
   };
 
   const onError = (ex: Exchange, err: Error) => {
