@@ -154,7 +154,11 @@ export interface Goal {
 export interface GatewayMemory {
   samples: number;
   afterWarmupMb: number;
+  /** At the end of the last round. */
   atEndMb: number;
+  /** Once the load had stopped for settleS seconds; the goal's figure (absent in older runs). */
+  settledMb?: number;
+  settleS?: number;
   firstQuarterFloorMb: number;
   lastQuarterFloorMb: number;
   peakMb: number;
@@ -377,11 +381,17 @@ export function buildGoals({ rows, rounds, cpuMode, memory, keepAlive, fixedRate
       : { ...orderCost(undefined, 'PostgreSQL'), value: postgres.status === 'off' ? 'left out (BENCH_POSTGRES_URL=off)' : `PostgreSQL did not answer at ${postgres.server} (${postgres.detail})` });
   }
 
+  // After the bench is once the load has stopped for a few seconds, where a run records it; the
+  // figure at the end of the last round is still shown (and judged in runs without the other).
+  const settled = memory.settledMb !== undefined && Number.isFinite(memory.settledMb) && memory.settleS !== undefined;
+  const afterMb = settled ? memory.settledMb! : memory.atEndMb;
   goals.push({
     name: 'gateway RSS after the bench',
-    value: Number.isFinite(memory.atEndMb) ? `${fmt(memory.atEndMb, 0)} MB after ${memory.gatewayRequests.toLocaleString('en-US')} requests (peak ${fmt(memory.peakMb, 0)} MB)` : 'not measured',
-    goal: `<= ${GOALS.rssAfterMb} MB`,
-    pass: Number.isFinite(memory.atEndMb) ? memory.atEndMb <= GOALS.rssAfterMb : undefined,
+    value: Number.isFinite(afterMb)
+      ? `${fmt(afterMb, 0)} MB ${settled ? `${fmt(memory.settleS!, 0)} s after the last round (${fmt(memory.atEndMb, 0)} MB at its end) ` : ''}after ${memory.gatewayRequests.toLocaleString('en-US')} requests (peak ${fmt(memory.peakMb, 0)} MB)`
+      : 'not measured',
+    goal: `<= ${GOALS.rssAfterMb} MB${settled ? `, with the load stopped for ${fmt(memory.settleS!, 0)} s` : ''}`,
+    pass: Number.isFinite(afterMb) ? afterMb <= GOALS.rssAfterMb : undefined,
   });
   goals.push(idleConnectionCost(idleConnections));
 

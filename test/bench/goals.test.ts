@@ -95,6 +95,11 @@ describe('benchmark goals', () => {
     const under = goals([], { memory: memory(90), idleConnections: idle(20) });
     assert.equal(find(under, 'gateway RSS after the bench').pass, true);
     assert.equal(find(under, 'gateway RSS per idle keep-alive connection').pass, true);
+    // Read again once the load has stopped, that figure is the one judged; the end of the rounds is shown.
+    const settled = find(goals([], { memory: { ...memory(180), settledMb: 95, settleS: 12 } }), 'gateway RSS after the bench');
+    assert.equal(settled.pass, true);
+    assert.match(settled.value, /^95 MB 12 s after the last round \(180 MB at its end\)/);
+    assert.equal(find(goals([], { memory: { ...memory(90), settledMb: 101, settleS: 12 } }), 'gateway RSS after the bench').pass, false);
     // Connections that closed before the RSS was read leave the figure unjudged.
     const short = goals([], { idleConnections: { ...idle(20), held: 1500, error: '500 connections closed before the RSS was read' } });
     assert.equal(find(short, 'gateway RSS per idle keep-alive connection').pass, undefined);
