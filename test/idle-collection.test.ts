@@ -69,7 +69,7 @@ describe('collection when idle', () => {
     stopSmall();
   });
 
-  test('when requests come back between the compaction and the second collection, then the second waits for the next idle spell', (t) => {
+  test('when the process is busy again between the compaction and the second collection, then the second runs in its next quiet spell', (t) => {
     t.mock.timers.enable({ apis: ['setInterval'] });
     const p = fakeProcess(50 * MB);
     const stop = collectWhenIdle(p.deps, CHECK_MS);
@@ -78,8 +78,12 @@ describe('collection when idle', () => {
     assert.deepEqual(p.calls, ['compact']);
     p.state.cpuUs += CHECK_MS * 1000;
     t.mock.timers.tick(CHECK_MS);
-    t.mock.timers.tick(IDLE_SHRINK_MS);
+    t.mock.timers.tick(IDLE_SHRINK_MS - CHECK_MS);
     assert.deepEqual(p.calls, ['compact']);
+    t.mock.timers.tick(CHECK_MS);
+    assert.deepEqual(p.calls, ['compact', 'collect']);
+    t.mock.timers.tick(60_000);
+    assert.deepEqual(p.calls, ['compact', 'collect']);
     stop();
   });
 

@@ -277,7 +277,7 @@ const processDeps: IdleCollectionDeps = {
  * idle process never reaches; its memory reducer did not start one here either. So once the
  * process has spent under IDLE_CPU_SHARE of its time on the CPU for IDLE_COMPACT_MS with its heap
  * IDLE_GROWTH_BYTES above where the last such collection left it, it compacts (some 20-50 ms), and
- * if it is still idle at IDLE_SHRINK_MS it collects once more. A busy process never pays for
+ * once it has been idle for IDLE_SHRINK_MS (at once, or in a later quiet spell) it collects once more. A busy process never pays for
  * either, an idle one at most twice per busy spell; a request that arrives during one waits for it.
  * Returns the stop.
  */
@@ -285,18 +285,18 @@ export function collectWhenIdle(deps: IdleCollectionDeps = processDeps, checkMs 
   let lastCpu = deps.cpuUs();
   let baseline = deps.heapBytes();
   let idleMs = 0;
-  let compacted = false;
+  // Set by a compaction until the collection after it has run, whatever came between (V8's
+  // sweeping after the compaction alone can make the next interval look busy).
+  let shrinkDue = false;
   const timer = setInterval(() => {
     idleMs = deps.cpuUs() - lastCpu < checkMs * 1000 * IDLE_CPU_SHARE ? idleMs + checkMs : 0;
-    if (idleMs === 0) {
-      compacted = false;
-    } else if (!compacted && idleMs >= IDLE_COMPACT_MS && deps.heapBytes() > baseline + IDLE_GROWTH_BYTES) {
+    if (idleMs >= IDLE_COMPACT_MS && deps.heapBytes() > baseline + IDLE_GROWTH_BYTES) {
       deps.compact();
-      compacted = true;
+      shrinkDue = true;
       baseline = deps.heapBytes();
-    } else if (compacted && idleMs >= IDLE_SHRINK_MS) {
+    } else if (shrinkDue && idleMs >= IDLE_SHRINK_MS) {
       deps.collect();
-      compacted = false;
+      shrinkDue = false;
       baseline = deps.heapBytes();
     }
     // A collection's own CPU time is not the next interval's work.
