@@ -14,8 +14,8 @@ import {
   TraceIdRatioBasedSampler,
   type ReadableSpan,
   type Sampler,
-  type SpanExporter,
 } from '@opentelemetry/sdk-trace-base';
+import { OTLPTraceExporter } from '@opentelemetry/exporter-trace-otlp-http';
 import type { SAMPLERS } from './config.js';
 import type { Logger } from './logger.js';
 import { ATTR_ERROR_TYPE, ATTR_HTTP_RESPONSE_STATUS_CODE, ATTR_SERVICE_NAME } from '@opentelemetry/semantic-conventions';
@@ -423,7 +423,7 @@ export function createTracing({
   let drain: ((buffer: SpanBuffer) => ExportDrain) | undefined;
   if (otlpEndpoint) {
     const url = `${otlpEndpoint.replace(/\/+$/, '')}/v1/traces`;
-    const exporter = otlpExporter(url);
+    const exporter = new OTLPTraceExporter({ url });
     if (logger) watchExports(exporter, url, logger.child({ component: 'tracing' }));
     // The drain has already waited the delay: the processor sends what it gets at once, a slice
     // to a batch, and holds at most 4096 spans while a collector is slow.
@@ -434,28 +434,10 @@ export function createTracing({
 }
 
 /**
- * OpenTelemetry's OTLP/HTTP exporter, loaded only by a process that has an endpoint to export to
- * (the module and its dependencies hold some 3 MB that a process without one would keep for
- * nothing); batches handed over before it has loaded wait for it.
- */
-function otlpExporter(url: string): SpanExporter {
-  const loading = import('@opentelemetry/exporter-trace-otlp-http').then(({ OTLPTraceExporter }) => new OTLPTraceExporter({ url }));
-  // A failure shows in the export's result; this only keeps it from being an unhandled rejection.
-  loading.catch(() => {});
-  return {
-    export: (spans, done) => {
-      loading.then((exporter) => exporter.export(spans, done), (err: unknown) => done({ code: ExportResultCode.FAILED, error: err instanceof Error ? err : new Error(String(err)) }));
-    },
-    shutdown: () => loading.then((exporter) => exporter.shutdown(), () => {}),
-    forceFlush: () => loading.then((exporter) => exporter.forceFlush(), () => {}),
-  };
-}
-
-/**
  * Says once where spans go, and warns on the first failed export rather than on every batch (a
  * collector that is down fails once a second); after a success a new failure warns again.
  */
-function watchExports(exporter: SpanExporter, url: string, log: Logger): void {
+function watchExports(exporter: OTLPTraceExporter, url: string, log: Logger): void {
   log.info({ url }, 'exporting spans over OTLP/HTTP');
   let failing = false;
   const send = exporter.export.bind(exporter);
