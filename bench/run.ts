@@ -116,7 +116,7 @@ const IDLE_OPEN_BATCH = 50;
  * gives a busy spell's heap back once idle (collectWhenIdle, done within IDLE_SHRINK_MS); the
  * figure at the end of the last round is reported beside it.
  */
-const SETTLE_MS = IDLE_SHRINK_MS + 2_000;
+const SETTLE_MS = IDLE_SHRINK_MS + 3_000;
 const REFERENCES: readonly Reference[] = ['nginx', 'haproxy'];
 const SWEEP_CONNECTIONS = [1, 10, 200];
 const STEAL_FLAG_PCT = 1;
