@@ -117,6 +117,8 @@ const IDLE_OPEN_BATCH = 50;
  * figure at the end of the last round is reported beside it.
  */
 const SETTLE_MS = IDLE_SHRINK_MS + 3_000;
+/** A smoke run only checks that the readings are made. */
+const SMOKE_SETTLE_MS = 1_000;
 const REFERENCES: readonly Reference[] = ['nginx', 'haproxy'];
 const SWEEP_CONNECTIONS = [1, 10, 200];
 const STEAL_FLAG_PCT = 1;
@@ -283,7 +285,7 @@ async function readRss(pid: number): Promise<number> {
   return median(samples);
 }
 
-async function holdIdleConnections(gateway: BenchProcess, url: string, headers: Record<string, string>, count: number): Promise<IdleConnections> {
+async function holdIdleConnections(gateway: BenchProcess, url: string, headers: Record<string, string>, count: number, settleMs: number): Promise<IdleConnections> {
   const rssBeforeMb = await readRss(gateway.mainPid);
   const agents: Agent[] = [];
   const open = () => new Promise<void>((resolve, reject) => {
@@ -306,9 +308,9 @@ async function holdIdleConnections(gateway: BenchProcess, url: string, headers: 
     error = `stopped after ${agents.length} connections: ${(err as Error).message}`;
   }
   // Each answered socket returns to its agent's free list, where it stays open until destroyed.
-  // The RSS before was read with the load stopped for SETTLE_MS: so is this one, or the heap the
+  // The RSS before was read with the load stopped for settleMs: so is this one, or the heap the
   // connections' requests grew (and the gateway gives back once idle) would count as theirs.
-  await sleep(SETTLE_MS);
+  await sleep(settleMs);
   const rssHeldMb = await readRss(gateway.mainPid);
   const held = agents.reduce((n, a) => n + Object.values(a.freeSockets).reduce((m, list) => m + (list?.length ?? 0), 0), 0);
   for (const agent of agents) agent.destroy();
@@ -594,10 +596,11 @@ async function bench(o: Options, supervisor: Supervisor, workDir: string, signal
     await runner.run({ scenario: 'users-full', target: 'gateway', mode: 'unpinned', round, spec: fullSpec, expectStatus: '200' });
   }
   const rssSamples = rss.stop();
-  log(`Gateway RSS ${(rssSamples[rssSamples.length - 1] ?? NaN).toFixed(0)} MB at the end of the rounds; reading it again with the load stopped for ${SETTLE_MS / 1000} s...`);
-  await sleep(SETTLE_MS);
+  const settleMs = o.smoke ? SMOKE_SETTLE_MS : SETTLE_MS;
+  log(`Gateway RSS ${(rssSamples[rssSamples.length - 1] ?? NaN).toFixed(0)} MB at the end of the rounds; reading it again with the load stopped for ${settleMs / 1000} s...`);
+  await sleep(settleMs);
   const settledMb = await readRss(gateway.mainPid);
-  const idleConnections = await holdIdleConnections(gateway, urls.gateway, auth, o.smoke ? SMOKE_IDLE_CONNECTIONS : GOALS.idleConnections);
+  const idleConnections = await holdIdleConnections(gateway, urls.gateway, auth, o.smoke ? SMOKE_IDLE_CONNECTIONS : GOALS.idleConnections, settleMs);
   log(`Idle connections: ${idleConnections.held} of ${idleConnections.connections} held, gateway RSS ${idleConnections.rssBeforeMb.toFixed(0)} -> ${idleConnections.rssHeldMb.toFixed(0)} MB, ${idleConnections.perConnectionKb.toFixed(1)} KB each${idleConnections.error ? ` (${idleConnections.error})` : ''}.`);
 
   // Every figure but the PostgreSQL rows and their goal comes from the rounds so far.
@@ -608,7 +611,7 @@ async function bench(o: Options, supervisor: Supervisor, workDir: string, signal
     afterWarmupMb: rssSamples[0] ?? NaN,
     atEndMb: rssSamples[rssSamples.length - 1] ?? NaN,
     settledMb,
-    settleS: SETTLE_MS / 1000,
+    settleS: settleMs / 1000,
     firstQuarterFloorMb: Math.min(...rssSamples.slice(0, quarter)),
     lastQuarterFloorMb: Math.min(...rssSamples.slice(-quarter)),
     peakMb: Math.max(...rssSamples),
