@@ -206,9 +206,9 @@ function stopOnSignals({ logger, server, cleanup, timeoutMs = 10_000 }: StopOpti
 }
 
 /** How often collectWhenIdle looks at the process's CPU time and heap. */
-export const IDLE_CHECK_MS = 1000;
+const IDLE_CHECK_MS = 1000;
 /** CPU time under this share of a check's interval (about 60 proxied GETs a second) is idle. */
-export const IDLE_CPU_SHARE = 0.01;
+const IDLE_CPU_SHARE = 0.01;
 /** Heap committed beyond what it was after the last idle collection that is worth collecting. */
 export const IDLE_GROWTH_BYTES = 16 * 2 ** 20;
 /** Idle this long, the process compacts its old generation. */
