@@ -12,4 +12,4 @@ const config = loadConfig(GatewayConfigSchema, SERVICE);
 const logger = createLogger({ service: SERVICE, level: config.LOG_LEVEL, pretty: config.LOG_PRETTY });
 
 const gateway = createGateway({ config, logger, tracing: createTracingFromConfig(SERVICE, config, logger) });
-await serve({ app: gateway, port: config.PORT, host: config.HOST, logger, timeoutMs: config.STOP_TIMEOUT_MS, cleanup: () => gateway.close() });
+await serve({ app: gateway, port: config.PORT, host: config.HOST, logger, timeoutMs: config.STOP_TIMEOUT_MS, cleanup: () => gateway.close(), collectWhenIdle: true });

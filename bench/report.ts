@@ -64,6 +64,8 @@ export const GOALS = {
   throughput: 0.9,
   p50AddedMs: 2,
   p99AddedMs: 5,
+  /** Of GOALS.rateRuns fixed-rate runs, how many must keep the added p99 within p99AddedMs. */
+  p99RunsWithin: 4,
   rateRuns: 5,
   aggregateCpu: 3,
   orderCpuMs: 2.4,
@@ -152,7 +154,11 @@ export interface Goal {
 export interface GatewayMemory {
   samples: number;
   afterWarmupMb: number;
+  /** At the end of the last round. */
   atEndMb: number;
+  /** Once the load had stopped for settleS seconds; the goal's figure (absent in older runs). */
+  settledMb?: number;
+  settleS?: number;
   firstQuarterFloorMb: number;
   lastQuarterFloorMb: number;
   peakMb: number;
@@ -375,11 +381,17 @@ export function buildGoals({ rows, rounds, cpuMode, memory, keepAlive, fixedRate
       : { ...orderCost(undefined, 'PostgreSQL'), value: postgres.status === 'off' ? 'left out (BENCH_POSTGRES_URL=off)' : `PostgreSQL did not answer at ${postgres.server} (${postgres.detail})` });
   }
 
+  // After the bench is once the load has stopped for a few seconds, where a run records it; the
+  // figure at the end of the last round is still shown (and judged in runs without the other).
+  const settled = memory.settledMb !== undefined && Number.isFinite(memory.settledMb) && memory.settleS !== undefined;
+  const afterMb = settled ? memory.settledMb! : memory.atEndMb;
   goals.push({
     name: 'gateway RSS after the bench',
-    value: Number.isFinite(memory.atEndMb) ? `${fmt(memory.atEndMb, 0)} MB after ${memory.gatewayRequests.toLocaleString('en-US')} requests (peak ${fmt(memory.peakMb, 0)} MB)` : 'not measured',
-    goal: `<= ${GOALS.rssAfterMb} MB`,
-    pass: Number.isFinite(memory.atEndMb) ? memory.atEndMb <= GOALS.rssAfterMb : undefined,
+    value: Number.isFinite(afterMb)
+      ? `${fmt(afterMb, 0)} MB ${settled ? `${fmt(memory.settleS!, 0)} s after the last round (${fmt(memory.atEndMb, 0)} MB at its end) ` : ''}after ${memory.gatewayRequests.toLocaleString('en-US')} requests (peak ${fmt(memory.peakMb, 0)} MB)`
+      : 'not measured',
+    goal: `<= ${GOALS.rssAfterMb} MB${settled ? `, with the load stopped for ${fmt(memory.settleS!, 0)} s` : ''}`,
+    pass: Number.isFinite(afterMb) ? afterMb <= GOALS.rssAfterMb : undefined,
   });
   goals.push(idleConnectionCost(idleConnections));
 
@@ -411,8 +423,10 @@ export function buildGoals({ rows, rounds, cpuMode, memory, keepAlive, fixedRate
 
 /**
  * The gateway's added latency at half its saturation, paired round by round with the service
- * alone at the same rate: the p99 goal is met when the median of the runs meets it, that is when
- * most runs do, and the count says how many did (one run's p99 is one GC pause more or less).
+ * alone at the same rate: the p99 goal is met when at least GOALS.p99RunsWithin of the
+ * GOALS.rateRuns runs keep it within GOALS.p99AddedMs (one run's p99 is one GC pause more or
+ * less, so one run of five may miss), and the p50 goal by the median of the runs. A run without
+ * a valid pair counts as one that missed; a smoke run of fewer runs needs the same share of them.
  */
 function addedLatency(rounds: RoundRecord[], fixedRate: Results['fixedRate']): Goal {
   const paced = rounds.filter((r) => r.scenario === 'get-rate' && r.valid);
@@ -420,6 +434,8 @@ function addedLatency(rounds: RoundRecord[], fixedRate: Results['fixedRate']): G
     const d = paced.find((r) => r.target === 'direct' && r.round === g.round && r.mode === g.mode);
     return d ? [{ p50: g.load.latency.p50Ms - d.load.latency.p50Ms, p99: g.load.latency.p99Ms - d.load.latency.p99Ms }] : [];
   });
+  const runs = Math.max(pairs.length, new Set(rounds.filter((r) => r.scenario === 'get-rate' && r.target === 'gateway').map((r) => `${r.mode} ${r.round}`)).size);
+  const needed = Math.ceil((runs * GOALS.p99RunsWithin) / GOALS.rateRuns);
   const p50 = spread(pairs.map((p) => p.p50));
   const p99 = spread(pairs.map((p) => p.p99));
   const meeting = pairs.filter((p) => p.p99 <= GOALS.p99AddedMs).length;
@@ -427,10 +443,10 @@ function addedLatency(rounds: RoundRecord[], fixedRate: Results['fixedRate']): G
   return {
     name: `added latency at a fixed ${fixedRate ? `${Math.round(fixedRate.rate)} req/s` : 'rate'} (half the gateway's saturation)`,
     value: have
-      ? `p99 ${signed(p99.median)} ms (${signed(p99.min)} to ${signed(p99.max)}), ${meeting} of ${pairs.length} runs within ${GOALS.p99AddedMs} ms; p50 ${signed(p50.median)} ms (${signed(p50.min)} to ${signed(p50.max)})`
+      ? `p99 ${signed(p99.median)} ms (${signed(p99.min)} to ${signed(p99.max)}), ${meeting} of ${runs} runs within ${GOALS.p99AddedMs} ms; p50 ${signed(p50.median)} ms (${signed(p50.min)} to ${signed(p50.max)})`
       : 'no valid rounds',
-    goal: `p99 <= ${GOALS.p99AddedMs} ms (median of ${GOALS.rateRuns} runs), p50 <= ${GOALS.p50AddedMs} ms`,
-    pass: have ? p99.median <= GOALS.p99AddedMs && p50.median <= GOALS.p50AddedMs : undefined,
+    goal: `p99 <= ${GOALS.p99AddedMs} ms in at least ${have ? needed : GOALS.p99RunsWithin} of ${have ? runs : GOALS.rateRuns} runs, p50 <= ${GOALS.p50AddedMs} ms (median of the runs)`,
+    pass: have ? meeting >= needed && p50.median <= GOALS.p50AddedMs : undefined,
   };
 }
 

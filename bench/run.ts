@@ -16,6 +16,7 @@ import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { z } from 'zod';
 import { parseConfig, ConfigError } from '../lib/platform/config.js';
+import { IDLE_SHRINK_MS } from '../lib/platform/server.js';
 import { closedLoop, pacedLoop, type LoadResult, type LoadSpec } from './load.js';
 import { clockTicksPerSecond, cpuTicks, describeMachine, foreignPercent, hasTaskset, hostCpu, rssBytes, setAffinity, stealPercent } from './proc.js';
 import { hotFunctions } from './profile.js';
@@ -110,6 +111,14 @@ const FULL_USER_ID = 2;
 const SMOKE_IDLE_CONNECTIONS = 200;
 /** Connections opened at once while building up the idle ones. */
 const IDLE_OPEN_BATCH = 50;
+/**
+ * How long the load stays stopped before the gateway's RSS "after the bench" is read: the gateway
+ * gives a busy spell's heap back once idle (collectWhenIdle, done within IDLE_SHRINK_MS); the
+ * figure at the end of the last round is reported beside it.
+ */
+const SETTLE_MS = IDLE_SHRINK_MS + 3_000;
+/** A smoke run only checks that the readings are made. */
+const SMOKE_SETTLE_MS = 1_000;
 const REFERENCES: readonly Reference[] = ['nginx', 'haproxy'];
 const SWEEP_CONNECTIONS = [1, 10, 200];
 const STEAL_FLAG_PCT = 1;
@@ -266,16 +275,18 @@ function checkKeepAlive(url: string): Promise<Results['keepAlive']> {
  * socket of their own (IDLE_OPEN_BATCH at a time) and keep it open; the RSS while they are held
  * is set against the RSS before, over the connections still open then.
  */
-async function holdIdleConnections(gateway: BenchProcess, url: string, headers: Record<string, string>, count: number): Promise<IdleConnections> {
-  const readRss = async () => {
-    const samples: number[] = [];
-    for (let i = 0; i < 3; i++) {
-      samples.push((rssBytes(gateway.mainPid) ?? NaN) / 2 ** 20);
-      await sleep(100);
-    }
-    return median(samples);
-  };
-  const rssBeforeMb = await readRss();
+/** A process's RSS in MB: the median of three readings 100 ms apart. */
+async function readRss(pid: number): Promise<number> {
+  const samples: number[] = [];
+  for (let i = 0; i < 3; i++) {
+    samples.push((rssBytes(pid) ?? NaN) / 2 ** 20);
+    await sleep(100);
+  }
+  return median(samples);
+}
+
+async function holdIdleConnections(gateway: BenchProcess, url: string, headers: Record<string, string>, count: number, settleMs: number): Promise<IdleConnections> {
+  const rssBeforeMb = await readRss(gateway.mainPid);
   const agents: Agent[] = [];
   const open = () => new Promise<void>((resolve, reject) => {
     const agent = new Agent({ keepAlive: true, maxSockets: 1 });
@@ -297,8 +308,10 @@ async function holdIdleConnections(gateway: BenchProcess, url: string, headers: 
     error = `stopped after ${agents.length} connections: ${(err as Error).message}`;
   }
   // Each answered socket returns to its agent's free list, where it stays open until destroyed.
-  await sleep(500);
-  const rssHeldMb = await readRss();
+  // The RSS before was read with the load stopped for settleMs: so is this one, or the heap the
+  // connections' requests grew (and the gateway gives back once idle) would count as theirs.
+  await sleep(settleMs);
+  const rssHeldMb = await readRss(gateway.mainPid);
   const held = agents.reduce((n, a) => n + Object.values(a.freeSockets).reduce((m, list) => m + (list?.length ?? 0), 0), 0);
   for (const agent of agents) agent.destroy();
   if (held < count && !error) error = `${count - held} connections closed before the RSS was read`;
@@ -583,7 +596,11 @@ async function bench(o: Options, supervisor: Supervisor, workDir: string, signal
     await runner.run({ scenario: 'users-full', target: 'gateway', mode: 'unpinned', round, spec: fullSpec, expectStatus: '200' });
   }
   const rssSamples = rss.stop();
-  const idleConnections = await holdIdleConnections(gateway, urls.gateway, auth, o.smoke ? SMOKE_IDLE_CONNECTIONS : GOALS.idleConnections);
+  const settleMs = o.smoke ? SMOKE_SETTLE_MS : SETTLE_MS;
+  log(`Gateway RSS ${(rssSamples[rssSamples.length - 1] ?? NaN).toFixed(0)} MB at the end of the rounds; reading it again with the load stopped for ${settleMs / 1000} s...`);
+  await sleep(settleMs);
+  const settledMb = await readRss(gateway.mainPid);
+  const idleConnections = await holdIdleConnections(gateway, urls.gateway, auth, o.smoke ? SMOKE_IDLE_CONNECTIONS : GOALS.idleConnections, settleMs);
   log(`Idle connections: ${idleConnections.held} of ${idleConnections.connections} held, gateway RSS ${idleConnections.rssBeforeMb.toFixed(0)} -> ${idleConnections.rssHeldMb.toFixed(0)} MB, ${idleConnections.perConnectionKb.toFixed(1)} KB each${idleConnections.error ? ` (${idleConnections.error})` : ''}.`);
 
   // Every figure but the PostgreSQL rows and their goal comes from the rounds so far.
@@ -593,6 +610,8 @@ async function bench(o: Options, supervisor: Supervisor, workDir: string, signal
     samples: rssSamples.length,
     afterWarmupMb: rssSamples[0] ?? NaN,
     atEndMb: rssSamples[rssSamples.length - 1] ?? NaN,
+    settledMb,
+    settleS: settleMs / 1000,
     firstQuarterFloorMb: Math.min(...rssSamples.slice(0, quarter)),
     lastQuarterFloorMb: Math.min(...rssSamples.slice(-quarter)),
     peakMb: Math.max(...rssSamples),

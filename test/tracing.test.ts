@@ -7,7 +7,7 @@ import { createServiceApp } from '../lib/platform/service-app.js';
 import { createMetrics } from '../lib/platform/metrics.js';
 import { openSqlDatabase } from '../lib/platform/sql.js';
 import { ServiceClient } from '../lib/platform/service-client.js';
-import { createSampler, createTracing, createTracingFromConfig, startClientSpan, type SpanRecord, type Tracing, type TracingOptions } from '../lib/platform/span-recorder.js';
+import { createSampler, createTracing, createTracingFromConfig, EXPORT_SLICE, startClientSpan, type SpanRecord, type Tracing, type TracingOptions } from '../lib/platform/span-recorder.js';
 import { createTraceRoutes } from '../lib/platform/trace-endpoints.js';
 import { toW3cTraceId, traceFromHeaders } from '../lib/platform/trace-context.js';
 import { createBaseApp, requestContext } from '../lib/platform/http.js';
@@ -310,6 +310,38 @@ describe('OTLP export', () => {
     } finally {
       await sys.close();
       closeReceiver();
+    }
+  });
+
+  test('when many spans wait for export, then they go out as they are drained, in batches of at most EXPORT_SLICE spans', async () => {
+    const receiver = await otlpReceiver();
+    const sys = await twoServices(receiver.endpoint, { exportDelayMs: 20 });
+    try {
+      const requests = 200;
+      await Promise.all(Array.from({ length: 4 }, async (_, w) => {
+        for (let i = 0; i < requests / 4; i++) assert.equal((await http(sys.frontApp.url, 'GET', '/proxy', { headers: { 'x-trace-id': `slice-${w}-${i}` } })).status, 200);
+      }));
+      // Each request: the front's server and client spans, the back's server span.
+      for (let waited = 0; receiver.spanCount() < requests * 3 && waited < 5000; waited += 20) await new Promise((r) => setTimeout(r, 20));
+      assert.equal(receiver.spanCount(), requests * 3, 'every span exported before any shutdown');
+      const sizes = receiver.received.map(({ body }) => body.resourceSpans.reduce((m: number, rs: any) => m + rs.scopeSpans.reduce((k: number, ss: any) => k + ss.spans.length, 0), 0));
+      assert.ok(Math.max(...sizes) <= EXPORT_SLICE, `batches of ${sizes.join(', ')}`);
+    } finally {
+      await Promise.all(sys.tracings.map((t) => t.shutdown()));
+      await sys.close();
+      receiver.close();
+    }
+  });
+
+  test('when 4,000 spans wait at shutdown, then all are exported, a few batches at a time (the exporter refuses more than 30 at once)', async () => {
+    const receiver = await otlpReceiver();
+    const tracing = createTracing({ service: 'many', otlpEndpoint: receiver.endpoint, exportDelayMs: 60_000 });
+    try {
+      for (let i = 0; i < 4000; i++) tracing.runServerSpan(traceFromHeaders({}), 'GET /', {}, (span) => span.end());
+      await tracing.shutdown();
+      assert.equal(receiver.spanCount(), 4000);
+    } finally {
+      receiver.close();
     }
   });
 

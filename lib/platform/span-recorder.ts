@@ -240,10 +240,20 @@ class SpanBuffer {
   }
 }
 
-/** Hands the ring's sampled spans to a BatchSpanProcessor, a timer's worth at a time. */
+/**
+ * Spans handed to the processor per turn of the event loop, and so the size of each batch it
+ * exports: a whole second's spans at once (some 1,000 at 500 proxied GETs a second) made one
+ * synchronous burst of conversion and serialization that requests arriving meanwhile waited for.
+ */
+export const EXPORT_SLICE = 128;
+/** Batches sent at once when the drain hands the rest over at shutdown (the exporter takes up to 30). */
+const EXPORT_CONCURRENCY = 8;
+
+/** Hands the ring's sampled spans to a BatchSpanProcessor, a timer's worth at a time, in slices. */
 class ExportDrain {
   private exported = 0;
   private timer: NodeJS.Timeout | undefined;
+  private immediate: NodeJS.Immediate | undefined;
   private readonly resource: Resource;
 
   constructor(
@@ -255,27 +265,57 @@ class ExportDrain {
     this.resource = defaultResource().merge(resourceFromAttributes({ [ATTR_SERVICE_NAME]: service }));
   }
 
-  /** Called for each sampled span written: arms the timer unless it is armed. */
+  /** Called for each sampled span written: arms the timer unless it is armed or a drain is under way. */
   wake(): void {
-    if (this.timer !== undefined) return;
-    this.timer = setTimeout(() => this.drain(), this.delayMs);
+    if (this.timer !== undefined || this.immediate !== undefined) return;
+    this.timer = setTimeout(() => this.drainSlice(this.buffer.written), this.delayMs);
     this.timer.unref();
   }
 
-  drain(): void {
+  /**
+   * Hands on up to EXPORT_SLICE sampled spans of those written before `until`, and leaves the rest
+   * to the next turn of the event loop (after the I/O that waits). Spans written during the drain
+   * wait their own delay.
+   */
+  private drainSlice(until: number): void {
     this.timer = undefined;
+    this.immediate = undefined;
+    this.take(EXPORT_SLICE, until);
+    if (this.exported < until) {
+      this.immediate = setImmediate(() => this.drainSlice(until));
+      this.immediate.unref();
+    } else if (this.exported < this.buffer.written) {
+      this.wake();
+    }
+  }
+
+  /** Hands on at most `count` sampled spans of those written before `until`. */
+  private take(count: number, until: number): void {
     // Spans the ring overwrote before the timer came are lost to export (still counted nowhere
     // else): at that rate the processor's own queue would drop them too.
-    for (let seq = Math.max(this.exported, this.buffer.written - this.buffer.maxSpans); seq < this.buffer.written; seq++) {
+    let seq = Math.max(this.exported, this.buffer.written - this.buffer.maxSpans);
+    for (let taken = 0; seq < until && taken < count; seq++) {
       const span = this.buffer.at(seq);
-      if (span?.sampled) this.processor.onEnd(span.toReadable(this.resource));
+      if (span?.sampled) {
+        this.processor.onEnd(span.toReadable(this.resource));
+        taken++;
+      }
     }
-    this.exported = this.buffer.written;
+    this.exported = Math.max(this.exported, seq);
   }
 
   async shutdown(): Promise<void> {
     clearTimeout(this.timer);
-    this.drain();
+    clearImmediate(this.immediate);
+    this.timer = undefined;
+    this.immediate = undefined;
+    // The processor's flush sends all its batches at once, and the exporter refuses more than
+    // EXPORT_CONCURRENCY at a time: what is left goes to it that many batches at a time.
+    const until = this.buffer.written;
+    while (this.exported < until) {
+      this.take(EXPORT_SLICE * EXPORT_CONCURRENCY, until);
+      await this.processor.forceFlush();
+    }
     await this.processor.shutdown();
   }
 }
@@ -385,9 +425,9 @@ export function createTracing({
     const url = `${otlpEndpoint.replace(/\/+$/, '')}/v1/traces`;
     const exporter = new OTLPTraceExporter({ url });
     if (logger) watchExports(exporter, url, logger.child({ component: 'tracing' }));
-    // The drain has already waited the delay: the processor sends what it gets at once, in
-    // batches of 512, and holds at most 4096 spans while a collector is slow.
-    const processor = new BatchSpanProcessor(exporter, { maxQueueSize: 4096, scheduledDelayMillis: 0 });
+    // The drain has already waited the delay: the processor sends what it gets at once, a slice
+    // to a batch, and holds at most 4096 spans while a collector is slow.
+    const processor = new BatchSpanProcessor(exporter, { maxQueueSize: 4096, maxExportBatchSize: EXPORT_SLICE, scheduledDelayMillis: 0 });
     drain = (buffer) => new ExportDrain(buffer, processor, exportDelayMs, service);
   }
   return new SpanRecorder(service, sampler, slowMs, maxSpans, maxAgeMs, drain);

@@ -1,0 +1,102 @@
+// The gateway gives back the heap of a busy spell once it turns idle: when it collects, and that a
+// busy or a small process never does.
+import { describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { getHeapStatistics } from 'node:v8';
+import { collectWhenIdle, heapCollections, IDLE_COMPACT_MS, IDLE_GROWTH_BYTES, IDLE_SHRINK_MS, type IdleCollectionDeps } from '../lib/platform/server.js';
+
+const CHECK_MS = 100;
+const MB = 2 ** 20;
+
+/** A process whose CPU time and heap the test sets, with the collections it was asked for. */
+function fakeProcess(heap: number) {
+  const calls: string[] = [];
+  const state = { cpuUs: 0, heap };
+  const deps: IdleCollectionDeps = {
+    compact: () => {
+      calls.push('compact');
+      state.heap = 40 * MB;
+    },
+    collect: () => {
+      calls.push('collect');
+      state.heap = 30 * MB;
+    },
+    heapBytes: () => state.heap,
+    cpuUs: () => state.cpuUs,
+  };
+  return { calls, state, deps };
+}
+
+describe('collection when idle', () => {
+  test('when a grown process turns idle, then it compacts after the quiet time, collects once more later, and then no more while nothing grows', (t) => {
+    t.mock.timers.enable({ apis: ['setInterval'] });
+    const p = fakeProcess(50 * MB);
+    const stop = collectWhenIdle(p.deps, CHECK_MS);
+    // Busy: half of each interval on the CPU, the heap growing.
+    for (let i = 0; i < 30; i++) {
+      p.state.cpuUs += (CHECK_MS * 1000) / 2;
+      p.state.heap += MB;
+      t.mock.timers.tick(CHECK_MS);
+    }
+    assert.deepEqual(p.calls, []);
+    t.mock.timers.tick(IDLE_COMPACT_MS - CHECK_MS);
+    assert.deepEqual(p.calls, []);
+    t.mock.timers.tick(CHECK_MS);
+    assert.deepEqual(p.calls, ['compact']);
+    t.mock.timers.tick(IDLE_SHRINK_MS - IDLE_COMPACT_MS);
+    assert.deepEqual(p.calls, ['compact', 'collect']);
+    t.mock.timers.tick(60_000);
+    assert.deepEqual(p.calls, ['compact', 'collect']);
+    stop();
+  });
+
+  test('when the process stays busy, or its heap grew less than the threshold, then it never collects', (t) => {
+    t.mock.timers.enable({ apis: ['setInterval'] });
+    const busy = fakeProcess(200 * MB);
+    const stopBusy = collectWhenIdle(busy.deps, CHECK_MS);
+    for (let i = 0; i < 300; i++) {
+      busy.state.cpuUs += (CHECK_MS * 1000) / 10;
+      t.mock.timers.tick(CHECK_MS);
+    }
+    assert.deepEqual(busy.calls, []);
+    stopBusy();
+
+    const small = fakeProcess(50 * MB);
+    const stopSmall = collectWhenIdle(small.deps, CHECK_MS);
+    small.state.heap += IDLE_GROWTH_BYTES;
+    t.mock.timers.tick(IDLE_SHRINK_MS * 3);
+    assert.deepEqual(small.calls, []);
+    stopSmall();
+  });
+
+  test('when the process is busy again between the compaction and the second collection, then the second runs in its next quiet spell', (t) => {
+    t.mock.timers.enable({ apis: ['setInterval'] });
+    const p = fakeProcess(50 * MB);
+    const stop = collectWhenIdle(p.deps, CHECK_MS);
+    p.state.heap = 100 * MB;
+    t.mock.timers.tick(IDLE_COMPACT_MS);
+    assert.deepEqual(p.calls, ['compact']);
+    p.state.cpuUs += CHECK_MS * 1000;
+    t.mock.timers.tick(CHECK_MS);
+    t.mock.timers.tick(IDLE_SHRINK_MS - CHECK_MS);
+    assert.deepEqual(p.calls, ['compact']);
+    t.mock.timers.tick(CHECK_MS);
+    assert.deepEqual(p.calls, ['compact', 'collect']);
+    t.mock.timers.tick(60_000);
+    assert.deepEqual(p.calls, ['compact', 'collect']);
+    stop();
+  });
+
+  test("when V8's own collections run, then they free the garbage and the global gets no gc", () => {
+    const { compact, collect } = heapCollections();
+    let garbage: Array<{ i: number; s: string }> | undefined = Array.from({ length: 200_000 }, (_, i) => ({ i, s: `item ${i}` }));
+    const before = getHeapStatistics().used_heap_size;
+    assert.equal(garbage.length, 200_000);
+    garbage = undefined;
+    compact();
+    collect();
+    assert.ok(getHeapStatistics().used_heap_size < before - 5 * MB, 'the garbage is gone');
+    assert.equal(garbage, undefined);
+    assert.equal((globalThis as { gc?: unknown }).gc, undefined);
+  });
+});
