@@ -345,6 +345,29 @@ describe('OTLP export', () => {
     }
   });
 
+  test('when the collector refuses the spans at shutdown, then stopping logs it once, without a stack, and does not fail', async () => {
+    let posts = 0;
+    const refusing = createServer((req, res) => {
+      posts++;
+      req.resume().on('end', () => res.writeHead(400, { 'content-type': 'application/json' }).end('{}'));
+    });
+    await new Promise<void>((r) => refusing.listen(0, '127.0.0.1', r));
+    const { logger, lines } = memoryLogger();
+    const tracing = createTracing({ service: 'refused', otlpEndpoint: `http://127.0.0.1:${(refusing.address() as AddressInfo).port}`, exportDelayMs: 60_000, logger });
+    try {
+      for (let i = 0; i < 3 * EXPORT_SLICE * 8; i++) tracing.runServerSpan(traceFromHeaders({}), 'GET /', {}, (span) => span.end());
+      await tracing.shutdown();
+      assert.ok(posts >= 1, 'the collector was asked');
+      assert.ok(posts <= 8, `a collector that refused is not asked again for the rest (${posts} posts)`);
+      const failures = lines().filter((l) => l.msg === 'span export failed; spans are still kept for /traces, and export is retried with each batch');
+      assert.equal(failures.length, 1);
+      assert.equal(JSON.stringify(failures[0]).includes('stack'), false);
+    } finally {
+      refusing.close();
+      refusing.closeAllConnections();
+    }
+  });
+
   test('when requests are not sampled, then none is exported, the failing ones kept for /traces included', async () => {
     const receiver = await otlpReceiver();
     const sys = await twoServices(receiver.endpoint, { sampler: createSampler('always_off') });

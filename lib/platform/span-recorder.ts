@@ -261,6 +261,8 @@ class ExportDrain {
     private readonly processor: BatchSpanProcessor,
     private readonly delayMs: number,
     service: string,
+    /** Whether the collector failed the last export. */
+    private readonly collectorFailing: () => boolean,
   ) {
     this.resource = defaultResource().merge(resourceFromAttributes({ [ATTR_SERVICE_NAME]: service }));
   }
@@ -311,12 +313,23 @@ class ExportDrain {
     this.immediate = undefined;
     // The processor's flush sends all its batches at once, and the exporter refuses more than
     // EXPORT_CONCURRENCY at a time: what is left goes to it that many batches at a time.
+    // A collector that failed its last export is not waited for: stopping would sit out the
+    // exporter's retries of every batch. That failure was logged when it happened (watchExports),
+    // as is one during these last batches: the spans left are lost with the process.
     const until = this.buffer.written;
-    while (this.exported < until) {
-      this.take(EXPORT_SLICE * EXPORT_CONCURRENCY, until);
-      await this.processor.forceFlush();
+    try {
+      while (this.exported < until && !this.collectorFailing()) {
+        this.take(EXPORT_SLICE * EXPORT_CONCURRENCY, until);
+        await this.processor.forceFlush();
+      }
+    } catch {
+      // Logged by watchExports.
     }
-    await this.processor.shutdown();
+    try {
+      await this.processor.shutdown();
+    } catch {
+      // Logged by watchExports; the spans the processor still held are lost with the process.
+    }
   }
 }
 
@@ -424,11 +437,11 @@ export function createTracing({
   if (otlpEndpoint) {
     const url = `${otlpEndpoint.replace(/\/+$/, '')}/v1/traces`;
     const exporter = new OTLPTraceExporter({ url });
-    if (logger) watchExports(exporter, url, logger.child({ component: 'tracing' }));
+    const collectorFailing = watchExports(exporter, url, logger?.child({ component: 'tracing' }));
     // The drain has already waited the delay: the processor sends what it gets at once, a slice
     // to a batch, and holds at most 4096 spans while a collector is slow.
     const processor = new BatchSpanProcessor(exporter, { maxQueueSize: 4096, maxExportBatchSize: EXPORT_SLICE, scheduledDelayMillis: 0 });
-    drain = (buffer) => new ExportDrain(buffer, processor, exportDelayMs, service);
+    drain = (buffer) => new ExportDrain(buffer, processor, exportDelayMs, service, collectorFailing);
   }
   return new SpanRecorder(service, sampler, slowMs, maxSpans, maxAgeMs, drain);
 }
@@ -436,22 +449,24 @@ export function createTracing({
 /**
  * Says once where spans go, and warns on the first failed export rather than on every batch (a
  * collector that is down fails once a second); after a success a new failure warns again.
+ * Returns whether the last export failed.
  */
-function watchExports(exporter: OTLPTraceExporter, url: string, log: Logger): void {
-  log.info({ url }, 'exporting spans over OTLP/HTTP');
+function watchExports(exporter: OTLPTraceExporter, url: string, log: Logger | undefined): () => boolean {
+  log?.info({ url }, 'exporting spans over OTLP/HTTP');
   let failing = false;
   const send = exporter.export.bind(exporter);
   exporter.export = (spans, done) =>
     send(spans, (result: ExportResult) => {
       if (result.code === ExportResultCode.SUCCESS) {
-        if (failing) log.info({ url }, 'span export works again');
+        if (failing) log?.info({ url }, 'span export works again');
         failing = false;
       } else if (!failing) {
         failing = true;
-        log.warn({ url, reason: result.error?.message }, 'span export failed; spans are still kept for /traces, and export is retried with each batch');
+        log?.warn({ url, reason: result.error?.message }, 'span export failed; spans are still kept for /traces, and export is retried with each batch');
       }
       done(result);
     });
+  return () => failing;
 }
 
 /** The tracing variables of a process's config. */
