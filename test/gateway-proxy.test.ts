@@ -259,6 +259,18 @@ describe('proxy behaviour (controllable upstream)', () => {
     up.behaviour = { kind: 'echo' };
   });
 
+  test('when the service breaks off a small answer to a GET answered well before, then the client gets the last good copy (nothing of the cut one went out)', async () => {
+    up.behaviour = { kind: 'echo' };
+    const good = await http(gw.url, 'GET', '/api/products/stale-cut');
+    assert.equal(good.status, 200);
+    up.behaviour = { kind: 'break' };
+    const cut = await http(gw.url, 'GET', '/api/products/stale-cut');
+    up.behaviour = { kind: 'echo' };
+    assert.equal(cut.status, 200);
+    assert.equal(cut.headers.get('x-cache'), 'STALE');
+    assert.deepEqual(cut.body, good.body);
+  });
+
   test('when the service answers 500, then status and body pass through unchanged', async () => {
     up.behaviour = { kind: 'status', status: 500 };
     const r = await http(gw.url, 'GET', '/api/orders/1');
