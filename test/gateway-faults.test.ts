@@ -52,9 +52,13 @@ describe('upstream faults through the fault proxy', () => {
     assert.equal(s.stats.failures, 3);
   });
 
-  test('RST after the headers: the client sees the cut, and three in a row open the circuit', async () => {
+  test('RST after the headers: the client is told 502 (nothing of a small answer went out yet), and three in a row open the circuit', async () => {
     proxy.fault = { kind: 'reset-after-headers' };
-    for (let i = 0; i < 3; i++) await assert.rejects(http(gw.url, 'GET', `/api/users/cut-${i}`));
+    for (let i = 0; i < 3; i++) {
+      const cut = await http(gw.url, 'GET', `/api/users/cut-${i}`);
+      assert.equal(cut.status, 502, 'a small answer cut short is a 502, not a 200');
+      assert.equal(cut.body.code, 'BAD_GATEWAY');
+    }
     const s = await stats(gw);
     assert.equal(s.circuitState, 'OPEN');
     assert.deepEqual([s.stats.failures, s.stats.successes], [3, 0]);

@@ -248,7 +248,8 @@ describe('proxy behaviour (controllable upstream)', () => {
   });
 
   test('when the service dies in the middle of a body, then the client connection is cut rather than left hanging', async () => {
-    up.behaviour = { kind: 'break' };
+    // Longer than an answer read whole before it is sent (that one is a 502: gateway-breaker.test.ts).
+    up.behaviour = { kind: 'break', length: 100_000 };
     const started = Date.now();
     await assert.rejects(async () => {
       const res = await fetch(gw.url + '/api/products/broken', { signal: AbortSignal.timeout(5_000) });
@@ -256,6 +257,18 @@ describe('proxy behaviour (controllable upstream)', () => {
     }, (err: Error) => err.name !== 'TimeoutError');
     assert.ok(Date.now() - started < 3_000);
     up.behaviour = { kind: 'echo' };
+  });
+
+  test('when the service breaks off a small answer to a GET answered well before, then the client gets the last good copy (nothing of the cut one went out)', async () => {
+    up.behaviour = { kind: 'echo' };
+    const good = await http(gw.url, 'GET', '/api/products/stale-cut');
+    assert.equal(good.status, 200);
+    up.behaviour = { kind: 'break' };
+    const cut = await http(gw.url, 'GET', '/api/products/stale-cut');
+    up.behaviour = { kind: 'echo' };
+    assert.equal(cut.status, 200);
+    assert.equal(cut.headers.get('x-cache'), 'STALE');
+    assert.deepEqual(cut.body, good.body);
   });
 
   test('when the service answers 500, then status and body pass through unchanged', async () => {
