@@ -485,6 +485,8 @@ export function createServiceProxy({ upstream, cache, metrics, logger, trustsPro
     if (res.headersSent) return;
     if (isSmallWholeAnswer(req, status, proxyRes.headers)) {
       ex.whole = true;
+      // For the request line of a client that leaves before the body is in.
+      res.statusCode = status;
       proxyRes.on('data', onWholeData);
       proxyRes.on('end', onWholeEnd);
       return;
