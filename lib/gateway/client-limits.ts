@@ -4,6 +4,7 @@ import type { Socket } from 'node:net';
 import type { Request, Response } from 'express';
 import { ipKeyGenerator } from 'express-rate-limit';
 import { HttpError } from '../platform/errors.js';
+import { onResponseClose } from '../platform/http.js';
 import type { Admission } from './front-door.js';
 
 const CLIENT_KEY = Symbol('gateway.inFlightClient');
@@ -54,8 +55,7 @@ export function clientInFlightLimit({ max, maxClients }: { max: number; maxClien
       socket.once('close', releaseConnection);
     }
     counted.add(res);
-    // 'close' comes once (and release runs once): no once-wrapper per request.
-    res.on('close', release);
+    onResponseClose(res, release);
     return undefined;
   };
 }

@@ -5,7 +5,7 @@ import { request as httpRequest, type ClientRequest, type IncomingMessage } from
 import type { Request, RequestHandler, Response } from 'express';
 import { HttpError, sendError } from '../platform/errors.js';
 import type { Logger } from '../platform/logger.js';
-import { hasBody } from '../platform/http.js';
+import { hasBody, onResponseClose } from '../platform/http.js';
 import { DEPENDENCY_HEADER, UpstreamUnavailableError } from '../platform/service-client.js';
 import { classifyUpstreamError, type UpstreamFailure } from '../platform/upstream-errors.js';
 import { ATTR_HTTP_REQUEST_METHOD } from '@opentelemetry/semantic-conventions';
@@ -162,7 +162,7 @@ export class Exchange {
     this.startedAt = performance.now();
     cancellation.onAbort(() => this.onTimeout());
     (this.res as Response & Carrier)[EXCHANGE] = this;
-    this.res.on('close', onClientClose);
+    onResponseClose(this.res, onClientClose);
     // One client span per call that really goes out (not for circuit-open answers): the
     // service's server span hangs under it through the traceparent it carries.
     this.span = startClientSpan(`${this.req.method} ${service}`, { [ATTR_PEER_SERVICE]: service, [ATTR_HTTP_REQUEST_METHOD]: this.req.method });
@@ -196,8 +196,8 @@ interface Carrier {
   [EXCHANGE]?: Exchange;
 }
 
-function onClientClose(this: Carrier): void {
-  this[EXCHANGE]!.onClientClose();
+function onClientClose(this: Response): void {
+  (this as Response & Carrier)[EXCHANGE]!.onClientClose();
 }
 
 /** Times the body as it arrives: `idleMs` between reads, `totalMs` in all; a body too slow ends the call. */

@@ -82,6 +82,8 @@ interface RequestState {
   observers: readonly RequestObserver[];
   /** Log the request line at debug rather than info. */
   quiet: boolean;
+  /** What later steps asked to run on the response's 'close', in the order they asked, after the line. */
+  onClose: Array<(this: Response) => void> | undefined;
 }
 
 const STATE = Symbol('msvc.requestState');
@@ -109,6 +111,19 @@ function onClose(this: Response): void {
   }
   if (!aborted) for (const observe of state.observers) observe(req, res, durationMs);
   state.writeLine({ traceId: trace.traceId, spanId: trace.spanId, method: req.method, url: req.originalUrl.slice(0, 300), status, durationMs, aborted }, state.quiet || status === 429);
+  if (state.onClose) for (const hook of state.onClose) hook.call(res);
+}
+
+/**
+ * Runs `hook` (with the response as `this`) when the response closes, as a 'close' listener would:
+ * once, and never if it has closed already. Under requestContext it rides on the context's own
+ * listener, which spares an EventEmitter listener (and its array) per step and request.
+ */
+export function onResponseClose(res: Response, hook: (this: Response) => void): void {
+  const state = (res as WithState)[STATE];
+  if (state === undefined) res.on('close', hook);
+  else if (state.onClose === undefined) state.onClose = [hook];
+  else state.onClose.push(hook);
 }
 
 /**
@@ -130,7 +145,7 @@ export function requestContext(logger: Logger, tracing?: Tracing, observers: rea
     const traced = tracing !== undefined && !quiet;
     const trace = traceFromHeaders(req.headers, !traced);
     res.locals.trace = trace;
-    const state: RequestState = { writeLine, started: performance.now(), span: undefined, observers, quiet };
+    const state: RequestState = { writeLine, started: performance.now(), span: undefined, observers, quiet, onClose: undefined };
     (res as WithState)[STATE] = state;
     const run = (span?: Span) => {
       state.span = span;
