@@ -4,6 +4,7 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
 import type { ErrorRequestHandler, Express, Request, RequestHandler, Response } from 'express';
 import { HttpError } from '../platform/errors.js';
+import { relaysClose, requestClosed } from '../platform/http.js';
 import type { Authenticate } from './auth.js';
 import { ROUTES, type RouteIndex } from './route-table.js';
 
@@ -271,19 +272,25 @@ export function createFrontDoor({ app, pipeline, proxies, onError, maxInFlight, 
     conn.busy++;
     inFlight++;
     conn.active.push(res);
+    relaysClose(res);
     res.on('close', release);
     handle(req, res, conn);
   };
 
-  // One shared listener (no closure per request): the response's 'close' frees its place.
+  // One shared listener (no closure per request): the response's 'close' frees its place, then
+  // ends the request context's work (its line, span and the steps' close hooks).
   function release(this: ServerResponse): void {
     const socket = this.req.socket as TrackedSocket;
     const conn = socket[CONNECTION]!;
     // Freed with the connection already (onSocketClose).
-    if (conn.closed) return;
+    if (!conn.closed) free(conn, this, socket);
+    requestClosed(this);
+  }
+
+  const free = (conn: Connection, res: ServerResponse, socket: TrackedSocket): void => {
     inFlight--;
     conn.busy--;
-    removeActive(conn, this);
+    removeActive(conn, res);
     const unsent = socket.writableLength;
     buffered += unsent - conn.unsent - REQUEST_BYTES;
     conn.unsent = unsent;
@@ -292,7 +299,7 @@ export function createFrontDoor({ app, pipeline, proxies, onError, maxInFlight, 
       start(req, conn.waiting.shift() as ServerResponse, conn);
     }
     resumeIfDue(conn);
-  }
+  };
 
   /**
    * Reads the connection again once nothing waits, unless answers pile up unsent. Node pauses the

@@ -87,7 +87,8 @@ interface RequestState {
 }
 
 const STATE = Symbol('msvc.requestState');
-type WithState = Response & { [STATE]?: RequestState };
+const CLOSE_RELAYED = Symbol('msvc.closeRelayed');
+type WithState = Response & { [STATE]?: RequestState; [CLOSE_RELAYED]?: true };
 
 // One shared listener (no closure per request): it finds the request's state on the response.
 function onClose(this: Response): void {
@@ -112,6 +113,19 @@ function onClose(this: Response): void {
   if (!aborted) for (const observe of state.observers) observe(req, res, durationMs);
   state.writeLine({ traceId: trace.traceId, spanId: trace.spanId, method: req.method, url: req.originalUrl.slice(0, 300), status, durationMs, aborted }, state.quiet || status === 429);
   if (state.onClose) for (const hook of state.onClose) hook.call(res);
+}
+
+/**
+ * For a server whose own listener sees each response's 'close' already: requestContext then adds
+ * none (one listener per response is cheaper than two), and that listener calls requestClosed(res).
+ */
+export function relaysClose(res: ServerResponse): void {
+  (res as WithState)[CLOSE_RELAYED] = true;
+}
+
+/** What requestContext's listener would do on the response's 'close' (once; nothing without a context). */
+export function requestClosed(res: ServerResponse): void {
+  onClose.call(res as Response);
 }
 
 /**
@@ -152,7 +166,7 @@ export function requestContext(logger: Logger, tracing?: Tracing, observers: rea
       res.setHeader('X-Trace-Id', trace.traceId);
       res.setHeader('X-Span-Id', trace.spanId);
       // 'close' comes once: a plain listener spares the once-wrapper made and removed per request.
-      res.on('close', onClose);
+      if (!(res as WithState)[CLOSE_RELAYED]) res.on('close', onClose);
       next();
     };
     if (!traced) return runWithTrace(trace, run);
