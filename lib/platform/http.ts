@@ -83,7 +83,7 @@ interface RequestState {
   /** Log the request line at debug rather than info. */
   quiet: boolean;
   /** What later steps asked to run on the response's 'close', in the order they asked, after the line. */
-  onClose: Array<(this: Response) => void> | undefined;
+  closeHooks: Array<(this: Response) => void> | undefined;
 }
 
 const STATE = Symbol('msvc.requestState');
@@ -112,7 +112,7 @@ function onClose(this: Response): void {
   }
   if (!aborted) for (const observe of state.observers) observe(req, res, durationMs);
   state.writeLine({ traceId: trace.traceId, spanId: trace.spanId, method: req.method, url: req.originalUrl.slice(0, 300), status, durationMs, aborted }, state.quiet || status === 429);
-  if (state.onClose) for (const hook of state.onClose) hook.call(res);
+  if (state.closeHooks) for (const hook of state.closeHooks) hook.call(res);
 }
 
 /**
@@ -136,8 +136,8 @@ export function requestClosed(res: ServerResponse): void {
 export function onResponseClose(res: Response, hook: (this: Response) => void): void {
   const state = (res as WithState)[STATE];
   if (state === undefined) res.on('close', hook);
-  else if (state.onClose === undefined) state.onClose = [hook];
-  else state.onClose.push(hook);
+  else if (state.closeHooks === undefined) state.closeHooks = [hook];
+  else state.closeHooks.push(hook);
 }
 
 /**
@@ -159,7 +159,7 @@ export function requestContext(logger: Logger, tracing?: Tracing, observers: rea
     const traced = tracing !== undefined && !quiet;
     const trace = traceFromHeaders(req.headers, !traced);
     res.locals.trace = trace;
-    const state: RequestState = { writeLine, started: performance.now(), span: undefined, observers, quiet, onClose: undefined };
+    const state: RequestState = { writeLine, started: performance.now(), span: undefined, observers, quiet, closeHooks: undefined };
     (res as WithState)[STATE] = state;
     const run = (span?: Span) => {
       state.span = span;
