@@ -4,7 +4,10 @@ import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import type { z } from 'zod';
 import { CreateOrderSchema, readCreateOrder } from '../lib/orders/schema.js';
-import { HeldReservationSchema, readHeldReservation } from '../lib/products/client.js';
+import { createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { createProductsClient, HeldReservationSchema, readHeldReservation } from '../lib/products/client.js';
+import { ServiceClient, UpstreamUnavailableError } from '../lib/platform/service-client.js';
 import { readReserve, ReserveSchema } from '../lib/products/schema.js';
 import { IdParamsSchema, parseId } from '../lib/platform/validation.js';
 
@@ -103,6 +106,23 @@ describe('fast readers agree with their schemas', () => {
       const expected = IdParamsSchema.safeParse({ id });
       if (expected.success) assert.equal(parseId({ id }), expected.data.id, id);
       else assert.throws(() => parseId({ id }), (err: { status?: number }) => err.status === 400, id);
+    }
+  });
+});
+
+describe('the products client reading a reserve answer', () => {
+  test('when the product service answers a reserve with a body its schema refuses, then the reserve fails as a bad response', async () => {
+    const server = createServer((req, res) => {
+      req.resume().on('end', () => res.writeHead(201, { 'content-type': 'application/json' }).end(JSON.stringify({ id: 'r-1', status: 'held', items: 'none' })));
+    });
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    const client = new ServiceClient({ name: 'products', baseUrl: `http://127.0.0.1:${(server.address() as AddressInfo).port}`, timeoutMs: 2_000 });
+    try {
+      await assert.rejects(createProductsClient(client).reserve('r-1', [{ productId: 1, quantity: 1 }]), (err: unknown) => err instanceof UpstreamUnavailableError && err.failure === 'bad_response');
+    } finally {
+      client.close?.();
+      server.closeAllConnections();
+      server.close();
     }
   });
 });

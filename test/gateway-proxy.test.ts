@@ -271,6 +271,22 @@ describe('proxy behaviour (controllable upstream)', () => {
     assert.deepEqual(cut.body, good.body);
   });
 
+  test('when the stale cache is off (CACHE_MAX_ENTRIES=0), then a small answer cut short is a 502, never an earlier copy', async () => {
+    const uncached = await startGateway({ USERS_URL: up.url, PRODUCTS_URL: up.url, ORDERS_URL: up.url, CB_FAILURE_THRESHOLD: '1000', CACHE_MAX_ENTRIES: '0' });
+    try {
+      up.behaviour = { kind: 'echo' };
+      assert.equal((await http(uncached.url, 'GET', '/api/products/uncached-cut')).status, 200);
+      up.behaviour = { kind: 'break' };
+      const cut = await http(uncached.url, 'GET', '/api/products/uncached-cut');
+      assert.equal(cut.status, 502);
+      assert.equal(cut.body.code, 'BAD_GATEWAY');
+      assert.equal(cut.headers.get('x-cache'), null);
+    } finally {
+      up.behaviour = { kind: 'echo' };
+      await uncached.close();
+    }
+  });
+
   test('when the service answers 500, then status and body pass through unchanged', async () => {
     up.behaviour = { kind: 'status', status: 500 };
     const r = await http(gw.url, 'GET', '/api/orders/1');
