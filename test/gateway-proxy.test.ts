@@ -1,5 +1,8 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
+import { once } from 'node:events';
+import { createServer } from 'node:http';
+import { connect, type AddressInfo } from 'node:net';
 import { assertNoLeak, http } from './helpers.js';
 import { startServices, type System } from './system.js';
 import { deadUrl, eventually, rawRequest, startFakeUpstream, startGateway, startGatewayFor, type FakeUpstream, type StartedGateway } from './gateway-helpers.js';
@@ -284,6 +287,33 @@ describe('proxy behaviour (controllable upstream)', () => {
     } finally {
       up.behaviour = { kind: 'echo' };
       await uncached.close();
+    }
+  });
+
+  test('when the client leaves in the middle of a body the gateway is still reading, then the service is never called and the request is logged as aborted', async () => {
+    let calls = 0;
+    const service = createServer((req, res) => {
+      calls++;
+      req.resume().on('end', () => res.end('{}'));
+    });
+    await new Promise<void>((r) => service.listen(0, '127.0.0.1', r));
+    const serviceUrl = `http://127.0.0.1:${(service.address() as AddressInfo).port}`;
+    const leaving = await startGateway({ USERS_URL: serviceUrl, PRODUCTS_URL: serviceUrl, ORDERS_URL: serviceUrl, CB_FAILURE_THRESHOLD: '1000', LOG_LEVEL: 'info' });
+    const client = connect(Number(new URL(leaving.url).port), '127.0.0.1');
+    try {
+      await once(client, 'connect');
+      // An order's body is read whole before it is sent on (so that it can be sent again).
+      await new Promise((sent) => client.write('POST /api/orders HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{"userId":1,', sent));
+      client.destroy();
+      const line = () => leaving.logs().find((l) => l.msg === 'request' && l.url === '/api/orders');
+      await eventually(() => line() !== undefined, 2_000, 'the request line');
+      assert.equal(line()!.aborted, true);
+      assert.equal(calls, 0);
+    } finally {
+      client.destroy();
+      await leaving.close();
+      service.closeAllConnections();
+      service.close();
     }
   });
 

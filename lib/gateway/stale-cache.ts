@@ -54,7 +54,8 @@ const PRIVATE = /\b(?:no-store|private)\b/i;
 
 export function createStaleCache({ maxEntries, maxAgeMs, maxBytes, maxEntryBytes = 256 * 1024, refreshAfterMs = 1000 }: StaleCacheOptions): StaleCache {
   if (maxEntries === 0) {
-    return { wants: () => false, capture: () => {}, get: () => undefined, clear: () => {} };
+    const nothing = () => undefined;
+    return { wants: () => false, capture: nothing, get: nothing, clear: nothing };
   }
   const lru = new LRUCache<string, StaleEntry>({
     max: maxEntries,

@@ -54,8 +54,4 @@ export class SharedAnswers<T> {
   get size(): number {
     return this.entries.size;
   }
-
-  clear(): void {
-    this.entries.clear();
-  }
 }
