@@ -3,7 +3,7 @@
 import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { getHeapStatistics } from 'node:v8';
-import { collectWhenIdle, heapCollections, IDLE_COMPACT_MS, IDLE_GROWTH_BYTES, IDLE_SHRINK_MS, type IdleCollectionDeps } from '../lib/platform/server.js';
+import { collectWhenIdle, heapCollections, IDLE_COMPACT_MS, IDLE_GROWTH_BYTES, IDLE_SHRINK_MS, processDeps, type IdleCollectionDeps } from '../lib/platform/server.js';
 
 const CHECK_MS = 100;
 const MB = 2 ** 20;
@@ -98,5 +98,18 @@ describe('collection when idle', () => {
     assert.ok(getHeapStatistics().used_heap_size < before - 5 * MB, 'the garbage is gone');
     assert.equal(garbage, undefined);
     assert.equal((globalThis as { gc?: unknown }).gc, undefined);
+  });
+});
+
+describe('what the gateway measures itself by', () => {
+  test('when the process works for 30 ms, then its CPU time grows in µs (thousands, even on a busy machine), and its heap is V8\'s committed heap', () => {
+    const before = processDeps.cpuUs();
+    const until = performance.now() + 30;
+    while (performance.now() < until) Math.sqrt(Math.random());
+    const spent = processDeps.cpuUs() - before;
+    // µs, not ms: idleness is judged as under 1 % of the interval's µs.
+    assert.ok(spent >= 1_000 && spent < 10_000_000, `${spent} µs`);
+    const heap = processDeps.heapBytes();
+    assert.ok(heap >= getHeapStatistics().used_heap_size * 0.5 && heap > MB, `${heap} bytes`);
   });
 });

@@ -261,7 +261,7 @@ export function heapCollections(): Pick<IdleCollectionDeps, 'compact' | 'collect
   };
 }
 
-const processDeps: IdleCollectionDeps = {
+export const processDeps: IdleCollectionDeps = {
   ...heapCollections(),
   heapBytes: () => getHeapStatistics().total_heap_size,
   cpuUs: () => {
