@@ -59,6 +59,8 @@ export interface Seen {
   body: string;
   /** The connection closed before the answer was complete (the gateway gave up). */
   closedEarly: boolean;
+  /** performance.now() when its body had arrived. */
+  at: number;
 }
 
 export interface FakeUpstream {
@@ -115,7 +117,7 @@ export async function startFakeUpstream(): Promise<FakeUpstream> {
     const chunks: Buffer[] = [];
     req.on('data', (c: Buffer) => chunks.push(c));
     req.once('end', () => {
-      const seen: Seen = { method: req.method, url: req.originalUrl, headers: req.headers, body: Buffer.concat(chunks).toString('utf8'), closedEarly: false };
+      const seen: Seen = { method: req.method, url: req.originalUrl, headers: req.headers, body: Buffer.concat(chunks).toString('utf8'), closedEarly: false, at: performance.now() };
       fake.seen.push(seen);
       res.once('close', () => {
         if (!res.writableFinished) seen.closedEarly = true;
