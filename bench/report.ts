@@ -637,7 +637,7 @@ export function notes(r: Results): string[] {
   ];
   if (r.idleConnections) {
     const i = r.idleConnections;
-    lines.push(`Idle connections: after the rounds on SQLite, ${i.connections} clients each sent one GET /api/products/1 through the gateway and kept the connection open; the gateway's RSS (median of three reads) before and while they were held, over the connections held${i.error ? `; ${i.error}` : ''}.`);
+    lines.push(`Idle connections: after the rounds on SQLite, ${i.connections} clients each sent one GET /api/products/1 through the gateway and kept the connection open; the gateway's RSS (median of three reads) before, and 2 s after the last one opened while they were held, over the connections held (the heap their requests grew counts as theirs)${i.error ? `; ${i.error}` : ''}.`);
   }
   if (r.fixedRate) {
     lines.push(`Fixed-rate rounds: ${Math.round(r.fixedRate.rate)} req/s, half the gateway's median saturation of ${Math.round(r.fixedRate.gatewaySaturationRps)} req/s (${r.fixedRate.mode}), open loop on keep-alive connections; latency per request, µs resolution.`);

@@ -119,6 +119,8 @@ const IDLE_OPEN_BATCH = 50;
 const SETTLE_MS = IDLE_SHRINK_MS + 3_000;
 /** A smoke run only checks that the readings are made. */
 const SMOKE_SETTLE_MS = 1_000;
+/** How long the idle connections are held before the RSS is read (under the gateway's keep-alive timeout). */
+const IDLE_HOLD_MS = 2_000;
 const REFERENCES: readonly Reference[] = ['nginx', 'haproxy'];
 const SWEEP_CONNECTIONS = [1, 10, 200];
 const STEAL_FLAG_PCT = 1;
@@ -285,7 +287,7 @@ async function readRss(pid: number): Promise<number> {
   return median(samples);
 }
 
-async function holdIdleConnections(gateway: BenchProcess, url: string, headers: Record<string, string>, count: number, settleMs: number): Promise<IdleConnections> {
+async function holdIdleConnections(gateway: BenchProcess, url: string, headers: Record<string, string>, count: number, holdMs: number): Promise<IdleConnections> {
   const rssBeforeMb = await readRss(gateway.mainPid);
   const agents: Agent[] = [];
   const open = () => new Promise<void>((resolve, reject) => {
@@ -308,9 +310,9 @@ async function holdIdleConnections(gateway: BenchProcess, url: string, headers: 
     error = `stopped after ${agents.length} connections: ${(err as Error).message}`;
   }
   // Each answered socket returns to its agent's free list, where it stays open until destroyed.
-  // The RSS before was read with the load stopped for settleMs: so is this one, or the heap the
-  // connections' requests grew (and the gateway gives back once idle) would count as theirs.
-  await sleep(settleMs);
+  // The gateway gives a busy spell's heap back only after a minute idle, longer than it keeps an
+  // idle connection: the heap their requests grew counts as theirs, so the figure is an upper bound.
+  await sleep(holdMs);
   const rssHeldMb = await readRss(gateway.mainPid);
   const held = agents.reduce((n, a) => n + Object.values(a.freeSockets).reduce((m, list) => m + (list?.length ?? 0), 0), 0);
   for (const agent of agents) agent.destroy();
@@ -600,7 +602,7 @@ async function bench(o: Options, supervisor: Supervisor, workDir: string, signal
   log(`Gateway RSS ${(rssSamples[rssSamples.length - 1] ?? NaN).toFixed(0)} MB at the end of the rounds; reading it again with the load stopped for ${settleMs / 1000} s...`);
   await sleep(settleMs);
   const settledMb = await readRss(gateway.mainPid);
-  const idleConnections = await holdIdleConnections(gateway, urls.gateway, auth, o.smoke ? SMOKE_IDLE_CONNECTIONS : GOALS.idleConnections, settleMs);
+  const idleConnections = await holdIdleConnections(gateway, urls.gateway, auth, o.smoke ? SMOKE_IDLE_CONNECTIONS : GOALS.idleConnections, IDLE_HOLD_MS);
   log(`Idle connections: ${idleConnections.held} of ${idleConnections.connections} held, gateway RSS ${idleConnections.rssBeforeMb.toFixed(0)} -> ${idleConnections.rssHeldMb.toFixed(0)} MB, ${idleConnections.perConnectionKb.toFixed(1)} KB each${idleConnections.error ? ` (${idleConnections.error})` : ''}.`);
 
   // Every figure but the PostgreSQL rows and their goal comes from the rounds so far.
