@@ -314,7 +314,6 @@ function onWholeData(this: IncomingMessage & Carrier, chunk: Buffer): void {
   else ex.answer = [ex.answer, chunk];
 }
 
-
 // A retry to the same instance waits up to this long (a random share of it).
 const RETRY_JITTER_MS = 25;
 // Methods that change nothing (RFC 9110 9.2.1): a late answer to them is only late.

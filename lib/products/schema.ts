@@ -116,6 +116,23 @@ export const ReserveSchema = z.strictObject({
 });
 export type ReserveRequest = z.infer<typeof ReserveSchema>;
 
+/**
+ * ReserveSchema's items for a list it accepts, read without zod: 1 to 50 items, each a productId
+ * and a quantity from 1 to 1000, and no other key but `ignored` ones (left out of what is read).
+ * Undefined for any other list. The order service reads its own items with it too: they are the
+ * items it reserves.
+ */
+export function readItems(items: unknown, ignored: readonly string[] = []): ReserveRequest['items'] | undefined {
+  if (!Array.isArray(items) || items.length < 1 || items.length > 50) return undefined;
+  const read: ReserveRequest['items'] = [];
+  for (const item of items as unknown[]) {
+    if (!hasOnlyKeys(item, ['productId', 'quantity'], ignored)) return undefined;
+    const { productId, quantity } = item;
+    if (!isIntFrom(productId, 1, Number.MAX_SAFE_INTEGER) || !isIntFrom(quantity, 1, 1000)) return undefined;
+    read.push({ productId, quantity });
+  }
+  return read;
+}
 
 /**
  * ReserveSchema's output for a body it accepts, read without zod (every order sends one);
@@ -123,16 +140,10 @@ export type ReserveRequest = z.infer<typeof ReserveSchema>;
  */
 export function readReserve(body: unknown): ReserveRequest | undefined {
   if (!hasOnlyKeys(body, ['id', 'items'])) return undefined;
-  const { id, items } = body;
-  if (typeof id !== 'string' || !RESERVATION_ID.test(id) || !Array.isArray(items) || items.length < 1 || items.length > 50) return undefined;
-  const read: ReserveRequest['items'] = [];
-  for (const item of items as unknown[]) {
-    if (!hasOnlyKeys(item, ['productId', 'quantity'])) return undefined;
-    const { productId, quantity } = item;
-    if (!isIntFrom(productId, 1, Number.MAX_SAFE_INTEGER) || !isIntFrom(quantity, 1, 1000)) return undefined;
-    read.push({ productId, quantity });
-  }
-  return { id, items: read };
+  const { id } = body;
+  if (typeof id !== 'string' || !RESERVATION_ID.test(id)) return undefined;
+  const items = readItems(body.items);
+  return items && { id, items };
 }
 
 export const ReservationItemSchema = z.object({ productId: z.number().int(), quantity: z.number().int(), unitPrice: z.number() });
