@@ -1,6 +1,6 @@
 // The gateway gives back the heap of a busy spell once it turns idle: when it collects, and that a
 // busy or a small process never does.
-import { describe, test } from 'node:test';
+import { describe, test, type MockTimers } from 'node:test';
 import assert from 'node:assert/strict';
 import { getHeapStatistics } from 'node:v8';
 import { collectWhenIdle, heapCollections, IDLE_COMPACT_MS, IDLE_GROWTH_BYTES, IDLE_SHRINK_MS, processDeps, type IdleCollectionDeps } from '../lib/platform/server.js';
@@ -27,17 +27,24 @@ function fakeProcess(heap: number) {
   return { calls, state, deps };
 }
 
+type FakeProcess = ReturnType<typeof fakeProcess>;
+
+/** `ms` of work taking `share` of each check interval on the CPU, the heap growing `growth` bytes per interval. */
+function busy(timers: MockTimers, p: FakeProcess, ms: number, share: number, growth = 0): void {
+  for (let i = 0; i < ms / CHECK_MS; i++) {
+    p.state.cpuUs += CHECK_MS * 1000 * share;
+    p.state.heap += growth;
+    timers.tick(CHECK_MS);
+  }
+}
+
 describe('collection when idle', () => {
   test('when a grown process turns idle, then it compacts after the quiet time, collects once more later, and then no more while nothing grows', (t) => {
     t.mock.timers.enable({ apis: ['setInterval'] });
     const p = fakeProcess(50 * MB);
     const stop = collectWhenIdle(p.deps, CHECK_MS);
     // Busy: half of each interval on the CPU, the heap growing.
-    for (let i = 0; i < 30; i++) {
-      p.state.cpuUs += (CHECK_MS * 1000) / 2;
-      p.state.heap += MB;
-      t.mock.timers.tick(CHECK_MS);
-    }
+    busy(t.mock.timers, p, 30 * CHECK_MS, 1 / 2, MB);
     assert.deepEqual(p.calls, []);
     t.mock.timers.tick(IDLE_COMPACT_MS - CHECK_MS);
     assert.deepEqual(p.calls, []);
@@ -52,14 +59,13 @@ describe('collection when idle', () => {
 
   test('when the process stays busy, or its heap grew less than the threshold, then it never collects', (t) => {
     t.mock.timers.enable({ apis: ['setInterval'] });
-    const busy = fakeProcess(200 * MB);
-    const stopBusy = collectWhenIdle(busy.deps, CHECK_MS);
-    for (let i = 0; i < 300; i++) {
-      busy.state.cpuUs += (CHECK_MS * 1000) / 10;
-      t.mock.timers.tick(CHECK_MS);
-    }
-    assert.deepEqual(busy.calls, []);
-    stopBusy();
+    const working = fakeProcess(200 * MB);
+    const stopWorking = collectWhenIdle(working.deps, CHECK_MS);
+    // Grown well past the threshold, and a tenth of each interval on the CPU for longer than both quiet times.
+    working.state.heap += 2 * IDLE_GROWTH_BYTES;
+    busy(t.mock.timers, working, 2 * IDLE_SHRINK_MS, 1 / 10);
+    assert.deepEqual(working.calls, []);
+    stopWorking();
 
     const small = fakeProcess(50 * MB);
     const stopSmall = collectWhenIdle(small.deps, CHECK_MS);
