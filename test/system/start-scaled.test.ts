@@ -8,6 +8,7 @@ import { once } from 'node:events';
 import { createServer, type AddressInfo, type Server } from 'node:net';
 import { after, describe, test } from 'node:test';
 import pg from 'pg';
+import { LAST_PORT_OFFSET } from '../../scripts/scaled-layout.js';
 import { runToExit, TS_LOADER, type Finished } from '../process.js';
 import { skipUnless, TEST_DATABASE_URL, TEST_REDIS_URL } from '../support/services.js';
 
@@ -23,6 +24,15 @@ async function closedPort(): Promise<number> {
   const { port } = server.address() as AddressInfo;
   await new Promise((resolve) => server.close(resolve));
   return port;
+}
+
+/**
+ * A base port for a layout that is started: below Linux's ephemeral range (32768 and up), so no
+ * outgoing connection of a test running beside this one can hold one of its ports.
+ */
+function layoutBasePort(): number {
+  const lowest = 20_000;
+  return lowest + Math.floor(Math.random() * (32_768 - LAST_PORT_OFFSET - lowest));
 }
 
 const servers: Server[] = [];
@@ -125,12 +135,12 @@ describe('npm run start:scaled refuses to start', { concurrency: true }, () => {
     for (let attempt = 0; attempt < 3; attempt++) {
       // Without tsx's cache each process compiles with a process of its own (esbuild's), which
       // outlives it briefly: what it started must be gone too before start:scaled exits.
-      result = await startScaled({ DATABASE_URL: url.href, REDIS_URL: REDIS, SCALED_BASE_PORT: String(await closedPort()), LOGIN_MAX_FAILURES: '0', TSX_DISABLE_CACHE: '1' }, { detached: true });
+      result = await startScaled({ DATABASE_URL: url.href, REDIS_URL: REDIS, SCALED_BASE_PORT: String(layoutBasePort()), LOGIN_MAX_FAILURES: '0', TSX_DISABLE_CACHE: '1' }, { detached: true });
       if (!/already in use/.test(result.stderr)) break;
     }
     assert.ok(result);
     assert.equal(result.code, 1, result.stdout + result.stderr);
-    assert.match(result.stdout, /\[scaled +\] [a-z]+-\d exited with code 1 while starting; stopping the others/);
+    assert.match(result.stdout, /\[scaled +\] [a-z]+-\d exited with code 1 while starting; stopping the others/, `stderr: ${result.stderr}`);
     // Its process group (it led one) is empty: no process it started outlives it.
     assert.deepEqual(groupMembers(result.pid), [], 'processes left in its process group');
   });
