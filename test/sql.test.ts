@@ -1,5 +1,6 @@
 // The engine layer under every store, on SQLite and on PostgreSQL: migrations and seeds that run
 // once however many instances start together, transactions, unique violations, and outages.
+import { AsyncLocalStorage } from 'node:async_hooks';
 import { after, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
@@ -149,6 +150,20 @@ for (const engine of ENGINES) {
       assert.ok(results[2].status === 'rejected' && isUniqueViolation(results[2].reason));
       const ids = (await db.all<{ id: number }>('SELECT id FROM things WHERE id BETWEEN 49 AND 59 ORDER BY id')).map((r) => r.id);
       assert.deepEqual(ids, [49, 50, 53]);
+    });
+
+    test('when transactions of several requests are asked for at once, then each runs in its own request\'s context (its trace in its log lines, its deadline)', async () => {
+      const db = await open();
+      const request = new AsyncLocalStorage<string>();
+      const seen: (string | undefined)[][] = [];
+      const results = await Promise.all(['a', 'b', 'c'].map((name, i) => request.run(name, () => db.transaction(async (tx) => {
+        const before = request.getStore();
+        await tx.run('INSERT INTO things (id, name) VALUES ($1, $2)', [60 + i, `context-${name}`]);
+        seen.push([name, before, request.getStore()]);
+        return request.getStore();
+      }))));
+      assert.deepEqual(results, ['a', 'b', 'c']);
+      for (const [name, before, after] of seen) assert.deepEqual([before, after], [name, name], `the transaction of ${name}`);
     });
   });
 }

@@ -1,7 +1,7 @@
 // One small interface over the two engines a service can keep its data in: SQLite (a file under
 // DATA_DIR, the default) and PostgreSQL (DATABASE_URL). The stores write SQL once, with `$1`
 // placeholders; where the dialects differ they ask `db.engine`.
-import { AsyncLocalStorage } from 'node:async_hooks';
+import { AsyncLocalStorage, AsyncResource } from 'node:async_hooks';
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
@@ -268,9 +268,10 @@ function openSqlite({ dataDir, name }: OpenSqlOptions): SqlDatabase {
   // Group commit: the transactions asked for while the previous ones run (or in the same turn of
   // the event loop) share one BEGIN and one COMMIT, so one fsync makes them all durable. Each runs
   // in a savepoint of its own: one that throws is rolled back alone, as it would have been on its
-  // own. None resolves before the COMMIT that holds it.
+  // own. None resolves before the COMMIT that holds it. Each runs in its caller's async context
+  // (its trace for log lines and spans, its deadline), not in that of the request that began the group.
   interface Queued {
-    fn: (tx: Db) => Promise<unknown>;
+    run: () => Promise<unknown>;
     resolve: (value: unknown) => void;
     reject: (err: unknown) => void;
   }
@@ -301,7 +302,7 @@ function openSqlite({ dataDir, name }: OpenSqlOptions): SqlDatabase {
         continue;
       }
       try {
-        const value = await inTransactionOf(owner, () => item.fn(inside));
+        const value = await item.run();
         if (shared) raw.exec('RELEASE grouped');
         done.push({ item, value });
       } catch (err) {
@@ -351,7 +352,8 @@ function openSqlite({ dataDir, name }: OpenSqlOptions): SqlDatabase {
             }
           });
       }
-      forming.push({ fn, resolve: resolve as (value: unknown) => void, reject });
+      const run = AsyncResource.bind(() => inTransactionOf(owner, () => fn(inside)));
+      forming.push({ run, resolve: resolve as (value: unknown) => void, reject });
     });
 
   return {
