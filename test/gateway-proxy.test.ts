@@ -317,6 +317,41 @@ describe('proxy behaviour (controllable upstream)', () => {
     }
   });
 
+  test('when the client leaves in the middle of a body streamed to the service, then the call is cut and nothing of the exchange is kept for the body\'s time limits', async () => {
+    let called!: () => void;
+    let cut!: () => void;
+    const serviceCalled = new Promise<void>((r) => (called = r));
+    const serviceCut = new Promise<void>((r) => (cut = r));
+    const service = createServer((req) => {
+      called();
+      req.resume();
+      req.once('close', () => cut());
+    });
+    await new Promise<void>((r) => service.listen(0, '127.0.0.1', r));
+    const serviceUrl = `http://127.0.0.1:${(service.address() as AddressInfo).port}`;
+    const leaving = await startGateway({ USERS_URL: serviceUrl, PRODUCTS_URL: serviceUrl, ORDERS_URL: serviceUrl, CB_FAILURE_THRESHOLD: '1000', LOG_LEVEL: 'info', CLIENT_BODY_TIMEOUT_MS: '60000', CLIENT_BODY_TOTAL_MS: '60000' });
+    const timers = () => process.getActiveResourcesInfo().filter((r) => r === 'Timeout').length;
+    const client = connect(Number(new URL(leaving.url).port), '127.0.0.1');
+    try {
+      await once(client, 'connect');
+      const before = timers();
+      // A chunked body is streamed to the service as it comes, under the body's time limits.
+      client.write('POST /api/users HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{"\r\n');
+      await serviceCalled;
+      client.destroy();
+      await serviceCut;
+      const line = () => leaving.logs().find((l) => l.msg === 'request' && l.url === '/api/users');
+      await eventually(() => line() !== undefined, 2_000, 'the request line');
+      assert.equal(line()!.aborted, true);
+      await eventually(() => timers() <= before, 2_000, 'the body\'s timers gone');
+    } finally {
+      client.destroy();
+      await leaving.close();
+      service.closeAllConnections();
+      service.close();
+    }
+  });
+
   test('when the service answers 500, then status and body pass through unchanged', async () => {
     up.behaviour = { kind: 'status', status: 500 };
     const r = await http(gw.url, 'GET', '/api/orders/1');

@@ -119,6 +119,8 @@ export class Exchange {
     const state = this.state;
     if (state !== 'pending' && state !== 'streaming') return;
     this.state = outcome === 'client_closed' ? 'gone' : state === 'streaming' ? 'answered' : 'failed';
+    // Decided: a body still arriving is timed no more (nor the exchange kept alive by its timers).
+    this.stopBodyTimers?.();
     const answered = outcome === 'success' || outcome === 'dependency';
     const failure = answered || outcome === 'client_closed' || outcome === 'client_stalled' ? undefined : outcome;
     this.endAttempt(answered, failure);

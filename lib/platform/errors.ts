@@ -1,5 +1,5 @@
 // One error type for everything a client should hear about, and one handler that answers it.
-import { STATUS_CODES } from 'node:http';
+import { STATUS_CODES, type ServerResponse } from 'node:http';
 import type { Duplex } from 'node:stream';
 import type { ErrorRequestHandler, RequestHandler, Response } from 'express';
 import { ZodError } from 'zod';
@@ -196,13 +196,17 @@ export function errorHandler(logger: Logger): ErrorRequestHandler {
 
 /**
  * The server's `clientError` listener: bytes Node's parser refuses (ambiguous framing, obs-fold,
- * bare LF, headers too large, an unknown method) get the contract's error, then the connection
- * closes. While an answer to an earlier request on the connection is still pending, nothing can
- * be written before it: the connection is just cut.
+ * bare LF, headers too large, an unknown method, a chunked body whose framing breaks) get the
+ * contract's error, then the connection closes. While an answer to an earlier request on the
+ * connection is still pending, nothing can be written before it: the connection is just cut.
  */
 export function answerClientError(err: NodeJS.ErrnoException, socket: Duplex): void {
-  const pending = (socket as { _httpMessage?: unknown })._httpMessage;
-  if (err.code === 'ECONNRESET' || !socket.writable || pending) {
+  const pending = (socket as { _httpMessage?: ServerResponse })._httpMessage;
+  // The answer in progress is the broken request's own (an earlier request would have been read
+  // whole before this one was parsed) and none of it is out yet: the 400 may take its place. The
+  // connection is then destroyed: the request's handlers see their client gone, as on a reset.
+  const ownAnswer = pending !== undefined && pending !== null && !pending.headersSent && pending.req?.complete === false;
+  if (err.code === 'ECONNRESET' || !socket.writable || (pending && !ownAnswer)) {
     socket.destroy();
     return;
   }
@@ -210,10 +214,12 @@ export function answerClientError(err: NodeJS.ErrnoException, socket: Duplex): v
     err.code === 'HPE_HEADER_OVERFLOW' ? [431, 'HEADERS_TOO_LARGE', 'Request headers are too large']
     : err.code === 'ERR_HTTP_REQUEST_TIMEOUT' ? [408, 'REQUEST_TIMEOUT', 'The request did not arrive in time']
     : [400, 'BAD_REQUEST', 'Malformed HTTP request'];
-  const traceId = newTraceId();
+  // The broken request's own trace, when it got one, so that the answer leads to its log line.
+  const own = ownAnswer ? (pending as { locals?: { trace?: { traceId?: unknown } } }).locals?.trace?.traceId : undefined;
+  const traceId = typeof own === 'string' ? own : newTraceId();
   const body = JSON.stringify({ error: message, code, traceId });
-  socket.end(
-    `HTTP/1.1 ${status} ${STATUS_CODES[status]}\r\nContent-Type: application/json; charset=utf-8\r\nContent-Length: ${Buffer.byteLength(body)}\r\n`
-      + `X-Trace-Id: ${traceId}\r\nX-Content-Type-Options: nosniff\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n${body}`,
-  );
+  const answer = `HTTP/1.1 ${status} ${STATUS_CODES[status]}\r\nContent-Type: application/json; charset=utf-8\r\nContent-Length: ${Buffer.byteLength(body)}\r\n`
+    + `X-Trace-Id: ${traceId}\r\nX-Content-Type-Options: nosniff\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n${body}`;
+  if (!ownAnswer) return void socket.end(answer);
+  socket.end(answer, () => socket.destroy());
 }

@@ -4,6 +4,7 @@
 import { after, before, beforeEach, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { startGateway, type StartedGateway } from '../gateway-helpers.js';
+import { eventually } from '../support/eventually.js';
 import { startServices, type System } from '../system.js';
 import { startEchoUpstream, type EchoUpstream } from '../support/echo-upstream.js';
 import { header } from '../support/http-messages.js';
@@ -18,7 +19,7 @@ describe('request smuggling', () => {
   let gw: StartedGateway;
   before(async () => {
     upstream = await startEchoUpstream();
-    gw = await startGateway({ USERS_URL: upstream.url, PRODUCTS_URL: upstream.url, ORDERS_URL: upstream.url, RATE_LIMIT: '10000' });
+    gw = await startGateway({ USERS_URL: upstream.url, PRODUCTS_URL: upstream.url, ORDERS_URL: upstream.url, RATE_LIMIT: '10000', LOG_LEVEL: 'info' });
   });
   after(async () => {
     await gw?.close();
@@ -93,6 +94,31 @@ describe('request smuggling', () => {
     });
   }
 
+  // The head was read and the request is on its way when its body's framing breaks.
+  const brokenBodies: Array<[string, string]> = [
+    ['a chunk size that is not hexadecimal', 'zz\r\n{}\r\n0\r\n\r\n'],
+    ['a good chunk, then a chunk size that is not hexadecimal', '2\r\n{"\r\n1x\r\n'],
+    ['a chunk without the line end after its data', '2\r\n{}XX0\r\n\r\n'],
+  ];
+  for (const [what, body] of brokenBodies) {
+    test(`when a chunked body has ${what}, then it is a 400 in the contract's shape, the connection is closed, and the service gets no whole request`, async () => {
+      const r = await rawExchange(gw.url, `POST /api/users HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n${body}`, 2);
+      assert.equal(r.responses.length, 1, r.bytes.toString('latin1'));
+      assert.equal(statusOf(r.responses[0]), 400);
+      assert.equal(jsonOf(r.responses[0]).code, 'BAD_REQUEST');
+      assert.equal(header(r.responses[0], 'connection'), 'close');
+      assert.ok(r.closed, 'connection closed');
+      assert.deepEqual(upstream.requests, []);
+      // Its trace id is the request's own: the one its request line is logged with.
+      const traceId = jsonOf(r.responses[0]).traceId;
+      assert.equal(header(r.responses[0], 'x-trace-id'), traceId);
+      await eventually(() => gw.logs().some((l) => l.msg === 'request' && l.url === '/api/users' && l.traceId === traceId), 2_000, 'the request line with the answer\'s trace id');
+      // The service's breaker learnt nothing from it: the next request goes through.
+      const next = await rawExchange(gw.url, 'GET /api/users/3 HTTP/1.1\r\nHost: x\r\n\r\n');
+      assert.deepEqual(jsonOf(next.responses[0]), { method: 'GET', url: '/users/3', body: '' });
+    });
+  }
+
   describe('straight to a service', () => {
     let sys: System;
     before(async () => {
@@ -110,5 +136,12 @@ describe('request smuggling', () => {
         assert.ok(r.closed);
       });
     }
+    test('when a chunked body sent to a service breaks its framing, then it is a 400 in the contract\'s shape and the connection closes', async () => {
+      const r = await rawExchange(sys.users.url, 'POST /users HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{"\r\nzz\r\n', 2);
+      assert.equal(r.responses.length, 1, r.bytes.toString('latin1'));
+      assert.equal(statusOf(r.responses[0]), 400);
+      assert.equal(jsonOf(r.responses[0]).code, 'BAD_REQUEST');
+      assert.ok(r.closed);
+    });
   });
 });
