@@ -4,7 +4,7 @@ import { connect } from 'node:net';
 import { ServiceBreaker, type BreakerCall, type BreakerOptions, type CircuitState } from '../lib/gateway/breakers.js';
 import { UpstreamUnavailableError } from '../lib/platform/service-client.js';
 import { http } from './helpers.js';
-import { circuit, circuitState, eventually, startFakeUpstream, startFaultedGateway, startGateway, startGatewayFor, type FakeUpstream, type FaultedGateway, type StartedGateway } from './gateway-helpers.js';
+import { circuit, circuitState, eventually, rawRequest, startFakeUpstream, startFaultedGateway, startGateway, startGatewayFor, type FakeUpstream, type FaultedGateway, type StartedGateway } from './gateway-helpers.js';
 import { createProduct, createUser, startServices, type System } from './system.js';
 import type { FaultProxy } from './support/fault-proxy.js';
 
@@ -536,6 +536,16 @@ describe('retries', () => {
     assert.equal(r.status, 200);
     assert.equal(up.seen.length, 1);
     assert.equal(up.seen[0].body, JSON.stringify({ userId: 1 }), 'the body arrived whole');
+  });
+
+  test('when a POST names its Idempotency-Key in Connection (so the key never reaches the service) and meets the same reset, then it is not retried', async () => {
+    await warmPool('/api/orders/warm');
+    up.seen.length = 0;
+    proxy.fault = { kind: 'reset-before-response', times: 1 };
+    // fetch refuses to set Connection: node:http sends what it is given.
+    const r = await rawRequest(gw.url, 'POST', '/api/orders', { 'content-type': 'application/json', 'idempotency-key': 'retry-3', connection: 'keep-alive, Idempotency-Key' }, { body: JSON.stringify({ userId: 1 }) });
+    assert.equal(r.status, 502, 'without its key the service could create the order twice');
+    assert.equal(up.seen.length, 0);
   });
 
   test('when a POST with Idempotency-Key to a service that ignores the key meets the same reset, then it is not retried', async () => {

@@ -200,6 +200,9 @@ describe('the route table and the router', () => {
     assert.equal(ROUTES.mayRepeat('DELETE', '/api/orders/1', {}), true);
     assert.equal(ROUTES.mayRepeat('POST', '/api/orders', key), true);
     assert.equal(ROUTES.mayRepeat('POST', '/api/orders', {}), false);
+    // A key named in Connection is dropped on the way (hop-by-hop): the service never sees it.
+    assert.equal(ROUTES.mayRepeat('POST', '/api/orders', { ...key, connection: 'keep-alive, IDEMPOTENCY-KEY' }), false);
+    assert.equal(ROUTES.mayRepeat('POST', '/api/orders', { ...key, connection: 'keep-alive' }), true);
     assert.equal(ROUTES.mayRepeat('POST', '/api/users', key), false);
     assert.equal(ROUTES.mayRepeat('PATCH', '/api/products/1/stock', {}), false);
     assert.equal(ROUTES.mayRepeat('OPTIONS', '/api/users/anything', {}), true);

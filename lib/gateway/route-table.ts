@@ -6,6 +6,7 @@ import type { IRouter, RequestHandler } from 'express';
 import { HttpError } from '../platform/errors.js';
 import { isIdempotent } from '../platform/retry.js';
 import { SERVICE_NAMES, type ServiceName } from './upstreams.js';
+import { connectionNamed } from './forward-headers.js';
 
 /** The routes the gateway answers with handlers of its own (aggregates, the login relay), by id. */
 export type OwnRouteId = 'login' | 'logout' | 'dashboard' | 'userFull';
@@ -183,7 +184,8 @@ export function compileRoutes(rows: readonly RouteRow[]): RouteIndex {
     mayRepeat: (method, url, headers) => {
       const repeatable = routeOf(method, url)?.repeatable ?? false;
       if (repeatable === 'idempotent-method') return isIdempotent(method);
-      if (repeatable === 'idempotency-key') return headers['idempotency-key'] !== undefined;
+      // The key counts only if it reaches the service: one named in Connection is dropped on the way.
+      if (repeatable === 'idempotency-key') return headers['idempotency-key'] !== undefined && connectionNamed(headers.connection)?.has('idempotency-key') !== true;
       return repeatable;
     },
   };
