@@ -119,14 +119,43 @@ function malformedRequest(req: IncomingMessage): HttpError | undefined {
   if (req.httpVersionMajor !== 1) return badRequest('The request line must end with HTTP/1.0 or HTTP/1.1');
   if (req.url!.includes('#')) return badRequest('The request target must not contain a fragment');
   const raw = req.rawHeaders;
+  // Node keeps at most 2000 header lines and drops the rest unseen; the service, reading ours
+  // after the client's, would lose the gateway's own (its deadline, trace and client address).
+  if (raw.length > 2 * MAX_HEADER_FIELDS) return new HttpError(431, 'HEADERS_TOO_LARGE', `A request may carry at most ${MAX_HEADER_FIELDS} header fields`);
   let hosts = 0;
   for (let i = 0; i < raw.length; i += 2) {
     const name = raw[i];
-    if (name.length === 4 && name.toLowerCase() === 'host' && ++hosts > 1) return badRequest('Host must be sent once');
+    if (name.length === 4 && name.toLowerCase() === 'host') {
+      if (++hosts > 1) return badRequest('Host must be sent once');
+      if (!HOST.test(raw[i + 1])) return badRequest('Host must be a host name or address, with an optional port');
+    }
   }
+  // RFC 9112 3.2: an HTTP/1.1 request without Host is refused (Node's own refusal is not in the contract's shape).
+  if (hosts === 0 && req.httpVersionMinor === 1) return badRequest('Host is required in HTTP/1.1');
   const coding = req.headers['transfer-encoding'];
-  if (coding !== undefined && coding.toLowerCase() !== 'chunked') return badRequest('Transfer-Encoding must be chunked');
+  if (coding !== undefined) {
+    // RFC 9112 6.1: an HTTP/1.0 message cannot be framed by a transfer coding.
+    if (req.httpVersionMinor === 0) return badRequest('Transfer-Encoding is not allowed in HTTP/1.0');
+    if (coding.toLowerCase() !== 'chunked') return badRequest('Transfer-Encoding must be chunked');
+  }
   return undefined;
+}
+
+/** Header fields one request may carry: browsers send a few dozen; Apache's default limit is 100. */
+const MAX_HEADER_FIELDS = 200;
+/**
+ * A Host field value (RFC 9110 7.2, RFC 3986 3.2.2): a registered name, IPv4 address or IP literal
+ * in brackets, and an optional port; empty is allowed. No userinfo, path, spaces or non-ASCII.
+ */
+const HOST = /^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~%!$&'()*+,;=]*)(?::[0-9]*)?$/;
+
+/**
+ * A request asking to switch protocols is answered in HTTP/1.1 (RFC 9110 7.8 lets a server ignore
+ * Upgrade), and its connection then closes: Node's parser stops reading at such a request, so
+ * whatever the client sent after it in the same read would be lost unanswered.
+ */
+function upgradeRefused(req: IncomingMessage, res: ServerResponse): void {
+  if (req.headers.upgrade !== undefined) res.setHeader('Connection', 'close');
 }
 
 /** Requests handled at once on one connection; later pipelined ones wait their turn, unread. */
@@ -230,6 +259,7 @@ export function createFrontDoor({ app, pipeline, proxies, onError, maxInFlight, 
     const service = malformed === undefined && !overloaded ? routes.fastPathService(rawReq.method ?? '', url) : undefined;
     const handler = service === undefined ? undefined : proxies.get(service);
     if (malformed === undefined && !overloaded && !handler) {
+      upgradeRefused(rawReq, rawRes);
       app(rawReq, rawRes);
       return;
     }
@@ -260,6 +290,7 @@ export function createFrontDoor({ app, pipeline, proxies, onError, maxInFlight, 
           return fail(malformed);
         }
         if (overloaded) return fail(overloadedError());
+        upgradeRefused(req, res);
         admit(req, res, handler!, fail);
       });
     } catch (err) {

@@ -446,6 +446,8 @@ export function createServiceProxy({ upstream, cache, metrics, logger, trustsPro
       if (value === undefined || isUpstreamOnly(name, named)) continue;
       res.setHeader(name, LOCATION_HEADERS.has(name) ? gatewayLocation(value as string) : value);
     }
+    // A 204 has no body, and says no length (RFC 9110 8.6): one a service sent is not passed on.
+    if (res.statusCode === 204) res.removeHeader('content-length');
   };
 
   function onCallResponse(this: ClientRequest & Carrier, proxyRes: IncomingMessage): void {

@@ -1,5 +1,5 @@
 // One error type for everything a client should hear about, and one handler that answers it.
-import { STATUS_CODES, type ServerResponse } from 'node:http';
+import { STATUS_CODES, type IncomingMessage, type ServerResponse } from 'node:http';
 import type { Duplex } from 'node:stream';
 import type { ErrorRequestHandler, RequestHandler, Response } from 'express';
 import { ZodError } from 'zod';
@@ -202,6 +202,9 @@ export function errorHandler(logger: Logger): ErrorRequestHandler {
  */
 export function answerClientError(err: NodeJS.ErrnoException, socket: Duplex): void {
   const pending = (socket as { _httpMessage?: ServerResponse })._httpMessage;
+  // Bytes after a request that said `Connection: close`: they are not read (RFC 9112 9.6), and
+  // Node closes the connection once that request's answer is out.
+  if (err.code === 'HPE_CLOSED_CONNECTION') return;
   // The answer in progress is the broken request's own (an earlier request would have been read
   // whole before this one was parsed) and none of it is out yet: the 400 may take its place. The
   // connection is then destroyed: the request's handlers see their client gone, as on a reset.
@@ -216,10 +219,37 @@ export function answerClientError(err: NodeJS.ErrnoException, socket: Duplex): v
     : [400, 'BAD_REQUEST', 'Malformed HTTP request'];
   // The broken request's own trace, when it got one, so that the answer leads to its log line.
   const own = ownAnswer ? (pending as { locals?: { trace?: { traceId?: unknown } } }).locals?.trace?.traceId : undefined;
-  const traceId = typeof own === 'string' ? own : newTraceId();
-  const body = JSON.stringify({ error: message, code, traceId });
-  const answer = `HTTP/1.1 ${status} ${STATUS_CODES[status]}\r\nContent-Type: application/json; charset=utf-8\r\nContent-Length: ${Buffer.byteLength(body)}\r\n`
-    + `X-Trace-Id: ${traceId}\r\nX-Content-Type-Options: nosniff\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n${body}`;
+  const answer = rawErrorAnswer(status, code, message, typeof own === 'string' ? own : newTraceId());
   if (!ownAnswer) return void socket.end(answer);
   socket.end(answer, () => socket.destroy());
+}
+
+/** An error answer in the contract's shape as bytes, for a connection no response object answers on; the connection closes after it. */
+function rawErrorAnswer(status: number, code: string, message: string, traceId = newTraceId()): string {
+  const body = JSON.stringify({ error: message, code, traceId });
+  return `HTTP/1.1 ${status} ${STATUS_CODES[status]}\r\nContent-Type: application/json; charset=utf-8\r\nContent-Length: ${Buffer.byteLength(body)}\r\n`
+    + `X-Trace-Id: ${traceId}\r\nX-Content-Type-Options: nosniff\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n${body}`;
+}
+
+/**
+ * The server's `connect` listener: none of our processes is a forward proxy, so CONNECT is a 400
+ * in the contract's shape (Node would otherwise close the connection without a word).
+ */
+export function answerConnect(_req: IncomingMessage, socket: Duplex): void {
+  socket.on('error', () => socket.destroy());
+  socket.end(rawErrorAnswer(400, 'BAD_REQUEST', 'CONNECT is not supported: this is not a forward proxy'));
+}
+
+/**
+ * The server's `checkExpectation` listener: an `Expect` other than 100-continue cannot be met
+ * (RFC 9110 10.1.1), a 417 in the contract's shape. The body, if any, is not read: the connection closes.
+ */
+export function answerExpectation(_req: IncomingMessage, res: ServerResponse): void {
+  const traceId = newTraceId();
+  const body = JSON.stringify({ error: 'Only Expect: 100-continue is supported', code: 'EXPECTATION_FAILED', traceId });
+  res.writeHead(417, {
+    'Content-Type': 'application/json; charset=utf-8', 'Content-Length': Buffer.byteLength(body), 'X-Trace-Id': traceId,
+    'X-Content-Type-Options': 'nosniff', 'Cache-Control': 'no-store', Connection: 'close',
+  });
+  res.end(body);
 }

@@ -5,7 +5,7 @@ import { getHeapStatistics, setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
 import type { Express } from 'express';
 import type { Logger } from 'pino';
-import { answerClientError } from './errors.js';
+import { answerClientError, answerConnect, answerExpectation } from './errors.js';
 import { expressServerClasses } from './http.js';
 
 export interface Listening {
@@ -24,8 +24,16 @@ export interface FrontedApp {
 export function listen(target: Express | FrontedApp, port: number, host = '127.0.0.1'): Promise<Listening> {
   return new Promise((resolve, reject) => {
     // Made with Express's request and response classes, so that the front's requests need no set-up.
-    const server = 'front' in target ? createServer(expressServerClasses(target.app), target.front) : createServer(target);
+    // Node checks headersTimeout and requestTimeout every connectionsCheckingInterval (30 s by
+    // default): a slow client would get up to twice its time. Every second keeps it to one more.
+    const options = { connectionsCheckingInterval: 1000 };
+    // The gateway checks Host itself (front-door.ts), to answer a missing one in the contract's shape.
+    const server = 'front' in target
+      ? createServer({ ...expressServerClasses(target.app), ...options, requireHostHeader: false }, target.front)
+      : createServer(options, target);
     server.on('clientError', answerClientError);
+    server.on('connect', answerConnect);
+    server.on('checkExpectation', answerExpectation);
     server.listen(port, host);
     // Longer than any client's idle keep-alive (the gateway's agent uses 30 s), so a client
     // never reuses a socket we are about to close (that shows up as ECONNRESET).

@@ -6,7 +6,7 @@ import assert from 'node:assert/strict';
 import { startGateway, type StartedGateway } from '../gateway-helpers.js';
 import { eventually } from '../support/eventually.js';
 import { startServices, type System } from '../system.js';
-import { startEchoUpstream, type EchoUpstream } from '../support/echo-upstream.js';
+import { echo, startEchoUpstream, type EchoUpstream } from '../support/echo-upstream.js';
 import { header } from '../support/http-messages.js';
 import { jsonOf, rawExchange, statusOf } from '../support/raw-client.js';
 
@@ -93,6 +93,80 @@ describe('request smuggling', () => {
       assert.deepEqual(jsonOf(next.responses[0]), { method: 'GET', url: '/users/3', body: '' });
     });
   }
+
+  const refusedAtTheDoor: Array<[string, string, number]> = [
+    ['Transfer-Encoding in HTTP/1.0 (RFC 9112 6.1)', `POST /api/users HTTP/1.0\r\nHost: x\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\n\r\n${chunked('{}')}`, 400],
+    ['no Host in HTTP/1.1', 'GET /api/users/1 HTTP/1.1\r\n\r\n', 400],
+    ['a Host with user information', 'GET /api/users/1 HTTP/1.1\r\nHost: user:pw@evil.example:81\r\n\r\n', 400],
+    ['a Host with a space', 'GET /api/users/1 HTTP/1.1\r\nHost: a b\r\n\r\n', 400],
+    ['a Host with a path', 'GET /api/users/1 HTTP/1.1\r\nHost: evil.example/x?y\r\n\r\n', 400],
+    ['a Host that is not ASCII', 'GET /api/users/1 HTTP/1.1\r\nHost: \u00e9vil.example\r\n\r\n', 400],
+    ['more header fields than the gateway passes on', `GET /api/users/1 HTTP/1.1\r\nHost: x\r\n${Array.from({ length: 300 }, (_, i) => `X-${i}: 1\r\n`).join('')}\r\n`, 431],
+  ];
+  for (const [what, bytes, status] of refusedAtTheDoor) {
+    test(`when a request has ${what}, then it is a ${status} in the contract's shape, the connection is closed and nothing reaches the service`, async () => {
+      const r = await rawExchange(gw.url, Buffer.from(`${bytes}GET /api/users/2 HTTP/1.1\r\nHost: x\r\n\r\n`, 'latin1'), 2);
+      assert.equal(r.responses.length, 1, r.bytes.toString('latin1'));
+      assert.equal(statusOf(r.responses[0]), status);
+      assert.equal(jsonOf(r.responses[0]).code, status === 431 ? 'HEADERS_TOO_LARGE' : 'BAD_REQUEST');
+      assert.ok(r.closed, 'connection closed');
+      assert.deepEqual(upstream.requests, []);
+    });
+  }
+
+  test('when Host is a name, an address or an IP literal, with or without a port, or empty in HTTP/1.0, then the request goes through', async () => {
+    for (const [version, host] of [['1.1', 'localhost:3010'], ['1.1', '127.0.0.1'], ['1.1', '[::1]:3010'], ['1.1', 'shop.example.com'], ['1.0', '']]) {
+      const r = await rawExchange(gw.url, `GET /api/users/1 HTTP/${version}\r\n${host === '' ? '' : `Host: ${host}\r\n`}\r\n`);
+      assert.equal(statusOf(r.responses[0]), 200, `Host ${JSON.stringify(host)} over HTTP/${version}`);
+    }
+  });
+
+  test('when a request asks to upgrade the protocol and another is pipelined behind it, then the first is answered in HTTP/1.1 and the connection closes, never left waiting', async () => {
+    const r = await rawExchange(gw.url, 'GET /api/users/1 HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\nGET /api/users/2 HTTP/1.1\r\nHost: x\r\n\r\n', 2);
+    assert.equal(statusOf(r.responses[0]), 200, r.bytes.toString('latin1'));
+    assert.equal(header(r.responses[0], 'connection'), 'close');
+    assert.ok(r.closed, 'connection closed');
+    assert.equal(header(upstream.messages()[0], 'upgrade'), undefined, 'Upgrade is hop-by-hop');
+  });
+
+  test('when a request says Connection: close and another is pipelined behind it, then the first is answered, the second is not read, and the connection closes', async () => {
+    const r = await rawExchange(gw.url, 'GET /api/users/1 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\nGET /api/users/2 HTTP/1.1\r\nHost: x\r\n\r\n', 2);
+    assert.equal(r.responses.length, 1, r.bytes.toString('latin1'));
+    assert.deepEqual(jsonOf(r.responses[0]), { method: 'GET', url: '/users/1', body: '' });
+    assert.ok(r.closed);
+    assert.deepEqual(upstream.requests.map((q) => q.url), ['/users/1']);
+  });
+
+  test('when a request carries an Expect other than 100-continue, then it is a 417 in the contract\'s shape and the connection closes', async () => {
+    const r = await rawExchange(gw.url, 'POST /api/users HTTP/1.1\r\nHost: x\r\nExpect: teapot\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}', 2);
+    assert.equal(r.responses.length, 1, r.bytes.toString('latin1'));
+    assert.equal(statusOf(r.responses[0]), 417);
+    assert.equal(jsonOf(r.responses[0]).code, 'EXPECTATION_FAILED');
+    assert.ok(r.closed);
+    assert.deepEqual(upstream.requests, []);
+  });
+
+  test('when a client sends CONNECT, then it is a 400 in the contract\'s shape and the connection closes (no tunnel is opened)', async () => {
+    const target = new URL(upstream.url);
+    const r = await rawExchange(gw.url, `CONNECT ${target.host} HTTP/1.1\r\nHost: ${target.host}\r\n\r\n`, 2);
+    assert.equal(r.responses.length, 1, r.bytes.toString('latin1'));
+    assert.equal(statusOf(r.responses[0]), 400);
+    assert.equal(jsonOf(r.responses[0]).code, 'BAD_REQUEST');
+    assert.ok(r.closed);
+    assert.deepEqual(upstream.requests, []);
+  });
+
+  test('when a service answers 204 with a Content-Length, then the client gets the 204 without one (RFC 9110 8.6)', async () => {
+    upstream.answer = () => ({ status: 204, headers: { 'content-length': '5' } });
+    try {
+      const r = await rawExchange(gw.url, 'DELETE /api/users/1 HTTP/1.1\r\nHost: x\r\n\r\nGET /api/users/2 HTTP/1.1\r\nHost: x\r\n\r\n', 2);
+      assert.equal(statusOf(r.responses[0]), 204, r.bytes.toString('latin1'));
+      assert.equal(header(r.responses[0], 'content-length'), undefined);
+      assert.equal(r.responses.length, 2, 'the next answer on the connection is read as its own');
+    } finally {
+      upstream.answer = echo;
+    }
+  });
 
   // The head was read and the request is on its way when its body's framing breaks.
   const brokenBodies: Array<[string, string]> = [
