@@ -141,6 +141,24 @@ function malformedRequest(req: IncomingMessage): HttpError | undefined {
   return undefined;
 }
 
+/** `http://host[:port]/path?query`, scheme in any case (RFC 9112 3.2.2). */
+const ABSOLUTE_FORM = /^https?:\/\/([^/?#]*)([^#]*)$/i;
+
+/**
+ * A target in absolute form, which a server must accept (RFC 9112 3.2.2), becomes the path and
+ * query it names, and its authority stands for Host (the received Host is not used). Any other
+ * target (`*`, authority form) is left for the routes to refuse. Returns the request's target.
+ */
+function fromAbsoluteForm(req: IncomingMessage, url: string): string {
+  const parts = ABSOLUTE_FORM.exec(url);
+  if (!parts || !HOST.test(parts[1]) || parts[1] === '') return url;
+  const rest = parts[2];
+  const target = rest === '' ? '/' : rest.charCodeAt(0) === 63 /* ? */ ? `/${rest}` : rest;
+  req.url = target;
+  req.headers.host = parts[1];
+  return target;
+}
+
 /** Header fields one request may carry: browsers send a few dozen; Apache's default limit is 100. */
 const MAX_HEADER_FIELDS = 200;
 /**
@@ -252,7 +270,8 @@ export function createFrontDoor({ app, pipeline, proxies, onError, maxInFlight, 
   };
 
   const handle = (rawReq: IncomingMessage, rawRes: ServerResponse, conn: Connection): void => {
-    const url = rawReq.url ?? '';
+    let url = rawReq.url ?? '';
+    if (url.charCodeAt(0) !== 47 /* / */) url = fromAbsoluteForm(rawReq, url);
     const malformed = malformedRequest(rawReq);
     if (malformed) conn.refused = true;
     const overloaded = inFlight > maxInFlight;

@@ -121,6 +121,20 @@ describe('request smuggling', () => {
     }
   });
 
+  test('when a target is in absolute form (RFC 9112 3.2.2), then it is routed by its path, its authority stands for Host, and its path is guarded as any other', async () => {
+    const r = await rawExchange(gw.url, 'GET HTTP://shop.example:8080/api/users/1?x=1 HTTP/1.1\r\nHost: other.example\r\n\r\n');
+    assert.equal(statusOf(r.responses[0]), 200, r.bytes.toString('latin1'));
+    assert.deepEqual(jsonOf(r.responses[0]), { method: 'GET', url: '/users/1?x=1', body: '' });
+    assert.equal(header(upstream.messages()[0], 'x-forwarded-host'), 'shop.example:8080');
+    const own = await rawExchange(gw.url, 'GET http://shop.example/health HTTP/1.1\r\nHost: shop.example\r\n\r\n');
+    assert.equal(statusOf(own.responses[0]), 200, 'the gateway\'s own routes too');
+    const climbing = await rawExchange(gw.url, 'GET http://shop.example/api/users/%2e%2e/internal/reservations HTTP/1.1\r\nHost: shop.example\r\n\r\n');
+    assert.equal(statusOf(climbing.responses[0]), 400);
+    const badAuthority = await rawExchange(gw.url, 'GET http://user@shop.example/api/users/1 HTTP/1.1\r\nHost: shop.example\r\n\r\n');
+    assert.notEqual(statusOf(badAuthority.responses[0]), 200, 'an authority with user information is not taken');
+    assert.deepEqual(upstream.requests.map((q) => q.url), ['/users/1?x=1']);
+  });
+
   test('when a request asks to upgrade the protocol and another is pipelined behind it, then the first is answered in HTTP/1.1 and the connection closes, never left waiting', async () => {
     const r = await rawExchange(gw.url, 'GET /api/users/1 HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\nGET /api/users/2 HTTP/1.1\r\nHost: x\r\n\r\n', 2);
     assert.equal(statusOf(r.responses[0]), 200, r.bytes.toString('latin1'));
