@@ -197,8 +197,8 @@ export function errorHandler(logger: Logger): ErrorRequestHandler {
 /**
  * The server's `clientError` listener: bytes Node's parser refuses (ambiguous framing, obs-fold,
  * bare LF, headers too large, an unknown method, a chunked body whose framing breaks) get the
- * contract's error, then the connection closes. While an answer to an earlier request on the
- * connection is still pending, nothing can be written before it: the connection is just cut.
+ * contract's error, then the connection closes. Answers to earlier requests on the connection
+ * still on their way go out first.
  */
 export function answerClientError(err: NodeJS.ErrnoException, socket: Duplex): void {
   const pending = (socket as { _httpMessage?: ServerResponse })._httpMessage;
@@ -209,7 +209,8 @@ export function answerClientError(err: NodeJS.ErrnoException, socket: Duplex): v
   // whole before this one was parsed) and none of it is out yet: the 400 may take its place. The
   // connection is then destroyed: the request's handlers see their client gone, as on a reset.
   const ownAnswer = pending !== undefined && pending !== null && !pending.headersSent && pending.req?.complete === false;
-  if (err.code === 'ECONNRESET' || !socket.writable || (pending && !ownAnswer)) {
+  if (refusing.has(socket)) return;
+  if (err.code === 'ECONNRESET' || !socket.writable) {
     socket.destroy();
     return;
   }
@@ -220,8 +221,27 @@ export function answerClientError(err: NodeJS.ErrnoException, socket: Duplex): v
   // The broken request's own trace, when it got one, so that the answer leads to its log line.
   const own = ownAnswer ? (pending as { locals?: { trace?: { traceId?: unknown } } }).locals?.trace?.traceId : undefined;
   const answer = rawErrorAnswer(status, code, message, typeof own === 'string' ? own : newTraceId());
-  if (!ownAnswer) return void socket.end(answer);
-  socket.end(answer, () => socket.destroy());
+  if (ownAnswer) return void socket.end(answer, () => socket.destroy());
+  // Requests read before the broken one are answered first, in order; nothing after it is read.
+  if (pending) return answerAfterPending(socket, answer);
+  socket.end(answer);
+}
+
+type AnsweringSocket = Duplex & { _httpMessage?: ServerResponse | null };
+/** Connections whose refusal waits for the answers before it: what else they send is not read. */
+const refusing = new WeakSet<Duplex>();
+
+/** Sends `answer` and ends the connection once every answer Node queued on it before has gone out. */
+function answerAfterPending(socket: AnsweringSocket, answer: string): void {
+  refusing.add(socket);
+  const next = (): void => {
+    if (socket.destroyed) return;
+    const current = socket._httpMessage;
+    // Node hands the socket to the next queued answer as one finishes, within the same turn.
+    if (current) return void current.once('close', () => setImmediate(next));
+    if (socket.writable) socket.end(answer);
+  };
+  next();
 }
 
 /** An error answer in the contract's shape as bytes, for a connection no response object answers on; the connection closes after it. */

@@ -207,6 +207,16 @@ describe('request smuggling', () => {
     });
   }
 
+  test('when good requests are pipelined before one the parser refuses, then each good one is answered in order, then the 400, then the connection closes', async () => {
+    const refused = refusedByParser[0][1];
+    const r = await rawExchange(gw.url, `GET /api/users/1 HTTP/1.1\r\nHost: x\r\n\r\nGET /api/users/2 HTTP/1.1\r\nHost: x\r\n\r\n${refused}GET /api/users/3 HTTP/1.1\r\nHost: x\r\n\r\n`, 4);
+    assert.deepEqual(r.responses.map(statusOf), [200, 200, 400], r.bytes.toString('latin1'));
+    assert.deepEqual(r.responses.slice(0, 2).map((m) => jsonOf(m).url), ['/users/1', '/users/2']);
+    assert.equal(jsonOf(r.responses[2]).code, 'BAD_REQUEST');
+    assert.ok(r.closed);
+    assert.deepEqual(upstream.requests.map((q) => q.url).sort(), ['/users/1', '/users/2']);
+  });
+
   describe('straight to a service', () => {
     let sys: System;
     before(async () => {
