@@ -202,7 +202,7 @@ describe('proxy behaviour (controllable upstream)', () => {
       '/api/users/..%5cstats',
       '/api/users/..\\stats',
       '/api/users/1/%2e',
-      '/api/users/%zz',
+      '/api/users/%2e%2e/%zz',
       '/api/products/1%00',
     ];
     for (const path of paths) {
@@ -213,6 +213,18 @@ describe('proxy behaviour (controllable upstream)', () => {
     }
     assert.equal(up.seen.length, 0);
     assert.equal((await rawRequest(gw.url, 'GET', '/api/users/1?next=../x')).status, 200, 'dots in the query are the service\'s business');
+  });
+
+  test('when the path holds broken percent-encoding, then it is 400 BAD_REQUEST as at the service, and never proxied', async () => {
+    up.seen.length = 0;
+    for (const path of ['/api/users/%zz', '/api/products/%E0%A4%A', '/api/orders/1%', '/api/users/%C0%AF']) {
+      const r = await rawRequest(gw.url, 'GET', path);
+      assert.equal(r.status, 400, path);
+      const body = JSON.parse(r.text);
+      assert.equal(body.code, 'BAD_REQUEST', path);
+      assert.equal(body.error, 'The request could not be read', path);
+    }
+    assert.equal(up.seen.length, 0);
   });
 
   test('when the service refuses connections, then the answer is a JSON 502 that does not name the host', async () => {
