@@ -10,6 +10,7 @@ import {
 import type { Logger } from '../platform/logger.js';
 import type { ServiceResponse } from '../platform/service-client.js';
 import type { GatewayConfig } from './config.js';
+import { withholdCredential } from './forward-headers.js';
 import type { RateLimiter } from './rate-limit.js';
 import { ROUTES } from './route-table.js';
 import type { Upstream } from './upstreams.js';
@@ -72,10 +73,17 @@ export function createGatewayAuth({ config, logger, verifier = verifierFromConfi
         res.locals.identity = identity;
         return undefined;
       },
-      // Open mode: a token that does not verify is ignored (the request is anonymous, and a
-      // service that looks at it refuses it); required mode: 401 (or 503 without the JWKS).
       (err: HttpError) => {
+        // A public route serves anonymous callers, so a token is only ever a plus there: one that
+        // does not verify (a client still sending its expired one to log in again) makes the
+        // request anonymous and is not passed on, so no service grants it what a valid one would
+        // (an admin's sign-up); one that cannot be checked now (no JWKS) goes on for the service to judge.
+        if (isPublicRoute(req.method, req.originalUrl)) {
+          if (err.status === 401) withholdCredential(req);
+          return undefined;
+        }
         if (err.status !== 401) return err;
+        // Open mode: ignored (the request is anonymous, and a service that looks at it refuses it).
         return required ? unauthenticated(res) : undefined;
       },
     );
