@@ -4,7 +4,7 @@ import { once } from 'node:events';
 import { createServer } from 'node:http';
 import { connect, type AddressInfo } from 'node:net';
 import { assertNoLeak, http } from './helpers.js';
-import { startServices, type System } from './system.js';
+import { createProduct, createUser, startServices, type System } from './system.js';
 import { deadUrl, eventually, rawRequest, startFakeUpstream, startGateway, startGatewayFor, type FakeUpstream, type StartedGateway } from './gateway-helpers.js';
 
 describe('proxy to the real services', () => {
@@ -77,6 +77,22 @@ describe('proxy to the real services', () => {
       assert.match(metrics.text, /gateway_requests_total\{service="products",method="GET",status="200"\} 2\n/);
     } finally {
       await g.close();
+    }
+  });
+
+  test('when a route that takes no query gets one, then it is ignored; a list route refuses an unknown or repeated parameter', async () => {
+    const userId = await createUser(sys);
+    const productId = await createProduct(sys, { stock: 5 });
+    const order = await http(gw.url, 'POST', '/api/orders', { body: { userId, items: [{ productId, quantity: 1 }] } });
+    assert.equal(order.status, 201, order.text);
+    for (const path of [`/api/users/${userId}?x=1`, `/api/products/${productId}?_=123`, `/api/orders/${order.body.id}?x=1`, `/api/users/${userId}/full?limit=5`, '/api/dashboard?x=1']) {
+      const r = await http(gw.url, 'GET', path);
+      assert.equal(r.status, 200, `${path}: ${r.text}`);
+    }
+    for (const path of ['/api/users?x=1', '/api/products?_=123', '/api/orders?limit=1&limit=2']) {
+      const r = await http(gw.url, 'GET', path);
+      assert.equal(r.status, 400, path);
+      assert.equal(r.body.code, 'VALIDATION_ERROR', path);
     }
   });
 
