@@ -135,6 +135,16 @@ describe('proxy to the real services', () => {
     assert.equal(r.body.code, 'INVALID_JSON');
   });
 
+  test('when the JSON body is a bare value rather than an object or array, then it is 400 INVALID_JSON, at the gateway\'s login and at a service through it', async () => {
+    for (const raw of ['null', '"str"', '5', 'true']) {
+      for (const path of ['/api/orders', '/api/products', '/api/auth/login']) {
+        const r = await http(gw.url, 'POST', path, { raw, headers: { 'content-type': 'application/json' } });
+        assert.equal(r.status, 400, `${path} ${raw}`);
+        assert.equal(r.body.code, 'INVALID_JSON', `${path} ${raw}`);
+      }
+    }
+  });
+
   test('when a client sends X-Trace-Id, then the response echoes it with the gateway span id and timing', async () => {
     const r = await http(gw.url, 'GET', '/api/orders?limit=1', { headers: { 'x-trace-id': 'gateway-trace-1' } });
     assert.equal(r.status, 200);
