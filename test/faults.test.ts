@@ -1,7 +1,9 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createFaultSwitches, createFaultSwitchesFromConfig } from '../lib/platform/faults.js';
+import { DEFAULT_AUDIENCE, DEFAULT_ISSUER } from '../lib/platform/identity.js';
 import { createUserApp } from '../lib/users/app.js';
+import { issueToken } from '../lib/users/auth.js';
 import { openUserDatabase } from '../lib/users/db.js';
 import { deadUrl, eventually, startGatewayFor, type StartedGateway } from './gateway-helpers.js';
 import { assertNoLeak, http, startCheckedService } from './helpers.js';
@@ -134,6 +136,30 @@ describe('fault switch protection and expiry', () => {
     const svc = await startCheckedService('user-service', openUserDatabase, (deps) => createUserApp({ ...deps, faults: null }, openUserAuth()));
     try {
       assert.equal((await svc.call('POST', '/internal/faults', { body: { down: true } })).status, 404);
+    } finally {
+      await svc.close();
+    }
+  });
+
+  test('when in production with INTERNAL_TOKEN and no admin token, then the switch route is 404 to every caller while the other internal routes stay guarded', async () => {
+    const internalToken = 'internal-token-for-fault-tests-0123';
+    const faults = createFaultSwitchesFromConfig({ NODE_ENV: 'production', FAULT_TTL_MS: 1000 });
+    const auth = { ...openUserAuth(), mode: 'required' as const, internalToken };
+    const svc = await startCheckedService('user-service', openUserDatabase, (deps) => createUserApp({ ...deps, faults, internalToken }, auth), true);
+    try {
+      const admin = await issueToken(auth.key!, { id: 1, role: 'admin' }, { issuer: DEFAULT_ISSUER, audience: DEFAULT_AUDIENCE, ttlS: 600 });
+      for (const authorization of [undefined, `Bearer ${admin}`, `Bearer ${internalToken}`, 'Bearer wrong-token']) {
+        const headers: Record<string, string> = authorization === undefined ? {} : { authorization };
+        for (const method of ['GET', 'POST']) {
+          const r = await svc.call(method, '/internal/faults', { headers, ...(method === 'POST' ? { body: { down: true } } : {}) });
+          assert.equal(r.status, 404, `${method} with ${authorization?.slice(0, 20)}: ${r.text}`);
+          assert.equal(r.body.code, 'NOT_FOUND');
+        }
+      }
+      assert.equal((await svc.call('GET', '/users/1', { headers: { authorization: `Bearer ${admin}` } })).status, 200, 'no switch is on');
+      assert.equal((await svc.call('GET', '/internal/users/1/token-version')).status, 401);
+      assert.equal((await svc.call('GET', '/internal/users/1/token-version', { headers: { authorization: `Bearer ${admin}` } })).status, 403);
+      assert.equal((await svc.call('GET', '/internal/users/1/token-version', { headers: { authorization: `Bearer ${internalToken}` } })).status, 200);
     } finally {
       await svc.close();
     }

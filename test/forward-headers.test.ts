@@ -1,6 +1,6 @@
 import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { connectionNamed, isUpstreamOnly, upstreamRequestHeaders, type ClientRequestView } from '../lib/gateway/forward-headers.js';
+import { connectionNamed, isUpstreamOnly, upstreamRequestHeaders, withholdCredential, type ClientRequestView } from '../lib/gateway/forward-headers.js';
 
 /** A client request as Node would parse it from `raw` (name/value pairs, repeated ones joined). */
 function request(raw: string[], { method = 'GET', ips = [] as string[], peer = '10.0.0.9' } = {}): ClientRequestView {
@@ -37,6 +37,16 @@ describe('connection-named headers (RFC 9110 7.6.1)', () => {
 });
 
 describe('request headers to the service', () => {
+  test('when the gateway withholds a request\'s credential, then no Authorization reaches the service, in any letter case, while another request\'s does', () => {
+    const raw = ['Authorization', 'Bearer expired', 'authorization', 'Bearer again', 'X-Kept', 'yes'];
+    const withheld = request(raw);
+    withholdCredential(withheld);
+    const out = forwarded(withheld);
+    assert.equal(out.has('authorization'), false);
+    assert.equal(out.get('x-kept'), 'yes');
+    assert.equal(forwarded(request(raw)).get('authorization'), 'Bearer expired, Bearer again');
+  });
+
   test('when the client sends hop-by-hop headers, then none reaches the service', () => {
     const out = forwarded(request([
       'Host', 'gw', 'Connection', 'keep-alive, TE', 'Keep-Alive', 'timeout=5', 'Proxy-Connection', 'keep-alive',

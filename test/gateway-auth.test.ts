@@ -4,7 +4,7 @@ import { after, before, describe, test } from 'node:test';
 import { SignJWT } from 'jose';
 import { DEFAULT_AUDIENCE, DEFAULT_ISSUER } from '../lib/platform/identity.js';
 import { issueToken } from '../lib/users/auth.js';
-import { startGateway } from './gateway-helpers.js';
+import { deadUrl, startGateway } from './gateway-helpers.js';
 import { http, type TestResponse } from './helpers.js';
 import { ADMIN_TOKEN, INTERNAL_TOKEN, startSecuredSystem, type SecuredSystem } from './secured-system.js';
 
@@ -171,11 +171,56 @@ describe('AUTH_MODE=required', () => {
     assert.equal((await gw('GET', '/api/users', good)).status, 200, 'the same claims signed properly pass');
     for (const [name, token] of Object.entries({ otherKey, none, hs256, expired, wrongAud, wrongIss, garbage: 'not.a.token' })) {
       assertUnauthenticated(await gw('GET', '/api/users', token), name);
-      assertUnauthenticated(await gw('GET', '/api/products', token), `${name} on a public route`);
+      assertUnauthenticated(await gw('POST', '/api/auth/logout', token), `${name} on logout`);
       assert.equal((await http(sys.orders.url, 'GET', '/orders', { headers: bearer(token) })).status, 401, `${name} at the order service`);
     }
     assert.equal((await http(sys.gateway.url, 'GET', '/api/users', { headers: { authorization: `bEaReR ${good}` } })).status, 200, 'the scheme in any case');
     assert.equal((await http(sys.gateway.url, 'GET', '/api/users', { headers: { authorization: `Basic ${good}` } })).status, 401);
+  });
+
+  test('when a public route gets a token that does not verify, then it answers as to an anonymous caller, and the token grants nothing', async () => {
+    const now = Math.floor(Date.now() / 1000);
+    const expiredAdmin = await new SignJWT({ role: 'admin' }).setProtectedHeader({ alg: 'ES256', kid: sys.key.kid }).setSubject('1').setIssuer(DEFAULT_ISSUER)
+      .setAudience(DEFAULT_AUDIENCE).setIssuedAt(now - 1000).setExpirationTime(now - 60).sign(sys.key.privateKey);
+    for (const [name, token] of Object.entries({ expiredAdmin, garbage: 'garbage' })) {
+      for (const [method, path] of [['GET', '/api/products'], ['GET', '/api/products/1'], ['HEAD', '/api/products/1']]) {
+        const r = await gw(method, path, token);
+        assert.equal(r.status, 200, `${name}: ${method} ${path}: ${r.text}`);
+        assert.equal(r.headers.get('www-authenticate'), null);
+      }
+      // A client that still sends its expired token logs in again.
+      const login = await gw('POST', '/api/auth/login', token, { email: 'bob@example.com', password: 'microservices-demo' });
+      assert.equal(login.status, 200, `${name}: login: ${login.text}`);
+      assert.equal(typeof login.body.accessToken, 'string');
+      const signUp = await gw('POST', '/api/users', token, { name: 'Late Comer', email: `late-${name}@example.com`, password: 'late-comer-password' });
+      assert.equal(signUp.status, 201, `${name}: sign-up: ${signUp.text}`);
+      assert.equal(signUp.body.role, 'user');
+      // What only an admin's valid token allows stays refused.
+      const admin = await gw('POST', '/api/users', token, { name: 'Mallory', email: `mallory-${name}@example.com`, role: 'admin' });
+      assert.equal(admin.status, 403, `${name}: making an admin: ${admin.text}`);
+      assert.equal(admin.body.code, 'FORBIDDEN');
+      // Routes that are not public stay as strict.
+      assertUnauthenticated(await gw('GET', '/api/orders', token), `${name}: GET /api/orders`);
+      assertUnauthenticated(await gw('POST', '/api/products', token, { name: 'Nope', price: 1 }), `${name}: POST /api/products`);
+    }
+  });
+
+  test('when tokens cannot be checked (the JWKS is unreachable), then the public routes still answer while the others are 503', async () => {
+    const dead = await deadUrl();
+    const blind = await startGateway({
+      USERS_URL: sys.users.url, PRODUCTS_URL: sys.products.url, ORDERS_URL: sys.orders.url, AUTH_MODE: 'required', INTERNAL_TOKEN, JWKS_URL: `${dead.url}/jwks.json`,
+    });
+    try {
+      const call = (method: string, path: string, body?: unknown) => http(blind.url, method, path, { headers: bearer(bob), ...(body === undefined ? {} : { body }) });
+      assert.equal((await call('GET', '/api/products/1')).status, 200);
+      assert.equal((await call('POST', '/api/auth/login', { email: 'bob@example.com', password: 'microservices-demo' })).status, 200);
+      const orders = await call('GET', '/api/orders');
+      assert.equal(orders.status, 503, orders.text);
+      assert.equal(orders.body.code, 'SERVICE_UNAVAILABLE');
+    } finally {
+      await blind.close();
+      await dead.close();
+    }
   });
 
   test('when a client reaches a service port directly, then it cannot act as someone else', async () => {
@@ -190,7 +235,7 @@ describe('AUTH_MODE=required', () => {
     assert.equal(asAdmin.body.error, 'The service credential is wrong', 'a credential was sent: the answer says it is wrong, not missing');
     assert.equal((await http(sys.products.url, 'DELETE', '/internal/reservations/demo-order-2', { headers: bearer(bob) })).status, 403);
     assert.equal((await http(sys.products.url, 'GET', '/internal/reservations/demo-order-2', { headers: bearer(INTERNAL_TOKEN) })).status, 200);
-    assert.equal((await http(sys.gateway.url, 'GET', '/api/products/1', { headers: bearer(INTERNAL_TOKEN) })).status, 401, 'the service credential is no token at the gateway');
+    assert.equal((await http(sys.gateway.url, 'GET', '/api/orders/1', { headers: bearer(INTERNAL_TOKEN) })).status, 401, 'the service credential is no token at the gateway');
     for (const service of [sys.users, sys.products, sys.orders]) {
       for (const path of ['/metrics', '/spans', '/traces']) {
         assertUnauthenticated(await http(service.url, 'GET', path), `${service.url}${path}`);
@@ -314,13 +359,17 @@ describe('GET / in production', () => {
 });
 
 describe('AUTH_MODE=open with a token that does not verify', () => {
-  test('when a client sends one, then the gateway serves it as anonymous without a challenge, and a service that reads the caller answers 401', async () => {
+  test('when a client sends one, then the gateway serves it as anonymous without a challenge, a service that reads the caller answers 401, and on a public route it is not passed on', async () => {
     const sys = await startSecuredSystem({ mode: 'open' });
     try {
       const products = await http(sys.gateway.url, 'GET', '/api/products/1', { headers: bearer('not.a.token') });
       assert.equal(products.status, 200);
       assert.equal(products.headers.get('www-authenticate'), null);
       assertUnauthenticated(await http(sys.gateway.url, 'GET', '/api/orders', { headers: bearer('not.a.token') }), 'the order service reads it');
+      // Sign-up is public: the token is not passed on, so the user service signs the caller up as anyone.
+      const signUp = await http(sys.gateway.url, 'POST', '/api/users', { headers: bearer('not.a.token'), body: { name: 'Open Comer', email: 'open-comer@example.com' } });
+      assert.equal(signUp.status, 201, signUp.text);
+      assert.equal(signUp.body.role, 'user');
     } finally {
       await sys.stop();
     }

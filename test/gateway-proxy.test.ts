@@ -4,7 +4,7 @@ import { once } from 'node:events';
 import { createServer } from 'node:http';
 import { connect, type AddressInfo } from 'node:net';
 import { assertNoLeak, http } from './helpers.js';
-import { startServices, type System } from './system.js';
+import { createProduct, createUser, startServices, type System } from './system.js';
 import { deadUrl, eventually, rawRequest, startFakeUpstream, startGateway, startGatewayFor, type FakeUpstream, type StartedGateway } from './gateway-helpers.js';
 
 describe('proxy to the real services', () => {
@@ -80,6 +80,22 @@ describe('proxy to the real services', () => {
     }
   });
 
+  test('when a route that takes no query gets one, then it is ignored; a list route refuses an unknown or repeated parameter', async () => {
+    const userId = await createUser(sys);
+    const productId = await createProduct(sys, { stock: 5 });
+    const order = await http(gw.url, 'POST', '/api/orders', { body: { userId, items: [{ productId, quantity: 1 }] } });
+    assert.equal(order.status, 201, order.text);
+    for (const path of [`/api/users/${userId}?x=1`, `/api/products/${productId}?_=123`, `/api/orders/${order.body.id}?x=1`, `/api/users/${userId}/full?limit=5`, '/api/dashboard?x=1']) {
+      const r = await http(gw.url, 'GET', path);
+      assert.equal(r.status, 200, `${path}: ${r.text}`);
+    }
+    for (const path of ['/api/users?x=1', '/api/products?_=123', '/api/orders?limit=1&limit=2']) {
+      const r = await http(gw.url, 'GET', path);
+      assert.equal(r.status, 400, path);
+      assert.equal(r.body.code, 'VALIDATION_ERROR', path);
+    }
+  });
+
   test('when PATCH /api/products/:id/stock is sent, then the service answers it', async () => {
     const product = await http(gw.url, 'POST', '/api/products', { body: { name: 'Patch Widget', price: 3.5, stock: 4 } });
     assert.equal(product.status, 201);
@@ -117,6 +133,16 @@ describe('proxy to the real services', () => {
     const r = await http(gw.url, 'POST', '/api/orders', { raw: '{"userId":', headers: { 'content-type': 'application/json' } });
     assert.equal(r.status, 400);
     assert.equal(r.body.code, 'INVALID_JSON');
+  });
+
+  test('when the JSON body is a bare value rather than an object or array, then it is 400 INVALID_JSON, at the gateway\'s login and at a service through it', async () => {
+    for (const raw of ['null', '"str"', '5', 'true']) {
+      for (const path of ['/api/orders', '/api/products', '/api/auth/login']) {
+        const r = await http(gw.url, 'POST', path, { raw, headers: { 'content-type': 'application/json' } });
+        assert.equal(r.status, 400, `${path} ${raw}`);
+        assert.equal(r.body.code, 'INVALID_JSON', `${path} ${raw}`);
+      }
+    }
   });
 
   test('when a client sends X-Trace-Id, then the response echoes it with the gateway span id and timing', async () => {
@@ -202,7 +228,7 @@ describe('proxy behaviour (controllable upstream)', () => {
       '/api/users/..%5cstats',
       '/api/users/..\\stats',
       '/api/users/1/%2e',
-      '/api/users/%zz',
+      '/api/users/%2e%2e/%zz',
       '/api/products/1%00',
     ];
     for (const path of paths) {
@@ -213,6 +239,18 @@ describe('proxy behaviour (controllable upstream)', () => {
     }
     assert.equal(up.seen.length, 0);
     assert.equal((await rawRequest(gw.url, 'GET', '/api/users/1?next=../x')).status, 200, 'dots in the query are the service\'s business');
+  });
+
+  test('when the path holds broken percent-encoding, then it is 400 BAD_REQUEST as at the service, and never proxied', async () => {
+    up.seen.length = 0;
+    for (const path of ['/api/users/%zz', '/api/products/%E0%A4%A', '/api/orders/1%', '/api/users/%C0%AF']) {
+      const r = await rawRequest(gw.url, 'GET', path);
+      assert.equal(r.status, 400, path);
+      const body = JSON.parse(r.text);
+      assert.equal(body.code, 'BAD_REQUEST', path);
+      assert.equal(body.error, 'The request could not be read', path);
+    }
+    assert.equal(up.seen.length, 0);
   });
 
   test('when the service refuses connections, then the answer is a JSON 502 that does not name the host', async () => {

@@ -127,7 +127,7 @@ describe('rate limits shared in Redis', { skip: skipUnless('redis') }, () => {
     // Anonymous reads of the catalog and refused tokens, alternately through both gateways.
     for (let i = 0; i < 6; i++) {
       const headers: Record<string, string> = i % 2 ? { authorization: `Bearer not.a.token.${i}` } : {};
-      statuses.push((await http(gws[i % 2].url, 'GET', '/api/products/1', { headers })).status);
+      statuses.push((await http(gws[i % 2].url, 'GET', i % 2 ? '/api/orders/1' : '/api/products/1', { headers })).status);
     }
     assert.deepEqual(statuses, [200, 401, 200, 401, 429, 429]);
     assert.equal(await redis.get(`${prefix}addr:127.0.0.1`), '6');

@@ -150,6 +150,18 @@ describe('traces through the gateway', () => {
     }
   });
 
+  test('when /traces is asked for a service that no process is named, then it is 400 VALIDATION_ERROR on service, at the gateway and at a service', async () => {
+    for (const name of ['gateway', 'user-service', 'product-service', 'order-service']) assert.equal((await http(gw.url, 'GET', `/traces?service=${name}`)).status, 200, name);
+    for (const base of [gw.url, sys.products.url]) {
+      for (const name of ['bogus', 'users', 'Product-Service']) {
+        const r = await http(base, 'GET', `/traces?service=${name}`);
+        assert.equal(r.status, 400, `${base} ${name}: ${r.text}`);
+        assert.equal(r.body.code, 'VALIDATION_ERROR');
+        assert.equal(r.body.details[0].field, 'service');
+      }
+    }
+  });
+
   test('each service answers /metrics with its requests by route', async () => {
     for (const [svc, path] of [[sys.users, '/users'], [sys.products, '/products'], [sys.orders, '/orders']] as const) {
       await http(svc.url, 'GET', path);

@@ -8,7 +8,9 @@ import {
   authModeOf, forbidden, jwksUrlOf, requireAdminToken, secretDigest, unauthenticated, verifierFromConfig, type AuthMode, type Identity, type TokenVerifier,
 } from '../platform/identity.js';
 import type { Logger } from '../platform/logger.js';
+import type { ServiceResponse } from '../platform/service-client.js';
 import type { GatewayConfig } from './config.js';
+import { withholdCredential } from './forward-headers.js';
 import type { RateLimiter } from './rate-limit.js';
 import { ROUTES } from './route-table.js';
 import type { Upstream } from './upstreams.js';
@@ -71,10 +73,17 @@ export function createGatewayAuth({ config, logger, verifier = verifierFromConfi
         res.locals.identity = identity;
         return undefined;
       },
-      // Open mode: a token that does not verify is ignored (the request is anonymous, and a
-      // service that looks at it refuses it); required mode: 401 (or 503 without the JWKS).
       (err: HttpError) => {
+        // A public route serves anonymous callers, so a token is only ever a plus there: one that
+        // does not verify (a client still sending its expired one to log in again) makes the
+        // request anonymous and is not passed on, so no service grants it what a valid one would
+        // (an admin's sign-up); one that cannot be checked now (no JWKS) goes on for the service to judge.
+        if (isPublicRoute(req.method, req.originalUrl)) {
+          if (err.status === 401) withholdCredential(req);
+          return undefined;
+        }
         if (err.status !== 401) return err;
+        // Open mode: ignored (the request is anonymous, and a service that looks at it refuses it).
         return required ? unauthenticated(res) : undefined;
       },
     );
@@ -115,18 +124,11 @@ export interface LoginRouteOptions {
  */
 export function createLoginRoute({ users, limiter, clientAddress }: LoginRouteOptions): Router {
   const router = Router();
+  // The user service's 503 OVERLOADED (its password hashing is busy) is thrown as an HttpError that
+  // keeps its dependency and Retry-After (neutral for the breaker); the error handler answers it as the service did.
   router.post('/api/auth/login', limiter.middleware, jsonBody(16 * 1024), async (req, res) => {
     res.locals.route = '/api/auth/login';
-    const answer = await users.breaker.run((c) => users.client.post<unknown>('/auth/login', req.body, { signal: c.signal, headers: clientAddress(req.ip ?? ''), accept: [400, 401, 429] }))
-      .catch((err: unknown) => {
-        // The user service's password hashing is busy: its answer (neutral for the breaker), with its Retry-After.
-        if (err instanceof HttpError && err.code === 'OVERLOADED') throw new HttpError(503, 'OVERLOADED', err.message, undefined, { retryAfter: 1 });
-        throw err;
-      });
-    const retryAfter = answer.headers.get('retry-after');
-    if (retryAfter) res.setHeader('Retry-After', retryAfter);
-    res.setHeader('Cache-Control', 'no-store');
-    res.status(answer.status).json(answer.body);
+    relay(res, await users.breaker.run((c) => users.client.post<unknown>('/auth/login', req.body, { signal: c.signal, headers: clientAddress(req.ip ?? ''), accept: [400, 401, 429] })));
   });
   // Ends every token of the caller, at the user service (which raises the account's token
   // version): each verifier refuses them within its TOKEN_VERSION_CACHE_MS. The caller's token
@@ -134,16 +136,30 @@ export function createLoginRoute({ users, limiter, clientAddress }: LoginRouteOp
   router.post('/api/auth/logout', async (req, res) => {
     res.locals.route = '/api/auth/logout';
     const authorization = req.headers.authorization;
-    const answer = await users.breaker.run((c) => users.client.post<unknown>('/auth/logout', undefined, {
+    relay(res, await users.breaker.run((c) => users.client.post<unknown>('/auth/logout', undefined, {
       signal: c.signal, accept: [401], ...(authorization === undefined ? {} : { headers: { authorization } }),
-    }));
-    const challenge = answer.headers.get('www-authenticate');
-    if (challenge) res.setHeader('WWW-Authenticate', challenge);
-    res.setHeader('Cache-Control', 'no-store');
-    if (answer.status === 204) res.status(204).end();
-    else res.status(answer.status).json(answer.body);
+    })));
   });
   return router;
+}
+
+/** The headers of a relayed answer that describe it to the client. */
+const RELAYED_HEADERS = ['retry-after', 'www-authenticate'] as const;
+
+/**
+ * A user-service answer onto the client's response: its status, body and RELAYED_HEADERS, never
+ * stored by a cache (RFC 6749 5.1), and an error answer never sniffed, as the gateway's own are.
+ */
+function relay(res: Response, answer: ServiceResponse<unknown>): void {
+  for (const name of RELAYED_HEADERS) {
+    const value = answer.headers.get(name);
+    if (value) res.setHeader(name, value);
+  }
+  res.setHeader('Cache-Control', 'no-store');
+  if (answer.status >= 400) res.setHeader('X-Content-Type-Options', 'nosniff');
+  res.status(answer.status);
+  if (answer.body === undefined) res.end();
+  else res.json(answer.body);
 }
 
 /** /api/dashboard: an admin's (in open mode an anonymous caller may look too). */

@@ -74,6 +74,18 @@ export interface ClientRequestView {
   socket: { remoteAddress?: string };
 }
 
+/**
+ * Requests whose Authorization is not passed on: a token that a public route found invalid (the
+ * request goes on as anonymous). The header stays on the request, so that what reads it (the stale
+ * cache) still sees a credential that did not verify.
+ */
+const withheld = new WeakSet<object>();
+
+/** The service will not get this request's Authorization. */
+export function withholdCredential(req: object): void {
+  withheld.add(req);
+}
+
 /** The signed X-Client-Address headers for an address. */
 export type ClientAddressHeaders = (address: string) => Record<string, string>;
 
@@ -95,7 +107,7 @@ export function upstreamRequestHeaders(req: ClientRequestView, trustsProxies: bo
   const named = connectionNamed(incoming.connection);
   for (let i = 0; i < raw.length; i += 2) {
     const name = raw[i].toLowerCase();
-    if (isClientOnly(name, named)) continue;
+    if (isClientOnly(name, named) || (name === 'authorization' && withheld.has(req))) continue;
     out.push(name, raw[i + 1]);
   }
   out.push('host', host);

@@ -8,34 +8,50 @@ const DOT_SEGMENT = /(?:^|\/)\.{1,2}(?:\/|$)/;
 const CONTROL_OR_BACKSLASH = /[\\\x00-\x1f\x7f]/;
 /** `%252e` needs two rounds to show its dot; nobody needs more than a few. */
 const MAX_DECODE_ROUNDS = 4;
+const ESCAPE_RUN = /(?:%[0-9a-f]{2})+/gi;
+
+/** Each run of escapes decoded where it can be, the rest kept as sent. */
+const decodeWhatCan = (path: string): string => path.replace(ESCAPE_RUN, (run) => {
+  try {
+    return decodeURIComponent(run);
+  } catch {
+    return run;
+  }
+});
+
+type PathFault = 'unsafe' | 'undecodable';
 
 /**
- * True when the path holds a `.`/`..` segment, a backslash or a control character, as sent or
- * after any number of rounds of percent-decoding (`%2e%2e/`, `..%2F`, `%252e`, `%5c`), or when
- * it cannot be decoded at all.
+ * `unsafe` when the path holds a `.`/`..` segment, a backslash or a control character, as sent or
+ * after any number of rounds of percent-decoding (`%2e%2e/`, `..%2F`, `%252e`, `%5c`), or when a
+ * later round cannot be decoded (what it hides cannot be checked); `undecodable` when the path as
+ * sent is not valid percent-encoding, which the services would refuse as unreadable too, unless
+ * what can be decoded of it is unsafe (`%2e%2e/%zz` is a climb first).
  */
-function isUnsafePath(path: string): boolean {
+function pathFault(path: string, rounds = MAX_DECODE_ROUNDS): PathFault | undefined {
   let current = path;
-  for (let round = 0; round <= MAX_DECODE_ROUNDS; round++) {
-    if (CONTROL_OR_BACKSLASH.test(current) || DOT_SEGMENT.test(current)) return true;
-    if (!current.includes('%')) return false;
+  for (let round = 0; round <= rounds; round++) {
+    if (CONTROL_OR_BACKSLASH.test(current) || DOT_SEGMENT.test(current)) return 'unsafe';
+    if (!current.includes('%')) return undefined;
     let decoded: string;
     try {
       decoded = decodeURIComponent(current);
     } catch {
-      return true;
+      if (round > 0) return 'unsafe';
+      const partial = decodeWhatCan(current);
+      return partial !== current && pathFault(partial, rounds - 1) === 'unsafe' ? 'unsafe' : 'undecodable';
     }
-    if (decoded === current) return false;
+    if (decoded === current) return undefined;
     current = decoded;
   }
-  return true;
+  return 'unsafe';
 }
 
-/** Whether the path part of a request URL (the query string is the service's business) is unsafe. */
-function isUnsafeRequestPath(url: string): boolean {
+/** What is wrong with the path part of a request URL, if anything (the query string is the service's business). */
+function requestPathFault(url: string): PathFault | undefined {
   const query = url.indexOf('?');
   const path = query === -1 ? url : url.slice(0, query);
-  return !path.startsWith('/') || isUnsafePath(path);
+  return path.startsWith('/') ? pathFault(path) : 'unsafe';
 }
 
 const unsafePathError = (): HttpError =>
@@ -43,5 +59,12 @@ const unsafePathError = (): HttpError =>
     { field: 'path', message: 'must not contain dot segments, backslashes or control characters, plain or percent-encoded' },
   ]);
 
+// The services' own answer to a path Express cannot decode (toHttpError), so the gateway answers alike.
+const undecodablePathError = (): HttpError => new HttpError(400, 'BAD_REQUEST', 'The request could not be read');
+
 /** The proxied pipeline's guard step: 400 before anything is proxied. */
-export const guardPath = (req: Request): HttpError | undefined => (isUnsafeRequestPath(req.originalUrl) ? unsafePathError() : undefined);
+export const guardPath = (req: Request): HttpError | undefined => {
+  const fault = requestPathFault(req.originalUrl);
+  if (fault === undefined) return undefined;
+  return fault === 'undecodable' ? undecodablePathError() : unsafePathError();
+};

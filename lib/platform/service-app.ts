@@ -2,7 +2,7 @@
 import type { Express, Request, Response, Router } from 'express';
 import type { Logger } from 'pino';
 import type { SqlDatabase } from './sql.js';
-import { errorHandler, routeNotFound } from './errors.js';
+import { errorHandler, notFoundHandler, routeNotFound } from './errors.js';
 import { createFaultSwitches, FAULTS_PATH, internalGuard, type FaultSwitches } from './faults.js';
 import { createBaseApp, jsonBody, requestContext } from './http.js';
 import type { Metrics } from './metrics.js';
@@ -49,6 +49,9 @@ export function createServiceApp({
     const healthy = await db.healthy();
     res.status(healthy ? 200 : 503).json({ status: healthy ? 'healthy' : 'unhealthy', service });
   });
+  // No switches (production without ADMIN_TOKEN): their path does not exist for anyone, so no
+  // guard in front of it may answer first and tell a caller that something is there.
+  if (!faults) app.use(FAULTS_PATH, notFoundHandler);
   // Before anything else under /internal: the fault switches, and the routes' own (reservations).
   app.use('/internal', internalGuard(internalToken));
   if (guardAdmin) {

@@ -246,14 +246,19 @@ export class ServiceClient {
     if ((res.status >= 200 && res.status < 300) || options.accept?.includes(res.status)) {
       return { status: res.status, body: body as T, headers: new AnswerHeaders(res.headers) };
     }
-    // A dependency's fault is the callee's answer, not its failure: an HttpError keeping its status.
-    if (res.status >= 500 && res.headers[DEPENDENCY_HEADER] === undefined) throw new UpstreamUnavailableError(this.name, 'server_error', res.status);
+    // A dependency's fault is the callee's answer, not its failure: an HttpError keeping its status,
+    // and the dependency and retry time it names, so that a caller answering with it blames the same
+    // dependency (X-Dependency-Failure) and its own callers' breakers count it neither way.
+    const dependency = res.headers[DEPENDENCY_HEADER];
+    if (res.status >= 500 && dependency === undefined) throw new UpstreamUnavailableError(this.name, 'server_error', res.status);
     const b = (body ?? {}) as { error?: unknown; code?: unknown; details?: unknown };
+    const retryAfter = Number(res.headers['retry-after']);
     throw new HttpError(
       res.status,
       typeof b.code === 'string' ? b.code : 'UPSTREAM_ERROR',
       typeof b.error === 'string' ? b.error : `Service ${this.name} answered ${res.status}`,
       Array.isArray(b.details) ? (b.details as HttpError['details']) : undefined,
+      dependency === undefined ? undefined : { ...(Number.isInteger(retryAfter) && retryAfter > 0 ? { retryAfter } : {}), dependency: String(dependency) },
     );
   }
 

@@ -28,8 +28,8 @@ const TraceIdSchema = z.string().refine(isValidClientTraceId, 'must be 1..128 ch
 export const SpansQuery = z.strictObject({ traceId: TraceIdSchema.optional(), limit: boundedIntQuery(1, 10_000, 1000) });
 export const TracesQuery = z.strictObject({
   limit: boundedIntQuery(1, 100, 20),
-  // A process's name as its spans carry it: gateway, user-service, product-service, order-service.
-  service: z.string().regex(/^[a-z0-9-]{1,64}$/, 'must be a service name such as user-service').optional(),
+  // A process's name as its spans carry it: any other name matches no trace, a typo the client should hear of.
+  service: z.enum(['gateway', 'user-service', 'product-service', 'order-service'], 'must be gateway, user-service, product-service or order-service').optional(),
   status: z.enum(['ok', 'error']).optional(),
   minDurationMs: boundedIntQuery(0, 3_600_000, 0),
 });

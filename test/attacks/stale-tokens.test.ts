@@ -41,8 +41,9 @@ async function newUser(role: 'admin' | 'user'): Promise<{ id: number; email: str
  */
 async function refusedEverywhere(token: string, ownId: number, since: number): Promise<number> {
   const checks: [string, () => Promise<TestResponse>][] = [
-    // A product read is public and the product service ignores its token: a 401 is the gateway's own.
-    ['gateway', () => gw('GET', '/api/products/1', token)],
+    // The dashboard is the gateway's own (an admin's 200, a user's 403): a 401 is the gateway's verdict.
+    // (A public route, such as a product read, takes a token that does not verify as no token.)
+    ['gateway', () => gw('GET', '/api/dashboard', token)],
     ['user service', () => call(sys.users.url, 'GET', `/users/${ownId}`, token)],
     ['order service', () => call(sys.orders.url, 'GET', '/orders', token)],
   ];
@@ -87,7 +88,8 @@ describe('tokens follow their account', () => {
     const since = Date.now();
     await refusedEverywhere(eve.token, eve.id, since);
     const created = await gw('POST', '/api/users', eve.token, { name: 'Eve Again', email: 'eve-again@example.com', role: 'admin', password: 'taken-over-account' });
-    assert.equal(created.status, 401, created.text);
+    // Sign-up is public: the revoked token is no one's, and no one may make an admin.
+    assert.equal(created.status, 403, created.text);
     assert.equal((await call(sys.users.url, 'POST', '/users', eve.token, { name: 'Eve Again', email: 'eve-again@example.com', role: 'admin' })).status, 401);
     for (const base of [sys.gateway.url, sys.users.url]) {
       const path = base === sys.gateway.url ? `/api/users/${CAROL}` : `/users/${CAROL}`;
