@@ -88,6 +88,13 @@ describe('request headers to the service', () => {
     assert.equal(out.get('via'), '1.1 other', 'Via passes as it does today: the gateway adds none');
   });
 
+  test('when a header name holds an underscore, then it does not reach the service, since a CGI-style backend would read X_Forwarded_For as X-Forwarded-For', () => {
+    const out = forwarded(request(['X_Forwarded_For', '1.2.3.4', 'Transfer_Encoding', 'chunked', 'X_Real_IP', '1.2.3.4', 'X-Custom', 'kept']));
+    for (const name of ['x_forwarded_for', 'transfer_encoding', 'x_real_ip']) assert.equal(out.has(name), false, name);
+    assert.equal(out.get('x-forwarded-for'), '10.0.0.9');
+    assert.equal(out.get('x-custom'), 'kept');
+  });
+
   test('when trust proxy believes the client\'s proxies, then X-Forwarded-For keeps them before the peer', () => {
     const out = forwarded(request(['X-Forwarded-For', '9.9.9.9'], { ips: ['1.1.1.1', '2.2.2.2'] }), true);
     assert.equal(out.get('x-forwarded-for'), '1.1.1.1, 2.2.2.2, 10.0.0.9');

@@ -46,9 +46,13 @@ export function connectionNamed(connection: string | string[] | undefined): Set<
   return names;
 }
 
-/** Whether a request header from the client is dropped on its way to the service. */
+/**
+ * Whether a request header from the client is dropped on its way to the service. A name with an
+ * underscore is dropped too (as nginx does by default): a CGI-style backend maps `-` and `_` to one
+ * name, so `X_Forwarded_For` would pass for the `X-Forwarded-For` the gateway sets.
+ */
 function isClientOnly(name: string, named: Set<string> | undefined): boolean {
-  return CLIENT_ONLY_HEADERS.has(name) || named?.has(name) === true;
+  return CLIENT_ONLY_HEADERS.has(name) || named?.has(name) === true || name.includes('_');
 }
 
 /** Whether a response header from the service is dropped on its way to the client. */
