@@ -151,7 +151,7 @@ const ABSOLUTE_FORM = /^https?:\/\/([^/?#]*)([^#]*)$/i;
  */
 function fromAbsoluteForm(req: IncomingMessage, url: string): string {
   const parts = ABSOLUTE_FORM.exec(url);
-  if (!parts || !HOST.test(parts[1]) || parts[1] === '') return url;
+  if (!parts || parts[1] === '' || !HOST.test(parts[1])) return url;
   const rest = parts[2];
   const target = rest === '' ? '/' : rest.charCodeAt(0) === 63 /* ? */ ? `/${rest}` : rest;
   req.url = target;
@@ -272,13 +272,13 @@ export function createFrontDoor({ app, pipeline, proxies, onError, maxInFlight, 
   const handle = (rawReq: IncomingMessage, rawRes: ServerResponse, conn: Connection): void => {
     let url = rawReq.url ?? '';
     if (url.charCodeAt(0) !== 47 /* / */) url = fromAbsoluteForm(rawReq, url);
+    upgradeRefused(rawReq, rawRes);
     const malformed = malformedRequest(rawReq);
     if (malformed) conn.refused = true;
     const overloaded = inFlight > maxInFlight;
     const service = malformed === undefined && !overloaded ? routes.fastPathService(rawReq.method ?? '', url) : undefined;
     const handler = service === undefined ? undefined : proxies.get(service);
     if (malformed === undefined && !overloaded && !handler) {
-      upgradeRefused(rawReq, rawRes);
       app(rawReq, rawRes);
       return;
     }
@@ -309,7 +309,6 @@ export function createFrontDoor({ app, pipeline, proxies, onError, maxInFlight, 
           return fail(malformed);
         }
         if (overloaded) return fail(overloadedError());
-        upgradeRefused(req, res);
         admit(req, res, handler!, fail);
       });
     } catch (err) {

@@ -201,15 +201,15 @@ export function errorHandler(logger: Logger): ErrorRequestHandler {
  * still on their way go out first.
  */
 export function answerClientError(err: NodeJS.ErrnoException, socket: Duplex): void {
-  const pending = (socket as { _httpMessage?: ServerResponse })._httpMessage;
   // Bytes after a request that said `Connection: close`: they are not read (RFC 9112 9.6), and
-  // Node closes the connection once that request's answer is out.
-  if (err.code === 'HPE_CLOSED_CONNECTION') return;
+  // Node closes the connection once that request's answer is out. A connection already refused
+  // reads nothing more either.
+  if (err.code === 'HPE_CLOSED_CONNECTION' || refusing.has(socket)) return;
+  const pending = (socket as { _httpMessage?: ServerResponse })._httpMessage;
   // The answer in progress is the broken request's own (an earlier request would have been read
   // whole before this one was parsed) and none of it is out yet: the 400 may take its place. The
   // connection is then destroyed: the request's handlers see their client gone, as on a reset.
   const ownAnswer = pending !== undefined && pending !== null && !pending.headersSent && pending.req?.complete === false;
-  if (refusing.has(socket)) return;
   if (err.code === 'ECONNRESET' || !socket.writable) {
     socket.destroy();
     return;
@@ -244,11 +244,24 @@ function answerAfterPending(socket: AnsweringSocket, answer: string): void {
   next();
 }
 
-/** An error answer in the contract's shape as bytes, for a connection no response object answers on; the connection closes after it. */
-function rawErrorAnswer(status: number, code: string, message: string, traceId = newTraceId()): string {
+/** An error answer in the contract's shape, for bytes that never became a request: its head and body; the connection closes after it. */
+function closingErrorAnswer(code: string, message: string, traceId = newTraceId()): { headers: Record<string, string>; body: string } {
   const body = JSON.stringify({ error: message, code, traceId });
-  return `HTTP/1.1 ${status} ${STATUS_CODES[status]}\r\nContent-Type: application/json; charset=utf-8\r\nContent-Length: ${Buffer.byteLength(body)}\r\n`
-    + `X-Trace-Id: ${traceId}\r\nX-Content-Type-Options: nosniff\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n${body}`;
+  return {
+    headers: {
+      'Content-Type': 'application/json; charset=utf-8', 'Content-Length': String(Buffer.byteLength(body)), 'X-Trace-Id': traceId,
+      'X-Content-Type-Options': 'nosniff', 'Cache-Control': 'no-store', Connection: 'close',
+    },
+    body,
+  };
+}
+
+/** closingErrorAnswer as bytes, for a connection no response object answers on. */
+function rawErrorAnswer(status: number, code: string, message: string, traceId?: string): string {
+  const { headers, body } = closingErrorAnswer(code, message, traceId);
+  let head = `HTTP/1.1 ${status} ${STATUS_CODES[status]}\r\n`;
+  for (const name in headers) head += `${name}: ${headers[name]}\r\n`;
+  return `${head}\r\n${body}`;
 }
 
 /**
@@ -265,11 +278,6 @@ export function answerConnect(_req: IncomingMessage, socket: Duplex): void {
  * (RFC 9110 10.1.1), a 417 in the contract's shape. The body, if any, is not read: the connection closes.
  */
 export function answerExpectation(_req: IncomingMessage, res: ServerResponse): void {
-  const traceId = newTraceId();
-  const body = JSON.stringify({ error: 'Only Expect: 100-continue is supported', code: 'EXPECTATION_FAILED', traceId });
-  res.writeHead(417, {
-    'Content-Type': 'application/json; charset=utf-8', 'Content-Length': Buffer.byteLength(body), 'X-Trace-Id': traceId,
-    'X-Content-Type-Options': 'nosniff', 'Cache-Control': 'no-store', Connection: 'close',
-  });
-  res.end(body);
+  const { headers, body } = closingErrorAnswer('EXPECTATION_FAILED', 'Only Expect: 100-continue is supported');
+  res.writeHead(417, headers).end(body);
 }

@@ -8,7 +8,7 @@ import { eventually } from '../support/eventually.js';
 import { startServices, type System } from '../system.js';
 import { echo, startEchoUpstream, type EchoUpstream } from '../support/echo-upstream.js';
 import { header } from '../support/http-messages.js';
-import { jsonOf, rawExchange, statusOf } from '../support/raw-client.js';
+import { jsonOf, rawExchange, statusOf, type RawAnswers } from '../support/raw-client.js';
 
 // An unfinished request: left on a pooled socket, it would swallow the next client's request line.
 const SMUGGLED = 'GET /users/1 HTTP/1.1\r\nHost: a\r\nX-Ignore: ';
@@ -94,6 +94,15 @@ describe('request smuggling', () => {
     });
   }
 
+  /** One answer, `status` with `code` in the contract's shape, then the connection closed; nothing reached the service. */
+  const assertRefused = (r: RawAnswers, status: number, code: string): void => {
+    assert.equal(r.responses.length, 1, r.bytes.toString('latin1'));
+    assert.equal(statusOf(r.responses[0]), status);
+    assert.equal(jsonOf(r.responses[0]).code, code);
+    assert.ok(r.closed, 'connection closed');
+    assert.deepEqual(upstream.requests, []);
+  };
+
   const refusedAtTheDoor: Array<[string, string, number]> = [
     ['Transfer-Encoding in HTTP/1.0 (RFC 9112 6.1)', `POST /api/users HTTP/1.0\r\nHost: x\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\n\r\n${chunked('{}')}`, 400],
     ['no Host in HTTP/1.1', 'GET /api/users/1 HTTP/1.1\r\n\r\n', 400],
@@ -106,11 +115,7 @@ describe('request smuggling', () => {
   for (const [what, bytes, status] of refusedAtTheDoor) {
     test(`when a request has ${what}, then it is a ${status} in the contract's shape, the connection is closed and nothing reaches the service`, async () => {
       const r = await rawExchange(gw.url, Buffer.from(`${bytes}GET /api/users/2 HTTP/1.1\r\nHost: x\r\n\r\n`, 'latin1'), 2);
-      assert.equal(r.responses.length, 1, r.bytes.toString('latin1'));
-      assert.equal(statusOf(r.responses[0]), status);
-      assert.equal(jsonOf(r.responses[0]).code, status === 431 ? 'HEADERS_TOO_LARGE' : 'BAD_REQUEST');
-      assert.ok(r.closed, 'connection closed');
-      assert.deepEqual(upstream.requests, []);
+      assertRefused(r, status, status === 431 ? 'HEADERS_TOO_LARGE' : 'BAD_REQUEST');
     });
   }
 
@@ -153,21 +158,13 @@ describe('request smuggling', () => {
 
   test('when a request carries an Expect other than 100-continue, then it is a 417 in the contract\'s shape and the connection closes', async () => {
     const r = await rawExchange(gw.url, 'POST /api/users HTTP/1.1\r\nHost: x\r\nExpect: teapot\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}', 2);
-    assert.equal(r.responses.length, 1, r.bytes.toString('latin1'));
-    assert.equal(statusOf(r.responses[0]), 417);
-    assert.equal(jsonOf(r.responses[0]).code, 'EXPECTATION_FAILED');
-    assert.ok(r.closed);
-    assert.deepEqual(upstream.requests, []);
+    assertRefused(r, 417, 'EXPECTATION_FAILED');
   });
 
   test('when a client sends CONNECT, then it is a 400 in the contract\'s shape and the connection closes (no tunnel is opened)', async () => {
     const target = new URL(upstream.url);
     const r = await rawExchange(gw.url, `CONNECT ${target.host} HTTP/1.1\r\nHost: ${target.host}\r\n\r\n`, 2);
-    assert.equal(r.responses.length, 1, r.bytes.toString('latin1'));
-    assert.equal(statusOf(r.responses[0]), 400);
-    assert.equal(jsonOf(r.responses[0]).code, 'BAD_REQUEST');
-    assert.ok(r.closed);
-    assert.deepEqual(upstream.requests, []);
+    assertRefused(r, 400, 'BAD_REQUEST');
   });
 
   test('when a service answers 204 with a Content-Length, then the client gets the 204 without one (RFC 9110 8.6)', async () => {
